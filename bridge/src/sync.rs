@@ -1,0 +1,104 @@
+//! The synchronisation shim: every line of cross-thread synchronisation in braid imports from
+//! here, so that the same code runs on std/parking_lot normally and on loom's model checker
+//! under `--cfg loom`.
+//!
+//! Both sides expose one API: a parking_lot-style `Mutex` whose `lock()` returns the guard
+//! directly, std's atomics (`fence` included), `Arc`, and loom's `UnsafeCell` with
+//! `with`/`with_mut`.
+//!
+//! loom treats SeqCst *accesses* as AcqRel (loom issue #180) but models `fence(SeqCst)`
+//! exactly, so every store-then-load handshake in braid (the Dekker pattern behind "no lost
+//! wake-up") is written with an explicit `fence(SeqCst)` between the two.
+
+#[cfg(not(loom))]
+mod imp {
+    pub use std::sync::Arc;
+
+    /// Atomics: std's, re-exported.
+    pub mod atomic {
+        pub use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
+    }
+
+    pub use parking_lot::{Mutex, MutexGuard};
+
+    /// `std::cell::UnsafeCell` with loom's closure-based API, so that code written against it
+    /// compiles unchanged under loom (where every access is checked).
+    #[derive(Debug, Default)]
+    pub struct UnsafeCell<T: ?Sized>(std::cell::UnsafeCell<T>);
+
+    impl<T> UnsafeCell<T> {
+        /// Wraps `value`.
+        pub const fn new(value: T) -> Self {
+            UnsafeCell(std::cell::UnsafeCell::new(value))
+        }
+    }
+
+    impl<T: ?Sized> UnsafeCell<T> {
+        /// Calls `f` with a shared raw pointer to the contents.
+        #[inline]
+        pub fn with<R>(&self, f: impl FnOnce(*const T) -> R) -> R {
+            f(self.0.get())
+        }
+
+        /// Calls `f` with a mutable raw pointer to the contents.
+        #[inline]
+        pub fn with_mut<R>(&self, f: impl FnOnce(*mut T) -> R) -> R {
+            f(self.0.get())
+        }
+    }
+
+    /// Threads: std's.
+    pub mod thread {
+        pub use std::thread::{current, park, spawn, yield_now, JoinHandle, Thread};
+    }
+}
+
+#[cfg(loom)]
+mod imp {
+    pub use loom::sync::Arc;
+
+    /// Atomics: loom's, with std's `Ordering`.
+    pub mod atomic {
+        pub use loom::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize};
+        pub use std::sync::atomic::Ordering;
+    }
+
+    /// loom's mutex with parking_lot's signature: `lock()` returns the guard (no poisoning in
+    /// braid, since panics are caught before they can unwind through a held lock).
+    #[derive(Debug, Default)]
+    pub struct Mutex<T>(loom::sync::Mutex<T>);
+
+    /// The guard of [`Mutex`].
+    pub type MutexGuard<'a, T> = loom::sync::MutexGuard<'a, T>;
+
+    impl<T> Mutex<T> {
+        /// Wraps `value`.
+        pub fn new(value: T) -> Self {
+            Mutex(loom::sync::Mutex::new(value))
+        }
+
+        /// Locks, blocking (in the model) until the lock is free.
+        pub fn lock(&self) -> MutexGuard<'_, T> {
+            self.0.lock().unwrap_or_else(|poison| poison.into_inner())
+        }
+
+        /// Locks if free.
+        pub fn try_lock(&self) -> Option<MutexGuard<'_, T>> {
+            self.0.try_lock().ok()
+        }
+
+        /// Unwraps the value.
+        pub fn into_inner(self) -> T {
+            self.0.into_inner().unwrap_or_else(|poison| poison.into_inner())
+        }
+    }
+
+    pub use loom::cell::UnsafeCell;
+
+    /// Threads: loom's.
+    pub mod thread {
+        pub use loom::thread::{current, park, spawn, yield_now, JoinHandle, Thread};
+    }
+}
+
+pub use imp::*;

@@ -1,0 +1,1101 @@
+//! Event loops: one per thread. A loop owns a FIFO of ready callbacks, a heap of callback
+//! timers, a queue of its `spawn_local` tasks and (on worker threads) a crossbeam-deque
+//! `Worker` of shared tasks; it sleeps in a `polling::Poller` woken through its doorbell.
+//!
+//! `LoopShared` is the part other threads see (doorbell, state, tick counter, exception
+//! handler); `LoopCtx` is the thread-local part, reached through `context::current_loop`.
+
+use crate::context;
+use crate::scheduler::{RuntimeShared, TaskPtr};
+use crate::task::raw::{Join, TaskCell};
+use crate::task::{Header, Task, TaskId, TaskRef};
+use braid_bridge::doorbell::{Doorbell, Unpark};
+use braid_bridge::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use braid_bridge::sync::Mutex;
+use braid_bridge::{Error, ErrorKind, Result};
+use crossbeam_deque::{Steal, Worker};
+use crossbeam_utils::CachePadded;
+use polling::{Events, Poller};
+use std::cell::{Cell, RefCell};
+use std::cmp::Ordering as CmpOrdering;
+use std::collections::{BinaryHeap, VecDeque};
+use std::fmt;
+use std::future::Future;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// `LoopShared::sleep_deadline` while the loop is awake.
+pub(crate) const AWAKE: u64 = 0;
+/// `LoopShared::sleep_deadline` while the loop sleeps with no deadline (or is about to sleep).
+pub(crate) const ASLEEP_FOREVER: u64 = u64::MAX;
+/// Tasks polled per loop iteration before callbacks, timers and the inbox get a turn.
+const TASK_BUDGET: usize = 64;
+/// Every this many iterations a loop takes from the injector before its own queue, so that
+/// a loop busy with its own tasks cannot starve the shared ones.
+const INJECTOR_FAIRNESS: u64 = 31;
+/// Rounds of looking for work before a loop sleeps: waking a halted vCPU costs 30-45 µs here,
+/// a few µs of looking is cheaper when work is about to arrive.
+const LINGER_ROUNDS: usize = 4;
+
+/// What other threads send a loop through its doorbell.
+pub(crate) enum Remote {
+    /// `call_soon_threadsafe`, and done callbacks routed to this loop.
+    Callback(RemoteCallback),
+    /// A wake of a `spawn_local` task from another thread.
+    Wake(TaskPtr),
+}
+
+/// Wakes a loop sleeping in its poller.
+pub(crate) struct PollerUnpark(pub(crate) Poller);
+
+impl Unpark for PollerUnpark {
+    fn unpark(&self) {
+        // A failed notify means the poller is gone; the loop is exiting anyway.
+        let _ = self.0.notify();
+    }
+}
+
+/// The state of a loop, as [`EventLoop::state`] reports it.
+///
+/// # Examples
+///
+/// ```
+/// use braid_runtime::{LoopState, Runtime};
+/// let rt = Runtime::builder().workers(1).build().unwrap();
+/// assert_ne!(rt.event_loop().state(), LoopState::Closed);
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum LoopState {
+    /// Executing callbacks or tasks.
+    Running,
+    /// Asleep in its poller, waiting for work.
+    Idle,
+    /// Shutting down.
+    Closing,
+    /// Finished: every submission fails with a Closed error.
+    Closed,
+}
+
+impl LoopState {
+    fn from_u8(v: u8) -> LoopState {
+        match v {
+            0 => LoopState::Running,
+            1 => LoopState::Idle,
+            2 => LoopState::Closing,
+            _ => LoopState::Closed,
+        }
+    }
+}
+
+type Handler = dyn Fn(&ExceptionContext) + Send + Sync;
+
+/// What other threads see of a loop.
+pub(crate) struct LoopShared {
+    pub(crate) id: usize,
+    pub(crate) is_host: bool,
+    pub(crate) bell: Doorbell<Remote, PollerUnpark>,
+    state: std::sync::atomic::AtomicU8,
+    /// Bumped every iteration; the monitor reads it to spot a stuck loop.
+    pub(crate) tick: CachePadded<AtomicU64>,
+    /// `AWAKE`, `ASLEEP_FOREVER`, or the runtime-ns deadline the loop sleeps until.
+    pub(crate) sleep_deadline: AtomicU64,
+    /// Set by a notifier that popped this loop from the idle set and counted it searching.
+    pub(crate) notified: AtomicBool,
+    /// Host loops: a `run_until_complete`/`run_forever` is driving this loop now.
+    pub(crate) running: AtomicBool,
+    handler: Mutex<Option<Arc<Handler>>>,
+    /// Callbacks that were queued but never run because the loop closed.
+    pub(crate) dropped_callbacks: AtomicUsize,
+}
+
+impl LoopShared {
+    pub(crate) fn new(id: usize, is_host: bool) -> std::io::Result<LoopShared> {
+        Ok(LoopShared {
+            id,
+            is_host,
+            bell: Doorbell::new(PollerUnpark(Poller::new()?)),
+            state: std::sync::atomic::AtomicU8::new(0),
+            tick: CachePadded::new(AtomicU64::new(0)),
+            sleep_deadline: AtomicU64::new(AWAKE),
+            notified: AtomicBool::new(false),
+            running: AtomicBool::new(false),
+            handler: Mutex::new(None),
+            dropped_callbacks: AtomicUsize::new(0),
+        })
+    }
+
+    fn poller(&self) -> &Poller {
+        &self.bell.unparker().0
+    }
+
+    pub(crate) fn state(&self) -> LoopState {
+        LoopState::from_u8(self.state.load(Ordering::Acquire))
+    }
+
+    pub(crate) fn set_state(&self, state: LoopState) {
+        let v = match state {
+            LoopState::Running => 0,
+            LoopState::Idle => 1,
+            LoopState::Closing => 2,
+            LoopState::Closed => 3,
+        };
+        self.state.store(v, Ordering::Release);
+    }
+
+    /// Calls the loop's exception handler, or the default one (a line on stderr).
+    pub(crate) fn report(&self, ctx: &ExceptionContext) {
+        let handler = self.handler.lock().clone();
+        match handler {
+            Some(h) => {
+                // A panicking handler must not take the loop down either.
+                if catch_unwind(AssertUnwindSafe(|| h(ctx))).is_err() {
+                    eprintln!("braid: the exception handler panicked while handling: {ctx}");
+                }
+            }
+            None => eprintln!("braid: {ctx}"),
+        }
+    }
+}
+
+/// The state behind a [`CallbackHandle`] or [`TimerHandle`].
+#[derive(Debug)]
+pub(crate) struct HandleState {
+    cancelled: AtomicBool,
+    when: Option<Instant>,
+}
+
+/// A callback waiting in a loop's ready queue.
+pub(crate) struct ReadyCallback {
+    f: Box<dyn FnOnce()>,
+    handle: Option<Arc<HandleState>>,
+    name: &'static str,
+}
+
+/// A callback on its way from another thread: the same, with a `Send` closure.
+pub(crate) struct RemoteCallback {
+    f: Box<dyn FnOnce() + Send>,
+    handle: Option<Arc<HandleState>>,
+    name: &'static str,
+}
+
+impl RemoteCallback {
+    fn is_cancelled(&self) -> bool {
+        self.handle.as_ref().is_some_and(|h| h.cancelled.load(Ordering::Acquire))
+    }
+}
+
+impl From<RemoteCallback> for ReadyCallback {
+    fn from(cb: RemoteCallback) -> ReadyCallback {
+        ReadyCallback { f: cb.f, handle: cb.handle, name: cb.name }
+    }
+}
+
+impl ReadyCallback {
+    fn is_cancelled(&self) -> bool {
+        self.handle.as_ref().is_some_and(|h| h.cancelled.load(Ordering::Acquire))
+    }
+}
+
+/// A handle to a callback scheduled with `call_soon` or `call_soon_threadsafe`
+/// (asyncio's `Handle`).
+///
+/// # Examples
+///
+/// ```
+/// braid_runtime::run(async {
+///     let handle = braid_runtime::call_soon(|| unreachable!("cancelled before it ran"));
+///     handle.cancel();
+///     assert!(handle.cancelled());
+///     braid_runtime::yield_now().await?;
+///     Ok(())
+/// }).unwrap();
+/// ```
+#[derive(Clone, Debug)]
+pub struct CallbackHandle {
+    state: Arc<HandleState>,
+}
+
+impl CallbackHandle {
+    /// Cancels the callback if it has not run yet; it will then never run.
+    ///
+    /// ```
+    /// braid_runtime::run(async {
+    ///     braid_runtime::call_soon(|| panic!("never")).cancel();
+    ///     braid_runtime::yield_now().await
+    /// }).unwrap();
+    /// ```
+    pub fn cancel(&self) {
+        self.state.cancelled.store(true, Ordering::Release);
+    }
+
+    /// True once [`cancel`](CallbackHandle::cancel) was called.
+    ///
+    /// ```
+    /// braid_runtime::run(async {
+    ///     let h = braid_runtime::call_soon(|| ());
+    ///     assert!(!h.cancelled());
+    ///     Ok(())
+    /// }).unwrap();
+    /// ```
+    pub fn cancelled(&self) -> bool {
+        self.state.cancelled.load(Ordering::Acquire)
+    }
+}
+
+/// A handle to a callback scheduled with `call_later` or `call_at` (asyncio's `TimerHandle`).
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// braid_runtime::run(async {
+///     let t = braid_runtime::call_later(Duration::from_secs(60), || unreachable!());
+///     assert!(t.when() > braid_runtime::time());
+///     t.cancel();
+///     Ok(())
+/// }).unwrap();
+/// ```
+#[derive(Clone, Debug)]
+pub struct TimerHandle {
+    state: Arc<HandleState>,
+}
+
+impl TimerHandle {
+    /// Cancels the timer if it has not fired yet.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// braid_runtime::run(async {
+    ///     braid_runtime::call_later(Duration::from_millis(1), || panic!("never")).cancel();
+    ///     braid_runtime::sleep(Duration::from_millis(5)).await
+    /// }).unwrap();
+    /// ```
+    pub fn cancel(&self) {
+        self.state.cancelled.store(true, Ordering::Release);
+    }
+
+    /// True once [`cancel`](TimerHandle::cancel) was called.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// braid_runtime::run(async {
+    ///     let t = braid_runtime::call_later(Duration::from_secs(1), || ());
+    ///     t.cancel();
+    ///     assert!(t.cancelled());
+    ///     Ok(())
+    /// }).unwrap();
+    /// ```
+    pub fn cancelled(&self) -> bool {
+        self.state.cancelled.load(Ordering::Acquire)
+    }
+
+    /// When the callback is due, on the loop's clock.
+    ///
+    /// ```
+    /// use std::time::{Duration, Instant};
+    /// braid_runtime::run(async {
+    ///     let at = Instant::now() + Duration::from_secs(5);
+    ///     let t = braid_runtime::call_at(at, || ());
+    ///     assert_eq!(t.when(), at);
+    ///     t.cancel();
+    ///     Ok(())
+    /// }).unwrap();
+    /// ```
+    pub fn when(&self) -> Instant {
+        self.state.when.expect("a timer handle has a deadline")
+    }
+}
+
+struct LocalTimer {
+    when: Instant,
+    seq: u64,
+    callback: ReadyCallback,
+}
+
+impl PartialEq for LocalTimer {
+    fn eq(&self, other: &Self) -> bool {
+        (self.when, self.seq) == (other.when, other.seq)
+    }
+}
+impl Eq for LocalTimer {}
+impl PartialOrd for LocalTimer {
+    fn partial_cmp(&self, other: &Self) -> Option<CmpOrdering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for LocalTimer {
+    // Reversed for a min-heap; equal deadlines fire in the order they were scheduled.
+    fn cmp(&self, other: &Self) -> CmpOrdering {
+        (other.when, other.seq).cmp(&(self.when, self.seq))
+    }
+}
+
+/// The thread-local half of a loop.
+pub(crate) struct LoopCtx {
+    pub(crate) rt: Arc<RuntimeShared>,
+    pub(crate) lp: Arc<LoopShared>,
+    /// This loop's share of the runtime's tasks; `None` on host loops, which run only what
+    /// is pinned to them.
+    pub(crate) worker: Option<Worker<TaskPtr>>,
+    ready: RefCell<VecDeque<ReadyCallback>>,
+    timers: RefCell<BinaryHeap<LocalTimer>>,
+    pub(crate) local_ready: RefCell<VecDeque<TaskPtr>>,
+    inbox_buf: RefCell<VecDeque<Remote>>,
+    timer_seq: Cell<u64>,
+    tick: Cell<u64>,
+    searching: Cell<bool>,
+    rng: Cell<u64>,
+    events: RefCell<Events>,
+}
+
+impl LoopCtx {
+    pub(crate) fn new(
+        rt: Arc<RuntimeShared>,
+        lp: Arc<LoopShared>,
+        worker: Option<Worker<TaskPtr>>,
+    ) -> LoopCtx {
+        let seed = 0x9E37_79B9_7F4A_7C15u64 ^ ((lp.id as u64 + 1) << 17);
+        LoopCtx {
+            rt,
+            lp,
+            worker,
+            ready: RefCell::new(VecDeque::new()),
+            timers: RefCell::new(BinaryHeap::new()),
+            local_ready: RefCell::new(VecDeque::new()),
+            inbox_buf: RefCell::new(VecDeque::new()),
+            timer_seq: Cell::new(0),
+            tick: Cell::new(0),
+            searching: Cell::new(false),
+            rng: Cell::new(seed),
+            events: RefCell::new(Events::new()),
+        }
+    }
+
+    /// `call_soon`: appends to this loop's ready queue. Callbacks already sent with
+    /// `call_soon_threadsafe` are moved in first, so FIFO order follows happens-before.
+    pub(crate) fn call_soon(&self, f: Box<dyn FnOnce()>, name: &'static str) -> CallbackHandle {
+        self.drain_inbox();
+        let state = Arc::new(HandleState { cancelled: AtomicBool::new(false), when: None });
+        self.ready.borrow_mut().push_back(ReadyCallback {
+            f,
+            handle: Some(state.clone()),
+            name,
+        });
+        CallbackHandle { state }
+    }
+
+    fn call_soon_unhandled(&self, f: Box<dyn FnOnce()>, name: &'static str) {
+        self.drain_inbox();
+        self.ready.borrow_mut().push_back(ReadyCallback { f, handle: None, name });
+    }
+
+    pub(crate) fn call_at(
+        &self,
+        when: Instant,
+        f: Box<dyn FnOnce()>,
+        name: &'static str,
+    ) -> TimerHandle {
+        let state = Arc::new(HandleState { cancelled: AtomicBool::new(false), when: Some(when) });
+        let seq = self.timer_seq.get() + 1;
+        self.timer_seq.set(seq);
+        self.timers.borrow_mut().push(LocalTimer {
+            when,
+            seq,
+            callback: ReadyCallback { f, handle: Some(state.clone()), name },
+        });
+        TimerHandle { state }
+    }
+
+    /// Moves what other threads sent into the local queues. Returns true if anything moved.
+    fn drain_inbox(&self) -> bool {
+        if !self.lp.bell.has_messages() {
+            return false;
+        }
+        let mut buf = self.inbox_buf.borrow_mut();
+        self.lp.bell.drain_into(&mut buf);
+        let moved = !buf.is_empty();
+        for message in buf.drain(..) {
+            match message {
+                Remote::Callback(cb) => self.ready.borrow_mut().push_back(cb.into()),
+                Remote::Wake(task) => self.local_ready.borrow_mut().push_back(task),
+            }
+        }
+        moved
+    }
+
+    /// Moves due callback timers to the ready queue and fires due task timers.
+    fn fire_timers(&self) -> bool {
+        let has_local = !self.timers.borrow().is_empty();
+        let shared = if self.worker.is_some() { self.rt.timers.earliest() } else { None };
+        if !has_local && shared.is_none() {
+            return false;
+        }
+        let now = Instant::now();
+        let mut fired = false;
+        if has_local {
+            let mut timers = self.timers.borrow_mut();
+            while timers.peek().is_some_and(|t| t.when <= now) {
+                let timer = timers.pop().expect("peeked");
+                if !timer.callback.is_cancelled() {
+                    self.ready.borrow_mut().push_back(timer.callback);
+                    fired = true;
+                }
+            }
+        }
+        if let Some(earliest) = shared {
+            let now_ns = self.rt.ns(now);
+            if earliest <= now_ns {
+                fired |= self.rt.timers.fire(now_ns) > 0;
+            }
+        }
+        fired
+    }
+
+    /// Runs the callbacks that are ready now (not those they schedule: asyncio's rule).
+    fn run_ready(&self) -> bool {
+        let n = self.ready.borrow().len();
+        for _ in 0..n {
+            let next = self.ready.borrow_mut().pop_front();
+            let Some(cb) = next else { break };
+            if cb.is_cancelled() {
+                continue;
+            }
+            self.invoke(cb);
+        }
+        n > 0
+    }
+
+    fn invoke(&self, cb: ReadyCallback) {
+        let started = self.rt.config.debug.then(Instant::now);
+        let name = cb.name;
+        if let Err(payload) = catch_unwind(AssertUnwindSafe(cb.f)) {
+            let error = Error::from_panic(payload);
+            self.lp.report(
+                &ExceptionContext::new(format!("Exception in callback {name}"))
+                    .with_error(error)
+                    .with_callback(name),
+            );
+        }
+        if let Some(started) = started {
+            let took = started.elapsed();
+            if took >= self.rt.config.slow_callback_duration {
+                self.lp.report(
+                    &ExceptionContext::new(format!(
+                        "Executing callback {name} took {:.3} seconds",
+                        took.as_secs_f64()
+                    ))
+                    .with_callback(name),
+                );
+            }
+        }
+    }
+
+    fn next_task(&self, tick: u64) -> Option<TaskPtr> {
+        if let Some(task) = self.local_ready.borrow_mut().pop_front() {
+            return Some(task);
+        }
+        let worker = self.worker.as_ref()?;
+        if tick % INJECTOR_FAIRNESS == 0 {
+            if let Some(task) = self.steal_injector(worker) {
+                return Some(task);
+            }
+        }
+        worker.pop().or_else(|| self.steal_injector(worker)).or_else(|| self.steal_siblings(worker))
+    }
+
+    fn steal_injector(&self, worker: &Worker<TaskPtr>) -> Option<TaskPtr> {
+        loop {
+            match self.rt.injector.steal_batch_and_pop(worker) {
+                Steal::Success(task) => return Some(task),
+                Steal::Empty => return None,
+                Steal::Retry => continue,
+            }
+        }
+    }
+
+    fn steal_siblings(&self, worker: &Worker<TaskPtr>) -> Option<TaskPtr> {
+        let n = self.rt.stealers.len();
+        if n <= 1 {
+            return None;
+        }
+        // xorshift: a cheap random start so siblings do not all raid the same victim.
+        let mut x = self.rng.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.rng.set(x);
+        let start = (x as usize) % n;
+        for i in 0..n {
+            let victim = (start + i) % n;
+            if victim == self.lp.id {
+                continue;
+            }
+            loop {
+                match self.rt.stealers[victim].steal_batch_and_pop(worker) {
+                    Steal::Success(task) => return Some(task),
+                    Steal::Empty => break,
+                    Steal::Retry => continue,
+                }
+            }
+        }
+        None
+    }
+
+    fn run_tasks(&self, tick: u64) -> bool {
+        let mut ran = 0;
+        while ran < TASK_BUDGET {
+            let Some(task) = self.next_task(tick) else { break };
+            if self.searching.replace(false) {
+                let more = !self.rt.injector.is_empty()
+                    || self.worker.as_ref().is_some_and(|w| !w.is_empty());
+                self.rt.end_searching(true, more);
+            }
+            if self.rt.config.debug {
+                self.run_task_timed(task);
+            } else {
+                task.run();
+            }
+            ran += 1;
+            if !self.ready.borrow().is_empty() || self.lp.bell.has_messages() {
+                break; // callbacks are waiting: give them their turn
+            }
+        }
+        ran > 0
+    }
+
+    #[cold]
+    fn run_task_timed(&self, task: TaskPtr) {
+        let name = task.header().name();
+        let id = task.header().id;
+        let started = Instant::now();
+        task.run();
+        let took = started.elapsed();
+        if took >= self.rt.config.slow_callback_duration {
+            self.lp.report(&ExceptionContext::new(format!(
+                "Executing task {name} (id {id}) took {:.3} seconds",
+                took.as_secs_f64()
+            )));
+        }
+    }
+
+    /// One iteration: inbox, timers, ready callbacks, a budget of tasks. Returns true if it
+    /// did anything.
+    pub(crate) fn run_once(&self) -> bool {
+        let tick = self.tick.get().wrapping_add(1);
+        self.tick.set(tick);
+        self.lp.tick.store(tick, Ordering::Relaxed);
+        let mut did = self.drain_inbox();
+        did |= self.fire_timers();
+        did |= self.run_ready();
+        did |= self.run_tasks(tick);
+        did
+    }
+
+    /// Work that only this loop can see.
+    pub(crate) fn has_local_work(&self) -> bool {
+        !self.ready.borrow().is_empty()
+            || !self.local_ready.borrow().is_empty()
+            || self.lp.bell.has_messages()
+            || self.worker.as_ref().is_some_and(|w| !w.is_empty())
+    }
+
+    fn next_local_deadline(&self) -> Option<Instant> {
+        let mut timers = self.timers.borrow_mut();
+        // Drop cancelled timers from the top so they do not wake us for nothing.
+        while timers.peek().is_some_and(|t| t.callback.is_cancelled()) {
+            timers.pop();
+        }
+        timers.peek().map(|t| t.when)
+    }
+
+    /// Worker loops: sleep until there is work (see `scheduler` for the protocol).
+    pub(crate) fn park_worker(&self) {
+        let rt = &self.rt;
+        let lp = &self.lp;
+        for _ in 0..LINGER_ROUNDS {
+            std::thread::yield_now();
+            if self.has_local_work() || rt.has_shared_work(lp.id) {
+                return;
+            }
+        }
+        if self.searching.replace(false) {
+            rt.end_searching(false, false);
+        }
+        if !lp.bell.prepare_sleep() {
+            return;
+        }
+        lp.sleep_deadline.store(ASLEEP_FOREVER, Ordering::Relaxed);
+        rt.register_idle(lp.id);
+        let driver = rt.try_take_timer_driver(lp.id);
+        // Pairs with `notify_work` and `on_new_earliest_timer`: our idle registration and
+        // driver token are visible to them, or their work is visible to the re-check below.
+        fence(Ordering::SeqCst);
+        let now = Instant::now();
+        let timers_due = rt.timers.earliest().is_some_and(|e| e <= rt.ns(now));
+        if rt.stopping.load(Ordering::Acquire)
+            || lp.notified.load(Ordering::Acquire)
+            || timers_due
+            || self.has_local_work()
+            || rt.has_shared_work(lp.id)
+        {
+            self.wake_up(driver);
+            return;
+        }
+        let mut deadline = self.next_local_deadline();
+        if driver {
+            if let Some(instant) = rt.timers.earliest().and_then(|ns| rt.instant_of(ns)) {
+                deadline = Some(deadline.map_or(instant, |d| d.min(instant)));
+            }
+        }
+        lp.sleep_deadline.store(
+            deadline.map_or(ASLEEP_FOREVER, |d| rt.ns(d).max(1)),
+            Ordering::Relaxed,
+        );
+        lp.set_state(LoopState::Idle);
+        self.wait(deadline.map(|d| d.saturating_duration_since(now)));
+        self.wake_up(driver);
+    }
+
+    fn wake_up(&self, driver: bool) {
+        let rt = &self.rt;
+        let lp = &self.lp;
+        lp.bell.finish_sleep();
+        lp.sleep_deadline.store(AWAKE, Ordering::Relaxed);
+        lp.set_state(LoopState::Running);
+        if driver {
+            rt.release_timer_driver(lp.id);
+        }
+        rt.unregister_idle(lp.id);
+        if lp.notified.swap(false, Ordering::AcqRel) {
+            self.searching.set(true);
+        }
+    }
+
+    /// Host loops: sleep until something pinned here, or `ready()`, needs us.
+    pub(crate) fn park_host(&self, ready: &dyn Fn() -> bool, max: Option<Duration>) {
+        let lp = &self.lp;
+        if !lp.bell.prepare_sleep() {
+            return;
+        }
+        lp.sleep_deadline.store(ASLEEP_FOREVER, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        if ready() || self.has_local_work() {
+            lp.bell.finish_sleep();
+            lp.sleep_deadline.store(AWAKE, Ordering::Relaxed);
+            return;
+        }
+        let now = Instant::now();
+        let mut timeout = self.next_local_deadline().map(|d| d.saturating_duration_since(now));
+        if let Some(max) = max {
+            timeout = Some(timeout.map_or(max, |t| t.min(max)));
+        }
+        self.wait(timeout);
+        lp.bell.finish_sleep();
+        lp.sleep_deadline.store(AWAKE, Ordering::Relaxed);
+    }
+
+    fn wait(&self, timeout: Option<Duration>) {
+        let mut events = self.events.borrow_mut();
+        events.clear();
+        if let Err(e) = self.lp.poller().wait(&mut events, timeout) {
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                self.lp.report(
+                    &ExceptionContext::new("the loop's poller failed").with_error(e.into()),
+                );
+            }
+        }
+    }
+
+    /// The loop is closing: refuse new messages, report callbacks that will never run, drop
+    /// the futures of tasks pinned here (on this thread, where they belong).
+    pub(crate) fn close(&self) {
+        self.lp.set_state(LoopState::Closing);
+        let leftover = self.lp.bell.close();
+        let mut never_ran = self.ready.borrow_mut().drain(..).filter(|c| !c.is_cancelled()).count();
+        never_ran += self.timers.borrow_mut().drain().filter(|t| !t.callback.is_cancelled()).count();
+        for message in leftover {
+            if let Remote::Callback(cb) = message {
+                if !cb.is_cancelled() {
+                    never_ran += 1;
+                }
+            }
+        }
+        if never_ran > 0 {
+            self.lp.dropped_callbacks.fetch_add(never_ran, Ordering::Relaxed);
+            self.lp.report(&ExceptionContext::new(format!(
+                "loop {} closed with {never_ran} callback(s) that never ran",
+                self.lp.id
+            )));
+        }
+        let closed = || Error::cancelled(Some("the event loop closed".to_owned()));
+        for task in self.rt.registry.snapshot() {
+            if task.header().home.as_ref().is_some_and(|h| Arc::ptr_eq(h, &self.lp)) {
+                task.force_finish(closed());
+            }
+        }
+        self.local_ready.borrow_mut().clear();
+        if let Some(worker) = &self.worker {
+            while worker.pop().is_some() {}
+        }
+        self.lp.set_state(LoopState::Closed);
+    }
+}
+
+/// Runs a boxed callback on a loop of `rt`: this thread's loop if it is one of them, else
+/// the first worker loop; if the runtime has closed, right here (never silently dropped).
+pub(crate) fn dispatch_callback(rt: &Arc<RuntimeShared>, f: Box<dyn FnOnce() + Send>) {
+    if let Some(ctx) = context::current_loop() {
+        if ctx.rt.id == rt.id {
+            ctx.call_soon_unhandled(f, "done callback");
+            return;
+        }
+    }
+    let cb = RemoteCallback { f, handle: None, name: "done callback" };
+    if let Err(Remote::Callback(cb)) = rt.loops[0].bell.push(Remote::Callback(cb)) {
+        (cb.f)();
+    }
+}
+
+/// Spawns `future` as a task of `rt` (shared when `home` is `None`, else pinned there).
+/// On a closed runtime the task is created already finished with a Closed error.
+pub(crate) fn spawn_task<F, T>(
+    rt: &Arc<RuntimeShared>,
+    home: Option<Arc<LoopShared>>,
+    future: F,
+) -> (Task<T>, bool)
+where
+    F: Future<Output = Result<T>> + 'static,
+    T: 'static,
+{
+    let id = TaskId(crate::scheduler::next_task_id());
+    let cell = TaskCell::new(Header::new(id, rt.clone(), home, None), future);
+    let raw: TaskPtr = cell.clone();
+    let join: Arc<dyn Join<T>> = cell;
+    match rt.registry.insert(id.0, raw.clone()) {
+        Ok(()) => {
+            raw.schedule();
+            (Task::from_raw(join), true)
+        }
+        Err(raw) => {
+            raw.force_finish(closed_error());
+            (Task::from_raw(join), false)
+        }
+    }
+}
+
+pub(crate) fn closed_error() -> Error {
+    Error::new(ErrorKind::Closed, "the runtime is shut down")
+}
+
+/// A cheap, `Clone + Send + Sync` handle to one event loop of a runtime.
+///
+/// Tasks created through any loop go to the runtime's shared pool and may run on any loop;
+/// callbacks stay on the loop they are given to and run there in FIFO order.
+///
+/// # Examples
+///
+/// ```
+/// use braid_runtime::Runtime;
+/// use std::sync::mpsc;
+///
+/// let rt = Runtime::builder().workers(2).build().unwrap();
+/// let lp = rt.event_loop();
+/// let (tx, rx) = mpsc::channel();
+/// // From a plain thread that knows nothing of async:
+/// std::thread::spawn(move || {
+///     lp.call_soon_threadsafe(move || tx.send("ran on the loop").unwrap()).unwrap();
+/// });
+/// assert_eq!(rx.recv().unwrap(), "ran on the loop");
+/// ```
+#[derive(Clone)]
+pub struct EventLoop {
+    pub(crate) rt: Arc<RuntimeShared>,
+    pub(crate) lp: Arc<LoopShared>,
+}
+
+impl EventLoop {
+    /// Schedules `f` to run on this loop, from any thread (asyncio's
+    /// `call_soon_threadsafe`). Callbacks run in FIFO order; a panic in one goes to the
+    /// loop's exception handler.
+    ///
+    /// ```
+    /// use std::sync::mpsc;
+    /// let rt = braid_runtime::Runtime::builder().workers(1).build().unwrap();
+    /// let (tx, rx) = mpsc::channel();
+    /// rt.event_loop().call_soon_threadsafe(move || tx.send(1).unwrap()).unwrap();
+    /// assert_eq!(rx.recv().unwrap(), 1);
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// A Closed error once the loop has closed; the callback is then dropped unrun.
+    pub fn call_soon_threadsafe<F>(&self, f: F) -> Result<CallbackHandle>
+    where
+        F: FnOnce() + Send + 'static,
+    {
+        let state = Arc::new(HandleState { cancelled: AtomicBool::new(false), when: None });
+        let cb = RemoteCallback {
+            f: Box::new(f),
+            handle: Some(state.clone()),
+            name: std::any::type_name::<F>(),
+        };
+        match self.lp.bell.push(Remote::Callback(cb)) {
+            Ok(()) => Ok(CallbackHandle { state }),
+            Err(_) => Err(Error::new(ErrorKind::Closed, "the event loop is closed")),
+        }
+    }
+
+    /// Spawns a task on the runtime's shared pool from any thread (it may run on any loop).
+    ///
+    /// ```
+    /// let rt = braid_runtime::Runtime::builder().workers(2).build().unwrap();
+    /// let task = rt.event_loop().spawn(async { Ok(2 + 2) }).unwrap();
+    /// assert_eq!(rt.run_until_complete(task).unwrap(), 4);
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// A Closed error once the runtime is shut down.
+    pub fn spawn<F, T>(&self, fut: F) -> Result<Task<T>>
+    where
+        F: Future<Output = Result<T>> + Send + 'static,
+        T: Send + 'static,
+    {
+        match spawn_task(&self.rt, None, fut) {
+            (task, true) => Ok(task),
+            (_, false) => Err(closed_error()),
+        }
+    }
+
+    /// The loop's monotonic clock.
+    ///
+    /// ```
+    /// let rt = braid_runtime::Runtime::builder().workers(1).build().unwrap();
+    /// let t = rt.event_loop().time();
+    /// assert!(t <= std::time::Instant::now());
+    /// ```
+    pub fn time(&self) -> Instant {
+        Instant::now()
+    }
+
+    /// True while the loop runs: a worker loop until shutdown, a host loop while a
+    /// `run_until_complete` or `run_forever` drives it.
+    ///
+    /// ```
+    /// let rt = braid_runtime::Runtime::builder().workers(1).build().unwrap();
+    /// assert!(rt.event_loop().is_running());
+    /// ```
+    pub fn is_running(&self) -> bool {
+        if self.lp.is_host {
+            self.lp.running.load(Ordering::Acquire)
+        } else {
+            !matches!(self.lp.state(), LoopState::Closing | LoopState::Closed)
+        }
+    }
+
+    /// True once the loop has closed.
+    ///
+    /// ```
+    /// let rt = braid_runtime::Runtime::builder().workers(1).build().unwrap();
+    /// let lp = rt.event_loop();
+    /// rt.shutdown(std::time::Duration::from_secs(1)).unwrap();
+    /// assert!(lp.is_closed());
+    /// ```
+    pub fn is_closed(&self) -> bool {
+        self.lp.state() == LoopState::Closed
+    }
+
+    /// Makes the runtime's current (or next) `run_forever` return.
+    ///
+    /// ```
+    /// let rt = braid_runtime::Runtime::builder().workers(1).build().unwrap();
+    /// let lp = rt.event_loop();
+    /// lp.call_soon_threadsafe({ let lp = lp.clone(); move || lp.stop() }).unwrap();
+    /// rt.run_forever().unwrap();
+    /// ```
+    pub fn stop(&self) {
+        self.rt.stop_requested.store(true, Ordering::Release);
+        for host in self.rt.hosts.lock().iter().filter_map(|h| h.upgrade()) {
+            host.bell.ring();
+        }
+    }
+
+    /// The loop's index within its runtime: worker loops are `0..workers`, loops of threads
+    /// driving `run_until_complete` come after.
+    ///
+    /// ```
+    /// let rt = braid_runtime::Runtime::builder().workers(2).build().unwrap();
+    /// let ids: Vec<usize> = rt.event_loops().iter().map(|l| l.id()).collect();
+    /// assert_eq!(ids, [0, 1]);
+    /// ```
+    pub fn id(&self) -> usize {
+        self.lp.id
+    }
+
+    /// Running, Idle (asleep in its poller), Closing or Closed.
+    ///
+    /// ```
+    /// use braid_runtime::LoopState;
+    /// let rt = braid_runtime::Runtime::builder().workers(1).build().unwrap();
+    /// assert!(matches!(rt.event_loop().state(), LoopState::Running | LoopState::Idle));
+    /// ```
+    pub fn state(&self) -> LoopState {
+        self.lp.state()
+    }
+
+    /// Sets the handler for errors no one else can receive: panics in callbacks, slow
+    /// callbacks in debug mode, callbacks lost at close (asyncio's
+    /// `set_exception_handler`).
+    ///
+    /// ```
+    /// use std::sync::mpsc;
+    /// use std::sync::Mutex;
+    /// let rt = braid_runtime::Runtime::builder().workers(1).build().unwrap();
+    /// let lp = rt.event_loop();
+    /// let (tx, rx) = mpsc::channel();
+    /// let tx = Mutex::new(tx);
+    /// lp.set_exception_handler(move |ctx| tx.lock().unwrap().send(ctx.message.clone()).unwrap());
+    /// lp.call_soon_threadsafe(|| panic!("boom")).unwrap();
+    /// assert!(rx.recv().unwrap().starts_with("Exception in callback"));
+    /// ```
+    pub fn set_exception_handler<H>(&self, h: H)
+    where
+        H: Fn(&ExceptionContext) + Send + Sync + 'static,
+    {
+        *self.lp.handler.lock() = Some(Arc::new(h));
+    }
+
+    /// Calls the loop's exception handler (or the default one, which prints to stderr).
+    ///
+    /// ```
+    /// let rt = braid_runtime::Runtime::builder().workers(1).build().unwrap();
+    /// rt.event_loop().call_exception_handler(braid_runtime::ExceptionContext::new("hello"));
+    /// ```
+    pub fn call_exception_handler(&self, ctx: ExceptionContext) {
+        self.lp.report(&ctx);
+    }
+}
+
+impl fmt::Debug for EventLoop {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EventLoop")
+            .field("id", &self.lp.id)
+            .field("host", &self.lp.is_host)
+            .field("state", &self.lp.state())
+            .finish()
+    }
+}
+
+/// What an exception handler receives (asyncio's exception-handler context dict).
+///
+/// # Examples
+///
+/// ```
+/// use braid_runtime::{Error, ExceptionContext};
+/// let ctx = ExceptionContext::new("something broke").with_error(Error::msg("why"));
+/// assert_eq!(ctx.message, "something broke");
+/// assert!(ctx.error.is_some());
+/// ```
+#[derive(Clone)]
+pub struct ExceptionContext {
+    /// What happened.
+    pub message: String,
+    /// The error, if there is one.
+    pub error: Option<Error>,
+    /// The task involved, if any.
+    pub task: Option<TaskRef>,
+    /// The callback involved (its type name), if any.
+    callback: Option<&'static str>,
+}
+
+impl ExceptionContext {
+    /// A context with just a message.
+    ///
+    /// ```
+    /// let ctx = braid_runtime::ExceptionContext::new("hello");
+    /// assert!(ctx.error.is_none() && ctx.task.is_none());
+    /// ```
+    pub fn new(message: impl Into<String>) -> Self {
+        ExceptionContext { message: message.into(), error: None, task: None, callback: None }
+    }
+
+    /// Adds the error.
+    ///
+    /// ```
+    /// let ctx = braid_runtime::ExceptionContext::new("x").with_error(braid_runtime::Error::msg("y"));
+    /// assert_eq!(ctx.error.unwrap().to_string(), "y");
+    /// ```
+    pub fn with_error(mut self, e: Error) -> Self {
+        self.error = Some(e);
+        self
+    }
+
+    /// Adds the task.
+    ///
+    /// ```
+    /// braid_runtime::run(async {
+    ///     let me = braid_runtime::current_task().unwrap();
+    ///     let ctx = braid_runtime::ExceptionContext::new("x").with_task(me.clone());
+    ///     assert_eq!(ctx.task.unwrap().id(), me.id());
+    ///     Ok(())
+    /// }).unwrap();
+    /// ```
+    pub fn with_task(mut self, t: TaskRef) -> Self {
+        self.task = Some(t);
+        self
+    }
+
+    fn with_callback(mut self, name: &'static str) -> Self {
+        self.callback = Some(name);
+        self
+    }
+
+    /// The callback involved (its type name), if any.
+    ///
+    /// ```
+    /// assert!(braid_runtime::ExceptionContext::new("x").callback().is_none());
+    /// ```
+    pub fn callback(&self) -> Option<&str> {
+        self.callback
+    }
+}
+
+impl fmt::Display for ExceptionContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)?;
+        if let Some(e) = &self.error {
+            write!(f, ": {e}")?;
+        }
+        if let Some(t) = &self.task {
+            write!(f, " (task {})", t.name())?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for ExceptionContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ExceptionContext")
+            .field("message", &self.message)
+            .field("error", &self.error)
+            .field("task", &self.task)
+            .field("callback", &self.callback)
+            .finish()
+    }
+}
+
+/// Runs a boxed callback on loop `lp`: directly into its ready queue when called on
+/// that loop, else through its doorbell; if it has closed, right here.
+pub(crate) fn dispatch_to(lp: &Arc<LoopShared>, f: Box<dyn FnOnce() + Send>) {
+    if let Some(ctx) = context::current_loop() {
+        if Arc::ptr_eq(&ctx.lp, lp) {
+            ctx.call_soon_unhandled(f, "done callback");
+            return;
+        }
+    }
+    let cb = RemoteCallback { f, handle: None, name: "done callback" };
+    if let Err(Remote::Callback(cb)) = lp.bell.push(Remote::Callback(cb)) {
+        (cb.f)();
+    }
+}

@@ -1,0 +1,388 @@
+//! `Promise<T>`: asyncio's `Future`, a one-shot result that tasks await and callbacks watch.
+
+use crate::context;
+use crate::event_loop::LoopShared;
+use crate::task::CancelTarget;
+use braid_bridge::sync::atomic::{AtomicU64, Ordering};
+use braid_bridge::sync::Mutex;
+use braid_bridge::{Error, ErrorKind, Result};
+use std::fmt;
+use std::future::{Future, IntoFuture};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+
+/// Identifies a done callback, for [`Promise::remove_done_callback`].
+///
+/// # Examples
+///
+/// ```
+/// let p = braid_runtime::Promise::<u8>::new();
+/// let a = p.add_done_callback(|_| ());
+/// let b = p.add_done_callback(|_| ());
+/// assert_ne!(a, b);
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct CallbackId(u64);
+
+static NEXT_CALLBACK_ID: AtomicU64 = AtomicU64::new(1);
+
+type PromiseCallback<T> = Box<dyn FnOnce(&Promise<T>) + Send>;
+
+struct State<T> {
+    outcome: Option<Result<T>>,
+    cancelled: bool,
+    waiters: Vec<Waker>,
+    callbacks: Vec<(CallbackId, PromiseCallback<T>)>,
+}
+
+struct Inner<T> {
+    state: Mutex<State<T>>,
+    /// The loop that was running when the promise was created: done callbacks run there.
+    home: Option<Arc<LoopShared>>,
+}
+
+/// A one-shot result that tasks can await (asyncio's `Future`), settable from any thread.
+///
+/// Done callbacks are scheduled on the loop that was running when the promise was created
+/// (as `call_soon`), in the order they were added, and never run synchronously; a promise
+/// created outside any loop runs them on the loop that completes it, or on the completing
+/// thread if that is no loop.
+///
+/// # Examples
+///
+/// ```
+/// use braid_runtime::{create_future, create_task, Promise};
+///
+/// braid_runtime::run(async {
+///     let promise: Promise<String> = create_future();
+///     let setter = promise.clone();
+///     create_task(async move {
+///         setter.set_result("ready".to_owned())?;
+///         Ok(())
+///     });
+///     assert_eq!(promise.await?, "ready");
+///     Ok(())
+/// }).unwrap();
+/// ```
+pub struct Promise<T> {
+    inner: Arc<Inner<T>>,
+}
+
+impl<T> Clone for Promise<T> {
+    fn clone(&self) -> Self {
+        Promise { inner: self.inner.clone() }
+    }
+}
+
+impl<T: Send + 'static> Default for Promise<T> {
+    fn default() -> Self {
+        Promise::new()
+    }
+}
+
+/// A new pending [`Promise`] bound to the running loop (asyncio's `loop.create_future`).
+///
+/// # Examples
+///
+/// ```
+/// braid_runtime::run(async {
+///     let p = braid_runtime::create_future::<u32>();
+///     assert!(!p.done());
+///     Ok(())
+/// }).unwrap();
+/// ```
+pub fn create_future<T: Send + 'static>() -> Promise<T> {
+    Promise::new()
+}
+
+impl<T: Send + 'static> Promise<T> {
+    /// A new pending promise, bound to the running loop if there is one.
+    ///
+    /// ```
+    /// let p = braid_runtime::Promise::<i32>::new();
+    /// p.set_result(3).unwrap();
+    /// assert_eq!(p.result().unwrap(), 3);
+    /// ```
+    pub fn new() -> Promise<T> {
+        let home = context::current_loop().map(|ctx| ctx.lp.clone());
+        Promise {
+            inner: Arc::new(Inner {
+                state: Mutex::new(State {
+                    outcome: None,
+                    cancelled: false,
+                    waiters: Vec::new(),
+                    callbacks: Vec::new(),
+                }),
+                home,
+            }),
+        }
+    }
+
+    fn settle(&self, outcome: Result<T>, cancelled: bool) -> Result<()> {
+        let (waiters, callbacks) = {
+            let mut st = self.inner.state.lock();
+            if st.outcome.is_some() {
+                return Err(Error::new(ErrorKind::InvalidState, "the promise is already done"));
+            }
+            st.outcome = Some(outcome);
+            st.cancelled = cancelled;
+            (std::mem::take(&mut st.waiters), std::mem::take(&mut st.callbacks))
+        };
+        for w in waiters {
+            w.wake();
+        }
+        for (_, cb) in callbacks {
+            self.schedule_callback(cb);
+        }
+        Ok(())
+    }
+
+    fn schedule_callback(&self, cb: PromiseCallback<T>) {
+        let me = self.clone();
+        let run: Box<dyn FnOnce() + Send> = Box::new(move || cb(&me));
+        match &self.inner.home {
+            Some(lp) => crate::event_loop::dispatch_to(lp, run),
+            None => match context::current_loop() {
+                Some(ctx) => crate::event_loop::dispatch_to(&ctx.lp, run),
+                None => run(),
+            },
+        }
+    }
+
+    /// Completes the promise with `value`.
+    ///
+    /// ```
+    /// let p = braid_runtime::Promise::new();
+    /// p.set_result(1).unwrap();
+    /// assert!(p.set_result(2).is_err()); // InvalidState: already done
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// `InvalidState` if the promise is already done.
+    pub fn set_result(&self, value: T) -> Result<()> {
+        self.settle(Ok(value), false)
+    }
+
+    /// Completes the promise with an error.
+    ///
+    /// ```
+    /// let p = braid_runtime::Promise::<u8>::new();
+    /// p.set_exception(braid_runtime::Error::msg("no")).unwrap();
+    /// assert_eq!(p.result().unwrap_err().to_string(), "no");
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// `InvalidState` if the promise is already done.
+    pub fn set_exception(&self, error: Error) -> Result<()> {
+        let cancelled = error.is_cancelled();
+        self.settle(Err(error), cancelled)
+    }
+
+    /// Cancels the promise; returns false if it was already done.
+    ///
+    /// ```
+    /// let p = braid_runtime::Promise::<u8>::new();
+    /// assert!(p.cancel());
+    /// assert!(p.cancelled());
+    /// assert!(!p.cancel());
+    /// ```
+    pub fn cancel(&self) -> bool {
+        self.cancel_with_message(None)
+    }
+
+    fn cancel_with_message(&self, message: Option<String>) -> bool {
+        self.settle(Err(Error::cancelled(message)), true).is_ok()
+    }
+
+    /// True if the promise was cancelled.
+    ///
+    /// ```
+    /// let p = braid_runtime::Promise::<u8>::new();
+    /// assert!(!p.cancelled());
+    /// ```
+    pub fn cancelled(&self) -> bool {
+        self.inner.state.lock().cancelled
+    }
+
+    /// True once the promise has a result, an error, or was cancelled.
+    ///
+    /// ```
+    /// let p = braid_runtime::Promise::new();
+    /// p.set_result(()).unwrap();
+    /// assert!(p.done());
+    /// ```
+    pub fn done(&self) -> bool {
+        self.inner.state.lock().outcome.is_some()
+    }
+
+    /// The result (a clone of the value, or the error).
+    ///
+    /// ```
+    /// let p = braid_runtime::Promise::<u8>::new();
+    /// assert!(p.result().is_err()); // InvalidState: not done yet
+    /// p.set_result(9).unwrap();
+    /// assert_eq!(p.result().unwrap(), 9);
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// `InvalidState` if not done; the stored error otherwise.
+    pub fn result(&self) -> Result<T>
+    where
+        T: Clone,
+    {
+        match &self.inner.state.lock().outcome {
+            Some(outcome) => outcome.clone(),
+            None => Err(Error::new(ErrorKind::InvalidState, "the promise is not done yet")),
+        }
+    }
+
+    /// Calls `f` once the promise is done, scheduled on its loop; returns an id for
+    /// [`remove_done_callback`](Promise::remove_done_callback).
+    ///
+    /// ```
+    /// use std::sync::mpsc;
+    /// braid_runtime::run(async {
+    ///     let (tx, rx) = mpsc::channel();
+    ///     let p = braid_runtime::create_future::<u8>();
+    ///     p.add_done_callback(move |p| tx.send(p.result().unwrap()).unwrap());
+    ///     p.set_result(7)?;
+    ///     assert!(rx.try_recv().is_err()); // scheduled, not yet run
+    ///     braid_runtime::yield_now().await?;
+    ///     assert_eq!(rx.try_recv().unwrap(), 7);
+    ///     Ok(())
+    /// }).unwrap();
+    /// ```
+    pub fn add_done_callback<F>(&self, f: F) -> CallbackId
+    where
+        F: FnOnce(&Promise<T>) + Send + 'static,
+    {
+        let id = CallbackId(NEXT_CALLBACK_ID.fetch_add(1, Ordering::Relaxed));
+        {
+            let mut st = self.inner.state.lock();
+            if st.outcome.is_none() {
+                st.callbacks.push((id, Box::new(f)));
+                return id;
+            }
+        }
+        self.schedule_callback(Box::new(f));
+        id
+    }
+
+    /// Removes a done callback that has not been scheduled yet; returns how many it removed.
+    ///
+    /// ```
+    /// let p = braid_runtime::Promise::<u8>::new();
+    /// let id = p.add_done_callback(|_| panic!("removed"));
+    /// assert_eq!(p.remove_done_callback(id), 1);
+    /// assert_eq!(p.remove_done_callback(id), 0);
+    /// p.set_result(1).unwrap();
+    /// ```
+    pub fn remove_done_callback(&self, id: CallbackId) -> usize {
+        let mut st = self.inner.state.lock();
+        let before = st.callbacks.len();
+        st.callbacks.retain(|(cid, _)| *cid != id);
+        before - st.callbacks.len()
+    }
+}
+
+impl<T: Send + 'static> CancelTarget for Promise<T> {
+    fn cancel_from_awaiter(&self, message: Option<String>) {
+        self.cancel_with_message(message);
+    }
+}
+
+/// The future of awaiting a [`Promise`].
+///
+/// # Examples
+///
+/// ```
+/// braid_runtime::run(async {
+///     let p = braid_runtime::create_future::<u8>();
+///     p.set_result(1)?;
+///     let fut: braid_runtime::PromiseFuture<u8> = p.into_future();
+///     assert_eq!(fut.await?, 1);
+///     Ok(())
+/// }).unwrap();
+/// # use std::future::IntoFuture;
+/// ```
+#[must_use = "futures do nothing unless you `.await` them"]
+pub struct PromiseFuture<T> {
+    promise: Promise<T>,
+    registered: bool,
+}
+
+impl<T: Clone + Send + 'static> IntoFuture for Promise<T> {
+    type Output = Result<T>;
+    type IntoFuture = PromiseFuture<T>;
+
+    fn into_future(self) -> PromiseFuture<T> {
+        PromiseFuture { promise: self, registered: false }
+    }
+}
+
+impl<T: Clone + Send + 'static> Future for PromiseFuture<T> {
+    type Output = Result<T>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<T>> {
+        let key = Arc::as_ptr(&self.promise.inner) as *const () as usize;
+        if let Some(cancel) = context::take_cancel() {
+            // asyncio: cancelling the awaiting task cancels the future it awaits.
+            self.promise.cancel_with_message(cancel.message().map(str::to_owned));
+            if self.registered {
+                context::clear_awaiting(Some(key));
+            }
+            return Poll::Ready(Err(cancel));
+        }
+        {
+            let mut st = self.promise.inner.state.lock();
+            if let Some(outcome) = &st.outcome {
+                let outcome = outcome.clone();
+                drop(st);
+                if self.registered {
+                    self.registered = false;
+                    context::clear_awaiting(Some(key));
+                }
+                return Poll::Ready(outcome);
+            }
+            if !st.waiters.iter().any(|w| w.will_wake(cx.waker())) {
+                st.waiters.push(cx.waker().clone());
+            }
+        }
+        if !self.registered {
+            let target: Arc<dyn CancelTarget> = Arc::new(self.promise.clone());
+            self.registered = context::set_awaiting(key, target);
+        }
+        Poll::Pending
+    }
+}
+
+impl<T> Drop for PromiseFuture<T> {
+    fn drop(&mut self) {
+        if self.registered {
+            context::clear_awaiting(Some(Arc::as_ptr(&self.promise.inner) as *const () as usize));
+        }
+    }
+}
+
+impl<T> fmt::Debug for Promise<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let st = self.inner.state.lock();
+        let state = match (&st.outcome, st.cancelled) {
+            (None, _) => "pending",
+            (Some(_), true) => "cancelled",
+            (Some(Ok(_)), false) => "finished",
+            (Some(Err(_)), false) => "failed",
+        };
+        f.debug_struct("Promise").field("state", &state).finish()
+    }
+}
+
+impl<T> fmt::Debug for PromiseFuture<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PromiseFuture").field("promise", &self.promise).finish()
+    }
+}

@@ -1,0 +1,633 @@
+//! `Runtime` and `Builder`: starting loop threads, driving a future on the calling thread,
+//! and shutting down so that every task settles.
+
+use crate::context;
+use crate::event_loop::{closed_error, EventLoop, LoopCtx, LoopShared, LoopState};
+use crate::scheduler::{monitor_main, next_task_id, Config, RuntimeShared, TaskPtr};
+use crate::task::raw::RawTask;
+use crate::task::{Header, TaskId};
+use braid_bridge::sync::atomic::{AtomicBool, Ordering};
+use braid_bridge::sync::Mutex;
+use braid_bridge::{Error, ErrorKind, Result};
+use crossbeam_deque::Worker;
+use std::cell::RefCell;
+use std::fmt;
+use std::future::Future;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::pin;
+use std::ptr::NonNull;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// How long `Drop` lets tasks finish their cancellation before giving up on them.
+const DROP_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Configures and starts a [`Runtime`].
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// let rt = braid_runtime::Runtime::builder()
+///     .workers(2)
+///     .thread_name("app-loop")
+///     .slow_callback_duration(Duration::from_millis(50))
+///     .build()
+///     .unwrap();
+/// assert_eq!(rt.event_loops().len(), 2);
+/// ```
+#[derive(Clone, Debug)]
+pub struct Builder {
+    workers: Option<usize>,
+    thread_name: String,
+    debug: bool,
+    slow_callback_duration: Duration,
+    default_executor_threads: Option<usize>,
+}
+
+impl Builder {
+    fn new() -> Builder {
+        Builder {
+            workers: None,
+            thread_name: "braid-loop".to_owned(),
+            debug: false,
+            slow_callback_duration: Duration::from_millis(100),
+            default_executor_threads: None,
+        }
+    }
+
+    /// The number of loop threads (at least 1; default: one per available core).
+    ///
+    /// ```
+    /// let rt = braid_runtime::Runtime::builder().workers(3).build().unwrap();
+    /// assert_eq!(rt.event_loops().len(), 3);
+    /// assert!(braid_runtime::Runtime::builder().workers(0).build().is_err());
+    /// ```
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = Some(n);
+        self
+    }
+
+    /// The loop threads' name prefix (threads are named `<name>-<index>`).
+    ///
+    /// ```
+    /// let rt = braid_runtime::Runtime::builder().workers(1).thread_name("svc").build().unwrap();
+    /// let name = rt.run_until_complete(async {
+    ///     let t = braid_runtime::get_running_loop().spawn(async {
+    ///         Ok(std::thread::current().name().unwrap().to_owned())
+    ///     })?;
+    ///     t.await
+    /// }).unwrap();
+    /// assert_eq!(name, "svc-0");
+    /// ```
+    pub fn thread_name(mut self, name: impl Into<String>) -> Self {
+        self.thread_name = name.into();
+        self
+    }
+
+    /// asyncio's debug mode: callbacks and task polls slower than
+    /// [`slow_callback_duration`](Builder::slow_callback_duration) are reported to the
+    /// loop's exception handler with the task's name.
+    ///
+    /// ```
+    /// let rt = braid_runtime::Runtime::builder().workers(1).debug(true).build().unwrap();
+    /// # drop(rt);
+    /// ```
+    pub fn debug(mut self, on: bool) -> Self {
+        self.debug = on;
+        self
+    }
+
+    /// The threshold for slow-callback reports in debug mode (default 100 ms).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let rt = braid_runtime::Runtime::builder()
+    ///     .workers(1).debug(true).slow_callback_duration(Duration::from_millis(10))
+    ///     .build().unwrap();
+    /// # drop(rt);
+    /// ```
+    pub fn slow_callback_duration(mut self, d: Duration) -> Self {
+        self.slow_callback_duration = d;
+        self
+    }
+
+    /// The size of the default thread pool used by `to_thread` (it arrives with the bridge;
+    /// the setting is kept until then).
+    ///
+    /// ```
+    /// let rt = braid_runtime::Runtime::builder().workers(1).default_executor_threads(4).build().unwrap();
+    /// # drop(rt);
+    /// ```
+    pub fn default_executor_threads(mut self, n: usize) -> Self {
+        self.default_executor_threads = Some(n);
+        self
+    }
+
+    /// Starts the loop threads.
+    ///
+    /// ```
+    /// let rt = braid_runtime::Runtime::builder().workers(1).build().unwrap();
+    /// assert_eq!(rt.run_until_complete(async { Ok(1) }).unwrap(), 1);
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// `InvalidInput` for zero workers or executor threads; the OS error if a poller or a
+    /// thread cannot be created (threads already started are stopped again).
+    pub fn build(self) -> std::io::Result<Runtime> {
+        let invalid = |msg: &str| std::io::Error::new(std::io::ErrorKind::InvalidInput, msg.to_owned());
+        let workers = match self.workers {
+            Some(0) => return Err(invalid("Builder::workers: a runtime needs at least 1 worker")),
+            Some(n) => n,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
+        if self.default_executor_threads == Some(0) {
+            return Err(invalid("Builder::default_executor_threads: the pool needs at least 1 thread"));
+        }
+        let mut loops = Vec::with_capacity(workers);
+        let mut queues = Vec::with_capacity(workers);
+        let mut stealers = Vec::with_capacity(workers);
+        for id in 0..workers {
+            loops.push(Arc::new(LoopShared::new(id, false)?));
+            let queue = Worker::new_fifo();
+            stealers.push(queue.stealer());
+            queues.push(queue);
+        }
+        let config = Config {
+            workers,
+            debug: self.debug,
+            slow_callback_duration: self.slow_callback_duration,
+        };
+        let shared = Arc::new(RuntimeShared::new(config, loops, stealers));
+        let rt = Runtime { shared: shared.clone(), threads: Mutex::new(Vec::new()), shut: AtomicBool::new(false) };
+        for (id, queue) in queues.into_iter().enumerate() {
+            let shared = shared.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("{}-{id}", self.thread_name))
+                .spawn(move || worker_main(shared, id, queue))?;
+            rt.threads.lock().push(handle);
+        }
+        let monitor = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name(format!("{}-monitor", self.thread_name))
+                .spawn(move || monitor_main(shared))?
+        };
+        *shared.monitor.lock() = Some(monitor.thread().clone());
+        rt.threads.lock().push(monitor);
+        Ok(rt)
+    }
+}
+
+fn worker_main(rt: Arc<RuntimeShared>, id: usize, queue: Worker<TaskPtr>) {
+    let lp = rt.loops[id].clone();
+    let ctx = Rc::new(LoopCtx::new(rt.clone(), lp.clone(), Some(queue)));
+    {
+        let _guard = context::enter_loop(ctx.clone());
+        lp.set_state(LoopState::Running);
+        while !rt.stopping.load(Ordering::Acquire) {
+            if !ctx.run_once() {
+                ctx.park_worker();
+            }
+        }
+        ctx.close();
+    }
+    drop(ctx);
+    rt.exited.fetch_add(1, Ordering::AcqRel);
+    if let Some(waiter) = &*rt.shutdown_waiter.lock() {
+        waiter.unpark();
+    }
+}
+
+/// A multi-threaded asyncio: N loop threads sharing one work-stealing pool of tasks.
+///
+/// `run_until_complete` and `run_forever` drive a future on the calling thread, which acts as
+/// one more loop while they run (so the future need not be `Send` or `'static`). Tasks it
+/// creates go to the shared pool; callbacks and `spawn_local` tasks created on it stay pinned
+/// to it and wait, as in asyncio, until the runtime is run again from that thread.
+///
+/// Dropping a runtime shuts it down with a default timeout of 5 s.
+///
+/// # Examples
+///
+/// ```
+/// use braid_runtime::Runtime;
+/// use std::time::Duration;
+///
+/// let rt = Runtime::builder().workers(2).build()?;
+/// let total = rt.run_until_complete(async {
+///     let tasks: Vec<_> = (1..=4u64)
+///         .map(|i| braid_runtime::create_task(async move { Ok(i * i) }))
+///         .collect();
+///     let mut sum = 0;
+///     for t in tasks {
+///         sum += t.await?;
+///     }
+///     Ok(sum)
+/// })?;
+/// assert_eq!(total, 30);
+/// rt.shutdown(Duration::from_secs(1))?;
+/// # Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
+/// ```
+pub struct Runtime {
+    shared: Arc<RuntimeShared>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    shut: AtomicBool,
+}
+
+thread_local! {
+    /// This thread's host loops, one per runtime it has driven.
+    static HOSTS: RefCell<Vec<Rc<LoopCtx>>> = const { RefCell::new(Vec::new()) };
+}
+
+impl Runtime {
+    /// A runtime with one loop per available core.
+    ///
+    /// ```
+    /// let rt = braid_runtime::Runtime::new().unwrap();
+    /// assert!(!rt.event_loops().is_empty());
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// The OS error if a poller or a thread cannot be created.
+    pub fn new() -> std::io::Result<Runtime> {
+        Builder::new().build()
+    }
+
+    /// A [`Builder`] to configure a runtime.
+    ///
+    /// ```
+    /// let rt = braid_runtime::Runtime::builder().workers(1).build().unwrap();
+    /// # drop(rt);
+    /// ```
+    pub fn builder() -> Builder {
+        Builder::new()
+    }
+
+    /// Drives `fut` to completion on the calling thread (asyncio's `run_until_complete`).
+    ///
+    /// ```
+    /// let rt = braid_runtime::Runtime::builder().workers(1).build().unwrap();
+    /// let local = std::rc::Rc::new(5); // not Send: fine, it stays on this thread
+    /// let v = rt.run_until_complete(async move { Ok(*local + 1) }).unwrap();
+    /// assert_eq!(v, 6);
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// Whatever `fut` returns; `InvalidState` at once if called on a loop thread (it would
+    /// deadlock); Closed after shutdown; Panicked if `fut` panics.
+    pub fn run_until_complete<F, T>(&self, fut: F) -> Result<T>
+    where
+        F: Future<Output = Result<T>>,
+    {
+        let host = self.enter_host()?;
+        let _guard = context::enter_loop(host.clone());
+        host.lp.running.store(true, Ordering::Release);
+        let _running = ClearOnDrop(&host.lp.running);
+
+        let main = Arc::new(MainTask {
+            header: Header::new(TaskId(next_task_id()), self.shared.clone(), Some(host.lp.clone()), Some("main".to_owned())),
+            woken: AtomicBool::new(true),
+            lp: host.lp.clone(),
+        });
+        let waker = Waker::from(main.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut fut = pin!(fut);
+        let mut first = true;
+        loop {
+            if main.woken.swap(false, Ordering::AcqRel) {
+                let step = main.header.begin_step(first);
+                first = false;
+                let ptr: &dyn RawTask = &*main;
+                let guard = context::enter_task(NonNull::from(ptr));
+                let polled = catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(&mut cx)));
+                drop(guard);
+                match polled {
+                    Ok(Poll::Ready(out)) => {
+                        return match main.header.undelivered_cancel(&step) {
+                            Some(cancel) => Err(cancel),
+                            None => out,
+                        };
+                    }
+                    Ok(Poll::Pending) => {}
+                    Err(payload) => return Err(Error::from_panic(payload)),
+                }
+            }
+            if !host.run_once() && !main.woken.load(Ordering::Acquire) {
+                host.park_host(&|| main.woken.load(Ordering::Acquire), None);
+            }
+        }
+    }
+
+    /// Runs the calling thread's loop until [`EventLoop::stop`] is called on any loop of
+    /// this runtime (asyncio's `run_forever`). The worker loops run all the while, as they
+    /// always do.
+    ///
+    /// ```
+    /// let rt = braid_runtime::Runtime::builder().workers(1).build().unwrap();
+    /// let lp = rt.event_loop();
+    /// rt.event_loop().spawn(async move {
+    ///     braid_runtime::sleep(std::time::Duration::from_millis(5)).await?;
+    ///     lp.stop();
+    ///     Ok(())
+    /// }).unwrap();
+    /// rt.run_forever().unwrap();
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`run_until_complete`](Runtime::run_until_complete), without the future's.
+    pub fn run_forever(&self) -> Result<()> {
+        let host = self.enter_host()?;
+        let _guard = context::enter_loop(host.clone());
+        host.lp.running.store(true, Ordering::Release);
+        let _running = ClearOnDrop(&host.lp.running);
+        let stop = &self.shared.stop_requested;
+        while !stop.swap(false, Ordering::AcqRel) {
+            if !host.run_once() {
+                host.park_host(&|| stop.load(Ordering::Acquire), None);
+            }
+        }
+        Ok(())
+    }
+
+    /// This thread's host loop for this runtime, created on first use.
+    fn enter_host(&self) -> Result<Rc<LoopCtx>> {
+        if let Some(ctx) = context::current_loop() {
+            let what = if ctx.rt.id == self.shared.id { "a loop thread of this runtime" } else { "a running event loop" };
+            return Err(Error::new(
+                ErrorKind::InvalidState,
+                format!("run_until_complete/run_forever called on {what}: it would deadlock"),
+            ));
+        }
+        if self.shared.registry.is_closed() {
+            return Err(closed_error());
+        }
+        HOSTS.with(|hosts| {
+            let mut hosts = hosts.borrow_mut();
+            if let Some(ctx) = hosts.iter().find(|c| c.rt.id == self.shared.id) {
+                return Ok(ctx.clone());
+            }
+            let id = self.shared.next_host_id.fetch_add(1, Ordering::Relaxed);
+            let lp = Arc::new(LoopShared::new(id, true)?);
+            self.shared.hosts.lock().push(Arc::downgrade(&lp));
+            let ctx = Rc::new(LoopCtx::new(self.shared.clone(), lp, None));
+            hosts.push(ctx.clone());
+            Ok(ctx)
+        })
+    }
+
+    /// The first worker loop.
+    ///
+    /// ```
+    /// let rt = braid_runtime::Runtime::builder().workers(2).build().unwrap();
+    /// assert_eq!(rt.event_loop().id(), 0);
+    /// ```
+    pub fn event_loop(&self) -> EventLoop {
+        EventLoop { rt: self.shared.clone(), lp: self.shared.loops[0].clone() }
+    }
+
+    /// Every worker loop, in id order.
+    ///
+    /// ```
+    /// let rt = braid_runtime::Runtime::builder().workers(2).build().unwrap();
+    /// assert_eq!(rt.event_loops().len(), 2);
+    /// ```
+    pub fn event_loops(&self) -> Vec<EventLoop> {
+        self.shared
+            .loops
+            .iter()
+            .map(|lp| EventLoop { rt: self.shared.clone(), lp: lp.clone() })
+            .collect()
+    }
+
+    /// Shuts down: refuses new work, cancels every task left (so its cleanup runs), waits up
+    /// to `timeout` for them, stops and joins the loop threads, and finishes whatever is left
+    /// so that no waiter hangs.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let rt = braid_runtime::Runtime::builder().workers(2).build().unwrap();
+    /// let lp = rt.event_loop();
+    /// lp.spawn(async { braid_runtime::sleep(Duration::from_secs(3600)).await }).unwrap();
+    /// rt.shutdown(Duration::from_secs(1)).unwrap(); // the sleeper is cancelled
+    /// assert!(lp.spawn(async { Ok(()) }).is_err());
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// A Timeout error naming the tasks that had not finished by then; InvalidState if called
+    /// on one of the runtime's own loop threads (which cannot join itself).
+    pub fn shutdown(self, timeout: Duration) -> Result<()> {
+        self.shutdown_inner(timeout)
+    }
+
+    fn shutdown_inner(&self, timeout: Duration) -> Result<()> {
+        if self.shut.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let rt = &self.shared;
+        let deadline = Instant::now().checked_add(timeout);
+        let on_own_loop = context::current_loop().is_some_and(|c| c.rt.id == rt.id && !c.lp.is_host);
+        rt.registry.close();
+        let cancel_message = || Some("the runtime is shutting down".to_owned());
+        for task in rt.registry.snapshot() {
+            crate::task::TaskRef::from_raw(task).cancel_with(cancel_message().unwrap_or_default());
+        }
+        let host = HOSTS.with(|h| h.borrow().iter().find(|c| c.rt.id == rt.id).cloned());
+        // Wait for the cancelled tasks, driving our own host loop (tasks pinned to it only
+        // run here).
+        while rt.registry.len() > 0 && !on_own_loop {
+            let remaining = match deadline {
+                Some(d) => d.saturating_duration_since(Instant::now()),
+                None => Duration::from_millis(10),
+            };
+            if remaining.is_zero() {
+                break;
+            }
+            let slice = remaining.min(Duration::from_millis(5));
+            match &host {
+                Some(host) if context::current_loop().is_none() => {
+                    let _g = context::enter_loop(host.clone());
+                    if !host.run_once() {
+                        host.park_host(&|| false, Some(slice));
+                    }
+                }
+                _ => std::thread::park_timeout(slice),
+            }
+        }
+        let unfinished: Vec<String> = rt.registry.snapshot().iter().map(|t| t.header().name()).collect();
+
+        // Stop the loop threads.
+        *rt.shutdown_waiter.lock() = Some(std::thread::current());
+        rt.stopping.store(true, Ordering::Release);
+        for lp in rt.loops.iter() {
+            lp.bell.ring();
+            // A ring only reaches a sleeping loop; a loop between its last check and its
+            // sleep sees `stopping` in its re-check.
+        }
+        rt.unpark_monitor();
+        let workers = rt.loops.len();
+        let mut stuck = Vec::new();
+        if !on_own_loop {
+            loop {
+                if rt.exited.load(Ordering::Acquire) >= workers {
+                    break;
+                }
+                let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+                if remaining.is_some_and(|r| r.is_zero()) {
+                    break;
+                }
+                std::thread::park_timeout(remaining.unwrap_or(Duration::from_millis(50)).min(Duration::from_millis(50)));
+            }
+            let all_exited = rt.exited.load(Ordering::Acquire) >= workers;
+            for handle in self.threads.lock().drain(..) {
+                let is_monitor = handle.thread().name().is_some_and(|n| n.ends_with("-monitor"));
+                if all_exited || handle.is_finished() || is_monitor {
+                    let _ = handle.join();
+                } else {
+                    stuck.push(handle.thread().name().unwrap_or("?").to_owned());
+                }
+            }
+        }
+        *rt.shutdown_waiter.lock() = None;
+
+        // Settle what is left: every waiter sees Cancelled, none hangs.
+        for task in rt.registry.snapshot() {
+            let pinned_elsewhere = task.header().home.as_ref().is_some_and(|home| {
+                host.as_ref().is_none_or(|h| !Arc::ptr_eq(&h.lp, home))
+            });
+            if !pinned_elsewhere {
+                task.force_finish(Error::cancelled(Some("the runtime shut down".to_owned())));
+            }
+        }
+        if let Some(host) = host {
+            let _g = (context::current_loop().is_none()).then(|| context::enter_loop(host.clone()));
+            host.close();
+            HOSTS.with(|h| h.borrow_mut().retain(|c| c.rt.id != rt.id));
+        }
+        for other in rt.hosts.lock().iter().filter_map(|h| h.upgrade()) {
+            other.bell.close();
+        }
+        if on_own_loop {
+            return Err(Error::new(
+                ErrorKind::InvalidState,
+                "shutdown called on one of the runtime's own loop threads: it cannot join itself; the loops were told to stop",
+            ));
+        }
+        if !unfinished.is_empty() || !stuck.is_empty() {
+            let mut message = String::from("shutdown timed out");
+            if !unfinished.is_empty() {
+                message.push_str(&format!("; tasks still running: {}", unfinished.join(", ")));
+            }
+            if !stuck.is_empty() {
+                message.push_str(&format!("; loop threads still busy: {}", stuck.join(", ")));
+            }
+            return Err(Error::new(ErrorKind::Timeout, message));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        if let Err(e) = self.shutdown_inner(DROP_SHUTDOWN_TIMEOUT) {
+            eprintln!("braid: dropping the runtime: {e}");
+        }
+    }
+}
+
+impl fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Runtime")
+            .field("workers", &self.shared.config.workers)
+            .field("shut_down", &self.shut.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+struct ClearOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for ClearOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+/// The future driven by `run_until_complete`, dressed as a task so that `current_task()`,
+/// cancellation and awaiting work inside it exactly as inside any task.
+struct MainTask {
+    header: Header,
+    woken: AtomicBool,
+    lp: Arc<LoopShared>,
+}
+
+impl RawTask for MainTask {
+    fn header(&self) -> &Header {
+        &self.header
+    }
+
+    fn run(self: Arc<Self>) {
+        // Never queued: `run_until_complete` polls the main future itself.
+    }
+
+    fn schedule(self: Arc<Self>) {
+        self.wake_task();
+    }
+
+    fn force_finish(self: Arc<Self>, _error: Error) -> bool {
+        false
+    }
+
+    fn wake_task(self: Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.lp.bell.ring();
+    }
+}
+
+impl Wake for MainTask {
+    fn wake(self: Arc<Self>) {
+        self.wake_task();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.lp.bell.ring();
+    }
+}
+
+/// Runs `main` on a new runtime with one loop per core, then shuts it down
+/// (asyncio's `run`).
+///
+/// # Examples
+///
+/// ```
+/// let answer = braid_runtime::run(async {
+///     braid_runtime::sleep(std::time::Duration::from_millis(1)).await?;
+///     Ok(42)
+/// }).unwrap();
+/// assert_eq!(answer, 42);
+/// ```
+///
+/// # Errors
+///
+/// Whatever `main` returns, or the error of starting the runtime.
+pub fn run<F, T>(main: F) -> Result<T>
+where
+    F: Future<Output = Result<T>>,
+{
+    let rt = Runtime::new()?;
+    let out = rt.run_until_complete(main);
+    let shut = rt.shutdown(DROP_SHUTDOWN_TIMEOUT);
+    match (out, shut) {
+        (Ok(v), Ok(())) => Ok(v),
+        (Ok(_), Err(e)) => Err(e),
+        (Err(e), _) => Err(e),
+    }
+}

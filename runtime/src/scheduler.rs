@@ -1,0 +1,393 @@
+//! The runtime's shared scheduling state: the injector, the stealers, the idle set, the task
+//! registry, the shared timers, and the monitor that keeps work from stranding.
+//!
+//! ## Waking sleeping loops (after tokio's idle protocol, PR #4383)
+//!
+//! A loop that runs out of work registers itself in the idle set and sleeps in its poller.
+//! Whoever publishes shared work calls [`RuntimeShared::notify_work`]: if no loop is
+//! *searching* (woken for work and not yet found it) it pops one idle loop, counts it as
+//! searching and rings its doorbell. A searching loop that finds a task stops searching and,
+//! if it was the last searcher and more work is visible, wakes the next one. So a burst of
+//! spawns wakes siblings one at a time, never a herd, and a busy runtime rings nobody.
+//!
+//! No lost wake-up: the sleeper registers as idle, issues `fence(SeqCst)`, and re-checks the
+//! injector and every stealer; the publisher pushes, issues `fence(SeqCst)`, and reads the
+//! idle count. One of the two sees the other.
+//!
+//! ## Work never strands behind a busy loop
+//!
+//! A loop stuck in a long callback or poll cannot run what sits in its local queue. The
+//! monitor thread (after Go's `sysmon`) samples every awake loop's tick counter every
+//! [`MONITOR_INTERVAL`]; a loop whose counter has not moved while its queue holds tasks gets a
+//! sibling woken to steal them. Task timers live in one shared heap, so any idle loop can fire
+//! them; one idle loop at a time holds the *timer driver* token and sleeps until the earliest
+//! deadline, and a new earliest deadline rings the driver (or, with none, an idle loop).
+
+use crate::event_loop::{LoopShared, AWAKE};
+use crate::task::raw::RawTask;
+use crate::timer::TimerQueue;
+use braid_bridge::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use braid_bridge::sync::Mutex;
+use crossbeam_deque::{Injector, Stealer};
+use crossbeam_utils::CachePadded;
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
+use std::thread::Thread;
+use std::time::{Duration, Instant};
+
+/// How often the monitor samples the loops while any of them is awake.
+pub(crate) const MONITOR_INTERVAL: Duration = Duration::from_millis(2);
+/// How long the monitor sleeps while every loop sleeps.
+const MONITOR_IDLE_INTERVAL: Duration = Duration::from_millis(50);
+/// No loop holds the timer-driver token.
+const NO_DRIVER: usize = usize::MAX;
+
+pub(crate) type TaskPtr = Arc<dyn RawTask>;
+
+static NEXT_RUNTIME_ID: AtomicU64 = AtomicU64::new(1);
+static NEXT_TASK_ID: AtomicU64 = AtomicU64::new(1);
+
+pub(crate) fn next_task_id() -> u64 {
+    NEXT_TASK_ID.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Settings fixed at build time.
+#[derive(Clone, Debug)]
+pub(crate) struct Config {
+    pub(crate) workers: usize,
+    pub(crate) debug: bool,
+    pub(crate) slow_callback_duration: Duration,
+}
+
+pub(crate) struct RuntimeShared {
+    pub(crate) id: u64,
+    pub(crate) config: Config,
+    /// The zero of the runtime's nanosecond clock (timer deadlines are stored as u64 ns).
+    pub(crate) epoch: Instant,
+    pub(crate) injector: Injector<TaskPtr>,
+    pub(crate) loops: Box<[Arc<LoopShared>]>,
+    pub(crate) stealers: Box<[Stealer<TaskPtr>]>,
+    idle: Mutex<Vec<usize>>,
+    num_idle: CachePadded<AtomicUsize>,
+    num_searching: CachePadded<AtomicUsize>,
+    timer_driver: AtomicUsize,
+    pub(crate) timers: TimerQueue,
+    pub(crate) registry: Registry,
+    /// Loops exit their run loop once this is set.
+    pub(crate) stopping: AtomicBool,
+    /// Makes the next (or current) `run_forever` return.
+    pub(crate) stop_requested: AtomicBool,
+    /// Host loops (threads inside `run_until_complete`/`run_forever`), for `stop()`.
+    pub(crate) hosts: Mutex<Vec<std::sync::Weak<LoopShared>>>,
+    pub(crate) next_host_id: AtomicUsize,
+    /// Loop threads that have finished, and who to tell.
+    pub(crate) exited: AtomicUsize,
+    pub(crate) shutdown_waiter: Mutex<Option<Thread>>,
+    pub(crate) monitor: Mutex<Option<Thread>>,
+}
+
+impl RuntimeShared {
+    pub(crate) fn new(
+        config: Config,
+        loops: Vec<Arc<LoopShared>>,
+        stealers: Vec<Stealer<TaskPtr>>,
+    ) -> RuntimeShared {
+        let n = loops.len();
+        RuntimeShared {
+            id: NEXT_RUNTIME_ID.fetch_add(1, Ordering::Relaxed),
+            config,
+            epoch: Instant::now(),
+            injector: Injector::new(),
+            loops: loops.into_boxed_slice(),
+            stealers: stealers.into_boxed_slice(),
+            idle: Mutex::new(Vec::with_capacity(n)),
+            num_idle: CachePadded::new(AtomicUsize::new(0)),
+            num_searching: CachePadded::new(AtomicUsize::new(0)),
+            timer_driver: AtomicUsize::new(NO_DRIVER),
+            timers: TimerQueue::new(),
+            registry: Registry::new(),
+            stopping: AtomicBool::new(false),
+            stop_requested: AtomicBool::new(false),
+            hosts: Mutex::new(Vec::new()),
+            next_host_id: AtomicUsize::new(n),
+            exited: AtomicUsize::new(0),
+            shutdown_waiter: Mutex::new(None),
+            monitor: Mutex::new(None),
+        }
+    }
+
+    /// `instant` on the runtime's nanosecond clock (saturating; u64::MAX - 1 means "never").
+    #[inline]
+    pub(crate) fn ns(&self, instant: Instant) -> u64 {
+        let ns = instant.saturating_duration_since(self.epoch).as_nanos();
+        ns.min(u128::from(u64::MAX - 1)) as u64
+    }
+
+    /// The instant of `ns` on the runtime's clock (for poller timeouts).
+    pub(crate) fn instant_of(&self, ns: u64) -> Option<Instant> {
+        self.epoch.checked_add(Duration::from_nanos(ns))
+    }
+
+    /// Tasks are waiting in a shared place (the injector or a sibling's queue).
+    pub(crate) fn has_shared_work(&self, except: usize) -> bool {
+        !self.injector.is_empty()
+            || self.stealers.iter().enumerate().any(|(i, s)| i != except && !s.is_empty())
+    }
+
+    /// Publishers of shared work call this after publishing: wakes one idle loop unless a
+    /// loop is already searching.
+    #[inline]
+    pub(crate) fn notify_work(&self) {
+        // Pairs with the fence in the sleeper's re-check (see the module docs).
+        fence(Ordering::SeqCst);
+        if self.num_searching.load(Ordering::Relaxed) != 0
+            || self.num_idle.load(Ordering::Relaxed) == 0
+        {
+            return;
+        }
+        self.wake_one_idle(false);
+    }
+
+    /// Pops one idle loop, counts it as searching, and rings it. With `force`, even if some
+    /// loop is searching already (the monitor's rescue of a stuck loop's queue).
+    #[cold]
+    fn wake_one_idle(&self, force: bool) -> bool {
+        let id = {
+            let mut idle = self.idle.lock();
+            if !force && self.num_searching.load(Ordering::Relaxed) != 0 {
+                return false;
+            }
+            let Some(id) = idle.pop() else { return false };
+            self.num_idle.fetch_sub(1, Ordering::Relaxed);
+            self.num_searching.fetch_add(1, Ordering::SeqCst);
+            self.loops[id].notified.store(true, Ordering::Release);
+            id
+        };
+        self.loops[id].bell.ring();
+        true
+    }
+
+    /// A loop announces it is about to sleep.
+    pub(crate) fn register_idle(&self, id: usize) {
+        let mut idle = self.idle.lock();
+        idle.push(id);
+        self.num_idle.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// A loop that registered as idle and woke up leaves the idle set. Returns false if a
+    /// notifier had already popped it (and counted it as searching).
+    pub(crate) fn unregister_idle(&self, id: usize) -> bool {
+        let mut idle = self.idle.lock();
+        match idle.iter().position(|&i| i == id) {
+            Some(pos) => {
+                idle.swap_remove(pos);
+                self.num_idle.fetch_sub(1, Ordering::Relaxed);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A searching loop found a task (or gave up searching: `found == false`).
+    pub(crate) fn end_searching(&self, found: bool, more_work: bool) {
+        let was_last = self.num_searching.fetch_sub(1, Ordering::SeqCst) == 1;
+        if found && was_last && more_work {
+            // Ramp up: there is more than we can take; wake the next sibling.
+            self.notify_work();
+        }
+    }
+
+    pub(crate) fn try_take_timer_driver(&self, id: usize) -> bool {
+        self.timer_driver
+            .compare_exchange(NO_DRIVER, id, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+    }
+
+    pub(crate) fn release_timer_driver(&self, id: usize) {
+        let _ = self.timer_driver.compare_exchange(id, NO_DRIVER, Ordering::AcqRel, Ordering::Relaxed);
+    }
+
+    /// A timer became the earliest: make sure some sleeping loop wakes by `deadline`.
+    pub(crate) fn on_new_earliest_timer(&self, deadline: u64) {
+        // Pairs with the fence a sleeping loop issues after taking the driver token and
+        // before reading the earliest deadline.
+        fence(Ordering::SeqCst);
+        let driver = self.timer_driver.load(Ordering::Relaxed);
+        if driver != NO_DRIVER {
+            let lp = &self.loops[driver];
+            if lp.sleep_deadline.load(Ordering::Relaxed) > deadline {
+                lp.bell.ring();
+            }
+            return;
+        }
+        if self.num_idle.load(Ordering::Relaxed) == 0 {
+            return; // every loop is awake and checks the timers at each tick
+        }
+        let candidate = self.idle.lock().last().copied();
+        if let Some(id) = candidate {
+            let lp = &self.loops[id];
+            if lp.sleep_deadline.load(Ordering::Relaxed) > deadline {
+                lp.bell.ring();
+            }
+        }
+    }
+
+    /// Wakes the monitor (at shutdown).
+    pub(crate) fn unpark_monitor(&self) {
+        if let Some(t) = &*self.monitor.lock() {
+            t.unpark();
+        }
+    }
+}
+
+/// The schedule step shared by every task: to its owner loop (spawn_local), to this loop's
+/// queue when called on one of the runtime's worker loops, or to the injector.
+pub(crate) fn schedule(task: TaskPtr) {
+    let header = task.header();
+    let ctx = crate::context::current_loop();
+    if let Some(home) = header.home.clone() {
+        if let Some(ctx) = &ctx {
+            if Arc::ptr_eq(&ctx.lp, &home) {
+                ctx.local_ready.borrow_mut().push_back(task);
+                return;
+            }
+        }
+        // A wake from another thread: the owner runs it. If the owner has closed, the task
+        // was already finished by the owner's exit (see `LoopCtx::close`).
+        let _ = home.bell.push(crate::event_loop::Remote::Wake(task));
+        return;
+    }
+    if let Some(ctx) = &ctx {
+        if ctx.rt.id == task.header().rt.id {
+            if let Some(worker) = &ctx.worker {
+                worker.push(task);
+                // One queued task is the loop's own next poll; more can be shared.
+                if worker.len() > 1 {
+                    ctx.rt.notify_work();
+                }
+                return;
+            }
+        }
+    }
+    let rt = header.rt.clone();
+    drop(ctx);
+    rt.injector.push(task);
+    rt.notify_work();
+}
+
+/// The monitor thread's body: see the module docs.
+pub(crate) fn monitor_main(rt: Arc<RuntimeShared>) {
+    let n = rt.loops.len();
+    let mut last_ticks = vec![u64::MAX; n];
+    while !rt.stopping.load(Ordering::Acquire) {
+        let any_awake =
+            rt.loops.iter().any(|lp| lp.sleep_deadline.load(Ordering::Relaxed) == AWAKE);
+        let interval = if any_awake { MONITOR_INTERVAL } else { MONITOR_IDLE_INTERVAL };
+        std::thread::park_timeout(interval);
+        if rt.stopping.load(Ordering::Acquire) {
+            break;
+        }
+        for (i, lp) in rt.loops.iter().enumerate() {
+            let tick = lp.tick.load(Ordering::Relaxed);
+            let awake = lp.sleep_deadline.load(Ordering::Relaxed) == AWAKE;
+            if awake && tick == last_ticks[i] && !rt.stealers[i].is_empty() {
+                // Stuck in one callback or poll with tasks queued behind it.
+                rt.wake_one_idle(true);
+            }
+            last_ticks[i] = tick;
+        }
+        if let Some(earliest) = rt.timers.earliest() {
+            let overdue = rt.ns(Instant::now()).saturating_sub(earliest);
+            if overdue > 2 * MONITOR_INTERVAL.as_nanos() as u64 {
+                // Due timers nobody fired (their loops are stuck): have an idle loop do it.
+                let candidate = rt.idle.lock().last().copied();
+                if let Some(id) = candidate {
+                    rt.loops[id].bell.ring();
+                }
+            }
+        }
+    }
+}
+
+/// An identity hasher for task ids (already unique integers).
+#[derive(Default)]
+pub(crate) struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 << 8) | u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type Shard = HashMap<u64, TaskPtr, BuildHasherDefault<IdHasher>>;
+const SHARDS: usize = 32;
+
+/// Every unfinished task of a runtime, for `all_tasks()` and shutdown; sharded to keep
+/// spawns on different loops off one lock.
+pub(crate) struct Registry {
+    shards: Box<[CachePadded<Mutex<Shard>>]>,
+    closed: AtomicBool,
+}
+
+impl Registry {
+    fn new() -> Registry {
+        Registry {
+            shards: (0..SHARDS).map(|_| CachePadded::new(Mutex::new(Shard::default()))).collect(),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    fn shard(&self, id: u64) -> &Mutex<Shard> {
+        &self.shards[(id as usize) % SHARDS]
+    }
+
+    /// Adds a task; fails once the runtime is closed.
+    pub(crate) fn insert(&self, id: u64, task: TaskPtr) -> Result<(), TaskPtr> {
+        let mut shard = self.shard(id).lock();
+        // Checked under the shard lock: `close` takes every lock after setting the flag, so a
+        // task is either in the registry before shutdown snapshots it, or refused.
+        if self.closed.load(Ordering::Acquire) {
+            return Err(task);
+        }
+        shard.insert(id, task);
+        Ok(())
+    }
+
+    pub(crate) fn remove(&self, id: crate::TaskId) {
+        let removed = self.shard(id.0).lock().remove(&id.0);
+        drop(removed);
+    }
+
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        for shard in self.shards.iter() {
+            drop(shard.lock());
+        }
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn snapshot(&self) -> Vec<TaskPtr> {
+        let mut all = Vec::new();
+        for shard in self.shards.iter() {
+            all.extend(shard.lock().values().cloned());
+        }
+        all.sort_by_key(|t| t.header().id);
+        all
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().len()).sum()
+    }
+}

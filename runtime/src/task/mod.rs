@@ -1,0 +1,813 @@
+//! Tasks: asyncio's `Task` on a work-stealing runtime.
+//!
+//! A task is one allocation (`raw::TaskCell`): a [`Header`] (state word, id, name, the
+//! cancellation state, the join waker, done callbacks), the future, and the output. Tasks are
+//! `Send` and may move between loops at every poll; `spawn_local` tasks carry a `home` loop and
+//! only ever run there.
+//!
+//! ## Cancellation, as asyncio does it
+//!
+//! `cancel()` records a request (`requests += 1`, `must_cancel = true`), cancels whatever Task
+//! or Promise the task is awaiting right now, and wakes the task. The next braid leaf future
+//! the task polls (sleep, a Task, a Promise, yield_now, …) calls [`crate::context::take_cancel`]
+//! and returns `Err(cancelled)` once. If the coroutine returns while a request is still
+//! undelivered, the task ends cancelled when the request predates the step that returned or
+//! was made by the task itself; a request from elsewhere that lands during that final step is
+//! too late (the value is kept, as asyncio keeps a value that raced a cancel).
+
+pub(crate) mod raw;
+pub(crate) mod state;
+
+use crate::scheduler::RuntimeShared;
+use crate::event_loop::{dispatch_callback, LoopShared};
+use braid_bridge::sync::atomic::{AtomicBool, Ordering};
+use braid_bridge::sync::Mutex;
+use braid_bridge::{Error, Result};
+use raw::{Join, RawTask, SendIfT};
+use state::State;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+
+/// A task's id: unique within the process, in creation order.
+///
+/// # Examples
+///
+/// ```
+/// braid_runtime::run(async {
+///     let a = braid_runtime::create_task(async { Ok(()) });
+///     let b = braid_runtime::create_task(async { Ok(()) });
+///     assert!(a.id() < b.id());
+///     Ok(())
+/// }).unwrap();
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub struct TaskId(pub(crate) u64);
+
+impl TaskId {
+    /// The id as a number.
+    ///
+    /// ```
+    /// braid_runtime::run(async {
+    ///     let t = braid_runtime::create_task(async { Ok(()) });
+    ///     assert!(t.id().as_u64() > 0);
+    ///     Ok(())
+    /// }).unwrap();
+    /// ```
+    pub fn as_u64(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+type DoneCallback = Box<dyn FnOnce(&TaskRef) + Send>;
+
+/// A cancellable thing a task can be awaiting (a Task or a Promise): cancelling the awaiter
+/// cancels it too, as asyncio's `Task.cancel` cancels `_fut_waiter`.
+pub(crate) trait CancelTarget: Send + Sync {
+    fn cancel_from_awaiter(&self, message: Option<String>);
+}
+
+struct Inner {
+    name: Option<String>,
+    requests: usize,
+    must_cancel: bool,
+    /// Set when the running task cancels itself; such a request is never "too late".
+    self_requested: bool,
+    message: Option<String>,
+    awaiting: Option<(usize, Arc<dyn CancelTarget>)>,
+    done_callbacks: Vec<DoneCallback>,
+}
+
+/// What the runner learnt at the start of a step.
+pub(crate) struct Step {
+    pub(crate) cancel_before_start: bool,
+    pending_at_start: bool,
+    message: Option<String>,
+}
+
+impl Step {
+    pub(crate) fn error_if_cancelled(&self) -> Error {
+        Error::cancelled(self.message.clone())
+    }
+}
+
+/// The untyped part of every task.
+pub(crate) struct Header {
+    pub(crate) state: State,
+    pub(crate) id: TaskId,
+    pub(crate) rt: Arc<RuntimeShared>,
+    /// The loop a `spawn_local` task is pinned to; `None` for shared tasks.
+    pub(crate) home: Option<Arc<LoopShared>>,
+    /// Fast check for `must_cancel`, so leaf futures take no lock when nothing is pending.
+    cancel_pending: AtomicBool,
+    /// Fast check for `awaiting.is_some()`.
+    has_awaiting: AtomicBool,
+    /// The task finished with a Cancelled error.
+    ended_cancelled: AtomicBool,
+    inner: Mutex<Inner>,
+    join_waker: Mutex<Option<Waker>>,
+}
+
+impl Header {
+    pub(crate) fn new(
+        id: TaskId,
+        rt: Arc<RuntimeShared>,
+        home: Option<Arc<LoopShared>>,
+        name: Option<String>,
+    ) -> Header {
+        Header {
+            state: State::new_scheduled(),
+            id,
+            rt,
+            home,
+            cancel_pending: AtomicBool::new(false),
+            has_awaiting: AtomicBool::new(false),
+            ended_cancelled: AtomicBool::new(false),
+            inner: Mutex::new(Inner {
+                name,
+                requests: 0,
+                must_cancel: false,
+                self_requested: false,
+                message: None,
+                awaiting: None,
+                done_callbacks: Vec::new(),
+            }),
+            join_waker: Mutex::new(None),
+        }
+    }
+
+    pub(crate) fn name(&self) -> String {
+        match &self.inner.lock().name {
+            Some(name) => name.clone(),
+            None => format!("Task-{}", self.id.0),
+        }
+    }
+
+    pub(crate) fn set_name(&self, name: String) {
+        self.inner.lock().name = Some(name);
+    }
+
+    pub(crate) fn done(&self) -> bool {
+        self.state.is_complete()
+    }
+
+    pub(crate) fn cancelled(&self) -> bool {
+        self.done() && self.ended_cancelled.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn cancelling(&self) -> usize {
+        self.inner.lock().requests
+    }
+
+    pub(crate) fn uncancel(&self) -> usize {
+        let mut inner = self.inner.lock();
+        if inner.requests > 0 {
+            inner.requests -= 1;
+            if inner.requests == 0 {
+                // As Python 3.13: the last uncancel also withdraws an undelivered request.
+                inner.must_cancel = false;
+                inner.self_requested = false;
+                self.cancel_pending.store(false, Ordering::Release);
+            }
+        }
+        inner.requests
+    }
+
+    /// Records a cancel request; returns the target the task is awaiting (to cancel after the
+    /// lock is released), or `Err(())` if the task is already done.
+    fn record_cancel(
+        &self,
+        message: Option<String>,
+    ) -> std::result::Result<Option<Arc<dyn CancelTarget>>, ()> {
+        if self.done() {
+            return Err(());
+        }
+        let by_self = crate::context::current_task_is(self);
+        let mut inner = self.inner.lock();
+        if self.done() {
+            return Err(());
+        }
+        inner.requests += 1;
+        inner.must_cancel = true;
+        inner.self_requested |= by_self;
+        inner.message = message;
+        self.cancel_pending.store(true, Ordering::Release);
+        Ok(inner.awaiting.as_ref().map(|(_, target)| target.clone()))
+    }
+
+    /// The leaf-future check: delivers a pending cancel request once.
+    pub(crate) fn take_cancel(&self) -> Option<Error> {
+        if !self.cancel_pending.load(Ordering::Acquire) {
+            return None;
+        }
+        let mut inner = self.inner.lock();
+        self.cancel_pending.store(false, Ordering::Relaxed);
+        if !inner.must_cancel {
+            return None;
+        }
+        inner.must_cancel = false;
+        inner.self_requested = false;
+        Some(Error::cancelled(inner.message.clone()))
+    }
+
+    pub(crate) fn begin_step(&self, first_poll: bool) -> Step {
+        if !self.cancel_pending.load(Ordering::Acquire) {
+            return Step { cancel_before_start: false, pending_at_start: false, message: None };
+        }
+        let inner = self.inner.lock();
+        Step {
+            cancel_before_start: first_poll && inner.must_cancel,
+            pending_at_start: inner.must_cancel,
+            message: inner.message.clone(),
+        }
+    }
+
+    /// After the coroutine returned: a request still undelivered that predates the step or was
+    /// made by the task itself ends the task cancelled.
+    pub(crate) fn undelivered_cancel(&self, step: &Step) -> Option<Error> {
+        if !self.cancel_pending.load(Ordering::Acquire) {
+            return None;
+        }
+        let inner = self.inner.lock();
+        if inner.must_cancel && (step.pending_at_start || inner.self_requested) {
+            Some(Error::cancelled(inner.message.clone()))
+        } else {
+            None
+        }
+    }
+
+    pub(crate) fn set_awaiting(&self, key: usize, target: Arc<dyn CancelTarget>) {
+        let mut inner = self.inner.lock();
+        inner.awaiting = Some((key, target));
+        self.has_awaiting.store(true, Ordering::Relaxed);
+    }
+
+    /// Forgets the awaited target (only `key`'s, or any when `key` is `None`).
+    pub(crate) fn clear_awaiting(&self, key: Option<usize>) {
+        if !self.has_awaiting.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut inner = self.inner.lock();
+        let matches = match (&inner.awaiting, key) {
+            (Some((k, _)), Some(key)) => *k == key,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        if matches {
+            inner.awaiting = None;
+            self.has_awaiting.store(false, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn set_join_waker(&self, waker: &Waker) {
+        let mut slot = self.join_waker.lock();
+        match &*slot {
+            Some(old) if old.will_wake(waker) => {}
+            _ => *slot = Some(waker.clone()),
+        }
+    }
+
+    /// Publishes completion (the output is already stored).
+    pub(crate) fn complete(&self, cancelled: bool) {
+        self.ended_cancelled.store(cancelled, Ordering::Release);
+        {
+            let mut inner = self.inner.lock();
+            inner.awaiting = None;
+            self.has_awaiting.store(false, Ordering::Relaxed);
+        }
+        self.state.complete();
+    }
+
+    /// After completion: leave the registry, wake the joiner, schedule the done callbacks.
+    pub(crate) fn after_complete(&self, me: TaskRef) {
+        self.rt.registry.remove(self.id);
+        if let Some(waker) = self.join_waker.lock().take() {
+            waker.wake();
+        }
+        let callbacks = std::mem::take(&mut self.inner.lock().done_callbacks);
+        for callback in callbacks {
+            let me = me.clone();
+            dispatch_callback(&self.rt, Box::new(move || callback(&me)));
+        }
+    }
+
+    fn add_done_callback(&self, me: TaskRef, callback: DoneCallback) {
+        {
+            let mut inner = self.inner.lock();
+            if !self.done() {
+                inner.done_callbacks.push(callback);
+                return;
+            }
+        }
+        // Already done: scheduled, never run synchronously (asyncio's rule).
+        dispatch_callback(&self.rt, Box::new(move || callback(&me)));
+    }
+}
+
+/// An untyped handle to a task: what [`current_task`](crate::current_task) and
+/// [`all_tasks`](crate::all_tasks) return.
+///
+/// # Examples
+///
+/// ```
+/// braid_runtime::run(async {
+///     let me = braid_runtime::current_task().expect("inside a task");
+///     assert!(!me.done());
+///     assert_eq!(me.cancelling(), 0);
+///     Ok(())
+/// }).unwrap();
+/// ```
+#[derive(Clone)]
+pub struct TaskRef {
+    raw: Arc<dyn RawTask>,
+}
+
+impl TaskRef {
+    pub(crate) fn from_raw(raw: Arc<dyn RawTask>) -> TaskRef {
+        TaskRef { raw }
+    }
+
+    /// The task's id.
+    ///
+    /// ```
+    /// braid_runtime::run(async {
+    ///     let t = braid_runtime::create_task(async { Ok(()) });
+    ///     assert_eq!(t.as_ref().id(), t.id());
+    ///     Ok(())
+    /// }).unwrap();
+    /// ```
+    pub fn id(&self) -> TaskId {
+        self.raw.header().id
+    }
+
+    /// The task's name (`Task-<id>` unless set).
+    ///
+    /// ```
+    /// braid_runtime::run(async {
+    ///     let t = braid_runtime::create_task(async { Ok(()) });
+    ///     assert_eq!(t.as_ref().name(), format!("Task-{}", t.id()));
+    ///     Ok(())
+    /// }).unwrap();
+    /// ```
+    pub fn name(&self) -> String {
+        self.raw.header().name()
+    }
+
+    /// Renames the task.
+    ///
+    /// ```
+    /// braid_runtime::run(async {
+    ///     let me = braid_runtime::current_task().unwrap();
+    ///     me.set_name("main");
+    ///     assert_eq!(me.name(), "main");
+    ///     Ok(())
+    /// }).unwrap();
+    /// ```
+    pub fn set_name(&self, name: impl Into<String>) {
+        self.raw.header().set_name(name.into());
+    }
+
+    /// Requests cancellation; see [`Task::cancel`].
+    ///
+    /// ```
+    /// braid_runtime::run(async {
+    ///     let t = braid_runtime::create_task(async {
+    ///         braid_runtime::sleep(std::time::Duration::from_secs(60)).await
+    ///     });
+    ///     assert!(t.as_ref().cancel());
+    ///     assert!(t.await.unwrap_err().is_cancelled());
+    ///     Ok(())
+    /// }).unwrap();
+    /// ```
+    pub fn cancel(&self) -> bool {
+        request_cancel(&self.raw, None)
+    }
+
+    /// Requests cancellation with a message carried by the Cancelled error.
+    ///
+    /// ```
+    /// braid_runtime::run(async {
+    ///     let t = braid_runtime::create_task(async {
+    ///         braid_runtime::sleep(std::time::Duration::from_secs(60)).await
+    ///     });
+    ///     t.as_ref().cancel_with("enough");
+    ///     assert_eq!(t.await.unwrap_err().message(), Some("enough"));
+    ///     Ok(())
+    /// }).unwrap();
+    /// ```
+    pub fn cancel_with(&self, message: impl Into<String>) -> bool {
+        request_cancel(&self.raw, Some(message.into()))
+    }
+
+    /// True once the task has finished with a Cancelled error.
+    ///
+    /// ```
+    /// braid_runtime::run(async {
+    ///     let t = braid_runtime::create_task(async { Ok(1) });
+    ///     let r = t.as_ref();
+    ///     t.await?;
+    ///     assert!(r.done() && !r.cancelled());
+    ///     Ok(())
+    /// }).unwrap();
+    /// ```
+    pub fn cancelled(&self) -> bool {
+        self.raw.header().cancelled()
+    }
+
+    /// True once the task has finished (value, error or cancellation).
+    ///
+    /// ```
+    /// braid_runtime::run(async {
+    ///     let t = braid_runtime::create_task(async { Ok(()) });
+    ///     let r = t.as_ref();
+    ///     t.await?;
+    ///     assert!(r.done());
+    ///     Ok(())
+    /// }).unwrap();
+    /// ```
+    pub fn done(&self) -> bool {
+        self.raw.header().done()
+    }
+
+    /// The number of pending cancel requests.
+    ///
+    /// ```
+    /// braid_runtime::run(async {
+    ///     let me = braid_runtime::current_task().unwrap();
+    ///     assert_eq!(me.cancelling(), 0);
+    ///     Ok(())
+    /// }).unwrap();
+    /// ```
+    pub fn cancelling(&self) -> usize {
+        self.raw.header().cancelling()
+    }
+
+    /// Withdraws one cancel request; returns how many remain.
+    ///
+    /// ```
+    /// braid_runtime::run(async {
+    ///     let me = braid_runtime::current_task().unwrap();
+    ///     me.cancel();
+    ///     assert_eq!(me.uncancel(), 0); // withdrawn before delivery: nothing happens
+    ///     braid_runtime::yield_now().await?;
+    ///     Ok(())
+    /// }).unwrap();
+    /// ```
+    pub fn uncancel(&self) -> usize {
+        self.raw.header().uncancel()
+    }
+}
+
+impl PartialEq for TaskRef {
+    fn eq(&self, other: &TaskRef) -> bool {
+        self.id() == other.id()
+    }
+}
+
+impl Eq for TaskRef {}
+
+impl std::hash::Hash for TaskRef {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.id().hash(state);
+    }
+}
+
+impl fmt::Debug for TaskRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let h = self.raw.header();
+        f.debug_struct("TaskRef")
+            .field("id", &h.id)
+            .field("name", &h.name())
+            .field("done", &h.done())
+            .finish()
+    }
+}
+
+impl CancelTarget for TaskRef {
+    fn cancel_from_awaiter(&self, message: Option<String>) {
+        request_cancel(&self.raw, message);
+    }
+}
+
+fn request_cancel(raw: &Arc<dyn RawTask>, message: Option<String>) -> bool {
+    match raw.header().record_cancel(message.clone()) {
+        Err(()) => false,
+        Ok(target) => {
+            if let Some(target) = target {
+                target.cancel_from_awaiter(message);
+            }
+            raw.clone().wake_task();
+            true
+        }
+    }
+}
+
+/// A handle to a spawned task: asyncio's `Task`. Awaiting it gives the task's result;
+/// dropping it detaches the task (it keeps running), as tokio's `JoinHandle` does.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+///
+/// braid_runtime::run(async {
+///     let task = braid_runtime::create_task(async {
+///         braid_runtime::sleep(Duration::from_millis(5)).await?;
+///         Ok(6 * 7)
+///     });
+///     assert_eq!(task.await?, 42);
+///     Ok(())
+/// }).unwrap();
+/// ```
+///
+/// # Cancel safety
+///
+/// Dropping the `Task` future never cancels the task; cancelling the task that awaits it does
+/// (as asyncio cancels the awaited task).
+pub struct Task<T> {
+    raw: Arc<dyn Join<T>>,
+    /// True after this handle registered itself as what the current task awaits.
+    registered: AtomicBool,
+    _send: SendIfT<T>,
+}
+
+impl<T: 'static> Task<T> {
+    pub(crate) fn from_raw(raw: Arc<dyn Join<T>>) -> Task<T> {
+        Task { raw, registered: AtomicBool::new(false), _send: SendIfT::NEW }
+    }
+
+    fn untyped(&self) -> Arc<dyn RawTask> {
+        self.raw.clone()
+    }
+
+    fn key(&self) -> usize {
+        Arc::as_ptr(&self.raw) as *const () as usize
+    }
+
+    /// Requests cancellation (asyncio's `Task.cancel`): the task receives a Cancelled error at
+    /// its current braid await point, once. Returns false if the task is already done.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// braid_runtime::run(async {
+    ///     let t = braid_runtime::create_task(async {
+    ///         braid_runtime::sleep(Duration::from_secs(60)).await
+    ///     });
+    ///     assert!(t.cancel());
+    ///     assert!(t.await.unwrap_err().is_cancelled());
+    ///     Ok(())
+    /// }).unwrap();
+    /// ```
+    pub fn cancel(&self) -> bool {
+        request_cancel(&self.untyped(), None)
+    }
+
+    /// [`cancel`](Task::cancel) with a message, carried by the Cancelled error.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// braid_runtime::run(async {
+    ///     let t = braid_runtime::create_task(async {
+    ///         braid_runtime::sleep(Duration::from_secs(60)).await
+    ///     });
+    ///     t.cancel_with("stop");
+    ///     assert_eq!(t.await.unwrap_err().message(), Some("stop"));
+    ///     Ok(())
+    /// }).unwrap();
+    /// ```
+    pub fn cancel_with(&self, message: impl Into<String>) -> bool {
+        request_cancel(&self.untyped(), Some(message.into()))
+    }
+
+    /// True once the task has finished with a Cancelled error (not merely been asked to).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// braid_runtime::run(async {
+    ///     let t = braid_runtime::create_task(async {
+    ///         braid_runtime::sleep(Duration::from_secs(60)).await
+    ///     });
+    ///     let r = t.as_ref();
+    ///     t.cancel();
+    ///     assert!(!r.cancelled()); // requested, not yet delivered
+    ///     let _ = t.await;
+    ///     assert!(r.cancelled());
+    ///     Ok(())
+    /// }).unwrap();
+    /// ```
+    pub fn cancelled(&self) -> bool {
+        self.raw.header().cancelled()
+    }
+
+    /// True once the task has finished.
+    ///
+    /// ```
+    /// braid_runtime::run(async {
+    ///     let t = braid_runtime::create_task(async { Ok(()) });
+    ///     let r = t.as_ref();
+    ///     t.await?;
+    ///     assert!(r.done());
+    ///     Ok(())
+    /// }).unwrap();
+    /// ```
+    pub fn done(&self) -> bool {
+        self.raw.header().done()
+    }
+
+    /// The number of pending cancel requests (asyncio's `Task.cancelling`).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// braid_runtime::run(async {
+    ///     let t = braid_runtime::create_task(async {
+    ///         braid_runtime::sleep(Duration::from_secs(60)).await
+    ///     });
+    ///     t.cancel();
+    ///     t.cancel();
+    ///     assert_eq!(t.cancelling(), 2);
+    ///     let _ = t.await;
+    ///     Ok(())
+    /// }).unwrap();
+    /// ```
+    pub fn cancelling(&self) -> usize {
+        self.raw.header().cancelling()
+    }
+
+    /// Withdraws one cancel request (asyncio's `Task.uncancel`); returns how many remain.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// braid_runtime::run(async {
+    ///     let t = braid_runtime::create_task(async {
+    ///         braid_runtime::sleep(Duration::from_millis(5)).await?;
+    ///         Ok("finished")
+    ///     });
+    ///     t.cancel();
+    ///     assert_eq!(t.uncancel(), 0);
+    ///     assert_eq!(t.await?, "finished");
+    ///     Ok(())
+    /// }).unwrap();
+    /// ```
+    pub fn uncancel(&self) -> usize {
+        self.raw.header().uncancel()
+    }
+
+    /// Rust-style hard stop: the future is dropped at once on its loop, without running any
+    /// more of it; awaiting the task gives a Cancelled error.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// braid_runtime::run(async {
+    ///     let t = braid_runtime::create_task(async {
+    ///         braid_runtime::sleep(Duration::from_secs(60)).await
+    ///     });
+    ///     t.abort();
+    ///     assert!(t.await.unwrap_err().is_cancelled());
+    ///     Ok(())
+    /// }).unwrap();
+    /// ```
+    pub fn abort(&self) {
+        let raw = self.untyped();
+        if raw.header().state.abort() == state::WakeAction::Schedule {
+            raw.schedule();
+        }
+    }
+
+    /// The task's id.
+    ///
+    /// ```
+    /// braid_runtime::run(async {
+    ///     let t = braid_runtime::create_task(async { Ok(()) });
+    ///     assert_eq!(t.id(), t.as_ref().id());
+    ///     Ok(())
+    /// }).unwrap();
+    /// ```
+    pub fn id(&self) -> TaskId {
+        self.raw.header().id
+    }
+
+    /// The task's name (`Task-<id>` unless set).
+    ///
+    /// ```
+    /// braid_runtime::run(async {
+    ///     let t = braid_runtime::create_task(async { Ok(()) });
+    ///     t.set_name("worker");
+    ///     assert_eq!(t.name(), "worker");
+    ///     Ok(())
+    /// }).unwrap();
+    /// ```
+    pub fn name(&self) -> String {
+        self.raw.header().name()
+    }
+
+    /// Renames the task.
+    ///
+    /// ```
+    /// braid_runtime::run(async {
+    ///     let t = braid_runtime::create_task(async { Ok(()) });
+    ///     t.set_name("worker");
+    ///     assert_eq!(t.as_ref().name(), "worker");
+    ///     Ok(())
+    /// }).unwrap();
+    /// ```
+    pub fn set_name(&self, name: impl Into<String>) {
+        self.raw.header().set_name(name.into());
+    }
+
+    /// Calls `f` once the task is done, scheduled on a loop (never synchronously, as asyncio
+    /// schedules done callbacks with `call_soon`).
+    ///
+    /// ```
+    /// use std::sync::mpsc;
+    /// braid_runtime::run(async {
+    ///     let (tx, rx) = mpsc::channel();
+    ///     let t = braid_runtime::create_task(async { Ok(5) });
+    ///     t.add_done_callback(move |task| tx.send(task.done()).unwrap());
+    ///     t.await?;
+    ///     braid_runtime::sleep(std::time::Duration::from_millis(10)).await?;
+    ///     assert_eq!(rx.try_recv(), Ok(true));
+    ///     Ok(())
+    /// }).unwrap();
+    /// ```
+    pub fn add_done_callback<F>(&self, f: F)
+    where
+        F: FnOnce(&TaskRef) + Send + 'static,
+    {
+        self.raw.header().add_done_callback(self.as_ref(), Box::new(f));
+    }
+
+    /// An untyped handle to the same task.
+    ///
+    /// ```
+    /// braid_runtime::run(async {
+    ///     let t = braid_runtime::create_task(async { Ok(()) });
+    ///     let r: braid_runtime::TaskRef = t.as_ref();
+    ///     assert_eq!(r.id(), t.id());
+    ///     Ok(())
+    /// }).unwrap();
+    /// ```
+    pub fn as_ref(&self) -> TaskRef {
+        TaskRef::from_raw(self.untyped())
+    }
+}
+
+impl<T: 'static> Future for Task<T> {
+    type Output = Result<T>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<T>> {
+        let this = self.get_mut();
+        if let Some(cancel) = crate::context::take_cancel() {
+            this.unregister();
+            return Poll::Ready(Err(cancel));
+        }
+        match this.raw.poll_join(cx) {
+            Poll::Ready(output) => {
+                this.unregister();
+                Poll::Ready(output)
+            }
+            Poll::Pending => {
+                if !this.registered.load(Ordering::Relaxed) {
+                    let target: Arc<dyn CancelTarget> = Arc::new(TaskRef::from_raw(this.untyped()));
+                    if crate::context::set_awaiting(this.key(), target) {
+                        this.registered.store(true, Ordering::Relaxed);
+                    }
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl<T> Task<T> {
+    fn unregister(&self) {
+        if self.registered.swap(false, Ordering::Relaxed) {
+            crate::context::clear_awaiting(Some(Arc::as_ptr(&self.raw) as *const () as usize));
+        }
+    }
+}
+
+impl<T> Drop for Task<T> {
+    fn drop(&mut self) {
+        self.unregister();
+    }
+}
+
+impl<T: 'static> fmt::Debug for Task<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let h = self.raw.header();
+        f.debug_struct("Task")
+            .field("id", &h.id)
+            .field("name", &h.name())
+            .field("done", &h.done())
+            .field("cancelling", &h.cancelling())
+            .finish()
+    }
+}

@@ -1,0 +1,256 @@
+//! The task cell: one allocation holding a task's header, its future, its cached waker and
+//! its output. This is the only module of braid-runtime with `unsafe` code.
+//!
+//! Who may touch which field when:
+//!
+//! * `stage` (the future, the cached self-waker, per-step flags): only the thread that holds
+//!   the RUNNING bit of `header.state` (see `state.rs`), or the spawner before the task is
+//!   first published to a queue. For a `spawn_local` task that thread is always its owner loop
+//!   thread: wakes from elsewhere are routed to the owner's inbox, never run in place.
+//! * `output`: behind its own mutex; written once by the completing runner, taken once by the
+//!   join handle.
+//! * `header`: its own atomics and mutexes.
+
+use super::state::{IdleAction, RunAction, WakeAction};
+use super::{Header, TaskRef};
+use crate::context;
+use braid_bridge::sync::{Mutex, UnsafeCell};
+use braid_bridge::{Error, Result};
+use std::future::Future;
+use std::marker::PhantomData;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
+use std::ptr::NonNull;
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+
+/// The operations every task (and the main pseudo-task of `run_until_complete`) offers to the
+/// scheduler, untyped.
+pub(crate) trait RawTask: Send + Sync + 'static {
+    fn header(&self) -> &Header;
+    /// Poll once (or drop, if aborted). Called by a loop after popping the task.
+    fn run(self: Arc<Self>);
+    /// Put the task in the right queue (the runtime's, or its owner loop's).
+    fn schedule(self: Arc<Self>);
+    /// Shutdown only: if the task is idle, drop its future and finish it with `error`.
+    /// Returns false if it is running right now or already finished.
+    fn force_finish(self: Arc<Self>, error: Error) -> bool;
+    /// A wake through the state machine (used by `cancel`, which holds no waker).
+    fn wake_task(self: Arc<Self>);
+}
+
+/// Typed access for the join handle.
+pub(crate) trait Join<T>: RawTask {
+    fn poll_join(&self, cx: &mut Context<'_>) -> Poll<Result<T>>;
+}
+
+struct Stage<F> {
+    future: Option<F>,
+    waker: Option<Waker>,
+    started: bool,
+}
+
+pub(crate) struct TaskCell<F, T> {
+    header: Header,
+    stage: UnsafeCell<Stage<F>>,
+    output: Mutex<Option<Result<T>>>,
+}
+
+// SAFETY: the future `F` (which may be !Send for spawn_local tasks) is only touched by the
+// thread holding RUNNING, and for a local task that is always its owner loop thread: `schedule`
+// routes its wakes to the owner's inbox, and `force_finish` is only called for a local task by
+// its owner (see `Header::home`). The output `T` is written by that thread and read by the
+// join handle, which is `Send` only when `T: Send` (see the impls on `Task<T>` below).
+unsafe impl<F, T> Send for TaskCell<F, T> {}
+// SAFETY: as above: every shared access goes through atomics, mutexes, or the RUNNING bit.
+unsafe impl<F, T> Sync for TaskCell<F, T> {}
+
+impl<F, T> TaskCell<F, T>
+where
+    F: Future<Output = Result<T>> + 'static,
+    T: 'static,
+{
+    /// Allocates the cell and caches its own waker (a reference cycle broken at completion).
+    pub(crate) fn new(header: Header, future: F) -> Arc<Self> {
+        let cell = Arc::new(TaskCell {
+            header,
+            stage: UnsafeCell::new(Stage { future: Some(future), waker: None, started: false }),
+            output: Mutex::new(None),
+        });
+        let waker = Waker::from(cell.clone());
+        // SAFETY: the cell has not been published to any queue or other thread yet; this is
+        // the only reference that touches the stage.
+        cell.stage.with_mut(|stage| unsafe { (*stage).waker = Some(waker) });
+        cell
+    }
+
+    /// Drops the future and stores `output`, then publishes completion.
+    /// Must be called by the RUNNING holder.
+    fn finish(self: &Arc<Self>, output: Result<T>) {
+        // SAFETY: we hold RUNNING (the caller's contract), so nobody else touches the stage.
+        let (future, waker) = self.stage.with_mut(|stage| unsafe {
+            let stage = &mut *stage;
+            (stage.future.take(), stage.waker.take())
+        });
+        // A destructor may panic too; it must not take the loop down.
+        if let Some(future) = future {
+            let _ = catch_unwind(AssertUnwindSafe(move || drop(future)));
+        }
+        let cancelled = matches!(&output, Err(e) if e.is_cancelled());
+        *self.output.lock() = Some(output);
+        self.header.complete(cancelled);
+        drop(waker);
+        let me: Arc<dyn RawTask> = self.clone();
+        self.header.after_complete(TaskRef::from_raw(me));
+    }
+}
+
+impl<F, T> RawTask for TaskCell<F, T>
+where
+    F: Future<Output = Result<T>> + 'static,
+    T: 'static,
+{
+    fn header(&self) -> &Header {
+        &self.header
+    }
+
+    fn run(self: Arc<Self>) {
+        match self.header.state.start_run() {
+            RunAction::Skip => return,
+            RunAction::Abort => {
+                self.finish(Err(Error::cancelled(Some("aborted".to_owned()))));
+                return;
+            }
+            RunAction::Poll => {}
+        }
+        // SAFETY: we hold RUNNING: the stage is ours until we give it back below.
+        let stage = self.stage.with_mut(|stage| unsafe { &mut *stage });
+        let first_poll = !stage.started;
+        stage.started = true;
+        let step = self.header.begin_step(first_poll);
+        if step.cancel_before_start {
+            self.finish(Err(step.error_if_cancelled()));
+            return;
+        }
+        let Some(future) = stage.future.as_mut() else {
+            debug_assert!(false, "a running task without a future");
+            return;
+        };
+        let waker = stage.waker.as_ref().expect("a running task has its waker");
+        let mut cx = Context::from_waker(waker);
+        let me: &dyn RawTask = &*self;
+        let guard = context::enter_task(NonNull::from(me));
+        // SAFETY: the future lives in the task's heap allocation and is never moved out
+        // until it is dropped in place (in `finish`).
+        let future = unsafe { Pin::new_unchecked(future) };
+        let polled = catch_unwind(AssertUnwindSafe(|| future.poll(&mut cx)));
+        drop(guard);
+        match polled {
+            Ok(Poll::Pending) => match self.header.state.end_poll_pending() {
+                IdleAction::Idle => {}
+                IdleAction::Reschedule => self.schedule(),
+            },
+            Ok(Poll::Ready(output)) => {
+                let output = match self.header.undelivered_cancel(&step) {
+                    Some(cancel) => Err(cancel),
+                    None => output,
+                };
+                self.finish(output);
+            }
+            Err(payload) => self.finish(Err(Error::from_panic(payload))),
+        }
+    }
+
+    fn schedule(self: Arc<Self>) {
+        crate::scheduler::schedule(self);
+    }
+
+    fn force_finish(self: Arc<Self>, error: Error) -> bool {
+        if !self.header.state.try_claim_idle() {
+            return false;
+        }
+        // We hold RUNNING now, as `finish` requires.
+        self.finish(Err(error));
+        true
+    }
+
+    fn wake_task(self: Arc<Self>) {
+        if self.header.state.wake() == WakeAction::Schedule {
+            self.schedule();
+        }
+    }
+}
+
+impl<F, T> Join<T> for TaskCell<F, T>
+where
+    F: Future<Output = Result<T>> + 'static,
+    T: 'static,
+{
+    fn poll_join(&self, cx: &mut Context<'_>) -> Poll<Result<T>> {
+        if !self.header.state.is_complete() {
+            self.header.set_join_waker(cx.waker());
+            if !self.header.state.is_complete() {
+                return Poll::Pending;
+            }
+        }
+        match self.output.lock().take() {
+            Some(output) => Poll::Ready(output),
+            None => Poll::Ready(Err(Error::new(
+                braid_bridge::ErrorKind::InvalidState,
+                "the task's result was already taken",
+            ))),
+        }
+    }
+}
+
+impl<F, T> Wake for TaskCell<F, T>
+where
+    F: Future<Output = Result<T>> + 'static,
+    T: 'static,
+{
+    fn wake(self: Arc<Self>) {
+        if self.header.state.wake() == WakeAction::Schedule {
+            self.schedule();
+        }
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if self.header.state.wake() == WakeAction::Schedule {
+            self.clone().schedule();
+        }
+    }
+}
+
+/// The running task of this thread, as a raw pointer set for the duration of one poll.
+pub(crate) fn current_task_ref(ptr: NonNull<dyn RawTask>) -> TaskRef {
+    // SAFETY: `ptr` was set by `enter_task` from a `&dyn RawTask` borrowed from an `Arc` that
+    // the runner keeps alive for the whole poll, and it is cleared before that borrow ends;
+    // so the pointee is alive and owned by an `Arc`, whose count we may bump.
+    let arc = unsafe {
+        Arc::increment_strong_count(ptr.as_ptr());
+        Arc::from_raw(ptr.as_ptr())
+    };
+    TaskRef::from_raw(arc)
+}
+
+/// Borrows the running task's header through the raw pointer.
+pub(crate) fn with_header<R>(ptr: NonNull<dyn RawTask>, f: impl FnOnce(&Header) -> R) -> R {
+    // SAFETY: as in `current_task_ref`: the pointee outlives the poll during which the
+    // pointer is set, and `f` runs within that poll.
+    f(unsafe { ptr.as_ref() }.header())
+}
+
+/// Marker giving `Task<T>` the auto traits of `T` for `Send`, while the `Arc<dyn Join<T>>`
+/// inside is always `Send + Sync`.
+pub(crate) struct SendIfT<T>(PhantomData<*const T>);
+
+impl<T> SendIfT<T> {
+    pub(crate) const NEW: SendIfT<T> = SendIfT(PhantomData);
+}
+
+// SAFETY: `SendIfT<T>` carries no data; it only makes `Task<T>` as `Send` as `T` is, because a
+// join handle moves a `T` to whoever polls it.
+unsafe impl<T: Send> Send for SendIfT<T> {}
+// SAFETY: `&Task<T>` gives no access to a `T` (only `poll`, through `&mut`, does), so sharing
+// the handle is sound whenever moving `T` is.
+unsafe impl<T: Send> Sync for SendIfT<T> {}

@@ -1,0 +1,271 @@
+//! The task state word: who may poll a task, whether it is queued, whether it is finished.
+//!
+//! One `AtomicUsize` per task. Transitions:
+//!
+//! ```text
+//!  wake:     idle ──► SCHEDULED            (the waker that sets SCHEDULED pushes the task)
+//!            RUNNING ──► RUNNING|SCHEDULED (the runner re-queues it after the poll)
+//!  run:      SCHEDULED ──► RUNNING          (only from a queue pop)
+//!  poll end: RUNNING ──► idle, or RUNNING|SCHEDULED ──► SCHEDULED and re-queued by the runner
+//!  complete: RUNNING ──► COMPLETE           (the future is dropped before this is published)
+//!  abort:    any ──► |ABORT, then a wake    (the runner drops the future on its own thread)
+//! ```
+//!
+//! The invariant that matters: a task is in at most one run queue at a time, and a wake that
+//! happens at any moment before completion is never lost (the loom model `wake_races_poll_end`
+//! in this file checks both).
+
+use braid_bridge::sync::atomic::{AtomicUsize, Ordering};
+
+/// Queued, or woken while running (then the runner re-queues it). Set by the waker that wins.
+pub(crate) const SCHEDULED: usize = 1 << 0;
+/// Being polled by one loop thread; only that thread touches the future.
+pub(crate) const RUNNING: usize = 1 << 1;
+/// Finished: the output is stored and the future is dropped. Never cleared.
+pub(crate) const COMPLETE: usize = 1 << 2;
+/// `abort()` was called: the next run drops the future instead of polling it.
+pub(crate) const ABORT: usize = 1 << 3;
+
+/// What a wake asks of the caller.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum WakeAction {
+    /// The caller won the SCHEDULED bit on an idle task: it must push the task to a queue.
+    Schedule,
+    /// Nothing to do: already queued, running (the runner re-queues), or complete.
+    Nothing,
+}
+
+/// What the runner should do after popping a task.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum RunAction {
+    /// Poll it.
+    Poll,
+    /// Drop the future and finish the task as cancelled.
+    Abort,
+    /// It completed already (a stale queue entry): drop the reference.
+    Skip,
+}
+
+/// After a poll returned `Pending`.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum IdleAction {
+    /// Nobody woke it during the poll: it waits for a wake.
+    Idle,
+    /// Woken during the poll (or aborted): the runner must re-queue it.
+    Reschedule,
+}
+
+#[derive(Debug)]
+pub(crate) struct State(AtomicUsize);
+
+impl State {
+    /// A new task is created scheduled: its spawner pushes it.
+    pub(crate) fn new_scheduled() -> State {
+        State(AtomicUsize::new(SCHEDULED))
+    }
+
+    #[inline]
+    pub(crate) fn load(&self) -> usize {
+        self.0.load(Ordering::Acquire)
+    }
+
+    #[inline]
+    pub(crate) fn is_complete(&self) -> bool {
+        self.load() & COMPLETE != 0
+    }
+
+    /// A waker's transition.
+    #[inline]
+    pub(crate) fn wake(&self) -> WakeAction {
+        let mut cur = self.0.load(Ordering::Acquire);
+        loop {
+            if cur & (SCHEDULED | COMPLETE) != 0 {
+                return WakeAction::Nothing;
+            }
+            // AcqRel: what the waker published before waking (a message, a cancel request)
+            // happens-before the poll that the Acquire in `start_run` begins.
+            match self.0.compare_exchange_weak(
+                cur,
+                cur | SCHEDULED,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) if cur & RUNNING != 0 => return WakeAction::Nothing,
+                Ok(_) => return WakeAction::Schedule,
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
+    /// Sets ABORT, then behaves as a wake so the task gets run (and dropped) promptly.
+    pub(crate) fn abort(&self) -> WakeAction {
+        let prev = self.0.fetch_or(ABORT, Ordering::AcqRel);
+        if prev & COMPLETE != 0 {
+            return WakeAction::Nothing;
+        }
+        self.wake()
+    }
+
+    /// The runner's transition after popping a task from a queue.
+    #[inline]
+    pub(crate) fn start_run(&self) -> RunAction {
+        let mut cur = self.0.load(Ordering::Acquire);
+        loop {
+            if cur & COMPLETE != 0 {
+                return RunAction::Skip;
+            }
+            debug_assert!(cur & SCHEDULED != 0, "a queued task must be SCHEDULED");
+            debug_assert!(cur & RUNNING == 0, "a task must not be polled twice at once");
+            let next = (cur & !SCHEDULED) | RUNNING;
+            match self.0.compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) if cur & ABORT != 0 => return RunAction::Abort,
+                Ok(_) => return RunAction::Poll,
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
+    /// The runner's transition after a poll returned `Pending`.
+    #[inline]
+    pub(crate) fn end_poll_pending(&self) -> IdleAction {
+        let mut cur = self.0.load(Ordering::Acquire);
+        loop {
+            debug_assert!(cur & RUNNING != 0);
+            let next = cur & !RUNNING;
+            match self.0.compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) if cur & SCHEDULED != 0 => return IdleAction::Reschedule,
+                Ok(_) if cur & ABORT != 0 => {
+                    // An abort whose wake saw RUNNING: nobody queued it, so we must.
+                    return match self.wake() {
+                        WakeAction::Schedule => IdleAction::Reschedule,
+                        WakeAction::Nothing => IdleAction::Idle,
+                    };
+                }
+                Ok(_) => return IdleAction::Idle,
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
+    /// The runner's transition after the future finished (output stored, future dropped).
+    pub(crate) fn complete(&self) {
+        // Release: the stored output and the dropped future happen-before any Acquire load
+        // that sees COMPLETE (the join handle's).
+        let prev = self.0.fetch_or(COMPLETE, Ordering::AcqRel);
+        debug_assert!(prev & COMPLETE == 0, "completed twice");
+        self.0.fetch_and(!(RUNNING | SCHEDULED), Ordering::AcqRel);
+    }
+
+    /// Takes the RUNNING bit of a task that is not running, not queued and not complete, so
+    /// a shutdown can drop its future from outside a loop. Returns false if it could not.
+    pub(crate) fn try_claim_idle(&self) -> bool {
+        let cur = self.0.load(Ordering::Acquire);
+        if cur & (RUNNING | COMPLETE) != 0 {
+            return false;
+        }
+        self.0
+            .compare_exchange(cur, cur | RUNNING, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+}
+
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use super::*;
+    use braid_bridge::sync::atomic::AtomicUsize as Counter;
+    use braid_bridge::sync::Arc;
+    use loom::thread;
+
+    /// A wake from another thread racing the end of a poll: the task is re-queued exactly
+    /// once, never lost, never queued twice.
+    #[test]
+    fn wake_races_poll_end() {
+        loom::model(|| {
+            let state = Arc::new(State::new_scheduled());
+            let queued = Arc::new(Counter::new(0));
+            assert_eq!(state.start_run(), RunAction::Poll);
+
+            let (s2, q2) = (state.clone(), queued.clone());
+            let waker = thread::spawn(move || {
+                if s2.wake() == WakeAction::Schedule {
+                    q2.fetch_add(1, Ordering::SeqCst);
+                }
+            });
+            if state.end_poll_pending() == IdleAction::Reschedule {
+                queued.fetch_add(1, Ordering::SeqCst);
+            }
+            waker.join().unwrap();
+            assert_eq!(queued.load(Ordering::SeqCst), 1, "the wake must queue the task exactly once");
+        });
+    }
+
+    /// Two wakers at once queue an idle task once.
+    #[test]
+    fn concurrent_wakes_queue_once() {
+        loom::model(|| {
+            let state = Arc::new(State::new_scheduled());
+            assert_eq!(state.start_run(), RunAction::Poll);
+            assert_eq!(state.end_poll_pending(), IdleAction::Idle);
+            let queued = Arc::new(Counter::new(0));
+            let handles: Vec<_> = (0..2)
+                .map(|_| {
+                    let (s, q) = (state.clone(), queued.clone());
+                    thread::spawn(move || {
+                        if s.wake() == WakeAction::Schedule {
+                            q.fetch_add(1, Ordering::SeqCst);
+                        }
+                    })
+                })
+                .collect();
+            for h in handles {
+                h.join().unwrap();
+            }
+            assert_eq!(queued.load(Ordering::SeqCst), 1);
+        });
+    }
+
+    /// An abort racing a poll: the task ends up queued (so its runner drops it) exactly once.
+    #[test]
+    fn abort_races_poll_end() {
+        loom::model(|| {
+            let state = Arc::new(State::new_scheduled());
+            assert_eq!(state.start_run(), RunAction::Poll);
+            let queued = Arc::new(Counter::new(0));
+            let (s2, q2) = (state.clone(), queued.clone());
+            let aborter = thread::spawn(move || {
+                if s2.abort() == WakeAction::Schedule {
+                    q2.fetch_add(1, Ordering::SeqCst);
+                }
+            });
+            if state.end_poll_pending() == IdleAction::Reschedule {
+                queued.fetch_add(1, Ordering::SeqCst);
+            }
+            aborter.join().unwrap();
+            assert_eq!(queued.load(Ordering::SeqCst), 1);
+            assert_eq!(state.start_run(), RunAction::Abort);
+        });
+    }
+
+    /// The model catches a broken protocol: a poll end that forgets the SCHEDULED bit loses
+    /// the wake in some interleaving.
+    #[test]
+    #[should_panic(expected = "exactly once")]
+    fn broken_poll_end_loses_a_wake() {
+        loom::model(|| {
+            let state = Arc::new(State::new_scheduled());
+            let queued = Arc::new(Counter::new(0));
+            assert_eq!(state.start_run(), RunAction::Poll);
+            let (s2, q2) = (state.clone(), queued.clone());
+            let waker = thread::spawn(move || {
+                if s2.wake() == WakeAction::Schedule {
+                    q2.fetch_add(1, Ordering::SeqCst);
+                }
+            });
+            // Broken on purpose: clear RUNNING and SCHEDULED blindly instead of looking at
+            // what a concurrent waker set.
+            state.0.fetch_and(!(RUNNING | SCHEDULED), Ordering::AcqRel);
+            waker.join().unwrap();
+            assert_eq!(queued.load(Ordering::SeqCst), 1, "the wake must queue the task exactly once");
+        });
+    }
+}
