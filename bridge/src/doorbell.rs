@@ -3,23 +3,26 @@
 //! Any thread may [`push`](Doorbell::push) a message for a loop or [`ring`](Doorbell::ring) it;
 //! only the loop itself drains the inbox and sleeps. The protocol guarantees two things:
 //!
-//! * **No lost wake-up.** A loop about to sleep calls [`prepare_sleep`](Doorbell::prepare_sleep),
-//!   which publishes `asleep = true` and then re-checks the inbox. A producer publishes its
-//!   message and then reads `asleep`. Both sides put a `fence(SeqCst)` between their store and
-//!   their load (the Dekker pattern), so at least one of them sees the other: either the loop
-//!   sees the message and does not sleep, or the producer sees `asleep` and unparks it. The
-//!   loop's other work sources (the shared injector, timers) use the same handshake through
-//!   [`ring`](Doorbell::ring): publish the work, then ring.
-//! * **No wake-up for nothing.** A producer unparks only when it is the one that flips
-//!   `asleep` from true to false, so a busy loop is never notified, and a burst of messages to
-//!   a sleeping loop costs one notification.
+//! * **No lost wake-up.** One state word holds two bits: `ASLEEP` (the owner announced a
+//!   sleep) and `PENDING` (a message was pushed or the bell rung since the owner last looked).
+//!   Both sides change the word only with read-modify-writes, which are totally ordered on one
+//!   location: the owner's `fetch_or(ASLEEP)` in [`prepare_sleep`](Doorbell::prepare_sleep)
+//!   either sees `PENDING` (and the owner stays awake) or comes first, and then the producer's
+//!   `fetch_or(PENDING)` sees `ASLEEP` and unparks. No fence reasoning is needed.
+//! * **No wake-up for nothing.** A producer unparks only when it is the one that clears
+//!   `ASLEEP`, so a busy loop is never notified, and a burst of messages to a sleeping loop
+//!   costs one notification.
+//!
+//! Work published elsewhere (a shared run queue, a timer) reaches a sleeping owner the same
+//! way: publish it, then [`ring`](Doorbell::ring), which sets `PENDING` like a message
+//! without a payload.
 //!
 //! The unparking itself is abstracted by [`Unpark`] (the runtime uses `polling::Poller::notify`,
 //! whose notification is sticky: a notify that lands before the wait makes the wait return at
-//! once). The loom model in `tests/loom_doorbell.rs` checks the protocol with a sticky
-//! `loom::thread::park` standing in for the poller.
+//! once). The loom models in `tests/loom_doorbell.rs` check the protocol with loom's sticky
+//! `Notify` standing in for the poller.
 
-use crate::sync::atomic::{fence, AtomicBool, Ordering};
+use crate::sync::atomic::{AtomicUsize, Ordering};
 use crate::sync::Mutex;
 use std::collections::VecDeque;
 use std::fmt;
@@ -35,6 +38,12 @@ struct Inbox<M> {
     messages: VecDeque<M>,
     closed: bool,
 }
+
+/// The owner announced a sleep that no producer has claimed yet.
+const ASLEEP: usize = 1 << 0;
+/// Something arrived (a message, or a ring for work published elsewhere) since the owner last
+/// drained.
+const PENDING: usize = 1 << 1;
 
 /// A multi-producer inbox and wake flag for one event loop. See the module docs for the
 /// protocol.
@@ -62,10 +71,8 @@ struct Inbox<M> {
 /// ```
 pub struct Doorbell<M, U> {
     inbox: Mutex<Inbox<M>>,
-    /// True while the inbox may hold messages; lets the owner skip the lock when it is empty.
-    has_messages: AtomicBool,
-    /// True from `prepare_sleep` until the owner wakes or a producer claims the wake-up.
-    asleep: AtomicBool,
+    /// `ASLEEP | PENDING` bits; see the module docs.
+    state: AtomicUsize,
     unparker: U,
 }
 
@@ -73,9 +80,11 @@ impl<M, U: Unpark> Doorbell<M, U> {
     /// A doorbell with an empty, open inbox whose owner is awake.
     pub fn new(unparker: U) -> Self {
         Doorbell {
-            inbox: Mutex::new(Inbox { messages: VecDeque::new(), closed: false }),
-            has_messages: AtomicBool::new(false),
-            asleep: AtomicBool::new(false),
+            inbox: Mutex::new(Inbox {
+                messages: VecDeque::new(),
+                closed: false,
+            }),
+            state: AtomicUsize::new(0),
             unparker,
         }
     }
@@ -98,61 +107,61 @@ impl<M, U: Unpark> Doorbell<M, U> {
                 return Err(message);
             }
             inbox.messages.push_back(message);
-            self.has_messages.store(true, Ordering::Relaxed);
         }
         self.ring();
         Ok(())
     }
 
-    /// Wakes the owner if it sleeps or is about to. Call it after publishing work the owner
-    /// checks in its sleep re-check (a task in a shared queue, a timer).
+    /// Wakes the owner if it sleeps or is about to, and makes its next
+    /// [`prepare_sleep`](Doorbell::prepare_sleep) fail. Call it after publishing work the
+    /// owner looks for elsewhere (a task in a shared queue, a timer).
     #[inline]
     pub fn ring(&self) {
-        // Pairs with the fence in `prepare_sleep`: our published work happens before this
-        // fence, their `asleep = true` before theirs; one of us sees the other.
-        fence(Ordering::SeqCst);
-        if self.asleep.load(Ordering::Relaxed) {
+        // AcqRel: the work published before this ring happens-before the owner's drain or
+        // re-check that follows its own RMW on `state`.
+        let prev = self.state.fetch_or(PENDING, Ordering::AcqRel);
+        if prev & ASLEEP != 0 {
             self.ring_slow();
         }
     }
 
     #[cold]
     fn ring_slow(&self) {
-        // Only the producer that flips the flag unparks: one notification per sleep.
-        if self.asleep.swap(false, Ordering::AcqRel) {
+        // Only the producer that clears ASLEEP unparks: one notification per sleep.
+        if self.state.fetch_and(!ASLEEP, Ordering::AcqRel) & ASLEEP != 0 {
             self.unparker.unpark();
         }
     }
 
     /// Owner only: moves every queued message, in push order, to the back of `out`.
-    /// Returns how many were moved.
+    /// Returns how many were moved. Clears `PENDING`: a ring without a message counts as
+    /// looked at once this returns.
     pub fn drain_into(&self, out: &mut VecDeque<M>) -> usize {
-        if !self.has_messages.load(Ordering::Acquire) {
+        if self.state.load(Ordering::Acquire) & PENDING == 0 {
             return 0;
         }
+        // Clear first, then take: anything pushed after the clear sets PENDING again.
+        self.state.fetch_and(!PENDING, Ordering::AcqRel);
         let mut inbox = self.inbox.lock();
-        self.has_messages.store(false, Ordering::Relaxed);
         let n = inbox.messages.len();
         out.append(&mut inbox.messages);
         n
     }
 
-    /// Owner only: true if messages are waiting (a cheap check, no lock).
+    /// Owner only: true if something arrived since the last drain (one atomic load).
     #[inline]
     pub fn has_messages(&self) -> bool {
-        self.has_messages.load(Ordering::Acquire)
+        self.state.load(Ordering::Acquire) & PENDING != 0
     }
 
-    /// Owner only: announces that the owner is about to sleep, then re-checks the inbox.
-    /// Returns true if the owner may sleep; it must then re-check its other work sources and
-    /// call [`finish_sleep`](Doorbell::finish_sleep) after sleeping (or instead, if it found
-    /// work). Returns false (and stays awake) if messages are already waiting.
+    /// Owner only: announces that the owner is about to sleep. Returns true if it may sleep;
+    /// it should then re-check its other work sources and call
+    /// [`finish_sleep`](Doorbell::finish_sleep) after sleeping (or instead, if it found
+    /// work). Returns false (and stays awake) if something arrived since the last drain.
     pub fn prepare_sleep(&self) -> bool {
-        self.asleep.store(true, Ordering::Relaxed);
-        // Pairs with the fence in `ring`.
-        fence(Ordering::SeqCst);
-        if self.has_messages.load(Ordering::Relaxed) {
-            self.asleep.store(false, Ordering::Relaxed);
+        let prev = self.state.fetch_or(ASLEEP, Ordering::AcqRel);
+        if prev & PENDING != 0 {
+            self.state.fetch_and(!ASLEEP, Ordering::AcqRel);
             return false;
         }
         true
@@ -161,12 +170,14 @@ impl<M, U: Unpark> Doorbell<M, U> {
     /// Owner only: marks the owner awake after a sleep (or an aborted one).
     #[inline]
     pub fn finish_sleep(&self) {
-        self.asleep.store(false, Ordering::Relaxed);
+        if self.state.load(Ordering::Relaxed) & ASLEEP != 0 {
+            self.state.fetch_and(!ASLEEP, Ordering::AcqRel);
+        }
     }
 
     /// True while the owner has announced a sleep that nobody has claimed yet.
     pub fn is_asleep(&self) -> bool {
-        self.asleep.load(Ordering::Relaxed)
+        self.state.load(Ordering::Relaxed) & ASLEEP != 0
     }
 
     /// Closes the inbox: later pushes fail. Returns the messages that were still queued, so
@@ -174,7 +185,6 @@ impl<M, U: Unpark> Doorbell<M, U> {
     pub fn close(&self) -> VecDeque<M> {
         let mut inbox = self.inbox.lock();
         inbox.closed = true;
-        self.has_messages.store(false, Ordering::Relaxed);
         std::mem::take(&mut inbox.messages)
     }
 
@@ -187,8 +197,14 @@ impl<M, U: Unpark> Doorbell<M, U> {
 impl<M, U> fmt::Debug for Doorbell<M, U> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Doorbell")
-            .field("has_messages", &self.has_messages.load(Ordering::Relaxed))
-            .field("asleep", &self.asleep.load(Ordering::Relaxed))
+            .field(
+                "pending",
+                &(self.state.load(Ordering::Relaxed) & PENDING != 0),
+            )
+            .field(
+                "asleep",
+                &(self.state.load(Ordering::Relaxed) & ASLEEP != 0),
+            )
             .finish_non_exhaustive()
     }
 }

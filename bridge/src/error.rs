@@ -90,7 +90,14 @@ impl Error {
         source: Option<Box<dyn StdError + Send + Sync>>,
         group: Vec<Error>,
     ) -> Error {
-        Error { inner: Arc::new(ErrorImpl { kind, message, source, group }) }
+        Error {
+            inner: Arc::new(ErrorImpl {
+                kind,
+                message,
+                source,
+                group,
+            }),
+        }
     }
 
     /// The kind of failure.
@@ -275,7 +282,9 @@ impl fmt::Debug for ErrorImpl {
 
 impl StdError for ErrorImpl {
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
-        self.source.as_deref().map(|s| s as &(dyn StdError + 'static))
+        self.source
+            .as_deref()
+            .map(|s| s as &(dyn StdError + 'static))
     }
 }
 
@@ -365,7 +374,10 @@ mod tests {
     #[test]
     fn display_by_kind() {
         assert_eq!(Error::cancelled(None).to_string(), "cancelled");
-        assert_eq!(Error::new(ErrorKind::Panicked, "x").to_string(), "panicked: x");
+        assert_eq!(
+            Error::new(ErrorKind::Panicked, "x").to_string(),
+            "panicked: x"
+        );
         let g = Error::group("group failed", vec![Error::msg("a")]);
         assert_eq!(g.to_string(), "group failed (1 sub-error)");
     }

@@ -16,7 +16,9 @@ mod imp {
 
     /// Atomics: std's, re-exported.
     pub mod atomic {
-        pub use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
+        pub use std::sync::atomic::{
+            fence, AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering,
+        };
     }
 
     pub use parking_lot::{Mutex, MutexGuard};
@@ -59,7 +61,7 @@ mod imp {
 
     /// Atomics: loom's, with std's `Ordering`.
     pub mod atomic {
-        pub use loom::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize};
+        pub use loom::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicU8, AtomicUsize};
         pub use std::sync::atomic::Ordering;
     }
 
@@ -89,7 +91,9 @@ mod imp {
 
         /// Unwraps the value.
         pub fn into_inner(self) -> T {
-            self.0.into_inner().unwrap_or_else(|poison| poison.into_inner())
+            self.0
+                .into_inner()
+                .unwrap_or_else(|poison| poison.into_inner())
         }
     }
 

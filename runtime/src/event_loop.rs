@@ -10,7 +10,7 @@ use crate::scheduler::{RuntimeShared, TaskPtr};
 use crate::task::raw::{Join, TaskCell};
 use crate::task::{Header, Task, TaskId, TaskRef};
 use braid_bridge::doorbell::{Doorbell, Unpark};
-use braid_bridge::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use braid_bridge::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use braid_bridge::sync::Mutex;
 use braid_bridge::{Error, ErrorKind, Result};
 use crossbeam_deque::{Steal, Worker};
@@ -95,7 +95,7 @@ pub(crate) struct LoopShared {
     pub(crate) id: usize,
     pub(crate) is_host: bool,
     pub(crate) bell: Doorbell<Remote, PollerUnpark>,
-    state: std::sync::atomic::AtomicU8,
+    state: AtomicU8,
     /// Bumped every iteration; the monitor reads it to spot a stuck loop.
     pub(crate) tick: CachePadded<AtomicU64>,
     /// `AWAKE`, `ASLEEP_FOREVER`, or the runtime-ns deadline the loop sleeps until.
@@ -115,7 +115,7 @@ impl LoopShared {
             id,
             is_host,
             bell: Doorbell::new(PollerUnpark(Poller::new()?)),
-            state: std::sync::atomic::AtomicU8::new(0),
+            state: AtomicU8::new(0),
             tick: CachePadded::new(AtomicU64::new(0)),
             sleep_deadline: AtomicU64::new(AWAKE),
             notified: AtomicBool::new(false),
@@ -181,19 +181,27 @@ pub(crate) struct RemoteCallback {
 
 impl RemoteCallback {
     fn is_cancelled(&self) -> bool {
-        self.handle.as_ref().is_some_and(|h| h.cancelled.load(Ordering::Acquire))
+        self.handle
+            .as_ref()
+            .is_some_and(|h| h.cancelled.load(Ordering::Acquire))
     }
 }
 
 impl From<RemoteCallback> for ReadyCallback {
     fn from(cb: RemoteCallback) -> ReadyCallback {
-        ReadyCallback { f: cb.f, handle: cb.handle, name: cb.name }
+        ReadyCallback {
+            f: cb.f,
+            handle: cb.handle,
+            name: cb.name,
+        }
     }
 }
 
 impl ReadyCallback {
     fn is_cancelled(&self) -> bool {
-        self.handle.as_ref().is_some_and(|h| h.cancelled.load(Ordering::Acquire))
+        self.handle
+            .as_ref()
+            .is_some_and(|h| h.cancelled.load(Ordering::Acquire))
     }
 }
 
@@ -376,7 +384,10 @@ impl LoopCtx {
     /// `call_soon_threadsafe` are moved in first, so FIFO order follows happens-before.
     pub(crate) fn call_soon(&self, f: Box<dyn FnOnce()>, name: &'static str) -> CallbackHandle {
         self.drain_inbox();
-        let state = Arc::new(HandleState { cancelled: AtomicBool::new(false), when: None });
+        let state = Arc::new(HandleState {
+            cancelled: AtomicBool::new(false),
+            when: None,
+        });
         self.ready.borrow_mut().push_back(ReadyCallback {
             f,
             handle: Some(state.clone()),
@@ -387,7 +398,11 @@ impl LoopCtx {
 
     fn call_soon_unhandled(&self, f: Box<dyn FnOnce()>, name: &'static str) {
         self.drain_inbox();
-        self.ready.borrow_mut().push_back(ReadyCallback { f, handle: None, name });
+        self.ready.borrow_mut().push_back(ReadyCallback {
+            f,
+            handle: None,
+            name,
+        });
     }
 
     pub(crate) fn call_at(
@@ -396,13 +411,20 @@ impl LoopCtx {
         f: Box<dyn FnOnce()>,
         name: &'static str,
     ) -> TimerHandle {
-        let state = Arc::new(HandleState { cancelled: AtomicBool::new(false), when: Some(when) });
+        let state = Arc::new(HandleState {
+            cancelled: AtomicBool::new(false),
+            when: Some(when),
+        });
         let seq = self.timer_seq.get() + 1;
         self.timer_seq.set(seq);
         self.timers.borrow_mut().push(LocalTimer {
             when,
             seq,
-            callback: ReadyCallback { f, handle: Some(state.clone()), name },
+            callback: ReadyCallback {
+                f,
+                handle: Some(state.clone()),
+                name,
+            },
         });
         TimerHandle { state }
     }
@@ -427,7 +449,11 @@ impl LoopCtx {
     /// Moves due callback timers to the ready queue and fires due task timers.
     fn fire_timers(&self) -> bool {
         let has_local = !self.timers.borrow().is_empty();
-        let shared = if self.worker.is_some() { self.rt.timers.earliest() } else { None };
+        let shared = if self.worker.is_some() {
+            self.rt.timers.earliest()
+        } else {
+            None
+        };
         if !has_local && shared.is_none() {
             return false;
         }
@@ -501,7 +527,10 @@ impl LoopCtx {
                 return Some(task);
             }
         }
-        worker.pop().or_else(|| self.steal_injector(worker)).or_else(|| self.steal_siblings(worker))
+        worker
+            .pop()
+            .or_else(|| self.steal_injector(worker))
+            .or_else(|| self.steal_siblings(worker))
     }
 
     fn steal_injector(&self, worker: &Worker<TaskPtr>) -> Option<TaskPtr> {
@@ -545,7 +574,9 @@ impl LoopCtx {
     fn run_tasks(&self, tick: u64) -> bool {
         let mut ran = 0;
         while ran < TASK_BUDGET {
-            let Some(task) = self.next_task(tick) else { break };
+            let Some(task) = self.next_task(tick) else {
+                break;
+            };
             if self.searching.replace(false) {
                 let more = !self.rt.injector.is_empty()
                     || self.worker.as_ref().is_some_and(|w| !w.is_empty());
@@ -686,7 +717,9 @@ impl LoopCtx {
             return;
         }
         let now = Instant::now();
-        let mut timeout = self.next_local_deadline().map(|d| d.saturating_duration_since(now));
+        let mut timeout = self
+            .next_local_deadline()
+            .map(|d| d.saturating_duration_since(now));
         if let Some(max) = max {
             timeout = Some(timeout.map_or(max, |t| t.min(max)));
         }
@@ -712,8 +745,18 @@ impl LoopCtx {
     pub(crate) fn close(&self) {
         self.lp.set_state(LoopState::Closing);
         let leftover = self.lp.bell.close();
-        let mut never_ran = self.ready.borrow_mut().drain(..).filter(|c| !c.is_cancelled()).count();
-        never_ran += self.timers.borrow_mut().drain().filter(|t| !t.callback.is_cancelled()).count();
+        let mut never_ran = self
+            .ready
+            .borrow_mut()
+            .drain(..)
+            .filter(|c| !c.is_cancelled())
+            .count();
+        never_ran += self
+            .timers
+            .borrow_mut()
+            .drain()
+            .filter(|t| !t.callback.is_cancelled())
+            .count();
         for message in leftover {
             if let Remote::Callback(cb) = message {
                 if !cb.is_cancelled() {
@@ -722,7 +765,9 @@ impl LoopCtx {
             }
         }
         if never_ran > 0 {
-            self.lp.dropped_callbacks.fetch_add(never_ran, Ordering::Relaxed);
+            self.lp
+                .dropped_callbacks
+                .fetch_add(never_ran, Ordering::Relaxed);
             self.lp.report(&ExceptionContext::new(format!(
                 "loop {} closed with {never_ran} callback(s) that never ran",
                 self.lp.id
@@ -730,7 +775,12 @@ impl LoopCtx {
         }
         let closed = || Error::cancelled(Some("the event loop closed".to_owned()));
         for task in self.rt.registry.snapshot() {
-            if task.header().home.as_ref().is_some_and(|h| Arc::ptr_eq(h, &self.lp)) {
+            if task
+                .header()
+                .home
+                .as_ref()
+                .is_some_and(|h| Arc::ptr_eq(h, &self.lp))
+            {
                 task.force_finish(closed());
             }
         }
@@ -751,7 +801,11 @@ pub(crate) fn dispatch_callback(rt: &Arc<RuntimeShared>, f: Box<dyn FnOnce() + S
             return;
         }
     }
-    let cb = RemoteCallback { f, handle: None, name: "done callback" };
+    let cb = RemoteCallback {
+        f,
+        handle: None,
+        name: "done callback",
+    };
     if let Err(Remote::Callback(cb)) = rt.loops[0].bell.push(Remote::Callback(cb)) {
         (cb.f)();
     }
@@ -834,7 +888,10 @@ impl EventLoop {
     where
         F: FnOnce() + Send + 'static,
     {
-        let state = Arc::new(HandleState { cancelled: AtomicBool::new(false), when: None });
+        let state = Arc::new(HandleState {
+            cancelled: AtomicBool::new(false),
+            when: None,
+        });
         let cb = RemoteCallback {
             f: Box::new(f),
             handle: Some(state.clone()),
@@ -1017,7 +1074,12 @@ impl ExceptionContext {
     /// assert!(ctx.error.is_none() && ctx.task.is_none());
     /// ```
     pub fn new(message: impl Into<String>) -> Self {
-        ExceptionContext { message: message.into(), error: None, task: None, callback: None }
+        ExceptionContext {
+            message: message.into(),
+            error: None,
+            task: None,
+            callback: None,
+        }
     }
 
     /// Adds the error.
@@ -1094,7 +1156,11 @@ pub(crate) fn dispatch_to(lp: &Arc<LoopShared>, f: Box<dyn FnOnce() + Send>) {
             return;
         }
     }
-    let cb = RemoteCallback { f, handle: None, name: "done callback" };
+    let cb = RemoteCallback {
+        f,
+        handle: None,
+        name: "done callback",
+    };
     if let Err(Remote::Callback(cb)) = lp.bell.push(Remote::Callback(cb)) {
         (cb.f)();
     }

@@ -66,7 +66,10 @@ fn running_loop() -> Rc<LoopCtx> {
 #[track_caller]
 pub fn get_running_loop() -> EventLoop {
     let ctx = running_loop();
-    EventLoop { rt: ctx.rt.clone(), lp: ctx.lp.clone() }
+    EventLoop {
+        rt: ctx.rt.clone(),
+        lp: ctx.lp.clone(),
+    }
 }
 
 /// The loop running on this thread, or `None`.
@@ -77,7 +80,10 @@ pub fn get_running_loop() -> EventLoop {
 /// assert!(braid_runtime::try_get_running_loop().is_none());
 /// ```
 pub fn try_get_running_loop() -> Option<EventLoop> {
-    context::current_loop().map(|ctx| EventLoop { rt: ctx.rt.clone(), lp: ctx.lp.clone() })
+    context::current_loop().map(|ctx| EventLoop {
+        rt: ctx.rt.clone(),
+        lp: ctx.lp.clone(),
+    })
 }
 
 /// Spawns a task on the running runtime's shared pool (asyncio's `create_task`). On a
@@ -185,7 +191,9 @@ pub fn call_soon<F: FnOnce() + 'static>(f: F) -> CallbackHandle {
 #[track_caller]
 pub fn call_later<F: FnOnce() + 'static>(delay: Duration, f: F) -> TimerHandle {
     let now = Instant::now();
-    let when = now.checked_add(delay).unwrap_or_else(|| timer::far_future(now));
+    let when = now
+        .checked_add(delay)
+        .unwrap_or_else(|| timer::far_future(now));
     running_loop().call_at(when, Box::new(f), std::any::type_name::<F>())
 }
 
@@ -273,5 +281,10 @@ pub fn current_task() -> Option<TaskRef> {
 #[track_caller]
 pub fn all_tasks() -> Vec<TaskRef> {
     let ctx = running_loop();
-    ctx.rt.registry.snapshot().into_iter().map(TaskRef::from_raw).collect()
+    ctx.rt
+        .registry
+        .snapshot()
+        .into_iter()
+        .map(TaskRef::from_raw)
+        .collect()
 }

@@ -3,7 +3,7 @@
 use crate::context;
 use crate::event_loop::LoopShared;
 use crate::task::CancelTarget;
-use braid_bridge::sync::atomic::{AtomicU64, Ordering};
+use braid_bridge::sync::atomic::Ordering;
 use braid_bridge::sync::Mutex;
 use braid_bridge::{Error, ErrorKind, Result};
 use std::fmt;
@@ -25,7 +25,8 @@ use std::task::{Context, Poll, Waker};
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub struct CallbackId(u64);
 
-static NEXT_CALLBACK_ID: AtomicU64 = AtomicU64::new(1);
+// Unique numbers only, no synchronisation: std's atomic (loom's cannot live in a static).
+static NEXT_CALLBACK_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 type PromiseCallback<T> = Box<dyn FnOnce(&Promise<T>) + Send>;
 
@@ -71,7 +72,9 @@ pub struct Promise<T> {
 
 impl<T> Clone for Promise<T> {
     fn clone(&self) -> Self {
-        Promise { inner: self.inner.clone() }
+        Promise {
+            inner: self.inner.clone(),
+        }
     }
 }
 
@@ -123,11 +126,17 @@ impl<T: Send + 'static> Promise<T> {
         let (waiters, callbacks) = {
             let mut st = self.inner.state.lock();
             if st.outcome.is_some() {
-                return Err(Error::new(ErrorKind::InvalidState, "the promise is already done"));
+                return Err(Error::new(
+                    ErrorKind::InvalidState,
+                    "the promise is already done",
+                ));
             }
             st.outcome = Some(outcome);
             st.cancelled = cancelled;
-            (std::mem::take(&mut st.waiters), std::mem::take(&mut st.callbacks))
+            (
+                std::mem::take(&mut st.waiters),
+                std::mem::take(&mut st.callbacks),
+            )
         };
         for w in waiters {
             w.wake();
@@ -236,7 +245,10 @@ impl<T: Send + 'static> Promise<T> {
     {
         match &self.inner.state.lock().outcome {
             Some(outcome) => outcome.clone(),
-            None => Err(Error::new(ErrorKind::InvalidState, "the promise is not done yet")),
+            None => Err(Error::new(
+                ErrorKind::InvalidState,
+                "the promise is not done yet",
+            )),
         }
     }
 
@@ -320,7 +332,10 @@ impl<T: Clone + Send + 'static> IntoFuture for Promise<T> {
     type IntoFuture = PromiseFuture<T>;
 
     fn into_future(self) -> PromiseFuture<T> {
-        PromiseFuture { promise: self, registered: false }
+        PromiseFuture {
+            promise: self,
+            registered: false,
+        }
     }
 }
 
@@ -331,7 +346,8 @@ impl<T: Clone + Send + 'static> Future for PromiseFuture<T> {
         let key = Arc::as_ptr(&self.promise.inner) as *const () as usize;
         if let Some(cancel) = context::take_cancel() {
             // asyncio: cancelling the awaiting task cancels the future it awaits.
-            self.promise.cancel_with_message(cancel.message().map(str::to_owned));
+            self.promise
+                .cancel_with_message(cancel.message().map(str::to_owned));
             if self.registered {
                 context::clear_awaiting(Some(key));
             }
@@ -383,6 +399,8 @@ impl<T> fmt::Debug for Promise<T> {
 
 impl<T> fmt::Debug for PromiseFuture<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PromiseFuture").field("promise", &self.promise).finish()
+        f.debug_struct("PromiseFuture")
+            .field("promise", &self.promise)
+            .finish()
     }
 }

@@ -139,14 +139,21 @@ impl Builder {
     /// `InvalidInput` for zero workers or executor threads; the OS error if a poller or a
     /// thread cannot be created (threads already started are stopped again).
     pub fn build(self) -> std::io::Result<Runtime> {
-        let invalid = |msg: &str| std::io::Error::new(std::io::ErrorKind::InvalidInput, msg.to_owned());
+        let invalid =
+            |msg: &str| std::io::Error::new(std::io::ErrorKind::InvalidInput, msg.to_owned());
         let workers = match self.workers {
-            Some(0) => return Err(invalid("Builder::workers: a runtime needs at least 1 worker")),
+            Some(0) => {
+                return Err(invalid(
+                    "Builder::workers: a runtime needs at least 1 worker",
+                ))
+            }
             Some(n) => n,
             None => std::thread::available_parallelism().map_or(1, |n| n.get()),
         };
         if self.default_executor_threads == Some(0) {
-            return Err(invalid("Builder::default_executor_threads: the pool needs at least 1 thread"));
+            return Err(invalid(
+                "Builder::default_executor_threads: the pool needs at least 1 thread",
+            ));
         }
         let mut loops = Vec::with_capacity(workers);
         let mut queues = Vec::with_capacity(workers);
@@ -163,7 +170,11 @@ impl Builder {
             slow_callback_duration: self.slow_callback_duration,
         };
         let shared = Arc::new(RuntimeShared::new(config, loops, stealers));
-        let rt = Runtime { shared: shared.clone(), threads: Mutex::new(Vec::new()), shut: AtomicBool::new(false) };
+        let rt = Runtime {
+            shared: shared.clone(),
+            threads: Mutex::new(Vec::new()),
+            shut: AtomicBool::new(false),
+        };
         for (id, queue) in queues.into_iter().enumerate() {
             let shared = shared.clone();
             let handle = std::thread::Builder::new()
@@ -292,7 +303,12 @@ impl Runtime {
         let _running = ClearOnDrop(&host.lp.running);
 
         let main = Arc::new(MainTask {
-            header: Header::new(TaskId(next_task_id()), self.shared.clone(), Some(host.lp.clone()), Some("main".to_owned())),
+            header: Header::new(
+                TaskId(next_task_id()),
+                self.shared.clone(),
+                Some(host.lp.clone()),
+                Some("main".to_owned()),
+            ),
             woken: AtomicBool::new(true),
             lp: host.lp.clone(),
         });
@@ -360,7 +376,11 @@ impl Runtime {
     /// This thread's host loop for this runtime, created on first use.
     fn enter_host(&self) -> Result<Rc<LoopCtx>> {
         if let Some(ctx) = context::current_loop() {
-            let what = if ctx.rt.id == self.shared.id { "a loop thread of this runtime" } else { "a running event loop" };
+            let what = if ctx.rt.id == self.shared.id {
+                "a loop thread of this runtime"
+            } else {
+                "a running event loop"
+            };
             return Err(Error::new(
                 ErrorKind::InvalidState,
                 format!("run_until_complete/run_forever called on {what}: it would deadlock"),
@@ -390,7 +410,10 @@ impl Runtime {
     /// assert_eq!(rt.event_loop().id(), 0);
     /// ```
     pub fn event_loop(&self) -> EventLoop {
-        EventLoop { rt: self.shared.clone(), lp: self.shared.loops[0].clone() }
+        EventLoop {
+            rt: self.shared.clone(),
+            lp: self.shared.loops[0].clone(),
+        }
     }
 
     /// Every worker loop, in id order.
@@ -403,7 +426,10 @@ impl Runtime {
         self.shared
             .loops
             .iter()
-            .map(|lp| EventLoop { rt: self.shared.clone(), lp: lp.clone() })
+            .map(|lp| EventLoop {
+                rt: self.shared.clone(),
+                lp: lp.clone(),
+            })
             .collect()
     }
 
@@ -434,7 +460,8 @@ impl Runtime {
         }
         let rt = &self.shared;
         let deadline = Instant::now().checked_add(timeout);
-        let on_own_loop = context::current_loop().is_some_and(|c| c.rt.id == rt.id && !c.lp.is_host);
+        let on_own_loop =
+            context::current_loop().is_some_and(|c| c.rt.id == rt.id && !c.lp.is_host);
         rt.registry.close();
         let cancel_message = || Some("the runtime is shutting down".to_owned());
         for task in rt.registry.snapshot() {
@@ -462,7 +489,12 @@ impl Runtime {
                 _ => std::thread::park_timeout(slice),
             }
         }
-        let unfinished: Vec<String> = rt.registry.snapshot().iter().map(|t| t.header().name()).collect();
+        let unfinished: Vec<String> = rt
+            .registry
+            .snapshot()
+            .iter()
+            .map(|t| t.header().name())
+            .collect();
 
         // Stop the loop threads.
         *rt.shutdown_waiter.lock() = Some(std::thread::current());
@@ -484,11 +516,18 @@ impl Runtime {
                 if remaining.is_some_and(|r| r.is_zero()) {
                     break;
                 }
-                std::thread::park_timeout(remaining.unwrap_or(Duration::from_millis(50)).min(Duration::from_millis(50)));
+                std::thread::park_timeout(
+                    remaining
+                        .unwrap_or(Duration::from_millis(50))
+                        .min(Duration::from_millis(50)),
+                );
             }
             let all_exited = rt.exited.load(Ordering::Acquire) >= workers;
             for handle in self.threads.lock().drain(..) {
-                let is_monitor = handle.thread().name().is_some_and(|n| n.ends_with("-monitor"));
+                let is_monitor = handle
+                    .thread()
+                    .name()
+                    .is_some_and(|n| n.ends_with("-monitor"));
                 if all_exited || handle.is_finished() || is_monitor {
                     let _ = handle.join();
                 } else {
@@ -500,9 +539,11 @@ impl Runtime {
 
         // Settle what is left: every waiter sees Cancelled, none hangs.
         for task in rt.registry.snapshot() {
-            let pinned_elsewhere = task.header().home.as_ref().is_some_and(|home| {
-                host.as_ref().is_none_or(|h| !Arc::ptr_eq(&h.lp, home))
-            });
+            let pinned_elsewhere = task
+                .header()
+                .home
+                .as_ref()
+                .is_some_and(|home| host.as_ref().is_none_or(|h| !Arc::ptr_eq(&h.lp, home)));
             if !pinned_elsewhere {
                 task.force_finish(Error::cancelled(Some("the runtime shut down".to_owned())));
             }

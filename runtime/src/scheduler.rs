@@ -26,7 +26,7 @@
 use crate::event_loop::{LoopShared, AWAKE};
 use crate::task::raw::RawTask;
 use crate::timer::TimerQueue;
-use braid_bridge::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use braid_bridge::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
 use braid_bridge::sync::Mutex;
 use crossbeam_deque::{Injector, Stealer};
 use crossbeam_utils::CachePadded;
@@ -45,8 +45,10 @@ const NO_DRIVER: usize = usize::MAX;
 
 pub(crate) type TaskPtr = Arc<dyn RawTask>;
 
-static NEXT_RUNTIME_ID: AtomicU64 = AtomicU64::new(1);
-static NEXT_TASK_ID: AtomicU64 = AtomicU64::new(1);
+// Id counters hand out unique numbers and synchronise nothing, so they use std's atomics
+// directly (loom atomics cannot live in statics).
+static NEXT_RUNTIME_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+static NEXT_TASK_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 pub(crate) fn next_task_id() -> u64 {
     NEXT_TASK_ID.fetch_add(1, Ordering::Relaxed)
@@ -132,7 +134,11 @@ impl RuntimeShared {
     /// Tasks are waiting in a shared place (the injector or a sibling's queue).
     pub(crate) fn has_shared_work(&self, except: usize) -> bool {
         !self.injector.is_empty()
-            || self.stealers.iter().enumerate().any(|(i, s)| i != except && !s.is_empty())
+            || self
+                .stealers
+                .iter()
+                .enumerate()
+                .any(|(i, s)| i != except && !s.is_empty())
     }
 
     /// Publishers of shared work call this after publishing: wakes one idle loop unless a
@@ -205,7 +211,9 @@ impl RuntimeShared {
     }
 
     pub(crate) fn release_timer_driver(&self, id: usize) {
-        let _ = self.timer_driver.compare_exchange(id, NO_DRIVER, Ordering::AcqRel, Ordering::Relaxed);
+        let _ =
+            self.timer_driver
+                .compare_exchange(id, NO_DRIVER, Ordering::AcqRel, Ordering::Relaxed);
     }
 
     /// A timer became the earliest: make sure some sleeping loop wakes by `deadline`.
@@ -281,9 +289,15 @@ pub(crate) fn monitor_main(rt: Arc<RuntimeShared>) {
     let n = rt.loops.len();
     let mut last_ticks = vec![u64::MAX; n];
     while !rt.stopping.load(Ordering::Acquire) {
-        let any_awake =
-            rt.loops.iter().any(|lp| lp.sleep_deadline.load(Ordering::Relaxed) == AWAKE);
-        let interval = if any_awake { MONITOR_INTERVAL } else { MONITOR_IDLE_INTERVAL };
+        let any_awake = rt
+            .loops
+            .iter()
+            .any(|lp| lp.sleep_deadline.load(Ordering::Relaxed) == AWAKE);
+        let interval = if any_awake {
+            MONITOR_INTERVAL
+        } else {
+            MONITOR_IDLE_INTERVAL
+        };
         std::thread::park_timeout(interval);
         if rt.stopping.load(Ordering::Acquire) {
             break;
@@ -341,7 +355,9 @@ pub(crate) struct Registry {
 impl Registry {
     fn new() -> Registry {
         Registry {
-            shards: (0..SHARDS).map(|_| CachePadded::new(Mutex::new(Shard::default()))).collect(),
+            shards: (0..SHARDS)
+                .map(|_| CachePadded::new(Mutex::new(Shard::default())))
+                .collect(),
             closed: AtomicBool::new(false),
         }
     }

@@ -68,7 +68,11 @@ pub(crate) struct TimerQueue {
 impl TimerQueue {
     pub(crate) fn new() -> TimerQueue {
         TimerQueue {
-            heap: Mutex::new(Heap { items: BinaryHeap::new(), seq: 0, dead: 0 }),
+            heap: Mutex::new(Heap {
+                items: BinaryHeap::new(),
+                seq: 0,
+                dead: 0,
+            }),
             earliest: AtomicU64::new(u64::MAX),
         }
     }
@@ -87,7 +91,11 @@ impl TimerQueue {
         let mut heap = self.heap.lock();
         heap.seq += 1;
         let seq = heap.seq;
-        heap.items.push(HeapItem { deadline, seq, entry });
+        heap.items.push(HeapItem {
+            deadline,
+            seq,
+            entry,
+        });
         if deadline < self.earliest.load(Ordering::Relaxed) {
             self.earliest.store(deadline, Ordering::Release);
             true
@@ -138,7 +146,10 @@ impl TimerQueue {
 enum SleepState {
     New,
     Yielded,
-    Registered { rt: Arc<RuntimeShared>, entry: Arc<TimerEntry> },
+    Registered {
+        rt: Arc<RuntimeShared>,
+        entry: Arc<TimerEntry>,
+    },
     Done,
 }
 
@@ -219,12 +230,16 @@ pub fn sleep(delay: Duration) -> Sleep {
 ///
 /// As [`sleep`].
 pub fn sleep_until(deadline: Instant) -> Sleep {
-    Sleep { deadline, state: SleepState::New }
+    Sleep {
+        deadline,
+        state: SleepState::New,
+    }
 }
 
 /// About thirty years ahead: "never", for delays too large for `Instant`.
 pub(crate) fn far_future(now: Instant) -> Instant {
-    now.checked_add(Duration::from_secs(86_400 * 365 * 30)).unwrap_or(now)
+    now.checked_add(Duration::from_secs(86_400 * 365 * 30))
+        .unwrap_or(now)
 }
 
 impl Future for Sleep {
@@ -323,7 +338,10 @@ impl fmt::Debug for Sleep {
             SleepState::Registered { .. } => "registered",
             SleepState::Done => "done",
         };
-        f.debug_struct("Sleep").field("deadline", &self.deadline).field("state", &state).finish()
+        f.debug_struct("Sleep")
+            .field("deadline", &self.deadline)
+            .field("state", &state)
+            .finish()
     }
 }
 

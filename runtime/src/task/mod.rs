@@ -18,8 +18,8 @@
 pub(crate) mod raw;
 pub(crate) mod state;
 
-use crate::scheduler::RuntimeShared;
 use crate::event_loop::{dispatch_callback, LoopShared};
+use crate::scheduler::RuntimeShared;
 use braid_bridge::sync::atomic::{AtomicBool, Ordering};
 use braid_bridge::sync::Mutex;
 use braid_bridge::{Error, Result};
@@ -220,7 +220,11 @@ impl Header {
 
     pub(crate) fn begin_step(&self, first_poll: bool) -> Step {
         if !self.cancel_pending.load(Ordering::Acquire) {
-            return Step { cancel_before_start: false, pending_at_start: false, message: None };
+            return Step {
+                cancel_before_start: false,
+                pending_at_start: false,
+                message: None,
+            };
         }
         let inner = self.inner.lock();
         Step {
@@ -541,7 +545,11 @@ pub struct Task<T> {
 
 impl<T: 'static> Task<T> {
     pub(crate) fn from_raw(raw: Arc<dyn Join<T>>) -> Task<T> {
-        Task { raw, registered: AtomicBool::new(false), _send: SendIfT::NEW }
+        Task {
+            raw,
+            registered: AtomicBool::new(false),
+            _send: SendIfT::NEW,
+        }
     }
 
     fn untyped(&self) -> Arc<dyn RawTask> {
@@ -741,7 +749,9 @@ impl<T: 'static> Task<T> {
     where
         F: FnOnce(&TaskRef) + Send + 'static,
     {
-        self.raw.header().add_done_callback(self.as_ref(), Box::new(f));
+        self.raw
+            .header()
+            .add_done_callback(self.as_ref(), Box::new(f));
     }
 
     /// An untyped handle to the same task.

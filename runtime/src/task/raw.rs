@@ -74,13 +74,18 @@ where
     pub(crate) fn new(header: Header, future: F) -> Arc<Self> {
         let cell = Arc::new(TaskCell {
             header,
-            stage: UnsafeCell::new(Stage { future: Some(future), waker: None, started: false }),
+            stage: UnsafeCell::new(Stage {
+                future: Some(future),
+                waker: None,
+                started: false,
+            }),
             output: Mutex::new(None),
         });
         let waker = Waker::from(cell.clone());
         // SAFETY: the cell has not been published to any queue or other thread yet; this is
         // the only reference that touches the stage.
-        cell.stage.with_mut(|stage| unsafe { (*stage).waker = Some(waker) });
+        cell.stage
+            .with_mut(|stage| unsafe { (*stage).waker = Some(waker) });
         cell
     }
 

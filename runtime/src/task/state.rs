@@ -115,9 +115,15 @@ impl State {
                 return RunAction::Skip;
             }
             debug_assert!(cur & SCHEDULED != 0, "a queued task must be SCHEDULED");
-            debug_assert!(cur & RUNNING == 0, "a task must not be polled twice at once");
+            debug_assert!(
+                cur & RUNNING == 0,
+                "a task must not be polled twice at once"
+            );
             let next = (cur & !SCHEDULED) | RUNNING;
-            match self.0.compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Acquire) {
+            match self
+                .0
+                .compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Acquire)
+            {
                 Ok(_) if cur & ABORT != 0 => return RunAction::Abort,
                 Ok(_) => return RunAction::Poll,
                 Err(actual) => cur = actual,
@@ -132,7 +138,10 @@ impl State {
         loop {
             debug_assert!(cur & RUNNING != 0);
             let next = cur & !RUNNING;
-            match self.0.compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Acquire) {
+            match self
+                .0
+                .compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Acquire)
+            {
                 Ok(_) if cur & SCHEDULED != 0 => return IdleAction::Reschedule,
                 Ok(_) if cur & ABORT != 0 => {
                     // An abort whose wake saw RUNNING: nobody queued it, so we must.
@@ -195,7 +204,11 @@ mod loom_tests {
                 queued.fetch_add(1, Ordering::SeqCst);
             }
             waker.join().unwrap();
-            assert_eq!(queued.load(Ordering::SeqCst), 1, "the wake must queue the task exactly once");
+            assert_eq!(
+                queued.load(Ordering::SeqCst),
+                1,
+                "the wake must queue the task exactly once"
+            );
         });
     }
 
@@ -265,7 +278,11 @@ mod loom_tests {
             // what a concurrent waker set.
             state.0.fetch_and(!(RUNNING | SCHEDULED), Ordering::AcqRel);
             waker.join().unwrap();
-            assert_eq!(queued.load(Ordering::SeqCst), 1, "the wake must queue the task exactly once");
+            assert_eq!(
+                queued.load(Ordering::SeqCst),
+                1,
+                "the wake must queue the task exactly once"
+            );
         });
     }
 }
