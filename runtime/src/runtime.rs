@@ -545,7 +545,18 @@ impl Runtime {
                 .as_ref()
                 .is_some_and(|home| host.as_ref().is_none_or(|h| !Arc::ptr_eq(&h.lp, home)));
             if !pinned_elsewhere {
-                task.force_finish(Error::cancelled(Some("the runtime shut down".to_owned())));
+                let name = task.header().name();
+                let me = crate::task::TaskRef::from_raw(task.clone());
+                if task.force_finish(Error::cancelled(Some("the runtime shut down".to_owned())))
+                    && rt.config.debug
+                {
+                    rt.loops[0].report(
+                        &crate::ExceptionContext::new(format!(
+                            "Task was destroyed but it is pending: {name}"
+                        ))
+                        .with_task(me),
+                    );
+                }
             }
         }
         if let Some(host) = host {

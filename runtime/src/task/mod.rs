@@ -20,7 +20,7 @@ pub(crate) mod state;
 
 use crate::event_loop::{dispatch_callback, LoopShared};
 use crate::scheduler::RuntimeShared;
-use braid_bridge::sync::atomic::{AtomicBool, Ordering};
+use braid_bridge::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use braid_bridge::sync::Mutex;
 use braid_bridge::{Error, Result};
 use raw::{Join, RawTask, SendIfT};
@@ -69,6 +69,11 @@ impl fmt::Display for TaskId {
 
 type DoneCallback = Box<dyn FnOnce(&TaskRef) + Send>;
 
+/// The join handle was dropped.
+const JOIN_HANDLE_DROPPED: u8 = 1 << 0;
+/// The task completed.
+const JOIN_COMPLETED: u8 = 1 << 1;
+
 /// A cancellable thing a task can be awaiting (a Task or a Promise): cancelling the awaiter
 /// cancels it too, as asyncio's `Task.cancel` cancels `_fut_waiter`.
 pub(crate) trait CancelTarget: Send + Sync {
@@ -112,6 +117,9 @@ pub(crate) struct Header {
     has_awaiting: AtomicBool,
     /// The task finished with a Cancelled error.
     ended_cancelled: AtomicBool,
+    /// `JOIN_*` bits: settles the race between completion and the handle's drop, so that an
+    /// error nobody will ever read is reported exactly once.
+    join: AtomicU8,
     inner: Mutex<Inner>,
     join_waker: Mutex<Option<Waker>>,
 }
@@ -131,6 +139,7 @@ impl Header {
             cancel_pending: AtomicBool::new(false),
             has_awaiting: AtomicBool::new(false),
             ended_cancelled: AtomicBool::new(false),
+            join: AtomicU8::new(0),
             inner: Mutex::new(Inner {
                 name,
                 requests: 0,
@@ -291,8 +300,16 @@ impl Header {
     }
 
     /// After completion: leave the registry, wake the joiner, schedule the done callbacks.
-    pub(crate) fn after_complete(&self, me: TaskRef) {
+    /// `error` is the task's error if it failed (not cancelled): reported if no handle is
+    /// left to read it.
+    pub(crate) fn after_complete(&self, me: TaskRef, error: Option<Error>) {
         self.rt.registry.remove(self.id);
+        let prev = self.join.fetch_or(JOIN_COMPLETED, Ordering::AcqRel);
+        if prev & JOIN_HANDLE_DROPPED != 0 {
+            if let Some(error) = error {
+                self.report_unretrieved(&me, error);
+            }
+        }
         if let Some(waker) = self.join_waker.lock().take() {
             waker.wake();
         }
@@ -300,6 +317,17 @@ impl Header {
         for callback in callbacks {
             let me = me.clone();
             dispatch_callback(&self.rt, Box::new(move || callback(&me)));
+        }
+    }
+
+    /// asyncio's "Task exception was never retrieved".
+    fn report_unretrieved(&self, me: &TaskRef, error: Error) {
+        let ctx = crate::ExceptionContext::new("Task exception was never retrieved")
+            .with_error(error)
+            .with_task(me.clone());
+        match crate::context::current_loop() {
+            Some(lp) if lp.rt.id == self.rt.id => lp.lp.report(&ctx),
+            _ => self.rt.loops[0].report(&ctx),
         }
     }
 
@@ -807,6 +835,14 @@ impl<T> Task<T> {
 impl<T> Drop for Task<T> {
     fn drop(&mut self) {
         self.unregister();
+        let header = self.raw.header();
+        let prev = header.join.fetch_or(JOIN_HANDLE_DROPPED, Ordering::AcqRel);
+        if prev & JOIN_COMPLETED != 0 {
+            if let Some(error) = self.raw.unretrieved_error() {
+                let me: Arc<dyn RawTask> = self.raw.clone();
+                header.report_unretrieved(&TaskRef::from_raw(me), error);
+            }
+        }
     }
 }
 

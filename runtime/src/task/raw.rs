@@ -26,7 +26,7 @@ use std::task::{Context, Poll, Wake, Waker};
 
 /// The operations every task (and the main pseudo-task of `run_until_complete`) offers to the
 /// scheduler, untyped.
-pub(crate) trait RawTask: Send + Sync + 'static {
+pub(crate) trait RawTask: Send + Sync {
     fn header(&self) -> &Header;
     /// Poll once (or drop, if aborted). Called by a loop after popping the task.
     fn run(self: Arc<Self>);
@@ -42,6 +42,8 @@ pub(crate) trait RawTask: Send + Sync + 'static {
 /// Typed access for the join handle.
 pub(crate) trait Join<T>: RawTask {
     fn poll_join(&self, cx: &mut Context<'_>) -> Poll<Result<T>>;
+    /// The stored error, if the task failed (not cancelled) and nobody took the output.
+    fn unretrieved_error(&self) -> Option<Error>;
 }
 
 struct Stage<F> {
@@ -102,11 +104,15 @@ where
             let _ = catch_unwind(AssertUnwindSafe(move || drop(future)));
         }
         let cancelled = matches!(&output, Err(e) if e.is_cancelled());
+        let failure = match &output {
+            Err(e) if !e.is_cancelled() => Some(e.clone()),
+            _ => None,
+        };
         *self.output.lock() = Some(output);
         self.header.complete(cancelled);
         drop(waker);
         let me: Arc<dyn RawTask> = self.clone();
-        self.header.after_complete(TaskRef::from_raw(me));
+        self.header.after_complete(TaskRef::from_raw(me), failure);
     }
 }
 
@@ -204,6 +210,19 @@ where
                 braid_bridge::ErrorKind::InvalidState,
                 "the task's result was already taken",
             ))),
+        }
+    }
+
+    fn unretrieved_error(&self) -> Option<Error> {
+        self.stored_failure()
+    }
+}
+
+impl<F, T> TaskCell<F, T> {
+    fn stored_failure(&self) -> Option<Error> {
+        match &*self.output.lock() {
+            Some(Err(e)) if !e.is_cancelled() => Some(e.clone()),
+            _ => None,
         }
     }
 }
