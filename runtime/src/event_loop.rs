@@ -396,12 +396,18 @@ impl LoopCtx {
         CallbackHandle { state }
     }
 
-    fn call_soon_unhandled(&self, f: Box<dyn FnOnce()>, name: &'static str) {
+    /// Schedules an internal callback (a done callback); on a loop that is closing, whose
+    /// ready queue will never run again, runs it right away instead of losing it.
+    fn call_soon_or_run(&self, f: Box<dyn FnOnce() + Send>) {
+        if matches!(self.lp.state(), LoopState::Closing | LoopState::Closed) {
+            f();
+            return;
+        }
         self.drain_inbox();
         self.ready.borrow_mut().push_back(ReadyCallback {
             f,
             handle: None,
-            name,
+            name: "done callback",
         });
     }
 
@@ -797,7 +803,7 @@ impl LoopCtx {
 pub(crate) fn dispatch_callback(rt: &Arc<RuntimeShared>, f: Box<dyn FnOnce() + Send>) {
     if let Some(ctx) = context::current_loop() {
         if ctx.rt.id == rt.id {
-            ctx.call_soon_unhandled(f, "done callback");
+            ctx.call_soon_or_run(f);
             return;
         }
     }
@@ -1152,7 +1158,7 @@ impl fmt::Debug for ExceptionContext {
 pub(crate) fn dispatch_to(lp: &Arc<LoopShared>, f: Box<dyn FnOnce() + Send>) {
     if let Some(ctx) = context::current_loop() {
         if Arc::ptr_eq(&ctx.lp, lp) {
-            ctx.call_soon_unhandled(f, "done callback");
+            ctx.call_soon_or_run(f);
             return;
         }
     }
