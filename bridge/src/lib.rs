@@ -1,8 +1,9 @@
 //! braid's cross-thread layer (Python's `concurrent.futures`, in spirit): everything that
 //! crosses threads lives here, and knows nothing of event loops.
 //!
-//! For now: the [`Error`] type shared by all of braid, the [`sync`] shim that lets every
-//! synchronising line run under loom, and the loop [`doorbell`].
+//! The [`Error`] type shared by all of braid; [`ConcurrentFuture`] (Python's
+//! `concurrent.futures.Future`) with [`wait`] and [`as_completed`]; the loop [`doorbell`]; and
+//! the `sync` shim that lets every synchronising line run under loom.
 //!
 //! ```
 //! use braid_bridge::{Error, ErrorKind};
@@ -13,7 +14,13 @@
 
 pub mod doorbell;
 mod error;
+mod future;
 #[doc(hidden)]
 pub mod sync;
 
 pub use error::{Error, ErrorKind, Result};
+pub use future::{
+    as_completed, wait, AsCompleted, CancelOutcome, Completer, ConcurrentFuture, ReturnWhen,
+};
+#[doc(hidden)]
+pub use future::{enter_loop_thread, LoopThreadGuard};

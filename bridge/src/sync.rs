@@ -3,8 +3,8 @@
 //! under `--cfg loom`.
 //!
 //! Both sides expose one API: a parking_lot-style `Mutex` whose `lock()` returns the guard
-//! directly, std's atomics (`fence` included), `Arc`, and loom's `UnsafeCell` with
-//! `with`/`with_mut`.
+//! directly and a `Condvar` that waits on `&mut` guards, std's atomics (`fence` included),
+//! `Arc`, and loom's `UnsafeCell` with `with`/`with_mut`.
 //!
 //! loom treats SeqCst *accesses* as AcqRel (loom issue #180) but models `fence(SeqCst)`
 //! exactly, so every store-then-load handshake in braid (the Dekker pattern behind "no lost
@@ -22,6 +22,36 @@ mod imp {
     }
 
     pub use parking_lot::{Mutex, MutexGuard};
+
+    /// A condition variable with one API on both sides of the shim.
+    #[derive(Debug, Default)]
+    pub struct Condvar(parking_lot::Condvar);
+
+    impl Condvar {
+        /// A new condition variable.
+        pub const fn new() -> Self {
+            Condvar(parking_lot::Condvar::new())
+        }
+
+        /// Blocks until notified (or spuriously).
+        pub fn wait<T>(&self, guard: &mut MutexGuard<'_, T>) {
+            self.0.wait(guard);
+        }
+
+        /// Blocks until notified (or spuriously) or until `deadline`; true if it timed out.
+        pub fn wait_until<T>(
+            &self,
+            guard: &mut MutexGuard<'_, T>,
+            deadline: std::time::Instant,
+        ) -> bool {
+            self.0.wait_until(guard, deadline).timed_out()
+        }
+
+        /// Wakes every waiter.
+        pub fn notify_all(&self) {
+            self.0.notify_all();
+        }
+    }
 
     /// `std::cell::UnsafeCell` with loom's closure-based API, so that code written against it
     /// compiles unchanged under loom (where every access is checked).
@@ -70,8 +100,55 @@ mod imp {
     #[derive(Debug, Default)]
     pub struct Mutex<T>(loom::sync::Mutex<T>);
 
-    /// The guard of [`Mutex`].
-    pub type MutexGuard<'a, T> = loom::sync::MutexGuard<'a, T>;
+    /// The guard of [`Mutex`]; holds loom's guard in an `Option` so that [`Condvar`] can take
+    /// it by `&mut`, as parking_lot's does.
+    pub struct MutexGuard<'a, T>(Option<loom::sync::MutexGuard<'a, T>>);
+
+    impl<T> std::ops::Deref for MutexGuard<'_, T> {
+        type Target = T;
+        fn deref(&self) -> &T {
+            self.0.as_ref().expect("guard present")
+        }
+    }
+
+    impl<T> std::ops::DerefMut for MutexGuard<'_, T> {
+        fn deref_mut(&mut self) -> &mut T {
+            self.0.as_mut().expect("guard present")
+        }
+    }
+
+    /// loom's condition variable behind parking_lot's signature. loom never times out a
+    /// wait, so a timed wait is modelled as an untimed one (the harder case for lost wake-ups).
+    #[derive(Debug, Default)]
+    pub struct Condvar(loom::sync::Condvar);
+
+    impl Condvar {
+        /// A new condition variable.
+        pub fn new() -> Self {
+            Condvar(loom::sync::Condvar::new())
+        }
+
+        /// Blocks until notified.
+        pub fn wait<T>(&self, guard: &mut MutexGuard<'_, T>) {
+            let inner = guard.0.take().expect("guard present");
+            guard.0 = Some(self.0.wait(inner).unwrap_or_else(|p| p.into_inner()));
+        }
+
+        /// As `wait`: loom has no clock. Never reports a timeout.
+        pub fn wait_until<T>(
+            &self,
+            guard: &mut MutexGuard<'_, T>,
+            _deadline: std::time::Instant,
+        ) -> bool {
+            self.wait(guard);
+            false
+        }
+
+        /// Wakes every waiter.
+        pub fn notify_all(&self) {
+            self.0.notify_all();
+        }
+    }
 
     impl<T> Mutex<T> {
         /// Wraps `value`.
@@ -81,12 +158,14 @@ mod imp {
 
         /// Locks, blocking (in the model) until the lock is free.
         pub fn lock(&self) -> MutexGuard<'_, T> {
-            self.0.lock().unwrap_or_else(|poison| poison.into_inner())
+            MutexGuard(Some(
+                self.0.lock().unwrap_or_else(|poison| poison.into_inner()),
+            ))
         }
 
         /// Locks if free.
         pub fn try_lock(&self) -> Option<MutexGuard<'_, T>> {
-            self.0.try_lock().ok()
+            self.0.try_lock().ok().map(|g| MutexGuard(Some(g)))
         }
 
         /// Unwraps the value.

@@ -828,8 +828,22 @@ where
     F: Future<Output = Result<T>> + 'static,
     T: 'static,
 {
+    spawn_task_delivering(rt, home, future, None)
+}
+
+/// As `spawn_task`, with the output handed to `deliver` instead of the join handle.
+pub(crate) fn spawn_task_delivering<F, T>(
+    rt: &Arc<RuntimeShared>,
+    home: Option<Arc<LoopShared>>,
+    future: F,
+    deliver: Option<crate::task::raw::Deliver<T>>,
+) -> (Task<T>, bool)
+where
+    F: Future<Output = Result<T>> + 'static,
+    T: 'static,
+{
     let id = TaskId(crate::scheduler::next_task_id());
-    let cell = TaskCell::new(Header::new(id, rt.clone(), home, None), future);
+    let cell = TaskCell::new(Header::new(id, rt.clone(), home, None), future, deliver);
     let raw: TaskPtr = cell.clone();
     let join: Arc<dyn Join<T>> = cell;
     match rt.registry.insert(id.0, raw.clone()) {
@@ -907,6 +921,76 @@ impl EventLoop {
             Ok(()) => Ok(CallbackHandle { state }),
             Err(_) => Err(Error::new(ErrorKind::Closed, "the event loop is closed")),
         }
+    }
+
+    /// Submits a coroutine from any thread, including threads that know nothing of async
+    /// (asyncio's `run_coroutine_threadsafe`): it runs as a task of the runtime, and the
+    /// returned future settles with its result, error, panic or cancellation.
+    /// [`ConcurrentFuture::cancel`](braid_bridge::ConcurrentFuture::cancel) from the foreign
+    /// side cancels the task (delivered at its await point, so its cleanup runs), and
+    /// [`cancel_and_wait`](braid_bridge::ConcurrentFuture::cancel_and_wait) returns once that
+    /// cleanup is over. Blocking on the future from one of this runtime's loop threads is an
+    /// `InvalidState` error (it would deadlock): await it there instead.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let rt = braid_runtime::Runtime::builder().workers(2).build().unwrap();
+    /// let lp = rt.event_loop();
+    /// let fut = std::thread::spawn(move || {
+    ///     lp.run_coroutine_threadsafe(async {
+    ///         braid_runtime::sleep(Duration::from_millis(5)).await?;
+    ///         Ok("from a plain thread")
+    ///     })
+    /// }).join().unwrap().unwrap();
+    /// assert_eq!(fut.result(Some(Duration::from_secs(5))).unwrap(), "from a plain thread");
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// A Closed error at once if the runtime is shut down.
+    pub fn run_coroutine_threadsafe<F, T>(
+        &self,
+        fut: F,
+    ) -> Result<braid_bridge::ConcurrentFuture<T>>
+    where
+        F: Future<Output = Result<T>> + Send + 'static,
+        T: Send + 'static,
+    {
+        let (future, completer) = braid_bridge::ConcurrentFuture::pair_owned_by(self.rt.id);
+        let started = Arc::new(AtomicBool::new(false));
+        let started_in_task = started.clone();
+        let body = async move {
+            started_in_task.store(true, Ordering::Relaxed);
+            fut.await
+        };
+        let rt = self.rt.clone();
+        let completer = Arc::new(Mutex::new(Some(completer)));
+        let deliver_to = completer.clone();
+        let deliver: crate::task::raw::Deliver<T> = Box::new(move |outcome: Result<T>| {
+            let never_ran = !started.load(Ordering::Relaxed) && rt.registry.is_closed();
+            let outcome = match outcome {
+                // Shut down before it ever ran: the work was refused, not cancelled.
+                Err(e) if e.is_cancelled() && never_ran => Err(Error::new(
+                    ErrorKind::Closed,
+                    "the runtime shut down before the coroutine started",
+                )),
+                other => other,
+            };
+            if let Some(completer) = deliver_to.lock().take() {
+                completer.complete(outcome);
+            }
+        });
+        let (task, accepted) = spawn_task_delivering(&self.rt, None, body, Some(deliver));
+        if !accepted {
+            return Err(closed_error());
+        }
+        let task = task.as_ref();
+        if let Some(completer) = &*completer.lock() {
+            completer.on_cancel(move || {
+                task.cancel();
+            });
+        }
+        Ok(future)
     }
 
     /// Spawns a task on the runtime's shared pool from any thread (it may run on any loop).

@@ -199,6 +199,8 @@ fn worker_main(rt: Arc<RuntimeShared>, id: usize, queue: Worker<TaskPtr>) {
     let ctx = Rc::new(LoopCtx::new(rt.clone(), lp.clone(), Some(queue)));
     {
         let _guard = context::enter_loop(ctx.clone());
+        // Blocking on a future this runtime must complete, from here, would deadlock.
+        let _blocking_guard = braid_bridge::enter_loop_thread(rt.id);
         lp.set_state(LoopState::Running);
         while !rt.stopping.load(Ordering::Acquire) {
             if !ctx.run_once() {

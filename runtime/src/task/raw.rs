@@ -46,15 +46,20 @@ pub(crate) trait Join<T>: RawTask {
     fn unretrieved_error(&self) -> Option<Error>;
 }
 
-struct Stage<F> {
+/// Where a finished task's output goes instead of the join handle (run_coroutine_threadsafe
+/// hands it to a `ConcurrentFuture`).
+pub(crate) type Deliver<T> = Box<dyn FnOnce(Result<T>) + Send>;
+
+struct Stage<F, T> {
     future: Option<F>,
     waker: Option<Waker>,
     started: bool,
+    deliver: Option<Deliver<T>>,
 }
 
 pub(crate) struct TaskCell<F, T> {
     header: Header,
-    stage: UnsafeCell<Stage<F>>,
+    stage: UnsafeCell<Stage<F, T>>,
     output: Mutex<Option<Result<T>>>,
 }
 
@@ -73,13 +78,14 @@ where
     T: 'static,
 {
     /// Allocates the cell and caches its own waker (a reference cycle broken at completion).
-    pub(crate) fn new(header: Header, future: F) -> Arc<Self> {
+    pub(crate) fn new(header: Header, future: F, deliver: Option<Deliver<T>>) -> Arc<Self> {
         let cell = Arc::new(TaskCell {
             header,
             stage: UnsafeCell::new(Stage {
                 future: Some(future),
                 waker: None,
                 started: false,
+                deliver,
             }),
             output: Mutex::new(None),
         });
@@ -95,9 +101,13 @@ where
     /// Must be called by the RUNNING holder.
     fn finish(self: &Arc<Self>, output: Result<T>) {
         // SAFETY: we hold RUNNING (the caller's contract), so nobody else touches the stage.
-        let (future, waker) = self.stage.with_mut(|stage| unsafe {
+        let (future, waker, deliver) = self.stage.with_mut(|stage| unsafe {
             let stage = &mut *stage;
-            (stage.future.take(), stage.waker.take())
+            (
+                stage.future.take(),
+                stage.waker.take(),
+                stage.deliver.take(),
+            )
         });
         // A destructor may panic too; it must not take the loop down.
         if let Some(future) = future {
@@ -108,7 +118,10 @@ where
             Err(e) if !e.is_cancelled() => Some(e.clone()),
             _ => None,
         };
-        *self.output.lock() = Some(output);
+        match deliver {
+            Some(deliver) => deliver(output),
+            None => *self.output.lock() = Some(output),
+        }
         self.header.complete(cancelled);
         drop(waker);
         let me: Arc<dyn RawTask> = self.clone();

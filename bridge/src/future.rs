@@ -1,0 +1,889 @@
+//! `ConcurrentFuture<T>`: Python's `concurrent.futures.Future`, the one-shot cell through
+//! which work crosses threads.
+//!
+//! ## States
+//!
+//! ```text
+//!   PENDING ──set_running──► RUNNING ──complete──► FINISHED
+//!      │                        │
+//!      └──────cancel()──────────┴─(only if the producer accepts cancellation)─► CANCELLED
+//! ```
+//!
+//! The *visible* state moves once: the first of completion and cancellation wins, under one
+//! mutex, and whoever wins takes the wakers and done callbacks; so each callback runs exactly
+//! once and every blocked waiter is woken. Independently, the producer side ([`Completer`])
+//! always *settles* exactly once (when it completes, or when it is dropped), which is what
+//! [`ConcurrentFuture::cancel_and_wait`] waits for: a cancelled task is not over until it
+//! has unwound.
+//!
+//! Blocking waits refuse to run on a thread that is itself responsible for completing the
+//! future (a loop thread of the runtime that owns it): that would deadlock, so it is an
+//! `InvalidState` error at once.
+
+use crate::sync::{Arc, Condvar, Mutex, MutexGuard};
+use crate::{Error, ErrorKind, Result};
+use std::cell::Cell;
+use std::fmt;
+use std::future::Future;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+thread_local! {
+    /// The id of the runtime whose loop this thread runs (0: none). Set by the runtime.
+    static LOOP_OF_RUNTIME: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Marks this thread as a loop thread of runtime `runtime_id` until the guard drops, so that
+/// blocking on a future that runtime must complete fails fast instead of deadlocking.
+/// Used by braid's runtime; not needed by applications.
+#[doc(hidden)]
+pub fn enter_loop_thread(runtime_id: u64) -> LoopThreadGuard {
+    let previous = LOOP_OF_RUNTIME.with(|c| c.replace(runtime_id));
+    LoopThreadGuard { previous }
+}
+
+/// Restores the previous marking on drop; see [`enter_loop_thread`].
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct LoopThreadGuard {
+    previous: u64,
+}
+
+impl Drop for LoopThreadGuard {
+    fn drop(&mut self) {
+        LOOP_OF_RUNTIME.with(|c| c.set(self.previous));
+    }
+}
+
+/// How [`wait`] decides it is done (Python's `FIRST_COMPLETED`, `FIRST_EXCEPTION`,
+/// `ALL_COMPLETED`).
+///
+/// # Examples
+///
+/// ```
+/// use braid_bridge::ReturnWhen;
+/// assert_ne!(ReturnWhen::FirstCompleted, ReturnWhen::AllCompleted);
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum ReturnWhen {
+    /// As soon as any future is done.
+    FirstCompleted,
+    /// As soon as any future fails (a cancellation is not a failure); else when all are done.
+    FirstException,
+    /// When every future is done.
+    AllCompleted,
+}
+
+/// What [`ConcurrentFuture::cancel_and_wait`] found once the producer had unwound.
+///
+/// # Examples
+///
+/// ```
+/// use braid_bridge::{CancelOutcome, ConcurrentFuture};
+/// let (fut, completer) = ConcurrentFuture::<u8>::pair();
+/// drop(completer.set_running_or_notify_cancel());
+/// // The producer finishes before it notices the cancel:
+/// std::thread::spawn(move || completer.set_result(5));
+/// match fut.cancel_and_wait(None) {
+///     CancelOutcome::Cancelled | CancelOutcome::Completed(_) => {}
+///     CancelOutcome::TimedOut => unreachable!("no timeout was given"),
+/// }
+/// ```
+#[derive(Debug)]
+pub enum CancelOutcome<T> {
+    /// The work was cancelled: it never ran, or it unwound with a cancellation.
+    Cancelled,
+    /// The work finished anyway (or had already finished): its result.
+    Completed(Result<T>),
+    /// The producer had not unwound by the deadline.
+    TimedOut,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Status {
+    Pending,
+    Running,
+    Cancelled,
+    Finished,
+}
+
+type DoneCallback<T> = Box<dyn FnOnce(&ConcurrentFuture<T>) + Send>;
+
+struct State<T> {
+    status: Status,
+    /// The visible outcome once FINISHED or CANCELLED; `None` after `into_result` took it.
+    outcome: Option<Result<T>>,
+    taken: bool,
+    /// The producer has completed or gone away.
+    settled: bool,
+    /// The producer's own outcome when it settled after the future was cancelled.
+    late_outcome: Option<Result<T>>,
+    wakers: Vec<Waker>,
+    callbacks: Vec<DoneCallback<T>>,
+    /// How a cancel reaches the producer (a task's cancel, a job's removal from a queue).
+    cancel_hook: Option<Box<dyn FnOnce() + Send>>,
+    /// Whether the producer can be cancelled after it started running (a task can, a thread
+    /// pool job cannot).
+    cancellable_while_running: bool,
+    blocked: usize,
+}
+
+struct Inner<T> {
+    state: Mutex<State<T>>,
+    cond: Condvar,
+    /// The runtime that must complete this future (0: none): blocking on it from one of its
+    /// loop threads would deadlock.
+    owner: u64,
+}
+
+/// A thread-safe, one-shot future (Python's `concurrent.futures.Future`): wait on it from
+/// any thread with a timeout, await it from any executor, cancel it, attach callbacks.
+///
+/// # Examples
+///
+/// ```
+/// use braid_bridge::ConcurrentFuture;
+/// use std::time::Duration;
+///
+/// let (fut, completer) = ConcurrentFuture::pair();
+/// std::thread::spawn(move || completer.set_result(6 * 7));
+/// assert_eq!(fut.result(Some(Duration::from_secs(5))).unwrap(), 42);
+/// ```
+pub struct ConcurrentFuture<T> {
+    inner: Arc<Inner<T>>,
+}
+
+impl<T> Clone for ConcurrentFuture<T> {
+    fn clone(&self) -> Self {
+        ConcurrentFuture {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+/// The producing side of a [`ConcurrentFuture`]: completes it exactly once. Dropping it
+/// without completing settles the future with a `BrokenExecutor` error, so no waiter is ever
+/// left hanging by a producer that went away.
+///
+/// # Examples
+///
+/// ```
+/// use braid_bridge::{ConcurrentFuture, ErrorKind};
+/// let (fut, completer) = ConcurrentFuture::<u8>::pair();
+/// drop(completer);
+/// assert_eq!(fut.result(None).unwrap_err().kind(), ErrorKind::BrokenExecutor);
+/// ```
+pub struct Completer<T> {
+    inner: Option<Arc<Inner<T>>>,
+}
+
+impl<T: Send + 'static> ConcurrentFuture<T> {
+    /// A pending future and the completer that settles it.
+    ///
+    /// ```
+    /// let (fut, completer) = braid_bridge::ConcurrentFuture::pair();
+    /// completer.set_result("done");
+    /// assert!(fut.done());
+    /// ```
+    pub fn pair() -> (ConcurrentFuture<T>, Completer<T>) {
+        Self::pair_owned_by(0)
+    }
+
+    /// A pair whose blocking waits are refused on the loop threads of runtime `owner`.
+    #[doc(hidden)]
+    pub fn pair_owned_by(owner: u64) -> (ConcurrentFuture<T>, Completer<T>) {
+        let inner = Arc::new(Inner {
+            state: Mutex::new(State {
+                status: Status::Pending,
+                outcome: None,
+                taken: false,
+                settled: false,
+                late_outcome: None,
+                wakers: Vec::new(),
+                callbacks: Vec::new(),
+                cancel_hook: None,
+                cancellable_while_running: false,
+                blocked: 0,
+            }),
+            cond: Condvar::new(),
+            owner,
+        });
+        (
+            ConcurrentFuture {
+                inner: inner.clone(),
+            },
+            Completer { inner: Some(inner) },
+        )
+    }
+
+    /// A future that is already finished with `result` (e.g. a submission refused at once).
+    ///
+    /// ```
+    /// use braid_bridge::{ConcurrentFuture, Error};
+    /// let f = ConcurrentFuture::<u8>::ready(Err(Error::msg("refused")));
+    /// assert!(f.done());
+    /// ```
+    pub fn ready(result: Result<T>) -> ConcurrentFuture<T> {
+        let (fut, completer) = Self::pair();
+        completer.complete(result);
+        fut
+    }
+
+    fn check_blocking(&self) -> Result<()> {
+        let here = LOOP_OF_RUNTIME.with(Cell::get);
+        if self.inner.owner != 0 && here == self.inner.owner {
+            return Err(Error::new(
+                ErrorKind::InvalidState,
+                "blocking on this future from a loop thread of the runtime that must complete it would deadlock; await it instead",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Blocks until `ready(state)` or the deadline; returns the guard, or a Timeout error.
+    fn block_until(
+        &self,
+        timeout: Option<Duration>,
+        ready: impl Fn(&State<T>) -> bool,
+    ) -> Result<MutexGuard<'_, State<T>>> {
+        self.check_blocking()?;
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        let mut st = self.inner.state.lock();
+        while !ready(&st) {
+            st.blocked += 1;
+            let timed_out = match deadline {
+                Some(d) => self.inner.cond.wait_until(&mut st, d),
+                None => {
+                    self.inner.cond.wait(&mut st);
+                    false
+                }
+            };
+            st.blocked -= 1;
+            if timed_out && !ready(&st) {
+                return Err(Error::new(
+                    ErrorKind::Timeout,
+                    "the future did not finish in time",
+                ));
+            }
+        }
+        Ok(st)
+    }
+
+    /// Waits (at most `timeout`, or forever for `None`) and returns a clone of the result.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let (fut, _completer) = braid_bridge::ConcurrentFuture::<u8>::pair();
+    /// let err = fut.result(Some(Duration::from_millis(10))).unwrap_err();
+    /// assert!(err.is_timeout());
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// The work's error; Cancelled; Timeout; `InvalidState` if the value was moved out by
+    /// [`into_result`](Self::into_result) or an await, or if called on a loop thread of the
+    /// runtime that must complete this future (it would deadlock).
+    pub fn result(&self, timeout: Option<Duration>) -> Result<T>
+    where
+        T: Clone,
+    {
+        let st = self.block_until(timeout, done)?;
+        match &st.outcome {
+            Some(outcome) => outcome.clone(),
+            None => Err(taken_error()),
+        }
+    }
+
+    /// As [`result`](Self::result), but moves the value out: no `Clone` needed. Clones of this
+    /// future then get `InvalidState` from `result`.
+    ///
+    /// ```
+    /// let (fut, completer) = braid_bridge::ConcurrentFuture::pair();
+    /// completer.set_result(vec![1, 2, 3]);
+    /// assert_eq!(fut.into_result(None).unwrap(), [1, 2, 3]);
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`result`](Self::result).
+    pub fn into_result(self, timeout: Option<Duration>) -> Result<T> {
+        let mut st = self.block_until(timeout, done)?;
+        take_outcome(&mut st)
+    }
+
+    /// Waits and returns the error the work failed with, or `None` if it succeeded.
+    ///
+    /// ```
+    /// let (fut, completer) = braid_bridge::ConcurrentFuture::<u8>::pair();
+    /// completer.set_exception(braid_bridge::Error::msg("bad"));
+    /// assert_eq!(fut.exception(None).unwrap().unwrap().to_string(), "bad");
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// Cancelled if the future was cancelled (as Python raises `CancelledError`); Timeout;
+    /// `InvalidState` as for [`result`](Self::result).
+    pub fn exception(&self, timeout: Option<Duration>) -> Result<Option<Error>> {
+        let st = self.block_until(timeout, done)?;
+        match (&st.status, &st.outcome) {
+            (Status::Cancelled, Some(Err(e))) => Err(e.clone()),
+            (_, Some(Err(e))) => Ok(Some(e.clone())),
+            _ => Ok(None),
+        }
+    }
+
+    /// Cancels: marks the future cancelled at once (waiters see a Cancelled error) and asks
+    /// the producer to stop (a task receives a cancellation at its await point; a queued job
+    /// never runs). Returns false if it already finished, or if it is running and cannot be
+    /// interrupted (a thread-pool job that has started).
+    ///
+    /// ```
+    /// let (fut, completer) = braid_bridge::ConcurrentFuture::<u8>::pair();
+    /// assert!(fut.cancel());
+    /// assert!(fut.cancelled());
+    /// assert!(!completer.set_running_or_notify_cancel()); // the producer learns of it
+    /// ```
+    pub fn cancel(&self) -> bool {
+        let (wakers, callbacks, hook) = {
+            let mut st = self.inner.state.lock();
+            match st.status {
+                Status::Cancelled => return true,
+                Status::Finished => return false,
+                Status::Running if !st.cancellable_while_running => return false,
+                Status::Pending | Status::Running => {}
+            }
+            if st.status == Status::Pending && st.cancel_hook.is_none() {
+                // Nobody runs it now: `set_running_or_notify_cancel` will refuse it. It is
+                // as unwound as it will ever be.
+                st.settled = true;
+            }
+            st.status = Status::Cancelled;
+            st.outcome = Some(Err(Error::cancelled(None)));
+            self.inner.notify_blocked(&st);
+            (
+                std::mem::take(&mut st.wakers),
+                std::mem::take(&mut st.callbacks),
+                st.cancel_hook.take(),
+            )
+        };
+        if let Some(hook) = hook {
+            hook();
+        }
+        self.after_done(wakers, callbacks);
+        true
+    }
+
+    /// Cancels (as [`cancel`](Self::cancel)) and then waits, at most `timeout`, until the
+    /// producer has unwound: a task's cleanup has run, a job has returned.
+    ///
+    /// ```
+    /// use braid_bridge::{CancelOutcome, ConcurrentFuture};
+    /// let (fut, completer) = ConcurrentFuture::<u8>::pair();
+    /// completer.on_cancel(|| {}); // a producer that can be cancelled
+    /// let waiter = std::thread::spawn(move || fut.cancel_and_wait(None));
+    /// // The producer sees the request and unwinds:
+    /// while !completer.is_cancelled() { std::thread::yield_now(); }
+    /// completer.set_exception(braid_bridge::Error::cancelled(None));
+    /// assert!(matches!(waiter.join().unwrap(), CancelOutcome::Cancelled));
+    /// ```
+    pub fn cancel_and_wait(&self, timeout: Option<Duration>) -> CancelOutcome<T> {
+        self.cancel();
+        let mut st = match self.block_until(timeout, |st| st.settled) {
+            Ok(st) => st,
+            Err(e) if e.kind() == ErrorKind::InvalidState => {
+                return CancelOutcome::Completed(Err(e))
+            }
+            Err(_) => return CancelOutcome::TimedOut,
+        };
+        match st.status {
+            Status::Finished => CancelOutcome::Completed(take_outcome(&mut st)),
+            _ => match st.late_outcome.take() {
+                None => CancelOutcome::Cancelled,
+                Some(Err(e)) if e.is_cancelled() => CancelOutcome::Cancelled,
+                Some(other) => CancelOutcome::Completed(other),
+            },
+        }
+    }
+
+    /// True if the future was cancelled.
+    ///
+    /// ```
+    /// let (fut, _c) = braid_bridge::ConcurrentFuture::<u8>::pair();
+    /// assert!(!fut.cancelled());
+    /// ```
+    pub fn cancelled(&self) -> bool {
+        self.inner.state.lock().status == Status::Cancelled
+    }
+
+    /// True once the future finished or was cancelled.
+    ///
+    /// ```
+    /// let (fut, c) = braid_bridge::ConcurrentFuture::pair();
+    /// c.set_result(());
+    /// assert!(fut.done());
+    /// ```
+    pub fn done(&self) -> bool {
+        done(&self.inner.state.lock())
+    }
+
+    /// True while the producer is running the work.
+    ///
+    /// ```
+    /// let (fut, c) = braid_bridge::ConcurrentFuture::<u8>::pair();
+    /// assert!(c.set_running_or_notify_cancel());
+    /// assert!(fut.running());
+    /// ```
+    pub fn running(&self) -> bool {
+        self.inner.state.lock().status == Status::Running
+    }
+
+    /// Calls `f` once the future is done: in the thread that completes or cancels it, or
+    /// right now in this thread if it is done already. Each callback runs exactly once; a
+    /// panicking callback is reported on stderr and does not stop the others.
+    ///
+    /// ```
+    /// use std::sync::mpsc;
+    /// let (fut, c) = braid_bridge::ConcurrentFuture::<u8>::pair();
+    /// let (tx, rx) = mpsc::channel();
+    /// fut.add_done_callback(move |f| tx.send(f.done()).unwrap());
+    /// c.set_result(1);
+    /// assert_eq!(rx.recv().unwrap(), true);
+    /// ```
+    pub fn add_done_callback<F>(&self, f: F)
+    where
+        F: FnOnce(&ConcurrentFuture<T>) + Send + 'static,
+    {
+        {
+            let mut st = self.inner.state.lock();
+            if !done(&st) {
+                st.callbacks.push(Box::new(f));
+                return;
+            }
+        }
+        run_callback(Box::new(f), self);
+    }
+
+    fn after_done(&self, wakers: Vec<Waker>, callbacks: Vec<DoneCallback<T>>) {
+        for w in wakers {
+            w.wake();
+        }
+        for cb in callbacks {
+            run_callback(cb, self);
+        }
+    }
+}
+
+fn run_callback<T>(cb: DoneCallback<T>, fut: &ConcurrentFuture<T>) {
+    if let Err(payload) = catch_unwind(AssertUnwindSafe(|| cb(fut))) {
+        eprintln!(
+            "braid: a ConcurrentFuture done callback panicked: {}",
+            Error::from_panic(payload)
+        );
+    }
+}
+
+fn done<T>(st: &State<T>) -> bool {
+    matches!(st.status, Status::Finished | Status::Cancelled)
+}
+
+fn taken_error() -> Error {
+    Error::new(
+        ErrorKind::InvalidState,
+        "the future's value was already moved out",
+    )
+}
+
+fn take_outcome<T>(st: &mut State<T>) -> Result<T> {
+    if st.status == Status::Cancelled {
+        return match &st.outcome {
+            Some(Err(e)) => Err(e.clone()),
+            _ => Err(Error::cancelled(None)),
+        };
+    }
+    match st.outcome.take() {
+        Some(outcome) => {
+            st.taken = true;
+            outcome
+        }
+        None => Err(taken_error()),
+    }
+}
+
+impl<T> Inner<T> {
+    fn notify_blocked(&self, st: &State<T>) {
+        if st.blocked > 0 {
+            self.cond.notify_all();
+        }
+    }
+}
+
+impl<T: Send + 'static> Completer<T> {
+    fn inner(&self) -> &Arc<Inner<T>> {
+        self.inner
+            .as_ref()
+            .expect("a completer is live until it completes")
+    }
+
+    /// Marks the work as started, unless the future was cancelled first: then returns false
+    /// and the producer must not run the work (Python's `set_running_or_notify_cancel`).
+    ///
+    /// ```
+    /// let (fut, c) = braid_bridge::ConcurrentFuture::<u8>::pair();
+    /// assert!(c.set_running_or_notify_cancel());
+    /// assert!(!fut.cancel()); // a running job that cannot be interrupted
+    /// ```
+    pub fn set_running_or_notify_cancel(&self) -> bool {
+        let mut st = self.inner().state.lock();
+        match st.status {
+            Status::Pending => {
+                st.status = Status::Running;
+                true
+            }
+            Status::Running => true,
+            Status::Cancelled | Status::Finished => false,
+        }
+    }
+
+    /// Lets the future be cancelled while running, calling `hook` (once) when it is; the
+    /// hook asks the producer to stop (a task's `cancel`).
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicBool, Ordering};
+    /// use std::sync::Arc;
+    /// let asked = Arc::new(AtomicBool::new(false));
+    /// let (fut, c) = braid_bridge::ConcurrentFuture::<u8>::pair();
+    /// let a = asked.clone();
+    /// c.on_cancel(move || a.store(true, Ordering::SeqCst));
+    /// c.set_running_or_notify_cancel();
+    /// assert!(fut.cancel());
+    /// assert!(asked.load(Ordering::SeqCst));
+    /// ```
+    pub fn on_cancel(&self, hook: impl FnOnce() + Send + 'static) {
+        let run_now = {
+            let mut st = self.inner().state.lock();
+            st.cancellable_while_running = true;
+            if st.status == Status::Cancelled {
+                true
+            } else {
+                st.cancel_hook = Some(Box::new(hook));
+                return;
+            }
+        };
+        if run_now {
+            hook();
+        }
+    }
+
+    /// True if the future was cancelled (the producer may stop early).
+    ///
+    /// ```
+    /// let (fut, c) = braid_bridge::ConcurrentFuture::<u8>::pair();
+    /// fut.cancel();
+    /// assert!(c.is_cancelled());
+    /// ```
+    pub fn is_cancelled(&self) -> bool {
+        self.inner().state.lock().status == Status::Cancelled
+    }
+
+    /// Completes with `value`.
+    ///
+    /// ```
+    /// let (fut, c) = braid_bridge::ConcurrentFuture::pair();
+    /// c.set_result(1);
+    /// assert_eq!(fut.result(None).unwrap(), 1);
+    /// ```
+    pub fn set_result(self, value: T) {
+        self.complete(Ok(value));
+    }
+
+    /// Completes with an error.
+    ///
+    /// ```
+    /// let (fut, c) = braid_bridge::ConcurrentFuture::<u8>::pair();
+    /// c.set_exception(braid_bridge::Error::msg("no"));
+    /// assert!(fut.result(None).is_err());
+    /// ```
+    pub fn set_exception(self, error: Error) {
+        self.complete(Err(error));
+    }
+
+    /// Completes with `result`. If the future was cancelled meanwhile, the result is kept
+    /// only for [`ConcurrentFuture::cancel_and_wait`].
+    ///
+    /// ```
+    /// let (fut, c) = braid_bridge::ConcurrentFuture::<u8>::pair();
+    /// c.complete(Ok(3));
+    /// assert_eq!(fut.result(None).unwrap(), 3);
+    /// ```
+    pub fn complete(mut self, result: Result<T>) {
+        if let Some(inner) = self.inner.take() {
+            settle(&inner, result);
+        }
+    }
+}
+
+fn settle<T: Send + 'static>(inner: &Arc<Inner<T>>, result: Result<T>) {
+    let (wakers, callbacks) = {
+        let mut st = inner.state.lock();
+        st.settled = true;
+        st.cancel_hook = None;
+        let out = if st.status == Status::Cancelled {
+            st.late_outcome = Some(result);
+            (Vec::new(), Vec::new())
+        } else {
+            // Work that ended cancelled (a task cancelled on its loop) shows as cancelled.
+            let cancelled = matches!(&result, Err(e) if e.is_cancelled());
+            st.status = if cancelled {
+                Status::Cancelled
+            } else {
+                Status::Finished
+            };
+            st.outcome = Some(result);
+            (
+                std::mem::take(&mut st.wakers),
+                std::mem::take(&mut st.callbacks),
+            )
+        };
+        inner.notify_blocked(&st);
+        out
+    };
+    let fut = ConcurrentFuture {
+        inner: inner.clone(),
+    };
+    fut.after_done(wakers, callbacks);
+}
+
+impl<T> Drop for Completer<T> {
+    fn drop(&mut self) {
+        if let Some(inner) = self.inner.take() {
+            // A producer that went away without an answer: settle, so no waiter hangs.
+            let (wakers, callbacks) = {
+                let mut st = inner.state.lock();
+                st.settled = true;
+                st.cancel_hook = None;
+                let out = if st.status == Status::Cancelled {
+                    (Vec::new(), Vec::new())
+                } else {
+                    st.status = Status::Finished;
+                    st.outcome = Some(Err(Error::new(
+                        ErrorKind::BrokenExecutor,
+                        "the work was dropped before it produced a result",
+                    )));
+                    (
+                        std::mem::take(&mut st.wakers),
+                        std::mem::take(&mut st.callbacks),
+                    )
+                };
+                inner.notify_blocked(&st);
+                out
+            };
+            for w in wakers {
+                w.wake();
+            }
+            let fut = ConcurrentFuture { inner };
+            for cb in callbacks {
+                run_callback(cb, &fut);
+            }
+        }
+    }
+}
+
+impl<T: Send + 'static> Future for ConcurrentFuture<T> {
+    type Output = Result<T>;
+
+    /// Awaiting moves the value out (as [`ConcurrentFuture::into_result`]).
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<T>> {
+        let mut st = self.inner.state.lock();
+        if done(&st) {
+            return Poll::Ready(take_outcome(&mut st));
+        }
+        if !st.wakers.iter().any(|w| w.will_wake(cx.waker())) {
+            st.wakers.push(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+}
+
+impl<T> fmt::Debug for ConcurrentFuture<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let st = self.inner.state.lock();
+        f.debug_struct("ConcurrentFuture")
+            .field("state", &st.status)
+            .field("taken", &st.taken)
+            .finish()
+    }
+}
+
+impl<T> fmt::Debug for Completer<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Completer")
+            .field("live", &self.inner.is_some())
+            .finish()
+    }
+}
+
+/// Waits until `fs` satisfy `when`, or `timeout` passes; returns `(done, pending)`
+/// (Python's `concurrent.futures.wait`). A timeout is not an error.
+///
+/// # Examples
+///
+/// ```
+/// use braid_bridge::{wait, ConcurrentFuture, ReturnWhen};
+/// use std::time::Duration;
+/// let (a, ca) = ConcurrentFuture::<u8>::pair();
+/// let (b, _cb) = ConcurrentFuture::<u8>::pair();
+/// ca.set_result(1);
+/// let (done, pending) = wait(&[a, b], Some(Duration::from_millis(20)), ReturnWhen::FirstCompleted);
+/// assert_eq!((done.len(), pending.len()), (1, 1));
+/// ```
+pub fn wait<T: Send + 'static>(
+    fs: &[ConcurrentFuture<T>],
+    timeout: Option<Duration>,
+    when: ReturnWhen,
+) -> (Vec<ConcurrentFuture<T>>, Vec<ConcurrentFuture<T>>) {
+    let waiter = Arc::new(Waiter {
+        state: Mutex::new(0usize),
+        cond: Condvar::new(),
+    });
+    let satisfied = |fs: &[ConcurrentFuture<T>]| {
+        let mut n_done = 0;
+        for f in fs {
+            let st = f.inner.state.lock();
+            if done(&st) {
+                n_done += 1;
+                let failed = st.status == Status::Finished && matches!(st.outcome, Some(Err(_)));
+                if when == ReturnWhen::FirstCompleted
+                    || (when == ReturnWhen::FirstException && failed)
+                {
+                    return true;
+                }
+            }
+        }
+        n_done == fs.len()
+    };
+    for f in fs {
+        let waiter = waiter.clone();
+        f.add_done_callback(move |_| {
+            *waiter.state.lock() += 1;
+            waiter.cond.notify_all();
+        });
+    }
+    let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+    let mut seen = waiter.state.lock();
+    while !satisfied(fs) {
+        let timed_out = match deadline {
+            Some(d) => waiter.cond.wait_until(&mut seen, d),
+            None => {
+                waiter.cond.wait(&mut seen);
+                false
+            }
+        };
+        if timed_out {
+            break;
+        }
+    }
+    drop(seen);
+    fs.iter().cloned().partition(ConcurrentFuture::done)
+}
+
+struct Waiter {
+    state: Mutex<usize>,
+    cond: Condvar,
+}
+
+/// Yields the futures of `fs` as they finish (Python's `concurrent.futures.as_completed`);
+/// if `timeout` passes first, yields one Timeout error and stops.
+///
+/// # Examples
+///
+/// ```
+/// use braid_bridge::{as_completed, ConcurrentFuture};
+/// let (a, ca) = ConcurrentFuture::pair();
+/// let (b, cb) = ConcurrentFuture::pair();
+/// cb.set_result("b");
+/// ca.set_result("a");
+/// let order: Vec<_> = as_completed(vec![a, b], None)
+///     .map(|f| f.unwrap().result(None).unwrap())
+///     .collect();
+/// assert_eq!(order.len(), 2);
+/// ```
+pub fn as_completed<T: Send + 'static>(
+    fs: Vec<ConcurrentFuture<T>>,
+    timeout: Option<Duration>,
+) -> AsCompleted<T> {
+    let shared = Arc::new(Finished {
+        queue: Mutex::new(std::collections::VecDeque::new()),
+        cond: Condvar::new(),
+    });
+    let total = fs.len();
+    for f in &fs {
+        let shared = shared.clone();
+        f.add_done_callback(move |f| {
+            shared.queue.lock().push_back(f.clone());
+            shared.cond.notify_all();
+        });
+    }
+    AsCompleted {
+        shared,
+        remaining: total,
+        deadline: timeout.and_then(|t| Instant::now().checked_add(t)),
+        timed_out: false,
+    }
+}
+
+struct Finished<T> {
+    queue: Mutex<std::collections::VecDeque<ConcurrentFuture<T>>>,
+    cond: Condvar,
+}
+
+/// The iterator of [`as_completed`].
+pub struct AsCompleted<T> {
+    shared: Arc<Finished<T>>,
+    remaining: usize,
+    deadline: Option<Instant>,
+    timed_out: bool,
+}
+
+impl<T> Iterator for AsCompleted<T> {
+    type Item = Result<ConcurrentFuture<T>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.remaining == 0 || self.timed_out {
+            return None;
+        }
+        let mut queue = self.shared.queue.lock();
+        loop {
+            if let Some(f) = queue.pop_front() {
+                self.remaining -= 1;
+                return Some(Ok(f));
+            }
+            let timed_out = match self.deadline {
+                Some(d) => self.shared.cond.wait_until(&mut queue, d),
+                None => {
+                    self.shared.cond.wait(&mut queue);
+                    false
+                }
+            };
+            if timed_out && queue.is_empty() {
+                self.timed_out = true;
+                return Some(Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "{} future(s) unfinished when the timeout passed",
+                        self.remaining
+                    ),
+                )));
+            }
+        }
+    }
+}
+
+impl<T> fmt::Debug for AsCompleted<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AsCompleted")
+            .field("remaining", &self.remaining)
+            .finish()
+    }
+}
