@@ -15,6 +15,7 @@
 pub mod doorbell;
 mod error;
 mod future;
+mod pool;
 #[doc(hidden)]
 pub mod sync;
 
@@ -24,3 +25,4 @@ pub use future::{
 };
 #[doc(hidden)]
 pub use future::{enter_loop_thread, LoopThreadGuard};
+pub use pool::{Executor, PoolFull, SubmitAsync, ThreadPool, ThreadPoolBuilder};

@@ -82,6 +82,22 @@ mod imp {
     /// Threads: std's.
     pub mod thread {
         pub use std::thread::{current, park, spawn, yield_now, JoinHandle, Thread};
+
+        /// Spawns a named thread, with a stack size if given.
+        pub fn spawn_named<F>(
+            name: String,
+            stack_size: Option<usize>,
+            f: F,
+        ) -> std::io::Result<JoinHandle<()>>
+        where
+            F: FnOnce() + Send + 'static,
+        {
+            let mut builder = std::thread::Builder::new().name(name);
+            if let Some(size) = stack_size {
+                builder = builder.stack_size(size);
+            }
+            builder.spawn(f)
+        }
     }
 }
 
@@ -181,6 +197,18 @@ mod imp {
     /// Threads: loom's.
     pub mod thread {
         pub use loom::thread::{current, park, spawn, yield_now, JoinHandle, Thread};
+
+        /// Spawns a model thread (loom threads have no names or stack sizes).
+        pub fn spawn_named<F>(
+            _name: String,
+            _stack_size: Option<usize>,
+            f: F,
+        ) -> std::io::Result<JoinHandle<()>>
+        where
+            F: FnOnce() + Send + 'static,
+        {
+            Ok(loom::thread::spawn(f))
+        }
     }
 }
 
