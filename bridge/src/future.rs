@@ -296,6 +296,29 @@ impl<T: Send + 'static> ConcurrentFuture<T> {
         }
     }
 
+    /// The result if the future is done, without blocking (and so without the deadlock
+    /// check): `None` while it is pending.
+    ///
+    /// ```
+    /// let (fut, c) = braid_bridge::ConcurrentFuture::pair();
+    /// assert!(fut.try_result().is_none());
+    /// c.set_result(4);
+    /// assert_eq!(fut.try_result().unwrap().unwrap(), 4);
+    /// ```
+    pub fn try_result(&self) -> Option<Result<T>>
+    where
+        T: Clone,
+    {
+        let st = self.inner.state.lock();
+        if !done(&st) {
+            return None;
+        }
+        Some(match &st.outcome {
+            Some(outcome) => outcome.clone(),
+            None => Err(taken_error()),
+        })
+    }
+
     /// As [`result`](Self::result), but moves the value out: no `Clone` needed. Clones of this
     /// future then get `InvalidState` from `result`.
     ///

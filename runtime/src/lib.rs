@@ -22,14 +22,18 @@
 
 mod context;
 mod event_loop;
+mod executor;
 mod promise;
 mod runtime;
 mod scheduler;
 mod task;
 mod timer;
 
+/// The cross-thread layer: `ConcurrentFuture`, `ThreadPool`, `Executor`, …
+pub use braid_bridge as bridge;
 pub use braid_bridge::{Error, ErrorKind, Result};
 pub use event_loop::{CallbackHandle, EventLoop, ExceptionContext, LoopState, TimerHandle};
+pub use executor::{run_in_executor, to_thread, wrap_future, ExecutorFuture};
 pub use promise::{create_future, CallbackId, Promise, PromiseFuture};
 pub use runtime::{run, Builder, Runtime};
 pub use task::{Task, TaskId, TaskRef};

@@ -115,8 +115,8 @@ impl Builder {
         self
     }
 
-    /// The size of the default thread pool used by `to_thread` (it arrives with the bridge;
-    /// the setting is kept until then).
+    /// The most threads of the default pool behind [`to_thread`](crate::to_thread) (default:
+    /// cores + 4, at most 32). The pool starts on first use.
     ///
     /// ```
     /// let rt = braid_runtime::Runtime::builder().workers(1).default_executor_threads(4).build().unwrap();
@@ -166,6 +166,8 @@ impl Builder {
         }
         let config = Config {
             workers,
+            thread_name: self.thread_name.clone(),
+            default_executor_threads: self.default_executor_threads,
             debug: self.debug,
             slow_callback_duration: self.slow_callback_duration,
         };
@@ -538,6 +540,14 @@ impl Runtime {
             }
         }
         *rt.shutdown_waiter.lock() = None;
+        if let Some(pool) = rt.started_default_pool() {
+            let remaining = deadline.map_or(Duration::from_secs(1), |d| {
+                d.saturating_duration_since(Instant::now())
+            });
+            if !pool.shutdown_timeout(true, remaining) {
+                stuck.push("the default thread pool (a job still running)".to_owned());
+            }
+        }
 
         // Settle what is left: every waiter sees Cancelled, none hangs.
         for task in rt.registry.snapshot() {

@@ -58,6 +58,8 @@ pub(crate) fn next_task_id() -> u64 {
 #[derive(Clone, Debug)]
 pub(crate) struct Config {
     pub(crate) workers: usize,
+    pub(crate) thread_name: String,
+    pub(crate) default_executor_threads: Option<usize>,
     pub(crate) debug: bool,
     pub(crate) slow_callback_duration: Duration,
 }
@@ -87,6 +89,8 @@ pub(crate) struct RuntimeShared {
     pub(crate) exited: AtomicUsize,
     pub(crate) shutdown_waiter: Mutex<Option<Thread>>,
     pub(crate) monitor: Mutex<Option<Thread>>,
+    /// The pool behind `to_thread`, started on first use.
+    default_pool: std::sync::OnceLock<braid_bridge::ThreadPool>,
 }
 
 impl RuntimeShared {
@@ -116,7 +120,25 @@ impl RuntimeShared {
             exited: AtomicUsize::new(0),
             shutdown_waiter: Mutex::new(None),
             monitor: Mutex::new(None),
+            default_pool: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The default thread pool (`to_thread`), started on first use.
+    pub(crate) fn default_pool(&self) -> &braid_bridge::ThreadPool {
+        self.default_pool.get_or_init(|| {
+            let mut builder = braid_bridge::ThreadPool::builder()
+                .thread_name(format!("{}-blocking", self.config.thread_name));
+            if let Some(n) = self.config.default_executor_threads {
+                builder = builder.max_workers(n);
+            }
+            builder.build().expect("validated by Builder::build")
+        })
+    }
+
+    /// The default pool, if it was ever started.
+    pub(crate) fn started_default_pool(&self) -> Option<&braid_bridge::ThreadPool> {
+        self.default_pool.get()
     }
 
     /// `instant` on the runtime's nanosecond clock (saturating; u64::MAX - 1 means "never").
