@@ -30,9 +30,22 @@ use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-thread_local! {
+/// True if the loom fault switch `f` is on (always false outside loom builds).
+macro_rules! fault {
+    ($f:ident) => {{
+        #[cfg(loom)]
+        let on = crate::fault::on(crate::fault::Fault::$f);
+        #[cfg(not(loom))]
+        let on = false;
+        on
+    }};
+}
+
+crate::sync::thread::thread_local! {
     /// The id of the runtime whose loop this thread runs (0: none). Set by the runtime.
-    static LOOP_OF_RUNTIME: Cell<u64> = const { Cell::new(0) };
+    // Not `const`: the same line must compile as loom's `thread_local!`, which has no const form.
+    #[allow(clippy::missing_const_for_thread_local)]
+    static LOOP_OF_RUNTIME: Cell<u64> = Cell::new(0);
 }
 
 /// Marks this thread as a loop thread of runtime `runtime_id` until the guard drops, so that
@@ -373,7 +386,8 @@ impl<T: Send + 'static> ConcurrentFuture<T> {
             let mut st = self.inner.state.lock();
             match st.status {
                 Status::Cancelled => return true,
-                Status::Finished => return false,
+                Status::Finished if !fault!(CancelOverridesFinished) => return false,
+                Status::Finished => {}
                 Status::Running if !st.cancellable_while_running => return false,
                 Status::Pending | Status::Running => {}
             }
@@ -413,7 +427,8 @@ impl<T: Send + 'static> ConcurrentFuture<T> {
     /// ```
     pub fn cancel_and_wait(&self, timeout: Option<Duration>) -> CancelOutcome<T> {
         self.cancel();
-        let mut st = match self.block_until(timeout, |st| st.settled) {
+        let skip_settle = fault!(CancelAndWaitSkipsSettle);
+        let mut st = match self.block_until(timeout, |st| st.settled || skip_settle) {
             Ok(st) => st,
             Err(e) if e.kind() == ErrorKind::InvalidState => {
                 return CancelOutcome::Completed(Err(e))
@@ -480,7 +495,7 @@ impl<T: Send + 'static> ConcurrentFuture<T> {
     {
         {
             let mut st = self.inner.state.lock();
-            if !done(&st) {
+            if !done(&st) || fault!(CallbackSkipsDoneCheck) {
                 st.callbacks.push(Box::new(f));
                 return;
             }
@@ -489,8 +504,10 @@ impl<T: Send + 'static> ConcurrentFuture<T> {
     }
 
     fn after_done(&self, wakers: Vec<Waker>, callbacks: Vec<DoneCallback<T>>) {
-        for w in wakers {
-            w.wake();
+        if !fault!(SkipWakers) {
+            for w in wakers {
+                w.wake();
+            }
         }
         for cb in callbacks {
             run_callback(cb, self);
@@ -536,7 +553,7 @@ fn take_outcome<T>(st: &mut State<T>) -> Result<T> {
 
 impl<T> Inner<T> {
     fn notify_blocked(&self, st: &State<T>) {
-        if st.blocked > 0 {
+        if st.blocked > 0 && !fault!(SkipWaiterNotify) {
             self.cond.notify_all();
         }
     }

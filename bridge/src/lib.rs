@@ -14,6 +14,9 @@
 
 pub mod doorbell;
 mod error;
+#[cfg(loom)]
+#[doc(hidden)]
+pub mod fault;
 mod future;
 mod pool;
 #[doc(hidden)]

@@ -25,6 +25,17 @@ use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
+/// True if the loom fault switch `f` is on (always false outside loom builds).
+macro_rules! fault {
+    ($f:ident) => {{
+        #[cfg(loom)]
+        let on = crate::fault::on(crate::fault::Fault::$f);
+        #[cfg(not(loom))]
+        let on = false;
+        on
+    }};
+}
+
 /// Something that runs blocking jobs on other threads: what `run_in_executor` takes.
 ///
 /// # Examples
@@ -117,9 +128,11 @@ struct Shared {
     stack_size: Option<usize>,
 }
 
-thread_local! {
+thread::thread_local! {
     /// The pool whose worker this thread is (0: none), so that shutdown never joins itself.
-    static WORKER_OF_POOL: Cell<usize> = const { Cell::new(0) };
+    // Not `const`: the same line must compile as loom's `thread_local!`, which has no const form.
+    #[allow(clippy::missing_const_for_thread_local)]
+    static WORKER_OF_POOL: Cell<usize> = Cell::new(0);
 }
 
 // Ids tell pools apart; they synchronise nothing (std's atomic: loom's cannot be a static).
@@ -366,7 +379,7 @@ impl ThreadPool {
                 st.blocked_submitters -= 1;
             }
         }
-        if let Err((job, error)) = self.shared.enqueue(st, job) {
+        if let Err((job, error)) = Shared::enqueue(&self.shared, st, job) {
             job(Mode::Fail(error));
         }
         fut
@@ -390,7 +403,7 @@ impl ThreadPool {
     {
         let (fut, job) = job_for(f);
         let st = self.shared.state.lock();
-        match self.shared.enqueue(st, job) {
+        match Shared::enqueue(&self.shared, st, job) {
             Ok(()) => Ok(fut),
             Err((job, error)) => {
                 job(Mode::Fail(error.clone()));
@@ -509,7 +522,7 @@ impl ThreadPool {
 impl Shared {
     /// Queues `job` and makes sure a thread will take it. Consumes the guard.
     fn enqueue(
-        self: &Arc<Self>,
+        pool: &Arc<Self>,
         mut st: MutexGuard<'_, State>,
         job: Job,
     ) -> std::result::Result<(), (Job, Error)> {
@@ -519,7 +532,7 @@ impl Shared {
                 Error::new(ErrorKind::Closed, "the thread pool is shut down"),
             ));
         }
-        if let Some(capacity) = self.capacity {
+        if let Some(capacity) = pool.capacity {
             if st.queue.len() >= capacity {
                 return Err((
                     job,
@@ -532,11 +545,11 @@ impl Shared {
             st.idle -= 1;
             st.notified += 1;
             drop(st);
-            self.work.notify_all();
+            pool.work.notify_all();
             return Ok(());
         }
-        if st.workers < self.max_workers {
-            if let Err(e) = self.spawn_worker(&mut st) {
+        if st.workers < pool.max_workers {
+            if let Err(e) = Shared::spawn_worker(pool, &mut st) {
                 if st.workers == 0 {
                     // Nobody will ever run it: fail it now rather than leave it hanging.
                     let job = st.queue.pop_back().expect("just pushed");
@@ -548,28 +561,33 @@ impl Shared {
         Ok(())
     }
 
-    fn spawn_worker(self: &Arc<Self>, st: &mut State) -> std::io::Result<()> {
+    fn spawn_worker(pool: &Arc<Self>, st: &mut State) -> std::io::Result<()> {
         // Threads that left on their own: join them now, so handles do not pile up.
         for handle in st.exited.drain(..) {
             let _ = handle.join();
         }
         st.next_id += 1;
         let id = st.next_id;
-        let shared = self.clone();
-        let name = format!("{}-{id}", self.name);
-        let handle = thread::spawn_named(name, self.stack_size, move || shared.worker_main(id))?;
+        let shared = pool.clone();
+        let name = format!("{}-{id}", pool.name);
+        let handle = thread::spawn_named(name, pool.stack_size, move || {
+            Shared::worker_main(shared, id)
+        })?;
         st.workers += 1;
         st.handles.push((id, handle));
         Ok(())
     }
 
-    fn worker_main(self: Arc<Self>, id: usize) {
-        WORKER_OF_POOL.with(|c| c.set(self.pool_id));
-        let mut st = self.state.lock();
+    fn worker_main(pool: Arc<Self>, id: usize) {
+        WORKER_OF_POOL.with(|c| c.set(pool.pool_id));
+        let mut st = pool.state.lock();
         loop {
+            if st.shutdown && fault!(PoolExitsWithQueuedJobs) {
+                break;
+            }
             if let Some(job) = st.queue.pop_front() {
                 if st.blocked_submitters > 0 {
-                    self.room.notify_all();
+                    pool.room.notify_all();
                 }
                 let wakers = std::mem::take(&mut st.room_wakers);
                 drop(st);
@@ -577,20 +595,20 @@ impl Shared {
                     w.wake();
                 }
                 job(Mode::Run);
-                st = self.state.lock();
+                st = pool.state.lock();
                 continue;
             }
             if st.shutdown {
                 break;
             }
             st.idle += 1;
-            let deadline = Instant::now().checked_add(self.keep_alive);
+            let deadline = Instant::now().checked_add(pool.keep_alive);
             let mut leave = false;
             loop {
                 let timed_out = match deadline {
-                    Some(d) => self.work.wait_until(&mut st, d),
+                    Some(d) => pool.work.wait_until(&mut st, d),
                     None => {
-                        self.work.wait(&mut st);
+                        pool.work.wait(&mut st);
                         false
                     }
                 };
@@ -619,7 +637,7 @@ impl Shared {
             st.exited.push(handle);
         }
         // Shutdown may be waiting for the last thread to leave.
-        self.room.notify_all();
+        pool.room.notify_all();
     }
 
     /// Marks the pool shut down, cancels queued jobs if asked, wakes everyone; returns the
@@ -697,7 +715,7 @@ impl Executor for ThreadPool {
             }
         });
         let st = self.shared.state.lock();
-        self.shared.enqueue(st, job).map_err(|(_, e)| e)
+        Shared::enqueue(&self.shared, st, job).map_err(|(_, e)| e)
     }
 }
 
@@ -752,7 +770,7 @@ impl<T: Send + 'static> Future for SubmitAsync<T> {
             }
         }
         let fut = self.fut.take().expect("present until ready");
-        match shared.enqueue(st, job) {
+        match Shared::enqueue(&shared, st, job) {
             Ok(()) => Poll::Ready(Ok(fut)),
             Err((job, error)) => {
                 job(Mode::Fail(error.clone()));

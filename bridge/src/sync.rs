@@ -82,6 +82,7 @@ mod imp {
     /// Threads: std's.
     pub mod thread {
         pub use std::thread::{current, park, spawn, yield_now, JoinHandle, Thread};
+        pub use std::thread_local;
 
         /// Spawns a named thread, with a stack size if given.
         pub fn spawn_named<F>(
@@ -194,9 +195,10 @@ mod imp {
 
     pub use loom::cell::UnsafeCell;
 
-    /// Threads: loom's.
+    /// Threads: loom's (and loom's thread-locals: model threads share one OS thread).
     pub mod thread {
         pub use loom::thread::{current, park, spawn, yield_now, JoinHandle, Thread};
+        pub use loom::thread_local;
 
         /// Spawns a model thread (loom threads have no names or stack sizes).
         pub fn spawn_named<F>(

@@ -1,0 +1,44 @@
+//! Switches that break braid's cross-thread protocols on purpose, compiled only under
+//! `--cfg loom`: each loom model has a `#[should_panic]` twin that turns one on to prove the
+//! model catches the bug it exists for. Never present in a normal build.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// A deliberate bug.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(usize)]
+pub enum Fault {
+    /// No fault.
+    None = 0,
+    /// Completion does not wake blocked waiters.
+    SkipWaiterNotify = 1,
+    /// Completion does not wake registered wakers.
+    SkipWakers = 2,
+    /// `cancel()` overrides a future that already finished.
+    CancelOverridesFinished = 3,
+    /// `add_done_callback` forgets to re-check `done` under the lock (queues a callback on a
+    /// future that already finished, where nobody will ever run it).
+    CallbackSkipsDoneCheck = 4,
+    /// The thread pool leaves queued jobs behind at shutdown (a worker exits with work queued).
+    PoolExitsWithQueuedJobs = 5,
+    /// `cancel_and_wait` returns before the producer settles.
+    CancelAndWaitSkipsSettle = 6,
+}
+
+// A plain std atomic: set before a model starts, read inside it; not part of what is checked.
+static ACTIVE: AtomicUsize = AtomicUsize::new(0);
+
+/// Turns `fault` on for the models that follow (until [`clear`]).
+pub fn set(fault: Fault) {
+    ACTIVE.store(fault as usize, Ordering::SeqCst);
+}
+
+/// Turns every fault off.
+pub fn clear() {
+    set(Fault::None);
+}
+
+/// True if `fault` is on.
+pub(crate) fn on(fault: Fault) -> bool {
+    ACTIVE.load(Ordering::SeqCst) == fault as usize
+}

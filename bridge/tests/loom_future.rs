@@ -1,0 +1,225 @@
+//! loom models of `ConcurrentFuture`'s cross-thread protocol, each with a `#[should_panic]`
+//! twin that switches on a deliberate bug (`braid_bridge::fault`) to prove the model catches
+//! it. Run with
+//! `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=3 cargo test --release -p braid-bridge --test loom_future`.
+#![cfg(loom)]
+
+use braid_bridge::fault::{self, Fault};
+use braid_bridge::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use braid_bridge::{CancelOutcome, ConcurrentFuture, Error};
+use loom::sync::Arc;
+use loom::thread;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Mutex as StdMutex;
+use std::task::{Context, Poll, Wake, Waker};
+
+/// Runs `f` as a loom model with `fault` switched on for its duration.
+fn model_with(fault: Fault, f: impl Fn() + Sync + Send + 'static) {
+    // The switch is process-wide: models run one at a time.
+    static SERIAL: StdMutex<()> = StdMutex::new(());
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    fault::set(fault);
+    struct Clear;
+    impl Drop for Clear {
+        fn drop(&mut self) {
+            fault::clear();
+        }
+    }
+    let _clear = Clear;
+    loom::model(f);
+}
+
+/// Completion racing cancel: exactly one wins; the done callback runs once and sees the
+/// state every later reader sees; `cancel()`'s answer matches `cancelled()`.
+fn completion_races_cancel_model() {
+    let (fut, completer) = ConcurrentFuture::<u32>::pair();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let seen_cancelled = Arc::new(AtomicBool::new(false));
+    {
+        let (calls, seen) = (calls.clone(), seen_cancelled.clone());
+        fut.add_done_callback(move |f| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            seen.store(f.cancelled(), Ordering::SeqCst);
+        });
+    }
+    let producer = thread::spawn(move || completer.set_result(1));
+    let cancel_won = fut.cancel();
+    producer.join().unwrap();
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "the done callback must run exactly once"
+    );
+    assert_eq!(cancel_won, fut.cancelled());
+    assert_eq!(
+        seen_cancelled.load(Ordering::SeqCst),
+        fut.cancelled(),
+        "the state seen by the callback must be the final state"
+    );
+    if !cancel_won {
+        assert_eq!(fut.try_result().unwrap().unwrap(), 1);
+    }
+}
+
+#[test]
+fn completion_races_cancel() {
+    model_with(Fault::None, completion_races_cancel_model);
+}
+
+#[test]
+#[should_panic(expected = "final state")]
+fn broken_cancel_overrides_a_finished_future() {
+    model_with(
+        Fault::CancelOverridesFinished,
+        completion_races_cancel_model,
+    );
+}
+
+/// A thread blocked in `result` (with or without a timeout) racing completion always wakes
+/// with the value.
+fn blocked_waiter_model(timeout: Option<std::time::Duration>) {
+    let (fut, completer) = ConcurrentFuture::<u32>::pair();
+    let waiter = thread::spawn(move || fut.result(timeout));
+    completer.set_result(7);
+    assert_eq!(waiter.join().unwrap().unwrap(), 7);
+}
+
+#[test]
+fn blocked_waiter_races_completion() {
+    model_with(Fault::None, || blocked_waiter_model(None));
+}
+
+#[test]
+fn timed_waiter_races_completion() {
+    model_with(Fault::None, || {
+        blocked_waiter_model(Some(std::time::Duration::from_secs(3600)))
+    });
+}
+
+#[test]
+#[should_panic]
+fn broken_completion_without_notify_strands_a_waiter() {
+    model_with(Fault::SkipWaiterNotify, || blocked_waiter_model(None));
+}
+
+struct CountingWaker(AtomicUsize);
+
+impl Wake for CountingWaker {
+    fn wake(self: std::sync::Arc<Self>) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// A poll (waker registration) racing completion: a Pending poll is always followed by a wake.
+fn waker_model() {
+    let (mut fut, completer) = ConcurrentFuture::<u32>::pair();
+    let counter = std::sync::Arc::new(CountingWaker(AtomicUsize::new(0)));
+    let waker = Waker::from(counter.clone());
+    let producer = thread::spawn(move || completer.set_result(3));
+    let mut cx = Context::from_waker(&waker);
+    let first = Pin::new(&mut fut).poll(&mut cx);
+    producer.join().unwrap();
+    match first {
+        Poll::Ready(v) => assert_eq!(v.unwrap(), 3),
+        Poll::Pending => {
+            assert!(
+                counter.0.load(Ordering::SeqCst) >= 1,
+                "a pending poll was never woken"
+            );
+            assert_eq!(
+                Pin::new(&mut fut).poll(&mut cx).map(|r| r.unwrap()),
+                Poll::Ready(3)
+            );
+        }
+    }
+}
+
+#[test]
+fn waker_registration_races_completion() {
+    model_with(Fault::None, waker_model);
+}
+
+#[test]
+#[should_panic(expected = "never woken")]
+fn broken_completion_without_wakes_loses_a_poll() {
+    model_with(Fault::SkipWakers, waker_model);
+}
+
+/// A done-callback registration racing completion: it runs exactly once.
+fn callback_model() {
+    let (fut, completer) = ConcurrentFuture::<u32>::pair();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let producer = thread::spawn(move || completer.set_result(1));
+    let c = calls.clone();
+    fut.add_done_callback(move |_| {
+        c.fetch_add(1, Ordering::SeqCst);
+    });
+    producer.join().unwrap();
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "the callback must run exactly once"
+    );
+}
+
+#[test]
+fn callback_registration_races_completion() {
+    model_with(Fault::None, callback_model);
+}
+
+#[test]
+#[should_panic(expected = "exactly once")]
+fn broken_registration_loses_a_callback() {
+    model_with(Fault::CallbackSkipsDoneCheck, callback_model);
+}
+
+/// `cancel_and_wait` racing the producer's completion returns only after the producer has
+/// unwound, and reports what actually happened.
+fn cancel_and_wait_model() {
+    let (fut, completer) = ConcurrentFuture::<u32>::pair();
+    let asked = Arc::new(AtomicBool::new(false));
+    let unwound = Arc::new(AtomicBool::new(false));
+    {
+        let asked = asked.clone();
+        completer.on_cancel(move || asked.store(true, Ordering::SeqCst));
+    }
+    assert!(completer.set_running_or_notify_cancel());
+    let producer = {
+        let (asked, unwound) = (asked.clone(), unwound.clone());
+        thread::spawn(move || {
+            // A task: it either notices the request (cleanup, then cancelled) or finishes.
+            let outcome = if asked.load(Ordering::SeqCst) {
+                Err(Error::cancelled(None))
+            } else {
+                Ok(5)
+            };
+            unwound.store(true, Ordering::SeqCst);
+            completer.complete(outcome);
+        })
+    };
+    let outcome = fut.cancel_and_wait(None);
+    let unwound_when_returned = unwound.load(Ordering::SeqCst);
+    // Every assertion after the join: a panic while a model thread is alive aborts loom.
+    producer.join().unwrap();
+    assert!(
+        unwound_when_returned,
+        "cancel_and_wait returned before the producer unwound"
+    );
+    match outcome {
+        CancelOutcome::Cancelled => {}
+        CancelOutcome::Completed(r) => assert_eq!(r.unwrap(), 5),
+        CancelOutcome::TimedOut => panic!("no timeout was given"),
+    }
+}
+
+#[test]
+fn cancel_and_wait_races_completion() {
+    model_with(Fault::None, cancel_and_wait_model);
+}
+
+#[test]
+#[should_panic(expected = "before the producer unwound")]
+fn broken_cancel_and_wait_returns_early() {
+    model_with(Fault::CancelAndWaitSkipsSettle, cancel_and_wait_model);
+}
