@@ -34,9 +34,20 @@ const TASK_BUDGET: usize = 64;
 /// Every this many iterations a loop takes from the injector before its own queue, so that
 /// a loop busy with its own tasks cannot starve the shared ones.
 const INJECTOR_FAIRNESS: u64 = 31;
-/// Rounds of looking for work before a loop sleeps: waking a halted vCPU costs 30-45 µs here,
-/// a few µs of looking is cheaper when work is about to arrive.
-const LINGER_ROUNDS: usize = 4;
+/// How long a loop keeps looking for work before it sleeps: waking a halted vCPU costs
+/// 30-45 µs on the machines braid is measured on, so looking a little longer is cheaper when
+/// work is about to arrive (a request/response ping-pong with another thread). Read from
+/// `BRAID_LINGER_US` for experiments.
+fn linger() -> Duration {
+    static LINGER: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *LINGER.get_or_init(|| {
+        let us = std::env::var("BRAID_LINGER_US")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(20);
+        Duration::from_micros(us)
+    })
+}
 
 /// What other threads send a loop through its doorbell.
 pub(crate) enum Remote {
@@ -650,10 +661,19 @@ impl LoopCtx {
     pub(crate) fn park_worker(&self) {
         let rt = &self.rt;
         let lp = &self.lp;
-        for _ in 0..LINGER_ROUNDS {
-            std::thread::yield_now();
-            if self.has_local_work() || rt.has_shared_work(lp.id) {
-                return;
+        let linger = linger();
+        if !linger.is_zero() {
+            let until = Instant::now() + linger;
+            loop {
+                // Yield rather than spin: on a machine with no spare core, the thread that
+                // is about to hand us work may need this one.
+                std::thread::yield_now();
+                if self.has_local_work() || rt.has_shared_work(lp.id) {
+                    return;
+                }
+                if Instant::now() >= until {
+                    break;
+                }
             }
         }
         if self.searching.replace(false) {
