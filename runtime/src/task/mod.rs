@@ -69,10 +69,18 @@ impl fmt::Display for TaskId {
 
 type DoneCallback = Box<dyn FnOnce(&TaskRef) + Send>;
 
+// The `join` word: who is watching the task, and whether it completed. Watchers set their
+// bit after registering (a waker, a callback) and the completer sets COMPLETED; all with
+// `fetch_or` on one word, so whichever comes second sees the other and does the waking, and
+// a task nobody watches completes without taking a lock.
 /// The join handle was dropped.
 const JOIN_HANDLE_DROPPED: u8 = 1 << 0;
-/// The task completed.
+/// The task completed (output stored, state COMPLETE).
 const JOIN_COMPLETED: u8 = 1 << 1;
+/// A join waker is registered.
+const JOIN_WAKER: u8 = 1 << 2;
+/// Done callbacks are registered.
+const JOIN_CALLBACKS: u8 = 1 << 3;
 
 /// A cancellable thing a task can be awaiting (a Task or a Promise): cancelling the awaiter
 /// cancels it too, as asyncio's `Task.cancel` cancels `_fut_waiter`.
@@ -80,6 +88,9 @@ pub(crate) trait CancelTarget: Send + Sync {
     fn cancel_from_awaiter(&self, message: Option<String>);
 }
 
+/// What most tasks never need (a name, cancel bookkeeping, an awaited target, done
+/// callbacks), allocated on first use to keep the task cell small.
+#[derive(Default)]
 struct Inner {
     name: Option<String>,
     requests: usize,
@@ -117,10 +128,9 @@ pub(crate) struct Header {
     has_awaiting: AtomicBool,
     /// The task finished with a Cancelled error.
     ended_cancelled: AtomicBool,
-    /// `JOIN_*` bits: settles the race between completion and the handle's drop, so that an
-    /// error nobody will ever read is reported exactly once.
+    /// `JOIN_*` bits; see their docs.
     join: AtomicU8,
-    inner: Mutex<Inner>,
+    inner: Mutex<Option<Box<Inner>>>,
     join_waker: Mutex<Option<Waker>>,
 }
 
@@ -140,28 +150,36 @@ impl Header {
             has_awaiting: AtomicBool::new(false),
             ended_cancelled: AtomicBool::new(false),
             join: AtomicU8::new(0),
-            inner: Mutex::new(Inner {
-                name,
-                requests: 0,
-                must_cancel: false,
-                self_requested: false,
-                message: None,
-                awaiting: None,
-                done_callbacks: Vec::new(),
-            }),
+            inner: Mutex::new(name.map(|name| {
+                Box::new(Inner {
+                    name: Some(name),
+                    ..Inner::default()
+                })
+            })),
             join_waker: Mutex::new(None),
         }
     }
 
+    /// Runs `f` on the rare state, allocating it if needed.
+    fn with_inner<R>(&self, f: impl FnOnce(&mut Inner) -> R) -> R {
+        let mut slot = self.inner.lock();
+        f(slot.get_or_insert_with(Box::default))
+    }
+
+    /// Runs `f` on the rare state if it exists.
+    fn read_inner<R>(&self, f: impl FnOnce(&Inner) -> R) -> Option<R> {
+        self.inner.lock().as_deref().map(f)
+    }
+
     pub(crate) fn name(&self) -> String {
-        match &self.inner.lock().name {
-            Some(name) => name.clone(),
+        match self.read_inner(|i| i.name.clone()).flatten() {
+            Some(name) => name,
             None => format!("Task-{}", self.id.0),
         }
     }
 
     pub(crate) fn set_name(&self, name: String) {
-        self.inner.lock().name = Some(name);
+        self.with_inner(|i| i.name = Some(name));
     }
 
     pub(crate) fn done(&self) -> bool {
@@ -173,11 +191,14 @@ impl Header {
     }
 
     pub(crate) fn cancelling(&self) -> usize {
-        self.inner.lock().requests
+        self.read_inner(|i| i.requests).unwrap_or(0)
     }
 
     pub(crate) fn uncancel(&self) -> usize {
-        let mut inner = self.inner.lock();
+        let mut slot = self.inner.lock();
+        let Some(inner) = slot.as_deref_mut() else {
+            return 0;
+        };
         if inner.requests > 0 {
             inner.requests -= 1;
             if inner.requests == 0 {
@@ -200,10 +221,11 @@ impl Header {
             return Err(());
         }
         let by_self = crate::context::current_task_is(self);
-        let mut inner = self.inner.lock();
+        let mut slot = self.inner.lock();
         if self.done() {
             return Err(());
         }
+        let inner = slot.get_or_insert_with(Box::default);
         inner.requests += 1;
         inner.must_cancel = true;
         inner.self_requested |= by_self;
@@ -217,8 +239,9 @@ impl Header {
         if !self.cancel_pending.load(Ordering::Acquire) {
             return None;
         }
-        let mut inner = self.inner.lock();
+        let mut slot = self.inner.lock();
         self.cancel_pending.store(false, Ordering::Relaxed);
+        let inner = slot.as_deref_mut()?;
         if !inner.must_cancel {
             return None;
         }
@@ -235,12 +258,16 @@ impl Header {
                 message: None,
             };
         }
-        let inner = self.inner.lock();
-        Step {
+        self.read_inner(|inner| Step {
             cancel_before_start: first_poll && inner.must_cancel,
             pending_at_start: inner.must_cancel,
             message: inner.message.clone(),
-        }
+        })
+        .unwrap_or(Step {
+            cancel_before_start: false,
+            pending_at_start: false,
+            message: None,
+        })
     }
 
     /// After the coroutine returned: a request still undelivered that predates the step or was
@@ -249,17 +276,15 @@ impl Header {
         if !self.cancel_pending.load(Ordering::Acquire) {
             return None;
         }
-        let inner = self.inner.lock();
-        if inner.must_cancel && (step.pending_at_start || inner.self_requested) {
-            Some(Error::cancelled(inner.message.clone()))
-        } else {
-            None
-        }
+        self.read_inner(|inner| {
+            (inner.must_cancel && (step.pending_at_start || inner.self_requested))
+                .then(|| Error::cancelled(inner.message.clone()))
+        })
+        .flatten()
     }
 
     pub(crate) fn set_awaiting(&self, key: usize, target: Arc<dyn CancelTarget>) {
-        let mut inner = self.inner.lock();
-        inner.awaiting = Some((key, target));
+        self.with_inner(|inner| inner.awaiting = Some((key, target)));
         self.has_awaiting.store(true, Ordering::Relaxed);
     }
 
@@ -268,7 +293,10 @@ impl Header {
         if !self.has_awaiting.load(Ordering::Relaxed) {
             return;
         }
-        let mut inner = self.inner.lock();
+        let mut slot = self.inner.lock();
+        let Some(inner) = slot.as_deref_mut() else {
+            return;
+        };
         let matches = match (&inner.awaiting, key) {
             (Some((k, _)), Some(key)) => *k == key,
             (Some(_), None) => true,
@@ -280,22 +308,29 @@ impl Header {
         }
     }
 
-    pub(crate) fn set_join_waker(&self, waker: &Waker) {
-        let mut slot = self.join_waker.lock();
-        match &*slot {
-            Some(old) if old.will_wake(waker) => {}
-            _ => *slot = Some(waker.clone()),
+    /// True once the output is stored and the task will touch its join state no more.
+    pub(crate) fn join_completed(&self) -> bool {
+        self.join.load(Ordering::Acquire) & JOIN_COMPLETED != 0
+    }
+
+    /// Registers the joiner's waker; returns true if the task completed meanwhile (then
+    /// nobody will wake it: the caller reads the output now).
+    pub(crate) fn set_join_waker(&self, waker: &Waker) -> bool {
+        {
+            let mut slot = self.join_waker.lock();
+            match &*slot {
+                Some(old) if old.will_wake(waker) => {}
+                _ => *slot = Some(waker.clone()),
+            }
         }
+        self.join.fetch_or(JOIN_WAKER, Ordering::AcqRel) & JOIN_COMPLETED != 0
     }
 
     /// Publishes completion (the output is already stored).
     pub(crate) fn complete(&self, cancelled: bool) {
         self.ended_cancelled.store(cancelled, Ordering::Release);
-        {
-            let mut inner = self.inner.lock();
-            inner.awaiting = None;
-            self.has_awaiting.store(false, Ordering::Relaxed);
-        }
+        // Only the runner sets `has_awaiting` (during a poll), and we are the runner.
+        self.clear_awaiting(None);
         self.state.complete();
     }
 
@@ -310,13 +345,29 @@ impl Header {
                 self.report_unretrieved(&me, error);
             }
         }
-        if let Some(waker) = self.join_waker.lock().take() {
-            waker.wake();
+        if prev & JOIN_WAKER != 0 {
+            if let Some(waker) = self.join_waker.lock().take() {
+                waker.wake();
+            }
         }
-        let callbacks = std::mem::take(&mut self.inner.lock().done_callbacks);
+        if prev & JOIN_CALLBACKS != 0 {
+            self.run_done_callbacks(&me);
+        }
+    }
+
+    /// Schedules every registered done callback (once: they are taken under the lock).
+    fn run_done_callbacks(&self, me: &TaskRef) {
+        let callbacks = self.read_inner_mut_take_callbacks();
         for callback in callbacks {
             let me = me.clone();
             dispatch_callback(&self.rt, Box::new(move || callback(&me)));
+        }
+    }
+
+    fn read_inner_mut_take_callbacks(&self) -> Vec<DoneCallback> {
+        match self.inner.lock().as_deref_mut() {
+            Some(inner) => std::mem::take(&mut inner.done_callbacks),
+            None => Vec::new(),
         }
     }
 
@@ -332,15 +383,16 @@ impl Header {
     }
 
     fn add_done_callback(&self, me: TaskRef, callback: DoneCallback) {
-        {
-            let mut inner = self.inner.lock();
-            if !self.done() {
-                inner.done_callbacks.push(callback);
-                return;
-            }
+        if self.join_completed() {
+            // Already done: scheduled, never run synchronously (asyncio's rule).
+            dispatch_callback(&self.rt, Box::new(move || callback(&me)));
+            return;
         }
-        // Already done: scheduled, never run synchronously (asyncio's rule).
-        dispatch_callback(&self.rt, Box::new(move || callback(&me)));
+        self.with_inner(|inner| inner.done_callbacks.push(callback));
+        if self.join.fetch_or(JOIN_CALLBACKS, Ordering::AcqRel) & JOIN_COMPLETED != 0 {
+            // The completer went first and saw no callbacks: schedule them ourselves.
+            self.run_done_callbacks(&me);
+        }
     }
 }
 

@@ -211,11 +211,8 @@ where
     T: 'static,
 {
     fn poll_join(&self, cx: &mut Context<'_>) -> Poll<Result<T>> {
-        if !self.header.state.is_complete() {
-            self.header.set_join_waker(cx.waker());
-            if !self.header.state.is_complete() {
-                return Poll::Pending;
-            }
+        if !self.header.join_completed() && !self.header.set_join_waker(cx.waker()) {
+            return Poll::Pending;
         }
         match self.output.lock().take() {
             Some(output) => Poll::Ready(output),
