@@ -366,7 +366,8 @@ impl<T: Send + 'static> ConcurrentFuture<T> {
         match (&st.status, &st.outcome) {
             (Status::Cancelled, Some(Err(e))) => Err(e.clone()),
             (_, Some(Err(e))) => Ok(Some(e.clone())),
-            _ => Ok(None),
+            (_, Some(Ok(_))) => Ok(None),
+            (_, None) => Err(taken_error()),
         }
     }
 
@@ -853,6 +854,10 @@ pub fn as_completed<T: Send + 'static>(
     fs: Vec<ConcurrentFuture<T>>,
     timeout: Option<Duration>,
 ) -> AsCompleted<T> {
+    // As Python's (which takes a set): a future given twice is yielded once.
+    let mut fs = fs;
+    let mut seen = std::collections::HashSet::new();
+    fs.retain(|f| seen.insert(Arc::as_ptr(&f.inner) as *const () as usize));
     let shared = Arc::new(Finished {
         queue: Mutex::new(std::collections::VecDeque::new()),
         cond: Condvar::new(),

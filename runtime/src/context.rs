@@ -84,13 +84,49 @@ pub(crate) fn take_cancel() -> Option<Error> {
     with_current_header(|h| h.take_cancel()).flatten()
 }
 
-/// Records what the running task awaits, so cancelling the task cancels it too.
-/// Returns false outside a task.
-pub(crate) fn set_awaiting(key: usize, target: Arc<dyn CancelTarget>) -> bool {
-    with_current_header(|h| h.set_awaiting(key, target)).is_some()
-}
-
 /// Forgets what the running task awaits (`key`'s registration only, or any).
 pub(crate) fn clear_awaiting(key: Option<usize>) {
     with_current_header(|h| h.clear_awaiting(key));
+}
+
+/// A leaf future's registration as what its task awaits (a Task or a Promise), so that
+/// cancelling the task cancels it too. It remembers the task that registered, so that dropping
+/// the future clears that task's registration from whatever thread drops it: a stale
+/// registration would swallow a later cancel.
+pub(crate) struct AwaitRegistration {
+    key: usize,
+    registrar: Option<TaskRef>,
+}
+
+impl AwaitRegistration {
+    pub(crate) const fn new(key: usize) -> AwaitRegistration {
+        AwaitRegistration {
+            key,
+            registrar: None,
+        }
+    }
+
+    /// Registers `target` for the running task, once (no-op outside a task).
+    pub(crate) fn register(&mut self, target: impl FnOnce() -> Arc<dyn CancelTarget>) {
+        if self.registrar.is_some() {
+            return;
+        }
+        if let Some(task) = current_task() {
+            task.header().set_awaiting(self.key, target());
+            self.registrar = Some(task);
+        }
+    }
+
+    /// Withdraws the registration, if any.
+    pub(crate) fn clear(&mut self) {
+        if let Some(task) = self.registrar.take() {
+            task.header().clear_awaiting(Some(self.key));
+        }
+    }
+}
+
+impl Drop for AwaitRegistration {
+    fn drop(&mut self) {
+        self.clear();
+    }
 }

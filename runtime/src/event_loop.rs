@@ -25,6 +25,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// How long after a shared timer's deadline a host loop fires it itself, if no worker has.
+const HOST_TIMER_GRACE: Duration = Duration::from_millis(2);
 /// `LoopShared::sleep_deadline` while the loop is awake.
 pub(crate) const AWAKE: u64 = 0;
 /// `LoopShared::sleep_deadline` while the loop sleeps with no deadline (or is about to sleep).
@@ -466,11 +468,9 @@ impl LoopCtx {
     /// Moves due callback timers to the ready queue and fires due task timers.
     fn fire_timers(&self) -> bool {
         let has_local = !self.timers.borrow().is_empty();
-        let shared = if self.worker.is_some() {
-            self.rt.timers.earliest()
-        } else {
-            None
-        };
+        // Host loops fire shared timers too: with every worker stuck, the main future's sleep
+        // must still end.
+        let shared = self.rt.timers.earliest();
         if !has_local && shared.is_none() {
             return false;
         }
@@ -746,6 +746,17 @@ impl LoopCtx {
         let mut timeout = self
             .next_local_deadline()
             .map(|d| d.saturating_duration_since(now));
+        // Shared timers are the workers' to fire; wake a little after the earliest one in case
+        // they are all stuck (a spurious wake-up costs less than a sleep that never ends).
+        if let Some(shared) = self
+            .rt
+            .timers
+            .earliest()
+            .and_then(|ns| self.rt.instant_of(ns))
+        {
+            let backstop = (shared + HOST_TIMER_GRACE).saturating_duration_since(now);
+            timeout = Some(timeout.map_or(backstop, |t| t.min(backstop)));
+        }
         if let Some(max) = max {
             timeout = Some(timeout.map_or(max, |t| t.min(max)));
         }

@@ -289,6 +289,7 @@ pub fn all_tasks() -> Vec<TaskRef> {
         .registry
         .snapshot()
         .into_iter()
+        .filter(|t| !t.header().done())
         .map(TaskRef::from_raw)
         .collect()
 }

@@ -302,8 +302,8 @@ impl<T: Send + 'static> Promise<T> {
 }
 
 impl<T: Send + 'static> CancelTarget for Promise<T> {
-    fn cancel_from_awaiter(&self, message: Option<String>) {
-        self.cancel_with_message(message);
+    fn cancel_from_awaiter(&self, message: Option<String>) -> bool {
+        self.cancel_with_message(message)
     }
 }
 
@@ -324,7 +324,7 @@ impl<T: Send + 'static> CancelTarget for Promise<T> {
 #[must_use = "futures do nothing unless you `.await` them"]
 pub struct PromiseFuture<T> {
     promise: Promise<T>,
-    registered: bool,
+    registration: context::AwaitRegistration,
 }
 
 impl<T: Clone + Send + 'static> IntoFuture for Promise<T> {
@@ -332,9 +332,10 @@ impl<T: Clone + Send + 'static> IntoFuture for Promise<T> {
     type IntoFuture = PromiseFuture<T>;
 
     fn into_future(self) -> PromiseFuture<T> {
+        let key = Arc::as_ptr(&self.inner) as *const () as usize;
         PromiseFuture {
             promise: self,
-            registered: false,
+            registration: context::AwaitRegistration::new(key),
         }
     }
 }
@@ -343,44 +344,29 @@ impl<T: Clone + Send + 'static> Future for PromiseFuture<T> {
     type Output = Result<T>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<T>> {
-        let key = Arc::as_ptr(&self.promise.inner) as *const () as usize;
+        let this = &mut *self;
         if let Some(cancel) = context::take_cancel() {
             // asyncio: cancelling the awaiting task cancels the future it awaits.
-            self.promise
+            this.promise
                 .cancel_with_message(cancel.message().map(str::to_owned));
-            if self.registered {
-                context::clear_awaiting(Some(key));
-            }
+            this.registration.clear();
             return Poll::Ready(Err(cancel));
         }
         {
-            let mut st = self.promise.inner.state.lock();
+            let mut st = this.promise.inner.state.lock();
             if let Some(outcome) = &st.outcome {
                 let outcome = outcome.clone();
                 drop(st);
-                if self.registered {
-                    self.registered = false;
-                    context::clear_awaiting(Some(key));
-                }
+                this.registration.clear();
                 return Poll::Ready(outcome);
             }
             if !st.waiters.iter().any(|w| w.will_wake(cx.waker())) {
                 st.waiters.push(cx.waker().clone());
             }
         }
-        if !self.registered {
-            let target: Arc<dyn CancelTarget> = Arc::new(self.promise.clone());
-            self.registered = context::set_awaiting(key, target);
-        }
+        let promise = this.promise.clone();
+        this.registration.register(|| Arc::new(promise));
         Poll::Pending
-    }
-}
-
-impl<T> Drop for PromiseFuture<T> {
-    fn drop(&mut self) {
-        if self.registered {
-            context::clear_awaiting(Some(Arc::as_ptr(&self.promise.inner) as *const () as usize));
-        }
     }
 }
 

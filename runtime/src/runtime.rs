@@ -24,6 +24,9 @@ use std::time::{Duration, Instant};
 
 /// How long `Drop` lets tasks finish their cancellation before giving up on them.
 const DROP_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long shutdown waits for loop threads to exit even after its timeout has passed: an
+/// idle loop exits within microseconds; only one stuck in a callback takes longer.
+const LOOP_EXIT_GRACE: Duration = Duration::from_millis(200);
 
 /// Configures and starts a [`Runtime`].
 ///
@@ -512,11 +515,14 @@ impl Runtime {
         let workers = rt.loops.len();
         let mut stuck = Vec::new();
         if !on_own_loop {
+            // A loop that is not stuck exits within microseconds of `stopping`; give them that
+            // much even when the tasks used up the whole timeout, so idle threads are joined.
+            let exit_deadline = deadline.map(|d| d.max(Instant::now() + LOOP_EXIT_GRACE));
             loop {
                 if rt.exited.load(Ordering::Acquire) >= workers {
                     break;
                 }
-                let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+                let remaining = exit_deadline.map(|d| d.saturating_duration_since(Instant::now()));
                 if remaining.is_some_and(|r| r.is_zero()) {
                     break;
                 }

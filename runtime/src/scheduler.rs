@@ -338,8 +338,14 @@ pub(crate) fn monitor_main(rt: Arc<RuntimeShared>) {
             if overdue > 2 * MONITOR_INTERVAL.as_nanos() as u64 {
                 // Due timers nobody fired (their loops are stuck): have an idle loop do it.
                 let candidate = rt.idle.lock().last().copied();
-                if let Some(id) = candidate {
-                    rt.loops[id].bell.ring();
+                match candidate {
+                    Some(id) => rt.loops[id].bell.ring(),
+                    // Every worker is busy: the threads inside run_until_complete fire them.
+                    None => {
+                        for host in rt.hosts.lock().iter().filter_map(|h| h.upgrade()) {
+                            host.bell.ring();
+                        }
+                    }
                 }
             }
         }

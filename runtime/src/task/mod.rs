@@ -85,7 +85,9 @@ const JOIN_CALLBACKS: u8 = 1 << 3;
 /// A cancellable thing a task can be awaiting (a Task or a Promise): cancelling the awaiter
 /// cancels it too, as asyncio's `Task.cancel` cancels `_fut_waiter`.
 pub(crate) trait CancelTarget: Send + Sync {
-    fn cancel_from_awaiter(&self, message: Option<String>);
+    /// Cancels the target; false if it was already done (then the awaiter itself must be
+    /// cancelled at its await point, as asyncio does when `_fut_waiter.cancel()` fails).
+    fn cancel_from_awaiter(&self, message: Option<String>) -> bool;
 }
 
 /// What most tasks never need (a name, cancel bookkeeping, an awaited target, done
@@ -211,8 +213,10 @@ impl Header {
         inner.requests
     }
 
-    /// Records a cancel request; returns the target the task is awaiting (to cancel after the
-    /// lock is released), or `Err(())` if the task is already done.
+    /// Records a cancel request. If the task is awaiting a Task or Promise, returns it: the
+    /// caller cancels that instead (asyncio's `_fut_waiter.cancel()`), and the task receives
+    /// its outcome; otherwise marks the request for delivery at the next await point.
+    /// `Err(())` if the task is already done.
     fn record_cancel(
         &self,
         message: Option<String>,
@@ -227,11 +231,26 @@ impl Header {
         }
         let inner = slot.get_or_insert_with(Box::default);
         inner.requests += 1;
+        if let Some((_, target)) = &inner.awaiting {
+            return Ok(Some(target.clone()));
+        }
+        self.mark_must_cancel(inner, message, by_self);
+        Ok(None)
+    }
+
+    fn mark_must_cancel(&self, inner: &mut Inner, message: Option<String>, by_self: bool) {
         inner.must_cancel = true;
         inner.self_requested |= by_self;
         inner.message = message;
         self.cancel_pending.store(true, Ordering::Release);
-        Ok(inner.awaiting.as_ref().map(|(_, target)| target.clone()))
+    }
+
+    /// The awaited target refused the cancel (it was done): deliver it at the await point.
+    fn deliver_instead(&self, message: Option<String>) {
+        let by_self = crate::context::current_task_is(self);
+        let mut slot = self.inner.lock();
+        let inner = slot.get_or_insert_with(Box::default);
+        self.mark_must_cancel(inner, message, by_self);
     }
 
     /// The leaf-future check: delivers a pending cancel request once.
@@ -328,17 +347,18 @@ impl Header {
 
     /// Publishes completion (the output is already stored).
     pub(crate) fn complete(&self, cancelled: bool) {
+        // Leave the registry first: `all_tasks()` must never list a task that is done.
+        self.rt.registry.remove(self.id);
         self.ended_cancelled.store(cancelled, Ordering::Release);
         // Only the runner sets `has_awaiting` (during a poll), and we are the runner.
         self.clear_awaiting(None);
         self.state.complete();
     }
 
-    /// After completion: leave the registry, wake the joiner, schedule the done callbacks.
+    /// After completion: wake the joiner, schedule the done callbacks.
     /// `error` is the task's error if it failed (not cancelled): reported if no handle is
     /// left to read it.
     pub(crate) fn after_complete(&self, me: TaskRef, error: Option<Error>) {
-        self.rt.registry.remove(self.id);
         let prev = self.join.fetch_or(JOIN_COMPLETED, Ordering::AcqRel);
         if prev & JOIN_HANDLE_DROPPED != 0 {
             if let Some(error) = error {
@@ -417,6 +437,10 @@ pub struct TaskRef {
 impl TaskRef {
     pub(crate) fn from_raw(raw: Arc<dyn RawTask>) -> TaskRef {
         TaskRef { raw }
+    }
+
+    pub(crate) fn header(&self) -> &Header {
+        self.raw.header()
     }
 
     /// The task's id.
@@ -576,19 +600,25 @@ impl fmt::Debug for TaskRef {
 }
 
 impl CancelTarget for TaskRef {
-    fn cancel_from_awaiter(&self, message: Option<String>) {
-        request_cancel(&self.raw, message);
+    fn cancel_from_awaiter(&self, message: Option<String>) -> bool {
+        request_cancel(&self.raw, message)
     }
 }
 
 fn request_cancel(raw: &Arc<dyn RawTask>, message: Option<String>) -> bool {
     match raw.header().record_cancel(message.clone()) {
         Err(()) => false,
-        Ok(target) => {
-            if let Some(target) = target {
-                target.cancel_from_awaiter(message);
-            }
+        Ok(None) => {
             raw.clone().wake_task();
+            true
+        }
+        Ok(Some(target)) => {
+            // The awaited target settles (now, or once its cleanup has run) and wakes us with
+            // its outcome; only if it was already done is the request ours to deliver.
+            if !target.cancel_from_awaiter(message.clone()) {
+                raw.header().deliver_instead(message);
+                raw.clone().wake_task();
+            }
             true
         }
     }
@@ -618,26 +648,23 @@ fn request_cancel(raw: &Arc<dyn RawTask>, message: Option<String>) -> bool {
 /// (as asyncio cancels the awaited task).
 pub struct Task<T> {
     raw: Arc<dyn Join<T>>,
-    /// True after this handle registered itself as what the current task awaits.
-    registered: AtomicBool,
+    /// This handle as what the awaiting task awaits (for cancel propagation).
+    registration: crate::context::AwaitRegistration,
     _send: SendIfT<T>,
 }
 
 impl<T: 'static> Task<T> {
     pub(crate) fn from_raw(raw: Arc<dyn Join<T>>) -> Task<T> {
+        let key = Arc::as_ptr(&raw) as *const () as usize;
         Task {
             raw,
-            registered: AtomicBool::new(false),
+            registration: crate::context::AwaitRegistration::new(key),
             _send: SendIfT::NEW,
         }
     }
 
     fn untyped(&self) -> Arc<dyn RawTask> {
         self.raw.clone()
-    }
-
-    fn key(&self) -> usize {
-        Arc::as_ptr(&self.raw) as *const () as usize
     }
 
     /// Requests cancellation (asyncio's `Task.cancel`): the task receives a Cancelled error at
@@ -855,38 +882,32 @@ impl<T: 'static> Future for Task<T> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<T>> {
         let this = self.get_mut();
         if let Some(cancel) = crate::context::take_cancel() {
-            this.unregister();
-            return Poll::Ready(Err(cancel));
+            // A request pending as we await: asyncio cancels the awaited task and waits for
+            // it to finish (its outcome becomes ours). If it is already done, the request is
+            // delivered here.
+            if !request_cancel(&this.untyped(), cancel.message().map(str::to_owned)) {
+                this.registration.clear();
+                return Poll::Ready(Err(cancel));
+            }
         }
         match this.raw.poll_join(cx) {
             Poll::Ready(output) => {
-                this.unregister();
+                this.registration.clear();
                 Poll::Ready(output)
             }
             Poll::Pending => {
-                if !this.registered.load(Ordering::Relaxed) {
-                    let target: Arc<dyn CancelTarget> = Arc::new(TaskRef::from_raw(this.untyped()));
-                    if crate::context::set_awaiting(this.key(), target) {
-                        this.registered.store(true, Ordering::Relaxed);
-                    }
-                }
+                let raw = this.untyped();
+                this.registration
+                    .register(|| Arc::new(TaskRef::from_raw(raw)));
                 Poll::Pending
             }
         }
     }
 }
 
-impl<T> Task<T> {
-    fn unregister(&self) {
-        if self.registered.swap(false, Ordering::Relaxed) {
-            crate::context::clear_awaiting(Some(Arc::as_ptr(&self.raw) as *const () as usize));
-        }
-    }
-}
-
 impl<T> Drop for Task<T> {
     fn drop(&mut self) {
-        self.unregister();
+        self.registration.clear();
         let header = self.raw.header();
         let prev = header.join.fetch_or(JOIN_HANDLE_DROPPED, Ordering::AcqRel);
         if prev & JOIN_COMPLETED != 0 {

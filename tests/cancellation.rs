@@ -1,0 +1,833 @@
+//! Task cancellation with asyncio's semantics (API.md "Tasks and cancellation",
+//! runtime/src/task/mod.rs): cancel before start, a cancel caught and denied, swallowed then
+//! continued, self-cancel, cancelling a task that awaits another task, `uncancel`, cancel
+//! messages, when `cancelled()` becomes true, `abort()`, cancelling a finished task, and
+//! cleanup that awaits. Scenarios are ported from CPython's `test_asyncio/test_tasks.py`
+//! (`test_cancel_task_catching`, `test_cancel_task_ignoring`, `test_cancel_current_task`,
+//! `test_cancel_at_end`, `test_cancel_awaited_task`, `test_cancel_inner_future`,
+//! `test_uncancel_basic`, `test_cancel_with_message_then_future_result`); each test names
+//! the one it follows, where there is one.
+
+use braid::{Promise, Runtime, Task, TaskRef};
+use std::cell::RefCell;
+use std::future::Future;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+const WAIT: Duration = Duration::from_secs(5);
+const LONG: Duration = Duration::from_secs(60);
+
+fn runtime(workers: usize) -> Runtime {
+    Runtime::builder()
+        .workers(workers)
+        .build()
+        .expect("runtime")
+}
+
+/// Sets a flag when dropped: observes that a future was dropped.
+struct DropGuard(Arc<AtomicBool>);
+
+impl Drop for DropGuard {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// A task cancelled before its first poll finishes cancelled without running its body
+/// (CPython `test_cancel` on a task that never started). The task is created and cancelled
+/// inside a callback of the only worker loop, so nothing can poll it in between.
+#[test]
+fn cancel_before_start_never_runs_the_body() {
+    let rt = runtime(1);
+    let ran = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = mpsc::channel();
+    let r = ran.clone();
+    rt.event_loop()
+        .call_soon_threadsafe(move || {
+            let t = braid::create_task(async move {
+                r.store(true, Ordering::SeqCst);
+                Ok(1)
+            });
+            let requested = t.cancel_with("before start");
+            tx.send((t, requested)).unwrap();
+        })
+        .unwrap();
+    let (t, requested): (Task<i32>, bool) = rx.recv_timeout(WAIT).unwrap();
+    assert!(requested);
+    let r = t.as_ref();
+    let err = rt.run_until_complete(t).unwrap_err();
+    assert!(err.is_cancelled(), "{err:?}");
+    assert_eq!(err.message(), Some("before start"));
+    assert!(r.done() && r.cancelled());
+    assert!(
+        !ran.load(Ordering::SeqCst),
+        "the body of a task cancelled before start ran"
+    );
+    rt.shutdown(WAIT).unwrap();
+}
+
+/// The same for a `spawn_local` task on the host loop: cancelled before the loop polls it,
+/// its body never runs.
+#[test]
+fn cancel_before_start_of_a_local_task_never_runs_the_body() {
+    let rt = runtime(2);
+    let (ran, err, cancelled) = rt
+        .run_until_complete(async {
+            let ran = Rc::new(RefCell::new(false));
+            let r = ran.clone();
+            let mut t = braid::spawn_local(async move {
+                *r.borrow_mut() = true;
+                Ok(())
+            });
+            assert!(t.cancel());
+            let err = (&mut t).await.unwrap_err();
+            let ran = *ran.borrow();
+            Ok((ran, err, t.cancelled()))
+        })
+        .unwrap();
+    assert!(err.is_cancelled());
+    assert!(cancelled);
+    assert!(!ran);
+    rt.shutdown(WAIT).unwrap();
+}
+
+/// A coroutine that catches the Cancelled error from `sleep` and returns `Ok` finishes
+/// normally: its value is kept, `cancelled()` is false and `cancelling()` stays 1
+/// (CPython `test_cancel_task_catching`, with a sleep as the awaited future).
+#[test]
+fn cancel_caught_and_denied_keeps_the_value() {
+    let rt = runtime(2);
+    let (value, cancelled, cancelling, done) = rt
+        .run_until_complete(async {
+            let started: Promise<()> = braid::create_future();
+            let s = started.clone();
+            let mut t = braid::create_task(async move {
+                s.set_result(())?;
+                match braid::sleep(LONG).await {
+                    Err(e) if e.is_cancelled() => Ok(42),
+                    Err(e) => Err(e),
+                    Ok(()) => Ok(0),
+                }
+            });
+            started.await?;
+            assert!(t.cancel());
+            let value = (&mut t).await?;
+            Ok((value, t.cancelled(), t.cancelling(), t.done()))
+        })
+        .unwrap();
+    assert_eq!(value, 42);
+    assert!(done);
+    assert!(
+        !cancelled,
+        "a task that denied the cancellation counts as cancelled"
+    );
+    assert_eq!(cancelling, 1);
+    rt.shutdown(WAIT).unwrap();
+}
+
+/// CPython `test_cancel_task_catching`, ported: the task awaits fut1 then fut2; cancelling
+/// it cancels fut2, the coroutine catches that and returns 42, and the task is not cancelled.
+#[test]
+fn cancel_task_catching_promise() {
+    let rt = runtime(2);
+    let (value, fut2_cancelled, t_cancelled) = rt
+        .run_until_complete(async {
+            let fut1: Promise<()> = braid::create_future();
+            let fut2: Promise<()> = braid::create_future();
+            let at_fut2: Promise<()> = braid::create_future();
+            let (f1, f2, at) = (fut1.clone(), fut2.clone(), at_fut2.clone());
+            let mut t = braid::create_task(async move {
+                f1.await?;
+                at.set_result(())?;
+                match f2.await {
+                    Err(e) if e.is_cancelled() => Ok(42),
+                    other => other.map(|()| 0),
+                }
+            });
+            fut1.set_result(())?;
+            at_fut2.await?;
+            assert!(t.cancel());
+            let value = (&mut t).await?;
+            Ok((value, fut2.cancelled(), t.cancelled()))
+        })
+        .unwrap();
+    assert_eq!(value, 42);
+    assert!(
+        fut2_cancelled,
+        "cancelling the task did not cancel the promise it awaited"
+    );
+    assert!(!t_cancelled);
+    rt.shutdown(WAIT).unwrap();
+}
+
+/// A coroutine that swallows the cancellation, then awaits more and returns, finishes
+/// normally with its value (CPython `test_cancel_task_ignoring`): fut3 is awaited after the
+/// cancellation and is not cancelled.
+#[test]
+fn cancel_swallowed_then_continued() {
+    let rt = runtime(2);
+    let (value, fut3_cancelled, t_cancelled) = rt
+        .run_until_complete(async {
+            let started: Promise<()> = braid::create_future();
+            let at_fut3: Promise<()> = braid::create_future();
+            let fut3: Promise<u32> = braid::create_future();
+            let (s, at, f3) = (started.clone(), at_fut3.clone(), fut3.clone());
+            let mut t = braid::create_task(async move {
+                s.set_result(())?;
+                if let Err(e) = braid::sleep(LONG).await {
+                    assert!(e.is_cancelled());
+                }
+                // Continue after swallowing: more awaits, none of them cancelled.
+                braid::yield_now().await?;
+                braid::sleep(Duration::from_millis(5)).await?;
+                at.set_result(())?;
+                let v = f3.await?;
+                Ok(v)
+            });
+            started.await?;
+            assert!(t.cancel());
+            at_fut3.await?;
+            fut3.set_result(42)?;
+            let value = (&mut t).await?;
+            Ok((value, fut3.cancelled(), t.cancelled()))
+        })
+        .unwrap();
+    assert_eq!(value, 42);
+    assert!(!fut3_cancelled);
+    assert!(!t_cancelled);
+    rt.shutdown(WAIT).unwrap();
+}
+
+/// A task that cancels itself and returns `Ok` without awaiting ends cancelled, its value
+/// discarded; `cancel()` afterwards returns false (CPython `test_cancel_at_end`).
+#[test]
+fn self_cancel_then_return_ends_cancelled() {
+    let rt = runtime(2);
+    let (err, cancelled, done, cancel_again) = rt
+        .run_until_complete(async {
+            let mut t = braid::create_task(async {
+                let me = braid::current_task().expect("inside a task");
+                assert!(me.cancel());
+                Ok(12)
+            });
+            let err = (&mut t).await.unwrap_err();
+            Ok((err, t.cancelled(), t.done(), t.cancel()))
+        })
+        .unwrap();
+    assert!(err.is_cancelled(), "{err:?}");
+    assert!(done && cancelled);
+    assert!(!cancel_again);
+    rt.shutdown(WAIT).unwrap();
+}
+
+/// A task that cancels itself and then sleeps gets the Cancelled error at once from the
+/// sleep (CPython `test_cancel_current_task`).
+#[test]
+fn self_cancel_then_sleep_is_cancelled_at_once() {
+    let rt = runtime(2);
+    let (err, elapsed, cancelled) = rt
+        .run_until_complete(async {
+            let mut t = braid::create_task(async {
+                braid::current_task().unwrap().cancel();
+                braid::sleep(Duration::from_secs(100)).await?;
+                Ok(12)
+            });
+            let start = Instant::now();
+            let err = (&mut t).await.unwrap_err();
+            Ok((err, start.elapsed(), t.cancelled()))
+        })
+        .unwrap();
+    assert!(err.is_cancelled());
+    assert!(cancelled);
+    assert!(
+        elapsed < Duration::from_secs(5),
+        "the cancelled sleep took {elapsed:?}"
+    );
+    rt.shutdown(WAIT).unwrap();
+}
+
+/// The shared shape of the "outer awaits inner" tests.
+struct OuterAwaitingInner {
+    /// A `spawn_local` task of the host loop that awaits `inner`.
+    outer: Task<i32>,
+    /// The inner task, once the outer task has created it.
+    inner: Rc<RefCell<Option<TaskRef>>>,
+    /// Resolved by the inner task when it starts sleeping: the outer task is then certainly
+    /// awaiting it (the outer task runs on the host loop, in the step that created it).
+    inner_started: Promise<()>,
+    /// Resolved by the inner task's done callback, which runs once it has finished.
+    inner_finished: Promise<()>,
+}
+
+/// Spawns an outer task awaiting an inner task whose cleanup (on cancellation) takes
+/// `cleanup_for` and then sets `cleaned`.
+fn spawn_outer_awaiting_inner(
+    cleaned: Arc<AtomicBool>,
+    cleanup_for: Duration,
+) -> OuterAwaitingInner {
+    let inner_started: Promise<()> = braid::create_future();
+    let inner_finished: Promise<()> = braid::create_future();
+    let slot: Rc<RefCell<Option<TaskRef>>> = Rc::new(RefCell::new(None));
+    let (is, inf, sl) = (inner_started.clone(), inner_finished.clone(), slot.clone());
+    let outer = braid::spawn_local(async move {
+        let inner = braid::create_task(async move {
+            is.set_result(())?;
+            match braid::sleep(LONG).await {
+                Err(e) => {
+                    braid::sleep(cleanup_for).await?;
+                    cleaned.store(true, Ordering::SeqCst);
+                    Err(e)
+                }
+                Ok(()) => Ok(1),
+            }
+        });
+        inner.add_done_callback(move |_| inf.set_result(()).unwrap());
+        *sl.borrow_mut() = Some(inner.as_ref());
+        inner.await
+    });
+    OuterAwaitingInner {
+        outer,
+        inner: slot,
+        inner_started,
+        inner_finished,
+    }
+}
+
+/// Cancelling a task that awaits another task cancels the inner task too: the inner task's
+/// cleanup runs and it ends cancelled (CPython `test_cancel_inner_future`, with a task as the
+/// inner future).
+#[test]
+fn cancel_while_awaiting_a_task_cancels_the_inner_task() {
+    let rt = runtime(2);
+    let cleaned = Arc::new(AtomicBool::new(false));
+    let c = cleaned.clone();
+    let (outer_err, outer_cancelled, inner_cancelled) = rt
+        .run_until_complete(async move {
+            let mut s = spawn_outer_awaiting_inner(c, Duration::ZERO);
+            s.inner_started.await?;
+            assert!(s.outer.cancel());
+            let outer_err = (&mut s.outer).await.unwrap_err();
+            s.inner_finished.await?;
+            let inner = s.inner.borrow().clone().expect("inner created");
+            Ok((outer_err, s.outer.cancelled(), inner.cancelled()))
+        })
+        .unwrap();
+    assert!(outer_err.is_cancelled());
+    assert!(outer_cancelled);
+    assert!(inner_cancelled, "the inner task did not end cancelled");
+    assert!(
+        cleaned.load(Ordering::SeqCst),
+        "the inner task's cleanup did not run"
+    );
+    rt.shutdown(WAIT).unwrap();
+}
+
+/// asyncio's order: a task cancelled while awaiting another task passes the cancellation on
+/// and keeps waiting, so it finishes only after the inner task has finished cancelling
+/// (its Cancelled error comes from the inner task). Checked right when the outer join
+/// returns, with an inner cleanup that takes 30 ms.
+#[test]
+
+fn outer_cancelled_while_awaiting_a_task_finishes_after_the_inner_task() {
+    let rt = runtime(2);
+    let cleaned = Arc::new(AtomicBool::new(false));
+    let c = cleaned.clone();
+    let (inner_done_when_outer_done, cleaned_when_outer_done) = rt
+        .run_until_complete(async move {
+            let mut s = spawn_outer_awaiting_inner(c.clone(), Duration::from_millis(30));
+            s.inner_started.await?;
+            s.outer.cancel();
+            let _ = (&mut s.outer).await;
+            let inner = s.inner.borrow().clone().expect("inner created");
+            let snapshot = (inner.done(), c.load(Ordering::SeqCst));
+            s.inner_finished.await?;
+            Ok(snapshot)
+        })
+        .unwrap();
+    assert!(
+        cleaned_when_outer_done,
+        "the outer task finished before the inner task's cleanup ran"
+    );
+    assert!(
+        inner_done_when_outer_done,
+        "the outer task finished before the inner task did"
+    );
+    assert!(cleaned.load(Ordering::SeqCst));
+    rt.shutdown(WAIT).unwrap();
+}
+
+/// A task that cancels itself while not blocked, then awaits a nested task: the nested task
+/// (and the promise it awaits) gets cancelled, and so does the task (CPython
+/// `test_cancel_awaited_task`, bpo-34872).
+#[test]
+
+fn self_cancel_then_await_nested_task_cancels_the_nested_task() {
+    let rt = runtime(2);
+    let (task_err, task_cancelled, nested_cancelled, fut_cancelled) = rt
+        .run_until_complete(async {
+            let fut: Promise<()> = braid::create_future();
+            let f = fut.clone();
+            let nested_ref: Arc<std::sync::Mutex<Option<TaskRef>>> = Arc::default();
+            let nr = nested_ref.clone();
+            let mut task = braid::create_task(async move {
+                let nested = braid::create_task(async move { f.await });
+                *nr.lock().unwrap() = Some(nested.as_ref());
+                braid::sleep(Duration::ZERO).await?;
+                braid::current_task().unwrap().cancel();
+                nested.await
+            });
+            let task_err = (&mut task).await.unwrap_err();
+            let nested = nested_ref.lock().unwrap().clone().expect("nested created");
+            // Give a correctly cancelled nested task time to finish before looking.
+            let end = Instant::now() + Duration::from_secs(2);
+            while !nested.done() && Instant::now() < end {
+                braid::sleep(Duration::from_millis(2)).await?;
+            }
+            Ok((
+                task_err,
+                task.cancelled(),
+                nested.cancelled(),
+                fut.cancelled(),
+            ))
+        })
+        .unwrap();
+    assert!(task_err.is_cancelled());
+    assert!(task_cancelled);
+    assert!(
+        nested_cancelled,
+        "the nested task the cancelled task awaited was not cancelled"
+    );
+    assert!(
+        fut_cancelled,
+        "the promise the nested task awaited was not cancelled"
+    );
+    rt.shutdown(WAIT).unwrap();
+}
+
+/// Two cancel requests before delivery count 2 in `cancelling()` and deliver one Cancelled
+/// error, as asyncio does (its `Task.cancel` sets `_must_cancel` once): a coroutine that catches it can await
+/// again without a second error. The task is local to the host loop, so both requests are
+/// made before it can run again.
+#[test]
+fn two_requests_before_delivery_count_twice_and_deliver_once() {
+    let rt = runtime(2);
+    let (value, cancelling, errors) = rt
+        .run_until_complete(async {
+            let started: Promise<()> = braid::create_future();
+            let s = started.clone();
+            let mut t = braid::spawn_local(async move {
+                s.set_result(())?;
+                let mut errors = 0;
+                if braid::sleep(LONG).await.is_err() {
+                    errors += 1;
+                }
+                if braid::sleep(Duration::from_millis(5)).await.is_err() {
+                    errors += 1;
+                }
+                if braid::yield_now().await.is_err() {
+                    errors += 1;
+                }
+                Ok(errors)
+            });
+            started.await?;
+            assert!(t.cancel());
+            assert!(t.cancel());
+            assert_eq!(t.cancelling(), 2);
+            let errors = (&mut t).await?;
+            Ok(("done", t.cancelling(), errors))
+        })
+        .unwrap();
+    assert_eq!(value, "done");
+    assert_eq!(cancelling, 2);
+    assert_eq!(errors, 1);
+    rt.shutdown(WAIT).unwrap();
+}
+
+/// After catching a cancellation, `uncancel()` brings `cancelling()` back to 0 and the task
+/// goes on; a second cancel then ends it cancelled with `cancelling() == 1` (CPython
+/// `test_uncancel_basic`).
+#[test]
+fn uncancel_after_catching_then_cancel_again() {
+    let rt = runtime(2);
+    let (left, between, err, cancelled, cancelling) = rt
+        .run_until_complete(async {
+            let started: Promise<()> = braid::create_future();
+            let uncancelled: Promise<usize> = braid::create_future();
+            let (s, u) = (started.clone(), uncancelled.clone());
+            let mut t = braid::create_task(async move {
+                s.set_result(())?;
+                if let Err(e) = braid::sleep(LONG).await {
+                    assert!(e.is_cancelled());
+                    let left = braid::current_task().unwrap().uncancel();
+                    u.set_result(left)?;
+                    braid::sleep(LONG).await?;
+                }
+                Ok(())
+            });
+            started.await?;
+            assert!(t.cancel());
+            let left = uncancelled.await?;
+            let between = t.cancelling();
+            assert!(t.cancel());
+            let err = (&mut t).await.unwrap_err();
+            Ok((left, between, err, t.cancelled(), t.cancelling()))
+        })
+        .unwrap();
+    assert_eq!(left, 0);
+    assert_eq!(between, 0);
+    assert!(err.is_cancelled());
+    assert!(cancelled);
+    assert_eq!(cancelling, 1);
+    rt.shutdown(WAIT).unwrap();
+}
+
+/// `uncancel()` of the only request before it is delivered withdraws it (Python 3.13): the
+/// task finishes normally. The task is local to the host loop, so nothing can deliver the
+/// request between the two calls. `uncancel()` with no request pending stays at 0.
+#[test]
+fn uncancel_before_delivery_withdraws_the_request() {
+    let rt = runtime(2);
+    let (value, cancelled, cancelling, extra) = rt
+        .run_until_complete(async {
+            let mut t = braid::spawn_local(async {
+                braid::sleep(Duration::from_millis(5)).await?;
+                Ok("finished")
+            });
+            braid::yield_now().await?; // let it start and park in its sleep
+            assert!(t.cancel());
+            assert_eq!(t.uncancel(), 0);
+            let value = (&mut t).await?;
+            Ok((value, t.cancelled(), t.cancelling(), t.uncancel()))
+        })
+        .unwrap();
+    assert_eq!(value, "finished");
+    assert!(!cancelled);
+    assert_eq!(cancelling, 0);
+    assert_eq!(extra, 0);
+    rt.shutdown(WAIT).unwrap();
+}
+
+/// `cancel_with(msg)` carries the message to the coroutine's Cancelled error and to the
+/// join's error (CPython `test_cancel_with_message_then_future_result`), also when the task
+/// is cancelled before it starts.
+#[test]
+fn cancel_message_round_trips() {
+    let rt = runtime(2);
+    let (inside, outside, never_started) = rt
+        .run_until_complete(async {
+            let started: Promise<()> = braid::create_future();
+            let s = started.clone();
+            let seen: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
+            let sn = seen.clone();
+            let t = braid::create_task(async move {
+                s.set_result(())?;
+                let r = braid::sleep(LONG).await;
+                if let Err(e) = &r {
+                    *sn.lock().unwrap() = e.message().map(str::to_owned);
+                }
+                r
+            });
+            started.await?;
+            assert!(t.cancel_with("my message"));
+            let outside = t.await.unwrap_err();
+            let inside = seen.lock().unwrap().clone();
+            let local = braid::spawn_local(async { Ok(()) });
+            local.cancel_with("too early");
+            let never_started = local.await.unwrap_err();
+            Ok((inside, outside, never_started))
+        })
+        .unwrap();
+    assert_eq!(inside.as_deref(), Some("my message"));
+    assert!(outside.is_cancelled());
+    assert_eq!(outside.message(), Some("my message"));
+    assert!(never_started.is_cancelled());
+    assert_eq!(never_started.message(), Some("too early"));
+    rt.shutdown(WAIT).unwrap();
+}
+
+/// `cancelled()` is false right after `cancel()`, stays false while the coroutine runs its
+/// cleanup, and is true only once the coroutine has ended with the Cancelled error.
+#[test]
+fn cancelled_is_true_only_after_the_coroutine_ends_cancelled() {
+    let rt = runtime(2);
+    let (right_after, during_cleanup, at_end) = rt
+        .run_until_complete(async {
+            let started: Promise<()> = braid::create_future();
+            let in_cleanup: Promise<()> = braid::create_future();
+            let release: Promise<()> = braid::create_future();
+            let (s, ic, rl) = (started.clone(), in_cleanup.clone(), release.clone());
+            let mut t = braid::create_task(async move {
+                s.set_result(())?;
+                match braid::sleep(LONG).await {
+                    Err(e) => {
+                        ic.set_result(())?;
+                        rl.await?;
+                        Err(e)
+                    }
+                    Ok(()) => Ok(()),
+                }
+            });
+            started.await?;
+            t.cancel();
+            let right_after = (t.cancelled(), t.done());
+            in_cleanup.await?;
+            let during_cleanup = (t.cancelled(), t.done());
+            release.set_result(())?;
+            let _ = (&mut t).await;
+            Ok((right_after, during_cleanup, (t.cancelled(), t.done())))
+        })
+        .unwrap();
+    assert_eq!(right_after, (false, false));
+    assert_eq!(during_cleanup, (false, false));
+    assert_eq!(at_end, (true, true));
+    rt.shutdown(WAIT).unwrap();
+}
+
+/// `abort()` drops the task's future without running any more of it (even while it awaits a
+/// future foreign to braid, which cannot see a cancel request) and the join gives a
+/// Cancelled error.
+#[test]
+fn abort_drops_the_future_and_the_join_is_cancelled() {
+    let rt = runtime(2);
+    let dropped = Arc::new(AtomicBool::new(false));
+    let resumed = Arc::new(AtomicBool::new(false));
+    let (d, r) = (dropped.clone(), resumed.clone());
+    let (err, dropped_at_join, cancelled) = rt
+        .run_until_complete(async move {
+            let started: Promise<()> = braid::create_future();
+            let s = started.clone();
+            let d2 = d.clone();
+            let mut t = braid::create_task(async move {
+                let _guard = DropGuard(d2);
+                s.set_result(())?;
+                std::future::pending::<()>().await;
+                r.store(true, Ordering::SeqCst);
+                Ok(())
+            });
+            started.await?;
+            assert!(!d.load(Ordering::SeqCst));
+            t.abort();
+            let err = (&mut t).await.unwrap_err();
+            Ok((err, d.load(Ordering::SeqCst), t.cancelled()))
+        })
+        .unwrap();
+    assert!(err.is_cancelled(), "{err:?}");
+    assert!(
+        dropped_at_join,
+        "the aborted task's future was not dropped by the time its join returned"
+    );
+    assert!(cancelled);
+    assert!(!resumed.load(Ordering::SeqCst));
+    assert!(dropped.load(Ordering::SeqCst));
+    rt.shutdown(WAIT).unwrap();
+}
+
+/// `cancel()` / `cancel_with()` of a finished task return false and change nothing, on the
+/// `Task` and on a `TaskRef` (CPython `test_cancel_done_future` / `test_cancel_at_end`'s
+/// final check).
+#[test]
+fn cancel_of_a_done_task_returns_false() {
+    let rt = runtime(2);
+    let checks = rt
+        .run_until_complete(async {
+            let mut t = braid::create_task(async { Ok(1) });
+            let r = t.as_ref();
+            assert_eq!((&mut t).await?, 1);
+            let ok_task = (
+                t.cancel(),
+                t.cancel_with("late"),
+                r.cancel(),
+                r.cancel_with("late"),
+            );
+            let ok_state = (t.cancelled(), t.cancelling(), t.done());
+
+            let mut c = braid::create_task(async { braid::sleep(LONG).await });
+            c.cancel();
+            let _ = (&mut c).await;
+            let cancelled_task = (
+                c.cancel(),
+                c.as_ref().cancel(),
+                c.cancelled(),
+                c.cancelling(),
+            );
+            Ok((ok_task, ok_state, cancelled_task))
+        })
+        .unwrap();
+    assert_eq!(checks.0, (false, false, false, false));
+    assert_eq!(checks.1, (false, 0, true));
+    assert_eq!(checks.2, (false, false, true, 1));
+    rt.shutdown(WAIT).unwrap();
+}
+
+/// A cancelled task's cleanup can await (a 20 ms sleep and a yield) before finishing; the
+/// join waits for it and the task ends cancelled.
+#[test]
+fn cancelled_task_cleanup_can_await_before_finishing() {
+    let rt = runtime(2);
+    let cleanup_steps = Arc::new(AtomicUsize::new(0));
+    let cs = cleanup_steps.clone();
+    let (err, cancelled, elapsed) = rt
+        .run_until_complete(async move {
+            let started: Promise<()> = braid::create_future();
+            let s = started.clone();
+            let mut t = braid::create_task(async move {
+                s.set_result(())?;
+                match braid::sleep(LONG).await {
+                    Err(e) => {
+                        braid::sleep(Duration::from_millis(20)).await?;
+                        cs.fetch_add(1, Ordering::SeqCst);
+                        braid::yield_now().await?;
+                        cs.fetch_add(1, Ordering::SeqCst);
+                        Err(e)
+                    }
+                    Ok(()) => Ok(()),
+                }
+            });
+            started.await?;
+            let cancelled_at = Instant::now();
+            t.cancel();
+            let err = (&mut t).await.unwrap_err();
+            Ok((err, t.cancelled(), cancelled_at.elapsed()))
+        })
+        .unwrap();
+    assert!(err.is_cancelled());
+    assert!(cancelled);
+    assert_eq!(cleanup_steps.load(Ordering::SeqCst), 2);
+    assert!(
+        elapsed >= Duration::from_millis(20),
+        "the join returned after {elapsed:?}"
+    );
+    rt.shutdown(WAIT).unwrap();
+}
+
+/// `abort()` of a task in the middle of a poll (blocked on another thread) takes effect
+/// when that poll ends: the future is dropped and no code after its next await runs.
+#[test]
+fn abort_of_a_running_task_drops_it_after_the_current_poll() {
+    let rt = runtime(2);
+    let dropped = Arc::new(AtomicBool::new(false));
+    let resumed = Arc::new(AtomicBool::new(false));
+    let (in_poll_tx, in_poll_rx) = mpsc::channel();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let (d, r) = (dropped.clone(), resumed.clone());
+    let mut t = rt
+        .event_loop()
+        .spawn(async move {
+            let _guard = DropGuard(d);
+            in_poll_tx.send(()).unwrap();
+            let _ = release_rx.recv_timeout(WAIT); // still inside the first poll
+            braid::yield_now().await?;
+            r.store(true, Ordering::SeqCst);
+            Ok(())
+        })
+        .unwrap();
+    in_poll_rx.recv_timeout(WAIT).unwrap();
+    t.abort();
+    assert!(
+        !dropped.load(Ordering::SeqCst),
+        "dropped while its poll was running"
+    );
+    release_tx.send(()).unwrap();
+    let err = rt.run_until_complete(&mut t).unwrap_err();
+    assert!(err.is_cancelled(), "{err:?}");
+    assert!(t.cancelled());
+    assert!(dropped.load(Ordering::SeqCst));
+    assert!(
+        !resumed.load(Ordering::SeqCst),
+        "code after the next await ran after abort()"
+    );
+    rt.shutdown(WAIT).unwrap();
+}
+
+/// `abort()` before a task's first poll: its body never runs, its future is dropped, and
+/// the join is Cancelled.
+#[test]
+fn abort_before_start_never_runs_the_body() {
+    let rt = runtime(1);
+    let ran = Arc::new(AtomicBool::new(false));
+    let dropped = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = mpsc::channel();
+    let (r, d) = (ran.clone(), dropped.clone());
+    rt.event_loop()
+        .call_soon_threadsafe(move || {
+            let guard = DropGuard(d);
+            let t = braid::create_task(async move {
+                let _guard = guard;
+                r.store(true, Ordering::SeqCst);
+                Ok(())
+            });
+            t.abort();
+            tx.send(t).unwrap();
+        })
+        .unwrap();
+    let t = rx.recv_timeout(WAIT).unwrap();
+    let err = rt.run_until_complete(t).unwrap_err();
+    assert!(err.is_cancelled());
+    assert!(!ran.load(Ordering::SeqCst));
+    assert!(dropped.load(Ordering::SeqCst));
+    rt.shutdown(WAIT).unwrap();
+}
+
+/// A cancel request made while the task waits on a future foreign to braid (so nothing can
+/// deliver it) and still undelivered when the coroutine returns `Ok` ends the task cancelled,
+/// its value discarded (API.md: a request made before the task's last step began).
+#[test]
+fn undelivered_request_made_before_the_last_step_discards_the_value() {
+    let rt = runtime(2);
+    let (go_tx, go_rx) = futures::channel::oneshot::channel::<()>();
+    let (waiting_tx, waiting_rx) = mpsc::channel();
+    let mut t = rt
+        .event_loop()
+        .spawn(async move {
+            // Foreign to braid, so not a cancellation point. Report "waiting" only once it has
+            // been polled and found not ready, so the request below lands on a parked task.
+            let mut go_rx = go_rx;
+            let mut reported = false;
+            let _ = std::future::poll_fn(|cx| {
+                let r = std::pin::Pin::new(&mut go_rx).poll(cx);
+                if r.is_pending() && !reported {
+                    reported = true;
+                    waiting_tx.send(()).unwrap();
+                }
+                r
+            })
+            .await;
+            Ok(5)
+        })
+        .unwrap();
+    waiting_rx.recv_timeout(WAIT).unwrap();
+    assert!(t.cancel());
+    go_tx.send(()).unwrap();
+    let r = rt.run_until_complete(&mut t);
+    assert!(r.as_ref().is_err_and(|e| e.is_cancelled()), "{r:?}");
+    assert!(t.cancelled());
+    rt.shutdown(WAIT).unwrap();
+}
+
+/// A cancel request from another thread that lands while the task's final step is already
+/// running is too late: the task keeps its value and is not cancelled (API.md: "a value
+/// already taken ... is never thrown away").
+#[test]
+fn request_landing_during_the_final_step_is_too_late() {
+    let rt = runtime(2);
+    let (in_step_tx, in_step_rx) = mpsc::channel();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let mut t = rt
+        .event_loop()
+        .spawn(async move {
+            braid::yield_now().await?;
+            // The final step: no braid await point from here on.
+            in_step_tx.send(()).unwrap();
+            let _ = release_rx.recv_timeout(WAIT);
+            Ok(5)
+        })
+        .unwrap();
+    in_step_rx.recv_timeout(WAIT).unwrap();
+    assert!(t.cancel());
+    release_tx.send(()).unwrap();
+    assert_eq!(rt.run_until_complete(&mut t).unwrap(), 5);
+    assert!(!t.cancelled());
+    rt.shutdown(WAIT).unwrap();
+}

@@ -1,0 +1,311 @@
+//! Panics never take a loop down: a panicking task becomes an `Err` of kind Panicked with
+//! the panic text and the same loop goes on running tasks; a panicking callback reaches the
+//! loop's exception handler with the callback named; the free functions panic with "no
+//! running event loop" outside a loop; and `run_until_complete` / `run_forever` called on a
+//! loop thread return InvalidState at once instead of deadlocking (asyncio raises
+//! `RuntimeError: This event loop is already running`; CPython `test_events.py`
+//! `test_run_until_complete_nesting`).
+
+use braid::{ErrorKind, Runtime};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(5);
+
+fn runtime(workers: usize) -> Runtime {
+    Runtime::builder()
+        .workers(workers)
+        .build()
+        .expect("runtime")
+}
+
+/// The text of a caught panic payload.
+fn panic_text(payload: Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "<non-string panic>".to_owned()
+    }
+}
+
+/// A panic in a task becomes `Err` with kind Panicked and the panic text as its message,
+/// and the same (only) loop thread keeps running tasks afterwards.
+#[test]
+fn panic_in_a_task_becomes_a_panicked_error_and_the_loop_keeps_working() {
+    let rt = runtime(1);
+    let lp = rt.event_loop();
+    let boom = lp
+        .spawn(async {
+            if true {
+                panic!("task exploded: {}", 42);
+            }
+            Ok(())
+        })
+        .unwrap();
+    let err = rt.run_until_complete(boom).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Panicked);
+    assert_eq!(err.message(), Some("task exploded: 42"));
+
+    let str_boom = lp
+        .spawn(async {
+            if true {
+                panic!("static text")
+            }
+            Ok(())
+        })
+        .unwrap();
+    let err = rt.run_until_complete(str_boom).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Panicked);
+    assert_eq!(err.message(), Some("static text"));
+
+    // The same loop thread goes on: more tasks, with awaits, after the panics.
+    let mut threads = Vec::new();
+    for i in 0..10u32 {
+        let t = lp
+            .spawn(async move {
+                braid::sleep(Duration::from_millis(1)).await?;
+                braid::yield_now().await?;
+                Ok((i * 2, thread::current().id()))
+            })
+            .unwrap();
+        let (v, th) = rt.run_until_complete(t).unwrap();
+        assert_eq!(v, i * 2);
+        threads.push(th);
+    }
+    threads.dedup();
+    assert_eq!(
+        threads.len(),
+        1,
+        "a single-loop runtime ran tasks on several threads"
+    );
+    rt.shutdown(WAIT).unwrap();
+}
+
+/// A panic in a task awaited by another task reaches the awaiter as a Panicked error it
+/// can handle, and the awaiter's own task finishes normally.
+#[test]
+fn panic_in_an_awaited_task_is_an_error_for_the_awaiter() {
+    let rt = runtime(2);
+    let out = rt
+        .run_until_complete(async {
+            let child = braid::create_task(async {
+                braid::yield_now().await?;
+                if true {
+                    panic!("child broke");
+                }
+                Ok(1)
+            });
+            match child.await {
+                Err(e) if e.kind() == ErrorKind::Panicked => Ok(e.message().map(str::to_owned)),
+                other => Err(braid::Error::msg(format!("unexpected {other:?}"))),
+            }
+        })
+        .unwrap();
+    assert_eq!(out.as_deref(), Some("child broke"));
+    rt.shutdown(WAIT).unwrap();
+}
+
+/// A panic in the future driven by `run_until_complete` comes back as a Panicked error, and
+/// the runtime can be driven again afterwards.
+#[test]
+fn panic_in_the_run_until_complete_future_is_a_panicked_error() {
+    let rt = runtime(1);
+    let err = rt
+        .run_until_complete(async {
+            braid::yield_now().await?;
+            if true {
+                panic!("main broke");
+            }
+            Ok(())
+        })
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Panicked);
+    assert_eq!(err.message(), Some("main broke"));
+    assert_eq!(rt.run_until_complete(async { Ok(5) }).unwrap(), 5);
+    rt.shutdown(WAIT).unwrap();
+}
+
+fn explode_on_purpose() {
+    panic!("callback exploded");
+}
+
+/// A panic in a callback reaches the loop's exception handler with the callback named (in
+/// `callback()` and in the message) and the error of kind Panicked carrying the text.
+#[test]
+fn panic_in_a_callback_reaches_the_handler_with_the_callback_named() {
+    let rt = runtime(2);
+    let lp = rt.event_loops()[0].clone();
+    let (tx, rx) = mpsc::channel();
+    let tx = Mutex::new(tx);
+    lp.set_exception_handler(move |ctx| {
+        tx.lock()
+            .unwrap()
+            .send((
+                ctx.message.clone(),
+                ctx.callback().map(str::to_owned),
+                ctx.error
+                    .as_ref()
+                    .map(|e| (e.kind(), e.message().map(str::to_owned))),
+            ))
+            .unwrap();
+    });
+    lp.call_soon_threadsafe(explode_on_purpose).unwrap();
+    let (message, callback, error) = rx.recv_timeout(WAIT).expect("the handler was called");
+    let callback = callback.expect("the context names the callback");
+    assert!(
+        callback.contains("explode_on_purpose"),
+        "callback named {callback:?}"
+    );
+    assert!(
+        message.contains("explode_on_purpose"),
+        "message {message:?}"
+    );
+    assert_eq!(
+        error,
+        Some((ErrorKind::Panicked, Some("callback exploded".to_owned())))
+    );
+    // The loop is still alive.
+    let (tx2, rx2) = mpsc::channel();
+    lp.call_soon_threadsafe(move || tx2.send(()).unwrap())
+        .unwrap();
+    rx2.recv_timeout(WAIT)
+        .expect("the loop still runs callbacks");
+    rt.shutdown(WAIT).unwrap();
+}
+
+/// A panic inside the exception handler itself does not take the loop down either.
+#[test]
+fn panicking_exception_handler_does_not_kill_the_loop() {
+    let rt = runtime(1);
+    let lp = rt.event_loop();
+    lp.set_exception_handler(|_| panic!("the handler broke too"));
+    lp.call_soon_threadsafe(|| panic!("first")).unwrap();
+    let (tx, rx) = mpsc::channel();
+    lp.call_soon_threadsafe(move || tx.send(()).unwrap())
+        .unwrap();
+    rx.recv_timeout(WAIT)
+        .expect("the loop survived a panicking handler");
+    assert_eq!(
+        rt.run_until_complete(lp.spawn(async { Ok(3) }).unwrap())
+            .unwrap(),
+        3
+    );
+    rt.shutdown(WAIT).unwrap();
+}
+
+/// `create_task`, `call_soon`, `spawn_local`, `call_later`, `call_at`, `get_running_loop`,
+/// `time` and `all_tasks` outside a loop panic with "no running event loop";
+/// `try_get_running_loop` returns None.
+#[test]
+fn free_functions_outside_a_loop_panic_with_no_running_event_loop() {
+    type Case = (&'static str, Box<dyn Fn()>);
+    let cases: Vec<Case> = vec![
+        (
+            "create_task",
+            Box::new(|| drop(braid::create_task(async { Ok(()) }))),
+        ),
+        ("call_soon", Box::new(|| drop(braid::call_soon(|| ())))),
+        (
+            "spawn_local",
+            Box::new(|| drop(braid::spawn_local(async { Ok(()) }))),
+        ),
+        (
+            "call_later",
+            Box::new(|| drop(braid::call_later(Duration::from_millis(1), || ()))),
+        ),
+        (
+            "call_at",
+            Box::new(|| drop(braid::call_at(std::time::Instant::now(), || ()))),
+        ),
+        (
+            "get_running_loop",
+            Box::new(|| drop(braid::get_running_loop())),
+        ),
+        (
+            "time",
+            Box::new(|| {
+                let _ = braid::time();
+            }),
+        ),
+        ("all_tasks", Box::new(|| drop(braid::all_tasks()))),
+    ];
+    for (name, f) in cases {
+        let payload = catch_unwind(AssertUnwindSafe(f)).expect_err(name);
+        let text = panic_text(payload);
+        assert!(
+            text.contains("no running event loop"),
+            "{name} panicked with {text:?}"
+        );
+    }
+    assert!(braid::try_get_running_loop().is_none());
+}
+
+/// `run_until_complete` (and `run_forever`) called from a callback on one of the runtime's
+/// loop threads returns InvalidState at once instead of deadlocking.
+#[test]
+fn run_until_complete_in_a_loop_callback_is_invalid_state() {
+    let rt = Arc::new(runtime(2));
+    let (tx, rx) = mpsc::channel();
+    let inner = rt.clone();
+    rt.event_loops()[1]
+        .call_soon_threadsafe(move || {
+            let a = inner
+                .run_until_complete(async { Ok(1) })
+                .map_err(|e| e.kind());
+            let b = inner.run_forever().map_err(|e| e.kind());
+            drop(inner); // before reporting, so the test thread holds the last reference
+            tx.send((a, b)).unwrap();
+        })
+        .unwrap();
+    let (a, b) = rx
+        .recv_timeout(WAIT)
+        .expect("returned instead of deadlocking");
+    assert_eq!(a, Err(ErrorKind::InvalidState));
+    assert_eq!(b, Err(ErrorKind::InvalidState));
+    let rt = Arc::try_unwrap(rt).expect("the only reference left");
+    rt.shutdown(WAIT).unwrap();
+}
+
+/// `run_until_complete` called from inside a task on a worker loop returns InvalidState at
+/// once; so does a nested call inside the future `run_until_complete` is driving.
+#[test]
+fn run_until_complete_in_a_task_or_nested_is_invalid_state() {
+    let rt = Arc::new(runtime(2));
+    let inner = rt.clone();
+    let t = rt
+        .event_loop()
+        .spawn(async move {
+            let r = inner
+                .run_until_complete(async { Ok(1) })
+                .map_err(|e| e.kind());
+            drop(inner);
+            Ok(r)
+        })
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    let r2 = rt.clone();
+    let waiter = thread::spawn(move || {
+        let from_task = r2.run_until_complete(t);
+        drop(r2);
+        tx.send(from_task).unwrap();
+    });
+    let from_task = rx
+        .recv_timeout(WAIT)
+        .expect("returned instead of deadlocking")
+        .unwrap();
+    waiter.join().unwrap();
+    assert_eq!(from_task, Err(ErrorKind::InvalidState));
+
+    let nested = rt
+        .run_until_complete(async {
+            Ok(rt.run_until_complete(async { Ok(1) }).map_err(|e| e.kind()))
+        })
+        .unwrap();
+    assert_eq!(nested, Err(ErrorKind::InvalidState));
+    let rt = Arc::try_unwrap(rt).expect("the only reference left");
+    rt.shutdown(WAIT).unwrap();
+}

@@ -1,0 +1,421 @@
+//! `Promise<T>`, asyncio's `Future`: its state machine (result, exception, cancel,
+//! InvalidState on misuse), done callbacks (scheduled on the creating loop, never run
+//! synchronously, in registration order, removable), awaiting from tasks, cancellation
+//! passed from an awaiting task to the promise, and promises settled from foreign threads.
+//! Scenarios follow CPython's `test_asyncio/test_futures.py` (`test_result`,
+//! `test_exception`, `test_cancel` and their `InvalidStateError` checks,
+//! `test_callbacks_invoked_on_set_result`, `test_remove_done_callback`) and
+//! `test_tasks.py` (`test_cancel_inner_future`).
+
+use braid::{Error, ErrorKind, Promise, Runtime};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(5);
+
+fn runtime(workers: usize) -> Runtime {
+    Runtime::builder()
+        .workers(workers)
+        .build()
+        .expect("runtime")
+}
+
+/// `set_result` on a done promise is an InvalidState error and keeps the first value; so
+/// are `set_exception` after a result and `set_result` after cancel (CPython `test_result`'s
+/// `InvalidStateError` checks).
+#[test]
+fn settling_a_done_promise_is_invalid_state() {
+    let p: Promise<u32> = Promise::new();
+    assert!(!p.done());
+    p.set_result(1).unwrap();
+    assert!(p.done());
+    assert_eq!(p.set_result(2).unwrap_err().kind(), ErrorKind::InvalidState);
+    assert_eq!(
+        p.set_exception(Error::msg("late")).unwrap_err().kind(),
+        ErrorKind::InvalidState
+    );
+    assert_eq!(p.result().unwrap(), 1);
+
+    let c: Promise<u32> = Promise::new();
+    assert!(c.cancel());
+    assert_eq!(c.set_result(3).unwrap_err().kind(), ErrorKind::InvalidState);
+    assert!(c.cancelled());
+}
+
+/// `set_exception` settles the promise with that error: `result()` and awaiting both give it,
+/// and it is not "cancelled" (CPython `test_exception`).
+#[test]
+fn set_exception_settles_with_the_error() {
+    let p: Promise<u32> = Promise::new();
+    p.set_exception(Error::new(ErrorKind::Io, "disk on fire"))
+        .unwrap();
+    assert!(p.done());
+    assert!(!p.cancelled());
+    let err = p.result().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Io);
+    assert_eq!(err.message(), Some("disk on fire"));
+    let rt = runtime(1);
+    let awaited = rt.run_until_complete(async move { p.await }).unwrap_err();
+    assert_eq!(awaited.kind(), ErrorKind::Io);
+    assert_eq!(awaited.message(), Some("disk on fire"));
+    rt.shutdown(WAIT).unwrap();
+}
+
+/// `cancel()` of a pending promise returns true and makes it cancelled; of a done promise
+/// (result, error or already cancelled) it returns false and changes nothing (CPython
+/// `test_cancel`).
+#[test]
+fn cancel_of_a_done_promise_returns_false() {
+    let pending: Promise<u8> = Promise::new();
+    assert!(!pending.cancelled());
+    assert!(pending.cancel());
+    assert!(pending.cancelled() && pending.done());
+    assert!(pending.result().unwrap_err().is_cancelled());
+    assert!(!pending.cancel(), "cancel of a cancelled promise");
+
+    let with_value: Promise<u8> = Promise::new();
+    with_value.set_result(5).unwrap();
+    assert!(!with_value.cancel());
+    assert!(!with_value.cancelled());
+    assert_eq!(with_value.result().unwrap(), 5);
+
+    let with_error: Promise<u8> = Promise::new();
+    with_error.set_exception(Error::msg("no")).unwrap();
+    assert!(!with_error.cancel());
+    assert!(!with_error.cancelled());
+    assert_eq!(with_error.result().unwrap_err().kind(), ErrorKind::Other);
+}
+
+/// `result()` before the promise is done is an InvalidState error (CPython `test_result`'s
+/// `InvalidStateError` before set_result).
+#[test]
+fn result_before_done_is_invalid_state() {
+    let p: Promise<String> = Promise::new();
+    assert_eq!(p.result().unwrap_err().kind(), ErrorKind::InvalidState);
+    p.set_result("x".to_owned()).unwrap();
+    assert_eq!(p.result().unwrap(), "x");
+}
+
+/// Done callbacks are scheduled (not run inside `set_result`), run in the order they were
+/// added, on the loop that created the promise; one added after completion is scheduled too
+/// (CPython `test_callbacks_invoked_on_set_result`, `test_callbacks_remove_first_callback`).
+#[test]
+fn done_callbacks_are_scheduled_in_registration_order() {
+    let rt = runtime(2);
+    let (ran_sync, order, late_sync, main_thread) = rt
+        .run_until_complete(async {
+            let main_thread = thread::current().id();
+            let order = Arc::new(Mutex::new(Vec::new()));
+            let p: Promise<u32> = braid::create_future();
+            let all: Promise<()> = braid::create_future();
+            for i in 0..5 {
+                let (order, all) = (order.clone(), all.clone());
+                p.add_done_callback(move |p| {
+                    order
+                        .lock()
+                        .unwrap()
+                        .push((i, p.result().unwrap(), thread::current().id()));
+                    if i == 4 {
+                        all.set_result(()).unwrap();
+                    }
+                });
+            }
+            p.set_result(7)?;
+            let ran_sync = order.lock().unwrap().len();
+            all.await?;
+            // A callback added once the promise is done is scheduled as well.
+            let late: Promise<()> = braid::create_future();
+            let l = late.clone();
+            let late_ran = Arc::new(Mutex::new(false));
+            let lr = late_ran.clone();
+            p.add_done_callback(move |_| {
+                *lr.lock().unwrap() = true;
+                l.set_result(()).unwrap();
+            });
+            let late_sync = *late_ran.lock().unwrap();
+            late.await?;
+            let order = order.lock().unwrap().clone();
+            Ok((ran_sync, order, late_sync, main_thread))
+        })
+        .unwrap();
+    assert_eq!(
+        ran_sync, 0,
+        "done callbacks ran synchronously inside set_result"
+    );
+    assert!(
+        !late_sync,
+        "a done callback added to a done promise ran synchronously"
+    );
+    let expected: Vec<_> = (0..5).map(|i| (i, 7, main_thread)).collect();
+    assert_eq!(order, expected);
+    rt.shutdown(WAIT).unwrap();
+}
+
+/// A promise created on a worker loop and completed from a foreign thread runs its done
+/// callbacks on that worker loop, in order.
+#[test]
+fn done_callbacks_run_on_the_creating_loop_when_set_from_another_thread() {
+    let rt = runtime(2);
+    let (tx, rx) = mpsc::channel();
+    let lp = rt.event_loops()[1].clone();
+    lp.call_soon_threadsafe(move || {
+        let loop_thread = thread::current().id();
+        let p: Promise<&'static str> = braid::create_future();
+        let order = Arc::new(Mutex::new(Vec::new()));
+        for i in 0..3 {
+            let order = order.clone();
+            let tx = tx.clone();
+            p.add_done_callback(move |p| {
+                order.lock().unwrap().push((i, thread::current().id()));
+                if i == 2 {
+                    tx.send((
+                        loop_thread,
+                        p.result().unwrap(),
+                        order.lock().unwrap().clone(),
+                    ))
+                    .unwrap();
+                }
+            });
+        }
+        thread::spawn(move || p.set_result("from a thread").unwrap());
+    })
+    .unwrap();
+    let (loop_thread, value, order) = rx.recv_timeout(WAIT).expect("done callbacks ran");
+    assert_eq!(value, "from a thread");
+    assert_eq!(order, (0..3).map(|i| (i, loop_thread)).collect::<Vec<_>>());
+    rt.shutdown(WAIT).unwrap();
+}
+
+/// `remove_done_callback` removes a callback not yet scheduled and returns how many it
+/// removed (1, then 0 for the same id); only the callbacks left run (CPython
+/// `test_remove_done_callback`).
+#[test]
+fn remove_done_callback_returns_how_many_it_removed() {
+    let rt = runtime(2);
+    let (removed, removed_again, ran) = rt
+        .run_until_complete(async {
+            let ran = Arc::new(Mutex::new(Vec::new()));
+            let p: Promise<()> = braid::create_future();
+            let all: Promise<()> = braid::create_future();
+            let ids: Vec<_> = (0..4)
+                .map(|i| {
+                    let (ran, all) = (ran.clone(), all.clone());
+                    p.add_done_callback(move |_| {
+                        ran.lock().unwrap().push(i);
+                        if i == 3 {
+                            all.set_result(()).unwrap();
+                        }
+                    })
+                })
+                .collect();
+            let removed = p.remove_done_callback(ids[1]) + p.remove_done_callback(ids[2]);
+            let removed_again = p.remove_done_callback(ids[1]);
+            p.set_result(())?;
+            all.await?;
+            braid::yield_now().await?;
+            let ran = ran.lock().unwrap().clone();
+            Ok((removed, removed_again, ran))
+        })
+        .unwrap();
+    assert_eq!(removed, 2);
+    assert_eq!(removed_again, 0);
+    assert_eq!(ran, [0, 3]);
+    rt.shutdown(WAIT).unwrap();
+}
+
+/// A task awaiting a promise gets its value once another task sets it.
+#[test]
+fn a_task_awaits_a_promise() {
+    let rt = runtime(2);
+    let value = rt
+        .run_until_complete(async {
+            let p: Promise<Vec<u8>> = braid::create_future();
+            let waiter = {
+                let p = p.clone();
+                braid::create_task(async move { Ok(p.await?.len()) })
+            };
+            let setter = {
+                let p = p.clone();
+                braid::create_task(async move {
+                    braid::sleep(Duration::from_millis(5)).await?;
+                    p.set_result(vec![1, 2, 3])
+                })
+            };
+            setter.await?;
+            waiter.await
+        })
+        .unwrap();
+    assert_eq!(value, 3);
+    rt.shutdown(WAIT).unwrap();
+}
+
+/// Cancelling a task that awaits a promise cancels the promise too, with the cancel
+/// message (CPython `test_cancel_inner_future`).
+#[test]
+fn cancelling_a_task_awaiting_a_promise_cancels_the_promise() {
+    let rt = runtime(2);
+    let (task_err, promise_cancelled, promise_err) = rt
+        .run_until_complete(async {
+            let p: Promise<u32> = braid::create_future();
+            let awaiting: Promise<()> = braid::create_future();
+            let (pc, a) = (p.clone(), awaiting.clone());
+            let t = braid::create_task(async move {
+                a.set_result(())?;
+                pc.await
+            });
+            awaiting.await?;
+            assert!(t.cancel_with("stop waiting"));
+            let task_err = t.await.unwrap_err();
+            Ok((task_err, p.cancelled(), p.result().unwrap_err()))
+        })
+        .unwrap();
+    assert!(task_err.is_cancelled());
+    assert!(promise_cancelled, "the awaited promise was not cancelled");
+    assert!(promise_err.is_cancelled());
+    assert_eq!(promise_err.message(), Some("stop waiting"));
+    rt.shutdown(WAIT).unwrap();
+}
+
+/// A promise set from a foreign `std::thread` wakes the task (and the `run_until_complete`
+/// future) awaiting it.
+#[test]
+fn a_promise_set_from_a_foreign_thread_wakes_the_waiter() {
+    let rt = runtime(2);
+    let (from_task, from_main) = rt
+        .run_until_complete(async {
+            let for_task: Promise<u64> = braid::create_future();
+            let for_main: Promise<u64> = braid::create_future();
+            let waiting: Promise<()> = braid::create_future();
+            let (p, w) = (for_task.clone(), waiting.clone());
+            let t = braid::create_task(async move {
+                w.set_result(())?;
+                p.await
+            });
+            waiting.await?;
+            let (a, b) = (for_task.clone(), for_main.clone());
+            let setter = thread::spawn(move || {
+                a.set_result(11).unwrap();
+                b.set_result(22).unwrap();
+            });
+            let from_main = for_main.await?;
+            let from_task = t.await?;
+            setter.join().unwrap();
+            Ok((from_task, from_main))
+        })
+        .unwrap();
+    assert_eq!((from_task, from_main), (11, 22));
+    rt.shutdown(WAIT).unwrap();
+}
+
+/// Clones of a promise share one state: a result set through one is seen by all.
+#[test]
+fn promise_clones_share_state() {
+    let a: Promise<u8> = Promise::new();
+    let b = a.clone();
+    b.set_result(9).unwrap();
+    assert!(a.done());
+    assert_eq!(a.result().unwrap(), 9);
+    assert_eq!(a.set_result(1).unwrap_err().kind(), ErrorKind::InvalidState);
+}
+
+/// Several tasks awaiting one promise all get its value (a Promise may be awaited many
+/// times, as an asyncio Future may).
+#[test]
+fn many_waiters_all_get_the_value() {
+    let rt = runtime(2);
+    let values = rt
+        .run_until_complete(async {
+            let p: Promise<u32> = braid::create_future();
+            let waiters: Vec<_> = (0..6)
+                .map(|_| {
+                    let p = p.clone();
+                    braid::create_task(async move { p.await })
+                })
+                .collect();
+            braid::yield_now().await?;
+            p.set_result(5)?;
+            let mut values = Vec::new();
+            for w in waiters {
+                values.push(w.await?);
+            }
+            values.push(p.clone().await?);
+            Ok(values)
+        })
+        .unwrap();
+    assert_eq!(values, [5; 7]);
+    rt.shutdown(WAIT).unwrap();
+}
+
+/// A task that stopped awaiting a promise (its `PromiseFuture` polled once, then dropped)
+/// no longer passes its cancellation on to that promise.
+#[test]
+fn a_dropped_promise_await_does_not_receive_the_tasks_cancellation() {
+    use std::future::{poll_fn, Future, IntoFuture};
+    use std::pin::Pin;
+    use std::task::Poll;
+    let rt = runtime(2);
+    let (task_err, promise_cancelled) = rt
+        .run_until_complete(async {
+            let p: Promise<u32> = braid::create_future();
+            let sleeping: Promise<()> = braid::create_future();
+            let (pc, s) = (p.clone(), sleeping.clone());
+            let t = braid::create_task(async move {
+                let mut fut = pc.into_future();
+                let first =
+                    poll_fn(|cx| Poll::Ready(Pin::new(&mut fut).poll(cx).is_pending())).await;
+                assert!(first, "the promise is not set yet");
+                drop(fut);
+                s.set_result(())?;
+                braid::sleep(Duration::from_secs(60)).await
+            });
+            sleeping.await?;
+            t.cancel();
+            let task_err = t.await.unwrap_err();
+            Ok((task_err, p.cancelled()))
+        })
+        .unwrap();
+    assert!(task_err.is_cancelled());
+    assert!(
+        !promise_cancelled,
+        "a promise no longer awaited was cancelled with the task"
+    );
+    rt.shutdown(WAIT).unwrap();
+}
+
+/// Ping-pong between a task and a foreign thread through promises: 2000 rounds of "the
+/// thread sets a promise the task awaits" never lose a wake-up (each round bounded by 2 s).
+#[test]
+fn promises_set_from_a_foreign_thread_never_lose_a_wakeup() {
+    const ROUNDS: usize = 2000;
+    let rt = runtime(2);
+    let (ptx, prx) = mpsc::channel::<Promise<usize>>();
+    let (done_tx, done_rx) = mpsc::channel();
+    let setter = thread::spawn(move || {
+        for (i, p) in prx.iter().enumerate() {
+            p.set_result(i).unwrap();
+        }
+    });
+    let t = rt
+        .event_loop()
+        .spawn(async move {
+            for i in 0..ROUNDS {
+                let p: Promise<usize> = braid::create_future();
+                ptx.send(p.clone()).unwrap();
+                assert_eq!(p.await?, i);
+                done_tx.send(i).unwrap();
+            }
+            Ok(())
+        })
+        .unwrap();
+    for i in 0..ROUNDS {
+        match done_rx.recv_timeout(Duration::from_secs(2)) {
+            Ok(r) => assert_eq!(r, i),
+            Err(_) => panic!("round {i}: the awaiting task was never woken (lost wake-up)"),
+        }
+    }
+    rt.run_until_complete(t).unwrap();
+    setter.join().unwrap();
+    rt.shutdown(WAIT).unwrap();
+}

@@ -1,0 +1,389 @@
+//! Running futures: `braid::run` (asyncio.run) returns main's value or error;
+//! `run_until_complete` drives a `!Send`, non-`'static` future on the calling thread;
+//! `spawn_local` keeps `!Send` futures on the host loop; `run_forever` returns after
+//! `stop()`; a task spawned on the runtime can be awaited through `run_until_complete`; and
+//! the README's quick start and `examples/hello.rs` behave as described. (CPython
+//! `test_runners.py::test_asyncio_run_return`, `test_asyncio_run_raises`;
+//! `test_base_events.py::test_run_forever_*`, `test_run_until_complete`.)
+
+use braid::{ErrorKind, Runtime};
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+const WAIT: Duration = Duration::from_secs(5);
+
+fn runtime(workers: usize) -> Runtime {
+    Runtime::builder()
+        .workers(workers)
+        .build()
+        .expect("runtime")
+}
+
+/// `braid::run` returns the value of its main coroutine (CPython
+/// `test_asyncio_run_return`).
+#[test]
+fn run_returns_mains_value() {
+    let v = braid::run(async {
+        braid::sleep(Duration::from_millis(1)).await?;
+        Ok(vec!["a", "b"])
+    })
+    .unwrap();
+    assert_eq!(v, ["a", "b"]);
+}
+
+/// `braid::run` returns main's error unchanged (CPython `test_asyncio_run_raises`).
+#[test]
+fn run_returns_mains_error() {
+    let err = braid::run(async {
+        braid::yield_now().await?;
+        Err::<(), _>(braid::Error::new(ErrorKind::Io, "no such file"))
+    })
+    .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Io);
+    assert_eq!(err.message(), Some("no such file"));
+}
+
+/// `run_until_complete` accepts a `!Send` future that borrows a local (non-`'static`) and
+/// awaits across it; the local is usable again afterwards.
+#[test]
+fn run_until_complete_accepts_a_non_send_borrowing_future() {
+    let rt = runtime(2);
+    let mut local = vec![1, 2, 3];
+    let rc = Rc::new(Cell::new(10)); // !Send
+    let n = rt
+        .run_until_complete(async {
+            local.push(4);
+            braid::sleep(Duration::from_millis(1)).await?;
+            rc.set(rc.get() + 1);
+            braid::yield_now().await?;
+            Ok(local.len() + rc.get())
+        })
+        .unwrap();
+    assert_eq!(n, 4 + 11);
+    local.push(5);
+    assert_eq!(local, [1, 2, 3, 4, 5]);
+    rt.shutdown(WAIT).unwrap();
+}
+
+/// `spawn_local` runs a `!Send` future on the host loop (the thread calling
+/// `run_until_complete`), staying there across awaits.
+#[test]
+fn spawn_local_runs_non_send_futures_on_the_host_loop() {
+    let rt = runtime(2);
+    let me = thread::current().id();
+    let (threads, host_loop, seen_loops, value) = rt
+        .run_until_complete(async {
+            let host_loop = braid::get_running_loop().id();
+            let shared = Rc::new(RefCell::new(Vec::new())); // !Send, held across awaits
+            let s = shared.clone();
+            let t = braid::spawn_local(async move {
+                let mut threads = Vec::new();
+                let mut loops = Vec::new();
+                for _ in 0..5 {
+                    threads.push(thread::current().id());
+                    loops.push(braid::get_running_loop().id());
+                    s.borrow_mut().push(1);
+                    braid::sleep(Duration::from_millis(1)).await?;
+                    braid::yield_now().await?;
+                }
+                Ok((threads, loops))
+            });
+            let (threads, loops) = t.await?;
+            let value = shared.borrow().len();
+            Ok((threads, host_loop, loops, value))
+        })
+        .unwrap();
+    assert!(
+        threads.iter().all(|t| *t == me),
+        "a spawn_local task left the host thread"
+    );
+    assert!(seen_loops.iter().all(|l| *l == host_loop));
+    assert!(
+        host_loop >= 2,
+        "the host loop's id {host_loop} clashes with a worker loop's"
+    );
+    assert_eq!(value, 5);
+    rt.shutdown(WAIT).unwrap();
+}
+
+/// `run_forever` returns after `EventLoop::stop()` (here from a task on a worker loop), with
+/// the work before the stop done; then again with `stop()` from a callback pinned to the
+/// host loop.
+#[test]
+fn run_forever_returns_after_stop() {
+    let rt = runtime(2);
+    let did_work = Arc::new(AtomicBool::new(false));
+    let d = did_work.clone();
+    let lp = rt.event_loop();
+    rt.event_loops()[1]
+        .spawn(async move {
+            braid::sleep(Duration::from_millis(10)).await?;
+            d.store(true, Ordering::SeqCst);
+            lp.stop();
+            Ok(())
+        })
+        .unwrap();
+    let start = Instant::now();
+    rt.run_forever().unwrap();
+    assert!(
+        did_work.load(Ordering::SeqCst),
+        "run_forever returned before stop()"
+    );
+    assert!(start.elapsed() >= Duration::from_millis(10));
+
+    // Stopped from a callback pinned to the host loop itself, on a second run.
+    rt.run_until_complete(async {
+        let me = braid::get_running_loop();
+        braid::call_soon(move || me.stop());
+        Ok(())
+    })
+    .unwrap();
+    rt.run_forever().unwrap();
+    rt.shutdown(WAIT).unwrap();
+}
+
+/// A callback pinned to the host loop that did not run before `run_until_complete`
+/// returned runs when the runtime is driven again from that thread (as in asyncio).
+#[test]
+fn callbacks_pinned_to_the_host_run_on_the_next_run() {
+    let rt = runtime(2);
+    let ran = Rc::new(Cell::new(false));
+    let r = ran.clone();
+    rt.run_until_complete(async move {
+        braid::call_later(Duration::from_millis(5), move || r.set(true));
+        Ok(())
+    })
+    .unwrap();
+    rt.run_until_complete(async {
+        braid::sleep(Duration::from_millis(20)).await?;
+        Ok(())
+    })
+    .unwrap();
+    assert!(ran.get(), "the pinned callback never ran on the next run");
+    rt.shutdown(WAIT).unwrap();
+}
+
+/// A task spawned on the runtime through `EventLoop::spawn` (from any loop handle) is
+/// awaited with `run_until_complete`.
+#[test]
+fn a_spawned_task_is_awaited_with_run_until_complete() {
+    let rt = runtime(2);
+    for lp in rt.event_loops() {
+        let t = lp
+            .spawn(async {
+                braid::sleep(Duration::from_millis(2)).await?;
+                Ok(6 * 7)
+            })
+            .unwrap();
+        assert_eq!(rt.run_until_complete(t).unwrap(), 42);
+    }
+    rt.shutdown(WAIT).unwrap();
+}
+
+/// The README's quick start: the fast task's value comes first, the slow one after its
+/// 200 ms sleep, and `run` returns Ok.
+#[test]
+fn readme_quick_start_behaves() {
+    let start = Instant::now();
+    let (fast, slow) = braid::run(async {
+        let slow = braid::create_task(async {
+            braid::sleep(Duration::from_millis(200)).await?;
+            Ok("slow")
+        });
+        let fast = braid::create_task(async { Ok("fast") });
+        Ok((fast.await?, slow.await?))
+    })
+    .unwrap();
+    assert_eq!((fast, slow), ("fast", "slow"));
+    assert!(start.elapsed() >= Duration::from_millis(200));
+}
+
+/// `examples/hello.rs`: `braid::run(main_coroutine())` with a 200 ms sleep between the two
+/// halves returns Ok after at least 200 ms.
+#[test]
+fn hello_example_behaves() {
+    async fn main_coroutine() -> braid::Result<()> {
+        println!("Hello ...");
+        braid::sleep(Duration::from_millis(200)).await?;
+        println!("... World!");
+        Ok(())
+    }
+    let start = Instant::now();
+    braid::run(main_coroutine()).unwrap();
+    assert!(start.elapsed() >= Duration::from_millis(200));
+}
+
+/// `examples/chores.rs` (scaled): chores started together with `create_task` take about the
+/// longest one, not the sum, because sleeping occupies no thread.
+#[test]
+fn chores_run_concurrently() {
+    let chores = [(30u64, "laundry"), (50, "rice"), (20, "sweeping")];
+    let scale = 3; // 90, 150, 60 ms: longest 150 ms, sum 300 ms
+    let start = Instant::now();
+    let done = braid::run(async move {
+        let tasks: Vec<_> = chores
+            .iter()
+            .map(|&(ms, name)| {
+                braid::create_task(async move {
+                    braid::sleep(Duration::from_millis(ms * scale)).await?;
+                    Ok(name)
+                })
+            })
+            .collect();
+        let mut done = Vec::new();
+        for t in tasks {
+            done.push(t.await?);
+        }
+        Ok(done)
+    })
+    .unwrap();
+    let took = start.elapsed();
+    assert_eq!(done, ["laundry", "rice", "sweeping"]);
+    assert!(took >= Duration::from_millis(150), "took {took:?}");
+    assert!(
+        took < Duration::from_millis(270),
+        "concurrent chores took {took:?} (sequential: 300 ms)"
+    );
+}
+
+/// `stop()` called before `run_forever` makes the next `run_forever` return (asyncio: "If
+/// stop() is called before run_forever() is called, ... run_forever() returns" after one
+/// iteration).
+#[test]
+fn stop_before_run_forever_makes_it_return() {
+    let rt = runtime(2);
+    rt.event_loop().stop();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let rt = Arc::new(rt);
+    let r = rt.clone();
+    let runner = thread::spawn(move || {
+        let out = r.run_forever();
+        drop(r);
+        tx.send(out.is_ok()).unwrap();
+    });
+    let returned = rx.recv_timeout(WAIT);
+    if returned.is_err() {
+        rt.event_loop().stop(); // unblock the runner before failing
+    }
+    runner.join().unwrap();
+    assert_eq!(returned, Ok(true), "run_forever ignored an earlier stop()");
+    Arc::try_unwrap(rt)
+        .expect("the only reference left")
+        .shutdown(WAIT)
+        .unwrap();
+}
+
+/// `spawn_local` from a callback on a worker loop pins the task to that loop: woken from a
+/// foreign thread, it still resumes on that loop's thread.
+#[test]
+fn spawn_local_on_a_worker_loop_stays_on_that_loop() {
+    let rt = runtime(2);
+    let (tx, rx) = std::sync::mpsc::channel();
+    rt.event_loops()[1]
+        .call_soon_threadsafe(move || {
+            let home = thread::current().id();
+            let p: braid::Promise<u8> = braid::create_future();
+            let setter = p.clone();
+            let rc = Rc::new(Cell::new(0u8)); // !Send, held across the await
+            let t = braid::spawn_local(async move {
+                let before = thread::current().id();
+                rc.set(p.await?);
+                Ok((before, thread::current().id(), rc.get()))
+            });
+            // Wake it from a foreign thread.
+            thread::spawn(move || setter.set_result(9).unwrap());
+            tx.send((home, t)).unwrap();
+        })
+        .unwrap();
+    let (home, t) = rx.recv_timeout(WAIT).unwrap();
+    let (before, after, v) = rt.run_until_complete(t).unwrap();
+    assert_eq!((before, after, v), (home, home, 9));
+    rt.shutdown(WAIT).unwrap();
+}
+
+/// The host loop reports `is_running()` while `run_until_complete` drives it, and not
+/// after it returns (asyncio's `loop.is_running()`).
+#[test]
+fn host_loop_is_running_only_while_driven() {
+    let rt = runtime(2);
+    let (host, during) = rt
+        .run_until_complete(async {
+            let host = braid::get_running_loop();
+            let during = host.is_running();
+            Ok((host, during))
+        })
+        .unwrap();
+    assert!(during);
+    assert!(!host.is_running());
+    rt.shutdown(WAIT).unwrap();
+}
+
+/// The future driven by `run_until_complete` counts as a task: cancelling it (here, itself)
+/// makes `run_until_complete` return a Cancelled error, whether the request is delivered at
+/// an await or still pending when it returns.
+#[test]
+fn cancelling_the_run_until_complete_future_returns_cancelled() {
+    let rt = runtime(2);
+    let at_await = rt
+        .run_until_complete(async {
+            braid::current_task().unwrap().cancel_with("stop main");
+            braid::sleep(Duration::from_secs(60)).await?;
+            Ok(())
+        })
+        .unwrap_err();
+    assert!(at_await.is_cancelled());
+    assert_eq!(at_await.message(), Some("stop main"));
+    let at_return = rt
+        .run_until_complete(async {
+            braid::current_task().unwrap().cancel();
+            Ok(1)
+        })
+        .unwrap_err();
+    assert!(at_return.is_cancelled());
+    rt.shutdown(WAIT).unwrap();
+}
+
+/// Two threads can drive the same runtime with `run_until_complete` at once: each gets its
+/// own host loop (distinct ids), runs its `spawn_local` tasks on its own thread, and both
+/// complete.
+#[test]
+fn run_until_complete_from_two_threads_at_once() {
+    let rt = Arc::new(runtime(2));
+    let barrier = Arc::new(std::sync::Barrier::new(2));
+    let drivers: Vec<_> = (0..2)
+        .map(|k| {
+            let (rt, barrier) = (rt.clone(), barrier.clone());
+            thread::spawn(move || {
+                let me = thread::current().id();
+                let out = rt.run_until_complete(async {
+                    barrier.wait(); // both threads are inside run_until_complete now
+                    let host = braid::get_running_loop().id();
+                    let t = braid::spawn_local(async move {
+                        braid::sleep(Duration::from_millis(5)).await?;
+                        Ok(thread::current().id())
+                    });
+                    let ran_on = t.await?;
+                    Ok((host, ran_on, k))
+                });
+                drop(rt);
+                (me, out)
+            })
+        })
+        .collect();
+    let mut hosts = Vec::new();
+    for d in drivers {
+        let (me, out) = d.join().unwrap();
+        let (host, ran_on, _k) = out.unwrap();
+        assert_eq!(ran_on, me, "a spawn_local task ran off its driving thread");
+        hosts.push(host);
+    }
+    assert_ne!(hosts[0], hosts[1], "two driving threads share a host loop");
+    Arc::try_unwrap(rt)
+        .expect("the only reference left")
+        .shutdown(WAIT)
+        .unwrap();
+}

@@ -1,0 +1,458 @@
+//! Shutdown: after it, every submission fails with kind Closed (never a panic, and a
+//! submission racing it is either refused or settles); the tasks left are cancelled and their
+//! cleanup runs (shared tasks and tasks pinned to the host loop); a task that refuses to finish
+//! makes `shutdown` return a Timeout error naming it; a `Task` joined from a foreign thread
+//! settles instead of hanging; `workers(0)` is refused; dropping a busy runtime is prompt.
+//! (asyncio's counterparts: `asyncio.run` cancelling the tasks left in
+//! `runners._cancel_all_tasks`, and a closed loop refusing `call_soon_threadsafe` with
+//! `RuntimeError`.)
+
+use braid::{ErrorKind, LoopState, Promise, Runtime, Task};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+const WAIT: Duration = Duration::from_secs(5);
+const LONG: Duration = Duration::from_secs(3600);
+
+fn runtime(workers: usize) -> Runtime {
+    Runtime::builder()
+        .workers(workers)
+        .build()
+        .expect("runtime")
+}
+
+/// Joins `task` from a plain thread with `futures::executor::block_on`; the result, or
+/// `None` if it did not settle within `limit`.
+fn join_from_foreign_thread<T: Send + 'static>(
+    task: Task<T>,
+    limit: Duration,
+) -> Option<braid::Result<T>> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let _ = tx.send(futures::executor::block_on(task));
+    });
+    rx.recv_timeout(limit).ok()
+}
+
+/// Names of this process's threads (Linux: /proc/self/task/*/comm).
+fn thread_names() -> Vec<String> {
+    let mut names = Vec::new();
+    if let Ok(dir) = std::fs::read_dir("/proc/self/task") {
+        for entry in dir.flatten() {
+            if let Ok(name) = std::fs::read_to_string(entry.path().join("comm")) {
+                names.push(name.trim().to_owned());
+            }
+        }
+    }
+    names
+}
+
+/// After `shutdown`, `EventLoop::spawn` and `call_soon_threadsafe` on every loop (worker
+/// and host) return kind Closed, never panic and never run the callback; the loops report
+/// Closed.
+#[test]
+fn submissions_after_shutdown_are_closed() {
+    let rt = runtime(2);
+    let host = rt
+        .run_until_complete(async { Ok(braid::get_running_loop()) })
+        .unwrap();
+    let mut loops = rt.event_loops();
+    loops.push(host);
+    rt.shutdown(WAIT).unwrap();
+    let ran = Arc::new(AtomicBool::new(false));
+    for lp in &loops {
+        let r = ran.clone();
+        let cb = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            lp.call_soon_threadsafe(move || r.store(true, Ordering::SeqCst))
+        }))
+        .expect("call_soon_threadsafe panicked after shutdown");
+        assert_eq!(
+            cb.unwrap_err().kind(),
+            ErrorKind::Closed,
+            "loop {}",
+            lp.id()
+        );
+        let spawned =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| lp.spawn(async { Ok(1) })))
+                .expect("spawn panicked after shutdown");
+        assert_eq!(
+            spawned.unwrap_err().kind(),
+            ErrorKind::Closed,
+            "loop {}",
+            lp.id()
+        );
+        assert!(lp.is_closed(), "loop {}", lp.id());
+        assert!(!lp.is_running(), "loop {}", lp.id());
+    }
+    for lp in &loops[..2] {
+        assert_eq!(lp.state(), LoopState::Closed);
+    }
+    assert!(!ran.load(Ordering::SeqCst), "a refused callback ran");
+}
+
+/// The same after dropping the runtime (Drop = shutdown with a default timeout).
+#[test]
+fn submissions_after_drop_are_closed() {
+    let rt = runtime(2);
+    let loops = rt.event_loops();
+    drop(rt);
+    for lp in &loops {
+        assert_eq!(
+            lp.call_soon_threadsafe(|| ()).unwrap_err().kind(),
+            ErrorKind::Closed
+        );
+        assert_eq!(
+            lp.spawn(async { Ok(()) }).unwrap_err().kind(),
+            ErrorKind::Closed
+        );
+        assert_eq!(lp.state(), LoopState::Closed);
+    }
+}
+
+/// Spawns racing `shutdown` from another thread: each is either refused with Closed, or
+/// accepted and then settles (value or Cancelled) — none is accepted and left to hang.
+#[test]
+fn spawns_racing_shutdown_are_refused_or_settle() {
+    let rt = runtime(2);
+    let lp = rt.event_loops()[1].clone();
+    let (go_tx, go_rx) = mpsc::channel();
+    let spawner = thread::spawn(move || {
+        let mut accepted = Vec::new();
+        let mut refused = 0usize;
+        let mut announced = false;
+        loop {
+            match lp.spawn(async {
+                braid::yield_now().await?;
+                Ok(1u8)
+            }) {
+                Ok(t) => accepted.push(t),
+                Err(e) => {
+                    assert_eq!(e.kind(), ErrorKind::Closed);
+                    refused += 1;
+                    if refused > 100 {
+                        break;
+                    }
+                }
+            }
+            if !announced && accepted.len() >= 1000 {
+                go_tx.send(()).unwrap();
+                announced = true;
+            }
+        }
+        (accepted, refused)
+    });
+    go_rx.recv_timeout(WAIT).unwrap();
+    rt.shutdown(WAIT).unwrap();
+    let (accepted, refused) = spawner.join().unwrap();
+    assert!(refused > 100);
+    let n = accepted.len();
+    let mut settled = 0;
+    for t in accepted {
+        match join_from_foreign_thread(t, WAIT) {
+            Some(Ok(1)) => settled += 1,
+            Some(Err(e)) if e.is_cancelled() || e.kind() == ErrorKind::Closed => settled += 1,
+            other => panic!("an accepted task did not settle properly: {other:?}"),
+        }
+    }
+    assert_eq!(settled, n);
+}
+
+/// Callbacks racing `shutdown`: each accepted callback either runs or is reported to the
+/// loop's exception handler as never run — none disappears silently.
+#[test]
+fn callbacks_racing_shutdown_run_or_are_reported() {
+    let rt = runtime(2);
+    let lp = rt.event_loops()[0].clone();
+    let reports = Arc::new(Mutex::new(Vec::new()));
+    let rp = reports.clone();
+    lp.set_exception_handler(move |ctx| rp.lock().unwrap().push(ctx.message.clone()));
+    let ran = Arc::new(AtomicUsize::new(0));
+    let r = ran.clone();
+    let (go_tx, go_rx) = mpsc::channel();
+    let submitter = thread::spawn(move || {
+        let mut accepted = 0usize;
+        loop {
+            let r = r.clone();
+            match lp.call_soon_threadsafe(move || {
+                r.fetch_add(1, Ordering::SeqCst);
+            }) {
+                Ok(_) => accepted += 1,
+                Err(e) => {
+                    assert_eq!(e.kind(), ErrorKind::Closed);
+                    break;
+                }
+            }
+            if accepted == 1000 {
+                go_tx.send(()).unwrap();
+            }
+        }
+        accepted
+    });
+    go_rx.recv_timeout(WAIT).unwrap();
+    rt.shutdown(WAIT).unwrap();
+    let accepted = submitter.join().unwrap();
+    let ran = ran.load(Ordering::SeqCst);
+    assert!(ran <= accepted);
+    if ran < accepted {
+        let reports = reports.lock().unwrap();
+        assert!(
+            reports.iter().any(|m| m.contains("never ran")),
+            "{} accepted callbacks never ran and nothing was reported (reports: {reports:?})",
+            accepted - ran
+        );
+    }
+}
+
+/// Shutdown cancels the tasks left, and their cleanup (which may await) runs before
+/// `shutdown` returns Ok: for a task on the worker loops and a `spawn_local` task pinned to
+/// the host loop.
+#[test]
+fn shutdown_cancels_tasks_left_and_their_cleanup_runs() {
+    let rt = runtime(2);
+    let shared_cleanup = Arc::new(AtomicBool::new(false));
+    let local_cleanup = Arc::new(AtomicBool::new(false));
+    let (sc, lc) = (shared_cleanup.clone(), local_cleanup.clone());
+    let shared = rt
+        .run_until_complete(async move {
+            let started: Promise<()> = braid::create_future();
+            let s = started.clone();
+            let shared = braid::create_task(async move {
+                s.set_result(())?;
+                match braid::sleep(LONG).await {
+                    Err(e) => {
+                        braid::sleep(Duration::from_millis(5)).await?;
+                        sc.store(true, Ordering::SeqCst);
+                        Err(e)
+                    }
+                    Ok(()) => Ok(()),
+                }
+            });
+            let local_started: Promise<()> = braid::create_future();
+            let ls = local_started.clone();
+            let _local = braid::spawn_local(async move {
+                ls.set_result(())?;
+                let r = braid::sleep(LONG).await;
+                if r.as_ref().is_err_and(|e| e.is_cancelled()) {
+                    braid::yield_now().await?;
+                    lc.store(true, Ordering::SeqCst);
+                }
+                r
+            });
+            started.await?;
+            local_started.await?;
+            Ok(shared)
+        })
+        .unwrap();
+    rt.shutdown(WAIT).unwrap();
+    assert!(
+        shared_cleanup.load(Ordering::SeqCst),
+        "the shared task's cleanup did not run"
+    );
+    assert!(
+        local_cleanup.load(Ordering::SeqCst),
+        "the host-pinned task's cleanup did not run"
+    );
+    let err = join_from_foreign_thread(shared, WAIT)
+        .expect("settled")
+        .unwrap_err();
+    assert!(err.is_cancelled(), "{err:?}");
+}
+
+/// A task that refuses to finish (it catches every cancellation and sleeps again) makes
+/// `shutdown` return a Timeout error naming it, after about the timeout; its handle then
+/// settles as Cancelled.
+#[test]
+fn shutdown_with_a_refusing_task_times_out_naming_it() {
+    let rt = runtime(2);
+    let (tx, rx) = mpsc::channel();
+    let stubborn = rt
+        .event_loop()
+        .spawn(async move {
+            tx.send(()).unwrap();
+            loop {
+                let _ = braid::sleep(Duration::from_millis(10)).await;
+            }
+            #[allow(unreachable_code)]
+            Ok(())
+        })
+        .unwrap();
+    stubborn.set_name("stubborn-sleeper");
+    rx.recv_timeout(WAIT).unwrap();
+    let timeout = Duration::from_millis(300);
+    let start = Instant::now();
+    let err = rt.shutdown(timeout).unwrap_err();
+    let took = start.elapsed();
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    assert!(err.to_string().contains("stubborn-sleeper"), "{err}");
+    assert!(took >= timeout, "shutdown gave up after {took:?}");
+    assert!(
+        took < timeout + Duration::from_secs(3),
+        "shutdown took {took:?}"
+    );
+    let joined =
+        join_from_foreign_thread(stubborn, WAIT).expect("the stubborn task's handle settled");
+    assert!(joined.unwrap_err().is_cancelled());
+}
+
+/// A task stuck on a future foreign to braid (which cannot see the cancel request) also makes
+/// `shutdown` time out naming it, and its foreign joiner still settles.
+#[test]
+fn shutdown_with_a_task_on_a_foreign_future_times_out_and_its_joiner_settles() {
+    let rt = runtime(2);
+    let (tx, rx) = mpsc::channel();
+    let deaf = rt
+        .event_loop()
+        .spawn(async move {
+            tx.send(()).unwrap();
+            std::future::pending::<()>().await;
+            Ok(())
+        })
+        .unwrap();
+    deaf.set_name("deaf-task");
+    rx.recv_timeout(WAIT).unwrap();
+    let (jtx, jrx) = mpsc::channel();
+    let joiner = thread::spawn(move || jtx.send(futures::executor::block_on(deaf)).unwrap());
+    let err = rt.shutdown(Duration::from_millis(200)).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout);
+    assert!(err.to_string().contains("deaf-task"), "{err}");
+    let joined = jrx.recv_timeout(WAIT).expect("the foreign joiner settled");
+    assert!(joined.unwrap_err().is_cancelled());
+    joiner.join().unwrap();
+}
+
+/// A timed-out shutdown still stops and joins loop threads that are not blocked: none of
+/// them is reported busy, and none is left running (checked over a few runtimes, as the
+/// failure depends on how fast the loops exit).
+#[test]
+
+fn timed_out_shutdown_still_joins_idle_loop_threads() {
+    for round in 0..4 {
+        let prefix = format!("sdjoin{round}");
+        let rt = Runtime::builder()
+            .workers(2)
+            .thread_name(prefix.clone())
+            .build()
+            .unwrap();
+        let (tx, rx) = mpsc::channel();
+        rt.event_loop()
+            .spawn(async move {
+                tx.send(()).unwrap();
+                loop {
+                    let _ = braid::sleep(Duration::from_millis(10)).await;
+                }
+                #[allow(unreachable_code)]
+                Ok(())
+            })
+            .unwrap();
+        rx.recv_timeout(WAIT).unwrap();
+        let err = rt.shutdown(Duration::from_millis(100)).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Timeout);
+        let left: Vec<_> = thread_names()
+            .into_iter()
+            .filter(|n| n.starts_with(&prefix))
+            .collect();
+        assert!(
+            !err.to_string().contains("loop threads still busy"),
+            "round {round}: {err}"
+        );
+        assert!(
+            left.is_empty(),
+            "round {round}: loop threads left running after shutdown returned: {left:?}"
+        );
+    }
+}
+
+/// A `Task` awaited from a foreign thread with `futures::executor::block_on` settles as
+/// Cancelled when the runtime shuts down, instead of hanging.
+#[test]
+fn foreign_block_on_join_settles_after_shutdown() {
+    let rt = runtime(2);
+    let (tx, rx) = mpsc::channel();
+    let t = rt
+        .event_loop()
+        .spawn(async move {
+            tx.send(()).unwrap();
+            braid::sleep(LONG).await?;
+            Ok("woke")
+        })
+        .unwrap();
+    rx.recv_timeout(WAIT).unwrap();
+    let (jtx, jrx) = mpsc::channel();
+    let joiner = thread::spawn(move || jtx.send(futures::executor::block_on(t)).unwrap());
+    rt.shutdown(WAIT).unwrap();
+    let joined = jrx.recv_timeout(WAIT).expect("the foreign join settled");
+    assert!(joined.unwrap_err().is_cancelled());
+    joiner.join().unwrap();
+}
+
+/// `Builder::workers(0)` is an error (InvalidInput), not a runtime without loops.
+#[test]
+fn zero_workers_is_an_error() {
+    let err = Runtime::builder().workers(0).build().unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+}
+
+/// Dropping a runtime with many pending tasks (sleeping, awaiting a promise never set,
+/// queued and never started, pinned to the host loop) returns promptly, and the tasks'
+/// handles all settle as Cancelled.
+#[test]
+fn dropping_a_runtime_with_pending_tasks_is_prompt() {
+    let rt = runtime(2);
+    let lp = rt.event_loop();
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let t = if i % 2 == 0 {
+            lp.spawn(async { braid::sleep(LONG).await.map(|()| 0) })
+                .unwrap()
+        } else {
+            let never: Promise<u32> = Promise::new();
+            lp.spawn(async move { never.await }).unwrap()
+        };
+        tasks.push(t);
+    }
+    rt.run_until_complete(async {
+        let never: Promise<u32> = braid::create_future();
+        let _local = braid::spawn_local(async move { never.await });
+        braid::yield_now().await
+    })
+    .unwrap();
+    let start = Instant::now();
+    drop(rt);
+    let took = start.elapsed();
+    assert!(
+        took < Duration::from_secs(1),
+        "dropping the runtime took {took:?}"
+    );
+    for t in tasks {
+        let r = join_from_foreign_thread(t, WAIT).expect("settled");
+        assert!(r.unwrap_err().is_cancelled());
+    }
+}
+
+/// A task created while the runtime shuts down (here by a cancelled task's cleanup) comes
+/// back already finished with a Closed error instead of being accepted and lost.
+#[test]
+fn create_task_during_shutdown_returns_a_closed_task() {
+    let rt = runtime(2);
+    let (tx, rx) = mpsc::channel();
+    let (started_tx, started_rx) = mpsc::channel();
+    rt.event_loop()
+        .spawn(async move {
+            started_tx.send(()).unwrap();
+            let r = braid::sleep(LONG).await;
+            let late = braid::create_task(async { Ok(1) });
+            tx.send(late).unwrap();
+            r
+        })
+        .unwrap();
+    started_rx.recv_timeout(WAIT).unwrap();
+    rt.shutdown(WAIT).unwrap();
+    let late = rx.recv_timeout(WAIT).expect("the cleanup ran");
+    assert!(late.done(), "a task created during shutdown is pending");
+    let err = join_from_foreign_thread(late, WAIT)
+        .expect("settled")
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Closed);
+}
