@@ -17,6 +17,38 @@
 //! }).unwrap();
 //! assert_eq!(out, ("a", "b"));
 //! ```
+//!
+//! ## What the compiler refuses
+//!
+//! A task that may move between loops must be `Send`; a `!Send` future goes to
+//! [`spawn_local`] instead:
+//!
+//! ```compile_fail
+//! braid_runtime::run(async {
+//!     let local = std::rc::Rc::new(1);
+//!     braid_runtime::create_task(async move { Ok(*local) }); // Rc is not Send
+//!     Ok(())
+//! }).unwrap();
+//! ```
+//!
+//! A handle to a task whose output is not `Send` cannot leave its thread:
+//!
+//! ```compile_fail
+//! fn assert_send<T: Send>(_: T) {}
+//! braid_runtime::run(async {
+//!     let t = braid_runtime::spawn_local(async { Ok(std::rc::Rc::new(1)) });
+//!     assert_send(t);
+//!     Ok(())
+//! }).unwrap();
+//! ```
+//!
+//! Callbacks handed over from another thread must be `Send`:
+//!
+//! ```compile_fail
+//! let rt = braid_runtime::Runtime::builder().workers(1).build().unwrap();
+//! let local = std::rc::Rc::new(1);
+//! rt.event_loop().call_soon_threadsafe(move || drop(local)).unwrap();
+//! ```
 #![warn(missing_docs, unreachable_pub)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
