@@ -27,6 +27,17 @@ use crate::sync::Mutex;
 use std::collections::VecDeque;
 use std::fmt;
 
+/// True if the loom fault switch `f` is on (always false outside loom builds).
+macro_rules! fault {
+    ($f:ident) => {{
+        #[cfg(loom)]
+        let on = crate::fault::on(crate::fault::Fault::$f);
+        #[cfg(not(loom))]
+        let on = false;
+        on
+    }};
+}
+
 /// How a doorbell wakes its sleeping owner. The wake must be sticky: an `unpark` that happens
 /// before the owner sleeps makes that sleep return at once.
 pub trait Unpark: Send + Sync {
@@ -103,7 +114,7 @@ impl<M, U: Unpark> Doorbell<M, U> {
     pub fn push(&self, message: M) -> Result<(), M> {
         {
             let mut inbox = self.inbox.lock();
-            if inbox.closed {
+            if inbox.closed && !fault!(DoorbellIgnoresClose) {
                 return Err(message);
             }
             inbox.messages.push_back(message);
@@ -122,6 +133,8 @@ impl<M, U: Unpark> Doorbell<M, U> {
         let prev = self.state.fetch_or(PENDING, Ordering::AcqRel);
         if prev & ASLEEP != 0 {
             self.ring_slow();
+        } else if fault!(DoorbellAlwaysUnparks) {
+            self.unparker.unpark();
         }
     }
 
@@ -160,7 +173,7 @@ impl<M, U: Unpark> Doorbell<M, U> {
     /// work). Returns false (and stays awake) if something arrived since the last drain.
     pub fn prepare_sleep(&self) -> bool {
         let prev = self.state.fetch_or(ASLEEP, Ordering::AcqRel);
-        if prev & PENDING != 0 {
+        if prev & PENDING != 0 && !fault!(DoorbellIgnoresPending) {
             self.state.fetch_and(!ASLEEP, Ordering::AcqRel);
             return false;
         }

@@ -23,6 +23,12 @@ pub enum Fault {
     PoolExitsWithQueuedJobs = 5,
     /// `cancel_and_wait` returns before the producer settles.
     CancelAndWaitSkipsSettle = 6,
+    /// The doorbell's `prepare_sleep` ignores what arrived (sleeps through a message).
+    DoorbellIgnoresPending = 7,
+    /// The doorbell unparks on every ring, asleep or not.
+    DoorbellAlwaysUnparks = 8,
+    /// The doorbell accepts pushes after `close` (which nobody will ever drain).
+    DoorbellIgnoresClose = 9,
 }
 
 // A plain std atomic: set before a model starts, read inside it; not part of what is checked.

@@ -5,10 +5,12 @@
 #![cfg(loom)]
 
 use braid_bridge::doorbell::{Doorbell, Unpark};
+use braid_bridge::fault::{self, Fault};
 use braid_bridge::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
 use loom::sync::{Arc, Notify};
 use loom::thread;
 use std::collections::VecDeque;
+use std::sync::Mutex as StdMutex;
 
 /// Stands in for `polling::Poller`: loom's `Notify` is sticky, as `Poller::notify` is (a
 /// notify before the wait makes the wait return at once).
@@ -35,6 +37,22 @@ fn sleep_on(bell: &Doorbell<u32, ThreadUnpark>) {
     bell.unparker().notify.wait();
 }
 
+/// Runs `f` as a loom model with `fault` switched on for its duration.
+fn model_with(fault: Fault, f: impl Fn() + Sync + Send + 'static) {
+    // The switch is process-wide: models run one at a time.
+    static SERIAL: StdMutex<()> = StdMutex::new(());
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    fault::set(fault);
+    struct Clear;
+    impl Drop for Clear {
+        fn drop(&mut self) {
+            fault::clear();
+        }
+    }
+    let _clear = Clear;
+    loom::model(f);
+}
+
 /// The loop's side: drain, and sleep when there is nothing, until `want` messages arrived.
 /// A lost wake-up leaves this thread waiting forever, which loom reports as a deadlock.
 fn owner_receives(bell: &Doorbell<u32, ThreadUnpark>, want: usize) -> Vec<u32> {
@@ -51,16 +69,43 @@ fn owner_receives(bell: &Doorbell<u32, ThreadUnpark>, want: usize) -> Vec<u32> {
     got.into_iter().collect()
 }
 
-/// A push racing the owner's sleep is never lost.
+/// A push racing the owner's sleep is never lost: after the owner's last look, either it saw
+/// the message, or it announced its sleep and the producer unparked it. (Stated without
+/// blocking, so that the broken twin fails an assertion instead of deadlocking loom.)
+fn push_races_sleep_model() {
+    let bell = bell();
+    let producer = {
+        let bell = bell.clone();
+        thread::spawn(move || bell.push(7).unwrap())
+    };
+    let mut got = VecDeque::new();
+    let mut slept = false;
+    if bell.drain_into(&mut got) == 0 {
+        if bell.prepare_sleep() {
+            slept = true;
+        } else {
+            bell.drain_into(&mut got);
+        }
+    }
+    producer.join().unwrap();
+    let unparked = bell.unparker().unparks.load(Ordering::SeqCst) > 0;
+    assert!(
+        got == [7] || (slept && unparked),
+        "lost wake-up: the owner sleeps through the push"
+    );
+}
+
 #[test]
 fn push_races_sleep() {
-    loom::model(|| {
-        let bell = bell();
-        // No join needed: every loom model waits for all of its threads.
-        let bell2 = bell.clone();
-        thread::spawn(move || bell2.push(7).unwrap());
-        assert_eq!(owner_receives(&bell, 1), [7]);
-    });
+    model_with(Fault::None, push_races_sleep_model);
+}
+
+/// The model catches a doorbell whose `prepare_sleep` ignores what arrived: the owner sleeps
+/// through the message.
+#[test]
+#[should_panic(expected = "lost wake-up")]
+fn broken_prepare_sleep_sleeps_through_a_push() {
+    model_with(Fault::DoorbellIgnoresPending, push_races_sleep_model);
 }
 
 /// Two producers at once: both messages arrive, in a push order, none lost.
@@ -110,43 +155,62 @@ fn ring_races_sleep() {
 }
 
 /// A busy owner (one that never announced a sleep) is never unparked.
+fn no_wakeup_while_awake_model() {
+    let bell = bell();
+    let producer = {
+        let bell = bell.clone();
+        thread::spawn(move || {
+            bell.push(1).unwrap();
+            bell.push(2).unwrap();
+        })
+    };
+    producer.join().unwrap();
+    assert_eq!(bell.unparker().unparks.load(Ordering::SeqCst), 0);
+    let mut got = VecDeque::new();
+    bell.drain_into(&mut got);
+    assert_eq!(got, [1, 2]);
+}
+
 #[test]
 fn no_wakeup_while_awake() {
-    loom::model(|| {
-        let bell = bell();
-        let producer = {
-            let bell = bell.clone();
-            thread::spawn(move || {
-                bell.push(1).unwrap();
-                bell.push(2).unwrap();
-            })
-        };
-        producer.join().unwrap();
-        assert_eq!(bell.unparker().unparks.load(Ordering::SeqCst), 0);
-        let mut got = VecDeque::new();
-        bell.drain_into(&mut got);
-        assert_eq!(got, [1, 2]);
-    });
+    model_with(Fault::None, no_wakeup_while_awake_model);
+}
+
+/// The model catches a doorbell that rings a busy owner.
+#[test]
+#[should_panic]
+fn broken_ring_wakes_a_busy_owner() {
+    model_with(Fault::DoorbellAlwaysUnparks, no_wakeup_while_awake_model);
 }
 
 /// After `close`, a push fails and hands the message back: nothing is accepted and dropped.
+fn push_races_close_model() {
+    let bell = bell();
+    let producer = {
+        let bell = bell.clone();
+        thread::spawn(move || bell.push(5).is_ok())
+    };
+    let mut left = bell.close();
+    let accepted = producer.join().unwrap();
+    // Either the message made it in before the close (and close returned it), or the
+    // push was refused. Never both, never neither.
+    let mut late = VecDeque::new();
+    bell.drain_into(&mut late);
+    assert!(late.is_empty());
+    assert_eq!(accepted, left.pop_front() == Some(5));
+}
+
 #[test]
 fn push_races_close() {
-    loom::model(|| {
-        let bell = bell();
-        let producer = {
-            let bell = bell.clone();
-            thread::spawn(move || bell.push(5).is_ok())
-        };
-        let mut left = bell.close();
-        let accepted = producer.join().unwrap();
-        // Either the message made it in before the close (and close returned it), or the
-        // push was refused. Never both, never neither.
-        let mut late = VecDeque::new();
-        bell.drain_into(&mut late);
-        assert!(late.is_empty());
-        assert_eq!(accepted, left.pop_front() == Some(5));
-    });
+    model_with(Fault::None, push_races_close_model);
+}
+
+/// The model catches a doorbell that accepts a push after `close`: the message is neither
+/// returned by `close` nor refused.
+#[test]
+#[should_panic]
+fn broken_push_after_close_is_lost() {
+    model_with(Fault::DoorbellIgnoresClose, push_races_close_model);
 }
 
 /// The scheduler's idle handshake in its bare form (the store-buffering litmus test): a loop
