@@ -877,7 +877,7 @@ where
     let cell = TaskCell::new(Header::new(id, rt.clone(), home, None), future, deliver);
     let raw: TaskPtr = cell.clone();
     let join: Arc<dyn Join<T>> = cell;
-    match rt.registry.insert(id.0, raw.clone()) {
+    match rt.registry.insert(raw.clone()) {
         Ok(()) => {
             raw.schedule();
             (Task::from_raw(join), true)

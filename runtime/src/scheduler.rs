@@ -30,8 +30,6 @@ use braid_bridge::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
 use braid_bridge::sync::Mutex;
 use crossbeam_deque::{Injector, Stealer};
 use crossbeam_utils::CachePadded;
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::thread::Thread;
 use std::time::{Duration, Instant};
@@ -352,29 +350,19 @@ pub(crate) fn monitor_main(rt: Arc<RuntimeShared>) {
     }
 }
 
-/// An identity hasher for task ids (already unique integers).
+/// One shard of the registry: a slab, so that a task leaves by index (kept in its header)
+/// without hashing.
 #[derive(Default)]
-pub(crate) struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0 << 8) | u64::from(*b);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
+struct Shard {
+    slots: Vec<Option<TaskPtr>>,
+    free: Vec<usize>,
+    len: usize,
 }
 
-type Shard = HashMap<u64, TaskPtr, BuildHasherDefault<IdHasher>>;
 const SHARDS: usize = 32;
 
-/// Every unfinished task of a runtime, for `all_tasks()` and shutdown; sharded to keep
-/// spawns on different loops off one lock.
+/// Every unfinished task of a runtime, for `all_tasks()` and shutdown; sharded by task id to
+/// keep spawns on different loops off one lock.
 pub(crate) struct Registry {
     shards: Box<[CachePadded<Mutex<Shard>>]>,
     closed: AtomicBool,
@@ -395,19 +383,46 @@ impl Registry {
     }
 
     /// Adds a task; fails once the runtime is closed.
-    pub(crate) fn insert(&self, id: u64, task: TaskPtr) -> Result<(), TaskPtr> {
-        let mut shard = self.shard(id).lock();
+    pub(crate) fn insert(&self, task: TaskPtr) -> Result<(), TaskPtr> {
+        let header = task.header();
+        let mut shard = self.shard(header.id.0).lock();
         // Checked under the shard lock: `close` takes every lock after setting the flag, so a
         // task is either in the registry before shutdown snapshots it, or refused.
         if self.closed.load(Ordering::Acquire) {
             return Err(task);
         }
-        shard.insert(id, task);
+        let slot = match shard.free.pop() {
+            Some(slot) => slot,
+            None => {
+                shard.slots.push(None);
+                shard.slots.len() - 1
+            }
+        };
+        // Read back only under this shard's lock (in `remove`).
+        header.registry_slot.store(slot, Ordering::Relaxed);
+        shard.slots[slot] = Some(task);
+        shard.len += 1;
         Ok(())
     }
 
-    pub(crate) fn remove(&self, id: crate::TaskId) {
-        let removed = self.shard(id.0).lock().remove(&id.0);
+    /// Removes the task with this header, if it is registered.
+    pub(crate) fn remove(&self, header: &crate::task::Header) {
+        let removed = {
+            let mut shard = self.shard(header.id.0).lock();
+            let slot = header.registry_slot.load(Ordering::Relaxed);
+            let present = shard
+                .slots
+                .get(slot)
+                .and_then(Option::as_ref)
+                .is_some_and(|t| std::ptr::eq(t.header(), header));
+            if !present {
+                return;
+            }
+            shard.free.push(slot);
+            shard.len -= 1;
+            shard.slots[slot].take()
+        };
+        // Dropped outside the lock: it may be the last reference.
         drop(removed);
     }
 
@@ -425,13 +440,13 @@ impl Registry {
     pub(crate) fn snapshot(&self) -> Vec<TaskPtr> {
         let mut all = Vec::new();
         for shard in self.shards.iter() {
-            all.extend(shard.lock().values().cloned());
+            all.extend(shard.lock().slots.iter().flatten().cloned());
         }
         all.sort_by_key(|t| t.header().id);
         all
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().len()).sum()
+        self.shards.iter().map(|s| s.lock().len).sum()
     }
 }

@@ -20,7 +20,7 @@ pub(crate) mod state;
 
 use crate::event_loop::{dispatch_callback, LoopShared};
 use crate::scheduler::RuntimeShared;
-use braid_bridge::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use braid_bridge::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use braid_bridge::sync::Mutex;
 use braid_bridge::{Error, Result};
 use raw::{Join, RawTask, SendIfT};
@@ -132,6 +132,8 @@ pub(crate) struct Header {
     ended_cancelled: AtomicBool,
     /// `JOIN_*` bits; see their docs.
     join: AtomicU8,
+    /// This task's slot in its registry shard (read and written under that shard's lock).
+    pub(crate) registry_slot: AtomicUsize,
     inner: Mutex<Option<Box<Inner>>>,
     join_waker: Mutex<Option<Waker>>,
 }
@@ -152,6 +154,7 @@ impl Header {
             has_awaiting: AtomicBool::new(false),
             ended_cancelled: AtomicBool::new(false),
             join: AtomicU8::new(0),
+            registry_slot: AtomicUsize::new(usize::MAX),
             inner: Mutex::new(name.map(|name| {
                 Box::new(Inner {
                     name: Some(name),
@@ -348,7 +351,7 @@ impl Header {
     /// Publishes completion (the output is already stored).
     pub(crate) fn complete(&self, cancelled: bool) {
         // Leave the registry first: `all_tasks()` must never list a task that is done.
-        self.rt.registry.remove(self.id);
+        self.rt.registry.remove(self);
         self.ended_cancelled.store(cancelled, Ordering::Release);
         // Only the runner sets `has_awaiting` (during a poll), and we are the runner.
         self.clear_awaiting(None);
@@ -358,11 +361,12 @@ impl Header {
     /// After completion: wake the joiner, schedule the done callbacks.
     /// `error` is the task's error if it failed (not cancelled): reported if no handle is
     /// left to read it.
-    pub(crate) fn after_complete(&self, me: TaskRef, error: Option<Error>) {
+    /// `me` makes a handle to this task; called only if a callback or a report needs one.
+    pub(crate) fn after_complete(&self, me: &dyn Fn() -> TaskRef, error: Option<Error>) {
         let prev = self.join.fetch_or(JOIN_COMPLETED, Ordering::AcqRel);
         if prev & JOIN_HANDLE_DROPPED != 0 {
             if let Some(error) = error {
-                self.report_unretrieved(&me, error);
+                self.report_unretrieved(&me(), error);
             }
         }
         if prev & JOIN_WAKER != 0 {
@@ -371,7 +375,7 @@ impl Header {
             }
         }
         if prev & JOIN_CALLBACKS != 0 {
-            self.run_done_callbacks(&me);
+            self.run_done_callbacks(&me());
         }
     }
 

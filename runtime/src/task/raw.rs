@@ -124,8 +124,8 @@ where
         }
         self.header.complete(cancelled);
         drop(waker);
-        let me: Arc<dyn RawTask> = self.clone();
-        self.header.after_complete(TaskRef::from_raw(me), failure);
+        self.header
+            .after_complete(&|| TaskRef::from_raw(self.clone()), failure);
     }
 }
 

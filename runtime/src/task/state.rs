@@ -160,9 +160,10 @@ impl State {
     pub(crate) fn complete(&self) {
         // Release: the stored output and the dropped future happen-before any Acquire load
         // that sees COMPLETE (the join handle's).
-        let prev = self.0.fetch_or(COMPLETE, Ordering::AcqRel);
+        // One swap: every other transition checks COMPLETE first, so a waker racing us
+        // fails its CAS and then sees COMPLETE, and an ABORT we overwrite was moot.
+        let prev = self.0.swap(COMPLETE, Ordering::AcqRel);
         debug_assert!(prev & COMPLETE == 0, "completed twice");
-        self.0.fetch_and(!(RUNNING | SCHEDULED), Ordering::AcqRel);
     }
 
     /// Takes the RUNNING bit of a task that is not running, not queued and not complete, so
