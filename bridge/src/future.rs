@@ -134,7 +134,10 @@ struct State<T> {
     /// The producer's own outcome when it settled after the future was cancelled.
     late_outcome: Option<Result<T>>,
     wakers: Vec<Waker>,
-    callbacks: Vec<DoneCallback<T>>,
+    /// Done callbacks with the ids that let internal waiters (`wait`, `as_completed`)
+    /// remove theirs again.
+    callbacks: Vec<(u64, DoneCallback<T>)>,
+    next_callback_id: u64,
     /// How a cancel reaches the producer (a task's cancel, a job's removal from a queue).
     cancel_hook: Option<Box<dyn FnOnce() + Send>>,
     /// Whether the producer can be cancelled after it started running (a task can, a thread
@@ -216,6 +219,7 @@ impl<T: Send + 'static> ConcurrentFuture<T> {
                 late_outcome: None,
                 wakers: Vec::new(),
                 callbacks: Vec::new(),
+                next_callback_id: 0,
                 cancel_hook: None,
                 cancellable_while_running: false,
                 blocked: 0,
@@ -261,9 +265,13 @@ impl<T: Send + 'static> ConcurrentFuture<T> {
         timeout: Option<Duration>,
         ready: impl Fn(&State<T>) -> bool,
     ) -> Result<MutexGuard<'_, State<T>>> {
-        self.check_blocking()?;
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         let mut st = self.inner.state.lock();
+        if !ready(&st) {
+            // Only a call that would really wait can deadlock: a done future's result is
+            // readable anywhere (done callbacks on a loop thread read it all the time).
+            self.check_blocking()?;
+        }
         while !ready(&st) {
             st.blocked += 1;
             let timed_out = match deadline {
@@ -494,23 +502,41 @@ impl<T: Send + 'static> ConcurrentFuture<T> {
     where
         F: FnOnce(&ConcurrentFuture<T>) + Send + 'static,
     {
-        {
-            let mut st = self.inner.state.lock();
-            if !done(&st) || fault!(CallbackSkipsDoneCheck) {
-                st.callbacks.push(Box::new(f));
-                return;
-            }
+        if let Err(f) = self.add_waiter(Box::new(f)) {
+            run_callback(f, self);
         }
-        run_callback(Box::new(f), self);
     }
 
-    fn after_done(&self, wakers: Vec<Waker>, callbacks: Vec<DoneCallback<T>>) {
+    /// Registers a done callback and returns its id, or gives it back if the future is done.
+    fn add_waiter(&self, f: DoneCallback<T>) -> std::result::Result<u64, DoneCallback<T>> {
+        let mut st = self.inner.state.lock();
+        if done(&st) && !fault!(CallbackSkipsDoneCheck) {
+            return Err(f);
+        }
+        st.next_callback_id += 1;
+        let id = st.next_callback_id;
+        st.callbacks.push((id, f));
+        Ok(id)
+    }
+
+    /// Removes a done callback that has not run (internal waiters that stopped waiting).
+    fn remove_waiter(&self, id: u64) {
+        let removed = {
+            let mut st = self.inner.state.lock();
+            let pos = st.callbacks.iter().position(|(cid, _)| *cid == id);
+            pos.map(|pos| st.callbacks.remove(pos))
+        };
+        // Dropped outside the lock: a callback's captures may do anything when dropped.
+        drop(removed);
+    }
+
+    fn after_done(&self, wakers: Vec<Waker>, callbacks: Vec<(u64, DoneCallback<T>)>) {
         if !fault!(SkipWakers) {
             for w in wakers {
                 w.wake();
             }
         }
-        for cb in callbacks {
+        for (_, cb) in callbacks {
             run_callback(cb, self);
         }
     }
@@ -724,7 +750,7 @@ impl<T> Drop for Completer<T> {
                 w.wake();
             }
             let fut = ConcurrentFuture { inner };
-            for cb in callbacks {
+            for (_, cb) in callbacks {
                 run_callback(cb, &fut);
             }
         }
@@ -804,12 +830,16 @@ pub fn wait<T: Send + 'static>(
         }
         n_done == fs.len()
     };
+    let mut registered = Vec::with_capacity(fs.len());
     for f in fs {
         let waiter = waiter.clone();
-        f.add_done_callback(move |_| {
+        let notify: DoneCallback<T> = Box::new(move |_| {
             *waiter.state.lock() += 1;
             waiter.cond.notify_all();
         });
+        if let Ok(id) = f.add_waiter(notify) {
+            registered.push((f, id));
+        }
     }
     let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
     let mut seen = waiter.state.lock();
@@ -826,6 +856,11 @@ pub fn wait<T: Send + 'static>(
         }
     }
     drop(seen);
+    // Python removes its waiter when wait returns; so do we, or polling `wait` on a future
+    // that stays pending would pile up callbacks on it.
+    for (f, id) in registered {
+        f.remove_waiter(id);
+    }
     fs.iter().cloned().partition(ConcurrentFuture::done)
 }
 
@@ -863,15 +898,23 @@ pub fn as_completed<T: Send + 'static>(
         cond: Condvar::new(),
     });
     let total = fs.len();
-    for f in &fs {
-        let shared = shared.clone();
-        f.add_done_callback(move |f| {
-            shared.queue.lock().push_back(f.clone());
-            shared.cond.notify_all();
-        });
+    let mut registered = Vec::with_capacity(total);
+    for f in fs {
+        let notify = {
+            let shared = shared.clone();
+            move |f: &ConcurrentFuture<T>| {
+                shared.queue.lock().push_back(f.clone());
+                shared.cond.notify_all();
+            }
+        };
+        match f.add_waiter(Box::new(notify)) {
+            Ok(id) => registered.push((f, id)),
+            Err(notify) => notify(&f),
+        }
     }
     AsCompleted {
         shared,
+        registered,
         remaining: total,
         deadline: timeout.and_then(|t| Instant::now().checked_add(t)),
         timed_out: false,
@@ -884,14 +927,16 @@ struct Finished<T> {
 }
 
 /// The iterator of [`as_completed`].
-pub struct AsCompleted<T> {
+pub struct AsCompleted<T: Send + 'static> {
     shared: Arc<Finished<T>>,
+    /// Our callbacks on the futures, removed if the iterator is dropped early.
+    registered: Vec<(ConcurrentFuture<T>, u64)>,
     remaining: usize,
     deadline: Option<Instant>,
     timed_out: bool,
 }
 
-impl<T> Iterator for AsCompleted<T> {
+impl<T: Send + 'static> Iterator for AsCompleted<T> {
     type Item = Result<ConcurrentFuture<T>>;
 
     fn next(&mut self) -> Option<Self::Item> {
@@ -925,7 +970,15 @@ impl<T> Iterator for AsCompleted<T> {
     }
 }
 
-impl<T> fmt::Debug for AsCompleted<T> {
+impl<T: Send + 'static> Drop for AsCompleted<T> {
+    fn drop(&mut self) {
+        for (f, id) in self.registered.drain(..) {
+            f.remove_waiter(id);
+        }
+    }
+}
+
+impl<T: Send + 'static> fmt::Debug for AsCompleted<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AsCompleted")
             .field("remaining", &self.remaining)

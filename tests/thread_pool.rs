@@ -1,0 +1,540 @@
+//! `braid::bridge::ThreadPool` (API.md "Executors", bridge/src/pool.rs): growth up to
+//! `max_workers`, idle threads leaving after the keep-alive, `submit` / `map` / `shutdown(wait,
+//! cancel_futures)`, cancelling queued and running jobs, panicking jobs, thread names, submission
+//! after shutdown, the bounded queue (`try_submit` -> `PoolFull`, blocking `submit`,
+//! `submit_async`), a thread that cannot be spawned, and `Executor::execute`. Scenarios follow
+//! CPython's `Lib/test/test_concurrent_futures` (`test_thread_pool.py`, `executor.py`,
+//! `test_shutdown.py`); each test names the one it follows where one applies.
+
+use braid::bridge::{CancelOutcome, ConcurrentFuture, ErrorKind, Executor, PoolFull, ThreadPool};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Barrier, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Generous bound for anything that should happen "soon".
+const WAIT: Duration = Duration::from_secs(5);
+
+/// Polls `cond` until it holds or `limit` passes; returns whether it held.
+fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Occupies one pool thread until the returned sender is used (or dropped); returns once the
+/// job is running.
+fn block_one(pool: &ThreadPool) -> (ConcurrentFuture<()>, mpsc::Sender<()>) {
+    let (started_tx, started_rx) = mpsc::channel();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let fut = pool.submit(move || {
+        started_tx.send(()).unwrap();
+        let _ = release_rx.recv();
+    });
+    started_rx
+        .recv_timeout(WAIT)
+        .expect("the blocker job started");
+    (fut, release_tx)
+}
+
+/// The pool grows to exactly `max_workers` threads under blocking jobs that must run
+/// together, and no further (CPython `ThreadPoolExecutorTest.test_max_workers` style).
+#[test]
+fn grows_up_to_max_workers() {
+    const MAX: usize = 3;
+    let pool = ThreadPool::builder().max_workers(MAX).build().unwrap();
+    assert_eq!(pool.worker_count(), 0, "threads start on demand");
+    // Every round of MAX jobs only finishes if MAX threads run them at once.
+    let barrier = Arc::new(Barrier::new(MAX));
+    let threads = Arc::new(Mutex::new(HashSet::new()));
+    let futs: Vec<_> = (0..MAX * 3)
+        .map(|_| {
+            let (b, t) = (barrier.clone(), threads.clone());
+            pool.submit(move || {
+                t.lock().unwrap().insert(thread::current().id());
+                b.wait();
+            })
+        })
+        .collect();
+    for f in &futs {
+        f.result(Some(WAIT))
+            .expect("jobs held by a barrier of max_workers all ran together");
+    }
+    assert_eq!(threads.lock().unwrap().len(), MAX);
+    assert_eq!(pool.worker_count(), MAX);
+    pool.shutdown(true, false);
+}
+
+/// Idle threads leave after the keep-alive; the pool starts new ones for later work.
+#[test]
+fn idle_threads_leave_after_keep_alive() {
+    let pool = ThreadPool::builder()
+        .max_workers(2)
+        .keep_alive(Duration::from_millis(50))
+        .build()
+        .unwrap();
+    let barrier = Arc::new(Barrier::new(2));
+    let futs: Vec<_> = (0..2)
+        .map(|_| {
+            let b = barrier.clone();
+            pool.submit(move || {
+                b.wait();
+            })
+        })
+        .collect();
+    for f in &futs {
+        f.result(Some(WAIT)).unwrap();
+    }
+    assert!(pool.worker_count() >= 1);
+    assert!(
+        eventually(WAIT, || pool.worker_count() == 0),
+        "idle threads still there: {pool:?}"
+    );
+    // Work after the threads left still runs.
+    assert_eq!(pool.submit(|| 5).result(Some(WAIT)).unwrap(), 5);
+    pool.shutdown(true, false);
+    assert_eq!(pool.worker_count(), 0);
+}
+
+/// `submit` returns each job's value, and `map` yields results in input order even when
+/// later items finish first (CPython `ExecutorTest.test_submit`, `test_map`).
+#[test]
+fn submit_and_map_return_values_in_order() {
+    let pool = ThreadPool::new(4);
+    let f = pool.submit(|| "hello".len());
+    assert_eq!(f.result(Some(WAIT)).unwrap(), 5);
+    let out: Vec<u64> = pool
+        .map(
+            |x: u64| {
+                // Earlier items work longer, so they finish last.
+                thread::sleep(Duration::from_millis(5 * (8 - x)));
+                x * x
+            },
+            0..8,
+        )
+        .map(|r| r.unwrap())
+        .collect();
+    assert_eq!(out, (0..8).map(|x| x * x).collect::<Vec<_>>());
+    pool.shutdown(true, false);
+}
+
+/// `map` reports a panicking item as that item's Panicked error, in its place.
+#[test]
+fn map_reports_a_panicking_item_in_place() {
+    let pool = ThreadPool::new(2);
+    let out: Vec<_> = pool
+        .map(
+            |x: u32| {
+                if x == 2 {
+                    panic!("item two (expected by the test)");
+                }
+                x
+            },
+            0..4,
+        )
+        .collect();
+    assert_eq!(out.len(), 4);
+    assert_eq!(*out[1].as_ref().unwrap(), 1);
+    assert_eq!(out[2].as_ref().unwrap_err().kind(), ErrorKind::Panicked);
+    assert_eq!(*out[3].as_ref().unwrap(), 3);
+}
+
+/// `shutdown(wait=true, cancel_futures=false)` lets queued jobs run and returns only once
+/// every thread finished (CPython `ThreadPoolShutdownTest.test_shutdown_wait` style).
+#[test]
+fn shutdown_wait_runs_queued_jobs_then_returns() {
+    let pool = Arc::new(ThreadPool::new(1));
+    let (blocker, release) = block_one(&pool);
+    let ran = Arc::new(AtomicUsize::new(0));
+    let queued: Vec<_> = (0..3)
+        .map(|i| {
+            let ran = ran.clone();
+            pool.submit(move || {
+                ran.fetch_add(1, Ordering::SeqCst);
+                i
+            })
+        })
+        .collect();
+    assert_eq!(pool.queued(), 3);
+    let (done_tx, done_rx) = mpsc::channel();
+    let (p, r) = (pool.clone(), ran.clone());
+    let shutter = thread::spawn(move || {
+        p.shutdown(true, false);
+        done_tx.send(r.load(Ordering::SeqCst)).unwrap();
+    });
+    // shutdown(wait) cannot return while the blocker runs (a bounded look, not a sync point).
+    assert!(done_rx.recv_timeout(Duration::from_millis(100)).is_err());
+    release.send(()).unwrap();
+    let ran_when_returned = done_rx.recv_timeout(WAIT).expect("shutdown returned");
+    assert_eq!(
+        ran_when_returned, 3,
+        "shutdown(wait) returned before the queued jobs ran"
+    );
+    shutter.join().unwrap();
+    blocker.result(Some(WAIT)).unwrap();
+    for (i, f) in queued.iter().enumerate() {
+        assert_eq!(f.result(Some(WAIT)).unwrap(), i);
+    }
+    assert_eq!(pool.worker_count(), 0);
+}
+
+/// `shutdown(cancel_futures=true)` cancels queued jobs: they never run and their futures are
+/// cancelled; the running job finishes (CPython `ThreadPoolShutdownTest.test_cancel_futures`).
+#[test]
+fn shutdown_cancel_futures_cancels_queued_jobs() {
+    let pool = ThreadPool::new(1);
+    let (blocker, release) = block_one(&pool);
+    let ran = Arc::new(AtomicUsize::new(0));
+    let queued: Vec<_> = (0..3)
+        .map(|_| {
+            let ran = ran.clone();
+            pool.submit(move || {
+                ran.fetch_add(1, Ordering::SeqCst);
+            })
+        })
+        .collect();
+    pool.shutdown(false, true);
+    for f in &queued {
+        assert!(
+            f.done(),
+            "a queued job was not settled by shutdown(cancel_futures)"
+        );
+        assert!(f.cancelled());
+        assert!(f.result(None).unwrap_err().is_cancelled());
+    }
+    release.send(()).unwrap();
+    blocker.result(Some(WAIT)).unwrap();
+    pool.shutdown(true, false);
+    assert_eq!(ran.load(Ordering::SeqCst), 0);
+    assert_eq!(pool.worker_count(), 0);
+}
+
+/// A queued job that is cancelled never runs (CPython `FutureTests.test_cancel` through an
+/// executor: `set_running_or_notify_cancel` refuses it).
+#[test]
+fn cancelled_queued_job_never_runs() {
+    let pool = ThreadPool::new(1);
+    let (blocker, release) = block_one(&pool);
+    let ran = Arc::new(AtomicBool::new(false));
+    let r = ran.clone();
+    let f = pool.submit(move || r.store(true, Ordering::SeqCst));
+    assert!(!f.running());
+    assert!(f.cancel());
+    assert!(f.cancelled());
+    let after = pool.submit(|| 1);
+    release.send(()).unwrap();
+    blocker.result(Some(WAIT)).unwrap();
+    // The job after it ran, so the pool went past the cancelled one.
+    assert_eq!(after.result(Some(WAIT)).unwrap(), 1);
+    pool.shutdown(true, false);
+    assert!(!ran.load(Ordering::SeqCst));
+    assert!(f.result(None).unwrap_err().is_cancelled());
+}
+
+/// A running job cannot be cancelled: `cancel()` is false, and `cancel_and_wait` waits for it
+/// and gives its value.
+#[test]
+fn running_job_cannot_be_cancelled() {
+    let pool = ThreadPool::new(1);
+    let (started_tx, started_rx) = mpsc::channel();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let f = pool.submit(move || {
+        started_tx.send(()).unwrap();
+        release_rx.recv().unwrap();
+        11
+    });
+    started_rx.recv_timeout(WAIT).unwrap();
+    assert!(f.running());
+    assert!(!f.cancel());
+    assert!(!f.cancelled());
+    let waiter = {
+        let f = f.clone();
+        thread::spawn(move || f.cancel_and_wait(Some(WAIT)))
+    };
+    release_tx.send(()).unwrap();
+    match waiter.join().unwrap() {
+        CancelOutcome::Completed(Ok(11)) => {}
+        other => panic!("expected Completed(Ok(11)), got {other:?}"),
+    }
+    assert!(f.done() && !f.cancelled());
+}
+
+/// A panicking job gives a Panicked error carrying the message, and the pool keeps working
+/// (CPython `ExecutorTest.test_map_exception` analogue for a panic).
+#[test]
+fn panicking_job_gives_panicked_with_message() {
+    let pool = ThreadPool::new(1);
+    let f = pool.submit(|| -> u8 { panic!("job exploded: {}", 42) });
+    let err = f.result(Some(WAIT)).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Panicked);
+    assert!(
+        err.message()
+            .is_some_and(|m| m.contains("job exploded: 42")),
+        "message: {:?}",
+        err.message()
+    );
+    assert_eq!(pool.submit(|| 3).result(Some(WAIT)).unwrap(), 3);
+}
+
+/// Pool threads are named `<name>-<n>` (CPython `ThreadPoolExecutorTest.test_thread_names_assigned`).
+#[test]
+fn thread_names_carry_the_pool_name() {
+    let pool = ThreadPool::builder()
+        .max_workers(2)
+        .thread_name("tp-names")
+        .build()
+        .unwrap();
+    let barrier = Arc::new(Barrier::new(2));
+    let names: Vec<_> = (0..2)
+        .map(|_| {
+            let b = barrier.clone();
+            pool.submit(move || {
+                b.wait();
+                thread::current().name().unwrap_or("").to_owned()
+            })
+        })
+        .collect();
+    let names: HashSet<String> = names
+        .iter()
+        .map(|f| f.result(Some(WAIT)).unwrap())
+        .collect();
+    assert_eq!(names.len(), 2);
+    for n in &names {
+        let suffix = n
+            .strip_prefix("tp-names-")
+            .unwrap_or_else(|| panic!("name {n:?}"));
+        assert!(suffix.parse::<usize>().is_ok(), "name {n:?}");
+    }
+    // The default prefix.
+    let default = ThreadPool::new(1);
+    let n = default
+        .submit(|| thread::current().name().unwrap_or("").to_owned())
+        .result(Some(WAIT))
+        .unwrap();
+    assert!(n.starts_with("braid-pool-"), "{n}");
+}
+
+/// After shutdown, `submit` gives a future already failed with Closed, and `try_submit`,
+/// `execute` and `submit_async` refuse with Closed (CPython
+/// `ExecutorShutdownTest.test_run_after_shutdown`).
+#[test]
+fn submit_after_shutdown_is_closed() {
+    let pool = ThreadPool::new(2);
+    pool.shutdown(true, false);
+    let ran = Arc::new(AtomicBool::new(false));
+    let r = ran.clone();
+    let f = pool.submit(move || r.store(true, Ordering::SeqCst));
+    assert!(f.done(), "the future of a refused job must already be done");
+    assert_eq!(f.result(None).unwrap_err().kind(), ErrorKind::Closed);
+    assert_eq!(
+        pool.try_submit(|| ()).unwrap_err().kind(),
+        ErrorKind::Closed
+    );
+    assert_eq!(
+        pool.execute(Box::new(|| ())).unwrap_err().kind(),
+        ErrorKind::Closed
+    );
+    let err = futures::executor::block_on(pool.submit_async(|| ())).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Closed);
+    assert!(!ran.load(Ordering::SeqCst));
+    assert_eq!(pool.worker_count(), 0);
+}
+
+/// `try_submit` on a full bounded queue fails with `PoolFull` (downcast) without running the
+/// job; after room is made it is accepted again.
+#[test]
+fn try_submit_on_full_queue_fails_with_pool_full() {
+    let pool = ThreadPool::builder()
+        .max_workers(1)
+        .queue_capacity(2)
+        .build()
+        .unwrap();
+    let (blocker, release) = block_one(&pool);
+    let a = pool.try_submit(|| 1).unwrap();
+    let b = pool.try_submit(|| 2).unwrap();
+    assert_eq!(pool.queued(), 2);
+    let ran = Arc::new(AtomicBool::new(false));
+    let r = ran.clone();
+    let err = pool
+        .try_submit(move || r.store(true, Ordering::SeqCst))
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Other);
+    assert_eq!(
+        err.downcast_ref::<PoolFull>(),
+        Some(&PoolFull { capacity: 2 })
+    );
+    release.send(()).unwrap();
+    blocker.result(Some(WAIT)).unwrap();
+    assert_eq!(a.result(Some(WAIT)).unwrap(), 1);
+    assert_eq!(b.result(Some(WAIT)).unwrap(), 2);
+    assert_eq!(
+        pool.try_submit(|| 3).unwrap().result(Some(WAIT)).unwrap(),
+        3
+    );
+    pool.shutdown(true, false);
+    assert!(!ran.load(Ordering::SeqCst), "a refused job ran");
+}
+
+/// On a full bounded queue `submit_async` (driven by `futures::executor::block_on`) waits
+/// for room without failing, then queues the job, which runs.
+#[test]
+fn submit_async_waits_for_room() {
+    let pool = Arc::new(
+        ThreadPool::builder()
+            .max_workers(1)
+            .queue_capacity(1)
+            .build()
+            .unwrap(),
+    );
+    let (blocker, release) = block_one(&pool);
+    let filler = pool.try_submit(|| "filler").unwrap();
+    let (queued_tx, queued_rx) = mpsc::channel();
+    let p = pool.clone();
+    let submitter = thread::spawn(move || {
+        let fut = futures::executor::block_on(p.submit_async(|| "waited")).unwrap();
+        queued_tx.send(()).unwrap();
+        fut.result(Some(WAIT))
+    });
+    // It cannot be queued while the queue is full (a bounded look, not a sync point).
+    assert!(queued_rx.recv_timeout(Duration::from_millis(100)).is_err());
+    assert_eq!(pool.queued(), 1);
+    release.send(()).unwrap();
+    queued_rx.recv_timeout(WAIT).expect("submit_async got room");
+    assert_eq!(submitter.join().unwrap().unwrap(), "waited");
+    assert_eq!(filler.result(Some(WAIT)).unwrap(), "filler");
+    blocker.result(Some(WAIT)).unwrap();
+}
+
+/// On a full bounded queue the blocking `submit` waits for room, then the job runs.
+#[test]
+fn blocking_submit_waits_for_room() {
+    let pool = Arc::new(
+        ThreadPool::builder()
+            .max_workers(1)
+            .queue_capacity(1)
+            .build()
+            .unwrap(),
+    );
+    let (_blocker, release) = block_one(&pool);
+    let _filler = pool.try_submit(|| ()).unwrap();
+    let (queued_tx, queued_rx) = mpsc::channel();
+    let p = pool.clone();
+    let submitter = thread::spawn(move || {
+        let fut = p.submit(|| 8);
+        queued_tx.send(()).unwrap();
+        fut.result(Some(WAIT))
+    });
+    assert!(queued_rx.recv_timeout(Duration::from_millis(100)).is_err());
+    release.send(()).unwrap();
+    queued_rx.recv_timeout(WAIT).expect("submit got room");
+    assert_eq!(submitter.join().unwrap().unwrap(), 8);
+}
+
+/// A blocking `submit` waiting for room on a full queue is released by shutdown with a
+/// Closed future instead of waiting forever.
+#[test]
+fn blocked_submit_is_released_by_shutdown() {
+    let pool = Arc::new(
+        ThreadPool::builder()
+            .max_workers(1)
+            .queue_capacity(1)
+            .build()
+            .unwrap(),
+    );
+    let (_blocker, release) = block_one(&pool);
+    let _filler = pool.try_submit(|| ()).unwrap();
+    let p = pool.clone();
+    let (about_tx, about_rx) = mpsc::channel();
+    let submitter = thread::spawn(move || {
+        about_tx.send(()).unwrap();
+        p.submit(|| 8).result(Some(WAIT))
+    });
+    about_rx.recv_timeout(WAIT).unwrap();
+    // Either order must give Closed; this pause only makes "blocked in submit" the likely one.
+    thread::sleep(Duration::from_millis(50));
+    pool.shutdown(false, false);
+    let out = submitter.join().unwrap();
+    release.send(()).unwrap();
+    assert_eq!(out.unwrap_err().kind(), ErrorKind::Closed);
+}
+
+/// When the OS refuses to start a thread, the submitted job fails with an error instead of
+/// hanging its waiters (a pool whose stack size no thread can have).
+#[test]
+fn thread_spawn_failure_fails_the_job() {
+    let pool = ThreadPool::builder()
+        .max_workers(2)
+        .stack_size(usize::MAX)
+        .build()
+        .unwrap();
+    let ran = Arc::new(AtomicBool::new(false));
+    let r = ran.clone();
+    let f = pool.submit(move || r.store(true, Ordering::SeqCst));
+    let start = Instant::now();
+    let err = f.result(Some(WAIT)).unwrap_err();
+    assert!(!err.is_timeout(), "the job hung: {err}");
+    assert!(start.elapsed() < WAIT);
+    assert_eq!(err.kind(), ErrorKind::BrokenExecutor, "{err}");
+    assert!(!ran.load(Ordering::SeqCst));
+    assert!(pool.try_submit(|| ()).is_err());
+    assert!(pool.execute(Box::new(|| ())).is_err());
+    assert_eq!(pool.worker_count(), 0);
+    assert_eq!(pool.queued(), 0);
+}
+
+/// `Executor::execute` runs a job (through the trait object `run_in_executor` takes), and a
+/// panicking job does not kill the thread.
+#[test]
+fn executor_execute_runs_a_job() {
+    let pool = ThreadPool::builder()
+        .max_workers(1)
+        .thread_name("tp-exec")
+        .build()
+        .unwrap();
+    let exec: &dyn Executor = &pool;
+    exec.execute(Box::new(|| panic!("execute job (expected by the test)")))
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    exec.execute(Box::new(move || {
+        tx.send(thread::current().name().unwrap_or("").to_owned())
+            .unwrap();
+    }))
+    .unwrap();
+    assert_eq!(rx.recv_timeout(WAIT).unwrap(), "tp-exec-1");
+    pool.shutdown(true, false);
+}
+
+/// Dropping the pool does not cancel queued jobs: they still run, then the threads leave.
+#[test]
+fn dropping_the_pool_runs_queued_jobs() {
+    let pool = ThreadPool::new(1);
+    let (blocker, release) = block_one(&pool);
+    let queued = pool.submit(|| 4);
+    drop(pool);
+    release.send(()).unwrap();
+    blocker.result(Some(WAIT)).unwrap();
+    assert_eq!(queued.result(Some(WAIT)).unwrap(), 4);
+}
+
+/// `shutdown(wait=true)` called from inside one of the pool's own jobs returns instead of
+/// joining its own thread, and later submissions are refused.
+#[test]
+fn shutdown_from_inside_a_job_returns() {
+    let pool = Arc::new(ThreadPool::new(2));
+    let p = pool.clone();
+    let f = pool.submit(move || {
+        p.shutdown(true, false);
+        p.submit(|| ()).result(None).map_err(|e| e.kind())
+    });
+    assert_eq!(f.result(Some(WAIT)).unwrap(), Err(ErrorKind::Closed));
+    pool.shutdown(true, false);
+    assert_eq!(pool.worker_count(), 0);
+}
