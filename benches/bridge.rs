@@ -127,20 +127,8 @@ fn tokio_spawn_blocking(rt: &tokio::runtime::Runtime) {
     assert_eq!(sum, BLOCKING_JOBS * (BLOCKING_JOBS - 1) / 2);
 }
 
-/// Median of `runs` timed calls of `f`.
-fn median(runs: usize, mut f: impl FnMut()) -> Duration {
-    let mut times: Vec<Duration> = (0..runs)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed()
-        })
-        .collect();
-    times.sort();
-    times[runs / 2]
-}
-
-fn percentiles(n: usize, mut f: impl FnMut()) -> (Duration, Duration) {
+/// `n` timed calls of `f`, sorted.
+fn sorted_times(n: usize, mut f: impl FnMut()) -> Vec<Duration> {
     let mut times: Vec<Duration> = (0..n)
         .map(|_| {
             let t = Instant::now();
@@ -149,6 +137,17 @@ fn percentiles(n: usize, mut f: impl FnMut()) -> (Duration, Duration) {
         })
         .collect();
     times.sort();
+    times
+}
+
+/// Median of `runs` timed calls of `f`.
+fn median(runs: usize, f: impl FnMut()) -> Duration {
+    sorted_times(runs, f)[runs / 2]
+}
+
+/// p50 and p99 of `n` timed calls of `f`.
+fn percentiles(n: usize, f: impl FnMut()) -> (Duration, Duration) {
+    let times = sorted_times(n, f);
     (times[n / 2], times[n * 99 / 100])
 }
 

@@ -27,17 +27,6 @@ use crate::sync::Mutex;
 use std::collections::VecDeque;
 use std::fmt;
 
-/// True if the loom fault switch `f` is on (always false outside loom builds).
-macro_rules! fault {
-    ($f:ident) => {{
-        #[cfg(loom)]
-        let on = crate::fault::on(crate::fault::Fault::$f);
-        #[cfg(not(loom))]
-        let on = false;
-        on
-    }};
-}
-
 /// How a doorbell wakes its sleeping owner. The wake must be sticky: an `unpark` that happens
 /// before the owner sleeps makes that sleep return at once.
 pub trait Unpark: Send + Sync {
@@ -186,11 +175,6 @@ impl<M, U: Unpark> Doorbell<M, U> {
         if self.state.load(Ordering::Relaxed) & ASLEEP != 0 {
             self.state.fetch_and(!ASLEEP, Ordering::AcqRel);
         }
-    }
-
-    /// True while the owner has announced a sleep that nobody has claimed yet.
-    pub fn is_asleep(&self) -> bool {
-        self.state.load(Ordering::Relaxed) & ASLEEP != 0
     }
 
     /// Closes the inbox: later pushes fail. Returns the messages that were still queued, so

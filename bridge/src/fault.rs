@@ -48,3 +48,22 @@ pub fn clear() {
 pub(crate) fn on(fault: Fault) -> bool {
     ACTIVE.load(Ordering::SeqCst) == fault as usize
 }
+
+/// Runs `f` as a loom model with `fault` switched on for its duration (off again even if the
+/// model panics). Models that use this run one at a time, since the switch is process-wide.
+pub fn model<F>(fault: Fault, f: F)
+where
+    F: Fn() + Sync + Send + 'static,
+{
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    struct Clear;
+    impl Drop for Clear {
+        fn drop(&mut self) {
+            clear();
+        }
+    }
+    set(fault);
+    let _clear = Clear;
+    loom::model(f);
+}

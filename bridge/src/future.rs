@@ -30,17 +30,6 @@ use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-/// True if the loom fault switch `f` is on (always false outside loom builds).
-macro_rules! fault {
-    ($f:ident) => {{
-        #[cfg(loom)]
-        let on = crate::fault::on(crate::fault::Fault::$f);
-        #[cfg(not(loom))]
-        let on = false;
-        on
-    }};
-}
-
 crate::sync::thread::thread_local! {
     /// The id of the runtime whose loop this thread runs (0: none). Set by the runtime.
     // Not `const`: the same line must compile as loom's `thread_local!`, which has no const form.

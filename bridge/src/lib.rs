@@ -12,6 +12,18 @@
 //! ```
 #![warn(missing_docs, unreachable_pub)]
 
+/// True if the loom fault switch `f` is on (always false outside loom builds): the one hook
+/// by which the `#[should_panic]` loom twins break a protocol on purpose.
+macro_rules! fault {
+    ($f:ident) => {{
+        #[cfg(loom)]
+        let on = crate::fault::on(crate::fault::Fault::$f);
+        #[cfg(not(loom))]
+        let on = false;
+        on
+    }};
+}
+
 pub mod doorbell;
 mod error;
 #[cfg(loom)]

@@ -25,17 +25,6 @@ use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-/// True if the loom fault switch `f` is on (always false outside loom builds).
-macro_rules! fault {
-    ($f:ident) => {{
-        #[cfg(loom)]
-        let on = crate::fault::on(crate::fault::Fault::$f);
-        #[cfg(not(loom))]
-        let on = false;
-        on
-    }};
-}
-
 /// Something that runs blocking jobs on other threads: what `run_in_executor` takes.
 ///
 /// # Examples

@@ -10,7 +10,6 @@ use braid_bridge::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
 use loom::sync::{Arc, Notify};
 use loom::thread;
 use std::collections::VecDeque;
-use std::sync::Mutex as StdMutex;
 
 /// Stands in for `polling::Poller`: loom's `Notify` is sticky, as `Poller::notify` is (a
 /// notify before the wait makes the wait return at once).
@@ -35,22 +34,6 @@ fn bell() -> Arc<Doorbell<u32, ThreadUnpark>> {
 
 fn sleep_on(bell: &Doorbell<u32, ThreadUnpark>) {
     bell.unparker().notify.wait();
-}
-
-/// Runs `f` as a loom model with `fault` switched on for its duration.
-fn model_with(fault: Fault, f: impl Fn() + Sync + Send + 'static) {
-    // The switch is process-wide: models run one at a time.
-    static SERIAL: StdMutex<()> = StdMutex::new(());
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    fault::set(fault);
-    struct Clear;
-    impl Drop for Clear {
-        fn drop(&mut self) {
-            fault::clear();
-        }
-    }
-    let _clear = Clear;
-    loom::model(f);
 }
 
 /// The loop's side: drain, and sleep when there is nothing, until `want` messages arrived.
@@ -97,7 +80,7 @@ fn push_races_sleep_model() {
 
 #[test]
 fn push_races_sleep() {
-    model_with(Fault::None, push_races_sleep_model);
+    fault::model(Fault::None, push_races_sleep_model);
 }
 
 /// The model catches a doorbell whose `prepare_sleep` ignores what arrived: the owner sleeps
@@ -105,7 +88,7 @@ fn push_races_sleep() {
 #[test]
 #[should_panic(expected = "lost wake-up")]
 fn broken_prepare_sleep_sleeps_through_a_push() {
-    model_with(Fault::DoorbellIgnoresPending, push_races_sleep_model);
+    fault::model(Fault::DoorbellIgnoresPending, push_races_sleep_model);
 }
 
 /// Two producers at once: both messages arrive, in a push order, none lost.
@@ -173,14 +156,14 @@ fn no_wakeup_while_awake_model() {
 
 #[test]
 fn no_wakeup_while_awake() {
-    model_with(Fault::None, no_wakeup_while_awake_model);
+    fault::model(Fault::None, no_wakeup_while_awake_model);
 }
 
 /// The model catches a doorbell that rings a busy owner.
 #[test]
 #[should_panic]
 fn broken_ring_wakes_a_busy_owner() {
-    model_with(Fault::DoorbellAlwaysUnparks, no_wakeup_while_awake_model);
+    fault::model(Fault::DoorbellAlwaysUnparks, no_wakeup_while_awake_model);
 }
 
 /// After `close`, a push fails and hands the message back: nothing is accepted and dropped.
@@ -202,7 +185,7 @@ fn push_races_close_model() {
 
 #[test]
 fn push_races_close() {
-    model_with(Fault::None, push_races_close_model);
+    fault::model(Fault::None, push_races_close_model);
 }
 
 /// The model catches a doorbell that accepts a push after `close`: the message is neither
@@ -210,7 +193,7 @@ fn push_races_close() {
 #[test]
 #[should_panic]
 fn broken_push_after_close_is_lost() {
-    model_with(Fault::DoorbellIgnoresClose, push_races_close_model);
+    fault::model(Fault::DoorbellIgnoresClose, push_races_close_model);
 }
 
 /// The scheduler's idle handshake in its bare form (the store-buffering litmus test): a loop

@@ -11,24 +11,7 @@ use loom::sync::Arc;
 use loom::thread;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Mutex as StdMutex;
 use std::task::{Context, Poll, Wake, Waker};
-
-/// Runs `f` as a loom model with `fault` switched on for its duration.
-fn model_with(fault: Fault, f: impl Fn() + Sync + Send + 'static) {
-    // The switch is process-wide: models run one at a time.
-    static SERIAL: StdMutex<()> = StdMutex::new(());
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    fault::set(fault);
-    struct Clear;
-    impl Drop for Clear {
-        fn drop(&mut self) {
-            fault::clear();
-        }
-    }
-    let _clear = Clear;
-    loom::model(f);
-}
 
 /// Completion racing cancel: exactly one wins; the done callback runs once and sees the
 /// state every later reader sees; `cancel()`'s answer matches `cancelled()`.
@@ -64,13 +47,13 @@ fn completion_races_cancel_model() {
 
 #[test]
 fn completion_races_cancel() {
-    model_with(Fault::None, completion_races_cancel_model);
+    fault::model(Fault::None, completion_races_cancel_model);
 }
 
 #[test]
 #[should_panic(expected = "final state")]
 fn broken_cancel_overrides_a_finished_future() {
-    model_with(
+    fault::model(
         Fault::CancelOverridesFinished,
         completion_races_cancel_model,
     );
@@ -87,12 +70,12 @@ fn blocked_waiter_model(timeout: Option<std::time::Duration>) {
 
 #[test]
 fn blocked_waiter_races_completion() {
-    model_with(Fault::None, || blocked_waiter_model(None));
+    fault::model(Fault::None, || blocked_waiter_model(None));
 }
 
 #[test]
 fn timed_waiter_races_completion() {
-    model_with(Fault::None, || {
+    fault::model(Fault::None, || {
         blocked_waiter_model(Some(std::time::Duration::from_secs(3600)))
     });
 }
@@ -100,7 +83,7 @@ fn timed_waiter_races_completion() {
 #[test]
 #[should_panic]
 fn broken_completion_without_notify_strands_a_waiter() {
-    model_with(Fault::SkipWaiterNotify, || blocked_waiter_model(None));
+    fault::model(Fault::SkipWaiterNotify, || blocked_waiter_model(None));
 }
 
 struct CountingWaker(AtomicUsize);
@@ -137,13 +120,13 @@ fn waker_model() {
 
 #[test]
 fn waker_registration_races_completion() {
-    model_with(Fault::None, waker_model);
+    fault::model(Fault::None, waker_model);
 }
 
 #[test]
 #[should_panic(expected = "never woken")]
 fn broken_completion_without_wakes_loses_a_poll() {
-    model_with(Fault::SkipWakers, waker_model);
+    fault::model(Fault::SkipWakers, waker_model);
 }
 
 /// A done-callback registration racing completion: it runs exactly once.
@@ -165,13 +148,13 @@ fn callback_model() {
 
 #[test]
 fn callback_registration_races_completion() {
-    model_with(Fault::None, callback_model);
+    fault::model(Fault::None, callback_model);
 }
 
 #[test]
 #[should_panic(expected = "exactly once")]
 fn broken_registration_loses_a_callback() {
-    model_with(Fault::CallbackSkipsDoneCheck, callback_model);
+    fault::model(Fault::CallbackSkipsDoneCheck, callback_model);
 }
 
 /// `cancel_and_wait` racing the producer's completion returns only after the producer has
@@ -215,11 +198,11 @@ fn cancel_and_wait_model() {
 
 #[test]
 fn cancel_and_wait_races_completion() {
-    model_with(Fault::None, cancel_and_wait_model);
+    fault::model(Fault::None, cancel_and_wait_model);
 }
 
 #[test]
 #[should_panic(expected = "before the producer unwound")]
 fn broken_cancel_and_wait_returns_early() {
-    model_with(Fault::CancelAndWaitSkipsSettle, cancel_and_wait_model);
+    fault::model(Fault::CancelAndWaitSkipsSettle, cancel_and_wait_model);
 }

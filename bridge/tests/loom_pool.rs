@@ -7,21 +7,6 @@ use braid_bridge::fault::{self, Fault};
 use braid_bridge::{ErrorKind, ThreadPool};
 use loom::sync::Arc;
 use loom::thread;
-use std::sync::Mutex as StdMutex;
-
-fn model_with(fault: Fault, f: impl Fn() + Sync + Send + 'static) {
-    static SERIAL: StdMutex<()> = StdMutex::new(());
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    fault::set(fault);
-    struct Clear;
-    impl Drop for Clear {
-        fn drop(&mut self) {
-            fault::clear();
-        }
-    }
-    let _clear = Clear;
-    loom::model(f);
-}
 
 /// A submission racing `shutdown(wait = true)`: once both are over, the job's future has
 /// settled: it ran, or it was refused with Closed. Never accepted and then lost.
@@ -45,11 +30,11 @@ fn handoff_model() {
 
 #[test]
 fn handoff_races_shutdown() {
-    model_with(Fault::None, handoff_model);
+    fault::model(Fault::None, handoff_model);
 }
 
 #[test]
 #[should_panic(expected = "never settled")]
 fn broken_worker_leaves_queued_jobs_at_shutdown() {
-    model_with(Fault::PoolExitsWithQueuedJobs, handoff_model);
+    fault::model(Fault::PoolExitsWithQueuedJobs, handoff_model);
 }

@@ -10,7 +10,7 @@ use crate::scheduler::{RuntimeShared, TaskPtr};
 use crate::task::raw::{Join, TaskCell};
 use crate::task::{Header, Task, TaskId, TaskRef};
 use braid_bridge::doorbell::{Doorbell, Unpark};
-use braid_bridge::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use braid_bridge::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicU8, Ordering};
 use braid_bridge::sync::Mutex;
 use braid_bridge::{Error, ErrorKind, Result};
 use crossbeam_deque::{Steal, Worker};
@@ -118,8 +118,6 @@ pub(crate) struct LoopShared {
     /// Host loops: a `run_until_complete`/`run_forever` is driving this loop now.
     pub(crate) running: AtomicBool,
     handler: Mutex<Option<Arc<Handler>>>,
-    /// Callbacks that were queued but never run because the loop closed.
-    pub(crate) dropped_callbacks: AtomicUsize,
 }
 
 impl LoopShared {
@@ -134,7 +132,6 @@ impl LoopShared {
             notified: AtomicBool::new(false),
             running: AtomicBool::new(false),
             handler: Mutex::new(None),
-            dropped_callbacks: AtomicUsize::new(0),
         })
     }
 
@@ -802,9 +799,6 @@ impl LoopCtx {
             }
         }
         if never_ran > 0 {
-            self.lp
-                .dropped_callbacks
-                .fetch_add(never_ran, Ordering::Relaxed);
             self.lp.report(&ExceptionContext::new(format!(
                 "loop {} closed with {never_ran} callback(s) that never ran",
                 self.lp.id
