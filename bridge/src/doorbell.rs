@@ -29,6 +29,24 @@ use std::fmt;
 
 /// How a doorbell wakes its sleeping owner. The wake must be sticky: an `unpark` that happens
 /// before the owner sleeps makes that sleep return at once.
+///
+/// # Examples
+///
+/// A thread's park token is sticky, so a `Thread` handle can serve:
+///
+/// ```
+/// use braid_bridge::doorbell::{Doorbell, Unpark};
+/// struct Wake(std::thread::Thread);
+/// impl Unpark for Wake {
+///     fn unpark(&self) { self.0.unpark(); }
+/// }
+/// let bell: Doorbell<u32, Wake> = Doorbell::new(Wake(std::thread::current()));
+/// if bell.prepare_sleep() {
+///     bell.ring();                 // a producer rings before we park…
+///     std::thread::park();         // …so this returns at once
+///     bell.finish_sleep();
+/// }
+/// ```
 pub trait Unpark: Send + Sync {
     /// Wakes the owner, or makes its next sleep return at once.
     fn unpark(&self);

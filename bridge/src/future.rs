@@ -915,7 +915,18 @@ struct Finished<T> {
     cond: Condvar,
 }
 
-/// The iterator of [`as_completed`].
+/// The iterator of [`as_completed`]: yields each future once it is done.
+///
+/// # Examples
+///
+/// ```
+/// use braid_bridge::{as_completed, ConcurrentFuture};
+/// let (f, c) = ConcurrentFuture::pair();
+/// c.set_result(1);
+/// let mut done = as_completed(vec![f], None);
+/// assert_eq!(done.next().unwrap().unwrap().result(None).unwrap(), 1);
+/// assert!(done.next().is_none());
+/// ```
 pub struct AsCompleted<T: Send + 'static> {
     shared: Arc<Finished<T>>,
     /// Our callbacks on the futures, removed if the iterator is dropped early.

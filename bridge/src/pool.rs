@@ -728,7 +728,17 @@ impl fmt::Debug for ThreadPool {
     }
 }
 
-/// The future of [`ThreadPool::submit_async`].
+/// The future of [`ThreadPool::submit_async`]: resolves to the job's future once the job is
+/// queued (at once, unless a bounded queue is full).
+///
+/// # Examples
+///
+/// ```
+/// let pool = braid_bridge::ThreadPool::builder().queue_capacity(1).build().unwrap();
+/// let queued: braid_bridge::SubmitAsync<u8> = pool.submit_async(|| 5);
+/// let job = futures::executor::block_on(queued).unwrap();
+/// assert_eq!(job.result(None).unwrap(), 5);
+/// ```
 #[must_use = "futures do nothing unless you `.await` them"]
 pub struct SubmitAsync<T> {
     shared: Arc<Shared>,
