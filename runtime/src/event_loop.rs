@@ -630,6 +630,9 @@ impl LoopCtx {
         let tick = self.tick.get().wrapping_add(1);
         self.tick.set(tick);
         self.lp.tick.store(tick, Ordering::Relaxed);
+        if self.worker.is_some() {
+            self.rt.registry.sweep_if_needed(self.lp.id);
+        }
         let mut did = self.drain_inbox();
         did |= self.fire_timers();
         did |= self.run_ready();
@@ -871,7 +874,10 @@ where
     let cell = TaskCell::new(Header::new(id, rt.clone(), home, None), future, deliver);
     let raw: TaskPtr = cell.clone();
     let join: Arc<dyn Join<T>> = cell;
-    match rt.registry.insert(raw.clone()) {
+    match rt
+        .registry
+        .insert(raw.clone(), crate::scheduler::current_worker(rt))
+    {
         Ok(()) => {
             raw.schedule();
             (Task::from_raw(join), true)

@@ -110,7 +110,7 @@ impl RuntimeShared {
             num_searching: CachePadded::new(AtomicUsize::new(0)),
             timer_driver: AtomicUsize::new(NO_DRIVER),
             timers: TimerQueue::new(),
-            registry: Registry::new(),
+            registry: Registry::new(n),
             stopping: AtomicBool::new(false),
             stop_requested: AtomicBool::new(false),
             hosts: Mutex::new(Vec::new()),
@@ -269,6 +269,13 @@ impl RuntimeShared {
     }
 }
 
+/// This thread's worker loop index in `rt`, if it is one of `rt`'s worker threads.
+#[inline]
+pub(crate) fn current_worker(rt: &RuntimeShared) -> Option<usize> {
+    let ctx = crate::context::current_loop()?;
+    (ctx.rt.id == rt.id && ctx.worker.is_some()).then_some(ctx.lp.id)
+}
+
 /// The schedule step shared by every task: to its owner loop (spawn_local), to this loop's
 /// queue when called on one of the runtime's worker loops, or to the injector.
 pub(crate) fn schedule(task: TaskPtr) {
@@ -350,86 +357,171 @@ pub(crate) fn monitor_main(rt: Arc<RuntimeShared>) {
     }
 }
 
-/// One shard of the registry: a slab, so that a task leaves by index (kept in its header)
-/// without hashing.
+/// A slab of registered tasks.
 #[derive(Default)]
-struct Shard {
+struct Slab {
     slots: Vec<Option<TaskPtr>>,
     free: Vec<usize>,
     len: usize,
 }
 
-const SHARDS: usize = 32;
+impl Slab {
+    fn take(&mut self, slot: usize) -> Option<TaskPtr> {
+        let task = self.slots.get_mut(slot)?.take()?;
+        self.free.push(slot);
+        self.len -= 1;
+        Some(task)
+    }
+}
 
-/// Every unfinished task of a runtime, for `all_tasks()` and shutdown; sharded by task id to
-/// keep spawns on different loops off one lock.
+/// One loop's share of the registry (plus one shared shard for tasks spawned off the loops).
+struct Shard {
+    slab: Mutex<Slab>,
+    /// Slots of this shard's tasks that finished on another thread, freed by the owner in
+    /// one batch: a cross-core completion costs a push here, not a contended slab lock.
+    graveyard: Mutex<Vec<usize>>,
+    graveyard_len: AtomicUsize,
+}
+
+/// A graveyard this long is swept by whoever adds to it, so that a loop asleep for long
+/// cannot pile up finished tasks' memory.
+const GRAVEYARD_MAX: usize = 1024;
+
+/// Every unfinished task of a runtime, for `all_tasks()` and shutdown.
+///
+/// Each task registers in the shard of the loop that spawned it (the shared shard if no loop
+/// of this runtime did), where only that loop inserts: an uncontended lock on a line already
+/// in its cache. A task that finishes on the same loop leaves at once; one that finishes on a
+/// sibling leaves its slot in the owner's graveyard, which the owner sweeps once per
+/// iteration and before it sleeps. So a finished task may stay in a slab a little while:
+/// readers skip finished tasks.
 pub(crate) struct Registry {
-    shards: Box<[CachePadded<Mutex<Shard>>]>,
+    shards: Box<[CachePadded<Shard>]>,
     closed: AtomicBool,
 }
 
+/// `registry_slot` packs the shard above the slot.
+const SLOT_BITS: u32 = 48;
+
 impl Registry {
-    fn new() -> Registry {
+    fn new(loops: usize) -> Registry {
         Registry {
-            shards: (0..SHARDS)
-                .map(|_| CachePadded::new(Mutex::new(Shard::default())))
+            shards: (0..=loops)
+                .map(|_| {
+                    CachePadded::new(Shard {
+                        slab: Mutex::new(Slab::default()),
+                        graveyard: Mutex::new(Vec::new()),
+                        graveyard_len: AtomicUsize::new(0),
+                    })
+                })
                 .collect(),
             closed: AtomicBool::new(false),
         }
     }
 
-    fn shard(&self, id: u64) -> &Mutex<Shard> {
-        &self.shards[(id as usize) % SHARDS]
+    fn shared_shard(&self) -> usize {
+        self.shards.len() - 1
     }
 
-    /// Adds a task; fails once the runtime is closed.
-    pub(crate) fn insert(&self, task: TaskPtr) -> Result<(), TaskPtr> {
-        let header = task.header();
-        let mut shard = self.shard(header.id.0).lock();
+    /// Adds a task, in the shard of `here` (the current worker loop of this runtime, if
+    /// any); fails once the runtime is closed.
+    pub(crate) fn insert(&self, task: TaskPtr, here: Option<usize>) -> Result<(), TaskPtr> {
+        let shard_id = here.unwrap_or_else(|| self.shared_shard());
+        let mut slab = self.shards[shard_id].slab.lock();
         // Checked under the shard lock: `close` takes every lock after setting the flag, so a
         // task is either in the registry before shutdown snapshots it, or refused.
         if self.closed.load(Ordering::Acquire) {
             return Err(task);
         }
-        let slot = match shard.free.pop() {
+        let slot = match slab.free.pop() {
             Some(slot) => slot,
             None => {
-                shard.slots.push(None);
-                shard.slots.len() - 1
+                slab.slots.push(None);
+                slab.slots.len() - 1
             }
         };
-        // Read back only under this shard's lock (in `remove`).
-        header.registry_slot.store(slot, Ordering::Relaxed);
-        shard.slots[slot] = Some(task);
-        shard.len += 1;
+        // Read back only by `remove`, after the insert happened-before the task ran.
+        task.header()
+            .registry_slot
+            .store((shard_id << SLOT_BITS) | slot, Ordering::Relaxed);
+        slab.slots[slot] = Some(task);
+        slab.len += 1;
         Ok(())
     }
 
-    /// Removes the task with this header, if it is registered.
-    pub(crate) fn remove(&self, header: &crate::task::Header) {
-        let removed = {
-            let mut shard = self.shard(header.id.0).lock();
-            let slot = header.registry_slot.load(Ordering::Relaxed);
-            let present = shard
-                .slots
-                .get(slot)
-                .and_then(Option::as_ref)
-                .is_some_and(|t| std::ptr::eq(t.header(), header));
-            if !present {
-                return;
-            }
-            shard.free.push(slot);
-            shard.len -= 1;
-            shard.slots[slot].take()
+    /// Removes the finishing task with this header (see the type's docs for when).
+    pub(crate) fn remove(&self, header: &crate::task::Header, here: Option<usize>) {
+        let packed = header.registry_slot.load(Ordering::Relaxed);
+        if packed == usize::MAX {
+            return; // never registered (refused at shutdown)
+        }
+        let (shard_id, slot) = (packed >> SLOT_BITS, packed & ((1 << SLOT_BITS) - 1));
+        let shard = &self.shards[shard_id];
+        if shard_id == self.shared_shard() || here == Some(shard_id) {
+            let removed = {
+                let mut slab = shard.slab.lock();
+                let ours = slab
+                    .slots
+                    .get(slot)
+                    .and_then(Option::as_ref)
+                    .is_some_and(|t| std::ptr::eq(t.header(), header));
+                if ours {
+                    slab.take(slot)
+                } else {
+                    None
+                }
+            };
+            // Dropped outside the lock: it may be the last reference.
+            drop(removed);
+            return;
+        }
+        let full = {
+            let mut graveyard = shard.graveyard.lock();
+            graveyard.push(slot);
+            shard
+                .graveyard_len
+                .store(graveyard.len(), Ordering::Relaxed);
+            graveyard.len() >= GRAVEYARD_MAX
         };
-        // Dropped outside the lock: it may be the last reference.
-        drop(removed);
+        if full {
+            self.sweep(shard_id);
+        }
+    }
+
+    /// The owner's periodic sweep: cheap when there is nothing to do.
+    #[inline]
+    pub(crate) fn sweep_if_needed(&self, shard_id: usize) {
+        if self.shards[shard_id].graveyard_len.load(Ordering::Relaxed) > 0 {
+            self.sweep(shard_id);
+        }
+    }
+
+    /// Frees the slots in `shard_id`'s graveyard.
+    #[cold]
+    fn sweep(&self, shard_id: usize) {
+        let shard = &self.shards[shard_id];
+        let slots = {
+            let mut graveyard = shard.graveyard.lock();
+            shard.graveyard_len.store(0, Ordering::Relaxed);
+            std::mem::take(&mut *graveyard)
+        };
+        if slots.is_empty() {
+            return;
+        }
+        let freed: Vec<TaskPtr> = {
+            let mut slab = shard.slab.lock();
+            slots
+                .into_iter()
+                .filter_map(|slot| slab.take(slot))
+                .collect()
+        };
+        drop(freed);
     }
 
     pub(crate) fn close(&self) {
         self.closed.store(true, Ordering::Release);
         for shard in self.shards.iter() {
-            drop(shard.lock());
+            drop(shard.slab.lock());
         }
     }
 
@@ -437,16 +529,26 @@ impl Registry {
         self.closed.load(Ordering::Acquire)
     }
 
+    /// Every registered task that has not finished, in creation order.
     pub(crate) fn snapshot(&self) -> Vec<TaskPtr> {
         let mut all = Vec::new();
-        for shard in self.shards.iter() {
-            all.extend(shard.lock().slots.iter().flatten().cloned());
+        for (i, shard) in self.shards.iter().enumerate() {
+            self.sweep(i);
+            let slab = shard.slab.lock();
+            all.extend(
+                slab.slots
+                    .iter()
+                    .flatten()
+                    .filter(|t| !t.header().done())
+                    .cloned(),
+            );
         }
         all.sort_by_key(|t| t.header().id);
         all
     }
 
+    /// How many registered tasks have not finished.
     pub(crate) fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().len).sum()
+        self.snapshot().len()
     }
 }

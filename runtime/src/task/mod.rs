@@ -132,7 +132,7 @@ pub(crate) struct Header {
     ended_cancelled: AtomicBool,
     /// `JOIN_*` bits; see their docs.
     join: AtomicU8,
-    /// This task's slot in its registry shard (read and written under that shard's lock).
+    /// This task's registry shard and slot (see `Registry`), `usize::MAX` if unregistered.
     pub(crate) registry_slot: AtomicUsize,
     inner: Mutex<Option<Box<Inner>>>,
     join_waker: Mutex<Option<Waker>>,
@@ -351,7 +351,9 @@ impl Header {
     /// Publishes completion (the output is already stored).
     pub(crate) fn complete(&self, cancelled: bool) {
         // Leave the registry first: `all_tasks()` must never list a task that is done.
-        self.rt.registry.remove(self);
+        self.rt
+            .registry
+            .remove(self, crate::scheduler::current_worker(&self.rt));
         self.ended_cancelled.store(cancelled, Ordering::Release);
         // Only the runner sets `has_awaiting` (during a poll), and we are the runner.
         self.clear_awaiting(None);
