@@ -6,7 +6,7 @@
 //! `test_default_exc_handler_callback`, `test_set_exc_handler_custom`) and `test_events.py`
 //! (`test_call_soon_threadsafe`, `test_call_soon_threadsafe_same_thread`).
 
-use braid::{ErrorKind, EventLoop, LoopState, Promise, Runtime};
+use braid::{ErrorKind, EventLoop, LoopState, Promise};
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,14 +14,8 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const WAIT: Duration = Duration::from_secs(5);
-
-fn runtime(workers: usize) -> Runtime {
-    Runtime::builder()
-        .workers(workers)
-        .build()
-        .expect("runtime")
-}
+mod common;
+use common::{runtime, WAIT};
 
 /// Polls `cond` (every millisecond) until it holds or `limit` passes; returns whether it held.
 fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {

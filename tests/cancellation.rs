@@ -8,7 +8,7 @@
 //! `test_uncancel_basic`, `test_cancel_with_message_then_future_result`); each test names
 //! the one it follows, where there is one.
 
-use braid::{Promise, Runtime, Task, TaskRef};
+use braid::{Promise, Task, TaskRef};
 use std::cell::RefCell;
 use std::future::Future;
 use std::rc::Rc;
@@ -16,15 +16,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-const WAIT: Duration = Duration::from_secs(5);
-const LONG: Duration = Duration::from_secs(60);
+mod common;
+use common::{runtime, WAIT};
 
-fn runtime(workers: usize) -> Runtime {
-    Runtime::builder()
-        .workers(workers)
-        .build()
-        .expect("runtime")
-}
+const LONG: Duration = Duration::from_secs(60);
 
 /// Sets a flag when dropped: observes that a future was dropped.
 struct DropGuard(Arc<AtomicBool>);

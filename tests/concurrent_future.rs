@@ -20,8 +20,10 @@ use std::task::Poll;
 use std::thread;
 use std::time::{Duration, Instant};
 
+mod common;
+use common::WAIT;
+
 /// Generous bound for anything that should happen "at once".
-const WAIT: Duration = Duration::from_secs(5);
 /// A short timeout that is expected to pass.
 const SHORT: Duration = Duration::from_millis(50);
 

@@ -4,20 +4,14 @@
 //! and not the finished ones. Scenarios after CPython's `test_asyncio/test_tasks.py`
 //! (`test_current_task`, `test_current_task_with_interleaving_tasks`, `test_all_tasks*`).
 
-use braid::{Promise, Runtime, TaskId};
+use braid::{Promise, TaskId};
 use std::collections::HashSet;
 use std::sync::mpsc;
 use std::thread::{self, ThreadId};
 use std::time::Duration;
 
-const WAIT: Duration = Duration::from_secs(5);
-
-fn runtime(workers: usize) -> Runtime {
-    Runtime::builder()
-        .workers(workers)
-        .build()
-        .expect("runtime")
-}
+mod common;
+use common::{runtime, WAIT};
 
 fn current_id() -> TaskId {
     braid::current_task().expect("inside a task").id()

@@ -14,32 +14,13 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-/// Generous bound for anything that should happen "soon".
-const WAIT: Duration = Duration::from_secs(5);
+mod common;
+use common::{runtime, threads_named, WAIT};
 
-fn runtime(workers: usize) -> Runtime {
-    Runtime::builder()
-        .workers(workers)
-        .build()
-        .expect("runtime")
-}
+/// Generous bound for anything that should happen "soon".
 
 /// Names of this process's threads that start with `prefix` (Linux:
 /// /proc/self/task/*/comm, truncated to 15 bytes).
-fn threads_named(prefix: &str) -> Vec<String> {
-    let mut names = Vec::new();
-    if let Ok(dir) = std::fs::read_dir("/proc/self/task") {
-        for entry in dir.flatten() {
-            if let Ok(name) = std::fs::read_to_string(entry.path().join("comm")) {
-                let name = name.trim();
-                if name.starts_with(prefix) {
-                    names.push(name.to_owned());
-                }
-            }
-        }
-    }
-    names
-}
 
 /// `run_in_executor` runs the job on the given pool and its value comes back to the task
 /// (CPython `BaseEventLoopTests.test_run_in_executor`).

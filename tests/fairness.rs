@@ -7,18 +7,14 @@
 
 use braid::Runtime;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-const WAIT: Duration = Duration::from_secs(5);
+mod common;
+use common::{serial, WAIT};
+
 /// How late anything may run while spinners occupy the loops; spinners yield every few µs.
 const BOUND: Duration = Duration::from_millis(100);
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// A 2-loop runtime with two never-ending `yield_now` spinners (normally one per loop once
 /// the idle loop has stolen one; either way the loops always have a task ready); dropping

@@ -6,20 +6,14 @@
 //! `RuntimeError: This event loop is already running`; CPython `test_events.py`
 //! `test_run_until_complete_nesting`).
 
-use braid::{ErrorKind, Runtime};
+use braid::ErrorKind;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
-const WAIT: Duration = Duration::from_secs(5);
-
-fn runtime(workers: usize) -> Runtime {
-    Runtime::builder()
-        .workers(workers)
-        .build()
-        .expect("runtime")
-}
+mod common;
+use common::{runtime, WAIT};
 
 /// The text of a caught panic payload.
 fn panic_text(payload: Box<dyn std::any::Any + Send>) -> String {

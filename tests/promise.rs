@@ -7,20 +7,14 @@
 //! `test_callbacks_invoked_on_set_result`, `test_remove_done_callback`) and
 //! `test_tasks.py` (`test_cancel_inner_future`).
 
-use braid::{Error, ErrorKind, Promise, Runtime};
+use braid::{Error, ErrorKind, Promise};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
-const WAIT: Duration = Duration::from_secs(5);
-
-fn runtime(workers: usize) -> Runtime {
-    Runtime::builder()
-        .workers(workers)
-        .build()
-        .expect("runtime")
-}
+mod common;
+use common::{runtime, WAIT};
 
 /// `set_result` on a done promise is an InvalidState error and keeps the first value; so
 /// are `set_exception` after a result and `set_result` after cancel (CPython `test_result`'s

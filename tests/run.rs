@@ -6,7 +6,7 @@
 //! `test_runners.py::test_asyncio_run_return`, `test_asyncio_run_raises`;
 //! `test_base_events.py::test_run_forever_*`, `test_run_until_complete`.)
 
-use braid::{ErrorKind, Runtime};
+use braid::ErrorKind;
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,14 +14,8 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-const WAIT: Duration = Duration::from_secs(5);
-
-fn runtime(workers: usize) -> Runtime {
-    Runtime::builder()
-        .workers(workers)
-        .build()
-        .expect("runtime")
-}
+mod common;
+use common::{runtime, WAIT};
 
 /// `braid::run` returns the value of its main coroutine (CPython
 /// `test_asyncio_run_return`).

@@ -10,23 +10,18 @@
 //! the one it follows where one applies.
 
 use braid::bridge::{CancelOutcome, ConcurrentFuture, Error, ErrorKind};
-use braid::{Runtime, TaskRef};
+use braid::TaskRef;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
+mod common;
+use common::{runtime, WAIT};
+
 /// Generous bound for anything that should happen "soon".
-const WAIT: Duration = Duration::from_secs(5);
 /// Long enough never to end during a test.
 const HOUR: Duration = Duration::from_secs(3600);
-
-fn runtime(workers: usize) -> Runtime {
-    Runtime::builder()
-        .workers(workers)
-        .build()
-        .expect("runtime")
-}
 
 /// Coroutines submitted from several plain threads deliver their values there (CPython
 /// `RunCoroutineThreadsafeTests.test_run_coroutine_threadsafe`).

@@ -13,15 +13,10 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-const WAIT: Duration = Duration::from_secs(5);
-const LONG: Duration = Duration::from_secs(3600);
+mod common;
+use common::{runtime, WAIT};
 
-fn runtime(workers: usize) -> Runtime {
-    Runtime::builder()
-        .workers(workers)
-        .build()
-        .expect("runtime")
-}
+const LONG: Duration = Duration::from_secs(3600);
 
 /// Joins `task` from a plain thread with `futures::executor::block_on`; the result, or
 /// `None` if it did not settle within `limit`.

@@ -10,19 +10,15 @@
 use braid::{Runtime, Task};
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
-use std::sync::{mpsc, Mutex, MutexGuard};
+use std::sync::mpsc;
 use std::task::Poll;
 use std::thread::{self, ThreadId};
 use std::time::{Duration, Instant};
 
-const WAIT: Duration = Duration::from_secs(5);
+mod common;
+use common::{serial, WAIT};
+
 const BLOCK: Duration = Duration::from_millis(500);
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 fn runtime() -> Runtime {
     Runtime::builder().workers(2).build().expect("runtime")

@@ -26,6 +26,9 @@ use std::sync::{mpsc, Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
+mod common;
+use common::threads_named;
+
 /// Foreign threads.
 const THREADS: usize = 8;
 /// Coroutines per foreign thread.
@@ -66,20 +69,6 @@ enum Cancel {
 }
 
 /// Names of this process's threads that start with `prefix` (Linux: /proc/self/task/*/comm).
-fn threads_named(prefix: &str) -> Vec<String> {
-    let mut names = Vec::new();
-    if let Ok(dir) = std::fs::read_dir("/proc/self/task") {
-        for entry in dir.flatten() {
-            if let Ok(name) = std::fs::read_to_string(entry.path().join("comm")) {
-                let name = name.trim();
-                if name.starts_with(prefix) {
-                    names.push(name.to_owned());
-                }
-            }
-        }
-    }
-    names
-}
 
 /// Counts of what one foreign thread saw.
 #[derive(Default, Debug)]

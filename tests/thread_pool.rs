@@ -13,8 +13,10 @@ use std::sync::{mpsc, Arc, Barrier, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+mod common;
+use common::WAIT;
+
 /// Generous bound for anything that should happen "soon".
-const WAIT: Duration = Duration::from_secs(5);
 
 /// Polls `cond` until it holds or `limit` passes; returns whether it held.
 fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {

@@ -6,21 +6,15 @@
 //! `test_time_and_call_at` "never early") and `test_tasks.py` (`test_sleep`,
 //! `test_sleep_when_delay_is_nan`, `asyncio.sleep(0)` yielding).
 
-use braid::{ErrorKind, Promise, Runtime, TimerHandle};
+use braid::{ErrorKind, Promise, TimerHandle};
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const WAIT: Duration = Duration::from_secs(5);
-
-fn runtime(workers: usize) -> Runtime {
-    Runtime::builder()
-        .workers(workers)
-        .build()
-        .expect("runtime")
-}
+mod common;
+use common::{runtime, WAIT};
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
