@@ -17,11 +17,6 @@ use std::time::{Duration, Instant};
 mod common;
 use common::{runtime, threads_named, WAIT};
 
-/// Generous bound for anything that should happen "soon".
-
-/// Names of this process's threads that start with `prefix` (Linux:
-/// /proc/self/task/*/comm, truncated to 15 bytes).
-
 /// `run_in_executor` runs the job on the given pool and its value comes back to the task
 /// (CPython `BaseEventLoopTests.test_run_in_executor`).
 #[test]

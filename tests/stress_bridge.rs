@@ -68,8 +68,6 @@ enum Cancel {
     Waited,
 }
 
-/// Names of this process's threads that start with `prefix` (Linux: /proc/self/task/*/comm).
-
 /// Counts of what one foreign thread saw.
 #[derive(Default, Debug)]
 struct Seen {

@@ -16,8 +16,6 @@ use std::time::{Duration, Instant};
 mod common;
 use common::WAIT;
 
-/// Generous bound for anything that should happen "soon".
-
 /// Polls `cond` until it holds or `limit` passes; returns whether it held.
 fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;
