@@ -829,19 +829,9 @@ impl LoopCtx {
 /// Runs a boxed callback on a loop of `rt`: this thread's loop if it is one of them, else
 /// the first worker loop; if the runtime has closed, right here (never silently dropped).
 pub(crate) fn dispatch_callback(rt: &Arc<RuntimeShared>, f: Box<dyn FnOnce() + Send>) {
-    if let Some(ctx) = context::current_loop() {
-        if ctx.rt.id == rt.id {
-            ctx.call_soon_or_run(f);
-            return;
-        }
-    }
-    let cb = RemoteCallback {
-        f,
-        handle: None,
-        name: "done callback",
-    };
-    if let Err(Remote::Callback(cb)) = rt.loops[0].bell.push(Remote::Callback(cb)) {
-        (cb.f)();
+    match context::current_loop() {
+        Some(ctx) if ctx.rt.id == rt.id => ctx.call_soon_or_run(f),
+        _ => dispatch_to(&rt.loops[0], f),
     }
 }
 

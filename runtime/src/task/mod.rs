@@ -383,17 +383,13 @@ impl Header {
 
     /// Schedules every registered done callback (once: they are taken under the lock).
     fn run_done_callbacks(&self, me: &TaskRef) {
-        let callbacks = self.read_inner_mut_take_callbacks();
+        let callbacks = match self.inner.lock().as_deref_mut() {
+            Some(inner) => std::mem::take(&mut inner.done_callbacks),
+            None => Vec::new(),
+        };
         for callback in callbacks {
             let me = me.clone();
             dispatch_callback(&self.rt, Box::new(move || callback(&me)));
-        }
-    }
-
-    fn read_inner_mut_take_callbacks(&self) -> Vec<DoneCallback> {
-        match self.inner.lock().as_deref_mut() {
-            Some(inner) => std::mem::take(&mut inner.done_callbacks),
-            None => Vec::new(),
         }
     }
 
