@@ -879,6 +879,18 @@ where
     }
 }
 
+/// A task of `rt` that is already finished with `error` (a refused `create_task`): it has no
+/// coroutine to run, and nobody else ever sees it unfinished.
+pub(crate) fn spawn_failed<T: Send + 'static>(rt: &Arc<RuntimeShared>, error: Error) -> Task<T> {
+    let id = TaskId(crate::scheduler::next_task_id());
+    let never = std::future::pending::<Result<T>>();
+    let cell = TaskCell::new(Header::new(id, rt.clone(), None, None), never, None);
+    let raw: TaskPtr = cell.clone();
+    let claimed = raw.force_finish(error);
+    debug_assert!(claimed, "a task nobody else has seen is idle");
+    Task::from_raw(cell)
+}
+
 pub(crate) fn closed_error() -> Error {
     Error::new(ErrorKind::Closed, "the runtime is shut down")
 }

@@ -52,6 +52,7 @@
 #![warn(missing_docs, unreachable_pub)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+mod combinators;
 mod context;
 mod event_loop;
 mod executor;
@@ -63,7 +64,11 @@ mod timer;
 
 /// The cross-thread layer: `ConcurrentFuture`, `ThreadPool`, `Executor`, …
 pub use braid_bridge as bridge;
-pub use braid_bridge::{Error, ErrorKind, Result};
+pub use braid_bridge::{Error, ErrorKind, Result, ReturnWhen};
+pub use combinators::{
+    as_completed, gather, shield, task_group, timeout, wait, wait_for, AsCompleted, Gather,
+    GatherSettled, Shield, TaskGroup, TaskGroupRun, Timeout, Wait, WaitFor,
+};
 pub use event_loop::{CallbackHandle, EventLoop, ExceptionContext, LoopState, TimerHandle};
 pub use executor::{run_in_executor, to_thread, wrap_future, ExecutorFuture};
 pub use promise::{create_future, CallbackId, Promise, PromiseFuture};

@@ -256,6 +256,17 @@ impl Future for Sleep {
             return Poll::Ready(Err(cancel));
         }
         context::clear_awaiting(None);
+        this.poll_timer(cx)
+    }
+}
+
+impl Sleep {
+    /// The timer alone, without the cancellation point: for combinators (`timeout`, `wait`)
+    /// that keep a deadline beside the future they drive, and must not take the task's
+    /// cancel request away from it. Without a running loop (the first poll only), fails with
+    /// InvalidState.
+    pub(crate) fn poll_timer(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        let this = self;
         match &this.state {
             SleepState::New => {
                 let Some(ctx) = context::current_loop() else {
@@ -305,9 +316,7 @@ impl Future for Sleep {
             SleepState::Done => Poll::Ready(Ok(())),
         }
     }
-}
 
-impl Sleep {
     fn unregister(&mut self) {
         if let SleepState::Registered { rt, entry } = &self.state {
             let newly_dead = {

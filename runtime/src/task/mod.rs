@@ -67,7 +67,17 @@ impl fmt::Display for TaskId {
     }
 }
 
-type DoneCallback = Box<dyn FnOnce(&TaskRef) + Send>;
+/// What runs when a task completes.
+enum DoneCallback {
+    /// A user's callback: scheduled on a loop (asyncio's `call_soon`), never run in place.
+    Scheduled(Box<dyn FnOnce(&TaskRef) + Send>),
+    /// braid's own bookkeeping (task groups): run at once, on the thread that completed the
+    /// task, with the task's failure if it failed. Must be short and never block.
+    Inline(CompletionHook),
+}
+
+/// An inline completion hook: the finished task and its error, if it failed (not cancelled).
+pub(crate) type CompletionHook = Box<dyn FnOnce(&TaskRef, Option<&Error>) + Send>;
 
 // The `join` word: who is watching the task, and whether it completed. Watchers set their
 // bit after registering (a waker, a callback) and the completer sets COMPLETED; all with
@@ -81,6 +91,9 @@ const JOIN_COMPLETED: u8 = 1 << 1;
 const JOIN_WAKER: u8 = 1 << 2;
 /// Done callbacks are registered.
 const JOIN_CALLBACKS: u8 = 1 << 3;
+/// A combinator (gather, shield, a task group) has taken charge of the task's error: it is
+/// never reported as "never retrieved", as asyncio's combinators mark child errors retrieved.
+const JOIN_QUIET: u8 = 1 << 4;
 
 /// A cancellable thing a task can be awaiting (a Task or a Promise): cancelling the awaiter
 /// cancels it too, as asyncio's `Task.cancel` cancels `_fut_waiter`.
@@ -130,6 +143,8 @@ pub(crate) struct Header {
     has_awaiting: AtomicBool,
     /// The task finished with a Cancelled error.
     ended_cancelled: AtomicBool,
+    /// The task finished with an error other than Cancelled.
+    ended_failed: AtomicBool,
     /// `JOIN_*` bits; see their docs.
     join: AtomicU8,
     /// This task's registry shard and slot (see `Registry`), `usize::MAX` if unregistered.
@@ -153,6 +168,7 @@ impl Header {
             cancel_pending: AtomicBool::new(false),
             has_awaiting: AtomicBool::new(false),
             ended_cancelled: AtomicBool::new(false),
+            ended_failed: AtomicBool::new(false),
             join: AtomicU8::new(0),
             registry_slot: AtomicUsize::new(usize::MAX),
             inner: Mutex::new(name.map(|name| {
@@ -193,6 +209,16 @@ impl Header {
 
     pub(crate) fn cancelled(&self) -> bool {
         self.done() && self.ended_cancelled.load(Ordering::Acquire)
+    }
+
+    /// True once the task has finished with an error other than Cancelled.
+    pub(crate) fn failed(&self) -> bool {
+        self.done() && self.ended_failed.load(Ordering::Acquire)
+    }
+
+    /// A combinator took charge of this task's error: never report it as unretrieved.
+    pub(crate) fn mark_quiet(&self) {
+        self.join.fetch_or(JOIN_QUIET, Ordering::AcqRel);
     }
 
     pub(crate) fn cancelling(&self) -> usize {
@@ -349,12 +375,13 @@ impl Header {
     }
 
     /// Publishes completion (the output is already stored).
-    pub(crate) fn complete(&self, cancelled: bool) {
+    pub(crate) fn complete(&self, cancelled: bool, failed: bool) {
         // Leave the registry first: `all_tasks()` must never list a task that is done.
         self.rt
             .registry
             .remove(self, crate::scheduler::current_worker(&self.rt));
         self.ended_cancelled.store(cancelled, Ordering::Release);
+        self.ended_failed.store(failed, Ordering::Release);
         // Only the runner sets `has_awaiting` (during a poll), and we are the runner.
         self.clear_awaiting(None);
         self.state.complete();
@@ -366,7 +393,12 @@ impl Header {
     /// `me` makes a handle to this task; called only if a callback or a report needs one.
     pub(crate) fn after_complete(&self, me: &dyn Fn() -> TaskRef, error: Option<Error>) {
         let prev = self.join.fetch_or(JOIN_COMPLETED, Ordering::AcqRel);
-        if prev & JOIN_HANDLE_DROPPED != 0 {
+        if prev & JOIN_CALLBACKS != 0 {
+            // First, so that a task group hook has marked the error quiet before the check
+            // below.
+            self.run_done_callbacks(&me(), error.as_ref());
+        }
+        if prev & JOIN_HANDLE_DROPPED != 0 && !self.is_quiet() {
             if let Some(error) = error {
                 self.report_unretrieved(&me(), error);
             }
@@ -376,20 +408,27 @@ impl Header {
                 waker.wake();
             }
         }
-        if prev & JOIN_CALLBACKS != 0 {
-            self.run_done_callbacks(&me());
-        }
     }
 
-    /// Schedules every registered done callback (once: they are taken under the lock).
-    fn run_done_callbacks(&self, me: &TaskRef) {
+    fn is_quiet(&self) -> bool {
+        self.join.load(Ordering::Acquire) & JOIN_QUIET != 0
+    }
+
+    /// Runs the inline hooks and schedules the done callbacks registered so far (once: they
+    /// are taken under the lock). `failure` is the task's error if it failed.
+    fn run_done_callbacks(&self, me: &TaskRef, failure: Option<&Error>) {
         let callbacks = match self.inner.lock().as_deref_mut() {
             Some(inner) => std::mem::take(&mut inner.done_callbacks),
             None => Vec::new(),
         };
         for callback in callbacks {
-            let me = me.clone();
-            dispatch_callback(&self.rt, Box::new(move || callback(&me)));
+            match callback {
+                DoneCallback::Inline(hook) => hook(me, failure),
+                DoneCallback::Scheduled(callback) => {
+                    let me = me.clone();
+                    dispatch_callback(&self.rt, Box::new(move || callback(&me)));
+                }
+            }
         }
     }
 
@@ -405,15 +444,23 @@ impl Header {
     }
 
     fn add_done_callback(&self, me: TaskRef, callback: DoneCallback) {
+        // The error of a task already complete: its stored output's. A hook is registered
+        // before anyone can take that output (see `TaskGroup`), so it is still there.
+        let failure = || me.raw.stored_failure();
         if self.join_completed() {
-            // Already done: scheduled, never run synchronously (asyncio's rule).
-            dispatch_callback(&self.rt, Box::new(move || callback(&me)));
+            match callback {
+                DoneCallback::Inline(hook) => hook(&me, failure().as_ref()),
+                // Already done: scheduled, never run synchronously (asyncio's rule).
+                DoneCallback::Scheduled(callback) => {
+                    dispatch_callback(&self.rt, Box::new(move || callback(&me)));
+                }
+            }
             return;
         }
         self.with_inner(|inner| inner.done_callbacks.push(callback));
         if self.join.fetch_or(JOIN_CALLBACKS, Ordering::AcqRel) & JOIN_COMPLETED != 0 {
-            // The completer went first and saw no callbacks: schedule them ourselves.
-            self.run_done_callbacks(&me);
+            // The completer went first and saw no callbacks: run them ourselves.
+            self.run_done_callbacks(&me, failure().as_ref());
         }
     }
 }
@@ -655,7 +702,10 @@ pub struct Task<T> {
     _send: SendIfT<T>,
 }
 
-impl<T: 'static> Task<T> {
+// A handle: pinning it pins nothing of `T` (which lives in the task cell).
+impl<T> Unpin for Task<T> {}
+
+impl<T> Task<T> {
     pub(crate) fn from_raw(raw: Arc<dyn Join<T>>) -> Task<T> {
         let key = Arc::as_ptr(&raw) as *const () as usize;
         Task {
@@ -860,7 +910,37 @@ impl<T: 'static> Task<T> {
     {
         self.raw
             .header()
-            .add_done_callback(self.as_ref(), Box::new(f));
+            .add_done_callback(self.as_ref(), DoneCallback::Scheduled(Box::new(f)));
+    }
+
+    /// Registers braid's own completion hook: run at once on the completing thread.
+    pub(crate) fn add_completion_hook(&self, hook: CompletionHook) {
+        self.raw
+            .header()
+            .add_done_callback(self.as_ref(), DoneCallback::Inline(hook));
+    }
+
+    /// This task's errors are a combinator's business: never report them as unretrieved.
+    pub(crate) fn mark_quiet(&self) {
+        self.raw.header().mark_quiet();
+    }
+
+    /// Polls for the output without registering this handle as what the current task
+    /// awaits (so cancelling the awaiter does not cancel this task).
+    pub(crate) fn poll_output(&mut self, cx: &mut Context<'_>) -> Poll<Result<T>> {
+        self.raw.poll_join(cx)
+    }
+
+    /// Registers `waker` for this task's completion without taking its output; true if the
+    /// task has completed (then no wake will come).
+    pub(crate) fn watch(&self, waker: &Waker) -> bool {
+        let header = self.raw.header();
+        header.join_completed() || header.set_join_waker(waker)
+    }
+
+    /// The task's header.
+    pub(crate) fn header(&self) -> &Header {
+        self.raw.header()
     }
 
     /// An untyped handle to the same task.
@@ -912,7 +992,7 @@ impl<T> Drop for Task<T> {
         self.registration.clear();
         let header = self.raw.header();
         let prev = header.join.fetch_or(JOIN_HANDLE_DROPPED, Ordering::AcqRel);
-        if prev & JOIN_COMPLETED != 0 {
+        if prev & JOIN_COMPLETED != 0 && prev & JOIN_QUIET == 0 {
             if let Some(error) = self.raw.unretrieved_error() {
                 let me: Arc<dyn RawTask> = self.raw.clone();
                 header.report_unretrieved(&TaskRef::from_raw(me), error);

@@ -37,6 +37,10 @@ pub(crate) trait RawTask: Send + Sync {
     fn force_finish(self: Arc<Self>, error: Error) -> bool;
     /// A wake through the state machine (used by `cancel`, which holds no waker).
     fn wake_task(self: Arc<Self>);
+    /// The stored error, if the task failed (not cancelled) and its output is still there.
+    fn stored_failure(&self) -> Option<Error> {
+        None
+    }
 }
 
 /// Typed access for the join handle.
@@ -114,6 +118,7 @@ where
             let _ = catch_unwind(AssertUnwindSafe(move || drop(future)));
         }
         let cancelled = matches!(&output, Err(e) if e.is_cancelled());
+        let failed = matches!(&output, Err(e) if !e.is_cancelled());
         let failure = match &output {
             Err(e) if !e.is_cancelled() => Some(e.clone()),
             _ => None,
@@ -122,7 +127,7 @@ where
             Some(deliver) => deliver(output),
             None => *self.output.lock() = Some(output),
         }
-        self.header.complete(cancelled);
+        self.header.complete(cancelled, failed);
         drop(waker);
         self.header
             .after_complete(&|| TaskRef::from_raw(self.clone()), failure);
@@ -202,6 +207,10 @@ where
         if self.header.state.wake() == WakeAction::Schedule {
             self.schedule();
         }
+    }
+
+    fn stored_failure(&self) -> Option<Error> {
+        TaskCell::stored_failure(self)
     }
 }
 
@@ -288,3 +297,72 @@ unsafe impl<T: Send> Send for SendIfT<T> {}
 // SAFETY: `&Task<T>` gives no access to a `T` (only `poll`, through `&mut`, does), so sharing
 // the handle is sound whenever moving `T` is.
 unsafe impl<T: Send> Sync for SendIfT<T> {}
+
+/// A value only ever reached through `&mut` (or by value): it may be shared by reference
+/// between threads whatever `T` is, because a shared reference gives no access to it. The
+/// combinators keep children's results in one so that they are `Sync` when `T` is merely
+/// `Send`, as API.md promises for every braid future.
+pub(crate) struct Exclusive<T>(T);
+
+impl<T> Exclusive<T> {
+    pub(crate) const fn new(value: T) -> Exclusive<T> {
+        Exclusive(value)
+    }
+
+    pub(crate) fn get_mut(&mut self) -> &mut T {
+        &mut self.0
+    }
+
+    pub(crate) fn into_inner(self) -> T {
+        self.0
+    }
+}
+
+// Never pinned through: `Exclusive` offers no pin projection.
+impl<T> Unpin for Exclusive<T> {}
+
+// SAFETY: `Exclusive` has no method taking `&self`, so sharing `&Exclusive<T>` between threads
+// shares no access to `T`; moving it (`Send`) is sound exactly when moving `T` is.
+unsafe impl<T: Send> Sync for Exclusive<T> {}
+
+/// `TypeId` for types that need not be `'static`. Lifetimes are erased: two types differing
+/// only in lifetimes get the same id. `downcast_task_mut` below explains why that is sound
+/// for its one use.
+fn type_id_of<T: ?Sized>() -> std::any::TypeId {
+    trait TypeIdOf {
+        fn id(&self) -> std::any::TypeId
+        where
+            Self: 'static;
+    }
+    impl<T: ?Sized> TypeIdOf for PhantomData<T> {
+        fn id(&self) -> std::any::TypeId
+        where
+            Self: 'static,
+        {
+            std::any::TypeId::of::<T>()
+        }
+    }
+    let marker = PhantomData::<T>;
+    let object: &dyn TypeIdOf = &marker;
+    // SAFETY: only the lifetime bound of the trait object changes, so that `id` (which needs
+    // `Self: 'static` only to call `TypeId::of`) may be called; `id` reads nothing through the
+    // reference, and `TypeId::of` itself ignores lifetimes.
+    let object: &(dyn TypeIdOf + 'static) = unsafe { std::mem::transmute(object) };
+    object.id()
+}
+
+/// `Some` if `F` is `Task<T>` (asyncio's `wait_for(task, 0)` looks at a task's state without
+/// running anything, where a coroutine must never start).
+pub(crate) fn downcast_task_mut<F, T>(future: &mut F) -> Option<&mut super::Task<T>>
+where
+    F: Future<Output = Result<T>>,
+{
+    if type_id_of::<F>() != type_id_of::<super::Task<T>>() {
+        return None;
+    }
+    // SAFETY: the ids are equal, so `F` is `Task<X>` for some `X` equal to `T` up to
+    // lifetimes; and since `Task<X>: Future<Output = Result<X>>` and `F::Output` is
+    // `Result<T>`, the associated-type equality makes `X` exactly `T`. So `F` and `Task<T>`
+    // are the same type and the cast only renames it.
+    Some(unsafe { &mut *(future as *mut F).cast::<super::Task<T>>() })
+}

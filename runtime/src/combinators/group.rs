@@ -1,0 +1,464 @@
+//! `TaskGroup`: asyncio's structured concurrency (Python 3.12/3.13 `asyncio.TaskGroup`).
+
+use crate::context;
+use crate::event_loop::{spawn_failed, spawn_task};
+use crate::scheduler::RuntimeShared;
+use crate::task::raw::Exclusive;
+use crate::task::{Task, TaskId, TaskRef};
+use braid_bridge::sync::Mutex;
+use braid_bridge::{Error, ErrorKind, Result};
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+
+/// A handle for creating tasks in a group run by [`task_group`] (asyncio's `TaskGroup`).
+/// Cheap to clone and `Send + Sync`: children may hold one to create more children.
+///
+/// # Examples
+///
+/// ```
+/// braid_runtime::run(async {
+///     let total = braid_runtime::task_group(|group| async move {
+///         let a = group.create_task(async { Ok(1) });
+///         let b = group.create_task(async { Ok(2) });
+///         Ok(a.await? + b.await?)
+///     }).await?;
+///     assert_eq!(total, 3);
+///     Ok(())
+/// }).unwrap();
+/// ```
+#[derive(Clone)]
+pub struct TaskGroup {
+    shared: Arc<GroupShared>,
+}
+
+struct GroupShared {
+    rt: Arc<RuntimeShared>,
+    /// The task running the group's body: cancelled when a child fails.
+    parent: Option<TaskRef>,
+    state: Mutex<GroupState>,
+}
+
+#[derive(Default)]
+struct GroupState {
+    /// The body returned: the group only waits for its children now.
+    exiting: bool,
+    /// A child failed, the body failed, or the group was cancelled: the children are being
+    /// cancelled and no new one may start.
+    aborting: bool,
+    /// The group cancelled its parent itself (and must `uncancel` it on exit).
+    parent_cancel_requested: bool,
+    live: HashMap<TaskId, TaskRef>,
+    /// Every child error, in the order the children failed.
+    errors: Vec<Error>,
+    /// The exit, waiting for `live` to empty.
+    waker: Option<Waker>,
+}
+
+impl TaskGroup {
+    /// Creates a child task of the group. On a group that is finished or shutting down
+    /// (aborting after a failure or a cancel), the task is returned already failed with an
+    /// `InvalidState` error and its coroutine never runs; see
+    /// [`try_create_task`](TaskGroup::try_create_task) to get that error directly.
+    ///
+    /// ```
+    /// braid_runtime::run(async {
+    ///     let v = braid_runtime::task_group(|group| async move {
+    ///         let child = group.create_task(async { Ok("child") });
+    ///         child.await
+    ///     }).await?;
+    ///     assert_eq!(v, "child");
+    ///     Ok(())
+    /// }).unwrap();
+    /// ```
+    pub fn create_task<F, T>(&self, fut: F) -> Task<T>
+    where
+        F: Future<Output = Result<T>> + Send + 'static,
+        T: Send + 'static,
+    {
+        match self.try_create_task(fut) {
+            Ok(task) => task,
+            Err(error) => spawn_failed(&self.shared.rt, error),
+        }
+    }
+
+    /// As [`create_task`](TaskGroup::create_task), with the refusal as an error.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidState` if the group is finished or shutting down.
+    ///
+    /// ```
+    /// braid_runtime::run(async {
+    ///     let mut kept = None;
+    ///     braid_runtime::task_group(|group| {
+    ///         kept = Some(group.clone());
+    ///         async { Ok(()) }
+    ///     }).await?;
+    ///     let late = kept.unwrap().try_create_task(async { Ok(()) });
+    ///     assert_eq!(late.unwrap_err().kind(), braid_runtime::ErrorKind::InvalidState);
+    ///     Ok(())
+    /// }).unwrap();
+    /// ```
+    pub fn try_create_task<F, T>(&self, fut: F) -> Result<Task<T>>
+    where
+        F: Future<Output = Result<T>> + Send + 'static,
+        T: Send + 'static,
+    {
+        let task = {
+            let mut state = self.shared.state.lock();
+            if state.exiting && state.live.is_empty() {
+                return Err(Error::new(
+                    ErrorKind::InvalidState,
+                    "the TaskGroup is finished",
+                ));
+            }
+            if state.aborting {
+                return Err(Error::new(
+                    ErrorKind::InvalidState,
+                    "the TaskGroup is shutting down",
+                ));
+            }
+            // Spawned and counted under the lock, so that the group cannot finish in between.
+            let task = spawn_task(&self.shared.rt, None, fut).0;
+            state.live.insert(task.id(), task.as_ref());
+            task
+        };
+        // Outside the lock: a child already complete runs the hook right here.
+        let shared = self.shared.clone();
+        task.add_completion_hook(Box::new(move |child, failure| {
+            shared.on_child_done(child, failure);
+        }));
+        Ok(task)
+    }
+}
+
+impl GroupShared {
+    /// asyncio's `_on_task_done`, run on the thread that completed the child.
+    fn on_child_done(&self, child: &TaskRef, failure: Option<&Error>) {
+        let mut cancel_children = Vec::new();
+        let mut cancel_parent = None;
+        let waker;
+        {
+            let mut state = self.state.lock();
+            state.live.remove(&child.id());
+            waker = if state.live.is_empty() {
+                state.waker.take()
+            } else {
+                None
+            };
+            if let Some(error) = failure.filter(|_| !child.cancelled()) {
+                // The group reports it; it is no longer "never retrieved".
+                child.header().mark_quiet();
+                state.errors.push(error.clone());
+                if !state.aborting && !state.parent_cancel_requested {
+                    // Abort the group and cancel the body where it awaits, to be uncancelled
+                    // on exit (the parent is not being cancelled by anyone else).
+                    cancel_children = state.abort();
+                    if let Some(parent) = &self.parent {
+                        state.parent_cancel_requested = true;
+                        cancel_parent = Some(parent.clone());
+                    }
+                }
+            }
+        }
+        for child in cancel_children {
+            child.cancel();
+        }
+        if let Some(parent) = cancel_parent {
+            parent.cancel();
+        }
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    /// Marks the group aborting and cancels its live children.
+    fn abort(&self) {
+        let children = self.state.lock().abort();
+        for child in children {
+            child.cancel();
+        }
+    }
+}
+
+impl GroupState {
+    /// Marks the group aborting; the children to cancel (outside the lock).
+    fn abort(&mut self) -> Vec<TaskRef> {
+        self.aborting = true;
+        self.live.values().filter(|t| !t.done()).cloned().collect()
+    }
+}
+
+/// Runs `body` with a new [`TaskGroup`], then waits for every child, including ones created
+/// late by the body or by other children (asyncio's `async with TaskGroup() as group:`).
+///
+/// * The first child failure (or a body failure) cancels the other children and the body
+///   (at its current await); the result is then an error of kind `Group` whose
+///   [`group_errors`](crate::Error::group_errors) lists every child error, the body's last.
+/// * A cancel of the task running the group cancels the children and gives a plain
+///   Cancelled error, unless a child raised an error while cancelling: errors win over the
+///   cancel. The task's `cancelling()` count is as it was once the group has handled a cancel
+///   of its own making.
+/// * A panic in the body is its error (kind `Panicked`).
+/// * Nested groups nest their errors.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use braid_runtime::{sleep, task_group, Error, ErrorKind};
+/// braid_runtime::run(async {
+///     let err = task_group(|group| async move {
+///         group.create_task(async { sleep(Duration::from_secs(60)).await });
+///         group.create_task(async { Err::<(), _>(Error::msg("boom")) });
+///         Ok(())
+///     }).await.unwrap_err();
+///     assert_eq!(err.kind(), ErrorKind::Group);
+///     assert_eq!(err.group_errors().len(), 1); // the sleeper was cancelled, not failed
+///     Ok(())
+/// }).unwrap();
+/// ```
+pub fn task_group<B, Fut, T>(body: B) -> TaskGroupRun<B, Fut, T>
+where
+    B: FnOnce(TaskGroup) -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    TaskGroupRun {
+        step: Step::Start(Some(Exclusive::new(Box::new(body)))),
+        group: None,
+        outcome: None,
+        propagate_cancel: None,
+    }
+}
+
+/// The future of [`task_group`].
+///
+/// # Cancel safety
+///
+/// Dropping it before it finishes cancels the children still running (nobody is left to
+/// wait for them).
+#[must_use = "futures do nothing unless you `.await` them"]
+pub struct TaskGroupRun<B, Fut, T> {
+    step: Step<B, Fut>,
+    group: Option<TaskGroup>,
+    /// The body's outcome, once it returned (boxed, like the closure and the body's
+    /// future, so that the group future is `Unpin` whatever they are).
+    outcome: Option<Exclusive<Box<Result<T>>>>,
+    /// The Cancelled error to re-raise, if the group was cancelled from outside.
+    propagate_cancel: Option<Error>,
+}
+
+enum Step<B, Fut> {
+    Start(Option<Exclusive<Box<B>>>),
+    Body(Exclusive<Pin<Box<Fut>>>),
+    Exiting,
+    Done,
+}
+
+impl<B, Fut, T> Future for TaskGroupRun<B, Fut, T>
+where
+    B: FnOnce(TaskGroup) -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    type Output = Result<T>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<T>> {
+        let this = self.get_mut();
+        loop {
+            match &mut this.step {
+                Step::Start(body) => {
+                    let Some(ctx) = context::current_loop() else {
+                        this.step = Step::Done;
+                        return Poll::Ready(Err(Error::new(
+                            ErrorKind::InvalidState,
+                            "task_group() needs a running braid event loop",
+                        )));
+                    };
+                    let group = TaskGroup {
+                        shared: Arc::new(GroupShared {
+                            rt: ctx.rt.clone(),
+                            parent: crate::current_task(),
+                            state: Mutex::new(GroupState::default()),
+                        }),
+                    };
+                    let body = body.take().expect("started once").into_inner();
+                    let fut = body(group.clone());
+                    this.group = Some(group);
+                    this.step = Step::Body(Exclusive::new(Box::pin(fut)));
+                }
+                Step::Body(fut) => {
+                    let fut = fut.get_mut().as_mut();
+                    let outcome = match catch_unwind(AssertUnwindSafe(|| fut.poll(cx))) {
+                        Ok(Poll::Pending) => return Poll::Pending,
+                        Ok(Poll::Ready(outcome)) => outcome,
+                        Err(panic) => Err(Error::from_panic(panic)),
+                    };
+                    this.begin_exit(&outcome);
+                    this.outcome = Some(Exclusive::new(Box::new(outcome)));
+                    this.step = Step::Exiting;
+                }
+                Step::Exiting => {
+                    if !this.poll_children_done(cx) {
+                        return Poll::Pending;
+                    }
+                    this.step = Step::Done;
+                    return Poll::Ready(this.finish());
+                }
+                Step::Done => {
+                    return Poll::Ready(Err(super::polled_after_completion("task_group")));
+                }
+            }
+        }
+    }
+}
+
+impl<B, Fut, T> TaskGroupRun<B, Fut, T> {
+    fn shared(&self) -> &Arc<GroupShared> {
+        &self
+            .group
+            .as_ref()
+            .expect("the group exists once started")
+            .shared
+    }
+
+    /// asyncio's `__aexit__`, first part: the body returned `outcome`.
+    fn begin_exit(&mut self, outcome: &Result<T>) {
+        if let Err(error) = outcome {
+            if error.is_cancelled() {
+                self.propagate_cancel = Some(error.clone());
+            }
+        }
+        let shared = self.shared().clone();
+        let abort = {
+            let mut state = shared.state.lock();
+            state.exiting = true;
+            outcome.is_err() && !state.aborting
+        };
+        if abort {
+            shared.abort();
+        }
+    }
+
+    /// Waits for the children; a cancel of our task meanwhile aborts the group.
+    fn poll_children_done(&mut self, cx: &mut Context<'_>) -> bool {
+        let shared = self.shared().clone();
+        if let Some(cancel) = context::take_cancel() {
+            let aborting = shared.state.lock().aborting;
+            if !aborting {
+                self.propagate_cancel = Some(cancel);
+                shared.abort();
+            }
+        }
+        context::clear_awaiting(None);
+        let mut state = shared.state.lock();
+        if state.live.is_empty() {
+            state.waker = None;
+            return true;
+        }
+        match &state.waker {
+            Some(old) if old.will_wake(cx.waker()) => {}
+            _ => state.waker = Some(cx.waker().clone()),
+        }
+        false
+    }
+
+    /// asyncio's `__aexit__`, last part: every child is done.
+    fn finish(&mut self) -> Result<T> {
+        let shared = self.shared().clone();
+        let outcome = self.outcome.take().expect("the body returned").into_inner();
+        let outcome = *outcome;
+        let (parent_cancel_requested, mut errors) = {
+            let mut state = shared.state.lock();
+            (
+                state.parent_cancel_requested,
+                std::mem::take(&mut state.errors),
+            )
+        };
+        let mut propagate_cancel = self.propagate_cancel.take();
+        if parent_cancel_requested {
+            if let Some(parent) = &shared.parent {
+                if parent.uncancel() == 0 {
+                    // The only cancel was ours: it is not to be propagated.
+                    propagate_cancel = None;
+                }
+            }
+        }
+        if let Some(cancel) = propagate_cancel {
+            if errors.is_empty() {
+                return Err(cancel);
+            }
+        }
+        let value = match outcome {
+            Ok(value) => value,
+            Err(error) => {
+                if !error.is_cancelled() {
+                    errors.push(error.clone());
+                }
+                if errors.is_empty() {
+                    return Err(error);
+                }
+                // Only reached with errors: the value is never needed.
+                return Err(self.group_error(errors));
+            }
+        };
+        if errors.is_empty() {
+            Ok(value)
+        } else {
+            Err(self.group_error(errors))
+        }
+    }
+
+    fn group_error(&self, errors: Vec<Error>) -> Error {
+        // A cancel from outside is kept pending (asyncio uncancels and re-cancels the parent),
+        // so that the task still sees it at its next await.
+        if let Some(parent) = &self.shared().parent {
+            if parent.cancelling() > 0 {
+                parent.uncancel();
+                parent.cancel();
+            }
+        }
+        Error::group("unhandled errors in a TaskGroup", errors)
+    }
+}
+
+impl<B, Fut, T> Drop for TaskGroupRun<B, Fut, T> {
+    fn drop(&mut self) {
+        if !matches!(self.step, Step::Done) {
+            if let Some(group) = &self.group {
+                group.shared.abort();
+            }
+        }
+    }
+}
+
+impl fmt::Debug for TaskGroup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = self.shared.state.lock();
+        f.debug_struct("TaskGroup")
+            .field("live", &state.live.len())
+            .field("errors", &state.errors.len())
+            .field("aborting", &state.aborting)
+            .field("exiting", &state.exiting)
+            .finish()
+    }
+}
+
+impl<B, Fut, T> fmt::Debug for TaskGroupRun<B, Fut, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let step = match self.step {
+            Step::Start(_) => "start",
+            Step::Body(_) => "body",
+            Step::Exiting => "exiting",
+            Step::Done => "done",
+        };
+        f.debug_struct("TaskGroupRun")
+            .field("step", &step)
+            .field("group", &self.group)
+            .finish()
+    }
+}

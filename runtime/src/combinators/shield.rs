@@ -1,0 +1,102 @@
+//! `shield`: await a task without passing cancellation on to it.
+
+use crate::context;
+use crate::task::Task;
+use braid_bridge::Result;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+/// Awaits `task` without passing cancellation on to it (asyncio's `shield`): when the
+/// awaiting task is cancelled, the await returns a Cancelled error at once and the inner task
+/// keeps running to completion. Its value, error or cancellation passes through otherwise.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// braid_runtime::run(async {
+///     let inner = braid_runtime::create_task(async {
+///         braid_runtime::sleep(Duration::from_millis(20)).await?;
+///         Ok("kept")
+///     });
+///     let outer = braid_runtime::create_task(async move {
+///         let mut shielded = braid_runtime::shield(inner);
+///         let cancelled = (&mut shielded).await.unwrap_err().is_cancelled();
+///         // The inner task was not cancelled: its result is still there.
+///         Ok((cancelled, shielded.into_inner().await?))
+///     });
+///     braid_runtime::sleep(Duration::from_millis(5)).await?;
+///     outer.cancel();
+///     assert_eq!(outer.await?, (true, "kept"));
+///     Ok(())
+/// }).unwrap();
+/// ```
+pub fn shield<T: 'static>(task: Task<T>) -> Shield<T> {
+    Shield { task }
+}
+
+/// The future of [`shield`].
+///
+/// # Cancel safety
+///
+/// Dropping it drops the inner [`Task`] handle, which detaches the task: it keeps running.
+#[must_use = "futures do nothing unless you `.await` them"]
+pub struct Shield<T> {
+    task: Task<T>,
+}
+
+impl<T: 'static> Shield<T> {
+    /// The inner task.
+    ///
+    /// ```
+    /// braid_runtime::run(async {
+    ///     let t = braid_runtime::create_task(async { Ok(1) });
+    ///     let id = t.id();
+    ///     assert_eq!(braid_runtime::shield(t).task().id(), id);
+    ///     Ok(())
+    /// }).unwrap();
+    /// ```
+    pub fn task(&self) -> &Task<T> {
+        &self.task
+    }
+
+    /// Gives the inner task back, to await it (or cancel it) after the shielded await
+    /// returned Cancelled.
+    ///
+    /// ```
+    /// braid_runtime::run(async {
+    ///     let t = braid_runtime::create_task(async { Ok(1) });
+    ///     assert_eq!(braid_runtime::shield(t).into_inner().await?, 1);
+    ///     Ok(())
+    /// }).unwrap();
+    /// ```
+    pub fn into_inner(self) -> Task<T> {
+        self.task
+    }
+}
+
+impl<T: 'static> Future for Shield<T> {
+    type Output = Result<T>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<T>> {
+        let this = self.get_mut();
+        if let Some(cancel) = context::take_cancel() {
+            // As asyncio: once the outer await is cancelled, the inner task's error is no
+            // longer reported as "never retrieved" (whoever wants it can still await it).
+            this.task.mark_quiet();
+            return Poll::Ready(Err(cancel));
+        }
+        // Registers nothing as awaited, so a cancel of our task stays ours (the check above)
+        // and never reaches the inner task.
+        context::clear_awaiting(None);
+        this.task.poll_output(cx)
+    }
+}
+
+impl<T: 'static> fmt::Debug for Shield<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shield").field("task", &self.task).finish()
+    }
+}
