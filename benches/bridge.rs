@@ -1,43 +1,89 @@
-//! The bridge, braid beside tokio's multi-thread runtime with the same number of workers, in
-//! one run:
+//! The bridge between plain threads and the runtime: braid beside tokio's multi-thread runtime
+//! with the same number of workers (`BRAID_BENCH_WORKERS`, default 2), in one run. The same
+//! workloads in CPython asyncio (and uvloop) are in `benches/python/bridge.py`;
+//! `cargo run --release -p braid-benchmarks` runs all three and writes `BENCHMARKS.md`.
 //!
-//! * `round_trip`: a foreign (non-runtime) thread submits a trivial coroutine and blocks on
-//!   its result: braid's `run_coroutine_threadsafe` + `ConcurrentFuture::result` against
-//!   tokio's `Handle::spawn` + a blocking wait on the `JoinHandle`. Median by criterion, then
-//!   p50/p99 over 20 000 round trips.
-//! * `call_soon_threadsafe`: 4 foreign threads hand 100 000 callbacks to the loops; the time
-//!   until all have run. tokio has no callbacks: its counterpart is `Handle::spawn` of a
-//!   trivial future from the same threads.
-//! * `to_thread`: a task runs 10 000 blocking jobs on the default pool and awaits them all:
-//!   `braid::to_thread` against `tokio::task::spawn_blocking`.
+//! - `call_soon_threadsafe`: 4 foreign threads hand 100 000 callbacks (25 000 each) to one
+//!   loop; the time until the last has run. tokio has no loop callbacks: its counterpart is
+//!   `Handle::spawn` of a trivial future from the same threads.
+//! - `run_coroutine_threadsafe`: the bench thread, foreign to both runtimes, submits a trivial
+//!   coroutine and blocks on its result: `EventLoop::run_coroutine_threadsafe` +
+//!   `ConcurrentFuture::into_result` against `Handle::spawn` + a blocking wait on the
+//!   `JoinHandle`. Criterion's median per round trip, then p50 and p99 over 20 000 round trips
+//!   recorded in an HDR histogram (`hdrhistogram`), printed and, when the report generator
+//!   asks (`BRAID_BENCH_SUMMARY_DIR`), written to `run_coroutine_threadsafe_latency.json`.
+//! - `to_thread`: a task runs 10 000 blocking jobs on the default thread pool and awaits them
+//!   all: `braid::to_thread` against `tokio::task::spawn_blocking`.
 //!
-//! Run with `cargo bench --bench bridge`; `BRAID_BENCH_WORKERS` sets the worker count
-//! (default 2, this machine's cores).
+//! Each runtime is built once per group, outside the measured closure. The binary ends by
+//! printing the braid/tokio ratio of the medians (above 1: braid is slower).
+//! `BRAID_BENCH_QUICK=1` takes fewer, shorter samples and 5 000 round trips for the
+//! percentiles.
+//!
+//! ```text
+//! cargo bench --bench bridge
+//! ```
+
+mod common;
+
+use common::{braid_runtime, compare, quick, tokio_runtime, Latch};
 use criterion::Criterion;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use hdrhistogram::Histogram;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-fn workers() -> usize {
-    std::env::var("BRAID_BENCH_WORKERS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2)
+/// Callbacks per iteration of `call_soon_threadsafe`, all threads together.
+const CALLBACKS: usize = 100_000;
+/// Foreign threads submitting them.
+const SUBMITTERS: usize = 4;
+/// Blocking jobs per iteration of `to_thread`.
+const BLOCKING_JOBS: u64 = 10_000;
+
+/// The groups this binary defines, in order.
+const GROUPS: [&str; 3] = [
+    "call_soon_threadsafe",
+    "run_coroutine_threadsafe",
+    "to_thread",
+];
+
+// ---- call_soon_threadsafe ------------------------------------------------------------------
+
+fn braid_callbacks(rt: &braid::Runtime) {
+    let lp = rt.event_loop();
+    let latch = Arc::new(Latch::new(CALLBACKS));
+    std::thread::scope(|s| {
+        for _ in 0..SUBMITTERS {
+            let (lp, latch) = (lp.clone(), latch.clone());
+            s.spawn(move || {
+                for _ in 0..CALLBACKS / SUBMITTERS {
+                    let latch = latch.clone();
+                    lp.call_soon_threadsafe(move || latch.count_down())
+                        .expect("open loop");
+                }
+            });
+        }
+    });
+    latch.wait();
 }
 
-fn runtimes() -> (braid::Runtime, tokio::runtime::Runtime) {
-    let n = workers();
-    let braid = braid::Runtime::builder()
-        .workers(n)
-        .build()
-        .expect("braid runtime");
-    let tokio = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(n)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    (braid, tokio)
+fn tokio_callbacks(rt: &tokio::runtime::Runtime) {
+    let handle = rt.handle();
+    let latch = Arc::new(Latch::new(CALLBACKS));
+    std::thread::scope(|s| {
+        for _ in 0..SUBMITTERS {
+            let (handle, latch) = (handle.clone(), latch.clone());
+            s.spawn(move || {
+                for _ in 0..CALLBACKS / SUBMITTERS {
+                    let latch = latch.clone();
+                    drop(handle.spawn(async move { latch.count_down() }));
+                }
+            });
+        }
+    });
+    latch.wait();
 }
+
+// ---- run_coroutine_threadsafe --------------------------------------------------------------
 
 fn braid_round_trip(lp: &braid::EventLoop) {
     let fut = lp
@@ -51,51 +97,73 @@ fn tokio_round_trip(handle: &tokio::runtime::Handle) {
     assert_eq!(futures::executor::block_on(join).expect("join"), 1);
 }
 
-const CALLBACKS: usize = 100_000;
-const SUBMITTERS: usize = 4;
-
-fn braid_callbacks(lp: &braid::EventLoop) {
-    let done = Arc::new(AtomicUsize::new(0));
-    std::thread::scope(|s| {
-        for _ in 0..SUBMITTERS {
-            let (lp, done) = (lp.clone(), done.clone());
-            s.spawn(move || {
-                for _ in 0..CALLBACKS / SUBMITTERS {
-                    let done = done.clone();
-                    lp.call_soon_threadsafe(move || {
-                        done.fetch_add(1, Ordering::Relaxed);
-                    })
-                    .expect("open loop");
-                }
-            });
-        }
-    });
-    while done.load(Ordering::Acquire) < CALLBACKS {
-        std::thread::yield_now();
+/// Round trips recorded for the percentiles.
+fn latency_round_trips() -> usize {
+    if quick() {
+        5_000
+    } else {
+        20_000
     }
 }
 
-fn tokio_callbacks(handle: &tokio::runtime::Handle) {
-    let done = Arc::new(AtomicUsize::new(0));
-    std::thread::scope(|s| {
-        for _ in 0..SUBMITTERS {
-            let (handle, done) = (handle.clone(), done.clone());
-            s.spawn(move || {
-                for _ in 0..CALLBACKS / SUBMITTERS {
-                    let done = done.clone();
-                    handle.spawn(async move {
-                        done.fetch_add(1, Ordering::Relaxed);
-                    });
-                }
-            });
-        }
-    });
-    while done.load(Ordering::Acquire) < CALLBACKS {
-        std::thread::yield_now();
+/// `n` timed calls of `round_trip` (after `n / 10` untimed ones to warm up) in a histogram
+/// of nanoseconds.
+fn latencies(n: usize, mut round_trip: impl FnMut()) -> Histogram<u64> {
+    for _ in 0..n / 10 {
+        round_trip();
     }
+    // 1 ns to 60 s at 3 significant digits.
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("histogram");
+    for _ in 0..n {
+        let start = Instant::now();
+        round_trip();
+        hist.saturating_record(start.elapsed().as_nanos() as u64);
+    }
+    hist
 }
 
-const BLOCKING_JOBS: u64 = 10_000;
+/// p50 and p99 of both runtimes' round trips: printed, and written for the report generator.
+fn round_trip_percentiles(workers: usize) {
+    let n = latency_round_trips();
+    let braid = {
+        let rt = braid_runtime(workers);
+        let lp = rt.event_loop();
+        let hist = latencies(n, || braid_round_trip(&lp));
+        rt.shutdown(Duration::from_secs(5)).expect("braid shutdown");
+        hist
+    };
+    let tokio = {
+        let rt = tokio_runtime(workers);
+        let handle = rt.handle().clone();
+        let hist = latencies(n, || tokio_round_trip(&handle));
+        rt.shutdown_timeout(Duration::from_secs(5));
+        hist
+    };
+    let us = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1e3;
+    println!(
+        "\nrun_coroutine_threadsafe round trip over {n} calls, {workers} worker thread(s) each:\n  \
+         p50 braid {:>8.1} µs  tokio {:>8.1} µs  braid/tokio {:>5.2}\n  \
+         p99 braid {:>8.1} µs  tokio {:>8.1} µs  braid/tokio {:>5.2}",
+        us(&braid, 0.5),
+        us(&tokio, 0.5),
+        us(&braid, 0.5) / us(&tokio, 0.5),
+        us(&braid, 0.99),
+        us(&tokio, 0.99),
+        us(&braid, 0.99) / us(&tokio, 0.99),
+    );
+    let json = format!(
+        "{{\"round_trips\": {n}, \"workers\": {workers}, \
+         \"braid\": {{\"p50_s\": {:e}, \"p99_s\": {:e}}}, \
+         \"tokio\": {{\"p50_s\": {:e}, \"p99_s\": {:e}}}}}\n",
+        us(&braid, 0.5) / 1e6,
+        us(&braid, 0.99) / 1e6,
+        us(&tokio, 0.5) / 1e6,
+        us(&tokio, 0.99) / 1e6,
+    );
+    common::write_summary("run_coroutine_threadsafe_latency", &json);
+}
+
+// ---- to_thread -----------------------------------------------------------------------------
 
 fn braid_to_thread(rt: &braid::Runtime) {
     let sum = rt
@@ -127,84 +195,46 @@ fn tokio_spawn_blocking(rt: &tokio::runtime::Runtime) {
     assert_eq!(sum, BLOCKING_JOBS * (BLOCKING_JOBS - 1) / 2);
 }
 
-/// `n` timed calls of `f`, sorted.
-fn sorted_times(n: usize, mut f: impl FnMut()) -> Vec<Duration> {
-    let mut times: Vec<Duration> = (0..n)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed()
-        })
+/// Whether criterion's command line names a filter that excludes `group` (so that the
+/// percentile run, which is not a criterion benchmark, obeys the same filter).
+fn filtered_out(group: &str) -> bool {
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
         .collect();
-    times.sort();
-    times
-}
-
-/// Median of `runs` timed calls of `f`.
-fn median(runs: usize, f: impl FnMut()) -> Duration {
-    sorted_times(runs, f)[runs / 2]
-}
-
-/// p50 and p99 of `n` timed calls of `f`.
-fn percentiles(n: usize, f: impl FnMut()) -> (Duration, Duration) {
-    let times = sorted_times(n, f);
-    (times[n / 2], times[n * 99 / 100])
+    // Flags that take a value would be mistaken for filters; the generator passes none.
+    !filters.is_empty() && !filters.iter().any(|f| group.contains(f.as_str()))
 }
 
 fn main() {
-    let (braid_rt, tokio_rt) = runtimes();
-    let lp = braid_rt.event_loop();
-    let handle = tokio_rt.handle().clone();
-    let mut c = Criterion::default()
-        .configure_from_args()
-        .sample_size(20)
-        .warm_up_time(Duration::from_millis(300))
-        .measurement_time(Duration::from_secs(2));
-
-    let mut g = c.benchmark_group("round_trip");
-    g.bench_function("braid", |b| b.iter(|| braid_round_trip(&lp)));
-    g.bench_function("tokio", |b| b.iter(|| tokio_round_trip(&handle)));
-    g.finish();
-    let mut g = c.benchmark_group("call_soon_threadsafe_100k_from_4_threads");
-    g.sample_size(10);
-    g.bench_function("braid", |b| b.iter(|| braid_callbacks(&lp)));
-    g.bench_function("tokio_spawn", |b| b.iter(|| tokio_callbacks(&handle)));
-    g.finish();
-    let mut g = c.benchmark_group("to_thread_10k");
-    g.sample_size(10);
-    g.bench_function("braid", |b| b.iter(|| braid_to_thread(&braid_rt)));
-    g.bench_function("tokio_spawn_blocking", |b| {
-        b.iter(|| tokio_spawn_blocking(&tokio_rt))
-    });
-    g.finish();
+    let workers = common::workers();
+    let mut c = Criterion::default().configure_from_args();
+    compare(
+        &mut c,
+        workers,
+        "call_soon_threadsafe",
+        braid_callbacks,
+        tokio_callbacks,
+    );
+    compare(
+        &mut c,
+        workers,
+        "run_coroutine_threadsafe",
+        |rt| braid_round_trip(&rt.event_loop()),
+        |rt| tokio_round_trip(rt.handle()),
+    );
+    compare(
+        &mut c,
+        workers,
+        "to_thread",
+        braid_to_thread,
+        tokio_spawn_blocking,
+    );
     c.final_summary();
-
-    println!(
-        "\n== braid vs tokio ({} workers each); ratio = braid / tokio, lower is better ==",
-        workers()
-    );
-    let (bp50, bp99) = percentiles(20_000, || braid_round_trip(&lp));
-    let (tp50, tp99) = percentiles(20_000, || tokio_round_trip(&handle));
-    println!(
-        "round_trip            p50 braid {bp50:>10.2?} tokio {tp50:>10.2?} ratio {:.2} | p99 braid {bp99:>10.2?} tokio {tp99:>10.2?} ratio {:.2}",
-        ratio(bp50, tp50),
-        ratio(bp99, tp99)
-    );
-    let b = median(9, || braid_callbacks(&lp));
-    let t = median(9, || tokio_callbacks(&handle));
-    println!(
-        "call_soon_threadsafe  median braid {b:>10.2?} tokio {t:>10.2?} ratio {:.2} ({:.1} M callbacks/s)",
-        ratio(b, t),
-        CALLBACKS as f64 / b.as_secs_f64() / 1e6
-    );
-    let b = median(9, || braid_to_thread(&braid_rt));
-    let t = median(9, || tokio_spawn_blocking(&tokio_rt));
-    println!(
-        "to_thread             median braid {b:>10.2?} tokio {t:>10.2?} ratio {:.2}",
-        ratio(b, t)
-    );
-}
-
-fn ratio(a: Duration, b: Duration) -> f64 {
-    a.as_secs_f64() / b.as_secs_f64()
+    common::print_ratios(&GROUPS);
+    // `cargo test --benches` runs each bench once as a smoke test: skip the long percentile run.
+    let test_mode = std::env::args().any(|a| a == "--test");
+    if !test_mode && !filtered_out("run_coroutine_threadsafe") {
+        round_trip_percentiles(workers);
+    }
 }

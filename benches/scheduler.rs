@@ -1,114 +1,69 @@
 //! Scheduler micro-benchmarks: braid's runtime against tokio's multi-thread runtime, side by
-//! side in one run, with the same number of worker threads on both sides.
+//! side in one run, with the same number of worker threads on both sides
+//! (`BRAID_BENCH_WORKERS`, default 2). The same workloads in CPython asyncio (and uvloop) are
+//! in `benches/python/scheduler.py`; `cargo run --release -p braid-benchmarks` runs all three
+//! and writes `BENCHMARKS.md`.
 //!
 //! Workloads, after tokio's own `benches/rt_multi_threaded.rs`:
 //!
 //! - `spawn_many_local`: from inside a task, spawn 10 000 tasks that each decrement a shared
 //!   counter; the last one completes a notification (`braid::Promise<()>` /
-//!   `tokio::sync::oneshot`) that the spawning task awaits. Measures spawn, schedule and run of
-//!   tiny tasks, mostly through the spawning worker's local queue and stealing.
+//!   `tokio::sync::oneshot`) that the spawning task awaits. Spawn, schedule and run of tiny
+//!   tasks, mostly through the spawning worker's local queue and stealing.
+//! - `spawn_many_remote`: the bench's own thread, foreign to both runtimes, spawns 10 000 such
+//!   tasks (`EventLoop::spawn` / `Handle::spawn`) and blocks until the last has run. Spawn
+//!   through the shared injector and the wake-up of sleeping workers.
+//! - `ping_pong`: 1 000 pairs of tasks; in each pair one sends the other a one-shot message
+//!   and waits for the one-shot answer (`braid::Promise<()>` / `tokio::sync::oneshot`).
+//!   Cross-task wake-ups.
 //! - `yield_many`: 200 tasks, each yielding 1 000 times (`braid::yield_now` /
-//!   `tokio::task::yield_now`), all joined. Measures the cost of a task's wake-and-repoll round
-//!   trip through the run queues.
+//!   `tokio::task::yield_now`), all joined. A task's wake-and-repoll round trip through the
+//!   run queues.
+//! - `chained_spawn`: a chain of 1 000 tasks, each spawning the next; the last completes a
+//!   notification. Latency of one spawn when nothing else is queued.
+//! - `timers`: 100 000 tasks each sleeping a delay of 0 to 10 ms (SplitMix64 with a fixed seed,
+//!   the same delays in the Python twin), all joined. Timer insertion, expiry and wake-up.
 //!
 //! Each runtime is built once per group, outside the measured closure, and driven with
-//! `Runtime::run_until_complete` / `tokio::runtime::Runtime::block_on` inside it. Both sides
-//! use `BRAID_BENCH_WORKERS` worker threads (default 2). After the criterion groups the binary
-//! prints the braid/tokio ratio of the median times per workload (above 1: braid is slower).
+//! `Runtime::run_until_complete` / `tokio::runtime::Runtime::block_on` inside it. After the
+//! criterion groups the binary prints the braid/tokio ratio of the median times per workload
+//! (above 1: braid is slower). `BRAID_BENCH_QUICK=1` takes fewer, shorter samples.
 //!
 //! ```text
 //! cargo bench --bench scheduler
-//! BRAID_BENCH_WORKERS=4 cargo bench --bench scheduler
+//! BRAID_BENCH_WORKERS=4 cargo bench --bench scheduler -- yield_many
 //! ```
 
-use criterion::{BenchmarkGroup, Criterion, SamplingMode};
-use std::cell::RefCell;
-use std::collections::BTreeMap;
+mod common;
+
+use common::{compare, timer_delays, Latch};
+use criterion::Criterion;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// Tasks spawned per iteration of `spawn_many_local`.
+/// Tasks spawned per iteration of `spawn_many_local` and `spawn_many_remote`.
 const SPAWN_TASKS: usize = 10_000;
+/// Pairs of tasks per iteration of `ping_pong`.
+const PING_PONG_PAIRS: usize = 1_000;
 /// Tasks per iteration of `yield_many`.
 const YIELD_TASKS: usize = 200;
 /// Yields per task in `yield_many`.
 const YIELDS_PER_TASK: usize = 1_000;
+/// Length of the chain in `chained_spawn`.
+const CHAIN_LENGTH: usize = 1_000;
+/// Concurrent sleeps per iteration of `timers`.
+const TIMERS: usize = 100_000;
 
-/// Samples per benchmark function; the ratios use the last this-many recorded samples.
-const SAMPLE_SIZE: usize = 20;
-const WARM_UP: Duration = Duration::from_millis(1_000);
-const MEASUREMENT: Duration = Duration::from_millis(3_000);
-
-fn workers() -> usize {
-    match std::env::var("BRAID_BENCH_WORKERS") {
-        Ok(v) => match v.trim().parse::<usize>() {
-            Ok(n) if n >= 1 => n,
-            _ => panic!("BRAID_BENCH_WORKERS must be a positive integer, got {v:?}"),
-        },
-        Err(_) => 2,
-    }
-}
-
-fn braid_runtime(workers: usize) -> braid::Runtime {
-    braid::Runtime::builder()
-        .workers(workers)
-        .thread_name("bench-braid")
-        .build()
-        .expect("build braid runtime")
-}
-
-fn tokio_runtime(workers: usize) -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
-        .thread_name("bench-tokio")
-        .enable_all()
-        .build()
-        .expect("build tokio runtime")
-}
-
-thread_local! {
-    /// Per-iteration time of every sample criterion took, keyed by "group/function", in the
-    /// order they were taken (warm-up batches first, then the measured samples).
-    static SAMPLES: RefCell<BTreeMap<String, Vec<f64>>> = const { RefCell::new(BTreeMap::new()) };
-}
-
-/// Runs `routine` as criterion's measured routine and records each batch's time per
-/// iteration, so that `main` can compare the medians without reading criterion's files.
-fn bench_recorded(
-    group: &mut BenchmarkGroup<'_, criterion::measurement::WallTime>,
-    group_name: &str,
-    function: &str,
-    mut routine: impl FnMut(),
-) {
-    let key = format!("{group_name}/{function}");
-    group.bench_function(function, |b| {
-        b.iter_custom(|iters| {
-            let start = Instant::now();
-            for _ in 0..iters {
-                routine();
-            }
-            let elapsed = start.elapsed();
-            let per_iter = elapsed.as_secs_f64() / iters.max(1) as f64;
-            SAMPLES.with(|s| {
-                s.borrow_mut()
-                    .entry(key.clone())
-                    .or_default()
-                    .push(per_iter)
-            });
-            elapsed
-        })
-    });
-}
-
-fn configure(group: &mut BenchmarkGroup<'_, criterion::measurement::WallTime>) {
-    // Each iteration is milliseconds long: flat sampling keeps the run within its time budget.
-    group
-        .sampling_mode(SamplingMode::Flat)
-        .sample_size(SAMPLE_SIZE)
-        .warm_up_time(WARM_UP)
-        .measurement_time(MEASUREMENT);
-}
+/// The groups this binary defines, in order.
+const GROUPS: [&str; 6] = [
+    "spawn_many_local",
+    "spawn_many_remote",
+    "ping_pong",
+    "yield_many",
+    "chained_spawn",
+    "timers",
+];
 
 // ---- spawn_many_local ----------------------------------------------------------------------
 
@@ -117,24 +72,32 @@ struct BraidCountdown {
     done: braid::Promise<()>,
 }
 
+impl BraidCountdown {
+    fn new(count: usize) -> Arc<BraidCountdown> {
+        Arc::new(BraidCountdown {
+            remaining: AtomicUsize::new(count),
+            done: braid::Promise::new(),
+        })
+    }
+
+    fn count_down(&self) -> braid::Result<()> {
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.done.set_result(())?;
+        }
+        Ok(())
+    }
+}
+
 fn braid_spawn_many_local(rt: &braid::Runtime) {
     rt.run_until_complete(async {
         let spawner = braid::create_task(async {
-            let shared = Arc::new(BraidCountdown {
-                remaining: AtomicUsize::new(SPAWN_TASKS),
-                done: braid::Promise::new(),
-            });
+            let countdown = BraidCountdown::new(SPAWN_TASKS);
             for _ in 0..SPAWN_TASKS {
-                let shared = shared.clone();
+                let countdown = countdown.clone();
                 // Dropping a Task detaches it.
-                drop(braid::create_task(async move {
-                    if shared.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-                        shared.done.set_result(())?;
-                    }
-                    Ok(())
-                }));
+                drop(braid::create_task(async move { countdown.count_down() }));
             }
-            shared.done.clone().await
+            countdown.done.clone().await
         });
         spawner.await
     })
@@ -146,44 +109,116 @@ struct TokioCountdown {
     done: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
 }
 
+impl TokioCountdown {
+    fn new(count: usize) -> (Arc<TokioCountdown>, tokio::sync::oneshot::Receiver<()>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let countdown = Arc::new(TokioCountdown {
+            remaining: AtomicUsize::new(count),
+            done: Mutex::new(Some(tx)),
+        });
+        (countdown, rx)
+    }
+
+    fn count_down(&self) {
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let tx = self.done.lock().unwrap().take().expect("one last task");
+            tx.send(()).unwrap();
+        }
+    }
+}
+
 fn tokio_spawn_many_local(rt: &tokio::runtime::Runtime) {
     rt.block_on(async {
         let spawner = tokio::spawn(async {
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            let shared = Arc::new(TokioCountdown {
-                remaining: AtomicUsize::new(SPAWN_TASKS),
-                done: Mutex::new(Some(tx)),
-            });
+            let (countdown, done) = TokioCountdown::new(SPAWN_TASKS);
             for _ in 0..SPAWN_TASKS {
-                let shared = shared.clone();
-                drop(tokio::spawn(async move {
-                    if shared.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-                        let tx = shared.done.lock().unwrap().take().expect("one last task");
-                        tx.send(()).unwrap();
-                    }
-                }));
+                let countdown = countdown.clone();
+                drop(tokio::spawn(async move { countdown.count_down() }));
             }
-            rx.await.unwrap();
+            done.await.unwrap();
         });
         spawner.await.unwrap();
     });
 }
 
-fn spawn_many_local(c: &mut Criterion, workers: usize) {
-    const NAME: &str = "spawn_many_local";
-    let mut group = c.benchmark_group(NAME);
-    configure(&mut group);
-    {
-        let rt = braid_runtime(workers);
-        bench_recorded(&mut group, NAME, "braid", || braid_spawn_many_local(&rt));
-        rt.shutdown(Duration::from_secs(5)).expect("braid shutdown");
+// ---- spawn_many_remote ---------------------------------------------------------------------
+
+fn braid_spawn_many_remote(rt: &braid::Runtime) {
+    let lp = rt.event_loop();
+    let latch = Arc::new(Latch::new(SPAWN_TASKS));
+    for _ in 0..SPAWN_TASKS {
+        let latch = latch.clone();
+        drop(
+            lp.spawn(async move {
+                latch.count_down();
+                Ok(())
+            })
+            .expect("braid spawn from a foreign thread"),
+        );
     }
-    {
-        let rt = tokio_runtime(workers);
-        bench_recorded(&mut group, NAME, "tokio", || tokio_spawn_many_local(&rt));
-        rt.shutdown_timeout(Duration::from_secs(5));
+    latch.wait();
+}
+
+fn tokio_spawn_many_remote(rt: &tokio::runtime::Runtime) {
+    let handle = rt.handle();
+    let latch = Arc::new(Latch::new(SPAWN_TASKS));
+    for _ in 0..SPAWN_TASKS {
+        let latch = latch.clone();
+        drop(handle.spawn(async move { latch.count_down() }));
     }
-    group.finish();
+    latch.wait();
+}
+
+// ---- ping_pong -----------------------------------------------------------------------------
+
+fn braid_ping_pong(rt: &braid::Runtime) {
+    rt.run_until_complete(async {
+        let spawner = braid::create_task(async {
+            let countdown = BraidCountdown::new(PING_PONG_PAIRS);
+            for _ in 0..PING_PONG_PAIRS {
+                let countdown = countdown.clone();
+                drop(braid::create_task(async move {
+                    let ping = braid::Promise::<()>::new();
+                    let pong = braid::Promise::<()>::new();
+                    let (their_ping, their_pong) = (ping.clone(), pong.clone());
+                    drop(braid::create_task(async move {
+                        their_ping.await?;
+                        their_pong.set_result(())
+                    }));
+                    ping.set_result(())?;
+                    pong.await?;
+                    countdown.count_down()
+                }));
+            }
+            countdown.done.clone().await
+        });
+        spawner.await
+    })
+    .expect("braid ping_pong");
+}
+
+fn tokio_ping_pong(rt: &tokio::runtime::Runtime) {
+    rt.block_on(async {
+        let spawner = tokio::spawn(async {
+            let (countdown, done) = TokioCountdown::new(PING_PONG_PAIRS);
+            for _ in 0..PING_PONG_PAIRS {
+                let countdown = countdown.clone();
+                drop(tokio::spawn(async move {
+                    let (ping_tx, ping_rx) = tokio::sync::oneshot::channel::<()>();
+                    let (pong_tx, pong_rx) = tokio::sync::oneshot::channel::<()>();
+                    drop(tokio::spawn(async move {
+                        ping_rx.await.unwrap();
+                        pong_tx.send(()).unwrap();
+                    }));
+                    ping_tx.send(()).unwrap();
+                    pong_rx.await.unwrap();
+                    countdown.count_down();
+                }));
+            }
+            done.await.unwrap();
+        });
+        spawner.await.unwrap();
+    });
 }
 
 // ---- yield_many ----------------------------------------------------------------------------
@@ -225,85 +260,121 @@ fn tokio_yield_many(rt: &tokio::runtime::Runtime) {
     });
 }
 
-fn yield_many(c: &mut Criterion, workers: usize) {
-    const NAME: &str = "yield_many";
-    let mut group = c.benchmark_group(NAME);
-    configure(&mut group);
-    {
-        let rt = braid_runtime(workers);
-        bench_recorded(&mut group, NAME, "braid", || braid_yield_many(&rt));
-        rt.shutdown(Duration::from_secs(5)).expect("braid shutdown");
+// ---- chained_spawn -------------------------------------------------------------------------
+
+/// Spawns the next link of the chain, or ends it: a plain function, so that the chain's
+/// futures do not nest.
+fn braid_chain(links_left: usize, done: braid::Promise<()>) -> braid::Result<()> {
+    if links_left == 0 {
+        return done.set_result(());
     }
-    {
-        let rt = tokio_runtime(workers);
-        bench_recorded(&mut group, NAME, "tokio", || tokio_yield_many(&rt));
-        rt.shutdown_timeout(Duration::from_secs(5));
-    }
-    group.finish();
+    drop(braid::create_task(async move {
+        braid_chain(links_left - 1, done)
+    }));
+    Ok(())
 }
 
-// ---- report --------------------------------------------------------------------------------
-
-fn median(samples: &[f64]) -> Option<f64> {
-    if samples.is_empty() {
-        return None;
-    }
-    let mut v = samples.to_vec();
-    v.sort_by(f64::total_cmp);
-    let mid = v.len() / 2;
-    Some(if v.len() % 2 == 0 {
-        (v[mid - 1] + v[mid]) / 2.0
-    } else {
-        v[mid]
+fn braid_chained_spawn(rt: &braid::Runtime) {
+    rt.run_until_complete(async {
+        let done = braid::Promise::new();
+        braid_chain(CHAIN_LENGTH, done.clone())?;
+        done.await
     })
+    .expect("braid chained_spawn");
 }
 
-fn fmt_time(secs: f64) -> String {
-    if secs >= 1.0 {
-        format!("{secs:.3} s")
-    } else if secs >= 1e-3 {
-        format!("{:.3} ms", secs * 1e3)
-    } else {
-        format!("{:.3} µs", secs * 1e6)
+fn tokio_chain(links_left: usize, done: tokio::sync::oneshot::Sender<()>) {
+    if links_left == 0 {
+        done.send(()).unwrap();
+        return;
     }
+    drop(tokio::spawn(
+        async move { tokio_chain(links_left - 1, done) },
+    ));
 }
 
-/// Prints braid's and tokio's median time per iteration and their ratio for every group that
-/// ran (a criterion filter may have skipped some; `cargo test` mode runs one iteration each).
-fn print_ratios(workers: usize) {
-    let samples = SAMPLES.with(|s| s.borrow().clone());
-    let measured = |key: &str| {
-        let all = samples.get(key)?;
-        // The measured samples are the last SAMPLE_SIZE batches; the warm-up ones come first.
-        median(&all[all.len().saturating_sub(SAMPLE_SIZE)..])
-    };
-    let mut lines = Vec::new();
-    for group in ["spawn_many_local", "yield_many"] {
-        if let (Some(b), Some(t)) = (
-            measured(&format!("{group}/braid")),
-            measured(&format!("{group}/tokio")),
-        ) {
-            lines.push(format!(
-                "{group:<18} braid {:>12}   tokio {:>12}   braid/tokio {:>6.2}",
-                fmt_time(b),
-                fmt_time(t),
-                b / t
-            ));
+fn tokio_chained_spawn(rt: &tokio::runtime::Runtime) {
+    rt.block_on(async {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio_chain(CHAIN_LENGTH, tx);
+        rx.await.unwrap();
+    });
+}
+
+// ---- timers --------------------------------------------------------------------------------
+
+fn braid_timers(rt: &braid::Runtime, delays: &[Duration]) {
+    rt.run_until_complete(async {
+        let tasks: Vec<_> = delays
+            .iter()
+            .map(|&d| braid::create_task(braid::sleep(d)))
+            .collect();
+        for t in tasks {
+            t.await?;
         }
-    }
-    if !lines.is_empty() {
-        println!("\nmedian time per iteration, {workers} worker thread(s) each (ratio above 1: braid is slower)");
-        for line in lines {
-            println!("  {line}");
+        Ok(())
+    })
+    .expect("braid timers");
+}
+
+fn tokio_timers(rt: &tokio::runtime::Runtime, delays: &[Duration]) {
+    rt.block_on(async {
+        let tasks: Vec<_> = delays
+            .iter()
+            .map(|&d| tokio::spawn(tokio::time::sleep(d)))
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
         }
-    }
+    });
 }
 
 fn main() {
-    let workers = workers();
+    let workers = common::workers();
+    let delays = timer_delays(TIMERS);
     let mut c = Criterion::default().configure_from_args();
-    spawn_many_local(&mut c, workers);
-    yield_many(&mut c, workers);
+    compare(
+        &mut c,
+        workers,
+        "spawn_many_local",
+        braid_spawn_many_local,
+        tokio_spawn_many_local,
+    );
+    compare(
+        &mut c,
+        workers,
+        "spawn_many_remote",
+        braid_spawn_many_remote,
+        tokio_spawn_many_remote,
+    );
+    compare(
+        &mut c,
+        workers,
+        "ping_pong",
+        braid_ping_pong,
+        tokio_ping_pong,
+    );
+    compare(
+        &mut c,
+        workers,
+        "yield_many",
+        braid_yield_many,
+        tokio_yield_many,
+    );
+    compare(
+        &mut c,
+        workers,
+        "chained_spawn",
+        braid_chained_spawn,
+        tokio_chained_spawn,
+    );
+    compare(
+        &mut c,
+        workers,
+        "timers",
+        |rt| braid_timers(rt, &delays),
+        |rt| tokio_timers(rt, &delays),
+    );
     c.final_summary();
-    print_ratios(workers);
+    common::print_ratios(&GROUPS);
 }
