@@ -59,6 +59,7 @@ mod executor;
 mod promise;
 mod runtime;
 mod scheduler;
+mod sync;
 mod task;
 mod timer;
 
@@ -73,6 +74,12 @@ pub use event_loop::{CallbackHandle, EventLoop, ExceptionContext, LoopState, Tim
 pub use executor::{run_in_executor, to_thread, wrap_future, ExecutorFuture};
 pub use promise::{create_future, CallbackId, Promise, PromiseFuture};
 pub use runtime::{run, Builder, Runtime};
+pub use sync::{
+    Barrier, BarrierWait, BoundedSemaphore, BrokenBarrier, Condition, ConditionAcquire,
+    ConditionGuard, ConditionWait, ConditionWaitFor, Event, EventWait, LifoQueue, Lock,
+    LockAcquire, LockGuard, PriorityQueue, Queue, QueueEmpty, QueueFull, QueueGet, QueueJoin,
+    QueuePut, QueueShutDown, Semaphore, SemaphoreAcquire, SemaphorePermit,
+};
 pub use task::{Task, TaskId, TaskRef};
 pub use timer::{delay_from_secs, sleep, sleep_until, yield_now, Sleep, YieldNow};
 

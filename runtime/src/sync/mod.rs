@@ -1,0 +1,126 @@
+//! asyncio's synchronisation primitives for tasks on any loop of a runtime: `Lock`, `Event`,
+//! `Condition`, `Semaphore`, `BoundedSemaphore`, `Barrier`, and the queues.
+//!
+//! Every primitive keeps its state and its waiters under one mutex, and follows asyncio's
+//! protocol: a releaser *notifies* the first waiter in line (or, for a semaphore, hands it
+//! the permit), and the waiter completes when its task next polls it. A waiter that is
+//! cancelled (or dropped) after being notified but before it ran passes the notification on
+//! to the next in line, so nothing (a lock, a permit, an item's wake-up) is ever lost; one
+//! cancelled before it was notified simply leaves the line.
+//!
+//! The parts that decide "who is notified, who passes on" are written against [`WaitQueue`]
+//! with explicit inputs (a waker, "was I cancelled"), so that the loom models at the bottom
+//! of this module can drive them from several threads without a runtime.
+
+mod barrier;
+mod condition;
+mod event;
+mod lock;
+mod queue;
+mod semaphore;
+
+pub use barrier::{Barrier, BarrierWait, BrokenBarrier};
+pub use condition::{Condition, ConditionAcquire, ConditionGuard, ConditionWait, ConditionWaitFor};
+pub use event::{Event, EventWait};
+pub use lock::{Lock, LockAcquire, LockGuard};
+pub use queue::{
+    LifoQueue, PriorityQueue, Queue, QueueEmpty, QueueFull, QueueGet, QueueJoin, QueuePut,
+    QueueShutDown,
+};
+pub use semaphore::{BoundedSemaphore, Semaphore, SemaphoreAcquire, SemaphorePermit};
+
+use std::collections::VecDeque;
+use std::task::Waker;
+
+/// A FIFO line of waiters. Lives inside a primitive's mutex; every method is called with it
+/// held, and the wakers it returns are woken after the mutex is released.
+#[derive(Default)]
+pub(crate) struct WaitQueue {
+    entries: VecDeque<Entry>,
+    next_id: u64,
+}
+
+struct Entry {
+    id: u64,
+    notified: bool,
+    waker: Waker,
+}
+
+impl WaitQueue {
+    /// Joins the line at the back; the returned id names this waiter from now on.
+    pub(crate) fn push(&mut self, waker: &Waker) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.entries.push_back(Entry {
+            id,
+            notified: false,
+            waker: waker.clone(),
+        });
+        id
+    }
+
+    fn find(&mut self, id: u64) -> Option<&mut Entry> {
+        self.entries.iter_mut().find(|e| e.id == id)
+    }
+
+    /// True if waiter `id` was notified; else refreshes its waker.
+    pub(crate) fn check(&mut self, id: u64, waker: &Waker) -> bool {
+        match self.find(id) {
+            Some(entry) if entry.notified => true,
+            Some(entry) => {
+                if !entry.waker.will_wake(waker) {
+                    entry.waker = waker.clone();
+                }
+                false
+            }
+            // Not in line any more: only `remove` takes entries out, and the owner calls it.
+            None => true,
+        }
+    }
+
+    /// Leaves the line; true if the waiter had been notified.
+    pub(crate) fn remove(&mut self, id: u64) -> bool {
+        match self.entries.iter().position(|e| e.id == id) {
+            Some(at) => self.entries.remove(at).is_some_and(|e| e.notified),
+            None => false,
+        }
+    }
+
+    /// Notifies the first waiter not yet notified; its waker, to wake after unlocking.
+    pub(crate) fn notify_one(&mut self) -> Option<Waker> {
+        let entry = self.entries.iter_mut().find(|e| !e.notified)?;
+        entry.notified = true;
+        Some(entry.waker.clone())
+    }
+
+    /// Notifies up to `n` waiters in line order, pushing their wakers to `wake`.
+    pub(crate) fn notify(&mut self, n: usize, wake: &mut Vec<Waker>) {
+        for entry in self.entries.iter_mut().filter(|e| !e.notified).take(n) {
+            entry.notified = true;
+            wake.push(entry.waker.clone());
+        }
+    }
+
+    /// Wakes every waiter (notified or not) so that each re-checks its condition.
+    pub(crate) fn wake_all(&mut self, wake: &mut Vec<Waker>) {
+        for entry in &mut self.entries {
+            entry.notified = true;
+            wake.push(entry.waker.clone());
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len()
+    }
+}
+
+/// Wakes what a state change collected, after its mutex was released.
+pub(crate) fn wake_all(wakers: impl IntoIterator<Item = Waker>) {
+    for waker in wakers {
+        waker.wake();
+    }
+}

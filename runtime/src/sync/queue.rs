@@ -1,0 +1,764 @@
+//! `Queue`, `LifoQueue`, `PriorityQueue`: asyncio's queues (Python 3.13, with `shutdown`).
+
+use super::{wake_all, WaitQueue};
+use crate::context;
+use braid_bridge::sync::Mutex;
+use braid_bridge::{Error, ErrorKind, Result};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+
+/// `put_nowait` on a full queue (asyncio's `QueueFull`); reach it with `Error::downcast_ref`.
+/// Its kind is `Other`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueFull;
+
+/// `get_nowait` on an empty queue (asyncio's `QueueEmpty`); reach it with
+/// `Error::downcast_ref`. Its kind is `Other`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueEmpty;
+
+/// An operation on a queue that was shut down (asyncio's `QueueShutDown`); reach it with
+/// `Error::downcast_ref`. Its kind is `Closed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueShutDown;
+
+impl fmt::Display for QueueFull {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the queue is full")
+    }
+}
+impl fmt::Display for QueueEmpty {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the queue is empty")
+    }
+}
+impl fmt::Display for QueueShutDown {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the queue is shut down")
+    }
+}
+impl std::error::Error for QueueFull {}
+impl std::error::Error for QueueEmpty {}
+impl std::error::Error for QueueShutDown {}
+
+fn full() -> Error {
+    Error::with_source(ErrorKind::Other, QueueFull)
+}
+fn empty() -> Error {
+    Error::with_source(ErrorKind::Other, QueueEmpty)
+}
+fn shut_down() -> Error {
+    Error::with_source(ErrorKind::Closed, QueueShutDown)
+}
+
+/// Where the items live: the order is the only difference between the three queues.
+trait Store: Default {
+    type Item;
+    fn push(&mut self, item: Self::Item);
+    fn pop(&mut self) -> Option<Self::Item>;
+    fn len(&self) -> usize;
+}
+
+/// First in, first out.
+struct Fifo<T>(VecDeque<T>);
+/// Last in, first out.
+struct Lifo<T>(Vec<T>);
+/// Smallest first.
+struct Smallest<T: Ord>(BinaryHeap<Reverse<T>>);
+
+impl<T> Default for Fifo<T> {
+    fn default() -> Self {
+        Fifo(VecDeque::new())
+    }
+}
+impl<T> Store for Fifo<T> {
+    type Item = T;
+    fn push(&mut self, item: T) {
+        self.0.push_back(item);
+    }
+    fn pop(&mut self) -> Option<T> {
+        self.0.pop_front()
+    }
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+impl<T> Default for Lifo<T> {
+    fn default() -> Self {
+        Lifo(Vec::new())
+    }
+}
+impl<T> Store for Lifo<T> {
+    type Item = T;
+    fn push(&mut self, item: T) {
+        self.0.push(item);
+    }
+    fn pop(&mut self) -> Option<T> {
+        self.0.pop()
+    }
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+impl<T: Ord> Default for Smallest<T> {
+    fn default() -> Self {
+        Smallest(BinaryHeap::new())
+    }
+}
+impl<T: Ord> Store for Smallest<T> {
+    type Item = T;
+    fn push(&mut self, item: T) {
+        self.0.push(Reverse(item));
+    }
+    fn pop(&mut self) -> Option<T> {
+        self.0.pop().map(|Reverse(item)| item)
+    }
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
+/// The queue machinery shared by the three public queues.
+struct Core<S> {
+    maxsize: usize,
+    state: Mutex<State<S>>,
+}
+
+struct State<S> {
+    items: S,
+    getters: WaitQueue,
+    putters: WaitQueue,
+    joiners: WaitQueue,
+    unfinished: usize,
+    shutdown: bool,
+}
+
+impl<S: Store> State<S> {
+    fn is_full(&self, maxsize: usize) -> bool {
+        maxsize > 0 && self.items.len() >= maxsize
+    }
+}
+
+type PutRefused<T> = (T, Error);
+
+impl<S: Store> Core<S> {
+    fn new(maxsize: usize) -> Core<S> {
+        Core {
+            maxsize,
+            state: Mutex::new(State {
+                items: S::default(),
+                getters: WaitQueue::default(),
+                putters: WaitQueue::default(),
+                joiners: WaitQueue::default(),
+                unfinished: 0,
+                shutdown: false,
+            }),
+        }
+    }
+
+    fn qsize(&self) -> usize {
+        self.state.lock().items.len()
+    }
+
+    fn full(&self) -> bool {
+        self.state.lock().is_full(self.maxsize)
+    }
+
+    /// asyncio's `put_nowait`, under the lock: the item back if it cannot go in.
+    fn put_locked(
+        &self,
+        state: &mut State<S>,
+        item: S::Item,
+    ) -> std::result::Result<Option<Waker>, PutRefused<S::Item>> {
+        if state.shutdown {
+            return Err((item, shut_down()));
+        }
+        if state.is_full(self.maxsize) {
+            return Err((item, full()));
+        }
+        state.items.push(item);
+        state.unfinished += 1;
+        Ok(state.getters.notify_one())
+    }
+
+    /// asyncio's `get_nowait`, under the lock.
+    fn get_locked(&self, state: &mut State<S>) -> Result<(S::Item, Option<Waker>)> {
+        match state.items.pop() {
+            Some(item) => Ok((item, state.putters.notify_one())),
+            None if state.shutdown => Err(shut_down()),
+            None => Err(empty()),
+        }
+    }
+
+    fn try_put(&self, item: S::Item) -> std::result::Result<(), PutRefused<S::Item>> {
+        let waker = self.put_locked(&mut self.state.lock(), item)?;
+        wake_all(waker);
+        Ok(())
+    }
+
+    fn get_nowait(&self) -> Result<S::Item> {
+        let (item, waker) = self.get_locked(&mut self.state.lock())?;
+        wake_all(waker);
+        Ok(item)
+    }
+
+    /// One step of asyncio's `put`: waits while full. `item` is taken only on success.
+    pub(crate) fn poll_put(
+        &self,
+        item: &mut Option<S::Item>,
+        waiter: &mut Option<u64>,
+        waker: &Waker,
+        cancelled: bool,
+    ) -> Poll<Result<(), Option<Error>>> {
+        let mut state = self.state.lock();
+        let woken = match *waiter {
+            Some(id) => state.putters.check(id, waker),
+            None => true,
+        };
+        if cancelled {
+            let pass_on = self.leave_put(&mut state, waiter);
+            drop(state);
+            wake_all(pass_on);
+            return Poll::Ready(Err(None));
+        }
+        if !woken {
+            return Poll::Pending;
+        }
+        if let Some(id) = waiter.take() {
+            state.putters.remove(id);
+        }
+        if state.shutdown {
+            return Poll::Ready(Err(Some(shut_down())));
+        }
+        if state.is_full(self.maxsize) {
+            // Not woken yet, or woken and beaten to the room: (back) in line.
+            *waiter = Some(state.putters.push(waker));
+            return Poll::Pending;
+        }
+        let value = item.take().expect("a put holds its item until it is done");
+        let wake = match self.put_locked(&mut state, value) {
+            Ok(wake) => wake,
+            Err(_) => unreachable!("room and shutdown were checked under the same lock"),
+        };
+        drop(state);
+        wake_all(wake);
+        Poll::Ready(Ok(()))
+    }
+
+    /// A putter leaves the line; if it had been woken and there is room, the next putter is.
+    fn leave_put(&self, state: &mut State<S>, waiter: &mut Option<u64>) -> Option<Waker> {
+        let id = waiter.take()?;
+        if state.putters.remove(id) && !state.shutdown && !state.is_full(self.maxsize) {
+            state.putters.notify_one()
+        } else {
+            None
+        }
+    }
+
+    /// One step of asyncio's `get`: waits while empty. `Err(None)` when `cancelled`.
+    pub(crate) fn poll_get(
+        &self,
+        waiter: &mut Option<u64>,
+        waker: &Waker,
+        cancelled: bool,
+    ) -> Poll<Result<S::Item, Option<Error>>> {
+        let mut state = self.state.lock();
+        let woken = match *waiter {
+            Some(id) => state.getters.check(id, waker),
+            None => true,
+        };
+        if cancelled {
+            let pass_on = self.leave_get(&mut state, waiter);
+            drop(state);
+            wake_all(pass_on);
+            return Poll::Ready(Err(None));
+        }
+        if !woken {
+            return Poll::Pending;
+        }
+        if let Some(id) = waiter.take() {
+            state.getters.remove(id);
+        }
+        if state.items.len() == 0 {
+            if state.shutdown {
+                return Poll::Ready(Err(Some(shut_down())));
+            }
+            *waiter = Some(state.getters.push(waker));
+            return Poll::Pending;
+        }
+        let outcome = self.get_locked(&mut state);
+        drop(state);
+        Poll::Ready(match outcome {
+            Ok((item, wake)) => {
+                wake_all(wake);
+                Ok(item)
+            }
+            Err(error) => Err(Some(error)),
+        })
+    }
+
+    /// A getter leaves the line; if it had been woken and an item is there, the next getter
+    /// is woken instead.
+    fn leave_get(&self, state: &mut State<S>, waiter: &mut Option<u64>) -> Option<Waker> {
+        let id = waiter.take()?;
+        if state.getters.remove(id) && state.items.len() > 0 {
+            state.getters.notify_one()
+        } else {
+            None
+        }
+    }
+
+    fn abandon_put(&self, waiter: &mut Option<u64>) {
+        if waiter.is_some() {
+            let pass_on = self.leave_put(&mut self.state.lock(), waiter);
+            wake_all(pass_on);
+        }
+    }
+
+    fn abandon_get(&self, waiter: &mut Option<u64>) {
+        if waiter.is_some() {
+            let pass_on = self.leave_get(&mut self.state.lock(), waiter);
+            wake_all(pass_on);
+        }
+    }
+
+    fn task_done(&self) -> Result<()> {
+        let mut wake = Vec::new();
+        {
+            let mut state = self.state.lock();
+            if state.unfinished == 0 {
+                return Err(Error::new(
+                    ErrorKind::InvalidState,
+                    "task_done() called too many times",
+                ));
+            }
+            state.unfinished -= 1;
+            if state.unfinished == 0 {
+                state.joiners.wake_all(&mut wake);
+            }
+        }
+        wake_all(wake);
+        Ok(())
+    }
+
+    fn poll_join(&self, waiter: &mut Option<u64>, waker: &Waker) -> Poll<()> {
+        let mut state = self.state.lock();
+        if let Some(id) = waiter.take() {
+            state.joiners.remove(id);
+        }
+        if state.unfinished == 0 {
+            return Poll::Ready(());
+        }
+        *waiter = Some(state.joiners.push(waker));
+        Poll::Pending
+    }
+
+    fn abandon_join(&self, waiter: &mut Option<u64>) {
+        if let Some(id) = waiter.take() {
+            self.state.lock().joiners.remove(id);
+        }
+    }
+
+    fn shutdown(&self, immediate: bool) {
+        let mut wake = Vec::new();
+        let mut drained = Vec::new();
+        {
+            let mut state = self.state.lock();
+            state.shutdown = true;
+            if immediate {
+                while let Some(item) = state.items.pop() {
+                    drained.push(item);
+                    state.unfinished = state.unfinished.saturating_sub(1);
+                }
+                if state.unfinished == 0 {
+                    state.joiners.wake_all(&mut wake);
+                }
+            }
+            state.getters.wake_all(&mut wake);
+            state.putters.wake_all(&mut wake);
+        }
+        // Dropped outside the lock: an item's destructor may do anything.
+        drop(drained);
+        wake_all(wake);
+    }
+}
+
+/// The future of `put` on any of the queues.
+///
+/// # Cancel safety
+///
+/// Dropping it (or a cancel) leaves the line without a trace; the item was not put, and
+/// [`take_item`](QueuePut::take_item) gives it back.
+#[must_use = "futures do nothing unless you `.await` them"]
+pub struct QueuePut<'a, T> {
+    core: &'a dyn PutCore<T>,
+    item: Option<T>,
+    waiter: Option<u64>,
+}
+
+/// The future of `get` on any of the queues.
+///
+/// # Cancel safety
+///
+/// Dropping it (or a cancel) leaves the line without a trace and takes no item.
+#[must_use = "futures do nothing unless you `.await` them"]
+pub struct QueueGet<'a, T> {
+    core: &'a dyn GetCore<T>,
+    waiter: Option<u64>,
+    done: bool,
+}
+
+/// The future of `join` on any of the queues.
+#[must_use = "futures do nothing unless you `.await` them"]
+pub struct QueueJoin<'a> {
+    core: &'a dyn JoinCore,
+    waiter: Option<u64>,
+    done: bool,
+}
+
+/// The typed operations the futures need, object-safe so that one future type serves the
+/// three queues.
+trait PutCore<T>: Sync {
+    fn poll_put(
+        &self,
+        item: &mut Option<T>,
+        waiter: &mut Option<u64>,
+        waker: &Waker,
+        cancelled: bool,
+    ) -> Poll<Result<(), Option<Error>>>;
+    fn abandon_put(&self, waiter: &mut Option<u64>);
+}
+trait GetCore<T>: Sync {
+    fn poll_get(
+        &self,
+        waiter: &mut Option<u64>,
+        waker: &Waker,
+        cancelled: bool,
+    ) -> Poll<Result<T, Option<Error>>>;
+    fn abandon_get(&self, waiter: &mut Option<u64>);
+}
+trait JoinCore: Sync {
+    fn poll_join(&self, waiter: &mut Option<u64>, waker: &Waker) -> Poll<()>;
+    fn abandon_join(&self, waiter: &mut Option<u64>);
+}
+
+impl<S: Store + Send> PutCore<S::Item> for Core<S> {
+    fn poll_put(
+        &self,
+        item: &mut Option<S::Item>,
+        waiter: &mut Option<u64>,
+        waker: &Waker,
+        cancelled: bool,
+    ) -> Poll<Result<(), Option<Error>>> {
+        Core::poll_put(self, item, waiter, waker, cancelled)
+    }
+    fn abandon_put(&self, waiter: &mut Option<u64>) {
+        Core::abandon_put(self, waiter);
+    }
+}
+impl<S: Store + Send> GetCore<S::Item> for Core<S> {
+    fn poll_get(
+        &self,
+        waiter: &mut Option<u64>,
+        waker: &Waker,
+        cancelled: bool,
+    ) -> Poll<Result<S::Item, Option<Error>>> {
+        Core::poll_get(self, waiter, waker, cancelled)
+    }
+    fn abandon_get(&self, waiter: &mut Option<u64>) {
+        Core::abandon_get(self, waiter);
+    }
+}
+impl<S: Store + Send> JoinCore for Core<S> {
+    fn poll_join(&self, waiter: &mut Option<u64>, waker: &Waker) -> Poll<()> {
+        Core::poll_join(self, waiter, waker)
+    }
+    fn abandon_join(&self, waiter: &mut Option<u64>) {
+        Core::abandon_join(self, waiter);
+    }
+}
+
+impl<T> QueuePut<'_, T> {
+    /// Takes the item back out of a put that did not complete (cancelled, refused, or never
+    /// polled), to retry it. `None` once the item is in the queue.
+    ///
+    /// ```
+    /// let q = braid_runtime::Queue::new(0);
+    /// let mut put = q.put(String::from("x"));
+    /// assert_eq!(put.take_item().as_deref(), Some("x"));
+    /// ```
+    pub fn take_item(&mut self) -> Option<T> {
+        self.item.take()
+    }
+}
+
+// The item is never pinned: it is moved into the queue by value.
+impl<T> Unpin for QueuePut<'_, T> {}
+
+impl<T> Future for QueuePut<'_, T> {
+    type Output = Result<()>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        let this = self.get_mut();
+        if this.item.is_none() {
+            return Poll::Ready(Err(crate::combinators::polled_after_completion(
+                "Queue::put",
+            )));
+        }
+        let cancel = context::take_cancel();
+        context::clear_awaiting(None);
+        match this.core.poll_put(
+            &mut this.item,
+            &mut this.waiter,
+            cx.waker(),
+            cancel.is_some(),
+        ) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
+            Poll::Ready(Err(Some(error))) => Poll::Ready(Err(error)),
+            Poll::Ready(Err(None)) => Poll::Ready(Err(cancel.expect("refused for a cancel"))),
+        }
+    }
+}
+
+impl<T> Drop for QueuePut<'_, T> {
+    fn drop(&mut self) {
+        self.core.abandon_put(&mut self.waiter);
+    }
+}
+
+impl<T> fmt::Debug for QueuePut<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("QueuePut")
+            .field("waiting", &self.waiter.is_some())
+            .field("done", &self.item.is_none())
+            .finish()
+    }
+}
+
+impl<T> Future for QueueGet<'_, T> {
+    type Output = Result<T>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<T>> {
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(Err(crate::combinators::polled_after_completion(
+                "Queue::get",
+            )));
+        }
+        let cancel = context::take_cancel();
+        context::clear_awaiting(None);
+        let outcome = match this
+            .core
+            .poll_get(&mut this.waiter, cx.waker(), cancel.is_some())
+        {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Ok(item)) => Ok(item),
+            Poll::Ready(Err(Some(error))) => Err(error),
+            Poll::Ready(Err(None)) => Err(cancel.expect("refused for a cancel")),
+        };
+        this.done = true;
+        Poll::Ready(outcome)
+    }
+}
+
+impl<T> Drop for QueueGet<'_, T> {
+    fn drop(&mut self) {
+        self.core.abandon_get(&mut self.waiter);
+    }
+}
+
+impl<T> fmt::Debug for QueueGet<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("QueueGet")
+            .field("waiting", &self.waiter.is_some())
+            .finish()
+    }
+}
+
+impl Future for QueueJoin<'_> {
+    type Output = Result<()>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(Err(crate::combinators::polled_after_completion(
+                "Queue::join",
+            )));
+        }
+        if let Some(cancel) = context::take_cancel() {
+            this.core.abandon_join(&mut this.waiter);
+            this.done = true;
+            return Poll::Ready(Err(cancel));
+        }
+        context::clear_awaiting(None);
+        match this.core.poll_join(&mut this.waiter, cx.waker()) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(()) => {
+                this.done = true;
+                Poll::Ready(Ok(()))
+            }
+        }
+    }
+}
+
+impl Drop for QueueJoin<'_> {
+    fn drop(&mut self) {
+        self.core.abandon_join(&mut self.waiter);
+    }
+}
+
+impl fmt::Debug for QueueJoin<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("QueueJoin")
+            .field("waiting", &self.waiter.is_some())
+            .finish()
+    }
+}
+
+macro_rules! queue_type {
+    ($(#[$doc:meta])* $name:ident, $store:ident, [$($bound:tt)*]) => {
+        $(#[$doc])*
+        pub struct $name<T: $($bound)*> {
+            core: Core<$store<T>>,
+        }
+
+        impl<T: Send + $($bound)*> $name<T> {
+            #[doc = concat!("A queue holding at most `maxsize` items (0: no limit).\n\n```\nlet q = braid_runtime::", stringify!($name), "::<u8>::new(2);\nassert_eq!(q.maxsize(), 2);\n```")]
+            pub fn new(maxsize: usize) -> Self {
+                $name { core: Core::new(maxsize) }
+            }
+
+            #[doc = concat!("The limit given to `new` (0: none).\n\n```\nassert_eq!(braid_runtime::", stringify!($name), "::<u8>::new(0).maxsize(), 0);\n```")]
+            pub fn maxsize(&self) -> usize {
+                self.core.maxsize
+            }
+
+            #[doc = concat!("The number of items in the queue.\n\n```\nlet q = braid_runtime::", stringify!($name), "::new(0);\nq.put_nowait(1).unwrap();\nassert_eq!(q.qsize(), 1);\n```")]
+            pub fn qsize(&self) -> usize {
+                self.core.qsize()
+            }
+
+            #[doc = concat!("True if the queue holds no item.\n\n```\nassert!(braid_runtime::", stringify!($name), "::<u8>::new(0).empty());\n```")]
+            pub fn empty(&self) -> bool {
+                self.qsize() == 0
+            }
+
+            #[doc = concat!("True if the queue holds `maxsize` items (never, without a limit).\n\n```\nlet q = braid_runtime::", stringify!($name), "::new(1);\nq.put_nowait(1).unwrap();\nassert!(q.full());\n```")]
+            pub fn full(&self) -> bool {
+                self.core.full()
+            }
+
+            #[doc = concat!("Puts `item`, waiting while the queue is full; waiting putters are served in arrival order. A cancellation point (a cancelled put puts nothing).\n\n# Errors\n\n[`QueueShutDown`] once the queue is shut down; the task's Cancelled error.\n\n```\nbraid_runtime::run(async {\n    let q = braid_runtime::", stringify!($name), "::new(1);\n    q.put(1).await?;\n    assert!(q.full());\n    Ok(())\n}).unwrap();\n```")]
+            pub fn put(&self, item: T) -> QueuePut<'_, T> {
+                QueuePut { core: &self.core, item: Some(item), waiter: None }
+            }
+
+            #[doc = concat!("Takes an item, waiting while the queue is empty; waiting getters are served in arrival order. A cancellation point: a cancelled get takes no item.\n\n# Errors\n\n[`QueueShutDown`] once the queue is shut down and empty; the task's Cancelled error.\n\n```\nbraid_runtime::run(async {\n    let q = braid_runtime::", stringify!($name), "::new(0);\n    q.put_nowait(7).unwrap();\n    assert_eq!(q.get().await?, 7);\n    Ok(())\n}).unwrap();\n```")]
+            pub fn get(&self) -> QueueGet<'_, T> {
+                QueueGet { core: &self.core, waiter: None, done: false }
+            }
+
+            #[doc = concat!("Puts `item` without waiting.\n\n# Errors\n\n[`QueueFull`] if the queue is full, [`QueueShutDown`] once it is shut down (the item is dropped; see [`try_put`](Self::try_put) to get it back).\n\n```\nlet q = braid_runtime::", stringify!($name), "::new(1);\nq.put_nowait(1).unwrap();\nlet err = q.put_nowait(2).unwrap_err();\nassert!(err.downcast_ref::<braid_runtime::QueueFull>().is_some());\n```")]
+            pub fn put_nowait(&self, item: T) -> Result<()> {
+                self.core.try_put(item).map_err(|(_, error)| error)
+            }
+
+            #[doc = concat!("As [`put_nowait`](Self::put_nowait), but a refused item comes back with the error.\n\n# Errors\n\nAs `put_nowait`.\n\n```\nlet q = braid_runtime::", stringify!($name), "::new(1);\nq.put_nowait(1).unwrap();\nlet (item, _err) = q.try_put(2).unwrap_err();\nassert_eq!(item, 2);\n```")]
+            pub fn try_put(&self, item: T) -> std::result::Result<(), (T, Error)> {
+                self.core.try_put(item)
+            }
+
+            #[doc = concat!("Takes an item without waiting.\n\n# Errors\n\n[`QueueEmpty`] if the queue is empty, [`QueueShutDown`] if it is also shut down.\n\n```\nlet q = braid_runtime::", stringify!($name), "::<u8>::new(0);\nlet err = q.get_nowait().unwrap_err();\nassert!(err.downcast_ref::<braid_runtime::QueueEmpty>().is_some());\n```")]
+            pub fn get_nowait(&self) -> Result<T> {
+                self.core.get_nowait()
+            }
+
+            #[doc = concat!("Marks one item taken earlier as processed (for [`join`](Self::join)).\n\n# Errors\n\n`InvalidState` if called more times than items were put.\n\n```\nlet q = braid_runtime::", stringify!($name), "::new(0);\nq.put_nowait(1).unwrap();\nq.get_nowait().unwrap();\nq.task_done().unwrap();\nassert!(q.task_done().is_err());\n```")]
+            pub fn task_done(&self) -> Result<()> {
+                self.core.task_done()
+            }
+
+            #[doc = concat!("Waits until every item put has been marked done with `task_done` (not merely taken). A cancellation point.\n\n# Errors\n\nThe task's Cancelled error.\n\n```\nbraid_runtime::run(async {\n    let q = braid_runtime::", stringify!($name), "::new(0);\n    q.put_nowait(1).unwrap();\n    q.get().await?;\n    q.task_done()?;\n    q.join().await?;\n    Ok(())\n}).unwrap();\n```")]
+            pub fn join(&self) -> QueueJoin<'_> {
+                QueueJoin { core: &self.core, waiter: None, done: false }
+            }
+
+            #[doc = concat!("Shuts the queue down (Python 3.13): puts fail with [`QueueShutDown`] and so do waiting putters; gets still drain the items left, then fail. With `immediate`, the items left are dropped (each counting as done for `join`) and waiting getters fail at once.\n\n```\nlet q = braid_runtime::", stringify!($name), "::new(0);\nq.put_nowait(1).unwrap();\nq.shutdown(false);\nassert_eq!(q.get_nowait().unwrap(), 1);\nassert!(q.put_nowait(2).is_err());\n```")]
+            pub fn shutdown(&self, immediate: bool) {
+                self.core.shutdown(immediate);
+            }
+        }
+
+        impl<T: $($bound)*> fmt::Debug for $name<T> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                let state = self.core.state.lock();
+                f.debug_struct(stringify!($name))
+                    .field("maxsize", &self.core.maxsize)
+                    .field("qsize", &state.items.len())
+                    .field("getters", &state.getters.len())
+                    .field("putters", &state.putters.len())
+                    .field("unfinished", &state.unfinished)
+                    .field("shutdown", &state.shutdown)
+                    .finish()
+            }
+        }
+    };
+}
+
+queue_type! {
+    /// A first-in, first-out queue for tasks on any loop (asyncio's `Queue`).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// braid_runtime::run(async {
+    ///     let q = Arc::new(braid_runtime::Queue::new(2));
+    ///     let consumer = {
+    ///         let q = q.clone();
+    ///         braid_runtime::create_task(async move {
+    ///             let mut got = Vec::new();
+    ///             for _ in 0..5 {
+    ///                 got.push(q.get().await?);
+    ///                 q.task_done()?;
+    ///             }
+    ///             Ok(got)
+    ///         })
+    ///     };
+    ///     for i in 0..5 {
+    ///         q.put(i).await?; // waits while two items are queued
+    ///     }
+    ///     q.join().await?;
+    ///     assert_eq!(consumer.await?, [0, 1, 2, 3, 4]);
+    ///     Ok(())
+    /// }).unwrap();
+    /// ```
+    Queue, Fifo, [Sized]
+}
+
+queue_type! {
+    /// A last-in, first-out queue (asyncio's `LifoQueue`).
+    ///
+    /// ```
+    /// let q = braid_runtime::LifoQueue::new(0);
+    /// q.put_nowait(1).unwrap();
+    /// q.put_nowait(2).unwrap();
+    /// assert_eq!(q.get_nowait().unwrap(), 2);
+    /// ```
+    LifoQueue, Lifo, [Sized]
+}
+
+queue_type! {
+    /// A queue that hands out its smallest item first (asyncio's `PriorityQueue`).
+    ///
+    /// ```
+    /// let q = braid_runtime::PriorityQueue::new(0);
+    /// q.put_nowait((3, "c")).unwrap();
+    /// q.put_nowait((1, "a")).unwrap();
+    /// assert_eq!(q.get_nowait().unwrap(), (1, "a"));
+    /// ```
+    PriorityQueue, Smallest, [Ord]
+}
