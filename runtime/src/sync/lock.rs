@@ -1,6 +1,6 @@
 //! `Lock`: asyncio.Lock, FIFO and cancel-safe.
 
-use super::{wake_all, WaitQueue};
+use super::{pass_on_enabled, wake_all, WaitQueue};
 use crate::context;
 use braid_bridge::sync::Mutex;
 use braid_bridge::{Error, ErrorKind, Result};
@@ -185,7 +185,7 @@ impl Lock {
 impl LockState {
     /// Waiter `id` leaves; if the lock had been released for it, the next one is notified.
     fn leave(&mut self, id: u64) -> Option<Waker> {
-        if self.waiters.remove(id) && !self.locked {
+        if self.waiters.remove(id) && !self.locked && pass_on_enabled() {
             self.waiters.notify_one()
         } else {
             None
@@ -304,5 +304,58 @@ impl Drop for LockGuard<'_> {
 impl fmt::Debug for LockGuard<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LockGuard").finish_non_exhaustive()
+    }
+}
+
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use super::*;
+    use crate::sync::loom_support::{model, Flag};
+    use loom::sync::Arc;
+    use loom::thread;
+
+    /// The holder releases while the first waiter (the one the release picks) is cancelled:
+    /// in every interleaving the lock reaches the second waiter, woken and able to take it.
+    fn release_races_cancel_of_the_first_waiter() {
+        let lock = Arc::new(Lock::new());
+        lock.try_acquire().expect("free").detach();
+        let (_, b_waker) = Flag::new();
+        let (c_flag, c_waker) = Flag::new();
+        let mut b = None;
+        let mut c = None;
+        assert!(lock.poll_acquire(&mut b, &b_waker, false).is_pending());
+        assert!(lock.poll_acquire(&mut c, &c_waker, false).is_pending());
+
+        let releaser = {
+            let lock = lock.clone();
+            thread::spawn(move || lock.release().expect("held"))
+        };
+        let canceller = {
+            let lock = lock.clone();
+            thread::spawn(move || {
+                assert_eq!(
+                    lock.poll_acquire(&mut b, &b_waker, true),
+                    Poll::Ready(false)
+                );
+            })
+        };
+        releaser.join().unwrap();
+        canceller.join().unwrap();
+        assert!(c_flag.woken(), "the lock's next waiter must be woken");
+        assert_eq!(
+            lock.poll_acquire(&mut c, &c_waker, false),
+            Poll::Ready(true)
+        );
+    }
+
+    #[test]
+    fn loom_lock_release_races_cancel() {
+        model(false, release_races_cancel_of_the_first_waiter);
+    }
+
+    #[test]
+    #[should_panic(expected = "next waiter must be woken")]
+    fn loom_lock_release_races_cancel_without_pass_on() {
+        model(true, release_races_cancel_of_the_first_waiter);
     }
 }

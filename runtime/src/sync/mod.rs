@@ -118,9 +118,75 @@ impl WaitQueue {
     }
 }
 
+/// False only in the loom twins that break the pass-on of a notified waiter that leaves, to
+/// show the models catch the lost wake-up that follows.
+#[inline]
+pub(crate) fn pass_on_enabled() -> bool {
+    #[cfg(loom)]
+    {
+        !loom_support::SKIP_PASS_ON.load(std::sync::atomic::Ordering::SeqCst)
+    }
+    #[cfg(not(loom))]
+    {
+        true
+    }
+}
+
 /// Wakes what a state change collected, after its mutex was released.
 pub(crate) fn wake_all(wakers: impl IntoIterator<Item = Waker>) {
     for waker in wakers {
         waker.wake();
+    }
+}
+
+/// What the primitives' loom models share: a waker that counts its wakes, and the fault
+/// switch of their `#[should_panic]` twins.
+#[cfg(loom)]
+pub(crate) mod loom_support {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::task::{Wake, Waker};
+
+    /// Set by a twin for the length of its model: notified waiters that leave pass nothing on.
+    pub(crate) static SKIP_PASS_ON: AtomicBool = AtomicBool::new(false);
+
+    /// A waker that remembers it was woken (a loom atomic: the wake is part of the protocol).
+    pub(crate) struct Flag(loom::sync::atomic::AtomicUsize);
+
+    impl Flag {
+        pub(crate) fn new() -> (Arc<Flag>, Waker) {
+            let flag = Arc::new(Flag(loom::sync::atomic::AtomicUsize::new(0)));
+            let waker = Waker::from(flag.clone());
+            (flag, waker)
+        }
+
+        pub(crate) fn woken(&self) -> bool {
+            self.0.load(loom::sync::atomic::Ordering::SeqCst) > 0
+        }
+    }
+
+    impl Wake for Flag {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, loom::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// Runs `f` as a loom model, with the pass-on broken if `break_pass_on`. Models that use
+    /// the switch run one at a time.
+    pub(crate) fn model<F>(break_pass_on: bool, f: F)
+    where
+        F: Fn() + Sync + Send + 'static,
+    {
+        static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+        struct Reset;
+        impl Drop for Reset {
+            fn drop(&mut self) {
+                SKIP_PASS_ON.store(false, Ordering::SeqCst);
+            }
+        }
+        SKIP_PASS_ON.store(break_pass_on, Ordering::SeqCst);
+        let _reset = Reset;
+        loom::model(f);
     }
 }

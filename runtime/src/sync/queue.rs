@@ -1,6 +1,6 @@
 //! `Queue`, `LifoQueue`, `PriorityQueue`: asyncio's queues (Python 3.13, with `shutdown`).
 
-use super::{wake_all, WaitQueue};
+use super::{pass_on_enabled, wake_all, WaitQueue};
 use crate::context;
 use braid_bridge::sync::Mutex;
 use braid_bridge::{Error, ErrorKind, Result};
@@ -305,7 +305,7 @@ impl<S: Store> Core<S> {
     /// is woken instead.
     fn leave_get(&self, state: &mut State<S>, waiter: &mut Option<u64>) -> Option<Waker> {
         let id = waiter.take()?;
-        if state.getters.remove(id) && state.items.len() > 0 {
+        if state.getters.remove(id) && state.items.len() > 0 && pass_on_enabled() {
             state.getters.notify_one()
         } else {
             None
@@ -761,4 +761,57 @@ queue_type! {
     /// assert_eq!(q.get_nowait().unwrap(), (1, "a"));
     /// ```
     PriorityQueue, Smallest, [Ord]
+}
+
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use super::*;
+    use crate::sync::loom_support::{model, Flag};
+    use loom::sync::Arc;
+    use loom::thread;
+
+    /// An item arrives while the getter it wakes is being cancelled: the item is neither lost
+    /// nor duplicated; the second getter is woken and gets it.
+    fn put_races_cancel_of_the_first_getter() {
+        let queue = Arc::new(Queue::new(0));
+        let (_, b_waker) = Flag::new();
+        let (c_flag, c_waker) = Flag::new();
+        let mut b = None;
+        let mut c = None;
+        assert!(queue.core.poll_get(&mut b, &b_waker, false).is_pending());
+        assert!(queue.core.poll_get(&mut c, &c_waker, false).is_pending());
+
+        let putter = {
+            let queue = queue.clone();
+            thread::spawn(move || queue.put_nowait(7u32).expect("unbounded"))
+        };
+        let canceller = {
+            let queue = queue.clone();
+            thread::spawn(move || {
+                assert!(matches!(
+                    queue.core.poll_get(&mut b, &b_waker, true),
+                    Poll::Ready(Err(None))
+                ));
+            })
+        };
+        putter.join().unwrap();
+        canceller.join().unwrap();
+        assert!(c_flag.woken(), "the item must wake the next getter");
+        assert!(matches!(
+            queue.core.poll_get(&mut c, &c_waker, false),
+            Poll::Ready(Ok(7))
+        ));
+        assert_eq!(queue.qsize(), 0);
+    }
+
+    #[test]
+    fn loom_queue_put_races_cancel() {
+        model(false, put_races_cancel_of_the_first_getter);
+    }
+
+    #[test]
+    #[should_panic(expected = "must wake the next getter")]
+    fn loom_queue_put_races_cancel_without_pass_on() {
+        model(true, put_races_cancel_of_the_first_getter);
+    }
 }

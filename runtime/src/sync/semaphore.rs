@@ -1,6 +1,6 @@
 //! `Semaphore` and `BoundedSemaphore`: asyncio's, FIFO, with permits handed to waiters.
 
-use super::{wake_all, WaitQueue};
+use super::{pass_on_enabled, wake_all, WaitQueue};
 use crate::context;
 use braid_bridge::sync::Mutex;
 use braid_bridge::{Error, ErrorKind, Result};
@@ -216,7 +216,7 @@ impl SemState {
 
     /// Waiter `id` leaves; a permit handed to it goes to the next.
     fn leave(&mut self, id: u64) -> Vec<Waker> {
-        if self.waiters.remove(id) {
+        if self.waiters.remove(id) && pass_on_enabled() {
             self.value += 1;
         }
         self.hand_over_all()
@@ -450,5 +450,52 @@ impl fmt::Debug for BoundedSemaphore {
             .field("semaphore", &self.sem)
             .field("bound", &self.bound)
             .finish()
+    }
+}
+
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use super::*;
+    use crate::sync::loom_support::{model, Flag};
+    use loom::sync::Arc;
+    use loom::thread;
+
+    /// A release hands the permit to the first waiter while that waiter is cancelled: the
+    /// permit is never lost, it reaches the second waiter.
+    fn release_races_cancel_of_the_first_waiter() {
+        let sem = Arc::new(Semaphore::new(0));
+        let (_, b_waker) = Flag::new();
+        let (c_flag, c_waker) = Flag::new();
+        let mut b = None;
+        let mut c = None;
+        assert!(sem.poll_acquire(&mut b, &b_waker, false).is_pending());
+        assert!(sem.poll_acquire(&mut c, &c_waker, false).is_pending());
+
+        let releaser = {
+            let sem = sem.clone();
+            thread::spawn(move || sem.release())
+        };
+        let canceller = {
+            let sem = sem.clone();
+            thread::spawn(move || {
+                assert_eq!(sem.poll_acquire(&mut b, &b_waker, true), Poll::Ready(false));
+            })
+        };
+        releaser.join().unwrap();
+        canceller.join().unwrap();
+        assert!(c_flag.woken(), "the permit must reach the next waiter");
+        assert_eq!(sem.poll_acquire(&mut c, &c_waker, false), Poll::Ready(true));
+        assert_eq!(sem.value(), 0, "exactly one permit was released");
+    }
+
+    #[test]
+    fn loom_semaphore_release_races_cancel() {
+        model(false, release_races_cancel_of_the_first_waiter);
+    }
+
+    #[test]
+    #[should_panic(expected = "must reach the next waiter")]
+    fn loom_semaphore_release_races_cancel_without_pass_on() {
+        model(true, release_races_cancel_of_the_first_waiter);
     }
 }
