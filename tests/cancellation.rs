@@ -826,3 +826,44 @@ fn request_landing_during_the_final_step_is_too_late() {
     assert!(!t.cancelled());
     rt.shutdown(WAIT).unwrap();
 }
+
+/// braid's own race (no CPython equivalent, where a cancel cannot land during another task's
+/// step): the outer task's cancel goes to the inner task it awaits, but arrives while the
+/// inner task's final step is already running on another loop, so the inner task keeps its
+/// value. The cancel is not lost: it comes back to the outer task, at its next await.
+#[test]
+fn cancel_absorbed_too_late_by_the_awaited_task_comes_back_to_the_awaiter() {
+    let rt = runtime(2);
+    let (in_final_step_tx, in_final_step_rx) = mpsc::channel::<()>();
+    let (go_on_tx, go_on_rx) = mpsc::channel::<()>();
+    let go_on_rx = std::sync::Mutex::new(go_on_rx);
+    let (outer_tx, outer_rx) = mpsc::channel::<TaskRef>();
+    let lp = rt.event_loop();
+    let outcome = lp
+        .run_coroutine_threadsafe(async move {
+            let inner = braid::create_task(async move {
+                braid::yield_now().await?;
+                // The final step: tell the canceller, then wait (blocking this loop) for it.
+                in_final_step_tx.send(()).unwrap();
+                go_on_rx.lock().unwrap().recv_timeout(WAIT).unwrap();
+                Ok("inner value")
+            });
+            outer_tx.send(braid::current_task().unwrap()).unwrap();
+            let value = inner.await?;
+            // The cancel that reached the inner task too late is delivered here.
+            let after = braid::sleep(Duration::from_secs(60)).await;
+            Ok((value, after.map_err(|e| e.is_cancelled())))
+        })
+        .unwrap();
+    let outer = outer_rx.recv_timeout(WAIT).unwrap();
+    in_final_step_rx.recv_timeout(WAIT).unwrap();
+    assert!(outer.cancel(), "the outer task is still running");
+    go_on_tx.send(()).unwrap();
+    let (value, after) = outcome.result(Some(WAIT)).unwrap();
+    assert_eq!(value, "inner value", "the inner task keeps its value");
+    assert_eq!(
+        after,
+        Err(true),
+        "the cancel reaches the outer task's next await"
+    );
+}

@@ -113,6 +113,9 @@ struct Inner {
     /// Set when the running task cancels itself; such a request is never "too late".
     self_requested: bool,
     message: Option<String>,
+    /// A request of ours went to the awaited target instead of us; if that target then ends
+    /// without ever seeing it (it finished too late), it comes back to us.
+    propagated: bool,
     awaiting: Option<(usize, Arc<dyn CancelTarget>)>,
     done_callbacks: Vec<DoneCallback>,
 }
@@ -261,6 +264,8 @@ impl Header {
         let inner = slot.get_or_insert_with(Box::default);
         inner.requests += 1;
         if let Some((_, target)) = &inner.awaiting {
+            inner.propagated = true;
+            inner.message = message;
             return Ok(Some(target.clone()));
         }
         self.mark_must_cancel(inner, message, by_self);
@@ -280,6 +285,29 @@ impl Header {
         let mut slot = self.inner.lock();
         let inner = slot.get_or_insert_with(Box::default);
         self.mark_must_cancel(inner, message, by_self);
+    }
+
+    /// After an awaited task finished: if a cancel of ours went to it and it finished without
+    /// ever receiving it (too late, on another loop), the cancel is ours again, delivered at
+    /// our next await point: a cancel is never lost in the race.
+    pub(crate) fn reclaim_propagated_cancel(&self, target: &Header) {
+        let message = {
+            let mut slot = self.inner.lock();
+            let Some(inner) = slot.as_deref_mut() else {
+                return;
+            };
+            if !std::mem::take(&mut inner.propagated) {
+                return;
+            }
+            inner.message.clone()
+        };
+        if target.cancelled() {
+            return;
+        }
+        let never_received = target.read_inner(|t| t.must_cancel).unwrap_or(false);
+        if never_received {
+            self.deliver_instead(message);
+        }
     }
 
     /// The leaf-future check: delivers a pending cancel request once.
@@ -332,7 +360,10 @@ impl Header {
     }
 
     pub(crate) fn set_awaiting(&self, key: usize, target: Arc<dyn CancelTarget>) {
-        self.with_inner(|inner| inner.awaiting = Some((key, target)));
+        self.with_inner(|inner| {
+            inner.awaiting = Some((key, target));
+            inner.propagated = false;
+        });
         self.has_awaiting.store(true, Ordering::Relaxed);
     }
 
@@ -975,6 +1006,8 @@ impl<T: 'static> Future for Task<T> {
         match this.raw.poll_join(cx) {
             Poll::Ready(output) => {
                 this.registration.clear();
+                let target = this.raw.header();
+                crate::context::with_current_header(|me| me.reclaim_propagated_cancel(target));
                 Poll::Ready(output)
             }
             Poll::Pending => {
