@@ -29,6 +29,10 @@ pub enum Fault {
     DoorbellAlwaysUnparks = 8,
     /// The doorbell accepts pushes after `close` (which nobody will ever drain).
     DoorbellIgnoresClose = 9,
+    /// The process pool dispatches a queued job whose future was cancelled (it runs anyway).
+    ProcessPoolRunsCancelledJob = 10,
+    /// The process pool, breaking after too many crashes, leaves the queued jobs unsettled.
+    ProcessPoolBrokenKeepsQueue = 11,
 }
 
 // A plain std atomic: set before a model starts, read inside it; not part of what is checked.

@@ -1,0 +1,789 @@
+//! The supervisor's shared state: the job queue, the in-flight table (one slot per worker),
+//! cancellation, time limits and crash counting, behind one mutex and with no I/O, so that
+//! the loom model `tests/loom_process_pool.rs` can run it.
+//!
+//! The pipe side (`supervisor.rs`) drives it: each slot's thread reports its worker's life
+//! (`spawning`, `spawned`, `ready`, `next_job`, `job_done`, `release`, `reaped`); the
+//! monitor thread sleeps in `run_monitor` until the next deadline; `submit`, `cancel`,
+//! `shutdown` and `terminate` come from users' threads.
+//!
+//! ## A slot's life
+//!
+//! ```text
+//!  spawning ─spawned─► starting ─ready─► ready ─next_job─► busy ─job_done─► ready ─► …
+//!     ▲                   │                │                 │
+//!     │                   └────────────────┴─────────────────┴─ the worker ended (its pipe
+//!     │                                                          closed): release, reap
+//!     └─────────────────────────── reaped ◄──────────────────────┘
+//!  spawning ─► gone   (shut down and nothing queued, broken, or terminating)
+//! ```
+//!
+//! A job is in exactly one place: the queue, one slot's `job`, or settled. Whoever takes it
+//! out (dispatch, cancel, crash, shutdown) settles it, outside the lock, since settling runs
+//! the future's done callbacks.
+//!
+//! ## Stopping a worker
+//!
+//! `stop` on a slot records why (cancel, time limit, retirement, shutdown) and when to
+//! escalate. Cancellation and time limits send SIGTERM at once and SIGKILL at `escalate_at`;
+//! a retiring or idle worker at shutdown is asked to leave (its stdin is closed) and is
+//! killed only if it has not gone by `escalate_at`. When the worker's end is reaped, the
+//! reason decides what its job gets: Cancelled, Timeout, or (no reason: a crash)
+//! `BrokenExecutor` with the pid and how it ended.
+//!
+//! ## Signals never reach a recycled pid
+//!
+//! A slot's `pid` is set at spawn and cleared by `release` before the slot's thread reaps
+//! the process; every signal is sent under the lock, to a `pid` still set. An unreaped
+//! process keeps its pid, so no signal can reach another process that reused it.
+//!
+//! ## Crashes
+//!
+//! A worker that ends on its own (a signal it did not get from us, an exit, a malformed
+//! frame, not becoming ready in time) is a crash: it fails only its own job and is replaced.
+//! When `max_crashes` crashes fall within `crash_window`, the pool is broken: every queued
+//! job fails at once with `BrokenExecutor`, later submissions are refused, running jobs
+//! finish, and no worker is started again.
+
+use crate::sync::{Condvar, Mutex, MutexGuard};
+use crate::{Error, ErrorKind, Result};
+use std::collections::VecDeque;
+use std::fmt;
+use std::time::{Duration, Instant};
+
+/// The producing side of one job with its result type erased: how the core starts and
+/// settles a job's future.
+pub trait JobHandle: Send {
+    /// Marks the job running; false if its future was cancelled first (the job must then
+    /// never run).
+    fn start(&self) -> bool;
+    /// Settles the job with the worker's answer (the encoded result) or an error.
+    fn finish(self: Box<Self>, outcome: Result<Vec<u8>>);
+}
+
+/// A signal the core sends to a worker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sig {
+    /// Please stop (SIGTERM).
+    Term,
+    /// Stop now (SIGKILL).
+    Kill,
+}
+
+/// How the pool supervises its workers.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Worker processes (slots).
+    pub workers: usize,
+    /// Jobs a worker runs before it is replaced (`None`: no limit).
+    pub max_tasks_per_child: Option<usize>,
+    /// Crashes within `crash_window` that break the pool.
+    pub max_crashes: usize,
+    /// The window in which crashes are counted.
+    pub crash_window: Duration,
+    /// Between SIGTERM (or closing a worker's stdin) and SIGKILL.
+    pub kill_grace: Duration,
+    /// How long a new worker may take to become ready before it counts as crashed.
+    pub startup_timeout: Duration,
+    /// The registered functions' names, by index, for messages.
+    pub names: Vec<String>,
+}
+
+/// A job as submitted.
+pub struct Job {
+    /// From [`Core::next_id`].
+    pub id: u64,
+    /// The registered function's index.
+    pub func: u32,
+    /// The encoded argument.
+    pub payload: Vec<u8>,
+    /// The job's time limit, counted from its dispatch.
+    pub timeout: Option<Duration>,
+    /// Starts and settles its future.
+    pub handle: Box<dyn JobHandle>,
+}
+
+/// A job handed to a slot's thread to send to its worker.
+#[derive(Debug)]
+pub struct Dispatch {
+    /// The job's id (the worker's answer carries it back).
+    pub id: u64,
+    /// The registered function's index.
+    pub func: u32,
+    /// The encoded argument.
+    pub payload: Vec<u8>,
+}
+
+/// What a slot's thread does next.
+#[derive(Debug)]
+pub enum Next {
+    /// Send this job to the worker.
+    Run(Dispatch),
+    /// Let this worker go (its quota is used up, or it is being stopped) and start another.
+    Retire,
+    /// Let this worker go; the slot ends (shut down, broken, or terminating).
+    Exit,
+}
+
+/// How a worker process ended, as the slot's thread saw it.
+#[derive(Debug)]
+pub struct Exit {
+    /// Its pid.
+    pub pid: u32,
+    /// How it ended: "was killed by signal 9 (SIGKILL)", "exited with status 3".
+    pub status: String,
+    /// What went wrong on the pipe, if anything (a malformed frame).
+    pub failure: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+enum Reason {
+    Cancelled,
+    Timeout(Duration),
+    StartupTimeout,
+    Retire,
+    Shutdown,
+    Terminate,
+}
+
+struct Stop {
+    reason: Reason,
+    /// When to send SIGKILL if the worker is still there.
+    escalate_at: Option<Instant>,
+}
+
+struct Running {
+    id: u64,
+    func: u32,
+    limit: Option<Duration>,
+    deadline: Option<Instant>,
+    handle: Box<dyn JobHandle>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Phase {
+    Spawning,
+    Starting { deadline: Instant },
+    Ready,
+    Gone,
+}
+
+struct Slot {
+    /// Set from spawn until `release`: the only pid a signal may go to.
+    pid: Option<u32>,
+    phase: Phase,
+    job: Option<Running>,
+    stop: Option<Stop>,
+    tasks_done: usize,
+}
+
+struct State {
+    queue: VecDeque<Job>,
+    slots: Vec<Slot>,
+    /// When recent crashes happened (those within the window).
+    crashes: VecDeque<Instant>,
+    broken: Option<Error>,
+    shutdown: bool,
+    terminating: bool,
+    next_id: u64,
+}
+
+type Signal = Box<dyn Fn(u32, Sig) + Send + Sync>;
+
+/// The supervisor's state machine (see the module docs).
+pub struct Core {
+    state: Mutex<State>,
+    /// Slot threads waiting for a job.
+    work: Condvar,
+    /// The monitor (deadlines changed) and shutdown (a slot ended).
+    events: Condvar,
+    config: Config,
+    signal: Signal,
+}
+
+/// A job taken out of the state with the outcome it is to be settled with.
+type Settling = (Box<dyn JobHandle>, Result<Vec<u8>>);
+
+/// Settled outside the lock: what an operation took out of the state.
+#[must_use]
+struct Settle(Vec<Settling>);
+
+impl Settle {
+    fn none() -> Settle {
+        Settle(Vec::new())
+    }
+
+    fn run(self) {
+        for (handle, outcome) in self.0 {
+            handle.finish(outcome);
+        }
+    }
+}
+
+impl Core {
+    /// A core for `config.workers` slots; `signal` sends a signal to a pid (called under the
+    /// lock, so it must not call back into the core).
+    pub fn new(config: Config, signal: impl Fn(u32, Sig) + Send + Sync + 'static) -> Core {
+        let slots = (0..config.workers)
+            .map(|_| Slot {
+                pid: None,
+                phase: Phase::Spawning,
+                job: None,
+                stop: None,
+                tasks_done: 0,
+            })
+            .collect();
+        Core {
+            state: Mutex::new(State {
+                queue: VecDeque::new(),
+                slots,
+                crashes: VecDeque::new(),
+                broken: None,
+                shutdown: false,
+                terminating: false,
+                next_id: 0,
+            }),
+            work: Condvar::new(),
+            events: Condvar::new(),
+            config,
+            signal: Box::new(signal),
+        }
+    }
+
+    /// A core that refuses every job with `error` and has no live slot (a pool that never
+    /// starts workers).
+    pub fn refusing(config: Config, error: Error) -> Core {
+        let core = Core::new(config, |_, _| {});
+        {
+            let mut st = core.state.lock();
+            st.broken = Some(error);
+            for slot in &mut st.slots {
+                slot.phase = Phase::Gone;
+            }
+        }
+        core
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// A fresh job id.
+    pub fn next_id(&self) -> u64 {
+        let mut st = self.state.lock();
+        st.next_id += 1;
+        st.next_id
+    }
+
+    /// Queues `job`.
+    ///
+    /// # Errors
+    ///
+    /// `BrokenExecutor` once the pool is broken, Closed after shutdown (the job is dropped
+    /// unrun).
+    pub fn submit(&self, job: Job) -> Result<()> {
+        let mut st = self.state.lock();
+        let error = match (&st.broken, st.shutdown) {
+            (Some(broken), _) => broken.clone(),
+            (None, true) => Error::new(ErrorKind::Closed, "the process pool is shut down"),
+            (None, false) => {
+                st.queue.push_back(job);
+                drop(st);
+                self.work.notify_all();
+                return Ok(());
+            }
+        };
+        drop(st);
+        drop(job);
+        Err(error)
+    }
+
+    /// Cancels job `id` (its future is already cancelled): a queued job leaves the queue and
+    /// never runs; a running one has its worker stopped.
+    pub fn cancel(&self, id: u64, now: Instant) {
+        let mut st = self.state.lock();
+        if let Some(pos) = st.queue.iter().position(|j| j.id == id) {
+            let job = st.queue.remove(pos);
+            drop(st);
+            drop(job); // settles the (cancelled) future: the producer is gone for good
+            return;
+        }
+        let mut stopped = false;
+        for slot in &mut st.slots {
+            let running = slot.job.as_ref().is_some_and(|j| j.id == id);
+            if running && slot.stop.is_none() {
+                self.stop(slot, Reason::Cancelled, Some(Sig::Term), now);
+                stopped = true;
+            }
+        }
+        drop(st);
+        if stopped {
+            self.events.notify_all();
+        }
+    }
+
+    fn stop(&self, slot: &mut Slot, reason: Reason, sig: Option<Sig>, now: Instant) {
+        slot.stop = Some(Stop {
+            reason,
+            escalate_at: now.checked_add(self.config.kill_grace),
+        });
+        if let (Some(pid), Some(sig)) = (slot.pid, sig) {
+            (self.signal)(pid, sig);
+        }
+    }
+
+    /// The slot's thread is about to start a worker: false if the slot ends instead (shut
+    /// down with nothing queued, broken, or terminating).
+    pub fn spawning(&self, slot: usize) -> bool {
+        let mut st = self.state.lock();
+        let end = st.broken.is_some() || st.terminating || (st.shutdown && st.queue.is_empty());
+        let s = &mut st.slots[slot];
+        s.pid = None;
+        s.stop = None;
+        s.tasks_done = 0;
+        if end {
+            s.phase = Phase::Gone;
+            drop(st);
+            self.events.notify_all();
+            false
+        } else {
+            s.phase = Phase::Spawning;
+            true
+        }
+    }
+
+    /// The slot's worker was started with `pid`.
+    pub fn spawned(&self, slot: usize, pid: u32) {
+        let now = Instant::now();
+        let mut st = self.state.lock();
+        let terminating = st.terminating;
+        let deadline = now
+            .checked_add(self.config.startup_timeout)
+            .unwrap_or(now);
+        let s = &mut st.slots[slot];
+        s.pid = Some(pid);
+        s.phase = Phase::Starting { deadline };
+        if terminating {
+            self.stop(s, Reason::Terminate, Some(Sig::Term), now);
+        }
+        drop(st);
+        self.events.notify_all();
+    }
+
+    /// The slot's worker could not be started: counts as a crash.
+    pub fn spawn_failed(&self, slot: usize, error: &str) {
+        let now = Instant::now();
+        let mut st = self.state.lock();
+        let message = format!("could not start a worker process: {error}");
+        let settle = self.record_crash(&mut st, now, &message);
+        st.slots[slot].phase = Phase::Spawning;
+        drop(st);
+        self.events.notify_all();
+        self.work.notify_all();
+        settle.run();
+    }
+
+    /// The slot's worker said hello: false if it is being stopped already (the slot's
+    /// thread then lets it go).
+    pub fn ready(&self, slot: usize) -> bool {
+        let mut st = self.state.lock();
+        let s = &mut st.slots[slot];
+        s.phase = Phase::Ready;
+        s.stop.is_none()
+    }
+
+    /// Something that will not get better by retrying (a worker that reached a different
+    /// pool): the pool is broken at once with `message`.
+    pub fn fatal(&self, message: &str) {
+        let mut st = self.state.lock();
+        let settle = self.break_pool(&mut st, message.to_owned());
+        drop(st);
+        self.work.notify_all();
+        self.events.notify_all();
+        settle.run();
+    }
+
+    /// The next thing for the slot's (ready, idle) worker to do; blocks until there is one.
+    pub fn next_job(&self, slot: usize) -> Next {
+        let mut st = self.state.lock();
+        // Jobs cancelled before they started: settled outside the lock.
+        let mut refused: Vec<Job> = Vec::new();
+        let next = loop {
+            let now = Instant::now();
+            let ending = st.terminating || st.broken.is_some();
+            let s = &mut st.slots[slot];
+            if let Some(stop) = &s.stop {
+                break match stop.reason {
+                    Reason::Shutdown | Reason::Terminate => Next::Exit,
+                    _ => Next::Retire,
+                };
+            }
+            if ending {
+                self.stop(s, Reason::Shutdown, None, now);
+                break Next::Exit;
+            }
+            if self
+                .config
+                .max_tasks_per_child
+                .is_some_and(|max| s.tasks_done >= max)
+            {
+                self.stop(s, Reason::Retire, None, now);
+                break Next::Retire;
+            }
+            if let Some(job) = st.queue.pop_front() {
+                if !job.handle.start() && !fault!(ProcessPoolRunsCancelledJob) {
+                    refused.push(job);
+                    continue;
+                }
+                let deadline = job.timeout.and_then(|t| now.checked_add(t));
+                let dispatch = Dispatch {
+                    id: job.id,
+                    func: job.func,
+                    payload: job.payload,
+                };
+                st.slots[slot].job = Some(Running {
+                    id: job.id,
+                    func: job.func,
+                    limit: job.timeout,
+                    deadline,
+                    handle: job.handle,
+                });
+                if deadline.is_some() {
+                    self.events.notify_all();
+                }
+                break Next::Run(dispatch);
+            }
+            if st.shutdown {
+                self.stop(&mut st.slots[slot], Reason::Shutdown, None, now);
+                break Next::Exit;
+            }
+            self.work.wait(&mut st);
+        };
+        drop(st);
+        if !matches!(next, Next::Run(_)) {
+            // A graceful stop has an escalation deadline for the monitor.
+            self.events.notify_all();
+        }
+        drop(refused);
+        next
+    }
+
+    /// The slot's worker answered job `id`: settles it. False if the slot was not running
+    /// that job (a confused worker: the slot's thread treats it as a broken pipe).
+    pub fn job_done(&self, slot: usize, id: u64, outcome: Result<Vec<u8>>) -> bool {
+        let handle = {
+            let mut st = self.state.lock();
+            let s = &mut st.slots[slot];
+            match s.job.take() {
+                Some(job) if job.id == id => {
+                    s.tasks_done += 1;
+                    job.handle
+                }
+                other => {
+                    s.job = other;
+                    return false;
+                }
+            }
+        };
+        handle.finish(outcome);
+        true
+    }
+
+    /// The slot's worker has closed its pipe (it ended, or is ending): SIGKILL it to be sure
+    /// it ends (a process that has exited ignores signals and keeps its exit status) and
+    /// forget its pid, so that nothing signals it once it is reaped.
+    pub fn release(&self, slot: usize) {
+        let mut st = self.state.lock();
+        if let Some(pid) = st.slots[slot].pid.take() {
+            (self.signal)(pid, Sig::Kill);
+        }
+    }
+
+    /// The slot's worker was reaped: settles its job (Cancelled, Timeout, or a crash's
+    /// `BrokenExecutor`) and counts a crash. The slot's thread then calls
+    /// [`spawning`](Core::spawning).
+    pub fn reaped(&self, slot: usize, exit: &Exit) {
+        let now = Instant::now();
+        let mut st = self.state.lock();
+        let s = &mut st.slots[slot];
+        s.pid = None;
+        let stop = s.stop.take();
+        let job = s.job.take();
+        let was_starting = matches!(s.phase, Phase::Starting { .. });
+        s.phase = Phase::Spawning;
+        let pid = exit.pid;
+        let what = match &job {
+            Some(job) => format!("while running `{}`", self.name(job.func)),
+            None if was_starting => "before it was ready: a worker runs the program again from the start and must reach the same ProcessPool::build() as its parent (see ProcessPool's documentation)".to_owned(),
+            None => "while idle".to_owned(),
+        };
+        let mut crash = format!("worker process {pid} {} {what}", exit.status);
+        if let Some(failure) = &exit.failure {
+            crash = format!("{crash} ({failure})");
+        }
+        let (error, crashed) = match stop.map(|s| s.reason) {
+            Some(Reason::Cancelled) => (
+                Error::cancelled(Some(format!(
+                    "the job was cancelled while running; worker process {pid} was stopped"
+                ))),
+                false,
+            ),
+            Some(Reason::Timeout(limit)) => (
+                Error::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "`{}` ran past its time limit of {limit:?}; worker process {pid} was stopped",
+                        job.as_ref().map_or("the job", |j| self.name(j.func))
+                    ),
+                ),
+                false,
+            ),
+            Some(Reason::Terminate) => (
+                Error::cancelled(Some(format!(
+                    "the process pool was dropped while the job ran; worker process {pid} was stopped"
+                ))),
+                false,
+            ),
+            Some(Reason::StartupTimeout) => (
+                Error::new(
+                    ErrorKind::BrokenExecutor,
+                    format!(
+                        "worker process {pid} did not become ready within {:?} and was killed",
+                        self.config.startup_timeout
+                    ),
+                ),
+                true,
+            ),
+            Some(Reason::Retire | Reason::Shutdown) => {
+                (Error::new(ErrorKind::BrokenExecutor, crash.clone()), false)
+            }
+            None => (Error::new(ErrorKind::BrokenExecutor, crash.clone()), true),
+        };
+        let mut settle = if crashed {
+            let message = error.message().unwrap_or(&crash).to_owned();
+            self.record_crash(&mut st, now, &message)
+        } else {
+            Settle::none()
+        };
+        drop(st);
+        if let Some(job) = job {
+            settle.0.insert(0, (job.handle, Err(error)));
+        }
+        self.work.notify_all();
+        self.events.notify_all();
+        settle.run();
+    }
+
+    fn name(&self, func: u32) -> &str {
+        self.config
+            .names
+            .get(func as usize)
+            .map_or("an unknown function", String::as_str)
+    }
+
+    fn record_crash(&self, st: &mut MutexGuard<'_, State>, now: Instant, message: &str) -> Settle {
+        let window = self.config.crash_window;
+        while st
+            .crashes
+            .front()
+            .is_some_and(|t| now.saturating_duration_since(*t) > window)
+        {
+            st.crashes.pop_front();
+        }
+        st.crashes.push_back(now);
+        if st.crashes.len() >= self.config.max_crashes && st.broken.is_none() {
+            let n = st.crashes.len();
+            let crashes = if n == 1 {
+                "1 worker crash".to_owned()
+            } else {
+                format!("{n} worker crashes")
+            };
+            self.break_pool(
+                st,
+                format!(
+                    "the process pool is broken after {crashes} within {window:?}; the last: {message}"
+                ),
+            )
+        } else {
+            Settle::none()
+        }
+    }
+
+    fn break_pool(&self, st: &mut MutexGuard<'_, State>, message: String) -> Settle {
+        let error = Error::new(ErrorKind::BrokenExecutor, message);
+        if st.broken.is_none() {
+            st.broken = Some(error.clone());
+        }
+        if fault!(ProcessPoolBrokenKeepsQueue) {
+            return Settle::none();
+        }
+        Settle(
+            st.queue
+                .drain(..)
+                .map(|job| (job.handle, Err(error.clone())))
+                .collect(),
+        )
+    }
+
+    /// Deals with every deadline that has passed by `now` (time limits, escalations,
+    /// startups); returns the next one.
+    pub fn expire(&self, now: Instant) -> Option<Instant> {
+        let mut st = self.state.lock();
+        self.expire_locked(&mut st, now)
+    }
+
+    fn expire_locked(&self, st: &mut State, now: Instant) -> Option<Instant> {
+        let mut next: Option<Instant> = None;
+        let mut upcoming = |at: Instant| next = Some(next.map_or(at, |n: Instant| n.min(at)));
+        for slot in &mut st.slots {
+            if slot.stop.is_none() {
+                if let Phase::Starting { deadline } = slot.phase {
+                    if deadline <= now {
+                        self.stop(slot, Reason::StartupTimeout, Some(Sig::Kill), now);
+                    } else {
+                        upcoming(deadline);
+                    }
+                }
+            }
+            if slot.stop.is_none() {
+                let timed = slot.job.as_ref().and_then(|j| Some((j.deadline?, j.limit?)));
+                if let Some((deadline, limit)) = timed {
+                    if deadline <= now {
+                        self.stop(slot, Reason::Timeout(limit), Some(Sig::Term), now);
+                    } else {
+                        upcoming(deadline);
+                    }
+                }
+            }
+            if let Some(stop) = &mut slot.stop {
+                if let Some(at) = stop.escalate_at {
+                    if at <= now {
+                        stop.escalate_at = None;
+                        if let Some(pid) = slot.pid {
+                            (self.signal)(pid, Sig::Kill);
+                        }
+                    } else {
+                        upcoming(at);
+                    }
+                }
+            }
+        }
+        next
+    }
+
+    /// The monitor thread's body: sleeps until the next deadline, deals with it, and
+    /// returns once every slot has ended.
+    pub fn run_monitor(&self) {
+        let mut st = self.state.lock();
+        loop {
+            if st.slots.iter().all(|s| s.phase == Phase::Gone) {
+                return;
+            }
+            match self.expire_locked(&mut st, Instant::now()) {
+                Some(deadline) => {
+                    self.events.wait_until(&mut st, deadline);
+                }
+                None => self.events.wait(&mut st),
+            }
+        }
+    }
+
+    /// Shuts down: later submissions are refused with Closed; with `cancel_futures` the
+    /// queued jobs are cancelled (they never run), otherwise they still run. Workers leave
+    /// once nothing is queued.
+    pub fn shutdown(&self, cancel_futures: bool) {
+        let cancelled: Vec<Job> = {
+            let mut st = self.state.lock();
+            st.shutdown = true;
+            if cancel_futures {
+                st.queue.drain(..).collect()
+            } else {
+                Vec::new()
+            }
+        };
+        self.work.notify_all();
+        self.events.notify_all();
+        for job in cancelled {
+            job.handle.finish(Err(Error::cancelled(Some(
+                "the process pool shut down before the job started".to_owned(),
+            ))));
+        }
+    }
+
+    /// Shuts down, cancels what is queued and stops every worker now (SIGTERM, then
+    /// SIGKILL after the grace period); running jobs end Cancelled.
+    pub fn terminate(&self) {
+        self.shutdown(true);
+        let now = Instant::now();
+        let mut st = self.state.lock();
+        st.terminating = true;
+        for slot in &mut st.slots {
+            if slot.pid.is_none() {
+                continue;
+            }
+            match &mut slot.stop {
+                // Already leaving: make it leave now (expire_locked below sends SIGKILL).
+                Some(stop) => stop.escalate_at = Some(now),
+                None => self.stop(slot, Reason::Terminate, Some(Sig::Term), now),
+            }
+        }
+        let _ = self.expire_locked(&mut st, now);
+        drop(st);
+        self.work.notify_all();
+        self.events.notify_all();
+    }
+
+    /// Waits until every slot has ended, or `deadline` passes; true if they all did.
+    pub fn wait_gone(&self, deadline: Option<Instant>) -> bool {
+        let mut st = self.state.lock();
+        loop {
+            if st.slots.iter().all(|s| s.phase == Phase::Gone) {
+                return true;
+            }
+            match deadline {
+                Some(d) => {
+                    if self.events.wait_until(&mut st, d)
+                        && !st.slots.iter().all(|s| s.phase == Phase::Gone)
+                    {
+                        return false;
+                    }
+                }
+                None => self.events.wait(&mut st),
+            }
+        }
+    }
+
+    /// The pids of the live workers.
+    pub fn pids(&self) -> Vec<u32> {
+        let st = self.state.lock();
+        st.slots.iter().filter_map(|s| s.pid).collect()
+    }
+
+    /// Jobs waiting for a worker.
+    pub fn queued(&self) -> usize {
+        self.state.lock().queue.len()
+    }
+
+    /// The error every job gets once the pool is broken.
+    pub fn broken(&self) -> Option<Error> {
+        self.state.lock().broken.clone()
+    }
+
+    /// True after `shutdown`.
+    pub fn is_shutdown(&self) -> bool {
+        self.state.lock().shutdown
+    }
+}
+
+impl fmt::Debug for Core {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let st = self.state.lock();
+        f.debug_struct("Core")
+            .field("queued", &st.queue.len())
+            .field("pids", &st.slots.iter().filter_map(|s| s.pid).collect::<Vec<_>>())
+            .field("broken", &st.broken.is_some())
+            .field("shutdown", &st.shutdown)
+            .finish()
+    }
+}

@@ -1,0 +1,272 @@
+//! The pipe side of the pool: one thread per worker slot starts the worker, talks to it
+//! (one job at a time: write the job, read the answer), lets it go, reaps it and starts the
+//! next; the decisions are the core's. A worker that is stopped (a cancel, a time limit)
+//! closes its pipe by dying, which is how its slot's thread, blocked on a read, learns of it.
+
+use super::core::{Core, Exit, Next, Sig};
+use super::wire::{read_frame, skip_to_magic, write_frame, FromWorker, Outcome, ToWorker};
+use super::worker::WORKER_ENV;
+use crate::sync::Arc;
+use crate::{Error, ErrorKind, Result};
+use std::ffi::OsString;
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::{Command, ExitStatus, Stdio};
+
+/// How to start a worker.
+#[derive(Debug)]
+pub(super) struct Launch {
+    pub(super) exe: PathBuf,
+    pub(super) args: Vec<OsString>,
+    /// The value of [`WORKER_ENV`].
+    pub(super) target: String,
+    /// The registered functions' names, in order: a worker must say the same.
+    pub(super) functions: Vec<String>,
+}
+
+/// Sends `sig` to `pid` (the core calls this only for a pid not yet reaped).
+pub(super) fn send_signal(pid: u32, sig: Sig) {
+    let Some(pid) = i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw) else {
+        return;
+    };
+    let signal = match sig {
+        Sig::Term => rustix::process::Signal::TERM,
+        Sig::Kill => rustix::process::Signal::KILL,
+    };
+    // ESRCH cannot happen to an unreaped child; nothing else is worth reporting here.
+    let _ = rustix::process::kill_process(pid, signal);
+}
+
+/// The body of slot `slot`'s thread: workers one after another, until the core says the
+/// slot is over.
+pub(super) fn run_slot(core: &Arc<Core>, slot: usize, launch: &Launch) {
+    while core.spawning(slot) {
+        let spawned = Command::new(&launch.exe)
+            .args(&launch.args)
+            .env(WORKER_ENV, &launch.target)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn();
+        let mut child = match spawned {
+            Ok(child) => child,
+            Err(e) => {
+                core.spawn_failed(slot, &format!("{}: {e}", launch.exe.display()));
+                continue;
+            }
+        };
+        let pid = child.id();
+        core.spawned(slot, pid);
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            unreachable!("both pipes were asked for");
+        };
+        let mut to_worker = BufWriter::new(stdin);
+        let mut from_worker = BufReader::new(stdout);
+        let failure = converse(core, slot, launch, pid, &mut to_worker, &mut from_worker).err();
+        // Closing its stdin makes a worker that is still there leave; its stdout closes once
+        // it has. If it does not leave, the core's escalation deadline kills it.
+        drop(to_worker);
+        if failure.is_none() {
+            drain(&mut from_worker);
+        }
+        drop(from_worker);
+        core.release(slot);
+        let status = match child.wait() {
+            Ok(status) => describe(status),
+            Err(e) => format!("could not be waited for ({e})"),
+        };
+        core.reaped(
+            slot,
+            &Exit {
+                pid,
+                status,
+                failure,
+            },
+        );
+    }
+}
+
+/// Talks to the worker until it is to go (`Ok`) or has gone (`Ok`: its exit status says
+/// why), or until it says something that makes no sense (`Err`, with what).
+fn converse(
+    core: &Core,
+    slot: usize,
+    launch: &Launch,
+    pid: u32,
+    to_worker: &mut impl Write,
+    from_worker: &mut impl BufRead,
+) -> std::result::Result<(), String> {
+    match skip_to_magic(from_worker) {
+        Ok(true) => {}
+        Ok(false) => return Ok(()),
+        Err(e) => return gone_or(e),
+    }
+    match read_frame::<_, FromWorker>(from_worker) {
+        Ok(Some(FromWorker::Hello {
+            pid: hello_pid,
+            functions,
+        })) => {
+            if hello_pid != pid {
+                return Err(format!("it said hello as process {hello_pid}"));
+            }
+            if functions != launch.functions {
+                let message = format!(
+                    "worker process {pid} registered {functions:?}, but its pool registered {:?}: a worker must reach the same ProcessPool::build(), with the same functions registered in the same order",
+                    launch.functions
+                );
+                core.fatal(&message);
+                return Err("it reached a different pool".to_owned());
+            }
+        }
+        Ok(Some(FromWorker::InitFailed(message))) => {
+            return Err(format!("its initializer panicked: {message}"))
+        }
+        Ok(Some(FromWorker::Done { .. })) => {
+            return Err("it answered a job before saying hello".to_owned())
+        }
+        Ok(None) => return Ok(()),
+        Err(e) => return gone_or(e),
+    }
+    if !core.ready(slot) {
+        return Ok(());
+    }
+    loop {
+        match core.next_job(slot) {
+            Next::Run(job) => {
+                let name = launch
+                    .functions
+                    .get(job.func as usize)
+                    .map_or("?", String::as_str);
+                let frame = ToWorker::Job {
+                    id: job.id,
+                    func: job.func,
+                    arg: job.payload,
+                };
+                if let Err(e) = write_frame(to_worker, &frame) {
+                    return gone_or(e);
+                }
+                match read_frame::<_, FromWorker>(from_worker) {
+                    Ok(Some(FromWorker::Done { id, outcome })) => {
+                        if !core.job_done(slot, id, job_result(outcome, name)) {
+                            return Err(format!("it answered job {id}, which it was not running"));
+                        }
+                    }
+                    Ok(Some(_)) => return Err("it said hello again in the middle of a job".to_owned()),
+                    Ok(None) => return Ok(()),
+                    Err(e) => return gone_or(e),
+                }
+            }
+            Next::Retire | Next::Exit => {
+                // Best effort: closing its stdin says the same.
+                let _ = write_frame(to_worker, &ToWorker::Exit);
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// An I/O error on a worker's pipe: a garbled stream is a failure worth naming; anything
+/// else means the worker has gone, and its exit status tells the story.
+fn gone_or(e: io::Error) -> std::result::Result<(), String> {
+    if e.kind() == io::ErrorKind::InvalidData {
+        Err(format!("it sent a malformed frame: {e}"))
+    } else {
+        Ok(())
+    }
+}
+
+/// What a job's future gets from the worker's answer.
+fn job_result(outcome: Outcome, name: &str) -> Result<Vec<u8>> {
+    match outcome {
+        Outcome::Value(bytes) => Ok(bytes),
+        Outcome::Panicked(message) => Err(Error::new(ErrorKind::Panicked, message)),
+        Outcome::BadArgument(e) => Err(Error::new(
+            ErrorKind::Other,
+            format!("the worker could not decode the argument of `{name}`: {e}"),
+        )),
+        Outcome::BadResult(e) => Err(Error::new(
+            ErrorKind::Other,
+            format!("the worker could not encode the result of `{name}`: {e}"),
+        )),
+        Outcome::Unknown(func) => Err(Error::new(
+            ErrorKind::InvalidState,
+            format!("the worker has no function #{func}"),
+        )),
+    }
+}
+
+/// Reads and discards until the end of the stream (the worker has closed its stdout).
+fn drain(r: &mut impl Read) {
+    let mut buf = [0u8; 4096];
+    loop {
+        match r.read(&mut buf) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// "exited with status 3", "was killed by signal 9 (SIGKILL)".
+pub(super) fn describe(status: ExitStatus) -> String {
+    if let Some(sig) = status.signal() {
+        let dumped = if status.core_dumped() {
+            ", core dumped"
+        } else {
+            ""
+        };
+        format!("was killed by signal {sig} ({}{dumped})", signal_name(sig))
+    } else if let Some(code) = status.code() {
+        format!("exited with status {code}")
+    } else {
+        format!("ended ({status})")
+    }
+}
+
+fn signal_name(sig: i32) -> String {
+    use rustix::process::Signal;
+    const NAMES: &[(Signal, &str)] = &[
+        (Signal::HUP, "SIGHUP"),
+        (Signal::INT, "SIGINT"),
+        (Signal::QUIT, "SIGQUIT"),
+        (Signal::ILL, "SIGILL"),
+        (Signal::TRAP, "SIGTRAP"),
+        (Signal::ABORT, "SIGABRT"),
+        (Signal::BUS, "SIGBUS"),
+        (Signal::FPE, "SIGFPE"),
+        (Signal::KILL, "SIGKILL"),
+        (Signal::USR1, "SIGUSR1"),
+        (Signal::SEGV, "SIGSEGV"),
+        (Signal::USR2, "SIGUSR2"),
+        (Signal::PIPE, "SIGPIPE"),
+        (Signal::ALARM, "SIGALRM"),
+        (Signal::TERM, "SIGTERM"),
+        (Signal::XCPU, "SIGXCPU"),
+        (Signal::XFSZ, "SIGXFSZ"),
+        (Signal::SYS, "SIGSYS"),
+    ];
+    NAMES
+        .iter()
+        .find(|(s, _)| s.as_raw() == sig)
+        .map_or_else(|| format!("signal {sig}"), |(_, name)| (*name).to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_statuses_read_as_people_say_them() {
+        assert_eq!(describe(ExitStatus::from_raw(3 << 8)), "exited with status 3");
+        assert_eq!(
+            describe(ExitStatus::from_raw(9)),
+            "was killed by signal 9 (SIGKILL)"
+        );
+        assert_eq!(
+            describe(ExitStatus::from_raw(6 | 0x80)),
+            "was killed by signal 6 (SIGABRT, core dumped)"
+        );
+    }
+}
