@@ -197,7 +197,8 @@ fn an_unregistered_function_or_an_unserialisable_argument_fails_at_submit() {
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Other);
     assert!(
-        err.to_string().contains("could not serialise the argument of")
+        err.to_string()
+            .contains("could not serialise the argument of")
             && err.to_string().contains("takes_unserialisable"),
         "{err}"
     );

@@ -43,9 +43,9 @@ pub use future::{
 #[doc(hidden)]
 pub use future::{enter_loop_thread, LoopThreadGuard};
 pub use pool::{Executor, PoolFull, SubmitAsync, ThreadPool, ThreadPoolBuilder};
-#[cfg(all(unix, not(loom)))]
-pub use process::{ProcessPool, ProcessPoolBuilder};
 /// The process pool's supervisor state machine, public for its loom model only.
 #[cfg(unix)]
 #[doc(hidden)]
 pub use process::core as process_core;
+#[cfg(all(unix, not(loom)))]
+pub use process::{ProcessPool, ProcessPoolBuilder};

@@ -358,9 +358,7 @@ impl Core {
         let now = Instant::now();
         let mut st = self.state.lock();
         let terminating = st.terminating;
-        let deadline = now
-            .checked_add(self.config.startup_timeout)
-            .unwrap_or(now);
+        let deadline = now.checked_add(self.config.startup_timeout).unwrap_or(now);
         let s = &mut st.slots[slot];
         s.pid = Some(pid);
         s.phase = Phase::Starting { deadline };
@@ -371,9 +369,8 @@ impl Core {
         self.events.notify_all();
     }
 
-    /// The slot's worker could not be started: counts as a crash.
-    pub fn spawn_failed(&self, slot: usize, error: &str) {
-        let now = Instant::now();
+    /// The slot's worker could not be started: counts as a crash (at `now`).
+    pub fn spawn_failed(&self, slot: usize, error: &str, now: Instant) {
         let mut st = self.state.lock();
         let message = format!("could not start a worker process: {error}");
         let settle = self.record_crash(&mut st, now, &message);
@@ -501,10 +498,9 @@ impl Core {
     }
 
     /// The slot's worker was reaped: settles its job (Cancelled, Timeout, or a crash's
-    /// `BrokenExecutor`) and counts a crash. The slot's thread then calls
+    /// `BrokenExecutor`) and counts a crash (at `now`). The slot's thread then calls
     /// [`spawning`](Core::spawning).
-    pub fn reaped(&self, slot: usize, exit: &Exit) {
-        let now = Instant::now();
+    pub fn reaped(&self, slot: usize, exit: &Exit, now: Instant) {
         let mut st = self.state.lock();
         let s = &mut st.slots[slot];
         s.pid = None;
@@ -647,7 +643,10 @@ impl Core {
                 }
             }
             if slot.stop.is_none() {
-                let timed = slot.job.as_ref().and_then(|j| Some((j.deadline?, j.limit?)));
+                let timed = slot
+                    .job
+                    .as_ref()
+                    .and_then(|j| Some((j.deadline?, j.limit?)));
                 if let Some((deadline, limit)) = timed {
                     if deadline <= now {
                         self.stop(slot, Reason::Timeout(limit), Some(Sig::Term), now);
@@ -781,9 +780,302 @@ impl fmt::Debug for Core {
         let st = self.state.lock();
         f.debug_struct("Core")
             .field("queued", &st.queue.len())
-            .field("pids", &st.slots.iter().filter_map(|s| s.pid).collect::<Vec<_>>())
+            .field(
+                "pids",
+                &st.slots.iter().filter_map(|s| s.pid).collect::<Vec<_>>(),
+            )
             .field("broken", &st.broken.is_some())
             .field("shutdown", &st.shutdown)
             .finish()
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    type Log<T> = Arc<std::sync::Mutex<Vec<T>>>;
+
+    /// A job whose outcome lands in a shared log.
+    struct Probe {
+        cancelled: bool,
+        outcomes: Log<Result<Vec<u8>>>,
+    }
+
+    impl JobHandle for Probe {
+        fn start(&self) -> bool {
+            !self.cancelled
+        }
+        fn finish(self: Box<Self>, outcome: Result<Vec<u8>>) {
+            self.outcomes.lock().unwrap().push(outcome);
+        }
+    }
+
+    struct Rig {
+        core: Core,
+        signals: Log<(u32, Sig)>,
+        outcomes: Log<Result<Vec<u8>>>,
+    }
+
+    const PID: u32 = 4242;
+
+    fn rig(edit: impl FnOnce(&mut Config)) -> Rig {
+        let mut config = Config {
+            workers: 1,
+            max_tasks_per_child: None,
+            max_crashes: 3,
+            crash_window: Duration::from_secs(10),
+            kill_grace: Duration::from_secs(1),
+            startup_timeout: Duration::from_secs(30),
+            names: vec!["crunch".to_owned()],
+        };
+        edit(&mut config);
+        let signals: Log<(u32, Sig)> = Arc::default();
+        let sent = signals.clone();
+        let core = Core::new(config, move |pid, sig| {
+            sent.lock().unwrap().push((pid, sig))
+        });
+        Rig {
+            core,
+            signals,
+            outcomes: Arc::default(),
+        }
+    }
+
+    impl Rig {
+        fn ready_worker(&self) {
+            assert!(self.core.spawning(0));
+            self.core.spawned(0, PID);
+            assert!(self.core.ready(0));
+        }
+
+        fn submit(&self, timeout: Option<Duration>) -> u64 {
+            let id = self.core.next_id();
+            let probe = Probe {
+                cancelled: false,
+                outcomes: self.outcomes.clone(),
+            };
+            self.core
+                .submit(Job {
+                    id,
+                    func: 0,
+                    payload: vec![id as u8],
+                    timeout,
+                    handle: Box::new(probe),
+                })
+                .unwrap();
+            id
+        }
+
+        fn dispatch(&self) -> u64 {
+            match self.core.next_job(0) {
+                Next::Run(job) => job.id,
+                other => panic!("expected a job, got {other:?}"),
+            }
+        }
+
+        fn reap(&self, status: &str, now: Instant) {
+            self.core.release(0);
+            let exit = Exit {
+                pid: PID,
+                status: status.to_owned(),
+                failure: None,
+            };
+            self.core.reaped(0, &exit, now);
+        }
+
+        fn signals(&self) -> Vec<(u32, Sig)> {
+            self.signals.lock().unwrap().clone()
+        }
+
+        fn last_error(&self) -> Error {
+            let outcomes = self.outcomes.lock().unwrap();
+            outcomes
+                .last()
+                .expect("an outcome")
+                .clone()
+                .expect_err("an error")
+        }
+    }
+
+    #[test]
+    fn cancelling_a_running_job_sends_term_then_kill_after_the_grace() {
+        let rig = rig(|_| {});
+        rig.ready_worker();
+        let id = rig.submit(None);
+        assert_eq!(rig.dispatch(), id);
+        let t0 = Instant::now();
+        rig.core.cancel(id, t0);
+        assert_eq!(rig.signals(), [(PID, Sig::Term)]);
+        let next = rig.core.expire(t0 + Duration::from_millis(500));
+        assert_eq!(
+            next,
+            Some(t0 + Duration::from_secs(1)),
+            "the escalation is due next"
+        );
+        assert_eq!(
+            rig.signals(),
+            [(PID, Sig::Term)],
+            "not before the grace is over"
+        );
+        rig.core.expire(t0 + Duration::from_secs(1));
+        assert_eq!(rig.signals(), [(PID, Sig::Term), (PID, Sig::Kill)]);
+        assert!(matches!(rig.core.next_job(0), Next::Retire));
+        rig.reap("was killed by signal 15 (SIGTERM)", t0);
+        assert!(rig.last_error().is_cancelled());
+        assert!(
+            rig.core.broken().is_none(),
+            "a stop we asked for is not a crash"
+        );
+    }
+
+    #[test]
+    fn a_job_past_its_deadline_is_stopped_and_fails_with_timeout() {
+        let rig = rig(|_| {});
+        rig.ready_worker();
+        rig.submit(Some(Duration::from_millis(10)));
+        rig.dispatch();
+        let later = Instant::now() + Duration::from_secs(3600);
+        rig.core.expire(later);
+        assert_eq!(rig.signals(), [(PID, Sig::Term)]);
+        rig.reap("was killed by signal 15 (SIGTERM)", later);
+        let err = rig.last_error();
+        assert_eq!(err.kind(), ErrorKind::Timeout);
+        assert!(
+            err.to_string()
+                .contains("`crunch` ran past its time limit of 10ms"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn crashes_outside_the_window_do_not_count() {
+        let rig = rig(|c| c.max_crashes = 2);
+        let t0 = Instant::now();
+        rig.ready_worker();
+        rig.reap("exited with status 1", t0);
+        rig.ready_worker();
+        rig.reap("exited with status 1", t0 + Duration::from_secs(11));
+        assert!(
+            rig.core.broken().is_none(),
+            "the first crash left the window"
+        );
+        rig.ready_worker();
+        rig.submit(None);
+        rig.reap("exited with status 1", t0 + Duration::from_secs(12));
+        let broken = rig
+            .core
+            .broken()
+            .expect("two crashes within 10 s break the pool");
+        assert!(broken.to_string().contains("2 worker crashes"), "{broken}");
+        let err = rig.last_error();
+        assert_eq!(
+            err.kind(),
+            ErrorKind::BrokenExecutor,
+            "the queued job fails"
+        );
+        assert!(!rig.core.spawning(0), "a broken pool starts no worker");
+    }
+
+    #[test]
+    fn a_crash_fails_the_running_job_with_the_pid_and_status_and_spares_the_queue() {
+        let rig = rig(|_| {});
+        rig.ready_worker();
+        rig.submit(None);
+        let queued = rig.submit(None);
+        rig.dispatch();
+        rig.reap("was killed by signal 9 (SIGKILL)", Instant::now());
+        let err = rig.last_error();
+        assert_eq!(err.kind(), ErrorKind::BrokenExecutor);
+        assert_eq!(
+            err.to_string(),
+            "worker process 4242 was killed by signal 9 (SIGKILL) while running `crunch`"
+        );
+        rig.ready_worker();
+        assert_eq!(
+            rig.dispatch(),
+            queued,
+            "the replacement takes the queued job"
+        );
+    }
+
+    #[test]
+    fn a_slow_starter_is_killed_and_counts_as_a_crash() {
+        let rig = rig(|c| {
+            c.startup_timeout = Duration::from_secs(1);
+            c.max_crashes = 1;
+        });
+        assert!(rig.core.spawning(0));
+        rig.core.spawned(0, PID);
+        let later = Instant::now() + Duration::from_secs(5);
+        rig.core.expire(later);
+        assert_eq!(rig.signals(), [(PID, Sig::Kill)]);
+        rig.reap("was killed by signal 9 (SIGKILL)", later);
+        let broken = rig.core.broken().expect("broken");
+        assert!(
+            broken.to_string().contains("did not become ready"),
+            "{broken}"
+        );
+    }
+
+    #[test]
+    fn no_signal_reaches_a_released_pid() {
+        let rig = rig(|_| {});
+        rig.ready_worker();
+        let id = rig.submit(Some(Duration::from_millis(1)));
+        rig.dispatch();
+        rig.core.release(0);
+        assert_eq!(rig.signals(), [(PID, Sig::Kill)]);
+        let later = Instant::now() + Duration::from_secs(3600);
+        rig.core.cancel(id, later);
+        rig.core.expire(later);
+        rig.core.terminate();
+        assert_eq!(
+            rig.signals(),
+            [(PID, Sig::Kill)],
+            "signals after release: the pid may be reused"
+        );
+    }
+
+    #[test]
+    fn max_tasks_per_child_retires_the_worker_after_its_quota() {
+        let rig = rig(|c| c.max_tasks_per_child = Some(2));
+        rig.ready_worker();
+        for _ in 0..3 {
+            rig.submit(None);
+        }
+        for _ in 0..2 {
+            let id = rig.dispatch();
+            assert!(rig.core.job_done(0, id, Ok(Vec::new())));
+        }
+        assert!(matches!(rig.core.next_job(0), Next::Retire));
+        rig.reap("exited with status 0", Instant::now());
+        assert!(rig.core.broken().is_none());
+        rig.ready_worker();
+        rig.dispatch();
+        assert_eq!(rig.core.queued(), 0);
+    }
+
+    #[test]
+    fn a_job_cancelled_before_dispatch_is_skipped() {
+        let rig = rig(|_| {});
+        rig.ready_worker();
+        let id = rig.core.next_id();
+        let probe = Probe {
+            cancelled: true,
+            outcomes: rig.outcomes.clone(),
+        };
+        rig.core
+            .submit(Job {
+                id,
+                func: 0,
+                payload: Vec::new(),
+                timeout: None,
+                handle: Box::new(probe),
+            })
+            .unwrap();
+        let next = rig.submit(None);
+        assert_eq!(rig.dispatch(), next);
     }
 }

@@ -465,7 +465,11 @@ mod pool {
                 .field("initializer", &self.initializer.is_some())
                 .field(
                     "functions",
-                    &self.functions.iter().map(|r| r.entry.name).collect::<Vec<_>>(),
+                    &self
+                        .functions
+                        .iter()
+                        .map(|r| r.entry.name)
+                        .collect::<Vec<_>>(),
                 )
                 .field("job_timeout", &self.job_timeout)
                 .field("max_crashes", &self.max_crashes)

@@ -13,6 +13,7 @@ use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{Command, ExitStatus, Stdio};
+use std::time::Instant;
 
 /// How to start a worker.
 #[derive(Debug)]
@@ -27,7 +28,10 @@ pub(super) struct Launch {
 
 /// Sends `sig` to `pid` (the core calls this only for a pid not yet reaped).
 pub(super) fn send_signal(pid: u32, sig: Sig) {
-    let Some(pid) = i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw) else {
+    let Some(pid) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    else {
         return;
     };
     let signal = match sig {
@@ -52,7 +56,8 @@ pub(super) fn run_slot(core: &Arc<Core>, slot: usize, launch: &Launch) {
         let mut child = match spawned {
             Ok(child) => child,
             Err(e) => {
-                core.spawn_failed(slot, &format!("{}: {e}", launch.exe.display()));
+                let error = format!("{}: {e}", launch.exe.display());
+                core.spawn_failed(slot, &error, Instant::now());
                 continue;
             }
         };
@@ -76,14 +81,12 @@ pub(super) fn run_slot(core: &Arc<Core>, slot: usize, launch: &Launch) {
             Ok(status) => describe(status),
             Err(e) => format!("could not be waited for ({e})"),
         };
-        core.reaped(
-            slot,
-            &Exit {
-                pid,
-                status,
-                failure,
-            },
-        );
+        let exit = Exit {
+            pid,
+            status,
+            failure,
+        };
+        core.reaped(slot, &exit, Instant::now());
     }
 }
 
@@ -152,7 +155,9 @@ fn converse(
                             return Err(format!("it answered job {id}, which it was not running"));
                         }
                     }
-                    Ok(Some(_)) => return Err("it said hello again in the middle of a job".to_owned()),
+                    Ok(Some(_)) => {
+                        return Err("it said hello again in the middle of a job".to_owned())
+                    }
                     Ok(None) => return Ok(()),
                     Err(e) => return gone_or(e),
                 }
@@ -259,7 +264,10 @@ mod tests {
 
     #[test]
     fn exit_statuses_read_as_people_say_them() {
-        assert_eq!(describe(ExitStatus::from_raw(3 << 8)), "exited with status 3");
+        assert_eq!(
+            describe(ExitStatus::from_raw(3 << 8)),
+            "exited with status 3"
+        );
         assert_eq!(
             describe(ExitStatus::from_raw(9)),
             "was killed by signal 9 (SIGKILL)"

@@ -59,7 +59,9 @@ pub(super) fn write_frame<W: Write, T: Serialize>(w: &mut W, msg: &T) -> io::Res
     let len = u32::try_from(bytes.len())
         .ok()
         .filter(|&n| n as usize <= MAX_FRAME)
-        .ok_or_else(|| io::Error::other(format!("a frame of {} bytes is too large", bytes.len())))?;
+        .ok_or_else(|| {
+            io::Error::other(format!("a frame of {} bytes is too large", bytes.len()))
+        })?;
     w.write_all(&len.to_le_bytes())?;
     w.write_all(&bytes)?;
     w.flush()
@@ -148,10 +150,15 @@ mod tests {
         write_frame(&mut buf, &ToWorker::Exit).unwrap();
         let mut r = &buf[..];
         match read_frame::<_, ToWorker>(&mut r).unwrap() {
-            Some(ToWorker::Job { id, func, arg }) => assert_eq!((id, func, arg), (7, 2, vec![1, 2, 3])),
+            Some(ToWorker::Job { id, func, arg }) => {
+                assert_eq!((id, func, arg), (7, 2, vec![1, 2, 3]))
+            }
             other => panic!("unexpected {other:?}"),
         }
-        assert!(matches!(read_frame::<_, ToWorker>(&mut r).unwrap(), Some(ToWorker::Exit)));
+        assert!(matches!(
+            read_frame::<_, ToWorker>(&mut r).unwrap(),
+            Some(ToWorker::Exit)
+        ));
         assert!(read_frame::<_, ToWorker>(&mut r).unwrap().is_none());
     }
 
@@ -174,7 +181,10 @@ mod tests {
         write_frame(&mut stream, &ToWorker::Exit).unwrap();
         let mut r = io::BufReader::with_capacity(3, &stream[..]);
         assert!(skip_to_magic(&mut r).unwrap());
-        assert!(matches!(read_frame::<_, ToWorker>(&mut r).unwrap(), Some(ToWorker::Exit)));
+        assert!(matches!(
+            read_frame::<_, ToWorker>(&mut r).unwrap(),
+            Some(ToWorker::Exit)
+        ));
         let mut r = io::BufReader::new(&b"no marker here"[..]);
         assert!(!skip_to_magic(&mut r).unwrap());
     }
