@@ -508,7 +508,8 @@ fn a_task_awaits_a_job_inside_braid_run() {
     let total = braid::run(async {
         let slow = pool.submit(nap, 50)?;
         let fast = pool.submit(square, 11)?;
-        let task = braid::create_task(async move { fast.await });
+        // A ConcurrentFuture is a future like any other: a task can be made of it.
+        let task = braid::create_task(fast);
         Ok(slow.await? + task.await?)
     })
     .unwrap();
