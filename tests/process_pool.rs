@@ -560,3 +560,13 @@ fn the_initializer_runs_in_every_worker_and_not_here() {
     }
     assert!(!INITIALIZED.load(std::sync::atomic::Ordering::SeqCst));
 }
+
+#[test]
+fn the_pool_and_its_futures_are_send_sync_unpin_and_debug() {
+    fn shareable<T: Send + Sync + Unpin + std::fmt::Debug>() {}
+    shareable::<ProcessPool>();
+    shareable::<ConcurrentFuture<Vec<String>>>();
+    // The builder holds the functions as a worker calls them (not Send): Debug only.
+    fn debug<T: std::fmt::Debug>() {}
+    debug::<braid::bridge::ProcessPoolBuilder>();
+}

@@ -512,7 +512,9 @@ mod pool {
     ///
     /// What a worker writes on stdout before `build()` is discarded; after it, its stdout
     /// goes to its stderr, which it shares with the program. A worker dies with the pool's
-    /// process (Linux's parent-death signal), so none outlives the program.
+    /// process (Linux's parent-death signal), so none outlives the program; dropping the pool
+    /// or [`shutdown`](ProcessPool::shutdown) with `wait` reaps every worker, so none is left
+    /// a zombie.
     ///
     /// # Supervision
     ///

@@ -72,7 +72,9 @@ fn serve_until_told(
     parent: u32,
 ) -> io::Result<i32> {
     // Die with the pool's thread that started us (it holds our pipes and outlives us). The
-    // check after it closes the window in which the parent died before the request.
+    // check after it closes the window in which the parent died before the request. (Elsewhere
+    // than Linux a worker whose pool's process died leaves when its stdin closes.)
+    #[cfg(any(target_os = "linux", target_os = "android"))]
     rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
     let parent_now = rustix::process::getppid().map(|p| p.as_raw_pid());
     if parent_now != i32::try_from(parent).ok() {
