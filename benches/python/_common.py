@@ -4,7 +4,8 @@ Each script defines its workloads with the same names, sizes and shapes as the R
 (benches/scheduler.rs, benches/bridge.rs) and calls `main()` here, which parses the command
 line, times every workload on a fresh event loop and prints one JSON object on stdout:
 
-    {"script": "scheduler", "loop": "asyncio", "python": "3.11.7", "quick": false,
+    {"script": "scheduler", "loop": "asyncio", "python": "3.11.7", "loop_version": "3.11.7",
+     "quick": false,
      "results": {"spawn_many_local": {"median_s": 0.012, "samples_s": [...]},
                  "run_coroutine_threadsafe": {"median_s": ..., "p50_s": ..., "p99_s": ...}},
      "errors": {"workload": "what went wrong"}}
@@ -141,6 +142,11 @@ def main(script, workloads):
     parser.add_argument("only", nargs="*", help="run only these workloads")
     args = parser.parse_args()
     settings = Settings(args.loop, args.quick)
+    loop_version = platform.python_version()
+    if args.loop == "uvloop":
+        import uvloop
+
+        loop_version = uvloop.__version__
     results, errors = {}, {}
     for name, run in workloads.items():
         if args.only and name not in args.only:
@@ -161,6 +167,7 @@ def main(script, workloads):
             "script": script,
             "loop": args.loop,
             "python": platform.python_version(),
+            "loop_version": loop_version,
             "quick": args.quick,
             "results": results,
             "errors": errors,
