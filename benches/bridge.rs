@@ -198,11 +198,32 @@ fn tokio_spawn_blocking(rt: &tokio::runtime::Runtime) {
 /// Whether criterion's command line names a filter that excludes `group` (so that the
 /// percentile run, which is not a criterion benchmark, obeys the same filter).
 fn filtered_out(group: &str) -> bool {
-    let filters: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
-    // Flags that take a value would be mistaken for filters; the generator passes none.
+    // Criterion's options that take a separate value, which is not a filter.
+    const TAKES_VALUE: [&str; 14] = [
+        "--color",
+        "--save-baseline",
+        "--baseline",
+        "--load-baseline",
+        "--profile-time",
+        "--sample-size",
+        "--warm-up-time",
+        "--measurement-time",
+        "--nresamples",
+        "--noise-threshold",
+        "--confidence-level",
+        "--significance-level",
+        "--format",
+        "--plotting-backend",
+    ];
+    let mut filters = Vec::new();
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        if TAKES_VALUE.contains(&arg.as_str()) {
+            args.next();
+        } else if !arg.starts_with('-') {
+            filters.push(arg);
+        }
+    }
     !filters.is_empty() && !filters.iter().any(|f| group.contains(f.as_str()))
 }
 

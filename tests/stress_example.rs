@@ -1,6 +1,6 @@
 //! The stress harness of `examples/stress.rs`, run briefly: it refuses bad flags with a clear
-//! message, and a few hundred milliseconds of every operation (with cancels) end with every
-//! invariant holding and exit status 0.
+//! message, a few hundred milliseconds of every operation (with cancels) end with every
+//! invariant holding and exit status 0, and a failed invariant makes the status non-zero.
 //!
 //! The example's source is compiled into this test as a module, so the test needs no built
 //! example binary and runs the same code `cargo run --example stress` does. One test only: the
@@ -58,4 +58,10 @@ fn stress_harness_refuses_bad_flags_then_runs_briefly_with_every_invariant_holdi
         cancelled > 0,
         "a cancel ratio of 0.3 cancelled nothing:\n{report}"
     );
+
+    // One failed invariant is enough for a non-zero exit status, and the report says which.
+    let mut broken = report.clone();
+    broken.invariants[0].holds = false;
+    assert_eq!(broken.exit_status(), 1);
+    assert!(broken.to_string().contains("[FAIL]"), "{broken}");
 }
