@@ -1,0 +1,263 @@
+//! `shield` with asyncio's semantics (API.md "Combinators", issue 4): the inner task's value,
+//! error or cancellation passes through; when the awaiting task is cancelled, the await
+//! returns `Cancelled` at once and the inner task keeps running to completion, its result
+//! still readable through `Shield::task`/`Shield::into_inner`.
+//!
+//! Scenarios are ported from CPython's `Lib/test/test_asyncio/test_tasks.py`
+//! (`test_shield_result`, `test_shield_exception`, `test_shield_cancel_inner`,
+//! `test_shield_cancel_outer`, `test_shield_shortcut`, `test_shield_effect`,
+//! `test_gather_shield`, `test_shield_gather`); each test names the one it follows. Steps are
+//! sequenced with promises; the key scenarios run on runtimes of 1, 2 and 4 loops.
+
+use braid::{Error, Promise, Task};
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+mod common;
+use common::{runtime, WAIT};
+
+/// Longer than any test: a child sleeping this long only ends by being cancelled.
+const LONG: Duration = Duration::from_secs(60);
+
+/// Runs `scenario` on a fresh runtime of each size in `loops`, naming the size on failure.
+fn on_loops<S, Fut>(loops: &[usize], scenario: S)
+where
+    S: Fn() -> Fut,
+    Fut: Future<Output = braid::Result<()>>,
+{
+    for &n in loops {
+        let rt = runtime(n);
+        if let Err(e) = rt.run_until_complete(scenario()) {
+            panic!("on a runtime of {n} loop(s): {e:?}");
+        }
+        rt.shutdown(WAIT).unwrap();
+    }
+}
+
+/// A task that sleeps and yields a few times (so that it moves between loops), then waits
+/// for `gate` and returns `value`.
+fn inner_after(gate: &Promise<()>, value: i32) -> Task<i32> {
+    let gate = gate.clone();
+    braid::create_task(async move {
+        for _ in 0..3 {
+            braid::yield_now().await?;
+            braid::sleep(Duration::from_millis(1)).await?;
+        }
+        gate.await?;
+        Ok(value)
+    })
+}
+
+/// The inner task's value passes through (CPython `test_shield_result`).
+#[test]
+fn value_passes_through() {
+    on_loops(&[1, 2, 4], || async {
+        let gate = braid::create_future::<()>();
+        let inner = inner_after(&gate, 42);
+        let outer = braid::create_task(braid::shield(inner));
+        gate.set_result(())?;
+        assert_eq!(outer.await?, 42);
+        Ok(())
+    });
+}
+
+/// The inner task's error passes through (CPython `test_shield_exception`).
+#[test]
+fn error_passes_through() {
+    on_loops(&[1, 2], || async {
+        let inner = braid::create_task(async {
+            braid::yield_now().await?;
+            Err::<i32, _>(Error::msg("expected"))
+        });
+        let err = braid::shield(inner).await.unwrap_err();
+        assert_eq!(err.message(), Some("expected"));
+        Ok(())
+    });
+}
+
+/// The inner task's own cancellation passes through: the shielded await ends `Cancelled`
+/// (CPython `test_shield_cancel_inner`).
+#[test]
+fn inner_cancellation_passes_through() {
+    on_loops(&[1, 2], || async {
+        let started = braid::create_future::<()>();
+        let s = started.clone();
+        let inner = braid::create_task(async move {
+            s.set_result(())?;
+            braid::sleep(LONG).await?;
+            Ok(1)
+        });
+        let r = inner.as_ref();
+        let shielded = braid::shield(inner);
+        started.await?;
+        assert!(r.cancel());
+        let err = shielded.await.unwrap_err();
+        assert!(err.is_cancelled(), "{err:?}");
+        assert!(r.cancelled());
+        Ok(())
+    });
+}
+
+/// A task already done gives its value at once (CPython `test_shield_shortcut`).
+#[test]
+fn done_inner_gives_its_value() {
+    on_loops(&[1, 2], || async {
+        let inner = braid::create_task(async { Ok(42) });
+        let done = braid::create_future::<()>();
+        let d = done.clone();
+        inner.add_done_callback(move |_| {
+            let _ = d.set_result(());
+        });
+        done.await?;
+        let shielded = braid::shield(inner);
+        assert!(shielded.task().done());
+        assert_eq!(shielded.await?, 42);
+        Ok(())
+    });
+}
+
+/// Cancelling the awaiting task makes the shielded await return `Cancelled` at once, while
+/// the inner task keeps running to completion, untouched (no cancel request reaches it); the
+/// awaiter, holding the shield, can still read the inner result (CPython
+/// `test_shield_effect` and `test_shield_cancel_outer`).
+#[test]
+fn cancelling_the_awaiter_returns_at_once_and_the_inner_keeps_running() {
+    on_loops(&[1, 2, 4], || async {
+        let gate = braid::create_future::<()>();
+        let inner = inner_after(&gate, 42);
+        let inner_ref = inner.as_ref();
+        let awaiting = braid::create_future::<()>();
+        let a = awaiting.clone();
+        let (tx, rx) = mpsc::channel();
+        let outer = braid::create_task(async move {
+            let mut shielded = braid::shield(inner);
+            a.set_result(())?;
+            let first = (&mut shielded).await;
+            let cancelled = matches!(&first, Err(e) if e.is_cancelled());
+            // Hand the inner task back before ending cancelled.
+            tx.send(shielded.into_inner()).unwrap();
+            if cancelled {
+                first
+            } else {
+                Err(Error::msg(format!("the shielded await gave {first:?}")))
+            }
+        });
+        awaiting.await?;
+        assert!(outer.cancel());
+        let err = outer.await.unwrap_err();
+        assert!(err.is_cancelled(), "{err:?}");
+        // The awaiter returned while the inner task is still waiting for its gate.
+        assert!(!inner_ref.done(), "the shield waited for the inner task");
+        assert_eq!(
+            inner_ref.cancelling(),
+            0,
+            "the cancel reached the inner task"
+        );
+
+        let inner = rx
+            .try_recv()
+            .expect("the awaiter handed back the inner task");
+        gate.set_result(())?;
+        assert_eq!(inner.await?, 42);
+        assert!(!inner_ref.cancelled());
+        Ok(())
+    });
+}
+
+/// The awaiter may also catch the `Cancelled` error and then await the inner task through
+/// the same shield (awaited by `&mut`): it gets the inner value (CPython
+/// `test_shield_effect`, the "proof" that inner ran to the end).
+#[test]
+fn awaiter_reads_the_inner_result_after_being_cancelled() {
+    on_loops(&[1, 2, 4], || async {
+        let gate = braid::create_future::<()>();
+        let inner = inner_after(&gate, 7);
+        let awaiting = braid::create_future::<()>();
+        let a = awaiting.clone();
+        let g = gate.clone();
+        let outer = braid::create_task(async move {
+            let mut shielded = braid::shield(inner);
+            a.set_result(())?;
+            let first = (&mut shielded).await;
+            assert!(matches!(&first, Err(e) if e.is_cancelled()), "{first:?}");
+            assert!(!shielded.task().done());
+            g.set_result(())?;
+            // The one cancel request was delivered: this await is not cancelled.
+            let value = (&mut shielded).await?;
+            Ok((value, shielded.task().done()))
+        });
+        awaiting.await?;
+        assert!(outer.cancel());
+        assert_eq!(outer.await?, (7, true));
+        Ok(())
+    });
+}
+
+/// A gather of shielded tasks: cancelling the gather cancels the shields' wrapper tasks
+/// but not the shielded children, which complete (CPython `test_gather_shield`).
+#[test]
+fn gather_of_shields_cancels_the_shields_not_the_children() {
+    on_loops(&[1, 2, 4], || async {
+        let gate = braid::create_future::<()>();
+        let children: Vec<Task<i32>> = (1..=2).map(|v| inner_after(&gate, v)).collect();
+        let refs: Vec<_> = children.iter().map(Task::as_ref).collect();
+        let done_count = Arc::new(AtomicUsize::new(0));
+        let all_done = braid::create_future::<()>();
+        for child in &children {
+            let (count, all_done) = (done_count.clone(), all_done.clone());
+            child.add_done_callback(move |_| {
+                if count.fetch_add(1, Ordering::SeqCst) == 1 {
+                    let _ = all_done.set_result(());
+                }
+            });
+        }
+        let parent = braid::gather(children.into_iter().map(braid::shield));
+        assert!(parent.cancel());
+        let err = parent.await.unwrap_err();
+        assert!(err.is_cancelled(), "{err:?}");
+        for r in &refs {
+            assert_eq!(r.cancelling(), 0, "the cancel reached a shielded child");
+        }
+        gate.set_result(())?;
+        all_done.await?;
+        for r in &refs {
+            assert!(r.done() && !r.cancelled());
+        }
+        Ok(())
+    });
+}
+
+/// A shielded gather: cancelling the task awaiting the shield leaves the gather and its
+/// children running, and the gather completes with every value (CPython
+/// `test_shield_gather`).
+#[test]
+fn shielded_gather_survives_the_awaiter_cancel() {
+    on_loops(&[1, 2, 4], || async {
+        let gate = braid::create_future::<()>();
+        let children: Vec<Task<i32>> = (1..=2).map(|v| inner_after(&gate, v)).collect();
+        let parent = braid::create_task(braid::gather(children));
+        let (tx, rx) = mpsc::channel();
+        let awaiting = braid::create_future::<()>();
+        let a = awaiting.clone();
+        let outer = braid::create_task(async move {
+            let mut shielded = braid::shield(parent);
+            a.set_result(())?;
+            let res = (&mut shielded).await;
+            tx.send(shielded.into_inner()).unwrap();
+            res
+        });
+        awaiting.await?;
+        outer.cancel();
+        let err = outer.await.unwrap_err();
+        assert!(err.is_cancelled(), "{err:?}");
+        let parent = rx
+            .try_recv()
+            .expect("the awaiter handed back the gather task");
+        assert!(!parent.done());
+        gate.set_result(())?;
+        assert_eq!(parent.await?, vec![1, 2]);
+        Ok(())
+    });
+}
