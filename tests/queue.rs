@@ -283,7 +283,6 @@ fn waiting_putters_are_served_in_arrival_order() {
 /// gets the first item, whichever loops they run on (CPython `test_why_are_getters_waiting`,
 /// with the order made observable).
 #[test]
-#[ignore = "runtime bug: getters woken together on different loops take the items in the order they happen to run, not the order they queued"]
 fn waiting_getters_are_served_in_arrival_order() {
     on_each_runtime(|| async {
         let q = Arc::new(Queue::new(0));
@@ -499,6 +498,26 @@ fn dropped_get_and_put_leave_no_trace() {
         assert!(q.empty(), "an aborted put inserted its item");
         q.put_nowait(6)?;
         assert_eq!(q.get_nowait()?, 6);
+        Ok(())
+    });
+}
+
+/// `join` is a cancellation point too: a cancelled joiner ends cancelled and leaves no
+/// trace; the joiner behind it returns once the items are done.
+#[test]
+fn cancelled_join_leaves_no_trace() {
+    on_each_runtime(|| async {
+        let q = Arc::new(Queue::new(0));
+        q.put_nowait(1)?;
+        let q2 = q.clone();
+        let cancelled = queued(async move { q2.join().await }).await?;
+        let q2 = q.clone();
+        let kept = queued(async move { q2.join().await }).await?;
+        assert!(cancelled.cancel());
+        assert_cancelled(settle(cancelled).await);
+        q.get().await?;
+        q.task_done()?;
+        settle(kept).await?;
         Ok(())
     });
 }

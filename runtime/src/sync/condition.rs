@@ -288,14 +288,8 @@ impl ConditionWait<'_, '_> {
                     context::clear_awaiting(None);
                     let mut waiters = cond.waiters.lock();
                     if let Some(cancel) = cancel {
-                        // A notify meant for us goes to the next waiter (Python 3.13).
-                        let pass_on = if waiters.remove(id) {
-                            waiters.notify_one()
-                        } else {
-                            None
-                        };
+                        waiters.remove(id);
                         drop(waiters);
-                        wake_all(pass_on);
                         this.error = Some(cancel);
                         this.step = WaitStep::Reacquiring(None);
                         continue;
@@ -322,7 +316,14 @@ impl ConditionWait<'_, '_> {
                         this.error = Some(cancel);
                     }
                     return Poll::Ready(match this.error.take() {
-                        Some(error) => Err(error),
+                        Some(error) => {
+                            // As Python 3.13: a wait that ends in an error may have consumed a
+                            // notify meant to wake someone; notify another waiter instead (a
+                            // spurious wake-up is allowed, a lost one is not).
+                            let pass_on = cond.waiters.lock().notify_one();
+                            wake_all(pass_on);
+                            Err(error)
+                        }
                         None => Ok(()),
                     });
                 }

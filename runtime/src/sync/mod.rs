@@ -86,6 +86,13 @@ impl WaitQueue {
         }
     }
 
+    /// Notifies the first waiter not yet notified; its id and waker.
+    pub(crate) fn notify_first(&mut self) -> Option<(u64, Waker)> {
+        let entry = self.entries.iter_mut().find(|e| !e.notified)?;
+        entry.notified = true;
+        Some((entry.id, entry.waker.clone()))
+    }
+
     /// Notifies the first waiter not yet notified; its waker, to wake after unlocking.
     pub(crate) fn notify_one(&mut self) -> Option<Waker> {
         let entry = self.entries.iter_mut().find(|e| !e.notified)?;
@@ -106,6 +113,18 @@ impl WaitQueue {
         for entry in &mut self.entries {
             entry.notified = true;
             wake.push(entry.waker.clone());
+        }
+    }
+
+    /// True if a waiter was notified and has not left the line yet.
+    pub(crate) fn any_notified(&self) -> bool {
+        self.entries.iter().any(|e| e.notified)
+    }
+
+    /// Takes back the notification of waiter `id` (it stays in line, in its place).
+    pub(crate) fn unnotify(&mut self, id: u64) {
+        if let Some(entry) = self.find(id) {
+            entry.notified = false;
         }
     }
 

@@ -59,6 +59,9 @@ fn shut_down() -> Error {
 trait Store: Default {
     type Item;
     fn push(&mut self, item: Self::Item);
+    /// Puts back an item that was taken out of turn (handed to a getter that then left), so
+    /// that it is the next one out.
+    fn push_next(&mut self, item: Self::Item);
     fn pop(&mut self) -> Option<Self::Item>;
     fn len(&self) -> usize;
 }
@@ -80,6 +83,9 @@ impl<T> Store for Fifo<T> {
     fn push(&mut self, item: T) {
         self.0.push_back(item);
     }
+    fn push_next(&mut self, item: T) {
+        self.0.push_front(item);
+    }
     fn pop(&mut self) -> Option<T> {
         self.0.pop_front()
     }
@@ -95,6 +101,9 @@ impl<T> Default for Lifo<T> {
 impl<T> Store for Lifo<T> {
     type Item = T;
     fn push(&mut self, item: T) {
+        self.0.push(item);
+    }
+    fn push_next(&mut self, item: T) {
         self.0.push(item);
     }
     fn pop(&mut self) -> Option<T> {
@@ -114,6 +123,9 @@ impl<T: Ord> Store for Smallest<T> {
     fn push(&mut self, item: T) {
         self.0.push(Reverse(item));
     }
+    fn push_next(&mut self, item: T) {
+        self.0.push(Reverse(item));
+    }
     fn pop(&mut self) -> Option<T> {
         self.0.pop().map(|Reverse(item)| item)
     }
@@ -123,13 +135,23 @@ impl<T: Ord> Store for Smallest<T> {
 }
 
 /// The queue machinery shared by the three public queues.
-struct Core<S> {
+///
+/// asyncio serves waiting getters and putters in arrival order because its one thread runs
+/// them in the order it woke them. Here the woken may run on different loops in any order, so
+/// the order is fixed otherwise: an item put while getters wait is *handed* to the first of
+/// them (`handed`; one that leaves instead passes it on), and waiting putters are woken one at
+/// a time, the next only once the one before has put its item or left. A putter inserts its
+/// item itself when it runs, so a putter cancelled after being woken inserts nothing, as in
+/// asyncio.
+struct Core<S: Store> {
     maxsize: usize,
     state: Mutex<State<S>>,
 }
 
-struct State<S> {
+struct State<S: Store> {
     items: S,
+    /// Items handed to a getter that has not run yet (still counted by `qsize`).
+    handed: Vec<(u64, S::Item)>,
     getters: WaitQueue,
     putters: WaitQueue,
     joiners: WaitQueue,
@@ -138,8 +160,60 @@ struct State<S> {
 }
 
 impl<S: Store> State<S> {
+    fn qsize(&self) -> usize {
+        self.items.len() + self.handed.len()
+    }
+
     fn is_full(&self, maxsize: usize) -> bool {
-        maxsize > 0 && self.items.len() >= maxsize
+        maxsize > 0 && self.qsize() >= maxsize
+    }
+
+    /// An item enters the queue: to the first waiting getter, else to the store.
+    fn accept(&mut self, item: S::Item, wake: &mut Vec<Waker>) {
+        self.unfinished += 1;
+        self.place(item, wake);
+    }
+
+    /// Gives `item` to the first getter not yet served, else keeps it as the next one out
+    /// (`next`) or the last one in.
+    fn place_with(&mut self, item: S::Item, next: bool, wake: &mut Vec<Waker>) {
+        match self.getters.notify_first() {
+            Some((id, waker)) => {
+                self.handed.push((id, item));
+                wake.push(waker);
+            }
+            None if next => self.items.push_next(item),
+            None => self.items.push(item),
+        }
+    }
+
+    fn place(&mut self, item: S::Item, wake: &mut Vec<Waker>) {
+        self.place_with(item, false, wake);
+    }
+
+    /// Room may have appeared: wakes the first waiting putter, unless one woken earlier has
+    /// not run yet (it will wake the next itself).
+    fn wake_next_putter(&mut self, maxsize: usize, wake: &mut Vec<Waker>) {
+        if !self.is_full(maxsize) && !self.putters.any_notified() {
+            wake.extend(self.putters.notify_one());
+        }
+    }
+
+    fn take_handed(&mut self, id: u64) -> Option<S::Item> {
+        let at = self.handed.iter().position(|(owner, _)| *owner == id)?;
+        Some(self.handed.swap_remove(at).1)
+    }
+
+    /// asyncio's `get_nowait`, under the lock.
+    fn get_now(&mut self, maxsize: usize, wake: &mut Vec<Waker>) -> Result<S::Item> {
+        match self.items.pop() {
+            Some(item) => {
+                self.wake_next_putter(maxsize, wake);
+                Ok(item)
+            }
+            None if self.shutdown => Err(shut_down()),
+            None => Err(empty()),
+        }
     }
 }
 
@@ -151,6 +225,7 @@ impl<S: Store> Core<S> {
             maxsize,
             state: Mutex::new(State {
                 items: S::default(),
+                handed: Vec::new(),
                 getters: WaitQueue::default(),
                 putters: WaitQueue::default(),
                 joiners: WaitQueue::default(),
@@ -161,52 +236,38 @@ impl<S: Store> Core<S> {
     }
 
     fn qsize(&self) -> usize {
-        self.state.lock().items.len()
+        self.state.lock().qsize()
     }
 
     fn full(&self) -> bool {
         self.state.lock().is_full(self.maxsize)
     }
 
-    /// asyncio's `put_nowait`, under the lock: the item back if it cannot go in.
-    fn put_locked(
-        &self,
-        state: &mut State<S>,
-        item: S::Item,
-    ) -> std::result::Result<Option<Waker>, PutRefused<S::Item>> {
-        if state.shutdown {
-            return Err((item, shut_down()));
-        }
-        if state.is_full(self.maxsize) {
-            return Err((item, full()));
-        }
-        state.items.push(item);
-        state.unfinished += 1;
-        Ok(state.getters.notify_one())
-    }
-
-    /// asyncio's `get_nowait`, under the lock.
-    fn get_locked(&self, state: &mut State<S>) -> Result<(S::Item, Option<Waker>)> {
-        match state.items.pop() {
-            Some(item) => Ok((item, state.putters.notify_one())),
-            None if state.shutdown => Err(shut_down()),
-            None => Err(empty()),
-        }
-    }
-
     fn try_put(&self, item: S::Item) -> std::result::Result<(), PutRefused<S::Item>> {
-        let waker = self.put_locked(&mut self.state.lock(), item)?;
-        wake_all(waker);
+        let mut wake = Vec::new();
+        {
+            let mut state = self.state.lock();
+            if state.shutdown {
+                return Err((item, shut_down()));
+            }
+            if state.is_full(self.maxsize) {
+                return Err((item, full()));
+            }
+            state.accept(item, &mut wake);
+        }
+        wake_all(wake);
         Ok(())
     }
 
     fn get_nowait(&self) -> Result<S::Item> {
-        let (item, waker) = self.get_locked(&mut self.state.lock())?;
-        wake_all(waker);
-        Ok(item)
+        let mut wake = Vec::new();
+        let item = self.state.lock().get_now(self.maxsize, &mut wake);
+        wake_all(wake);
+        item
     }
 
-    /// One step of asyncio's `put`: waits while full. `item` is taken only on success.
+    /// One step of asyncio's `put`: `Ready(Ok)` once the item is in (`item` is then `None`);
+    /// `Ready(Err(None))` if `cancelled` made it leave, the item still in `item`.
     pub(crate) fn poll_put(
         &self,
         item: &mut Option<S::Item>,
@@ -214,115 +275,133 @@ impl<S: Store> Core<S> {
         waker: &Waker,
         cancelled: bool,
     ) -> Poll<Result<(), Option<Error>>> {
-        let mut state = self.state.lock();
-        let woken = match *waiter {
-            Some(id) => state.putters.check(id, waker),
-            None => true,
+        let mut wake = Vec::new();
+        let outcome = {
+            let mut state = self.state.lock();
+            if cancelled {
+                if let Some(id) = waiter.take() {
+                    self.leave_put(&mut state, id, &mut wake);
+                }
+                Poll::Ready(Err(None))
+            } else if waiter.is_some_and(|id| !state.putters.check(id, waker)) {
+                Poll::Pending
+            } else if state.shutdown {
+                if let Some(id) = waiter.take() {
+                    state.putters.remove(id);
+                }
+                Poll::Ready(Err(Some(shut_down())))
+            } else {
+                // A newcomer queues behind waiting putters; a woken one goes now, unless a
+                // put_nowait took the room meanwhile.
+                let may_put = match *waiter {
+                    Some(_) => !state.is_full(self.maxsize),
+                    None => !state.is_full(self.maxsize) && state.putters.is_empty(),
+                };
+                if may_put {
+                    if let Some(id) = waiter.take() {
+                        state.putters.remove(id);
+                    }
+                    let value = item.take().expect("a put holds its item until it is done");
+                    state.accept(value, &mut wake);
+                    state.wake_next_putter(self.maxsize, &mut wake);
+                    Poll::Ready(Ok(()))
+                } else {
+                    match *waiter {
+                        // Keeps its place in line, to be woken again when room appears.
+                        Some(id) => state.putters.unnotify(id),
+                        None => *waiter = Some(state.putters.push(waker)),
+                    }
+                    Poll::Pending
+                }
+            }
         };
-        if cancelled {
-            let pass_on = self.leave_put(&mut state, waiter);
-            drop(state);
-            wake_all(pass_on);
-            return Poll::Ready(Err(None));
-        }
-        if !woken {
-            return Poll::Pending;
-        }
-        if let Some(id) = waiter.take() {
-            state.putters.remove(id);
-        }
-        if state.shutdown {
-            return Poll::Ready(Err(Some(shut_down())));
-        }
-        if state.is_full(self.maxsize) {
-            // Not woken yet, or woken and beaten to the room: (back) in line.
-            *waiter = Some(state.putters.push(waker));
-            return Poll::Pending;
-        }
-        let value = item.take().expect("a put holds its item until it is done");
-        let wake = match self.put_locked(&mut state, value) {
-            Ok(wake) => wake,
-            Err(_) => unreachable!("room and shutdown were checked under the same lock"),
-        };
-        drop(state);
         wake_all(wake);
-        Poll::Ready(Ok(()))
+        outcome
     }
 
-    /// A putter leaves the line; if it had been woken and there is room, the next putter is.
-    fn leave_put(&self, state: &mut State<S>, waiter: &mut Option<u64>) -> Option<Waker> {
-        let id = waiter.take()?;
-        if state.putters.remove(id) && !state.shutdown && !state.is_full(self.maxsize) {
-            state.putters.notify_one()
-        } else {
-            None
+    /// A putter leaves the line; if it had been woken, the next one is woken instead.
+    fn leave_put(&self, state: &mut State<S>, id: u64, wake: &mut Vec<Waker>) {
+        if state.putters.remove(id) && pass_on_enabled() {
+            state.wake_next_putter(self.maxsize, wake);
         }
     }
 
-    /// One step of asyncio's `get`: waits while empty. `Err(None)` when `cancelled`.
+    /// One step of asyncio's `get`. `Ready(Err(None))` if `cancelled` made it leave; an item
+    /// that had been handed to it goes to the next getter (or back to the front).
     pub(crate) fn poll_get(
         &self,
         waiter: &mut Option<u64>,
         waker: &Waker,
         cancelled: bool,
     ) -> Poll<Result<S::Item, Option<Error>>> {
-        let mut state = self.state.lock();
-        let woken = match *waiter {
-            Some(id) => state.getters.check(id, waker),
-            None => true,
+        let mut wake = Vec::new();
+        let outcome = {
+            let mut state = self.state.lock();
+            if let Some(id) = *waiter {
+                if cancelled {
+                    self.leave_get(&mut state, id, &mut wake);
+                    *waiter = None;
+                    drop(state);
+                    wake_all(wake);
+                    return Poll::Ready(Err(None));
+                }
+                if let Some(item) = state.take_handed(id) {
+                    state.getters.remove(id);
+                    *waiter = None;
+                    state.wake_next_putter(self.maxsize, &mut wake);
+                    drop(state);
+                    wake_all(wake);
+                    return Poll::Ready(Ok(item));
+                }
+                if !state.getters.check(id, waker) {
+                    return Poll::Pending;
+                }
+                // Woken with no item: the queue was shut down. Look again from scratch.
+                state.getters.remove(id);
+                *waiter = None;
+            }
+            if cancelled {
+                return Poll::Ready(Err(None));
+            }
+            if state.items.len() > 0 {
+                Poll::Ready(state.get_now(self.maxsize, &mut wake).map_err(Some))
+            } else if state.shutdown {
+                Poll::Ready(Err(Some(shut_down())))
+            } else {
+                *waiter = Some(state.getters.push(waker));
+                Poll::Pending
+            }
         };
-        if cancelled {
-            let pass_on = self.leave_get(&mut state, waiter);
-            drop(state);
-            wake_all(pass_on);
-            return Poll::Ready(Err(None));
-        }
-        if !woken {
-            return Poll::Pending;
-        }
-        if let Some(id) = waiter.take() {
-            state.getters.remove(id);
-        }
-        if state.items.len() == 0 {
-            if state.shutdown {
-                return Poll::Ready(Err(Some(shut_down())));
-            }
-            *waiter = Some(state.getters.push(waker));
-            return Poll::Pending;
-        }
-        let outcome = self.get_locked(&mut state);
-        drop(state);
-        Poll::Ready(match outcome {
-            Ok((item, wake)) => {
-                wake_all(wake);
-                Ok(item)
-            }
-            Err(error) => Err(Some(error)),
-        })
+        wake_all(wake);
+        outcome
     }
 
-    /// A getter leaves the line; if it had been woken and an item is there, the next getter
-    /// is woken instead.
-    fn leave_get(&self, state: &mut State<S>, waiter: &mut Option<u64>) -> Option<Waker> {
-        let id = waiter.take()?;
-        if state.getters.remove(id) && state.items.len() > 0 && pass_on_enabled() {
-            state.getters.notify_one()
-        } else {
-            None
+    /// A getter leaves the line; an item handed to it goes on to the next getter, or back to
+    /// the front of the queue.
+    fn leave_get(&self, state: &mut State<S>, id: u64, wake: &mut Vec<Waker>) {
+        state.getters.remove(id);
+        if let Some(item) = state.take_handed(id) {
+            if pass_on_enabled() {
+                state.place_with(item, true, wake);
+            } else {
+                state.items.push_next(item);
+            }
         }
     }
 
     fn abandon_put(&self, waiter: &mut Option<u64>) {
-        if waiter.is_some() {
-            let pass_on = self.leave_put(&mut self.state.lock(), waiter);
-            wake_all(pass_on);
+        if let Some(id) = waiter.take() {
+            let mut wake = Vec::new();
+            self.leave_put(&mut self.state.lock(), id, &mut wake);
+            wake_all(wake);
         }
     }
 
     fn abandon_get(&self, waiter: &mut Option<u64>) {
-        if waiter.is_some() {
-            let pass_on = self.leave_get(&mut self.state.lock(), waiter);
-            wake_all(pass_on);
+        if let Some(id) = waiter.take() {
+            let mut wake = Vec::new();
+            self.leave_get(&mut self.state.lock(), id, &mut wake);
+            wake_all(wake);
         }
     }
 
@@ -372,12 +451,15 @@ impl<S: Store> Core<S> {
             if immediate {
                 while let Some(item) = state.items.pop() {
                     drained.push(item);
-                    state.unfinished = state.unfinished.saturating_sub(1);
                 }
+                drained.extend(state.handed.drain(..).map(|(_, item)| item));
+                state.unfinished = state.unfinished.saturating_sub(drained.len());
                 if state.unfinished == 0 {
                     state.joiners.wake_all(&mut wake);
                 }
             }
+            // Waiting getters and putters look again: getters drain what is left, then fail;
+            // putters fail.
             state.getters.wake_all(&mut wake);
             state.putters.wake_all(&mut wake);
         }
@@ -396,8 +478,10 @@ impl<S: Store> Core<S> {
 #[must_use = "futures do nothing unless you `.await` them"]
 pub struct QueuePut<'a, T> {
     core: &'a dyn PutCore<T>,
+    /// The item until it is put.
     item: Option<T>,
     waiter: Option<u64>,
+    done: bool,
 }
 
 /// The future of `get` on any of the queues.
@@ -423,6 +507,7 @@ pub struct QueueJoin<'a> {
 /// The typed operations the futures need, object-safe so that one future type serves the
 /// three queues.
 trait PutCore<T>: Sync {
+    #[allow(clippy::type_complexity)]
     fn poll_put(
         &self,
         item: &mut Option<T>,
@@ -446,7 +531,10 @@ trait JoinCore: Sync {
     fn abandon_join(&self, waiter: &mut Option<u64>);
 }
 
-impl<S: Store + Send> PutCore<S::Item> for Core<S> {
+impl<S: Store + Send> PutCore<S::Item> for Core<S>
+where
+    S::Item: Send,
+{
     fn poll_put(
         &self,
         item: &mut Option<S::Item>,
@@ -460,7 +548,10 @@ impl<S: Store + Send> PutCore<S::Item> for Core<S> {
         Core::abandon_put(self, waiter);
     }
 }
-impl<S: Store + Send> GetCore<S::Item> for Core<S> {
+impl<S: Store + Send> GetCore<S::Item> for Core<S>
+where
+    S::Item: Send,
+{
     fn poll_get(
         &self,
         waiter: &mut Option<u64>,
@@ -473,7 +564,10 @@ impl<S: Store + Send> GetCore<S::Item> for Core<S> {
         Core::abandon_get(self, waiter);
     }
 }
-impl<S: Store + Send> JoinCore for Core<S> {
+impl<S: Store + Send> JoinCore for Core<S>
+where
+    S::Item: Send,
+{
     fn poll_join(&self, waiter: &mut Option<u64>, waker: &Waker) -> Poll<()> {
         Core::poll_join(self, waiter, waker)
     }
@@ -504,24 +598,26 @@ impl<T> Future for QueuePut<'_, T> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
         let this = self.get_mut();
-        if this.item.is_none() {
+        if this.done || this.item.is_none() {
             return Poll::Ready(Err(crate::combinators::polled_after_completion(
                 "Queue::put",
             )));
         }
         let cancel = context::take_cancel();
         context::clear_awaiting(None);
-        match this.core.poll_put(
+        let outcome = match this.core.poll_put(
             &mut this.item,
             &mut this.waiter,
             cx.waker(),
             cancel.is_some(),
         ) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
-            Poll::Ready(Err(Some(error))) => Poll::Ready(Err(error)),
-            Poll::Ready(Err(None)) => Poll::Ready(Err(cancel.expect("refused for a cancel"))),
-        }
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Ok(())) => Ok(()),
+            Poll::Ready(Err(Some(error))) => Err(error),
+            Poll::Ready(Err(None)) => Err(cancel.expect("refused for a cancel")),
+        };
+        this.done = true;
+        Poll::Ready(outcome)
     }
 }
 
@@ -655,7 +751,7 @@ macro_rules! queue_type {
 
             #[doc = concat!("Puts `item`, waiting while the queue is full; waiting putters are served in arrival order. A cancellation point (a cancelled put puts nothing).\n\n# Errors\n\n[`QueueShutDown`] once the queue is shut down; the task's Cancelled error.\n\n```\nbraid_runtime::run(async {\n    let q = braid_runtime::", stringify!($name), "::new(1);\n    q.put(1).await?;\n    assert!(q.full());\n    Ok(())\n}).unwrap();\n```")]
             pub fn put(&self, item: T) -> QueuePut<'_, T> {
-                QueuePut { core: &self.core, item: Some(item), waiter: None }
+                QueuePut { core: &self.core, item: Some(item), waiter: None, done: false }
             }
 
             #[doc = concat!("Takes an item, waiting while the queue is empty; waiting getters are served in arrival order. A cancellation point: a cancelled get takes no item.\n\n# Errors\n\n[`QueueShutDown`] once the queue is shut down and empty; the task's Cancelled error.\n\n```\nbraid_runtime::run(async {\n    let q = braid_runtime::", stringify!($name), "::new(0);\n    q.put_nowait(7).unwrap();\n    assert_eq!(q.get().await?, 7);\n    Ok(())\n}).unwrap();\n```")]
@@ -699,7 +795,7 @@ macro_rules! queue_type {
                 let state = self.core.state.lock();
                 f.debug_struct(stringify!($name))
                     .field("maxsize", &self.core.maxsize)
-                    .field("qsize", &state.items.len())
+                    .field("qsize", &state.qsize())
                     .field("getters", &state.getters.len())
                     .field("putters", &state.putters.len())
                     .field("unfinished", &state.unfinished)

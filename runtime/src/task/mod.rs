@@ -280,7 +280,7 @@ impl Header {
     }
 
     /// The awaited target refused the cancel (it was done): deliver it at the await point.
-    fn deliver_instead(&self, message: Option<String>) {
+    pub(crate) fn deliver_instead(&self, message: Option<String>) {
         let by_self = crate::context::current_task_is(self);
         let mut slot = self.inner.lock();
         let inner = slot.get_or_insert_with(Box::default);
