@@ -304,7 +304,6 @@ fn an_external_cancel_gives_a_plain_cancelled() {
 /// cancel: the runner fails with the group error, not `Cancelled` (CPython
 /// `test_taskgroup_08`).
 #[test]
-#[ignore = "runtime bug: a task whose coroutine returns Err while a cancel it made itself is undelivered ends Cancelled, losing the error (asyncio keeps the exception); the group re-arms the outer cancel that way"]
 fn errors_raised_by_children_while_cancelling_win_over_the_cancel() {
     on_loops(&[1, 2, 4], || async {
         let ready = braid::create_future::<()>();
@@ -342,7 +341,6 @@ fn errors_raised_by_children_while_cancelling_win_over_the_cancel() {
 /// An error raised by the body while it is being cancelled wins over the external cancel
 /// (CPython `test_taskgroup_18`).
 #[test]
-#[ignore = "runtime bug: a task whose coroutine returns Err while a cancel it made itself is undelivered ends Cancelled, losing the error (asyncio keeps the exception); the group re-arms the outer cancel that way"]
 fn an_error_raised_by_the_body_while_cancelling_wins_over_the_cancel() {
     on_loops(&[1, 2, 4], || async {
         let ready = braid::create_future::<()>();
@@ -374,7 +372,6 @@ fn an_error_raised_by_the_body_while_cancelling_wins_over_the_cancel() {
 /// group cancels the body's cleanup, and the child's error wins (CPython
 /// `test_taskgroup_15`, sequenced by a gate instead of sleeps).
 #[test]
-#[ignore = "runtime bug: a task whose coroutine returns Err while a cancel it made itself is undelivered ends Cancelled, losing the error (asyncio keeps the exception); the group re-arms the outer cancel that way"]
 fn a_child_failing_during_the_body_cleanup_wins_over_the_cancel() {
     on_loops(&[1, 2, 4], || async {
         let ready = braid::create_future::<()>();
@@ -416,7 +413,6 @@ fn a_child_failing_during_the_body_cleanup_wins_over_the_cancel() {
 /// cancels the nested task, and the group error comes out of both (CPython
 /// `test_taskgroup_16`).
 #[test]
-#[ignore = "runtime bug: a task whose coroutine returns Err while a cancel it made itself is undelivered ends Cancelled, losing the error (asyncio keeps the exception); the group re-arms the outer cancel that way"]
 fn a_group_in_a_nested_task_of_a_cancelled_runner() {
     on_loops(&[1, 2, 4], || async {
         let ready = braid::create_future::<()>();

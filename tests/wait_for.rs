@@ -453,7 +453,6 @@ fn cancel_racing_an_inline_completion_is_never_lost() {
 /// The same with a task as the awaitable, finishing on another loop at the moment of the
 /// cancel (CPython `test_wait_for_issue86296`).
 #[test]
-#[ignore = "runtime bug: a cancel taken by Task::poll and passed on to an awaited task that then finishes too late to see it is lost (reclaim_propagated_cancel only covers record_cancel's path)"]
 fn cancel_racing_a_task_completion_is_never_lost() {
     on_loops(&[2, 4], || async {
         for round in 0..60 {

@@ -333,9 +333,10 @@ impl Runtime {
                 drop(guard);
                 match polled {
                     Ok(Poll::Ready(out)) => {
-                        return match main.header.undelivered_cancel(&step) {
-                            Some(cancel) => Err(cancel),
-                            None => out,
+                        // As for tasks: only a return is turned into a cancellation.
+                        return match (out, main.header.undelivered_cancel(&step)) {
+                            (Ok(_), Some(cancel)) => Err(cancel),
+                            (out, _) => out,
                         };
                     }
                     Ok(Poll::Pending) => {}

@@ -310,6 +310,11 @@ impl Header {
         }
     }
 
+    /// A pending request of ours was handed to the task we await (see `Task::poll`).
+    fn note_propagated(&self) {
+        self.with_inner(|inner| inner.propagated = true);
+    }
+
     /// The leaf-future check: delivers a pending cancel request once.
     pub(crate) fn take_cancel(&self) -> Option<Error> {
         if !self.cancel_pending.load(Ordering::Acquire) {
@@ -360,10 +365,7 @@ impl Header {
     }
 
     pub(crate) fn set_awaiting(&self, key: usize, target: Arc<dyn CancelTarget>) {
-        self.with_inner(|inner| {
-            inner.awaiting = Some((key, target));
-            inner.propagated = false;
-        });
+        self.with_inner(|inner| inner.awaiting = Some((key, target)));
         self.has_awaiting.store(true, Ordering::Relaxed);
     }
 
@@ -383,6 +385,7 @@ impl Header {
         };
         if matches {
             inner.awaiting = None;
+            inner.propagated = false;
             self.has_awaiting.store(false, Ordering::Relaxed);
         }
     }
@@ -1002,12 +1005,13 @@ impl<T: 'static> Future for Task<T> {
                 this.registration.clear();
                 return Poll::Ready(Err(cancel));
             }
+            crate::context::with_current_header(Header::note_propagated);
         }
         match this.raw.poll_join(cx) {
             Poll::Ready(output) => {
-                this.registration.clear();
                 let target = this.raw.header();
                 crate::context::with_current_header(|me| me.reclaim_propagated_cancel(target));
+                this.registration.clear();
                 Poll::Ready(output)
             }
             Poll::Pending => {

@@ -180,9 +180,11 @@ where
                 IdleAction::Reschedule => self.schedule(),
             },
             Ok(Poll::Ready(output)) => {
-                let output = match self.header.undelivered_cancel(&step) {
-                    Some(cancel) => Err(cancel),
-                    None => output,
+                // As asyncio: an undelivered cancel turns a *return* into a cancellation; an
+                // error the coroutine raised stays its outcome.
+                let output = match (output, self.header.undelivered_cancel(&step)) {
+                    (Ok(_), Some(cancel)) => Err(cancel),
+                    (output, _) => output,
                 };
                 self.finish(output);
             }
