@@ -217,7 +217,7 @@ fn python_panel(
             .label(label)
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], colour.filled()));
         chart.draw_series(bars.iter().map(|&(i, x)| {
-            let label = if x < 1.0 {
+            let label = if x < 0.5 {
                 format!(" {:.0}× faster", 1.0 / x)
             } else {
                 format!(" {x:.2}")

@@ -251,11 +251,12 @@ pub(crate) fn markdown(i: &Inputs<'_>) -> String {
     }
     let _ = writeln!(
         s,
-        "Measured on {} at commit `{}`. Every number is the median time of one iteration of the \
+        "Measured until {} at commit `{}`. Every number is the median time of one iteration of the \
          workload (lower is better). A ratio is braid's time divided by the other runtime's: \
          below 1, braid is faster; **bold**, braid is slower. braid and tokio run in the same \
          bench binary with the same number of worker threads; CPython runs one event loop.\n",
-        mc.date, mc.commit
+        m.measured_at.as_deref().unwrap_or(&mc.date),
+        mc.commit
     );
 
     let _ = writeln!(s, "## Machine\n");
@@ -505,6 +506,7 @@ mod tests {
             uvloop: Err("not tried".to_owned()),
             rust_mode: Some("quick".to_owned()),
             python_mode: Some("full".to_owned()),
+            measured_at: Some("2026-01-02 03:04 UTC".to_owned()),
         }
     }
 
@@ -577,6 +579,10 @@ mod tests {
             results_dir: "target/braid-benchmarks",
         });
         assert!(text.contains("**Quick run**"), "{text}");
+        assert!(
+            text.contains("Measured until 2026-01-02 03:04 UTC"),
+            "{text}"
+        );
         assert!(
             text.contains("**not met** on 1 of 2: `timers` (1.50)"),
             "{text}"

@@ -105,6 +105,8 @@ pub(crate) struct Measured {
     /// The mode each half was measured in (`quick` or `full`), if it ran.
     pub(crate) rust_mode: Option<String>,
     pub(crate) python_mode: Option<String>,
+    /// When the measurements finished (the later half's date).
+    pub(crate) measured_at: Option<String>,
 }
 
 impl Measured {
@@ -143,11 +145,14 @@ pub(crate) fn collect(paths: &Paths) -> Measured {
         Ok(why) => Err(why.trim().to_owned()),
         Err(_) => Ok(python_run(&paths.python(), "uvloop")),
     };
-    let mode = |half: &str| {
-        std::fs::read_to_string(paths.mode_file(half))
-            .ok()
-            .map(|s| s.trim().to_owned())
-    };
+    let mode_file = |half: &str| std::fs::read_to_string(paths.mode_file(half)).ok();
+    let mode =
+        |half: &str| mode_file(half).and_then(|s| s.lines().next().map(|l| l.trim().to_owned()));
+    // The dates sort as text: the later one is when the measurements finished.
+    let measured_at = ["rust", "python"]
+        .iter()
+        .filter_map(|half| mode_file(half).and_then(|s| s.lines().nth(1).map(str::to_owned)))
+        .max();
     Measured {
         criterion: criterion_entries(&paths.criterion()),
         bench_of_group,
@@ -156,6 +161,7 @@ pub(crate) fn collect(paths: &Paths) -> Measured {
         uvloop,
         rust_mode: mode("rust"),
         python_mode: mode("python"),
+        measured_at,
     }
 }
 

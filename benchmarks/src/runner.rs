@@ -57,7 +57,8 @@ impl Paths {
         self.results.join(format!("groups.{bench}.txt"))
     }
 
-    /// The mode a half of the run was measured in: `mode.<half>.txt` holds `quick` or `full`.
+    /// The mode a half of the run was measured in: `mode.<half>.txt` holds `quick` or `full`,
+    /// then the date it finished.
     pub(crate) fn mode_file(&self, half: &str) -> PathBuf {
         self.results.join(format!("mode.{half}.txt"))
     }
@@ -182,9 +183,11 @@ pub(crate) fn run_rust_benches(paths: &Paths, quick: bool) -> Vec<String> {
     problems
 }
 
+/// Records the mode of a half that just ran, and when it ran.
 fn write_mode(paths: &Paths, half: &str, quick: bool, problems: &mut Vec<String>) {
     let mode = if quick { "quick" } else { "full" };
-    if let Err(e) = std::fs::write(paths.mode_file(half), mode) {
+    let text = format!("{mode}\n{}\n", crate::machine::utc_now());
+    if let Err(e) = std::fs::write(paths.mode_file(half), text) {
         problems.push(format!("record the mode: {e}"));
     }
 }
