@@ -116,9 +116,9 @@ impl WaitQueue {
         }
     }
 
-    /// True if a waiter was notified and has not left the line yet.
-    pub(crate) fn any_notified(&self) -> bool {
-        self.entries.iter().any(|e| e.notified)
+    /// How many waiters were notified and have not left the line yet.
+    pub(crate) fn notified_count(&self) -> usize {
+        self.entries.iter().filter(|e| e.notified).count()
     }
 
     /// Takes back the notification of waiter `id` (it stays in line, in its place).

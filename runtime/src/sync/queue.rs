@@ -139,10 +139,10 @@ impl<T: Ord> Store for Smallest<T> {
 /// asyncio serves waiting getters and putters in arrival order because its one thread runs
 /// them in the order it woke them. Here the woken may run on different loops in any order, so
 /// the order is fixed otherwise: an item put while getters wait is *handed* to the first of
-/// them (`handed`; one that leaves instead passes it on), and waiting putters are woken one at
-/// a time, the next only once the one before has put its item or left. A putter inserts its
-/// item itself when it runs, so a putter cancelled after being woken inserts nothing, as in
-/// asyncio.
+/// them (`handed`; one that leaves instead passes it on), and waiting putters are woken in
+/// arrival order, one per free slot, each slot promised to the putter woken for it: a newcomer
+/// may not take a promised slot. A putter inserts its item itself when it runs, so a putter
+/// cancelled after being woken inserts nothing (its slot goes to the next), as in asyncio.
 struct Core<S: Store> {
     maxsize: usize,
     state: Mutex<State<S>>,
@@ -191,11 +191,24 @@ impl<S: Store> State<S> {
         self.place_with(item, false, wake);
     }
 
-    /// Room may have appeared: wakes the first waiting putter, unless one woken earlier has
-    /// not run yet (it will wake the next itself).
+    /// Free slots not yet promised to a woken putter (`usize::MAX` without a limit).
+    fn unclaimed_room(&self, maxsize: usize) -> usize {
+        if maxsize == 0 {
+            return usize::MAX;
+        }
+        maxsize
+            .saturating_sub(self.qsize())
+            .saturating_sub(self.putters.notified_count())
+    }
+
+    /// Room may have appeared: wakes waiting putters in arrival order, one per free slot not
+    /// already promised to a putter woken earlier.
     fn wake_next_putter(&mut self, maxsize: usize, wake: &mut Vec<Waker>) {
-        if !self.is_full(maxsize) && !self.putters.any_notified() {
-            wake.extend(self.putters.notify_one());
+        while self.unclaimed_room(maxsize) > 0 {
+            match self.putters.notify_one() {
+                Some(waker) => wake.push(waker),
+                None => break,
+            }
         }
     }
 
@@ -291,11 +304,11 @@ impl<S: Store> Core<S> {
                 }
                 Poll::Ready(Err(Some(shut_down())))
             } else {
-                // A newcomer queues behind waiting putters; a woken one goes now, unless a
-                // put_nowait took the room meanwhile.
+                // A woken putter uses the slot promised to it (unless a put_nowait took the
+                // room meanwhile); a newcomer only a slot nobody was promised.
                 let may_put = match *waiter {
                     Some(_) => !state.is_full(self.maxsize),
-                    None => !state.is_full(self.maxsize) && state.putters.is_empty(),
+                    None => state.unclaimed_room(self.maxsize) > 0,
                 };
                 if may_put {
                     if let Some(id) = waiter.take() {
