@@ -280,11 +280,18 @@ impl Header {
     }
 
     /// The awaited target refused the cancel (it was done): deliver it at the await point.
-    pub(crate) fn deliver_instead(&self, message: Option<String>) {
+    /// False if the task has completed meanwhile: then the request can no longer reach it,
+    /// and whoever made it must take it back (see `request_cancel`). `done` is read under the
+    /// lock that `reclaim_propagated_cancel` also takes, so of the two, one sees the other.
+    pub(crate) fn deliver_instead(&self, message: Option<String>) -> bool {
         let by_self = crate::context::current_task_is(self);
         let mut slot = self.inner.lock();
+        if self.done() {
+            return false;
+        }
         let inner = slot.get_or_insert_with(Box::default);
         self.mark_must_cancel(inner, message, by_self);
+        true
     }
 
     /// After an awaited task finished: if a cancel of ours went to it and it finished without
@@ -306,7 +313,8 @@ impl Header {
         }
         let never_received = target.read_inner(|t| t.must_cancel).unwrap_or(false);
         if never_received {
-            self.deliver_instead(message);
+            // We are running, so never done: the request is ours to deliver.
+            let _ = self.deliver_instead(message);
         }
     }
 
@@ -699,7 +707,11 @@ fn request_cancel(raw: &Arc<dyn RawTask>, message: Option<String>) -> bool {
             // The awaited target settles (now, or once its cleanup has run) and wakes us with
             // its outcome; only if it was already done is the request ours to deliver.
             if !target.cancel_from_awaiter(message.clone()) {
-                raw.header().deliver_instead(message);
+                if !raw.header().deliver_instead(message) {
+                    // It completed while the request travelled: it never saw it. Report a
+                    // refusal, so that an awaiter passing its own cancel on takes it back.
+                    return false;
+                }
                 raw.clone().wake_task();
             }
             true
