@@ -113,9 +113,6 @@ struct Inner {
     /// Set when the running task cancels itself; such a request is never "too late".
     self_requested: bool,
     message: Option<String>,
-    /// A request of ours went to the awaited target instead of us; if that target then ends
-    /// without ever seeing it (it finished too late), it comes back to us.
-    propagated: bool,
     awaiting: Option<(usize, Arc<dyn CancelTarget>)>,
     done_callbacks: Vec<DoneCallback>,
 }
@@ -144,6 +141,10 @@ pub(crate) struct Header {
     cancel_pending: AtomicBool,
     /// Fast check for `awaiting.is_some()`.
     has_awaiting: AtomicBool,
+    /// A request of ours went to the awaited target instead of us; if that target then ends
+    /// without ever seeing it (it finished too late), it comes back to us. An atomic so that
+    /// the common case (no cancel) costs an await one load, not a lock.
+    propagated: AtomicBool,
     /// The task finished with a Cancelled error.
     ended_cancelled: AtomicBool,
     /// The task finished with an error other than Cancelled.
@@ -170,6 +171,7 @@ impl Header {
             home,
             cancel_pending: AtomicBool::new(false),
             has_awaiting: AtomicBool::new(false),
+            propagated: AtomicBool::new(false),
             ended_cancelled: AtomicBool::new(false),
             ended_failed: AtomicBool::new(false),
             join: AtomicU8::new(0),
@@ -264,7 +266,7 @@ impl Header {
         let inner = slot.get_or_insert_with(Box::default);
         inner.requests += 1;
         if let Some((_, target)) = &inner.awaiting {
-            inner.propagated = true;
+            self.propagated.store(true, Ordering::Release);
             inner.message = message;
             return Ok(Some(target.clone()));
         }
@@ -298,16 +300,12 @@ impl Header {
     /// ever receiving it (too late, on another loop), the cancel is ours again, delivered at
     /// our next await point: a cancel is never lost in the race.
     pub(crate) fn reclaim_propagated_cancel(&self, target: &Header) {
-        let message = {
-            let mut slot = self.inner.lock();
-            let Some(inner) = slot.as_deref_mut() else {
-                return;
-            };
-            if !std::mem::take(&mut inner.propagated) {
-                return;
-            }
-            inner.message.clone()
-        };
+        if !self.propagated.load(Ordering::Acquire)
+            || !self.propagated.swap(false, Ordering::AcqRel)
+        {
+            return;
+        }
+        let message = self.read_inner(|inner| inner.message.clone()).flatten();
         if target.cancelled() {
             return;
         }
@@ -320,7 +318,7 @@ impl Header {
 
     /// A pending request of ours was handed to the task we await (see `Task::poll`).
     fn note_propagated(&self) {
-        self.with_inner(|inner| inner.propagated = true);
+        self.propagated.store(true, Ordering::Release);
     }
 
     /// The leaf-future check: delivers a pending cancel request once.
@@ -393,7 +391,7 @@ impl Header {
         };
         if matches {
             inner.awaiting = None;
-            inner.propagated = false;
+            self.propagated.store(false, Ordering::Release);
             self.has_awaiting.store(false, Ordering::Relaxed);
         }
     }
