@@ -11,26 +11,10 @@
 
 use braid::{Error, Promise, Task};
 use futures::StreamExt;
-use std::future::Future;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{runtime, WAIT};
-
-/// Runs `scenario` on a fresh runtime of each size in `loops`, naming the size on failure.
-fn on_loops<S, Fut>(loops: &[usize], scenario: S)
-where
-    S: Fn() -> Fut,
-    Fut: Future<Output = braid::Result<()>>,
-{
-    for &n in loops {
-        let rt = runtime(n);
-        if let Err(e) = rt.run_until_complete(scenario()) {
-            panic!("on a runtime of {n} loop(s): {e:?}");
-        }
-        rt.shutdown(WAIT).unwrap();
-    }
-}
+use common::*;
 
 /// A task that yields and sleeps a little (so that it moves between loops), waits for
 /// `gate`, and returns `value`.

@@ -12,81 +12,17 @@
 //! `asyncio.sleep(0)`; here a waiter counts as queued once its first poll has returned Pending
 //! (see [`queued`]), which holds on any number of loops; `n_waiting` is checked after each.
 
-use braid::{Barrier, BrokenBarrier, ErrorKind, Promise, Result, Task};
+use braid::{Barrier, BrokenBarrier, ErrorKind, Promise, Result};
 use std::future::{poll_fn, Future, IntoFuture};
 use std::pin::pin;
 use std::sync::atomic::{AtomicIsize, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 mod common;
-use common::{runtime, WAIT};
+use common::*;
 
 /// The parties of CPython's `BarrierTests` (its `self.N`).
 const N: usize = 5;
-
-/// The loop counts every scenario runs with.
-const WORKERS: [usize; 2] = [1, 3];
-
-/// Runs `scenario` as the main future of a fresh runtime of each size in [`WORKERS`].
-fn on_each_runtime<F, Fut>(scenario: F)
-where
-    F: Fn() -> Fut,
-    Fut: Future<Output = Result<()>>,
-{
-    for workers in WORKERS {
-        let rt = runtime(workers);
-        if let Err(e) = rt.run_until_complete(scenario()) {
-            panic!("on {workers} loop(s): {e:?}");
-        }
-        rt.shutdown(WAIT).unwrap();
-    }
-}
-
-/// Awaits `op`, completing `parked` after its first poll with whether that poll left it
-/// waiting. A braid primitive returns Pending only once its waiter is queued.
-async fn report_parked<F: Future>(op: F, parked: Promise<bool>) -> F::Output {
-    let mut op = pin!(op);
-    let mut parked = Some(parked);
-    poll_fn(|cx| {
-        let poll = op.as_mut().poll(cx);
-        if let Some(parked) = parked.take() {
-            let _ = parked.set_result(poll.is_pending());
-        }
-        poll
-    })
-    .await
-}
-
-/// Waits (at most [`WAIT`]) for `report_parked` and fails if the operation did not wait.
-async fn expect_parked(parked: Promise<bool>) -> Result<()> {
-    let waited = braid::wait_for(parked.into_future(), Some(WAIT)).await?;
-    assert!(waited, "the operation completed at once instead of waiting");
-    Ok(())
-}
-
-/// Starts `op` as a task on the shared pool (it may run on any loop) and returns the task
-/// once `op` is parked in its first await, which must be the primitive's.
-async fn queued<T: Send + 'static>(
-    op: impl Future<Output = Result<T>> + Send + 'static,
-) -> Result<Task<T>> {
-    let parked = Promise::new();
-    let task = braid::create_task(report_parked(op, parked.clone()));
-    expect_parked(parked).await?;
-    Ok(task)
-}
-
-/// Awaits `task` for at most [`WAIT`]: only a lost wake-up reaches the bound.
-async fn settle<T: 'static>(task: Task<T>) -> Result<T> {
-    braid::wait_for(task, Some(WAIT)).await
-}
-
-/// Asserts that `outcome` is a Cancelled error.
-fn assert_cancelled<T: std::fmt::Debug>(outcome: Result<T>) {
-    match outcome {
-        Err(e) if e.is_cancelled() => {}
-        other => panic!("expected a Cancelled error, got {other:?}"),
-    }
-}
 
 /// Asserts that `outcome` is the error of a broken barrier: `BrokenBarrier`, kind `Other`.
 fn assert_broken<T: std::fmt::Debug>(outcome: Result<T>) {
@@ -266,7 +202,7 @@ fn cancelled_waiter_leaves_the_barrier() {
         let t2 = queued(waiter()).await?;
         assert_eq!(barrier.n_waiting(), 2);
         assert!(t1.cancel());
-        assert_cancelled(settle(t1).await);
+        assert_cancelled(&settle(t1).await);
         assert_eq!(barrier.n_waiting(), 1);
         let t3 = queued(waiter()).await?;
         assert_eq!(barrier.n_waiting(), 2);

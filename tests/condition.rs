@@ -15,96 +15,16 @@
 //! main future acts (to be notified and cancelled "at the same time") are pinned to the main
 //! future's own loop with `spawn_local`: they cannot run before the main future next awaits.
 
-use braid::{Condition, Lock, Promise, Result, Task};
+use braid::{Condition, Lock, Result};
 use std::collections::VecDeque;
-use std::future::{poll_fn, Future, IntoFuture};
+use std::future::{poll_fn, Future};
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 
 mod common;
-use common::{runtime, WAIT};
-
-/// The loop counts every scenario runs with.
-const WORKERS: [usize; 2] = [1, 3];
-
-/// Runs `scenario` as the main future of a fresh runtime of each size in [`WORKERS`].
-fn on_each_runtime<F, Fut>(scenario: F)
-where
-    F: Fn() -> Fut,
-    Fut: Future<Output = Result<()>>,
-{
-    for workers in WORKERS {
-        let rt = runtime(workers);
-        if let Err(e) = rt.run_until_complete(scenario()) {
-            panic!("on {workers} loop(s): {e:?}");
-        }
-        rt.shutdown(WAIT).unwrap();
-    }
-}
-
-/// Awaits `op`, completing `parked` after its first poll with whether that poll left it
-/// waiting. A braid primitive returns Pending only once its waiter is queued.
-async fn report_parked<F: Future>(op: F, parked: Promise<bool>) -> F::Output {
-    let mut op = pin!(op);
-    let mut parked = Some(parked);
-    poll_fn(|cx| {
-        let poll = op.as_mut().poll(cx);
-        if let Some(parked) = parked.take() {
-            let _ = parked.set_result(poll.is_pending());
-        }
-        poll
-    })
-    .await
-}
-
-/// Waits (at most [`WAIT`]) for `report_parked` and fails if the operation did not wait.
-async fn expect_parked(parked: Promise<bool>) -> Result<()> {
-    let waited = braid::wait_for(parked.into_future(), Some(WAIT)).await?;
-    assert!(waited, "the operation completed at once instead of waiting");
-    Ok(())
-}
-
-/// Starts `op` as a task on the shared pool (it may run on any loop) and returns the task
-/// once `op` is parked in its first await, which must be the primitive's.
-async fn queued<T: Send + 'static>(
-    op: impl Future<Output = Result<T>> + Send + 'static,
-) -> Result<Task<T>> {
-    let parked = Promise::new();
-    let task = braid::create_task(report_parked(op, parked.clone()));
-    expect_parked(parked).await?;
-    Ok(task)
-}
-
-/// As [`queued`], with the task pinned to the calling loop.
-async fn queued_local<T: 'static>(
-    op: impl Future<Output = Result<T>> + 'static,
-) -> Result<Task<T>> {
-    let parked = Promise::new();
-    let task = braid::spawn_local(report_parked(op, parked.clone()));
-    expect_parked(parked).await?;
-    Ok(task)
-}
-
-/// Awaits `task` for at most [`WAIT`]: only a lost wake-up reaches the bound.
-async fn settle<T: 'static>(task: Task<T>) -> Result<T> {
-    braid::wait_for(task, Some(WAIT)).await
-}
-
-/// Asserts that `outcome` is a Cancelled error.
-fn assert_cancelled<T: std::fmt::Debug>(outcome: Result<T>) {
-    match outcome {
-        Err(e) if e.is_cancelled() => {}
-        other => panic!("expected a Cancelled error, got {other:?}"),
-    }
-}
-
-/// Lets every task pinned to this loop that is ready run (at least) once.
-async fn let_local_tasks_run() -> Result<()> {
-    braid::yield_now().await?;
-    braid::yield_now().await
-}
+use common::*;
 
 /// A task body that takes the condition's lock, waits once, records `id` in `order` and
 /// releases the lock by dropping its guard (CPython's `c1`, `c2`, `c3`).
@@ -247,7 +167,7 @@ fn cancelled_wait_reacquires_the_lock_and_leaves_no_trace() {
         .await?;
         assert!(w.cancel());
         let (outcome, locked_on_return) = settle(w).await?;
-        assert_cancelled(outcome);
+        assert_cancelled(&outcome);
         assert!(locked_on_return, "wait returned without the lock");
         assert!(!cond.locked());
 
@@ -273,7 +193,7 @@ fn cancelled_acquire_leaves_no_trace() {
         })
         .await?;
         assert!(w.cancel());
-        assert_cancelled(settle(w).await);
+        assert_cancelled(&settle(w).await);
         drop(held);
         assert!(!cond.locked(), "the lock went to the cancelled task");
         drop(braid::wait_for(cond.acquire(), Some(WAIT)).await?);
@@ -340,7 +260,7 @@ fn wait_cancelled_after_notify_ends_cancelled() {
         assert!(waiter.cancel());
         let_local_tasks_run().await?;
         drop(guard);
-        assert_cancelled(settle(waiter).await);
+        assert_cancelled(&settle(waiter).await);
         assert!(waited.load(Ordering::SeqCst));
         assert!(!cond.locked());
         Ok(())
@@ -509,7 +429,7 @@ async fn cancelled_wakeup(relock: bool) -> Result<()> {
     guard.notify_all();
     drop(guard);
     settle(c1).await?;
-    assert_cancelled(settle(c0).await);
+    assert_cancelled(&settle(c0).await);
     Ok(())
 }
 

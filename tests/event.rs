@@ -11,94 +11,14 @@
 //! main future acts are pinned to the main future's own loop with `spawn_local`: they cannot
 //! run before the main future next awaits.
 
-use braid::{Event, Promise, Result, Task};
-use std::future::{poll_fn, Future, IntoFuture};
+use braid::{Event, Result, Task};
+use std::future::{poll_fn, Future};
 use std::pin::pin;
 use std::sync::Arc;
 use std::task::Poll;
 
 mod common;
-use common::{runtime, WAIT};
-
-/// The loop counts every scenario runs with.
-const WORKERS: [usize; 2] = [1, 3];
-
-/// Runs `scenario` as the main future of a fresh runtime of each size in [`WORKERS`].
-fn on_each_runtime<F, Fut>(scenario: F)
-where
-    F: Fn() -> Fut,
-    Fut: Future<Output = Result<()>>,
-{
-    for workers in WORKERS {
-        let rt = runtime(workers);
-        if let Err(e) = rt.run_until_complete(scenario()) {
-            panic!("on {workers} loop(s): {e:?}");
-        }
-        rt.shutdown(WAIT).unwrap();
-    }
-}
-
-/// Awaits `op`, completing `parked` after its first poll with whether that poll left it
-/// waiting. A braid primitive returns Pending only once its waiter is queued.
-async fn report_parked<F: Future>(op: F, parked: Promise<bool>) -> F::Output {
-    let mut op = pin!(op);
-    let mut parked = Some(parked);
-    poll_fn(|cx| {
-        let poll = op.as_mut().poll(cx);
-        if let Some(parked) = parked.take() {
-            let _ = parked.set_result(poll.is_pending());
-        }
-        poll
-    })
-    .await
-}
-
-/// Waits (at most [`WAIT`]) for `report_parked` and fails if the operation did not wait.
-async fn expect_parked(parked: Promise<bool>) -> Result<()> {
-    let waited = braid::wait_for(parked.into_future(), Some(WAIT)).await?;
-    assert!(waited, "the operation completed at once instead of waiting");
-    Ok(())
-}
-
-/// Starts `op` as a task on the shared pool (it may run on any loop) and returns the task
-/// once `op` is parked in its first await, which must be the primitive's.
-async fn queued<T: Send + 'static>(
-    op: impl Future<Output = Result<T>> + Send + 'static,
-) -> Result<Task<T>> {
-    let parked = Promise::new();
-    let task = braid::create_task(report_parked(op, parked.clone()));
-    expect_parked(parked).await?;
-    Ok(task)
-}
-
-/// As [`queued`], with the task pinned to the calling loop.
-async fn queued_local<T: 'static>(
-    op: impl Future<Output = Result<T>> + 'static,
-) -> Result<Task<T>> {
-    let parked = Promise::new();
-    let task = braid::spawn_local(report_parked(op, parked.clone()));
-    expect_parked(parked).await?;
-    Ok(task)
-}
-
-/// Awaits `task` for at most [`WAIT`]: only a lost wake-up reaches the bound.
-async fn settle<T: 'static>(task: Task<T>) -> Result<T> {
-    braid::wait_for(task, Some(WAIT)).await
-}
-
-/// Asserts that `outcome` is a Cancelled error.
-fn assert_cancelled<T: std::fmt::Debug>(outcome: Result<T>) {
-    match outcome {
-        Err(e) if e.is_cancelled() => {}
-        other => panic!("expected a Cancelled error, got {other:?}"),
-    }
-}
-
-/// Lets every task pinned to this loop that is ready run (at least) once.
-async fn let_local_tasks_run() -> Result<()> {
-    braid::yield_now().await?;
-    braid::yield_now().await
-}
+use common::*;
 
 /// Starts a task on the shared pool that waits for `ev` (its first await).
 async fn waiter(ev: &Arc<Event>) -> Result<Task<()>> {
@@ -157,7 +77,7 @@ fn cancelled_waiter_leaves_no_trace() {
         let cancelled = waiter(&ev).await?;
         let kept = waiter(&ev).await?;
         assert!(cancelled.cancel());
-        assert_cancelled(settle(cancelled).await);
+        assert_cancelled(&settle(cancelled).await);
         ev.set();
         settle(kept).await?;
 
@@ -235,7 +155,7 @@ fn waiter_woken_then_cancelled_ends_cancelled() {
         let w = queued_local(async move { ev2.wait().await }).await?;
         ev.set();
         assert!(w.cancel());
-        assert_cancelled(settle(w).await);
+        assert_cancelled(&settle(w).await);
         assert!(ev.is_set());
         Ok(())
     });

@@ -11,89 +11,15 @@
 //! main future acts (to be woken and cancelled "at the same time") are pinned to the main
 //! future's own loop with `spawn_local`: they cannot run before the main future next awaits.
 
-use braid::{ErrorKind, Lock, Promise, Result, Task};
-use std::future::{poll_fn, Future, IntoFuture};
+use braid::{ErrorKind, Lock, Result};
+use std::future::{poll_fn, Future};
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 
 mod common;
-use common::{runtime, WAIT};
-
-/// The loop counts every scenario runs with.
-const WORKERS: [usize; 2] = [1, 3];
-
-/// Runs `scenario` as the main future of a fresh runtime of each size in [`WORKERS`].
-fn on_each_runtime<F, Fut>(scenario: F)
-where
-    F: Fn() -> Fut,
-    Fut: Future<Output = Result<()>>,
-{
-    for workers in WORKERS {
-        let rt = runtime(workers);
-        if let Err(e) = rt.run_until_complete(scenario()) {
-            panic!("on {workers} loop(s): {e:?}");
-        }
-        rt.shutdown(WAIT).unwrap();
-    }
-}
-
-/// Awaits `op`, completing `parked` after its first poll with whether that poll left it
-/// waiting. A braid primitive returns Pending only once its waiter is queued.
-async fn report_parked<F: Future>(op: F, parked: Promise<bool>) -> F::Output {
-    let mut op = pin!(op);
-    let mut parked = Some(parked);
-    poll_fn(|cx| {
-        let poll = op.as_mut().poll(cx);
-        if let Some(parked) = parked.take() {
-            let _ = parked.set_result(poll.is_pending());
-        }
-        poll
-    })
-    .await
-}
-
-/// Waits (at most [`WAIT`]) for `report_parked` and fails if the operation did not wait.
-async fn expect_parked(parked: Promise<bool>) -> Result<()> {
-    let waited = braid::wait_for(parked.into_future(), Some(WAIT)).await?;
-    assert!(waited, "the operation completed at once instead of waiting");
-    Ok(())
-}
-
-/// Starts `op` as a task on the shared pool (it may run on any loop) and returns the task
-/// once `op` is parked in its first await, which must be the primitive's.
-async fn queued<T: Send + 'static>(
-    op: impl Future<Output = Result<T>> + Send + 'static,
-) -> Result<Task<T>> {
-    let parked = Promise::new();
-    let task = braid::create_task(report_parked(op, parked.clone()));
-    expect_parked(parked).await?;
-    Ok(task)
-}
-
-/// As [`queued`], with the task pinned to the calling loop.
-async fn queued_local<T: 'static>(
-    op: impl Future<Output = Result<T>> + 'static,
-) -> Result<Task<T>> {
-    let parked = Promise::new();
-    let task = braid::spawn_local(report_parked(op, parked.clone()));
-    expect_parked(parked).await?;
-    Ok(task)
-}
-
-/// Awaits `task` for at most [`WAIT`]: only a lost wake-up reaches the bound.
-async fn settle<T: 'static>(task: Task<T>) -> Result<T> {
-    braid::wait_for(task, Some(WAIT)).await
-}
-
-/// Asserts that `outcome` is a Cancelled error.
-fn assert_cancelled<T: std::fmt::Debug>(outcome: Result<T>) {
-    match outcome {
-        Err(e) if e.is_cancelled() => {}
-        other => panic!("expected a Cancelled error, got {other:?}"),
-    }
-}
+use common::*;
 
 /// A task body that acquires `lock`, records `id` in `order` and keeps the lock without a
 /// guard, as the coroutines of CPython's tests do (they never release).
@@ -194,7 +120,7 @@ fn cancelled_waiter_leaves_no_trace() {
         let held = lock.acquire().await?;
         let t = queued(acquire_and_keep(&lock, &order, 1)).await?;
         assert!(t.cancel());
-        assert_cancelled(settle(t).await);
+        assert_cancelled(&settle(t).await);
         drop(held);
         assert!(!lock.locked(), "the lock went to the cancelled waiter");
         assert!(lock.try_acquire().is_some());
@@ -205,7 +131,7 @@ fn cancelled_waiter_leaves_no_trace() {
         let t2 = queued(acquire_and_keep(&lock, &order, 2)).await?;
         let t3 = queued(acquire_and_keep(&lock, &order, 3)).await?;
         assert!(t2.cancel());
-        assert_cancelled(settle(t2).await);
+        assert_cancelled(&settle(t2).await);
         drop(held);
         settle(t1).await?;
         lock.release()?;
@@ -230,7 +156,7 @@ fn waiter_woken_then_cancelled_passes_the_lock_on() {
 
         drop(held); // wakes B, which cannot run before this future awaits
         assert!(b.cancel());
-        assert_cancelled(settle(b).await);
+        assert_cancelled(&settle(b).await);
         settle(c).await?;
         assert_eq!(*order.lock().unwrap(), [3]);
         assert!(lock.locked(), "C keeps the lock");
@@ -264,7 +190,7 @@ fn cancel_then_release_takes_the_lock_once() {
 
         assert!(t1.cancel());
         lock.release()?;
-        assert_cancelled(settle(t1).await);
+        assert_cancelled(&settle(t1).await);
         settle(t2).await?;
         // t3 shares this loop: two turns let it run if it was (wrongly) woken too.
         braid::yield_now().await?;
@@ -274,7 +200,7 @@ fn cancel_then_release_takes_the_lock_once() {
         assert!(!t3.done());
 
         assert!(t3.cancel());
-        assert_cancelled(settle(t3).await);
+        assert_cancelled(&settle(t3).await);
         assert!(lock.locked(), "t2 keeps the lock");
         lock.release()?;
         assert!(!lock.locked());
@@ -294,7 +220,7 @@ fn cancelled_waiter_does_not_strand_a_late_arrival() {
         let c = braid::spawn_local(acquire_and_keep(&lock, &order, 3));
         assert!(b.cancel());
         lock.release()?;
-        assert_cancelled(settle(b).await);
+        assert_cancelled(&settle(b).await);
         settle(c).await?;
         assert_eq!(*order.lock().unwrap(), [3]);
         assert!(lock.locked());

@@ -15,10 +15,10 @@
 //! main future acts (to be woken and cancelled "at the same time") are pinned to the main
 //! future's own loop with `spawn_local`: they cannot run before the main future next awaits.
 
-use braid::{ErrorKind, LifoQueue, PriorityQueue, Promise, Queue, Result, Task};
+use braid::{ErrorKind, LifoQueue, PriorityQueue, Queue, Result};
 use braid::{QueueEmpty, QueueFull, QueueShutDown};
 use std::collections::HashSet;
-use std::future::{poll_fn, Future, IntoFuture};
+use std::future::{poll_fn, Future};
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -26,81 +26,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 mod common;
-use common::{runtime, WAIT};
-
-/// The loop counts every scenario runs with.
-const WORKERS: [usize; 2] = [1, 3];
-
-/// Runs `scenario` as the main future of a fresh runtime of each size in [`WORKERS`].
-fn on_each_runtime<F, Fut>(scenario: F)
-where
-    F: Fn() -> Fut,
-    Fut: Future<Output = Result<()>>,
-{
-    for workers in WORKERS {
-        let rt = runtime(workers);
-        if let Err(e) = rt.run_until_complete(scenario()) {
-            panic!("on {workers} loop(s): {e:?}");
-        }
-        rt.shutdown(WAIT).unwrap();
-    }
-}
-
-/// Awaits `op`, completing `parked` after its first poll with whether that poll left it
-/// waiting. A braid primitive returns Pending only once its waiter is queued.
-async fn report_parked<F: Future>(op: F, parked: Promise<bool>) -> F::Output {
-    let mut op = pin!(op);
-    let mut parked = Some(parked);
-    poll_fn(|cx| {
-        let poll = op.as_mut().poll(cx);
-        if let Some(parked) = parked.take() {
-            let _ = parked.set_result(poll.is_pending());
-        }
-        poll
-    })
-    .await
-}
-
-/// Waits (at most [`WAIT`]) for `report_parked` and fails if the operation did not wait.
-async fn expect_parked(parked: Promise<bool>) -> Result<()> {
-    let waited = braid::wait_for(parked.into_future(), Some(WAIT)).await?;
-    assert!(waited, "the operation completed at once instead of waiting");
-    Ok(())
-}
-
-/// Starts `op` as a task on the shared pool (it may run on any loop) and returns the task
-/// once `op` is parked in its first await, which must be the queue's.
-async fn queued<T: Send + 'static>(
-    op: impl Future<Output = Result<T>> + Send + 'static,
-) -> Result<Task<T>> {
-    let parked = Promise::new();
-    let task = braid::create_task(report_parked(op, parked.clone()));
-    expect_parked(parked).await?;
-    Ok(task)
-}
-
-/// As [`queued`], with the task pinned to the calling loop.
-async fn queued_local<T: 'static>(
-    op: impl Future<Output = Result<T>> + 'static,
-) -> Result<Task<T>> {
-    let parked = Promise::new();
-    let task = braid::spawn_local(report_parked(op, parked.clone()));
-    expect_parked(parked).await?;
-    Ok(task)
-}
-
-/// Awaits `task` for at most [`WAIT`]: only a lost wake-up reaches the bound.
-async fn settle<T: 'static>(task: Task<T>) -> Result<T> {
-    braid::wait_for(task, Some(WAIT)).await
-}
-
-/// Asserts that `outcome` is a Cancelled error.
-fn assert_cancelled<T: std::fmt::Debug>(outcome: Result<T>) {
-    match outcome {
-        Err(e) if e.is_cancelled() => {}
-        other => panic!("expected a Cancelled error, got {other:?}"),
-    }
-}
+use common::*;
 
 /// Asserts that `outcome` is the error of a shut-down queue: `QueueShutDown`, kind `Closed`.
 fn assert_shut_down<T: std::fmt::Debug>(outcome: Result<T>) {
@@ -110,12 +36,6 @@ fn assert_shut_down<T: std::fmt::Debug>(outcome: Result<T>) {
         }
         other => panic!("expected QueueShutDown, got {other:?}"),
     }
-}
-
-/// Lets every task pinned to this loop that is ready run (at least) once.
-async fn let_local_tasks_run() -> Result<()> {
-    braid::yield_now().await?;
-    braid::yield_now().await
 }
 
 /// The public types are `Send + Sync + Debug`, as API.md requires of every primitive.
@@ -316,14 +236,14 @@ fn cancelled_getter_leaves_no_trace() {
         let q2 = q.clone();
         let t2 = queued(async move { q2.get().await }).await?;
         assert!(t1.cancel());
-        assert_cancelled(settle(t1).await);
+        assert_cancelled(&settle(t1).await);
         q.put("a").await?;
         assert_eq!(settle(t2).await?, "a");
 
         let q2 = q.clone();
         let t = queued(async move { q2.get().await }).await?;
         assert!(t.cancel());
-        assert_cancelled(settle(t).await);
+        assert_cancelled(&settle(t).await);
         q.put_nowait("b")?;
         assert_eq!(q.qsize(), 1, "the item went to the cancelled getter");
 
@@ -353,7 +273,7 @@ fn cancelled_putter_leaves_no_trace() {
         let q2 = q.clone();
         let put_x = queued(async move { q2.put("X").await }).await?;
         assert!(put_x.cancel());
-        assert_cancelled(settle(put_x).await);
+        assert_cancelled(&settle(put_x).await);
         assert_eq!(q.get_nowait()?, "a");
         settle(put_b).await?;
         assert_eq!(q.get_nowait()?, "b");
@@ -363,7 +283,7 @@ fn cancelled_putter_leaves_no_trace() {
         let q2 = q.clone();
         let put = queued(async move { q2.put("X").await }).await?;
         assert!(put.cancel());
-        assert_cancelled(settle(put).await);
+        assert_cancelled(&settle(put).await);
         assert_eq!(q.get_nowait()?, "c");
         assert!(q.empty());
         q.put_nowait("d")?;
@@ -383,7 +303,7 @@ fn getter_woken_then_cancelled_leaves_the_item() {
         q.put_nowait(1)?;
         q.put_nowait(2)?;
         assert!(reader.cancel());
-        assert_cancelled(settle(reader).await);
+        assert_cancelled(&settle(reader).await);
         assert_eq!(q.get().await?, 1, "item 1 was dropped");
         assert_eq!(q.get().await?, 2);
         assert!(q.empty());
@@ -406,7 +326,7 @@ fn getter_woken_then_cancelled_passes_the_item_on() {
         q.put_nowait(1)?;
         q.put_nowait(2)?;
         assert!(r1.cancel());
-        assert_cancelled(settle(r1).await);
+        assert_cancelled(&settle(r1).await);
         let got: HashSet<i32> = [settle(r2).await?, settle(r3).await?].into();
         assert_eq!(got, HashSet::from([1, 2]));
         assert!(q.empty());
@@ -426,7 +346,7 @@ fn putter_woken_then_cancelled_inserts_nothing() {
         let writer = queued_local(async move { q2.put(2).await }).await?;
         assert_eq!(q.get_nowait()?, 1);
         assert!(writer.cancel());
-        assert_cancelled(settle(writer).await);
+        assert_cancelled(&settle(writer).await);
         assert_eq!(q.qsize(), 0, "the cancelled put inserted its item");
         q.put(2).await?;
         assert_eq!(q.get_nowait()?, 2);
@@ -448,7 +368,7 @@ fn putter_woken_then_cancelled_passes_the_slot_on() {
         let p2 = queued(async move { q2.put("c").await }).await?;
         assert_eq!(q.get_nowait()?, "a");
         assert!(p1.cancel());
-        assert_cancelled(settle(p1).await);
+        assert_cancelled(&settle(p1).await);
         settle(p2).await?;
         assert_eq!(q.get_nowait()?, "c");
         assert!(q.empty());
@@ -514,7 +434,7 @@ fn cancelled_join_leaves_no_trace() {
         let q2 = q.clone();
         let kept = queued(async move { q2.join().await }).await?;
         assert!(cancelled.cancel());
-        assert_cancelled(settle(cancelled).await);
+        assert_cancelled(&settle(cancelled).await);
         q.get().await?;
         q.task_done()?;
         settle(kept).await?;

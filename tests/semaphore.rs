@@ -14,95 +14,15 @@
 //! main future acts (to be woken and cancelled "at the same time") are pinned to the main
 //! future's own loop with `spawn_local`: they cannot run before the main future next awaits.
 
-use braid::{BoundedSemaphore, ErrorKind, Promise, Result, Semaphore, Task};
+use braid::{BoundedSemaphore, ErrorKind, Result, Semaphore};
 use std::future::poll_fn;
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::pin::pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 mod common;
-use common::{runtime, WAIT};
-
-/// The loop counts every scenario runs with.
-const WORKERS: [usize; 2] = [1, 3];
-
-/// Runs `scenario` as the main future of a fresh runtime of each size in [`WORKERS`].
-fn on_each_runtime<F, Fut>(scenario: F)
-where
-    F: Fn() -> Fut,
-    Fut: Future<Output = Result<()>>,
-{
-    for workers in WORKERS {
-        let rt = runtime(workers);
-        if let Err(e) = rt.run_until_complete(scenario()) {
-            panic!("on {workers} loop(s): {e:?}");
-        }
-        rt.shutdown(WAIT).unwrap();
-    }
-}
-
-/// Awaits `op`, completing `parked` after its first poll with whether that poll left it
-/// waiting. A braid primitive returns Pending only once its waiter is queued.
-async fn report_parked<F: Future>(op: F, parked: Promise<bool>) -> F::Output {
-    let mut op = pin!(op);
-    let mut parked = Some(parked);
-    poll_fn(|cx| {
-        let poll = op.as_mut().poll(cx);
-        if let Some(parked) = parked.take() {
-            let _ = parked.set_result(poll.is_pending());
-        }
-        poll
-    })
-    .await
-}
-
-/// Waits (at most [`WAIT`]) for `report_parked` and fails if the operation did not wait.
-async fn expect_parked(parked: Promise<bool>) -> Result<()> {
-    let waited = braid::wait_for(parked.into_future(), Some(WAIT)).await?;
-    assert!(waited, "the operation completed at once instead of waiting");
-    Ok(())
-}
-
-/// Starts `op` as a task on the shared pool (it may run on any loop) and returns the task
-/// once `op` is parked in its first await, which must be the primitive's.
-async fn queued<T: Send + 'static>(
-    op: impl Future<Output = Result<T>> + Send + 'static,
-) -> Result<Task<T>> {
-    let parked = Promise::new();
-    let task = braid::create_task(report_parked(op, parked.clone()));
-    expect_parked(parked).await?;
-    Ok(task)
-}
-
-/// As [`queued`], with the task pinned to the calling loop.
-async fn queued_local<T: 'static>(
-    op: impl Future<Output = Result<T>> + 'static,
-) -> Result<Task<T>> {
-    let parked = Promise::new();
-    let task = braid::spawn_local(report_parked(op, parked.clone()));
-    expect_parked(parked).await?;
-    Ok(task)
-}
-
-/// Awaits `task` for at most [`WAIT`]: only a lost wake-up reaches the bound.
-async fn settle<T: 'static>(task: Task<T>) -> Result<T> {
-    braid::wait_for(task, Some(WAIT)).await
-}
-
-/// Asserts that `outcome` is a Cancelled error.
-fn assert_cancelled<T: std::fmt::Debug>(outcome: Result<T>) {
-    match outcome {
-        Err(e) if e.is_cancelled() => {}
-        other => panic!("expected a Cancelled error, got {other:?}"),
-    }
-}
-
-/// Lets every task pinned to this loop that is ready run (at least) once.
-async fn let_local_tasks_run() -> Result<()> {
-    braid::yield_now().await?;
-    braid::yield_now().await
-}
+use common::*;
 
 /// A task body that takes a permit of `sem`, keeps it (`forget`, as CPython's coroutines
 /// never release) and records `id` in `order`.
@@ -200,7 +120,7 @@ fn cancelled_acquire_leaves_no_trace() {
         let permit = sem.acquire().await?;
         let t = queued(acquire_and_keep(&sem, &order, 1)).await?;
         assert!(t.cancel());
-        assert_cancelled(settle(t).await);
+        assert_cancelled(&settle(t).await);
         drop(permit);
         assert_eq!(sem.value(), 1, "the permit went to the cancelled waiter");
         assert!(!sem.locked());
@@ -235,14 +155,14 @@ fn waiters_cancelled_before_the_release_are_skipped() {
         assert!(t1.cancel());
         assert!(t2.cancel());
         sem.release();
-        assert_cancelled(settle(t1).await);
-        assert_cancelled(settle(t2).await);
+        assert_cancelled(&settle(t1).await);
+        assert_cancelled(&settle(t2).await);
         settle(t3).await?;
         let_local_tasks_run().await?;
         assert!(!t4.done(), "one release let two waiters through");
         assert_eq!(*order.lock().unwrap(), [3]);
         assert!(t4.cancel());
-        assert_cancelled(settle(t4).await);
+        assert_cancelled(&settle(t4).await);
         assert_eq!(sem.value(), 0);
         Ok(())
     });
@@ -259,7 +179,7 @@ fn cancelled_waiter_does_not_hang_the_next() {
         let t2 = queued(acquire_and_keep(&sem, &order, 2)).await?;
         assert!(t1.cancel());
         sem.release();
-        assert_cancelled(settle(t1).await);
+        assert_cancelled(&settle(t1).await);
         settle(t2).await?;
         assert!(sem.locked());
         Ok(())
@@ -277,14 +197,14 @@ fn waiter_woken_then_cancelled_passes_the_permit_on() {
         let t2 = queued_local(acquire_and_keep(&sem, &order, 2)).await?;
         drop(permit); // hands the permit to t2, which has not run yet
         assert!(t2.cancel());
-        assert_cancelled(settle(t2).await);
+        assert_cancelled(&settle(t2).await);
         braid::wait_for(sem.acquire(), Some(WAIT)).await?.forget();
 
         let w1 = queued_local(acquire_and_keep(&sem, &order, 1)).await?;
         let w2 = queued(acquire_and_keep(&sem, &order, 2)).await?;
         sem.release();
         assert!(w1.cancel());
-        assert_cancelled(settle(w1).await);
+        assert_cancelled(&settle(w1).await);
         settle(w2).await?;
         assert_eq!(*order.lock().unwrap(), [2]);
         assert_eq!(sem.value(), 0);
@@ -400,7 +320,7 @@ fn cancelled_first_waiter_is_skipped_in_order() {
         let t2 = queued_local(acquire_and_keep(&sem, &order, 2)).await?;
         let t3 = queued_local(acquire_and_keep(&sem, &order, 3)).await?;
         assert!(t1.cancel());
-        assert_cancelled(settle(t1).await);
+        assert_cancelled(&settle(t1).await);
         sem.release();
         sem.release();
         settle(t2).await?;

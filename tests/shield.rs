@@ -10,31 +10,15 @@
 //! sequenced with promises; the key scenarios run on runtimes of 1, 2 and 4 loops.
 
 use braid::{Error, Promise, Task};
-use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 mod common;
-use common::{runtime, WAIT};
+use common::*;
 
 /// Longer than any test: a child sleeping this long only ends by being cancelled.
 const LONG: Duration = Duration::from_secs(60);
-
-/// Runs `scenario` on a fresh runtime of each size in `loops`, naming the size on failure.
-fn on_loops<S, Fut>(loops: &[usize], scenario: S)
-where
-    S: Fn() -> Fut,
-    Fut: Future<Output = braid::Result<()>>,
-{
-    for &n in loops {
-        let rt = runtime(n);
-        if let Err(e) = rt.run_until_complete(scenario()) {
-            panic!("on a runtime of {n} loop(s): {e:?}");
-        }
-        rt.shutdown(WAIT).unwrap();
-    }
-}
 
 /// A task that sleeps and yields a few times (so that it moves between loops), then waits
 /// for `gate` and returns `value`.

@@ -20,7 +20,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 mod common;
-use common::{runtime, WAIT};
+use common::*;
 
 /// Longer than any test: a sleep this long only ends by being cancelled.
 const LONG: Duration = Duration::from_secs(60);

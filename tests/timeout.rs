@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{runtime, WAIT};
+use common::*;
 
 /// Longer than any test: a sleep this long only ends by being cancelled.
 const LONG: Duration = Duration::from_secs(60);
@@ -42,13 +42,6 @@ fn assert_timeout<T: std::fmt::Debug>(r: &braid::Result<T>) {
     match r {
         Err(e) if e.is_timeout() => {}
         other => panic!("expected a Timeout error, got {other:?}"),
-    }
-}
-
-fn assert_cancelled<T: std::fmt::Debug>(r: &braid::Result<T>) {
-    match r {
-        Err(e) if e.is_cancelled() => {}
-        other => panic!("expected a Cancelled error, got {other:?}"),
     }
 }
 

@@ -13,29 +13,13 @@
 //! 4 loops.
 
 use braid::{Error, ErrorKind, Promise, ReturnWhen, Task, TaskId};
-use std::future::Future;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{runtime, WAIT};
+use common::*;
 
 /// Longer than any test: a child sleeping this long only ends by being cancelled.
 const LONG: Duration = Duration::from_secs(60);
-
-/// Runs `scenario` on a fresh runtime of each size in `loops`, naming the size on failure.
-fn on_loops<S, Fut>(loops: &[usize], scenario: S)
-where
-    S: Fn() -> Fut,
-    Fut: Future<Output = braid::Result<()>>,
-{
-    for &n in loops {
-        let rt = runtime(n);
-        if let Err(e) = rt.run_until_complete(scenario()) {
-            panic!("on a runtime of {n} loop(s): {e:?}");
-        }
-        rt.shutdown(WAIT).unwrap();
-    }
-}
 
 /// A promise set once `task` is done: how a test waits for a child without sleeping.
 fn done_signal<T: 'static>(task: &Task<T>) -> Promise<()> {

@@ -13,31 +13,16 @@
 //! scenarios run on runtimes of 1, 2 and 4 loops.
 
 use braid::{Error, Promise, Task};
-use std::future::{Future, IntoFuture};
+use std::future::IntoFuture;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{runtime, WAIT};
+use common::*;
 
 /// Longer than any test: a child sleeping this long only ends by being cancelled.
 const LONG: Duration = Duration::from_secs(60);
-
-/// Runs `scenario` on a fresh runtime of each size in `loops`, naming the size on failure.
-fn on_loops<S, Fut>(loops: &[usize], scenario: S)
-where
-    S: Fn() -> Fut,
-    Fut: Future<Output = braid::Result<()>>,
-{
-    for &n in loops {
-        let rt = runtime(n);
-        if let Err(e) = rt.run_until_complete(scenario()) {
-            panic!("on a runtime of {n} loop(s): {e:?}");
-        }
-        rt.shutdown(WAIT).unwrap();
-    }
-}
 
 /// A promise set once `task` is done: how a test waits for a child without sleeping.
 fn done_signal<T: 'static>(task: &Task<T>) -> Promise<()> {
@@ -53,13 +38,6 @@ fn assert_timeout<T: std::fmt::Debug>(r: &braid::Result<T>) {
     match r {
         Err(e) if e.is_timeout() => {}
         other => panic!("expected a Timeout error, got {other:?}"),
-    }
-}
-
-fn assert_cancelled<T: std::fmt::Debug>(r: &braid::Result<T>) {
-    match r {
-        Err(e) if e.is_cancelled() => {}
-        other => panic!("expected a Cancelled error, got {other:?}"),
     }
 }
 

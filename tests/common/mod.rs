@@ -2,7 +2,9 @@
 //! and uses what it needs).
 #![allow(dead_code)]
 
-use braid::Runtime;
+use braid::{Promise, Runtime, Task};
+use std::future::{poll_fn, Future, IntoFuture};
+use std::pin::pin;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -38,4 +40,97 @@ pub(crate) fn threads_named(prefix: &str) -> Vec<String> {
         }
     }
     names
+}
+
+/// Runs `scenario` as the main future of a fresh runtime of each size in `loops`, then shuts
+/// the runtime down; an error names the runtime size it happened on.
+pub(crate) fn on_loops<S, Fut>(loops: &[usize], scenario: S)
+where
+    S: Fn() -> Fut,
+    Fut: Future<Output = braid::Result<()>>,
+{
+    for &n in loops {
+        let rt = runtime(n);
+        if let Err(e) = rt.run_until_complete(scenario()) {
+            panic!("on a runtime of {n} loop(s): {e:?}");
+        }
+        rt.shutdown(WAIT).unwrap();
+    }
+}
+
+/// The runtime sizes every synchronisation-primitive scenario runs on.
+pub(crate) const SYNC_LOOPS: [usize; 2] = [1, 3];
+
+/// Runs `scenario` on a 1-loop and on a 3-loop runtime ([`SYNC_LOOPS`]).
+pub(crate) fn on_each_runtime<S, Fut>(scenario: S)
+where
+    S: Fn() -> Fut,
+    Fut: Future<Output = braid::Result<()>>,
+{
+    on_loops(&SYNC_LOOPS, scenario);
+}
+
+/// Asserts that `outcome` is a Cancelled error.
+pub(crate) fn assert_cancelled<T: std::fmt::Debug>(outcome: &braid::Result<T>) {
+    match outcome {
+        Err(e) if e.is_cancelled() => {}
+        other => panic!("expected a Cancelled error, got {other:?}"),
+    }
+}
+
+/// Awaits `op`, completing `parked` after its first poll with whether that poll left it
+/// waiting. A braid primitive returns Pending only once its waiter is queued.
+pub(crate) async fn report_parked<F: Future>(op: F, parked: Promise<bool>) -> F::Output {
+    let mut op = pin!(op);
+    let mut parked = Some(parked);
+    poll_fn(|cx| {
+        let poll = op.as_mut().poll(cx);
+        if let Some(parked) = parked.take() {
+            let _ = parked.set_result(poll.is_pending());
+        }
+        poll
+    })
+    .await
+}
+
+/// Waits (at most [`WAIT`]) for `report_parked` and fails if the operation did not wait.
+pub(crate) async fn expect_parked(parked: Promise<bool>) -> braid::Result<()> {
+    let waited = braid::wait_for(parked.into_future(), Some(WAIT)).await?;
+    assert!(waited, "the operation completed at once instead of waiting");
+    Ok(())
+}
+
+/// Starts `op` as a task on the shared pool (it may run on any loop) and returns the task
+/// once `op` is parked in its first await, which must be the primitive's. This is how the
+/// tests know a waiter is queued on any number of loops, where CPython's tests step their one
+/// loop with `asyncio.sleep(0)`.
+pub(crate) async fn queued<T: Send + 'static>(
+    op: impl Future<Output = braid::Result<T>> + Send + 'static,
+) -> braid::Result<Task<T>> {
+    let parked = Promise::new();
+    let task = braid::create_task(report_parked(op, parked.clone()));
+    expect_parked(parked).await?;
+    Ok(task)
+}
+
+/// As [`queued`], with the task pinned to the calling loop: it cannot run again before the
+/// caller next awaits, so "woken, then cancelled before it runs" is deterministic.
+pub(crate) async fn queued_local<T: 'static>(
+    op: impl Future<Output = braid::Result<T>> + 'static,
+) -> braid::Result<Task<T>> {
+    let parked = Promise::new();
+    let task = braid::spawn_local(report_parked(op, parked.clone()));
+    expect_parked(parked).await?;
+    Ok(task)
+}
+
+/// Awaits `task` for at most [`WAIT`]: only a lost wake-up reaches the bound.
+pub(crate) async fn settle<T: 'static>(task: Task<T>) -> braid::Result<T> {
+    braid::wait_for(task, Some(WAIT)).await
+}
+
+/// Lets every task pinned to this loop that is ready run (at least) once.
+pub(crate) async fn let_local_tasks_run() -> braid::Result<()> {
+    braid::yield_now().await?;
+    braid::yield_now().await
 }
