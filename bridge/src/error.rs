@@ -302,12 +302,42 @@ impl fmt::Debug for Error {
 
 impl<E: StdError + Send + Sync + 'static> From<E> for Error {
     fn from(error: E) -> Error {
-        let kind = if (&error as &dyn Any).is::<std::io::Error>() {
-            ErrorKind::Io
-        } else {
-            ErrorKind::Other
-        };
-        Error::with_source(kind, error)
+        let mut boxed: Box<dyn Any> = Box::new(error);
+        match boxed.downcast::<std::io::Error>() {
+            Ok(io) => {
+                // An `Error` that travelled through an `io::Error` (a cancellation surfacing
+                // from `AsyncRead::poll_read`) comes back as itself, kind and all.
+                if io.get_ref().is_some_and(|inner| inner.is::<StdView>()) {
+                    let inner = io.into_inner().expect("checked above");
+                    let view = inner.downcast::<StdView>().expect("checked above");
+                    return view.0;
+                }
+                Error::with_source(ErrorKind::Io, *io)
+            }
+            Err(other) => {
+                boxed = other;
+                let error = *boxed.downcast::<E>().expect("boxed an E");
+                Error::with_source(ErrorKind::Other, error)
+            }
+        }
+    }
+}
+
+impl Error {
+    /// This error as an `io::Error`, for I/O traits whose methods can only return one (a
+    /// cancellation at an `AsyncRead::poll_read`). Converting it back with `Error::from` (or
+    /// `?`) gives this error again, with its kind; an I/O error keeps its `io::ErrorKind`.
+    ///
+    /// ```
+    /// # use braid_bridge::{Error, ErrorKind};
+    /// let io = Error::cancelled(None).into_io_error();
+    /// assert!(Error::from(io).is_cancelled());
+    /// ```
+    pub fn into_io_error(self) -> std::io::Error {
+        let kind = self
+            .downcast_ref::<std::io::Error>()
+            .map_or(std::io::ErrorKind::Other, std::io::Error::kind);
+        std::io::Error::new(kind, StdView(self))
     }
 }
 

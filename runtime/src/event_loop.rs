@@ -33,6 +33,8 @@ pub(crate) const AWAKE: u64 = 0;
 pub(crate) const ASLEEP_FOREVER: u64 = u64::MAX;
 /// Tasks polled per loop iteration before callbacks, timers and the inbox get a turn.
 const TASK_BUDGET: usize = 64;
+/// Every this many iterations a running loop polls its sockets without blocking.
+const IO_POLL_INTERVAL: u64 = 4;
 /// Every this many iterations a loop takes from the injector before its own queue, so that
 /// a loop busy with its own tasks cannot starve the shared ones.
 const INJECTOR_FAIRNESS: u64 = 31;
@@ -117,6 +119,8 @@ pub(crate) struct LoopShared {
     pub(crate) notified: AtomicBool,
     /// Host loops: a `run_until_complete`/`run_forever` is driving this loop now.
     pub(crate) running: AtomicBool,
+    /// The sockets registered with this loop's poller.
+    pub(crate) io: crate::io::driver::IoDriver,
     handler: Mutex<Option<Arc<Handler>>>,
 }
 
@@ -131,11 +135,12 @@ impl LoopShared {
             sleep_deadline: AtomicU64::new(AWAKE),
             notified: AtomicBool::new(false),
             running: AtomicBool::new(false),
+            io: crate::io::driver::IoDriver::new(),
             handler: Mutex::new(None),
         })
     }
 
-    fn poller(&self) -> &Poller {
+    pub(crate) fn poller(&self) -> &Poller {
         &self.bell.unparker().0
     }
 
@@ -634,6 +639,11 @@ impl LoopCtx {
             self.rt.registry.sweep_if_needed(self.lp.id);
         }
         let mut did = self.drain_inbox();
+        // A busy loop still looks at its sockets every few iterations (tokio polls its driver
+        // every 61 tasks; an iteration here runs up to TASK_BUDGET).
+        if tick % IO_POLL_INTERVAL == 0 {
+            did |= self.poll_io_now() > 0;
+        }
         did |= self.fire_timers();
         did |= self.run_ready();
         did |= self.run_tasks(tick);
@@ -668,7 +678,7 @@ impl LoopCtx {
                 // Yield rather than spin: on a machine with no spare core, the thread that
                 // is about to hand us work may need this one.
                 std::thread::yield_now();
-                if self.has_local_work() || rt.has_shared_work(lp.id) {
+                if self.has_local_work() || rt.has_shared_work(lp.id) || self.poll_io_now() > 0 {
                     return;
                 }
                 if Instant::now() >= until {
@@ -679,6 +689,9 @@ impl LoopCtx {
         if self.searching.replace(false) {
             rt.end_searching(false, false);
         }
+        // Before announcing sleep: from here on nobody else waits on our poller, so nobody
+        // else can consume the doorbell's notification (see `io::driver`).
+        let _drive = lp.io.lock_drive();
         if !lp.bell.prepare_sleep() {
             return;
         }
@@ -732,6 +745,7 @@ impl LoopCtx {
     /// Host loops: sleep until something pinned here, or `ready()`, needs us.
     pub(crate) fn park_host(&self, ready: &dyn Fn() -> bool, max: Option<Duration>) {
         let lp = &self.lp;
+        let _drive = lp.io.lock_drive();
         if !lp.bell.prepare_sleep() {
             return;
         }
@@ -765,16 +779,30 @@ impl LoopCtx {
         lp.sleep_deadline.store(AWAKE, Ordering::Relaxed);
     }
 
+    /// Sleeps in the poller (the caller holds the drive lock) and dispatches its I/O events.
     fn wait(&self, timeout: Option<Duration>) {
         let mut events = self.events.borrow_mut();
         events.clear();
-        if let Err(e) = self.lp.poller().wait(&mut events, timeout) {
-            if e.kind() != std::io::ErrorKind::Interrupted {
+        match self.lp.poller().wait(&mut events, timeout) {
+            Ok(0) => {}
+            Ok(_) => {
+                self.lp.io.dispatch(&events);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
                 self.lp.report(
                     &ExceptionContext::new("the loop's poller failed").with_error(e.into()),
                 );
             }
         }
+    }
+
+    /// Dispatches the I/O events ready now, without blocking. Returns how many sockets woke.
+    fn poll_io_now(&self) -> usize {
+        if self.lp.io.registered() == 0 {
+            return 0;
+        }
+        crate::io::driver::poll_now(&self.lp, &mut self.events.borrow_mut())
     }
 
     /// The loop is closing: refuse new messages, report callbacks that will never run, drop
@@ -860,7 +888,32 @@ where
     F: Future<Output = Result<T>> + 'static,
     T: 'static,
 {
+    spawn_placed(rt, home, future, deliver, false)
+}
+
+/// A shared task that starts in the runtime's injector rather than this loop's queue, so that
+/// the first idle loop takes it: a server spreads its connections over the loops this way.
+pub(crate) fn spawn_task_spread<F, T>(rt: &Arc<RuntimeShared>, future: F) -> Task<T>
+where
+    F: Future<Output = Result<T>> + Send + 'static,
+    T: Send + 'static,
+{
+    spawn_placed(rt, None, future, None, true).0
+}
+
+fn spawn_placed<F, T>(
+    rt: &Arc<RuntimeShared>,
+    home: Option<Arc<LoopShared>>,
+    future: F,
+    deliver: Option<crate::task::raw::Deliver<T>>,
+    spread: bool,
+) -> (Task<T>, bool)
+where
+    F: Future<Output = Result<T>> + 'static,
+    T: 'static,
+{
     let id = TaskId(crate::scheduler::next_task_id());
+    let spread = spread && home.is_none();
     let cell = TaskCell::new(Header::new(id, rt.clone(), home, None), future, deliver);
     let raw: TaskPtr = cell.clone();
     let join: Arc<dyn Join<T>> = cell;
@@ -869,7 +922,12 @@ where
         .insert(raw.clone(), crate::scheduler::current_worker(rt))
     {
         Ok(()) => {
-            raw.schedule();
+            if spread {
+                rt.injector.push(raw);
+                rt.notify_work();
+            } else {
+                raw.schedule();
+            }
             (Task::from_raw(join), true)
         }
         Err(raw) => {

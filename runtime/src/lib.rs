@@ -56,6 +56,7 @@ mod combinators;
 mod context;
 mod event_loop;
 mod executor;
+mod io;
 mod promise;
 mod runtime;
 mod scheduler;
@@ -72,6 +73,11 @@ pub use combinators::{
 };
 pub use event_loop::{CallbackHandle, EventLoop, ExceptionContext, LoopState, TimerHandle};
 pub use executor::{run_in_executor, to_thread, wrap_future, ExecutorFuture};
+pub use io::{
+    open_connection, open_unix_connection, start_server, Drain, IncompleteRead, IoFuture,
+    LimitOverrun, ServeForever, Server, StreamRead, StreamReader, StreamWriter, TcpListener,
+    TcpStream, UdpSocket, UnixListener, UnixStream, WaitClosed, DEFAULT_LIMIT,
+};
 pub use promise::{create_future, CallbackId, Promise, PromiseFuture};
 pub use runtime::{run, Builder, Runtime};
 pub use sync::{

@@ -1,5 +1,6 @@
 //! The task cell: one allocation holding a task's header, its future, its cached waker and
-//! its output. This is the only module of braid-runtime with `unsafe` code.
+//! its output. This is the only module of braid-runtime with `unsafe` code, so it also holds
+//! the two poller calls that `polling` marks unsafe (`poller_add_edge`, `poller_delete`).
 //!
 //! Who may touch which field when:
 //!
@@ -367,4 +368,30 @@ where
     // `Result<T>`, the associated-type equality makes `X` exactly `T`. So `F` and `Task<T>`
     // are the same type and the cast only renames it.
     Some(unsafe { &mut *(future as *mut F).cast::<super::Task<T>>() })
+}
+
+/// Registers socket `fd` with `poller`, edge-triggered for both directions, under `key`.
+///
+/// The one caller is `io::driver`'s `Arm` for an `IoSource`, whose socket is owned by the
+/// `IoHandle` next to it; `IoHandle`'s `Drop` runs `IoSource::deregister` (which calls
+/// [`poller_delete`]) before the socket field is dropped and the descriptor closed.
+pub(crate) fn poller_add_edge(
+    poller: &polling::Poller,
+    fd: std::os::fd::RawFd,
+    key: usize,
+) -> std::io::Result<()> {
+    // SAFETY: polling requires that a source added to a poller is deleted from it before the
+    // descriptor is closed. The descriptor is open now (its `IoHandle` is alive: we are inside
+    // one of its operations) and, per this function's contract, its owner deletes it from this
+    // poller before closing it.
+    unsafe { poller.add_with_mode(fd, polling::Event::all(key), polling::PollMode::Edge) }
+}
+
+/// Deregisters `fd` from `poller` (see [`poller_add_edge`]).
+pub(crate) fn poller_delete(poller: &polling::Poller, fd: std::os::fd::RawFd) {
+    // SAFETY: `fd` is still open: it is deleted by its `IoHandle`'s `Drop` before the socket
+    // it owns is dropped, so this borrow cannot outlive the descriptor.
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    // An error means it was not registered; nothing then can deliver its events.
+    let _ = poller.delete(borrowed);
 }

@@ -1,0 +1,200 @@
+//! Each worker loop's I/O driver: the sockets registered with its poller, and the dispatch of
+//! the poller's events to their readiness.
+//!
+//! A socket is registered the first time a task must wait on it, with the poller of the loop
+//! that task runs on (or, from a host loop or a foreign thread's runtime call, with the worker
+//! loop holding the fewest sockets): connections accepted by one loop are spread by where
+//! their handlers first run, not concentrated where they were accepted. Registration is
+//! edge-triggered for both directions and lasts until the socket is dropped, so a waiting
+//! task costs no `epoll_ctl` after the first wait.
+//!
+//! Who waits on a loop's poller: the loop itself, blocking while it sleeps and without blocking
+//! every few iterations while it runs; and the monitor thread, without blocking, while the loop
+//! is stuck in one long callback or poll (so I/O on a stuck loop still wakes its tasks within
+//! a few milliseconds: DESIGN.md's no-stranding rule). `drive` decides who may wait: the loop
+//! holds it from before it announces sleep until it is awake again, so the monitor can never
+//! swallow a doorbell notification meant for a sleeping loop.
+
+use super::readiness::{Arm, Direction, Readiness};
+use crate::context;
+use crate::event_loop::LoopShared;
+use crate::scheduler::RuntimeShared;
+use braid_bridge::sync::atomic::{AtomicUsize, Ordering};
+use braid_bridge::sync::{Mutex, MutexGuard};
+use braid_bridge::{Error, ErrorKind};
+use polling::Events;
+use std::io;
+use std::os::fd::RawFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A loop's registered sockets.
+pub(crate) struct IoDriver {
+    sources: Mutex<SourceSlab>,
+    /// How many sockets are registered: a loop with none skips its I/O polls.
+    registered: AtomicUsize,
+    /// Held by whoever waits on the poller (see the module docs).
+    drive: Mutex<()>,
+}
+
+#[derive(Default)]
+struct SourceSlab {
+    slots: Vec<Option<Arc<IoSource>>>,
+    free: Vec<usize>,
+}
+
+impl IoDriver {
+    pub(crate) fn new() -> IoDriver {
+        IoDriver {
+            sources: Mutex::new(SourceSlab::default()),
+            registered: AtomicUsize::new(0),
+            drive: Mutex::new(()),
+        }
+    }
+
+    pub(crate) fn registered(&self) -> usize {
+        self.registered.load(Ordering::Relaxed)
+    }
+
+    /// Taken by the loop before it announces sleep, held until it is awake.
+    pub(crate) fn lock_drive(&self) -> MutexGuard<'_, ()> {
+        self.drive.lock()
+    }
+
+    /// Hands each event to its socket's readiness. Returns how many were dispatched.
+    pub(crate) fn dispatch(&self, events: &Events) -> usize {
+        let mut n = 0;
+        for ev in events.iter() {
+            let source = {
+                let slab = self.sources.lock();
+                slab.slots.get(ev.key).and_then(|s| s.clone())
+            };
+            // A missing slot is an event that raced its socket's deregistration.
+            if let Some(source) = source {
+                let mut ready = 0;
+                if ev.readable {
+                    ready |= Direction::Read as u8;
+                }
+                if ev.writable {
+                    ready |= Direction::Write as u8;
+                }
+                source.readiness.set(ready);
+                n += 1;
+            }
+        }
+        n
+    }
+}
+
+/// Polls `lp`'s poller without blocking and dispatches what it reports, unless someone else
+/// is waiting on it (the loop asleep, or another poll). Returns how many sockets were woken.
+pub(crate) fn poll_now(lp: &LoopShared, events: &mut Events) -> usize {
+    if lp.io.registered() == 0 {
+        return 0;
+    }
+    let Some(_drive) = lp.io.drive.try_lock() else {
+        return 0;
+    };
+    events.clear();
+    match lp.poller().wait(events, Some(Duration::ZERO)) {
+        Ok(_) => lp.io.dispatch(events),
+        Err(_) => 0,
+    }
+}
+
+/// Where a socket is registered.
+struct Registration {
+    home: Arc<LoopShared>,
+    key: usize,
+}
+
+/// One socket's registration state: its readiness, and the poller it is registered with once
+/// a task has had to wait on it.
+pub(crate) struct IoSource {
+    pub(crate) readiness: Readiness,
+    fd: RawFd,
+    registration: Mutex<Option<Registration>>,
+}
+
+/// The error for a socket used where no braid loop runs.
+fn no_loop() -> io::Error {
+    Error::new(
+        ErrorKind::InvalidState,
+        "no running event loop: braid sockets are awaited inside a braid runtime",
+    )
+    .into_io_error()
+}
+
+/// The worker loop a socket first waited on from here should be registered with.
+fn choose_home() -> io::Result<Arc<LoopShared>> {
+    let ctx = context::current_loop().ok_or_else(no_loop)?;
+    if ctx.worker.is_some() {
+        return Ok(ctx.lp.clone());
+    }
+    Ok(least_loaded(&ctx.rt))
+}
+
+fn least_loaded(rt: &RuntimeShared) -> Arc<LoopShared> {
+    rt.loops
+        .iter()
+        .min_by_key(|lp| lp.io.registered())
+        .expect("a runtime has at least one worker loop")
+        .clone()
+}
+
+impl IoSource {
+    pub(crate) fn new(fd: RawFd) -> IoSource {
+        IoSource {
+            readiness: Readiness::new(),
+            fd,
+            registration: Mutex::new(None),
+        }
+    }
+
+    /// Removes the socket from its poller and slab. Must run before the socket is closed.
+    pub(crate) fn deregister(self: &Arc<Self>) {
+        let registration = self.registration.lock().take();
+        if let Some(Registration { home, key }) = registration {
+            crate::task::raw::poller_delete(home.poller(), self.fd);
+            {
+                let mut slab = home.io.sources.lock();
+                slab.slots[key] = None;
+                slab.free.push(key);
+            }
+            home.io.registered.fetch_sub(1, Ordering::Relaxed);
+        }
+        self.readiness.close();
+    }
+}
+
+impl Arm for Arc<IoSource> {
+    fn arm(&self) -> io::Result<()> {
+        let mut registration = self.registration.lock();
+        if registration.is_some() {
+            return Ok(());
+        }
+        let home = choose_home()?;
+        let key = {
+            let mut slab = home.io.sources.lock();
+            match slab.free.pop() {
+                Some(key) => {
+                    slab.slots[key] = Some(self.clone());
+                    key
+                }
+                None => {
+                    slab.slots.push(Some(self.clone()));
+                    slab.slots.len() - 1
+                }
+            }
+        };
+        if let Err(e) = crate::task::raw::poller_add_edge(home.poller(), self.fd, key) {
+            let mut slab = home.io.sources.lock();
+            slab.slots[key] = None;
+            slab.free.push(key);
+            return Err(e);
+        }
+        home.io.registered.fetch_add(1, Ordering::Relaxed);
+        *registration = Some(Registration { home, key });
+        Ok(())
+    }
+}

@@ -1,0 +1,171 @@
+//! Sockets and streams on the loops' pollers.
+//!
+//! A socket is non-blocking and owned by an [`IoHandle`]; an operation tries its syscall and,
+//! on `WouldBlock`, waits for the socket's readiness (see `readiness`), which the poller of the
+//! loop it is registered with dispatches (see `driver`). The waiting task is woken wherever it
+//! runs now. Every await is a cancellation point, checked *before* the syscall: a cancelled
+//! read has consumed nothing from the socket, and a cancelled write has sent nothing.
+
+pub(crate) mod driver;
+pub(crate) mod readiness;
+mod stream;
+mod tcp;
+mod udp;
+mod unix;
+
+pub use stream::{
+    open_connection, open_unix_connection, start_server, Drain, IncompleteRead, LimitOverrun,
+    ServeForever, Server, StreamRead, StreamReader, StreamWriter, WaitClosed, DEFAULT_LIMIT,
+};
+pub use tcp::{TcpListener, TcpStream};
+pub use udp::UdpSocket;
+pub use unix::{UnixListener, UnixStream};
+
+use crate::context;
+use braid_bridge::{Error, ErrorKind, Result};
+use driver::IoSource;
+use readiness::{poll_io, Direction};
+use std::any::Any;
+use std::future::Future;
+use std::io;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::fd::AsRawFd;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+/// A boxed future for operations done once per connection (connect, bind, serve), where one
+/// allocation does not matter and an `async` body reads best. It is `Unpin`, as every braid
+/// future is.
+pub type IoFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'a>>;
+
+/// A non-blocking socket and its registration. Dropping it deregisters the socket from its
+/// poller before the socket is closed (the order `polling` requires).
+pub(crate) struct IoHandle<S: AsRawFd> {
+    source: Arc<IoSource>,
+    io: S,
+}
+
+impl<S: AsRawFd> IoHandle<S> {
+    /// `io` must already be in non-blocking mode.
+    pub(crate) fn new(io: S) -> IoHandle<S> {
+        IoHandle {
+            source: Arc::new(IoSource::new(io.as_raw_fd())),
+            io,
+        }
+    }
+
+    pub(crate) fn get_ref(&self) -> &S {
+        &self.io
+    }
+
+    /// One readiness-driven syscall, without the cancellation point (for the `futures_io`
+    /// traits and the stream layers, which check it themselves).
+    pub(crate) fn poll_op<T>(
+        &self,
+        dir: Direction,
+        cx: &mut Context<'_>,
+        op: impl FnMut(&S) -> io::Result<T>,
+    ) -> Poll<io::Result<T>> {
+        let mut op = op;
+        poll_io(&self.source.readiness, dir, cx, &self.source, || {
+            op(&self.io)
+        })
+    }
+
+    /// Wakes every task waiting on this socket (it was shut down from elsewhere).
+    pub(crate) fn wake_all(&self) {
+        self.source.readiness.wake_all();
+    }
+}
+
+impl<S: AsRawFd> Drop for IoHandle<S> {
+    fn drop(&mut self) {
+        self.source.deregister();
+    }
+}
+
+/// The cancellation point of a socket operation, as an `io::Error` for the `futures_io` traits
+/// (`Error::from` turns it back into the Cancelled error).
+pub(crate) fn cancel_point_io() -> io::Result<()> {
+    match context::take_cancel() {
+        Some(cancel) => Err(cancel.into_io_error()),
+        None => Ok(()),
+    }
+}
+
+/// One socket operation as a future: a cancellation point, then the syscall until it does not
+/// block.
+pub(crate) struct IoOp<'a, S: AsRawFd, F> {
+    handle: &'a IoHandle<S>,
+    dir: Direction,
+    op: F,
+}
+
+impl<'a, S: AsRawFd, F> IoOp<'a, S, F> {
+    pub(crate) fn new(handle: &'a IoHandle<S>, dir: Direction, op: F) -> Self {
+        IoOp { handle, dir, op }
+    }
+}
+
+impl<S: AsRawFd, F> Unpin for IoOp<'_, S, F> {}
+
+impl<S: AsRawFd, T, F: FnMut(&S) -> io::Result<T>> Future for IoOp<'_, S, F> {
+    type Output = Result<T>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<T>> {
+        if let Some(cancel) = context::take_cancel() {
+            return Poll::Ready(Err(cancel));
+        }
+        let this = &mut *self;
+        this.handle
+            .poll_op(this.dir, cx, &mut this.op)
+            .map_err(Error::from)
+    }
+}
+
+/// Resolves `addr` as asyncio does: a literal address at once, a host name through
+/// `getaddrinfo` on the default thread pool (it blocks).
+pub(crate) async fn resolve(addr: impl ToSocketAddrs + Send + 'static) -> Result<Vec<SocketAddr>> {
+    if let Some(literal) = literal_addr(&addr) {
+        return Ok(vec![literal]);
+    }
+    let addrs =
+        crate::to_thread(move || addr.to_socket_addrs().map(|it| it.collect::<Vec<_>>())).await??;
+    if addrs.is_empty() {
+        return Err(Error::with_source(
+            ErrorKind::Io,
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the address resolved to nothing",
+            ),
+        ));
+    }
+    Ok(addrs)
+}
+
+/// The address if `addr` is one already, or a string holding one (no lookup needed).
+fn literal_addr(addr: &dyn Any) -> Option<SocketAddr> {
+    if let Some(a) = addr.downcast_ref::<SocketAddr>() {
+        return Some(*a);
+    }
+    if let Some(a) = addr.downcast_ref::<std::net::SocketAddrV4>() {
+        return Some((*a).into());
+    }
+    if let Some(a) = addr.downcast_ref::<std::net::SocketAddrV6>() {
+        return Some((*a).into());
+    }
+    if let Some(&(ip, port)) = addr.downcast_ref::<(std::net::IpAddr, u16)>() {
+        return Some(SocketAddr::new(ip, port));
+    }
+    let text = addr
+        .downcast_ref::<&'static str>()
+        .copied()
+        .or_else(|| addr.downcast_ref::<String>().map(String::as_str))?;
+    text.parse().ok()
+}
+
+/// An I/O error as braid's `Error` (kind `Io`, the `io::Error` reachable by downcast).
+pub(crate) fn io_error(kind: io::ErrorKind, message: &str) -> Error {
+    Error::with_source(ErrorKind::Io, io::Error::new(kind, message.to_owned()))
+}

@@ -1,0 +1,256 @@
+//! The readiness protocol between a socket's users and the thread that dispatches its poller's
+//! events, kept apart from the poller so that loom can model it.
+//!
+//! Sockets are registered edge-triggered: the poller reports a direction once when it becomes
+//! ready, not for as long as it stays ready. So readiness is remembered here, per direction,
+//! until an operation proves it stale by failing with `WouldBlock`. The proof may race a new
+//! edge: an edge that arrives between the failing syscall and the clear must not be erased, or
+//! the task would sleep on data that is already there. Every edge therefore bumps `tick`, an
+//! operation remembers the tick it saw before its syscall, and `clear` erases readiness only if
+//! no edge came since (tokio's scheme, here behind one mutex instead of a packed atomic).
+
+use braid_bridge::sync::Mutex;
+use std::task::{Context, Poll, Waker};
+
+/// A direction, as a bit of the readiness set.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Direction {
+    Read = 1,
+    Write = 2,
+}
+
+/// Both directions.
+pub(crate) const ALL: u8 = Direction::Read as u8 | Direction::Write as u8;
+
+/// The readiness seen by one poll, to hand back to [`Readiness::clear`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Seen {
+    dir: Direction,
+    tick: u64,
+}
+
+/// What the registration half needs to do when a task must wait (see `Readiness::poll_ready`).
+pub(crate) trait Arm {
+    /// Makes sure future edges will be dispatched to this `Readiness`. Called with the state
+    /// lock held and the waker already stored, so an edge dispatched right away finds it.
+    fn arm(&self) -> std::io::Result<()>;
+}
+
+struct State {
+    /// Bumped by every dispatched edge.
+    tick: u64,
+    /// Directions known ready (`Direction` bits).
+    ready: u8,
+    /// Tasks waiting for each direction. More than one when a socket is shared by reference
+    /// (a `UdpSocket` received from by two tasks): each one must hear the edge.
+    readers: Vec<Waker>,
+    writers: Vec<Waker>,
+    /// The socket is gone (deregistered or the runtime closed): every wait ends now.
+    closed: bool,
+}
+
+/// One socket's readiness and waiting tasks.
+pub(crate) struct Readiness {
+    state: Mutex<State>,
+}
+
+fn store(list: &mut Vec<Waker>, waker: &Waker) {
+    if !list.iter().any(|w| w.will_wake(waker)) {
+        list.push(waker.clone());
+    }
+}
+
+impl Readiness {
+    /// A new socket is assumed ready both ways: the first operation tries the syscall, and
+    /// only a `WouldBlock` makes it wait (saves a poller round trip on a fresh connection).
+    pub(crate) fn new() -> Readiness {
+        Readiness {
+            state: Mutex::new(State {
+                tick: 0,
+                ready: ALL,
+                readers: Vec::new(),
+                writers: Vec::new(),
+                closed: false,
+            }),
+        }
+    }
+
+    /// The dispatcher saw an edge for `ready` (Direction bits): remember it and wake whoever
+    /// waits for it.
+    pub(crate) fn set(&self, ready: u8) {
+        let mut woken = Vec::new();
+        {
+            let mut st = self.state.lock();
+            st.tick = st.tick.wrapping_add(1);
+            st.ready |= ready;
+            if ready & Direction::Read as u8 != 0 {
+                woken.append(&mut st.readers);
+            }
+            if ready & Direction::Write as u8 != 0 {
+                woken.append(&mut st.writers);
+            }
+        }
+        // Outside the lock: a waker may run the task right here (a host loop's main future),
+        // and that task will come back to this lock.
+        for w in woken {
+            w.wake();
+        }
+    }
+
+    /// Ready: the tick to hand to `clear` if the syscall then says `WouldBlock`. Pending: the
+    /// waker is stored and `arm` was called, so the next edge wakes this task.
+    pub(crate) fn poll_ready(
+        &self,
+        dir: Direction,
+        cx: &mut Context<'_>,
+        arm: &dyn Arm,
+    ) -> Poll<std::io::Result<Seen>> {
+        let mut st = self.state.lock();
+        if st.closed || st.ready & dir as u8 != 0 {
+            return Poll::Ready(Ok(Seen { dir, tick: st.tick }));
+        }
+        match dir {
+            Direction::Read => store(&mut st.readers, cx.waker()),
+            Direction::Write => store(&mut st.writers, cx.waker()),
+        }
+        if let Err(e) = arm.arm() {
+            return Poll::Ready(Err(e));
+        }
+        Poll::Pending
+    }
+
+    /// The syscall after `seen` said `WouldBlock`: forget the readiness, unless an edge
+    /// arrived since (then the caller simply tries again).
+    pub(crate) fn clear(&self, seen: Seen) {
+        let mut st = self.state.lock();
+        if st.tick == seen.tick && !st.closed {
+            st.ready &= !(seen.dir as u8);
+        }
+    }
+
+    /// Ends every wait, now and later: the socket's registration is gone. Operations then
+    /// go straight to the syscall, which reports what happened to the socket.
+    pub(crate) fn close(&self) {
+        let woken = {
+            let mut st = self.state.lock();
+            st.closed = true;
+            st.ready = ALL;
+            let mut woken = std::mem::take(&mut st.readers);
+            woken.append(&mut st.writers);
+            woken
+        };
+        for w in woken {
+            w.wake();
+        }
+    }
+
+    /// Wakes every waiting task without changing readiness (a connection was aborted from
+    /// elsewhere and its users must come and see).
+    pub(crate) fn wake_all(&self) {
+        self.set(ALL);
+    }
+}
+
+/// Runs one readiness-driven syscall: waits for `dir`, tries `op`, and on `WouldBlock` clears
+/// the readiness it tried with and waits again.
+pub(crate) fn poll_io<T>(
+    readiness: &Readiness,
+    dir: Direction,
+    cx: &mut Context<'_>,
+    arm: &dyn Arm,
+    mut op: impl FnMut() -> std::io::Result<T>,
+) -> Poll<std::io::Result<T>> {
+    loop {
+        let seen = match readiness.poll_ready(dir, cx, arm) {
+            Poll::Ready(Ok(seen)) => seen,
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => return Poll::Pending,
+        };
+        match op() {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => readiness.clear(seen),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            result => return Poll::Ready(result),
+        }
+    }
+}
+
+#[cfg(all(test, loom))]
+mod loom_models {
+    //! The no-lost-edge property: a task that finds no data and sleeps is always woken by the
+    //! edge that follows the data, however the edge interleaves with its syscall and clear.
+    use super::*;
+    use braid_bridge::sync::atomic::{AtomicUsize, Ordering};
+    use loom::future::block_on;
+    use std::future::poll_fn;
+    use std::sync::Arc;
+
+    struct NoArm;
+    impl Arm for NoArm {
+        fn arm(&self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// `broken_clear` erases readiness whatever edge came since: the bug the tick prevents.
+    fn model(broken_clear: bool) {
+        loom::model(move || {
+            let readiness = Arc::new(Readiness::new());
+            // The kernel's receive queue: bytes the "socket" holds.
+            let queued = Arc::new(AtomicUsize::new(0));
+            let (r, q) = (readiness.clone(), queued.clone());
+            let peer = loom::thread::spawn(move || {
+                q.fetch_add(1, Ordering::SeqCst);
+                r.set(Direction::Read as u8);
+            });
+            let got = block_on(poll_fn(|cx| loop {
+                let seen = match readiness.poll_ready(Direction::Read, cx, &NoArm) {
+                    Poll::Ready(seen) => seen.unwrap(),
+                    Poll::Pending => return Poll::Pending,
+                };
+                let n = queued.swap(0, Ordering::SeqCst);
+                if n > 0 {
+                    return Poll::Ready(n);
+                }
+                if broken_clear {
+                    let mut st = readiness.state.lock();
+                    st.ready &= !(Direction::Read as u8);
+                } else {
+                    readiness.clear(seen);
+                }
+            }));
+            assert_eq!(got, 1);
+            peer.join().unwrap();
+        });
+    }
+
+    #[test]
+    fn loom_readiness_edge_is_never_lost() {
+        model(false);
+    }
+
+    #[test]
+    #[should_panic]
+    fn loom_readiness_clear_without_tick_loses_an_edge() {
+        model(true);
+    }
+
+    #[test]
+    fn loom_readiness_close_ends_every_wait() {
+        loom::model(|| {
+            let readiness = Arc::new(Readiness::new());
+            readiness.clear(Seen {
+                dir: Direction::Write,
+                tick: 0,
+            });
+            let r = readiness.clone();
+            let closer = loom::thread::spawn(move || r.close());
+            block_on(poll_fn(|cx| {
+                readiness
+                    .poll_ready(Direction::Write, cx, &NoArm)
+                    .map(|s| s.map(|_| ()))
+            }))
+            .unwrap();
+            closer.join().unwrap();
+        });
+    }
+}

@@ -1,0 +1,310 @@
+//! Unix domain sockets: `UnixListener` and `UnixStream`.
+
+use super::readiness::Direction;
+use super::tcp::futures_io_impls;
+use super::{cancel_point_io, IoFuture, IoHandle, IoOp};
+use braid_bridge::Result;
+use std::future::Future;
+use std::io::{self, Read, Write};
+use std::net::Shutdown;
+use std::os::unix::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+/// A Unix domain socket listening for connections.
+///
+/// # Examples
+///
+/// ```
+/// use braid_runtime::{UnixListener, UnixStream};
+/// let dir = std::env::temp_dir().join(format!("braid-doc-{}", std::process::id()));
+/// std::fs::create_dir_all(&dir).unwrap();
+/// let path = dir.join("unix-listener.sock");
+/// let _ = std::fs::remove_file(&path);
+/// braid_runtime::run(async move {
+///     let listener = UnixListener::bind(&path)?;
+///     let client = UnixStream::connect(path.clone()).await?;
+///     let (server, _) = listener.accept().await?;
+///     client.write_all(b"ping").await?;
+///     let mut buf = [0; 4];
+///     server.read_exact(&mut buf).await?;
+///     assert_eq!(&buf, b"ping");
+///     Ok(())
+/// })
+/// .unwrap();
+/// ```
+pub struct UnixListener {
+    io: IoHandle<std::os::unix::net::UnixListener>,
+}
+
+impl UnixListener {
+    /// Binds a listener at `path` (which must not exist).
+    ///
+    /// # Errors
+    /// Kind `Io` (`AddrInUse` if the path exists).
+    pub fn bind(path: impl AsRef<Path>) -> Result<UnixListener> {
+        UnixListener::from_std(std::os::unix::net::UnixListener::bind(path)?)
+    }
+
+    /// Adopts a std listener, switching it to non-blocking mode.
+    ///
+    /// # Errors
+    /// Kind `Io` if the mode cannot be set.
+    pub fn from_std(listener: std::os::unix::net::UnixListener) -> Result<UnixListener> {
+        listener.set_nonblocking(true)?;
+        Ok(UnixListener {
+            io: IoHandle::new(listener),
+        })
+    }
+
+    /// The address the listener is bound to.
+    ///
+    /// # Errors
+    /// Kind `Io`.
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        Ok(self.io.get_ref().local_addr()?)
+    }
+
+    /// Waits for the next connection. A cancellation point.
+    ///
+    /// # Errors
+    /// Cancelled; kind `Io`.
+    pub fn accept(&self) -> IoFuture<'_, (UnixStream, SocketAddr)> {
+        Box::pin(async move {
+            let (stream, addr) = IoOp::new(
+                &self.io,
+                Direction::Read,
+                std::os::unix::net::UnixListener::accept,
+            )
+            .await?;
+            Ok((UnixStream::from_std(stream)?, addr))
+        })
+    }
+}
+
+impl std::fmt::Debug for UnixListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UnixListener")
+            .field("local_addr", &self.io.get_ref().local_addr().ok())
+            .finish()
+    }
+}
+
+/// A Unix domain stream connection. Implements `futures_io::AsyncRead` and `AsyncWrite`.
+///
+/// # Examples
+///
+/// ```
+/// braid_runtime::run(async {
+///     let (a, b) = braid_runtime::UnixStream::pair()?;
+///     a.write_all(b"hi").await?;
+///     let mut buf = [0; 2];
+///     b.read_exact(&mut buf).await?;
+///     assert_eq!(&buf, b"hi");
+///     Ok(())
+/// })
+/// .unwrap();
+/// ```
+pub struct UnixStream {
+    io: IoHandle<std::os::unix::net::UnixStream>,
+}
+
+impl UnixStream {
+    /// Connects to the listener at `path` without blocking a loop.
+    ///
+    /// # Errors
+    /// Cancelled; kind `Io` (`NotFound`, `ConnectionRefused`).
+    pub fn connect(path: impl Into<PathBuf>) -> IoFuture<'static, UnixStream> {
+        let path = path.into();
+        Box::pin(async move {
+            use socket2::{Domain, SockAddr, Socket, Type};
+            let socket = Socket::new(Domain::UNIX, Type::STREAM, None)?;
+            socket.set_nonblocking(true)?;
+            let started = socket.connect(&SockAddr::unix(&path)?);
+            let stream = UnixStream {
+                io: IoHandle::new(std::os::unix::net::UnixStream::from(
+                    std::os::fd::OwnedFd::from(socket),
+                )),
+            };
+            match started {
+                Ok(()) => Ok(stream),
+                Err(e)
+                    if e.raw_os_error() == Some(libc::EINPROGRESS)
+                        || e.kind() == io::ErrorKind::WouldBlock =>
+                {
+                    IoOp::new(
+                        &stream.io,
+                        Direction::Write,
+                        |s: &std::os::unix::net::UnixStream| {
+                            if let Some(e) = s.take_error()? {
+                                return Err(e);
+                            }
+                            match s.peer_addr() {
+                                Ok(_) => Ok(()),
+                                Err(e) if e.kind() == io::ErrorKind::NotConnected => {
+                                    Err(io::ErrorKind::WouldBlock.into())
+                                }
+                                Err(e) => Err(e),
+                            }
+                        },
+                    )
+                    .await?;
+                    Ok(stream)
+                }
+                Err(e) => Err(e.into()),
+            }
+        })
+    }
+
+    /// A connected pair (`socketpair`).
+    ///
+    /// # Errors
+    /// Kind `Io`.
+    pub fn pair() -> Result<(UnixStream, UnixStream)> {
+        let (a, b) = std::os::unix::net::UnixStream::pair()?;
+        Ok((UnixStream::from_std(a)?, UnixStream::from_std(b)?))
+    }
+
+    /// Adopts a std stream, switching it to non-blocking mode.
+    ///
+    /// # Errors
+    /// Kind `Io` if the mode cannot be set.
+    pub fn from_std(stream: std::os::unix::net::UnixStream) -> Result<UnixStream> {
+        stream.set_nonblocking(true)?;
+        Ok(UnixStream {
+            io: IoHandle::new(stream),
+        })
+    }
+
+    /// Reads what is available, or 0 at end of stream. A cancellation point.
+    ///
+    /// # Errors
+    /// Cancelled; kind `Io`.
+    pub fn read<'a>(
+        &'a self,
+        buf: &'a mut [u8],
+    ) -> impl Future<Output = Result<usize>> + Send + Unpin + 'a {
+        IoOp::new(
+            &self.io,
+            Direction::Read,
+            move |s: &std::os::unix::net::UnixStream| (&*s).read(buf),
+        )
+    }
+
+    /// Fills `buf` completely.
+    ///
+    /// # Errors
+    /// Cancelled; kind `Io`, `UnexpectedEof` if the stream ends first.
+    pub fn read_exact<'a>(&'a self, buf: &'a mut [u8]) -> IoFuture<'a, ()> {
+        Box::pin(async move {
+            let mut filled = 0;
+            while filled < buf.len() {
+                let n = self.read(&mut buf[filled..]).await?;
+                if n == 0 {
+                    return Err(super::io_error(
+                        io::ErrorKind::UnexpectedEof,
+                        "the stream ended before the buffer was filled",
+                    ));
+                }
+                filled += n;
+            }
+            Ok(())
+        })
+    }
+
+    /// Writes some of `buf`. A cancellation point.
+    ///
+    /// # Errors
+    /// Cancelled; kind `Io`.
+    pub fn write<'a>(
+        &'a self,
+        buf: &'a [u8],
+    ) -> impl Future<Output = Result<usize>> + Send + Unpin + 'a {
+        IoOp::new(
+            &self.io,
+            Direction::Write,
+            move |s: &std::os::unix::net::UnixStream| (&*s).write(buf),
+        )
+    }
+
+    /// Writes all of `buf`.
+    ///
+    /// # Errors
+    /// Cancelled; kind `Io`.
+    pub fn write_all<'a>(&'a self, buf: &'a [u8]) -> IoFuture<'a, ()> {
+        Box::pin(async move {
+            let mut sent = 0;
+            while sent < buf.len() {
+                sent += self.write(&buf[sent..]).await?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Shuts down one or both directions.
+    ///
+    /// # Errors
+    /// Kind `Io`.
+    pub fn shutdown(&self, how: Shutdown) -> Result<()> {
+        self.io.get_ref().shutdown(how)?;
+        self.io.wake_all();
+        Ok(())
+    }
+
+    /// The local address.
+    ///
+    /// # Errors
+    /// Kind `Io`.
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        Ok(self.io.get_ref().local_addr()?)
+    }
+
+    /// The peer's address.
+    ///
+    /// # Errors
+    /// Kind `Io`.
+    pub fn peer_addr(&self) -> Result<SocketAddr> {
+        Ok(self.io.get_ref().peer_addr()?)
+    }
+
+    pub(crate) fn poll_read_bytes(
+        &self,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        self.io
+            .poll_op(Direction::Read, cx, |s: &std::os::unix::net::UnixStream| {
+                (&*s).read(&mut *buf)
+            })
+    }
+
+    pub(crate) fn poll_write_bytes(
+        &self,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.io.poll_op(
+            Direction::Write,
+            cx,
+            |s: &std::os::unix::net::UnixStream| (&*s).write(buf),
+        )
+    }
+
+    pub(crate) fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+        (&*self.io.get_ref()).write(buf)
+    }
+
+    pub(crate) fn wake_all(&self) {
+        self.io.wake_all();
+    }
+}
+
+impl std::fmt::Debug for UnixStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UnixStream").finish_non_exhaustive()
+    }
+}
+
+futures_io_impls!(UnixStream);
+futures_io_impls!(&UnixStream);
