@@ -404,8 +404,9 @@ pub struct StreamReader {
 /// ```
 /// braid_runtime::run(async {
 ///     let (a, b) = braid_runtime::UnixStream::pair()?;
-///     let (_, writer) = a.into_streams();
-///     let (reader, _) = b.into_streams();
+///     // Dropping a writer closes its connection both ways, so each half is kept.
+///     let (_a_reader, writer) = a.into_streams();
+///     let (reader, _b_writer) = b.into_streams();
 ///     writer.writelines([&b"one "[..], b"two"])?;
 ///     writer.write_eof()?;
 ///     assert_eq!(reader.read_to_end().await?, b"one two");
