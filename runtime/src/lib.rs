@@ -73,6 +73,8 @@ pub use combinators::{
 };
 pub use event_loop::{CallbackHandle, EventLoop, ExceptionContext, LoopState, TimerHandle};
 pub use executor::{run_in_executor, to_thread, wrap_future, ExecutorFuture};
+#[cfg(feature = "hyper")]
+pub use io::hyper;
 pub use io::{
     open_connection, open_unix_connection, start_server, Drain, IncompleteRead, IoFuture,
     LimitOverrun, ServeForever, Server, StreamRead, StreamReader, StreamWriter, TcpListener,

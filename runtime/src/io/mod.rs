@@ -7,6 +7,8 @@
 //! read has consumed nothing from the socket, and a cancelled write has sent nothing.
 
 pub(crate) mod driver;
+#[cfg(feature = "hyper")]
+pub mod hyper;
 pub(crate) mod readiness;
 mod stream;
 mod tcp;
