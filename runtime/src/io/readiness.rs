@@ -176,12 +176,11 @@ pub(crate) fn poll_io<T>(
 
 #[cfg(all(test, loom))]
 mod loom_models {
-    //! The no-lost-edge property: a task that finds no data and sleeps is always woken by the
+    //! The no-lost-edge property: a task that finds no data and waits is always woken by the
     //! edge that follows the data, however the edge interleaves with its syscall and clear.
     use super::*;
+    use crate::sync::loom_support::Flag;
     use braid_bridge::sync::atomic::{AtomicUsize, Ordering};
-    use loom::future::block_on;
-    use std::future::poll_fn;
     use std::sync::Arc;
 
     struct NoArm;
@@ -191,35 +190,54 @@ mod loom_models {
         }
     }
 
+    /// One readiness-driven read of the "socket" `queued` (bytes the kernel holds).
+    fn try_read(
+        readiness: &Readiness,
+        queued: &AtomicUsize,
+        cx: &mut Context<'_>,
+        broken_clear: bool,
+    ) -> Poll<usize> {
+        loop {
+            let seen = match readiness.poll_ready(Direction::Read, cx, &NoArm) {
+                Poll::Ready(seen) => seen.unwrap(),
+                Poll::Pending => return Poll::Pending,
+            };
+            let n = queued.swap(0, Ordering::SeqCst);
+            if n > 0 {
+                return Poll::Ready(n);
+            }
+            if broken_clear {
+                readiness.state.lock().ready &= !(Direction::Read as u8);
+            } else {
+                readiness.clear(seen);
+            }
+        }
+    }
+
     /// `broken_clear` erases readiness whatever edge came since: the bug the tick prevents.
     fn model(broken_clear: bool) {
         loom::model(move || {
             let readiness = Arc::new(Readiness::new());
-            // The kernel's receive queue: bytes the "socket" holds.
             let queued = Arc::new(AtomicUsize::new(0));
             let (r, q) = (readiness.clone(), queued.clone());
             let peer = loom::thread::spawn(move || {
                 q.fetch_add(1, Ordering::SeqCst);
                 r.set(Direction::Read as u8);
             });
-            let got = block_on(poll_fn(|cx| loop {
-                let seen = match readiness.poll_ready(Direction::Read, cx, &NoArm) {
-                    Poll::Ready(seen) => seen.unwrap(),
-                    Poll::Pending => return Poll::Pending,
-                };
-                let n = queued.swap(0, Ordering::SeqCst);
-                if n > 0 {
-                    return Poll::Ready(n);
-                }
-                if broken_clear {
-                    let mut st = readiness.state.lock();
-                    st.ready &= !(Direction::Read as u8);
-                } else {
-                    readiness.clear(seen);
-                }
-            }));
-            assert_eq!(got, 1);
+            let (flag, waker) = Flag::new();
+            let mut cx = Context::from_waker(&waker);
+            let first = try_read(&readiness, &queued, &mut cx, broken_clear);
             peer.join().unwrap();
+            if first.is_pending() {
+                assert!(
+                    flag.woken(),
+                    "an edge was lost: data is queued and the waiting task was never woken"
+                );
+                assert_eq!(
+                    try_read(&readiness, &queued, &mut cx, broken_clear),
+                    Poll::Ready(1)
+                );
+            }
         });
     }
 
@@ -229,7 +247,7 @@ mod loom_models {
     }
 
     #[test]
-    #[should_panic]
+    #[should_panic(expected = "an edge was lost")]
     fn loom_readiness_clear_without_tick_loses_an_edge() {
         model(true);
     }
@@ -244,13 +262,16 @@ mod loom_models {
             });
             let r = readiness.clone();
             let closer = loom::thread::spawn(move || r.close());
-            block_on(poll_fn(|cx| {
-                readiness
-                    .poll_ready(Direction::Write, cx, &NoArm)
-                    .map(|s| s.map(|_| ()))
-            }))
-            .unwrap();
+            let (flag, waker) = Flag::new();
+            let mut cx = Context::from_waker(&waker);
+            let first = readiness.poll_ready(Direction::Write, &mut cx, &NoArm);
             closer.join().unwrap();
+            if first.is_pending() {
+                assert!(flag.woken(), "close left a waiter asleep");
+            }
+            assert!(readiness
+                .poll_ready(Direction::Write, &mut cx, &NoArm)
+                .is_ready());
         });
     }
 }
