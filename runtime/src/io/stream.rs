@@ -1091,7 +1091,11 @@ where
             }),
         });
         let accepting = shared.clone();
-        let _ = spawn_task(&rt, None, accept_loop(accepting, handler, rt.clone()));
+        drop(spawn_task(
+            &rt,
+            None,
+            accept_loop(accepting, handler, rt.clone()),
+        ));
         Ok(Server { shared })
     })
 }
@@ -1157,14 +1161,15 @@ async fn accept_loop(
         };
         let (reader, writer) = pair(conn);
         let work = handler(reader, writer);
-        let _ = spawn_task_spread(&rt, async move {
+        // The connection's task runs detached; its end is reported through the server.
+        drop(spawn_task_spread(&rt, async move {
             if let Err(e) = work.await {
                 if !e.is_cancelled() {
                     report("Unhandled exception in a start_server handler", e);
                 }
             }
             Ok(())
-        });
+        }));
         burst += 1;
         if burst >= ACCEPT_BURST {
             burst = 0;

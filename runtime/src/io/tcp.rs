@@ -336,7 +336,7 @@ impl TcpStream {
 
     /// One non-blocking write, bypassing readiness (the stream writer's first attempt).
     pub(crate) fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
-        (&*self.io.get_ref()).write(buf)
+        self.io.get_ref().write(buf)
     }
 
     pub(crate) fn wake_all(&self) {

@@ -292,7 +292,7 @@ impl UnixStream {
     }
 
     pub(crate) fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
-        (&*self.io.get_ref()).write(buf)
+        self.io.get_ref().write(buf)
     }
 
     pub(crate) fn wake_all(&self) {
