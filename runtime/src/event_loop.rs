@@ -723,8 +723,13 @@ impl LoopCtx {
             Ordering::Relaxed,
         );
         lp.set_state(LoopState::Idle);
-        self.wait(deadline.map(|d| d.saturating_duration_since(now)));
+        let io_events = self.wait(deadline.map(|d| d.saturating_duration_since(now)));
         self.wake_up(driver);
+        // Only now, awake and out of the idle set: the tasks these wake are ours to run (a
+        // wake from inside the sleep would have offered them to this very loop as "idle").
+        if io_events {
+            self.dispatch_io_events();
+        }
     }
 
     fn wake_up(&self, driver: bool) {
@@ -774,27 +779,35 @@ impl LoopCtx {
         if let Some(max) = max {
             timeout = Some(timeout.map_or(max, |t| t.min(max)));
         }
-        self.wait(timeout);
+        let io_events = self.wait(timeout);
         lp.bell.finish_sleep();
         lp.sleep_deadline.store(AWAKE, Ordering::Relaxed);
+        if io_events {
+            self.dispatch_io_events();
+        }
     }
 
-    /// Sleeps in the poller (the caller holds the drive lock) and dispatches its I/O events.
-    fn wait(&self, timeout: Option<Duration>) {
+    /// Sleeps in the poller (the caller holds the drive lock). Returns true if it brought I/O
+    /// events, left in `events` for `dispatch_io_events`.
+    fn wait(&self, timeout: Option<Duration>) -> bool {
         let mut events = self.events.borrow_mut();
         events.clear();
         match self.lp.poller().wait(&mut events, timeout) {
-            Ok(0) => {}
-            Ok(_) => {
-                self.lp.io.dispatch(&events);
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Ok(n) => n > 0,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => false,
             Err(e) => {
                 self.lp.report(
                     &ExceptionContext::new("the loop's poller failed").with_error(e.into()),
                 );
+                false
             }
         }
+    }
+
+    /// Hands the events of the last `wait` to their sockets.
+    fn dispatch_io_events(&self) {
+        let events = self.events.borrow();
+        self.lp.io.dispatch(&events);
     }
 
     /// Dispatches the I/O events ready now, without blocking. Returns how many sockets woke.

@@ -118,11 +118,13 @@ impl Socket {
         }
     }
 
+    /// Shuts the socket down without waking its waiters: callers hold a lock that a woken
+    /// flush would take, and wake them (`wake_all`) once they have let go of it.
     fn shutdown(&self, how: Shutdown) {
         // A peer that is already gone makes this fail; the connection is over either way.
         let _ = match self {
-            Socket::Tcp(s) => s.shutdown(how),
-            Socket::Unix(s) => s.shutdown(how),
+            Socket::Tcp(s) => s.shutdown_quiet(how),
+            Socket::Unix(s) => s.shutdown_quiet(how),
         };
     }
 
@@ -361,6 +363,12 @@ impl Wake for Flusher {
         if ws.flushing {
             ws.flushing = false;
             conn.flush(&mut ws);
+            let closed = ws.closed;
+            drop(ws);
+            if closed {
+                // The flush ended in the close: this side's reader must come and see EOF.
+                conn.socket.wake_all();
+            }
         }
     }
 }

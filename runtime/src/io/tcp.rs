@@ -342,6 +342,11 @@ impl TcpStream {
     pub(crate) fn wake_all(&self) {
         self.io.wake_all();
     }
+
+    /// `shutdown` without waking the socket's waiters (the stream layer wakes them itself).
+    pub(crate) fn shutdown_quiet(&self, how: Shutdown) -> io::Result<()> {
+        self.io.get_ref().shutdown(how)
+    }
 }
 
 async fn connect_one(addr: SocketAddr) -> Result<TcpStream> {

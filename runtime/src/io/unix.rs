@@ -298,6 +298,11 @@ impl UnixStream {
     pub(crate) fn wake_all(&self) {
         self.io.wake_all();
     }
+
+    /// `shutdown` without waking the socket's waiters (the stream layer wakes them itself).
+    pub(crate) fn shutdown_quiet(&self, how: Shutdown) -> io::Result<()> {
+        self.io.get_ref().shutdown(how)
+    }
 }
 
 impl std::fmt::Debug for UnixStream {
