@@ -241,3 +241,58 @@ fn a_sleep_in_run_until_complete_completes_while_the_only_worker_is_stuck() {
     );
     rt.shutdown(WAIT).unwrap();
 }
+
+/// DESIGN.md: "I/O registered on a stuck loop must still fire within a bounded delay". A task
+/// waits for data on a socket registered with loop A's poller (it first waited there); loop A
+/// then blocks for 500 ms in a callback; the peer sends. The monitor thread polls the stuck
+/// loop's poller, so the task is woken and finishes on the other loop long before A is free.
+#[test]
+fn a_socket_registered_on_a_loop_that_then_blocks_still_wakes_its_task() {
+    let _serial = serial();
+    let rt = runtime();
+    let (registered_tx, registered_rx) = mpsc::channel();
+    let (peer, reader) = std::os::unix::net::UnixStream::pair().unwrap();
+    let reader = braid::UnixStream::from_std(reader).unwrap();
+    let waiting = rt
+        .event_loop()
+        .spawn(async move {
+            let mut byte = [0u8; 1];
+            // The first read finds nothing: the socket is registered with this loop's poller.
+            let n = {
+                let mut read = reader.read(&mut byte);
+                let mut told = false;
+                poll_fn(|cx| {
+                    let polled = Pin::new(&mut read).poll(cx);
+                    if polled.is_pending() && !told {
+                        told = true;
+                        let lp = braid::get_running_loop();
+                        registered_tx.send((lp, thread::current().id())).unwrap();
+                    }
+                    polled
+                })
+                .await?
+            };
+            Ok((n, byte[0], thread::current().id(), Instant::now()))
+        })
+        .unwrap();
+    let (home, home_thread) = registered_rx.recv_timeout(WAIT).unwrap();
+    let (blocked_tx, blocked_rx) = mpsc::channel();
+    home.call_soon_threadsafe(move || {
+        blocked_tx.send(Instant::now()).unwrap();
+        thread::sleep(BLOCK); // the stuck loop: the scenario under test
+    })
+    .unwrap();
+    let blocked_at = blocked_rx.recv_timeout(WAIT).unwrap();
+    std::io::Write::write_all(&mut &peer, b"x").unwrap();
+    let sent_at = Instant::now();
+    let (n, byte, ran_on, finished_at) = rt.run_until_complete(waiting).unwrap();
+    assert_eq!((n, byte), (1, b'x'));
+    assert_ne!(ran_on, home_thread, "the task waited for its stuck loop");
+    let delay = finished_at.duration_since(sent_at);
+    eprintln!("woken {delay:?} after the data arrived (the loop was stuck for {BLOCK:?})");
+    assert!(
+        finished_at.duration_since(blocked_at) < BLOCK - Duration::from_millis(200),
+        "the read finished {delay:?} after the data arrived: it waited for the stuck loop"
+    );
+    rt.shutdown(WAIT).unwrap();
+}
