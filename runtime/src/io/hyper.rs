@@ -7,8 +7,9 @@
 //!   as a braid task.
 //! - [`BraidTimer`] is hyper's `rt::Timer` (its sleeps are [`BraidSleep`]s): the timeouts of
 //!   hyper's builders (`header_read_timeout`, keep-alive pings) run on braid's timers.
-//! - [`into_error`] turns a `hyper::Error` back into a braid [`Error`], so that a connection
-//!   task that was cancelled ends cancelled.
+//! - [`drive`] awaits a hyper connection as a braid await (and [`into_error`] turns a
+//!   `hyper::Error` into a braid [`Error`]), so that a connection task that was cancelled
+//!   ends cancelled.
 //!
 //! braid depends on hyper without any protocol feature; an application picks hyper's
 //! `server`/`client`/`http1`/`http2` features itself.
@@ -42,14 +43,16 @@
 //! every braid future the service awaits; the cancel then fails the connection, which ends,
 //! dropping its socket. [`BraidSleep`]s are **not** cancellation points: a hyper timer pending
 //! when the task is cancelled neither fires early nor swallows the cancel; it leaves the
-//! cancel to the connection's I/O, which hyper polls beside its timers. [`into_error`] reports
-//! the resulting failure as braid's Cancelled error, so the connection task ends cancelled.
+//! cancel to the connection's I/O, which hyper polls beside its timers. [`drive`] (or
+//! [`into_error`]) reports the resulting failure as braid's Cancelled error, so the connection
+//! task ends cancelled; [`drive`] does so even when hyper swallowed the failure (a read that
+//! fails on an idle HTTP/1 connection counts as a clean close for hyper).
 //!
 //! [`TcpStream`]: crate::TcpStream
 //! [`UnixStream`]: crate::UnixStream
 
 use crate::{context, EventLoop, Sleep};
-use braid_bridge::{Error, ErrorKind};
+use braid_bridge::{Error, ErrorKind, Result};
 use futures_io::{AsyncRead, AsyncWrite};
 use std::fmt;
 use std::future::Future;
@@ -76,7 +79,7 @@ const READ_CHUNK: usize = 16 * 1024;
 /// Serving one HTTP/1 connection (needs hyper's `server` and `http1` features):
 ///
 /// ```no_run
-/// use braid_runtime::hyper::{BraidTimer, HyperIo};
+/// use braid_runtime::hyper::{drive, BraidTimer, HyperIo};
 /// use hyper::{body::Incoming, server::conn::http1, service::service_fn, Request, Response};
 ///
 /// braid_runtime::run(async {
@@ -85,11 +88,10 @@ const READ_CHUNK: usize = 16 * 1024;
 ///     let service = service_fn(|_req: Request<Incoming>| async {
 ///         Ok::<_, braid_runtime::Error>(Response::new("hi".to_owned()))
 ///     });
-///     http1::Builder::new()
+///     let conn = http1::Builder::new()
 ///         .timer(BraidTimer)
-///         .serve_connection(HyperIo::new(stream), service)
-///         .await
-///         .map_err(braid_runtime::hyper::into_error)
+///         .serve_connection(HyperIo::new(stream), service);
+///     drive(conn).await
 /// })
 /// .unwrap();
 /// ```
@@ -478,7 +480,54 @@ impl fmt::Debug for BraidSleep {
     }
 }
 
-/// A `hyper::Error` as braid's [`Error`], for the task that drove the connection:
+/// Awaits a hyper connection (or any future of a `hyper::Result`) as a braid await: the
+/// outcome is braid's `Result`, and a cancel of the running task that arrived while `conn`
+/// ran ends it with braid's Cancelled error, even when hyper took the cancel for an I/O error
+/// and swallowed it (hyper reports a failed read on an idle HTTP/1 connection as a clean
+/// close). Other failures are mapped as [`into_error`] maps them.
+///
+/// Run each connection's future through it in its own task: cancelling that task then ends
+/// the connection (its socket is closed) and the task ends cancelled.
+///
+/// # Examples
+///
+/// ```no_run
+/// use braid_runtime::hyper::{drive, BraidTimer, HyperIo};
+/// use hyper::{body::Incoming, server::conn::http1, service::service_fn, Request, Response};
+///
+/// braid_runtime::run(async {
+///     let listener = braid_runtime::TcpListener::bind("127.0.0.1:8080").await?;
+///     loop {
+///         let (stream, _) = listener.accept().await?;
+///         braid_runtime::create_task(drive(
+///             http1::Builder::new().timer(BraidTimer).serve_connection(
+///                 HyperIo::new(stream),
+///                 service_fn(|_req: Request<Incoming>| async {
+///                     Ok::<_, braid_runtime::Error>(Response::new("hi".to_owned()))
+///                 }),
+///             ),
+///         ));
+///     }
+/// })
+/// .unwrap();
+/// ```
+///
+/// # Errors
+///
+/// Cancelled, if the running task was cancelled meanwhile; else as [`into_error`].
+pub async fn drive<F, T>(conn: F) -> Result<T>
+where
+    F: Future<Output = ::hyper::Result<T>>,
+{
+    let requests_before = cancel_requests();
+    let outcome = conn.await;
+    if cancel_requests() > requests_before {
+        return Err(Error::cancelled(None));
+    }
+    outcome.map_err(classify)
+}
+
+/// A `hyper::Error` as braid's [`Error`], in the task that drove the connection:
 ///
 /// - braid's Cancelled error if that task has a cancel request outstanding (its
 ///   [`cancelling()`](crate::TaskRef::cancelling) is not 0): the connection failed because
@@ -487,7 +536,8 @@ impl fmt::Debug for BraidSleep {
 /// - kind `Timeout` for one of hyper's timeouts (`header_read_timeout`, …);
 /// - kind `Io` when an I/O error caused it, `Other` otherwise;
 ///
-/// each with the `hyper::Error` as its source.
+/// each with the `hyper::Error` as its source. A connection can also swallow a cancel and end
+/// with `Ok`; [`drive`] covers that case too.
 ///
 /// # Examples
 ///
@@ -513,9 +563,19 @@ impl fmt::Debug for BraidSleep {
 /// .unwrap();
 /// ```
 pub fn into_error(error: ::hyper::Error) -> Error {
-    if crate::current_task().is_some_and(|task| task.cancelling() > 0) {
+    if cancel_requests() > 0 {
         return Error::cancelled(None);
     }
+    classify(error)
+}
+
+/// The running task's outstanding cancel requests (0 outside a task).
+fn cancel_requests() -> usize {
+    crate::current_task().map_or(0, |task| task.cancelling())
+}
+
+/// A hyper error that is no cancellation, by kind.
+fn classify(error: ::hyper::Error) -> Error {
     let kind = if error.is_timeout() {
         ErrorKind::Timeout
     } else if caused_by_io(&error) {
