@@ -198,3 +198,98 @@ impl Arm for Arc<IoSource> {
         Ok(())
     }
 }
+
+#[cfg(all(test, loom))]
+mod loom_models {
+    //! The drive lock keeps the monitor from swallowing a doorbell notification meant for a
+    //! sleeping loop: the loop takes the lock before it announces sleep and holds it while it
+    //! sleeps, and the monitor only polls a poller whose drive lock it could take. The poller
+    //! is modelled by its pending notification: whoever waits on the poller consumes it.
+    use super::IoDriver;
+    use braid_bridge::doorbell::{Doorbell, Unpark};
+    use braid_bridge::sync::atomic::{AtomicUsize, Ordering};
+    use braid_bridge::sync::Mutex;
+    use std::sync::Arc;
+
+    /// The poller's notification, as `Poller::notify` leaves it for the next `wait`.
+    struct Notify(Mutex<bool>);
+
+    impl Notify {
+        fn consume(&self) -> bool {
+            std::mem::take(&mut *self.0.lock())
+        }
+    }
+
+    impl Unpark for Notify {
+        fn unpark(&self) {
+            *self.0.lock() = true;
+        }
+    }
+
+    /// `lock_late` takes the drive lock after the sleep is announced and the re-check done,
+    /// right before the wait: the bug the order prevents.
+    fn model(lock_late: bool) {
+        loom::model(move || {
+            let driver = Arc::new(IoDriver::new());
+            let bell = Arc::new(Doorbell::<u32, _>::new(Notify(Mutex::new(false))));
+            let finished = Arc::new(AtomicUsize::new(0));
+
+            let submitter = {
+                let (bell, finished) = (bell.clone(), finished.clone());
+                loom::thread::spawn(move || {
+                    bell.push(1).unwrap();
+                    finished.fetch_add(1, Ordering::SeqCst);
+                })
+            };
+            let monitor = {
+                let (driver, bell, finished) = (driver.clone(), bell.clone(), finished.clone());
+                loom::thread::spawn(move || {
+                    // The monitor's non-blocking poll of a loop it thinks is stuck.
+                    if let Some(_drive) = driver.drive.try_lock() {
+                        bell.unparker().consume();
+                    }
+                    finished.fetch_add(1, Ordering::SeqCst);
+                })
+            };
+
+            // The loop, going to sleep: announce, re-check, wait.
+            let early = (!lock_late).then(|| driver.lock_drive());
+            if bell.prepare_sleep() {
+                let recheck_found_work = bell.has_messages();
+                let late = lock_late.then(|| driver.lock_drive());
+                if !recheck_found_work {
+                    // Asleep in the poller until a notification arrives.
+                    loop {
+                        if bell.unparker().consume() {
+                            break;
+                        }
+                        if finished.load(Ordering::SeqCst) == 2 {
+                            assert!(
+                                bell.unparker().consume(),
+                                "the loop sleeps with a message queued and no notification left"
+                            );
+                            break;
+                        }
+                        loom::thread::yield_now();
+                    }
+                }
+                drop(late);
+                bell.finish_sleep();
+            }
+            drop(early);
+            submitter.join().unwrap();
+            monitor.join().unwrap();
+        });
+    }
+
+    #[test]
+    fn loom_io_drive_lock_keeps_the_doorbell_notification() {
+        model(false);
+    }
+
+    #[test]
+    #[should_panic(expected = "no notification left")]
+    fn loom_io_drive_lock_taken_after_announcing_sleep_loses_it() {
+        model(true);
+    }
+}
