@@ -159,7 +159,6 @@ fn a_reset_fails_stream_reads_writes_and_drain() {
 /// error to `connection_lost`, which sets it on the reader, so a reset never reads as a clean
 /// end of stream.
 #[test]
-#[ignore = "runtime bug: after StreamWriter::write fails with ConnectionReset, the reader of the same connection reads a clean EOF (Ok(empty)) instead of the error"]
 fn a_reset_seen_by_the_writer_first_still_fails_the_reader() {
     on_loops(&LOOPS, || async {
         let (r, w, peer) = streams_to_std_peer().await?;

@@ -845,7 +845,6 @@ fn close_and_wait_closed() {
 /// the same connection is at EOF without reading (asyncio's transport feeds EOF to it when
 /// the connection is lost).
 #[test]
-#[ignore = "runtime bug: at_eof() stays false after close()+wait_closed() until a read sees EOF (asyncio: True)"]
 fn reader_is_at_eof_after_the_writer_closed() {
     on_loops(&LOOPS, || async {
         let (r, w, _feeder) = stream()?;

@@ -310,6 +310,9 @@ impl Conn {
         if ws.closing && !ws.closed {
             self.socket.shutdown(Shutdown::Both);
             ws.closed = true;
+            // asyncio: closing the transport feeds EOF to the reader (bpo-35065). Lock order:
+            // the writer's state, then the reader's (nothing takes them the other way round).
+            self.read.lock().eof = true;
             wake(take_wakers(&mut ws.close_waiters));
         } else if ws.eof_requested && !ws.eof_sent {
             self.socket.shutdown(Shutdown::Write);
@@ -317,8 +320,16 @@ impl Conn {
         }
     }
 
-    /// The connection failed while writing: drop the buffer, fail drainers and closers.
+    /// The connection failed while writing: drop the buffer, fail drainers and closers, and
+    /// the reader too (asyncio's `connection_lost(exc)`): the kernel reports a reset once, so a
+    /// reset the writer saw first would otherwise look like a clean EOF to the reader.
     fn lost(&self, ws: &mut WriteState, error: Error) {
+        {
+            let mut rs = self.read.lock();
+            if rs.error.is_none() {
+                rs.error = Some(error.clone());
+            }
+        }
         ws.error = Some(error);
         ws.buf.clear();
         ws.start = 0;
@@ -1167,12 +1178,15 @@ async fn accept_loop(
             st.conns.insert(id, Arc::downgrade(&conn));
             conn
         };
+        let watched = conn.clone();
         let (reader, writer) = pair(conn);
         let work = handler(reader, writer);
         // The connection's task runs detached; its end is reported through the server.
         drop(spawn_task_spread(&rt, async move {
             if let Err(e) = work.await {
-                if !e.is_cancelled() {
+                // An error out of `abort_clients` is the server's own doing, not the handler's.
+                let aborted = watched.is_aborted();
+                if !e.is_cancelled() && !aborted {
                     report("Unhandled exception in a start_server handler", e);
                 }
             }
