@@ -495,7 +495,8 @@ impl fmt::Debug for BraidSleep {
 /// use braid_runtime::hyper::{drive, BraidTimer, HyperIo};
 /// use hyper::{body::Incoming, server::conn::http1, service::service_fn, Request, Response};
 ///
-/// braid_runtime::run(async {
+/// // A server that runs until the process is killed.
+/// braid_runtime::run::<_, ()>(async {
 ///     let listener = braid_runtime::TcpListener::bind("127.0.0.1:8080").await?;
 ///     loop {
 ///         let (stream, _) = listener.accept().await?;
