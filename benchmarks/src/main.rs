@@ -13,17 +13,23 @@
 //!    benchmark's median from criterion's `estimates.json`. In every group, the function whose
 //!    name starts with `braid` is braid's and the one starting with `tokio` is tokio's; other
 //!    functions are listed on their own. The benches also write what criterion does not carry
-//!    (the round-trip percentiles) to `BRAID_BENCH_SUMMARY_DIR`.
+//!    (the round-trip percentiles; the echo bench's message count and executable) to
+//!    `BRAID_BENCH_SUMMARY_DIR`.
 //! 2. Runs every `benches/python/*.py` whose name does not start with `_` with plain `python3`
 //!    (the asyncio column) and, in a virtualenv under the target directory where
 //!    `pip install uvloop` works, with `--loop uvloop`; each prints one JSON object (see
-//!    `benches/python/_common.py`).
-//! 3. Writes `BENCHMARKS.md` (the table, the ratios, the targets, the machine and the date, and
+//!    `benches/python/_common.py`). `echo.py` is handed the echo bench's executable
+//!    (`BRAID_ECHO_LOAD_GENERATOR`, from `summary/echo.json`) as its load generator, so that
+//!    the asyncio and uvloop servers face the same client as braid's and tokio's.
+//! 3. Writes `BENCHMARKS.md` (the table, the ratios, the echo throughput in messages per
+//!    second, the targets, the machine and the date, and
 //!    `benchmarks/NOTES.md` if present) and `docs/benchmarks.svg`.
 //!
 //! `--quick` sets `BRAID_BENCH_QUICK=1` for the benches (fewer, shorter samples) and `--quick`
 //! for the Python scripts. `--skip-rust` / `--skip-python` reuse the previous run's results of
-//! that half, so the report can be rewritten without measuring again.
+//! that half, so the report can be rewritten without measuring again. `--only echo` runs one
+//! bench and its Python twin (with `--out`/`--chart` elsewhere, to check a workload without
+//! touching the published report).
 
 mod chart;
 mod machine;
@@ -53,6 +59,11 @@ struct Args {
     /// Do not run the Python scripts: reuse the results of the previous run.
     #[arg(long)]
     skip_python: bool,
+    /// Run only this bench and Python script (a file stem in `benches/` and
+    /// `benches/python/`, such as `echo`; repeatable). The report then holds only their
+    /// results: write it elsewhere with `--out` and `--chart` to check one workload.
+    #[arg(long, value_name = "NAME")]
+    only: Vec<String>,
     /// Do not try to install uvloop (the uvloop column then says so).
     #[arg(long)]
     no_uvloop: bool,
@@ -74,7 +85,7 @@ fn main() -> ExitCode {
     let mut problems = Vec::new();
 
     if !args.skip_rust {
-        problems.extend(runner::run_rust_benches(&paths, args.quick));
+        problems.extend(runner::run_rust_benches(&paths, args.quick, &args.only));
     }
     if !args.skip_python {
         problems.extend(runner::run_python(
@@ -82,6 +93,7 @@ fn main() -> ExitCode {
             &args.python,
             args.quick,
             !args.no_uvloop,
+            &args.only,
         ));
     }
 

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 /// The workloads of braid's own benches, in report order, with what one iteration is.
-const KNOWN_WORKLOADS: [(&str, &str); 9] = [
+const KNOWN_WORKLOADS: [(&str, &str); 10] = [
     ("spawn_many_local", "10 000 tasks spawned from a task"),
     (
         "spawn_many_remote",
@@ -28,6 +28,11 @@ const KNOWN_WORKLOADS: [(&str, &str); 9] = [
     (
         "to_thread",
         "10 000 blocking jobs (tokio: `spawn_blocking`)",
+    ),
+    (
+        "echo",
+        "TCP echo server: 10 000 round trips of 100 bytes over 50 connections from a load \
+         generator process (braid: streams; tokio: `TcpStream`)",
     ),
 ];
 
@@ -327,6 +332,7 @@ pub(crate) fn markdown(i: &Inputs<'_>) -> String {
     }
     let _ = writeln!(s);
 
+    echo_throughput(&mut s, m, i.rows);
     targets(&mut s, i.rows);
     others(&mut s, m);
     python_errors(&mut s, m);
@@ -415,6 +421,75 @@ fn targets(s: &mut String, rows: &[Row]) {
     let _ = writeln!(s);
 }
 
+/// Messages per second of an `echo` iteration of `messages` round trips taking `secs`.
+fn rate(messages: u64, secs: Option<f64>) -> Option<f64> {
+    secs.filter(|&t| t > 0.0).map(|t| messages as f64 / t)
+}
+
+fn fmt_rate(rate: Option<f64>) -> String {
+    match rate {
+        None => "–".to_owned(),
+        Some(r) => {
+            // Thousands separated by a thin space, as the workload descriptions write them.
+            let digits = format!("{:.0}", r);
+            let mut out = String::new();
+            for (i, c) in digits.chars().enumerate() {
+                if i > 0 && (digits.len() - i) % 3 == 0 {
+                    out.push(' ');
+                }
+                out.push(c);
+            }
+            out
+        }
+    }
+}
+
+/// The `echo` row as messages per second, with braid's raw-socket server beside its streams.
+fn echo_throughput(s: &mut String, m: &Measured, rows: &[Row]) {
+    let (Some(row), Some(messages)) = (
+        rows.iter().find(|r| r.name == "echo"),
+        m.echo.messages_per_iteration,
+    ) else {
+        return;
+    };
+    let braid_tcp = m
+        .criterion
+        .iter()
+        .find(|e| e.group == "echo" && e.function == "braid_tcp" && e.value.is_none())
+        .map(|e| e.median_s);
+    let tokio = rate(messages, row.tokio);
+    let _ = writeln!(
+        s,
+        "### Echo throughput
+"
+    );
+    let _ = writeln!(
+        s,
+        "`echo` as messages per second ({} round trips per iteration divided by the median \
+         time; higher is better). Each server is measured on its own, driven by the same load \
+         generator (a separate process with 2 threads); braid and tokio with the same worker \
+         count, CPython with one loop.\n",
+        fmt_rate(Some(messages as f64))
+    );
+    let _ = writeln!(s, "| server | messages/s | ÷ tokio's |");
+    let _ = writeln!(s, "|---|--:|--:|");
+    for (server, secs) in [
+        ("braid, streams (`start_server`)", row.braid),
+        ("braid, `TcpListener`/`TcpStream`", braid_tcp),
+        ("tokio, `TcpListener`/`TcpStream`", row.tokio),
+        ("CPython asyncio, streams", row.asyncio),
+        ("uvloop, streams", row.uvloop),
+    ] {
+        let r = rate(messages, secs);
+        let vs = match (r, tokio) {
+            (Some(r), Some(t)) if t > 0.0 => format!("{:.2}", r / t),
+            _ => "–".to_owned(),
+        };
+        let _ = writeln!(s, "| {server} | {} | {vs} |", fmt_rate(r));
+    }
+    let _ = writeln!(s);
+}
+
 fn others(s: &mut String, m: &Measured) {
     let (_, others) = pair(&m.criterion);
     if others.is_empty() {
@@ -467,7 +542,7 @@ fn python_errors(s: &mut String, m: &Measured) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::results::{Latency, PythonResult};
+    use crate::results::{EchoSummary, Latency, PythonResult};
 
     fn entry(group: &str, function: &str, median_s: f64) -> CriterionEntry {
         CriterionEntry {
@@ -502,6 +577,7 @@ mod tests {
                 .map(|(g, b)| (g.to_owned(), b.to_owned()))
                 .collect(),
             latency: Latency::default(),
+            echo: EchoSummary::default(),
             asyncio,
             uvloop: Err("not tried".to_owned()),
             rust_mode: Some("quick".to_owned()),
@@ -600,5 +676,46 @@ mod tests {
         assert!(text.contains("We changed the timer wheel."), "{text}");
         assert!(text.contains("- cargo bench --bench sync failed"), "{text}");
         assert!(text.contains("![braid's time"), "{text}");
+    }
+
+    #[test]
+    fn echo_throughput_turns_the_echo_medians_into_messages_per_second() {
+        let mut m = measured(
+            vec![
+                entry("echo", "braid", 0.2),
+                entry("echo", "braid_tcp", 0.1),
+                entry("echo", "tokio", 0.1),
+            ],
+            python(&[("echo", 0.5)]),
+        );
+        m.echo.messages_per_iteration = Some(10_000);
+        let rows = rows(&m);
+        assert_eq!(rows[0].name, "echo");
+        assert!(
+            rows[0].what.starts_with("TCP echo server"),
+            "{}",
+            rows[0].what
+        );
+        let mut s = String::new();
+        echo_throughput(&mut s, &m, &rows);
+        assert!(s.contains("(10 000 round trips per iteration"), "{s}");
+        assert!(
+            s.contains("| braid, streams (`start_server`) | 50 000 | 0.50 |"),
+            "{s}"
+        );
+        assert!(
+            s.contains("| braid, `TcpListener`/`TcpStream` | 100 000 | 1.00 |"),
+            "{s}"
+        );
+        assert!(
+            s.contains("| CPython asyncio, streams | 20 000 | 0.20 |"),
+            "{s}"
+        );
+        assert!(s.contains("| uvloop, streams | – | – |"), "{s}");
+
+        m.echo.messages_per_iteration = None;
+        let mut s = String::new();
+        echo_throughput(&mut s, &m, &rows);
+        assert!(s.is_empty(), "no count, no section: {s}");
     }
 }

@@ -92,6 +92,13 @@ pub(crate) struct Latency {
     pub(crate) round_trips: Option<u64>,
 }
 
+/// What the echo bench writes beside criterion's medians (`summary/echo.json`).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct EchoSummary {
+    /// Round trips in one iteration of `echo`, for messages per second.
+    pub(crate) messages_per_iteration: Option<u64>,
+}
+
 /// Everything a run measured.
 #[derive(Debug)]
 pub(crate) struct Measured {
@@ -99,6 +106,7 @@ pub(crate) struct Measured {
     /// Group -> the bench (file stem in `benches/`) that defined it.
     pub(crate) bench_of_group: BTreeMap<String, String>,
     pub(crate) latency: Latency,
+    pub(crate) echo: EchoSummary,
     pub(crate) asyncio: PythonRun,
     /// `Err(why)` when uvloop could not be installed or was not tried.
     pub(crate) uvloop: Result<PythonRun, String>,
@@ -141,6 +149,10 @@ pub(crate) fn collect(paths: &Paths) -> Measured {
         round_trips: v["round_trips"].as_u64(),
     })
     .unwrap_or_default();
+    let echo = EchoSummary {
+        messages_per_iteration: read_json(&paths.summary().join("echo.json"))
+            .and_then(|v| v["messages_per_iteration"].as_u64()),
+    };
     let uvloop = match std::fs::read_to_string(paths.python().join("uvloop-unavailable.txt")) {
         Ok(why) => Err(why.trim().to_owned()),
         Err(_) => Ok(python_run(&paths.python(), "uvloop")),
@@ -157,6 +169,7 @@ pub(crate) fn collect(paths: &Paths) -> Measured {
         criterion: criterion_entries(&paths.criterion()),
         bench_of_group,
         latency,
+        echo,
         asyncio: python_run(&paths.python(), "asyncio"),
         uvloop,
         rust_mode: mode("rust"),

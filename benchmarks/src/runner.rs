@@ -90,6 +90,11 @@ pub(crate) fn bench_names(root: &Path) -> Vec<String> {
     found
 }
 
+/// Whether `name` (a bench or script file stem) is selected by `--only` (`only` empty: all).
+fn selected(only: &[String], name: &str) -> bool {
+    only.is_empty() || only.iter().any(|o| o == name)
+}
+
 /// Empties `dir` (creating it if needed).
 fn fresh_dir(dir: &Path) -> Result<(), String> {
     if dir.exists() {
@@ -133,7 +138,7 @@ fn group_dirs(criterion_home: &Path) -> Vec<String> {
 
 /// Runs every bench with `cargo bench`; returns the problems met (a bench that failed to
 /// build or run is reported and skipped).
-pub(crate) fn run_rust_benches(paths: &Paths, quick: bool) -> Vec<String> {
+pub(crate) fn run_rust_benches(paths: &Paths, quick: bool, only: &[String]) -> Vec<String> {
     let mut problems = Vec::new();
     for dir in [paths.criterion(), paths.summary()] {
         if let Err(e) = fresh_dir(&dir) {
@@ -143,6 +148,9 @@ pub(crate) fn run_rust_benches(paths: &Paths, quick: bool) -> Vec<String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     for bench in bench_names(&paths.root) {
         let _ = std::fs::remove_file(paths.groups_of(&bench));
+        if !selected(only, &bench) {
+            continue;
+        }
         let before = group_dirs(&paths.criterion());
         eprintln!(
             "\n=== cargo bench --bench {bench}{} ===",
@@ -261,6 +269,7 @@ pub(crate) fn run_python(
     python: &str,
     quick: bool,
     try_uvloop: bool,
+    only: &[String],
 ) -> Vec<String> {
     let mut problems = Vec::new();
     if let Err(e) = fresh_dir(&paths.python()) {
@@ -281,11 +290,15 @@ pub(crate) fn run_python(
     }
     // A script has this long, per loop, before it is killed.
     let limit = Duration::from_secs(if quick { 240 } else { 1_200 });
+    let echo_load = echo_load_generator(paths);
     for script in python_scripts(&paths.root) {
         let stem = script
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
+        if !selected(only, &stem) {
+            continue;
+        }
         for (loop_name, py) in &loops {
             eprintln!(
                 "\n=== {} {} --loop {loop_name} ===",
@@ -300,6 +313,9 @@ pub(crate) fn run_python(
                 .stdout(Stdio::piped());
             if quick {
                 cmd.arg("--quick");
+            }
+            if let Some(exe) = &echo_load {
+                cmd.env("BRAID_ECHO_LOAD_GENERATOR", exe);
             }
             match run_capturing(cmd, limit) {
                 Ok(stdout) => {
@@ -325,6 +341,16 @@ pub(crate) fn run_python(
     }
     write_mode(paths, "python", quick, &mut problems);
     problems
+}
+
+/// The echo bench's executable, which `benches/python/echo.py` starts as its load generator:
+/// the path the bench recorded in `summary/echo.json` when it ran, if it is still there
+/// (otherwise the script asks cargo for it).
+fn echo_load_generator(paths: &Paths) -> Option<PathBuf> {
+    let text = std::fs::read_to_string(paths.summary().join("echo.json")).ok()?;
+    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let exe = PathBuf::from(json["load_generator"].as_str()?);
+    exe.is_file().then_some(exe)
 }
 
 /// Runs `cmd` (stdout piped) to completion within `limit`; its stdout if it succeeded.
