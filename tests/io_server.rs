@@ -494,3 +494,39 @@ fn a_thousand_concurrent_connections_echo_100_kib_each() {
         started.elapsed()
     );
 }
+
+/// Regression: a short read drains the data but not the end-of-stream that came with it. A
+/// client that reads a whole echo and then waits for EOF must get it (it hung when short reads
+/// cleared the read readiness: the FIN's edge had been spent before the last read).
+#[test]
+fn eof_arriving_with_the_last_data_is_seen_after_a_short_read() {
+    common::on_loops(&[1, 2], || async {
+        let server = braid::start_server(
+            |reader, writer| async move {
+                writer.write(b"hi\n")?;
+                loop {
+                    let data = reader.read(65536).await?;
+                    if data.is_empty() {
+                        return Ok(());
+                    }
+                    writer.write(&data)?;
+                    writer.drain().await?;
+                }
+            },
+            "127.0.0.1:0",
+        )
+        .await?;
+        let (r, w) = braid::open_connection(server.local_addr()).await?;
+        assert_eq!(r.readline().await?, b"hi\n");
+        let payload: Vec<u8> = (0..100_000u32).map(|k| k.wrapping_mul(31) as u8).collect();
+        w.write(&payload)?;
+        w.write_eof()?;
+        let echoed =
+            braid::wait_for(r.readexactly(payload.len()), Some(Duration::from_secs(20))).await?;
+        assert!(echoed == payload, "the echo differs");
+        let rest = braid::wait_for(r.read_to_end(), Some(Duration::from_secs(20))).await?;
+        assert!(rest.is_empty(), "{} bytes after the echo", rest.len());
+        server.close();
+        Ok(())
+    });
+}

@@ -815,7 +815,7 @@ impl LoopCtx {
         if self.lp.io.registered() == 0 {
             return 0;
         }
-        crate::io::driver::poll_now(&self.lp, &mut self.events.borrow_mut())
+        crate::io::driver::poll_now(&self.lp)
     }
 
     /// The loop is closing: refuse new messages, report callbacks that will never run, drop

@@ -315,7 +315,6 @@ pub(crate) fn schedule(task: TaskPtr) {
 pub(crate) fn monitor_main(rt: Arc<RuntimeShared>) {
     let n = rt.loops.len();
     let mut last_ticks = vec![u64::MAX; n];
-    let mut events = polling::Events::new();
     while !rt.stopping.load(Ordering::Acquire) {
         let any_awake = rt
             .loops
@@ -340,7 +339,7 @@ pub(crate) fn monitor_main(rt: Arc<RuntimeShared>) {
             if awake && tick == last_ticks[i] {
                 // Stuck with sockets registered: their readiness still wakes their tasks,
                 // which then run on the other loops.
-                crate::io::driver::poll_now(lp, &mut events);
+                crate::io::driver::poll_now(lp);
             }
             last_ticks[i] = tick;
         }

@@ -24,7 +24,7 @@ use braid_bridge::sync::{Mutex, MutexGuard};
 use braid_bridge::{Error, ErrorKind};
 use polling::Events;
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsFd, RawFd};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,7 +35,17 @@ pub(crate) struct IoDriver {
     registered: AtomicUsize,
     /// Held by whoever waits on the poller (see the module docs).
     drive: Mutex<()>,
+    /// Event buffers for `poll_now` (used under `drive`).
+    scratch: Mutex<Scratch>,
 }
+
+/// `polling`'s event buffer for `poll_now`'s fallback.
+struct Scratch {
+    events: Events,
+}
+
+/// Events one non-blocking poll takes at most (more wait for the next one).
+const RAW_EVENTS: usize = 64;
 
 #[derive(Default)]
 struct SourceSlab {
@@ -49,6 +59,9 @@ impl IoDriver {
             sources: Mutex::new(SourceSlab::default()),
             registered: AtomicUsize::new(0),
             drive: Mutex::new(()),
+            scratch: Mutex::new(Scratch {
+                events: Events::new(),
+            }),
         }
     }
 
@@ -65,40 +78,96 @@ impl IoDriver {
     pub(crate) fn dispatch(&self, events: &Events) -> usize {
         let mut n = 0;
         for ev in events.iter() {
-            let source = {
-                let slab = self.sources.lock();
-                slab.slots.get(ev.key).and_then(|s| s.clone())
-            };
-            // A missing slot is an event that raced its socket's deregistration.
-            if let Some(source) = source {
-                let mut ready = 0;
-                if ev.readable {
-                    ready |= Direction::Read as u8;
-                }
-                if ev.writable {
-                    ready |= Direction::Write as u8;
-                }
-                source.readiness.set(ready);
-                n += 1;
+            let mut ready = 0;
+            if ev.readable {
+                ready |= Direction::Read as u8;
             }
+            if ev.writable {
+                ready |= Direction::Write as u8;
+            }
+            n += usize::from(self.dispatch_one(ev.key, ready));
         }
         n
+    }
+
+    /// As `dispatch`, for raw epoll events. Also says whether one of them was not a socket's
+    /// (the poller's own notifier or timer).
+    fn dispatch_raw(&self, events: &[rustix::event::epoll::Event]) -> (usize, bool) {
+        use rustix::event::epoll::EventFlags as F;
+        let (mut n, mut foreign) = (0, false);
+        for ev in events {
+            let flags = ev.flags;
+            let mut ready = 0;
+            if flags.intersects(F::IN | F::HUP | F::ERR | F::PRI | F::RDHUP) {
+                ready |= Direction::Read as u8;
+            }
+            if flags.intersects(F::OUT | F::HUP | F::ERR) {
+                ready |= Direction::Write as u8;
+            }
+            let key = usize::try_from(ev.data.u64()).unwrap_or(usize::MAX);
+            if self.dispatch_one(key, ready) {
+                n += 1;
+            } else {
+                foreign = true;
+            }
+        }
+        (n, foreign)
+    }
+
+    /// Sets the readiness of the socket registered under `key`, if there is one.
+    fn dispatch_one(&self, key: usize, ready: u8) -> bool {
+        let source = {
+            let slab = self.sources.lock();
+            slab.slots.get(key).and_then(|s| s.clone())
+        };
+        // A missing slot is an event that raced its socket's deregistration (or the notifier).
+        match source {
+            Some(source) => {
+                source.readiness.set(ready);
+                true
+            }
+            None => false,
+        }
     }
 }
 
 /// Polls `lp`'s poller without blocking and dispatches what it reports, unless someone else
 /// is waiting on it (the loop asleep, or another poll). Returns how many sockets were woken.
-pub(crate) fn poll_now(lp: &LoopShared, events: &mut Events) -> usize {
+///
+/// `polling`'s own `wait` costs five syscalls on Linux (it re-arms its timer and notifier every
+/// time); a loop polls its sockets often while it runs, so this is one `epoll_wait` with a zero
+/// timeout. If that consumes an event that is not one of our sockets' (the poller's notifier or
+/// timer), a `polling` wait follows at once, to clear and re-arm them as `polling` expects.
+pub(crate) fn poll_now(lp: &LoopShared) -> usize {
     if lp.io.registered() == 0 {
         return 0;
     }
     let Some(_drive) = lp.io.drive.try_lock() else {
         return 0;
     };
+    // On the stack: rustix's event type is not `Send`, and 64 of them are 768 bytes.
+    let mut raw = [rustix::event::epoll::Event {
+        flags: rustix::event::epoll::EventFlags::empty(),
+        data: rustix::event::epoll::EventData::new_u64(0),
+    }; RAW_EVENTS];
+    let zero = rustix::event::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    let n = match rustix::event::epoll::wait(lp.poller().as_fd(), &mut raw[..], Some(&zero)) {
+        Ok(n) => n,
+        Err(_) => return 0,
+    };
+    let (woken, foreign) = lp.io.dispatch_raw(&raw[..n]);
+    if !foreign {
+        return woken;
+    }
+    let mut scratch = lp.io.scratch.lock();
+    let events = &mut scratch.events;
     events.clear();
     match lp.poller().wait(events, Some(Duration::ZERO)) {
-        Ok(_) => lp.io.dispatch(events),
-        Err(_) => 0,
+        Ok(_) => woken + lp.io.dispatch(events),
+        Err(_) => woken,
     }
 }
 

@@ -70,9 +70,38 @@ impl<S: AsRawFd> IoHandle<S> {
         op: impl FnMut(&S) -> io::Result<T>,
     ) -> Poll<io::Result<T>> {
         let mut op = op;
-        poll_io(&self.source.readiness, dir, cx, &self.source, || {
-            op(&self.io)
-        })
+        poll_io(
+            &self.source.readiness,
+            dir,
+            cx,
+            &self.source,
+            || op(&self.io),
+            |_| false,
+        )
+    }
+
+    /// `poll_op` for a stream read or write of `len` bytes. A write of fewer bytes means the
+    /// send buffer is full, so the next write waits for readiness instead of trying a syscall
+    /// that would say `WouldBlock` (tokio does the same). Reads keep their readiness: a short
+    /// read drains the data but not an end-of-stream that arrived with it, whose edge is
+    /// already spent (tokio knows from `EPOLLRDHUP`, which `polling` does not register), so
+    /// clearing there would leave a reader waiting for an EOF it will never be told about.
+    pub(crate) fn poll_stream(
+        &self,
+        dir: Direction,
+        cx: &mut Context<'_>,
+        len: usize,
+        op: impl FnMut(&S) -> io::Result<usize>,
+    ) -> Poll<io::Result<usize>> {
+        let mut op = op;
+        poll_io(
+            &self.source.readiness,
+            dir,
+            cx,
+            &self.source,
+            || op(&self.io),
+            |&n| dir == Direction::Write && n > 0 && n < len,
+        )
     }
 
     /// Wakes every task waiting on this socket (it was shut down from elsewhere).
@@ -107,6 +136,41 @@ pub(crate) struct IoOp<'a, S: AsRawFd, F> {
 impl<'a, S: AsRawFd, F> IoOp<'a, S, F> {
     pub(crate) fn new(handle: &'a IoHandle<S>, dir: Direction, op: F) -> Self {
         IoOp { handle, dir, op }
+    }
+}
+
+/// A stream read or write of `len` bytes as a future (see `IoHandle::poll_stream`).
+pub(crate) struct StreamOp<'a, S: AsRawFd, F> {
+    handle: &'a IoHandle<S>,
+    dir: Direction,
+    len: usize,
+    op: F,
+}
+
+impl<'a, S: AsRawFd, F> StreamOp<'a, S, F> {
+    pub(crate) fn new(handle: &'a IoHandle<S>, dir: Direction, len: usize, op: F) -> Self {
+        StreamOp {
+            handle,
+            dir,
+            len,
+            op,
+        }
+    }
+}
+
+impl<S: AsRawFd, F> Unpin for StreamOp<'_, S, F> {}
+
+impl<S: AsRawFd, F: FnMut(&S) -> io::Result<usize>> Future for StreamOp<'_, S, F> {
+    type Output = Result<usize>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<usize>> {
+        if let Some(cancel) = context::take_cancel() {
+            return Poll::Ready(Err(cancel));
+        }
+        let this = &mut *self;
+        this.handle
+            .poll_stream(this.dir, cx, this.len, &mut this.op)
+            .map_err(Error::from)
     }
 }
 

@@ -153,12 +153,18 @@ impl Readiness {
 
 /// Runs one readiness-driven syscall: waits for `dir`, tries `op`, and on `WouldBlock` clears
 /// the readiness it tried with and waits again.
+///
+/// `drained` says, of a successful result, whether it proves the socket drained in `dir` (a
+/// stream read or write that moved fewer bytes than asked). The readiness is then cleared at
+/// once, as if the next syscall had said `WouldBlock`, which saves that syscall: an edge that
+/// arrives after it still sets readiness again (the tick sees to that).
 pub(crate) fn poll_io<T>(
     readiness: &Readiness,
     dir: Direction,
     cx: &mut Context<'_>,
     arm: &dyn Arm,
     mut op: impl FnMut() -> std::io::Result<T>,
+    drained: impl Fn(&T) -> bool,
 ) -> Poll<std::io::Result<T>> {
     loop {
         let seen = match readiness.poll_ready(dir, cx, arm) {
@@ -169,7 +175,13 @@ pub(crate) fn poll_io<T>(
         match op() {
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => readiness.clear(seen),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            result => return Poll::Ready(result),
+            Ok(value) => {
+                if drained(&value) {
+                    readiness.clear(seen);
+                }
+                return Poll::Ready(Ok(value));
+            }
+            Err(e) => return Poll::Ready(Err(e)),
         }
     }
 }

@@ -1,7 +1,7 @@
 //! TCP: `TcpListener` and `TcpStream`, readiness-driven on the loops' pollers.
 
 use super::readiness::Direction;
-use super::{cancel_point_io, resolve, IoFuture, IoHandle, IoOp};
+use super::{cancel_point_io, resolve, IoFuture, IoHandle, IoOp, StreamOp};
 use braid_bridge::{Error, Result};
 use std::future::Future;
 use std::io::{self, Read, Write};
@@ -213,9 +213,12 @@ impl TcpStream {
         &'a self,
         buf: &'a mut [u8],
     ) -> impl Future<Output = Result<usize>> + Send + Unpin + 'a {
-        IoOp::new(&self.io, Direction::Read, move |s: &std::net::TcpStream| {
-            (&*s).read(buf)
-        })
+        StreamOp::new(
+            &self.io,
+            Direction::Read,
+            buf.len(),
+            move |s: &std::net::TcpStream| (&*s).read(buf),
+        )
     }
 
     /// Fills `buf` completely. Bytes read before a cancellation or an error are lost with
@@ -249,9 +252,10 @@ impl TcpStream {
         &'a self,
         buf: &'a [u8],
     ) -> impl Future<Output = Result<usize>> + Send + Unpin + 'a {
-        IoOp::new(
+        StreamOp::new(
             &self.io,
             Direction::Write,
+            buf.len(),
             move |s: &std::net::TcpStream| (&*s).write(buf),
         )
     }
@@ -318,7 +322,7 @@ impl TcpStream {
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
         self.io
-            .poll_op(Direction::Read, cx, |s: &std::net::TcpStream| {
+            .poll_stream(Direction::Read, cx, buf.len(), |s: &std::net::TcpStream| {
                 (&*s).read(&mut *buf)
             })
     }
@@ -328,10 +332,12 @@ impl TcpStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.io
-            .poll_op(Direction::Write, cx, |s: &std::net::TcpStream| {
-                (&*s).write(buf)
-            })
+        self.io.poll_stream(
+            Direction::Write,
+            cx,
+            buf.len(),
+            |s: &std::net::TcpStream| (&*s).write(buf),
+        )
     }
 
     /// One non-blocking write, bypassing readiness (the stream writer's first attempt).

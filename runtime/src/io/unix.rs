@@ -2,7 +2,7 @@
 
 use super::readiness::Direction;
 use super::tcp::futures_io_impls;
-use super::{cancel_point_io, IoFuture, IoHandle, IoOp};
+use super::{cancel_point_io, IoFuture, IoHandle, IoOp, StreamOp};
 use braid_bridge::Result;
 use std::future::Future;
 use std::io::{self, Read, Write};
@@ -185,9 +185,10 @@ impl UnixStream {
         &'a self,
         buf: &'a mut [u8],
     ) -> impl Future<Output = Result<usize>> + Send + Unpin + 'a {
-        IoOp::new(
+        StreamOp::new(
             &self.io,
             Direction::Read,
+            buf.len(),
             move |s: &std::os::unix::net::UnixStream| (&*s).read(buf),
         )
     }
@@ -221,9 +222,10 @@ impl UnixStream {
         &'a self,
         buf: &'a [u8],
     ) -> impl Future<Output = Result<usize>> + Send + Unpin + 'a {
-        IoOp::new(
+        StreamOp::new(
             &self.io,
             Direction::Write,
+            buf.len(),
             move |s: &std::os::unix::net::UnixStream| (&*s).write(buf),
         )
     }
@@ -273,10 +275,12 @@ impl UnixStream {
         cx: &mut Context<'_>,
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
-        self.io
-            .poll_op(Direction::Read, cx, |s: &std::os::unix::net::UnixStream| {
-                (&*s).read(&mut *buf)
-            })
+        self.io.poll_stream(
+            Direction::Read,
+            cx,
+            buf.len(),
+            |s: &std::os::unix::net::UnixStream| (&*s).read(&mut *buf),
+        )
     }
 
     pub(crate) fn poll_write_bytes(
@@ -284,9 +288,10 @@ impl UnixStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.io.poll_op(
+        self.io.poll_stream(
             Direction::Write,
             cx,
+            buf.len(),
             |s: &std::os::unix::net::UnixStream| (&*s).write(buf),
         )
     }
