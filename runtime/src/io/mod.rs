@@ -6,6 +6,133 @@
 //! runs now. Every await is a cancellation point, checked *before* the syscall: a cancelled
 //! read has consumed nothing from the socket, and a cancelled write has sent nothing.
 
+/// The byte-stream methods `TcpStream` and `UnixStream` share (their sockets differ only in
+/// type): `$std` is the std socket inside the `IoHandle` field `io`.
+macro_rules! byte_stream_methods {
+    ($std:ty) => {
+        /// Reads what is available (at least one byte), or 0 at end of stream. A cancellation
+        /// point: a cancelled read has taken nothing from the socket.
+        ///
+        /// # Errors
+        /// Cancelled; kind `Io` (a reset peer, say).
+        pub fn read<'a>(
+            &'a self,
+            buf: &'a mut [u8],
+        ) -> impl std::future::Future<Output = braid_bridge::Result<usize>> + Send + Unpin + 'a {
+            super::StreamOp::new(
+                &self.io,
+                super::readiness::Direction::Read,
+                buf.len(),
+                move |s: &$std| std::io::Read::read(&mut &*s, buf),
+            )
+        }
+
+        /// Fills `buf` completely. Bytes read before a cancellation or an error are lost with
+        /// `buf`; use [`StreamReader::readexactly`](crate::StreamReader::readexactly) to keep
+        /// them.
+        ///
+        /// # Errors
+        /// Cancelled; kind `Io`, `UnexpectedEof` if the stream ends first.
+        pub fn read_exact<'a>(&'a self, buf: &'a mut [u8]) -> super::IoFuture<'a, ()> {
+            Box::pin(async move {
+                let mut filled = 0;
+                while filled < buf.len() {
+                    let n = self.read(&mut buf[filled..]).await?;
+                    if n == 0 {
+                        return Err(super::io_error(
+                            std::io::ErrorKind::UnexpectedEof,
+                            "the stream ended before the buffer was filled",
+                        ));
+                    }
+                    filled += n;
+                }
+                Ok(())
+            })
+        }
+
+        /// Writes some of `buf` (at least one byte unless `buf` is empty). A cancellation
+        /// point: a cancelled write has sent nothing.
+        ///
+        /// # Errors
+        /// Cancelled; kind `Io` (a reset peer: `BrokenPipe` or `ConnectionReset`).
+        pub fn write<'a>(
+            &'a self,
+            buf: &'a [u8],
+        ) -> impl std::future::Future<Output = braid_bridge::Result<usize>> + Send + Unpin + 'a {
+            super::StreamOp::new(
+                &self.io,
+                super::readiness::Direction::Write,
+                buf.len(),
+                move |s: &$std| std::io::Write::write(&mut &*s, buf),
+            )
+        }
+
+        /// Writes all of `buf`. If cancelled part-way, what was sent stays sent.
+        ///
+        /// # Errors
+        /// Cancelled; kind `Io`.
+        pub fn write_all<'a>(&'a self, buf: &'a [u8]) -> super::IoFuture<'a, ()> {
+            Box::pin(async move {
+                let mut sent = 0;
+                while sent < buf.len() {
+                    sent += self.write(&buf[sent..]).await?;
+                }
+                Ok(())
+            })
+        }
+
+        /// Shuts down one or both directions; tasks waiting on the socket are woken to see it.
+        ///
+        /// # Errors
+        /// Kind `Io` (`NotConnected`).
+        pub fn shutdown(&self, how: std::net::Shutdown) -> braid_bridge::Result<()> {
+            self.io.get_ref().shutdown(how)?;
+            self.io.wake_all();
+            Ok(())
+        }
+
+        pub(crate) fn poll_read_bytes(
+            &self,
+            cx: &mut std::task::Context<'_>,
+            buf: &mut [u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            self.io.poll_stream(
+                super::readiness::Direction::Read,
+                cx,
+                buf.len(),
+                |s: &$std| std::io::Read::read(&mut &*s, &mut *buf),
+            )
+        }
+
+        pub(crate) fn poll_write_bytes(
+            &self,
+            cx: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            self.io.poll_stream(
+                super::readiness::Direction::Write,
+                cx,
+                buf.len(),
+                |s: &$std| std::io::Write::write(&mut &*s, buf),
+            )
+        }
+
+        /// One non-blocking write, bypassing readiness (the stream writer's first attempt).
+        pub(crate) fn try_write(&self, buf: &[u8]) -> std::io::Result<usize> {
+            std::io::Write::write(&mut self.io.get_ref(), buf)
+        }
+
+        pub(crate) fn wake_all(&self) {
+            self.io.wake_all();
+        }
+
+        /// `shutdown` without waking the socket's waiters (the stream layer wakes them).
+        pub(crate) fn shutdown_quiet(&self, how: std::net::Shutdown) -> std::io::Result<()> {
+            self.io.get_ref().shutdown(how)
+        }
+    };
+}
+
 pub(crate) mod driver;
 #[cfg(feature = "hyper")]
 pub mod hyper;
@@ -229,6 +356,21 @@ fn literal_addr(addr: &dyn Any) -> Option<SocketAddr> {
         .copied()
         .or_else(|| addr.downcast_ref::<String>().map(String::as_str))?;
     text.parse().ok()
+}
+
+/// Whether a non-blocking connect has ended, once the socket is writable: `SO_ERROR` (the
+/// socket's `take_error`) says how; a socket with no peer yet is still connecting.
+pub(crate) fn connect_outcome(
+    error: io::Result<Option<io::Error>>,
+    peer: io::Result<()>,
+) -> io::Result<()> {
+    if let Some(e) = error? {
+        return Err(e);
+    }
+    match peer {
+        Err(e) if e.kind() == io::ErrorKind::NotConnected => Err(io::ErrorKind::WouldBlock.into()),
+        other => other,
+    }
 }
 
 /// An I/O error as braid's `Error` (kind `Io`, the `io::Error` reachable by downcast).

@@ -1,10 +1,10 @@
 //! TCP: `TcpListener` and `TcpStream`, readiness-driven on the loops' pollers.
 
 use super::readiness::Direction;
-use super::{cancel_point_io, resolve, IoFuture, IoHandle, IoOp, StreamOp};
+use super::{cancel_point_io, resolve, IoFuture, IoHandle, IoOp};
 use braid_bridge::{Error, Result};
 use std::future::Future;
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::{Shutdown, SocketAddr, ToSocketAddrs};
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -173,6 +173,8 @@ pub struct TcpStream {
 }
 
 impl TcpStream {
+    byte_stream_methods!(std::net::TcpStream);
+
     /// Connects to `addr` without blocking a loop: a host name is resolved on the default
     /// thread pool, then each address is tried in turn. `TCP_NODELAY` is set, as asyncio does.
     ///
@@ -201,76 +203,6 @@ impl TcpStream {
         stream.set_nonblocking(true)?;
         Ok(TcpStream {
             io: IoHandle::new(stream),
-        })
-    }
-
-    /// Reads what is available (at least one byte), or 0 at end of stream. A cancellation
-    /// point: a cancelled read has taken nothing from the socket.
-    ///
-    /// # Errors
-    /// Cancelled; kind `Io` (a reset peer, say).
-    pub fn read<'a>(
-        &'a self,
-        buf: &'a mut [u8],
-    ) -> impl Future<Output = Result<usize>> + Send + Unpin + 'a {
-        StreamOp::new(
-            &self.io,
-            Direction::Read,
-            buf.len(),
-            move |s: &std::net::TcpStream| (&*s).read(buf),
-        )
-    }
-
-    /// Fills `buf` completely. Bytes read before a cancellation or an error are lost with
-    /// `buf`; use [`StreamReader::readexactly`](crate::StreamReader::readexactly) to keep them.
-    ///
-    /// # Errors
-    /// Cancelled; kind `Io`, `UnexpectedEof` if the stream ends first.
-    pub fn read_exact<'a>(&'a self, buf: &'a mut [u8]) -> IoFuture<'a, ()> {
-        Box::pin(async move {
-            let mut filled = 0;
-            while filled < buf.len() {
-                let n = self.read(&mut buf[filled..]).await?;
-                if n == 0 {
-                    return Err(super::io_error(
-                        io::ErrorKind::UnexpectedEof,
-                        "the stream ended before the buffer was filled",
-                    ));
-                }
-                filled += n;
-            }
-            Ok(())
-        })
-    }
-
-    /// Writes some of `buf` (at least one byte unless `buf` is empty). A cancellation point:
-    /// a cancelled write has sent nothing.
-    ///
-    /// # Errors
-    /// Cancelled; kind `Io` (a reset peer: `BrokenPipe` or `ConnectionReset`).
-    pub fn write<'a>(
-        &'a self,
-        buf: &'a [u8],
-    ) -> impl Future<Output = Result<usize>> + Send + Unpin + 'a {
-        StreamOp::new(
-            &self.io,
-            Direction::Write,
-            buf.len(),
-            move |s: &std::net::TcpStream| (&*s).write(buf),
-        )
-    }
-
-    /// Writes all of `buf`. If cancelled part-way, what was sent stays sent.
-    ///
-    /// # Errors
-    /// Cancelled; kind `Io`.
-    pub fn write_all<'a>(&'a self, buf: &'a [u8]) -> IoFuture<'a, ()> {
-        Box::pin(async move {
-            let mut sent = 0;
-            while sent < buf.len() {
-                sent += self.write(&buf[sent..]).await?;
-            }
-            Ok(())
         })
     }
 
@@ -305,54 +237,6 @@ impl TcpStream {
     pub fn nodelay(&self) -> Result<bool> {
         Ok(self.io.get_ref().nodelay()?)
     }
-
-    /// Shuts down one or both directions; tasks waiting on the socket are woken to see it.
-    ///
-    /// # Errors
-    /// Kind `Io` (`NotConnected`).
-    pub fn shutdown(&self, how: Shutdown) -> Result<()> {
-        self.io.get_ref().shutdown(how)?;
-        self.io.wake_all();
-        Ok(())
-    }
-
-    pub(crate) fn poll_read_bytes(
-        &self,
-        cx: &mut Context<'_>,
-        buf: &mut [u8],
-    ) -> Poll<io::Result<usize>> {
-        self.io
-            .poll_stream(Direction::Read, cx, buf.len(), |s: &std::net::TcpStream| {
-                (&*s).read(&mut *buf)
-            })
-    }
-
-    pub(crate) fn poll_write_bytes(
-        &self,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        self.io.poll_stream(
-            Direction::Write,
-            cx,
-            buf.len(),
-            |s: &std::net::TcpStream| (&*s).write(buf),
-        )
-    }
-
-    /// One non-blocking write, bypassing readiness (the stream writer's first attempt).
-    pub(crate) fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
-        self.io.get_ref().write(buf)
-    }
-
-    pub(crate) fn wake_all(&self) {
-        self.io.wake_all();
-    }
-
-    /// `shutdown` without waking the socket's waiters (the stream layer wakes them itself).
-    pub(crate) fn shutdown_quiet(&self, how: Shutdown) -> io::Result<()> {
-        self.io.get_ref().shutdown(how)
-    }
 }
 
 async fn connect_one(addr: SocketAddr) -> Result<TcpStream> {
@@ -368,16 +252,7 @@ async fn connect_one(addr: SocketAddr) -> Result<TcpStream> {
         Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {
             // Writable means the handshake ended, either way; SO_ERROR says which.
             IoOp::new(&stream.io, Direction::Write, |s: &std::net::TcpStream| {
-                if let Some(e) = s.take_error()? {
-                    return Err(e);
-                }
-                match s.peer_addr() {
-                    Ok(_) => Ok(()),
-                    Err(e) if e.kind() == io::ErrorKind::NotConnected => {
-                        Err(io::ErrorKind::WouldBlock.into())
-                    }
-                    Err(e) => Err(e),
-                }
+                super::connect_outcome(s.take_error(), s.peer_addr().map(drop))
             })
             .await?;
         }

@@ -2,10 +2,9 @@
 
 use super::readiness::Direction;
 use super::tcp::futures_io_impls;
-use super::{cancel_point_io, IoFuture, IoHandle, IoOp, StreamOp};
+use super::{cancel_point_io, IoFuture, IoHandle, IoOp};
 use braid_bridge::Result;
-use std::future::Future;
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::Shutdown;
 use std::os::unix::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -111,6 +110,8 @@ pub struct UnixStream {
 }
 
 impl UnixStream {
+    byte_stream_methods!(std::os::unix::net::UnixStream);
+
     /// Connects to the listener at `path` without blocking a loop.
     ///
     /// # Errors
@@ -137,16 +138,7 @@ impl UnixStream {
                         &stream.io,
                         Direction::Write,
                         |s: &std::os::unix::net::UnixStream| {
-                            if let Some(e) = s.take_error()? {
-                                return Err(e);
-                            }
-                            match s.peer_addr() {
-                                Ok(_) => Ok(()),
-                                Err(e) if e.kind() == io::ErrorKind::NotConnected => {
-                                    Err(io::ErrorKind::WouldBlock.into())
-                                }
-                                Err(e) => Err(e),
-                            }
+                            super::connect_outcome(s.take_error(), s.peer_addr().map(drop))
                         },
                     )
                     .await?;
@@ -177,83 +169,6 @@ impl UnixStream {
         })
     }
 
-    /// Reads what is available, or 0 at end of stream. A cancellation point.
-    ///
-    /// # Errors
-    /// Cancelled; kind `Io`.
-    pub fn read<'a>(
-        &'a self,
-        buf: &'a mut [u8],
-    ) -> impl Future<Output = Result<usize>> + Send + Unpin + 'a {
-        StreamOp::new(
-            &self.io,
-            Direction::Read,
-            buf.len(),
-            move |s: &std::os::unix::net::UnixStream| (&*s).read(buf),
-        )
-    }
-
-    /// Fills `buf` completely.
-    ///
-    /// # Errors
-    /// Cancelled; kind `Io`, `UnexpectedEof` if the stream ends first.
-    pub fn read_exact<'a>(&'a self, buf: &'a mut [u8]) -> IoFuture<'a, ()> {
-        Box::pin(async move {
-            let mut filled = 0;
-            while filled < buf.len() {
-                let n = self.read(&mut buf[filled..]).await?;
-                if n == 0 {
-                    return Err(super::io_error(
-                        io::ErrorKind::UnexpectedEof,
-                        "the stream ended before the buffer was filled",
-                    ));
-                }
-                filled += n;
-            }
-            Ok(())
-        })
-    }
-
-    /// Writes some of `buf`. A cancellation point.
-    ///
-    /// # Errors
-    /// Cancelled; kind `Io`.
-    pub fn write<'a>(
-        &'a self,
-        buf: &'a [u8],
-    ) -> impl Future<Output = Result<usize>> + Send + Unpin + 'a {
-        StreamOp::new(
-            &self.io,
-            Direction::Write,
-            buf.len(),
-            move |s: &std::os::unix::net::UnixStream| (&*s).write(buf),
-        )
-    }
-
-    /// Writes all of `buf`.
-    ///
-    /// # Errors
-    /// Cancelled; kind `Io`.
-    pub fn write_all<'a>(&'a self, buf: &'a [u8]) -> IoFuture<'a, ()> {
-        Box::pin(async move {
-            let mut sent = 0;
-            while sent < buf.len() {
-                sent += self.write(&buf[sent..]).await?;
-            }
-            Ok(())
-        })
-    }
-
-    /// Shuts down one or both directions.
-    ///
-    /// # Errors
-    /// Kind `Io`.
-    pub fn shutdown(&self, how: Shutdown) -> Result<()> {
-        self.io.get_ref().shutdown(how)?;
-        self.io.wake_all();
-        Ok(())
-    }
-
     /// The local address.
     ///
     /// # Errors
@@ -268,45 +183,6 @@ impl UnixStream {
     /// Kind `Io`.
     pub fn peer_addr(&self) -> Result<SocketAddr> {
         Ok(self.io.get_ref().peer_addr()?)
-    }
-
-    pub(crate) fn poll_read_bytes(
-        &self,
-        cx: &mut Context<'_>,
-        buf: &mut [u8],
-    ) -> Poll<io::Result<usize>> {
-        self.io.poll_stream(
-            Direction::Read,
-            cx,
-            buf.len(),
-            |s: &std::os::unix::net::UnixStream| (&*s).read(&mut *buf),
-        )
-    }
-
-    pub(crate) fn poll_write_bytes(
-        &self,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        self.io.poll_stream(
-            Direction::Write,
-            cx,
-            buf.len(),
-            |s: &std::os::unix::net::UnixStream| (&*s).write(buf),
-        )
-    }
-
-    pub(crate) fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
-        self.io.get_ref().write(buf)
-    }
-
-    pub(crate) fn wake_all(&self) {
-        self.io.wake_all();
-    }
-
-    /// `shutdown` without waking the socket's waiters (the stream layer wakes them itself).
-    pub(crate) fn shutdown_quiet(&self, how: Shutdown) -> io::Result<()> {
-        self.io.get_ref().shutdown(how)
     }
 }
 
