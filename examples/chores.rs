@@ -20,10 +20,10 @@
 
 use std::time::{Duration, Instant};
 
+mod common;
+
 /// The chores: name and duration in seconds before scaling.
 const CHORES: [(&str, f64); 3] = [("laundry", 3.0), ("rice", 5.0), ("sweeping", 2.0)];
-
-const USAGE: &str = "usage: chores [--scale F]   (F >= 0 multiplies every duration; default 1)";
 
 /// Prints `message` stamped with the seconds since `start`.
 fn stamp(start: Instant, message: &str) {
@@ -44,34 +44,6 @@ fn durations(scale: f64) -> braid::Result<Vec<(&'static str, Duration)>> {
         .iter()
         .map(|&(name, secs)| Ok((name, braid::delay_from_secs(secs * scale)?)))
         .collect()
-}
-
-/// Parses `--scale F` (or `--scale=F`) by hand; `Err` carries the message for the user.
-fn parse_scale() -> Result<f64, String> {
-    let mut scale = 1.0;
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let value = match arg.as_str() {
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                std::process::exit(0);
-            }
-            "--scale" => args.next().ok_or("--scale needs a value")?,
-            other => match other.strip_prefix("--scale=") {
-                Some(v) => v.to_owned(),
-                None => return Err(format!("unknown argument {other:?}")),
-            },
-        };
-        scale = match value.parse::<f64>() {
-            Ok(f) if f.is_finite() && f >= 0.0 => f,
-            _ => {
-                return Err(format!(
-                    "--scale: expected a finite number >= 0, got {value:?}"
-                ))
-            }
-        };
-    }
-    Ok(scale)
 }
 
 async fn main_coroutine(scale: f64) -> braid::Result<()> {
@@ -117,9 +89,6 @@ async fn main_coroutine(scale: f64) -> braid::Result<()> {
 }
 
 fn main() -> braid::Result<()> {
-    let scale = parse_scale().unwrap_or_else(|message| {
-        eprintln!("chores: {message}\n{USAGE}");
-        std::process::exit(2);
-    });
+    let scale = common::scale_arg("chores");
     braid::run(main_coroutine(scale))
 }

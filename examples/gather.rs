@@ -20,7 +20,7 @@
 
 use std::time::{Duration, Instant};
 
-const USAGE: &str = "usage: gather [--scale F]   (F >= 0 multiplies every duration; default 1)";
+mod common;
 
 /// Computes `number`! one multiplication per `step`, reporting each step.
 async fn factorial(name: &'static str, number: u64, step: Duration) -> braid::Result<u64> {
@@ -32,34 +32,6 @@ async fn factorial(name: &'static str, number: u64, step: Duration) -> braid::Re
     }
     println!("Task {name}: factorial({number}) = {f}");
     Ok(f)
-}
-
-/// Parses `--scale F` (or `--scale=F`); `Err` carries the message for the user.
-fn parse_scale() -> Result<f64, String> {
-    let mut scale = 1.0;
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let value = match arg.as_str() {
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                std::process::exit(0);
-            }
-            "--scale" => args.next().ok_or("--scale needs a value")?,
-            other => match other.strip_prefix("--scale=") {
-                Some(v) => v.to_owned(),
-                None => return Err(format!("unknown argument {other:?}")),
-            },
-        };
-        scale = match value.parse::<f64>() {
-            Ok(f) if f.is_finite() && f >= 0.0 => f,
-            _ => {
-                return Err(format!(
-                    "--scale: expected a finite number >= 0, got {value:?}"
-                ))
-            }
-        };
-    }
-    Ok(scale)
 }
 
 async fn main_coroutine(scale: f64) -> braid::Result<()> {
@@ -74,9 +46,6 @@ async fn main_coroutine(scale: f64) -> braid::Result<()> {
 }
 
 fn main() -> braid::Result<()> {
-    let scale = parse_scale().unwrap_or_else(|message| {
-        eprintln!("gather: {message}\n{USAGE}");
-        std::process::exit(2);
-    });
+    let scale = common::scale_arg("gather");
     braid::run(main_coroutine(scale))
 }
