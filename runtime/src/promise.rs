@@ -33,6 +33,8 @@ type PromiseCallback<T> = Box<dyn FnOnce(&Promise<T>) + Send>;
 struct State<T> {
     outcome: Option<Result<T>>,
     cancelled: bool,
+    /// The first task awaiting: nearly always the only one, kept without an allocation.
+    first_waiter: Option<Waker>,
     waiters: Vec<Waker>,
     callbacks: Vec<(CallbackId, PromiseCallback<T>)>,
 }
@@ -114,6 +116,7 @@ impl<T: Send + 'static> Promise<T> {
                 state: Mutex::new(State {
                     outcome: None,
                     cancelled: false,
+                    first_waiter: None,
                     waiters: Vec::new(),
                     callbacks: Vec::new(),
                 }),
@@ -123,7 +126,7 @@ impl<T: Send + 'static> Promise<T> {
     }
 
     fn settle(&self, outcome: Result<T>, cancelled: bool) -> Result<()> {
-        let (waiters, callbacks) = {
+        let (first_waiter, waiters, callbacks) = {
             let mut st = self.inner.state.lock();
             if st.outcome.is_some() {
                 return Err(Error::new(
@@ -134,11 +137,12 @@ impl<T: Send + 'static> Promise<T> {
             st.outcome = Some(outcome);
             st.cancelled = cancelled;
             (
+                st.first_waiter.take(),
                 std::mem::take(&mut st.waiters),
                 std::mem::take(&mut st.callbacks),
             )
         };
-        for w in waiters {
+        for w in first_waiter.into_iter().chain(waiters) {
             w.wake();
         }
         for (_, cb) in callbacks {
@@ -301,9 +305,9 @@ impl<T: Send + 'static> Promise<T> {
     }
 }
 
-impl<T: Send + 'static> CancelTarget for Promise<T> {
-    fn cancel_from_awaiter(&self, message: Option<String>) -> bool {
-        self.cancel_with_message(message)
+impl<T: Send + 'static> CancelTarget for Inner<T> {
+    fn cancel_from_awaiter(self: Arc<Self>, message: Option<String>) -> bool {
+        Promise { inner: self }.cancel_with_message(message)
     }
 }
 
@@ -360,12 +364,20 @@ impl<T: Clone + Send + 'static> Future for PromiseFuture<T> {
                 this.registration.clear();
                 return Poll::Ready(outcome);
             }
-            if !st.waiters.iter().any(|w| w.will_wake(cx.waker())) {
-                st.waiters.push(cx.waker().clone());
+            let waker = cx.waker();
+            match &st.first_waiter {
+                None => st.first_waiter = Some(waker.clone()),
+                Some(first) if first.will_wake(waker) => {}
+                Some(_) => {
+                    if !st.waiters.iter().any(|w| w.will_wake(waker)) {
+                        st.waiters.push(waker.clone());
+                    }
+                }
             }
         }
-        let promise = this.promise.clone();
-        this.registration.register(|| Arc::new(promise));
+        let inner = &this.promise.inner;
+        this.registration
+            .register(|| inner.clone() as Arc<dyn CancelTarget>);
         Poll::Pending
     }
 }

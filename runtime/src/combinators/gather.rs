@@ -207,7 +207,7 @@ impl GatherShared {
 }
 
 impl CancelTarget for GatherShared {
-    fn cancel_from_awaiter(&self, message: Option<String>) -> bool {
+    fn cancel_from_awaiter(self: Arc<Self>, message: Option<String>) -> bool {
         self.cancel(message)
     }
 }

@@ -100,11 +100,14 @@ const JOIN_QUIET: u8 = 1 << 4;
 pub(crate) trait CancelTarget: Send + Sync {
     /// Cancels the target; false if it was already done (then the awaiter itself must be
     /// cancelled at its await point, as asyncio does when `_fut_waiter.cancel()` fails).
-    fn cancel_from_awaiter(&self, message: Option<String>) -> bool;
+    /// Takes the `Arc` so that a task or promise can register itself as the target with a
+    /// reference count, not an allocation, on every await that waits.
+    fn cancel_from_awaiter(self: Arc<Self>, message: Option<String>) -> bool;
 }
 
-/// What most tasks never need (a name, cancel bookkeeping, an awaited target, done
-/// callbacks), allocated on first use to keep the task cell small.
+/// A task's rarely contended state (a name, cancel bookkeeping, the awaited target, done
+/// callbacks), under one lock. Kept inline: most tasks await something, and an allocation on
+/// the first await cost more than the bytes (see `benchmarks/NOTES.md`).
 #[derive(Default)]
 struct Inner {
     name: Option<String>,
@@ -153,7 +156,7 @@ pub(crate) struct Header {
     join: AtomicU8,
     /// This task's registry shard and slot (see `Registry`), `usize::MAX` if unregistered.
     pub(crate) registry_slot: AtomicUsize,
-    inner: Mutex<Option<Box<Inner>>>,
+    inner: Mutex<Inner>,
     join_waker: Mutex<Option<Waker>>,
 }
 
@@ -176,29 +179,26 @@ impl Header {
             ended_failed: AtomicBool::new(false),
             join: AtomicU8::new(0),
             registry_slot: AtomicUsize::new(usize::MAX),
-            inner: Mutex::new(name.map(|name| {
-                Box::new(Inner {
-                    name: Some(name),
-                    ..Inner::default()
-                })
-            })),
+            inner: Mutex::new(Inner {
+                name,
+                ..Inner::default()
+            }),
             join_waker: Mutex::new(None),
         }
     }
 
-    /// Runs `f` on the rare state, allocating it if needed.
+    /// Runs `f` on the rare state, under its lock.
     fn with_inner<R>(&self, f: impl FnOnce(&mut Inner) -> R) -> R {
-        let mut slot = self.inner.lock();
-        f(slot.get_or_insert_with(Box::default))
+        f(&mut self.inner.lock())
     }
 
-    /// Runs `f` on the rare state if it exists.
-    fn read_inner<R>(&self, f: impl FnOnce(&Inner) -> R) -> Option<R> {
-        self.inner.lock().as_deref().map(f)
+    /// Reads the rare state, under its lock.
+    fn read_inner<R>(&self, f: impl FnOnce(&Inner) -> R) -> R {
+        f(&self.inner.lock())
     }
 
     pub(crate) fn name(&self) -> String {
-        match self.read_inner(|i| i.name.clone()).flatten() {
+        match self.read_inner(|i| i.name.clone()) {
             Some(name) => name,
             None => format!("Task-{}", self.id.0),
         }
@@ -227,14 +227,12 @@ impl Header {
     }
 
     pub(crate) fn cancelling(&self) -> usize {
-        self.read_inner(|i| i.requests).unwrap_or(0)
+        self.read_inner(|i| i.requests)
     }
 
     pub(crate) fn uncancel(&self) -> usize {
         let mut slot = self.inner.lock();
-        let Some(inner) = slot.as_deref_mut() else {
-            return 0;
-        };
+        let inner = &mut *slot;
         if inner.requests > 0 {
             inner.requests -= 1;
             if inner.requests == 0 {
@@ -263,7 +261,7 @@ impl Header {
         if self.done() {
             return Err(());
         }
-        let inner = slot.get_or_insert_with(Box::default);
+        let inner = &mut *slot;
         inner.requests += 1;
         if let Some((_, target)) = &inner.awaiting {
             self.propagated.store(true, Ordering::Release);
@@ -291,7 +289,7 @@ impl Header {
         if self.done() {
             return false;
         }
-        let inner = slot.get_or_insert_with(Box::default);
+        let inner = &mut *slot;
         self.mark_must_cancel(inner, message, by_self);
         true
     }
@@ -305,11 +303,11 @@ impl Header {
         {
             return;
         }
-        let message = self.read_inner(|inner| inner.message.clone()).flatten();
+        let message = self.read_inner(|inner| inner.message.clone());
         if target.cancelled() {
             return;
         }
-        let never_received = target.read_inner(|t| t.must_cancel).unwrap_or(false);
+        let never_received = target.read_inner(|t| t.must_cancel);
         if never_received {
             // We are running, so never done: the request is ours to deliver.
             let _ = self.deliver_instead(message);
@@ -328,7 +326,7 @@ impl Header {
         }
         let mut slot = self.inner.lock();
         self.cancel_pending.store(false, Ordering::Relaxed);
-        let inner = slot.as_deref_mut()?;
+        let inner = &mut *slot;
         if !inner.must_cancel {
             return None;
         }
@@ -350,11 +348,6 @@ impl Header {
             pending_at_start: inner.must_cancel,
             message: inner.message.clone(),
         })
-        .unwrap_or(Step {
-            cancel_before_start: false,
-            pending_at_start: false,
-            message: None,
-        })
     }
 
     /// After the coroutine returned: a request still undelivered that predates the step or was
@@ -367,7 +360,6 @@ impl Header {
             (inner.must_cancel && (step.pending_at_start || inner.self_requested))
                 .then(|| Error::cancelled(inner.message.clone()))
         })
-        .flatten()
     }
 
     pub(crate) fn set_awaiting(&self, key: usize, target: Arc<dyn CancelTarget>) {
@@ -381,9 +373,7 @@ impl Header {
             return;
         }
         let mut slot = self.inner.lock();
-        let Some(inner) = slot.as_deref_mut() else {
-            return;
-        };
+        let inner = &mut *slot;
         let matches = match (&inner.awaiting, key) {
             (Some((k, _)), Some(key)) => *k == key,
             (Some(_), None) => true,
@@ -457,10 +447,7 @@ impl Header {
     /// Runs the inline hooks and schedules the done callbacks registered so far (once: they
     /// are taken under the lock). `failure` is the task's error if it failed.
     fn run_done_callbacks(&self, me: &TaskRef, failure: Option<&Error>) {
-        let callbacks = match self.inner.lock().as_deref_mut() {
-            Some(inner) => std::mem::take(&mut inner.done_callbacks),
-            None => Vec::new(),
-        };
+        let callbacks = std::mem::take(&mut self.inner.lock().done_callbacks);
         for callback in callbacks {
             match callback {
                 DoneCallback::Inline(hook) => hook(me, failure),
@@ -688,13 +675,14 @@ impl fmt::Debug for TaskRef {
     }
 }
 
-impl CancelTarget for TaskRef {
-    fn cancel_from_awaiter(&self, message: Option<String>) -> bool {
+impl TaskRef {
+    /// Cancels the task on behalf of an awaiter (see [`CancelTarget`]).
+    pub(crate) fn cancel_from_awaiter(&self, message: Option<String>) -> bool {
         request_cancel(&self.raw, message)
     }
 }
 
-fn request_cancel(raw: &Arc<dyn RawTask>, message: Option<String>) -> bool {
+pub(crate) fn request_cancel(raw: &Arc<dyn RawTask>, message: Option<String>) -> bool {
     match raw.header().record_cancel(message.clone()) {
         Err(()) => false,
         Ok(None) => {
@@ -1025,9 +1013,9 @@ impl<T: 'static> Future for Task<T> {
                 Poll::Ready(output)
             }
             Poll::Pending => {
-                let raw = this.untyped();
+                let raw = &this.raw;
                 this.registration
-                    .register(|| Arc::new(TaskRef::from_raw(raw)));
+                    .register(|| raw.clone() as Arc<dyn CancelTarget>);
                 Poll::Pending
             }
         }

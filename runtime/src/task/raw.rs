@@ -45,7 +45,7 @@ pub(crate) trait RawTask: Send + Sync {
 }
 
 /// Typed access for the join handle.
-pub(crate) trait Join<T>: RawTask {
+pub(crate) trait Join<T>: RawTask + crate::task::CancelTarget {
     fn poll_join(&self, cx: &mut Context<'_>) -> Poll<Result<T>>;
     /// The stored error, if the task failed (not cancelled) and nobody took the output.
     fn unretrieved_error(&self) -> Option<Error>;
@@ -214,6 +214,16 @@ where
 
     fn stored_failure(&self) -> Option<Error> {
         TaskCell::stored_failure(self)
+    }
+}
+
+impl<F, T> crate::task::CancelTarget for TaskCell<F, T>
+where
+    F: Future<Output = Result<T>> + 'static,
+    T: 'static,
+{
+    fn cancel_from_awaiter(self: Arc<Self>, message: Option<String>) -> bool {
+        crate::task::request_cancel(&(self as Arc<dyn RawTask>), message)
     }
 }
 
