@@ -115,6 +115,35 @@ fn tasks_queued_behind_a_task_blocking_its_loop_run_on_the_other_loop() {
     rt.shutdown(WAIT).unwrap();
 }
 
+/// (a) A task *woken* (not spawned) on a loop that then blocks: the wake queues it as the one
+/// task that loop runs next, which siblings normally leave to it (see
+/// `RuntimeShared::can_steal_from`); the stuck-loop detection still hands it to the other loop,
+/// where it finishes long before the block ends.
+#[test]
+fn a_task_woken_on_a_loop_that_then_blocks_runs_on_the_other_loop() {
+    let _serial = serial();
+    let rt = runtime();
+    let task = rt
+        .event_loop()
+        .spawn(async {
+            let blocked_thread = thread::current().id();
+            let promise = braid::Promise::<Instant>::new();
+            let setter = promise.clone();
+            // Pinned to this task's loop, so it runs once this poll has returned and the task
+            // waits on the promise: the wake happens on this loop, which then blocks.
+            braid::call_soon(move || {
+                setter.set_result(Instant::now()).unwrap();
+                thread::sleep(BLOCK);
+            });
+            let woken_at = promise.await?;
+            Ok((blocked_thread, thread::current().id(), woken_at.elapsed()))
+        })
+        .unwrap();
+    let (blocked, resumed, after) = rt.run_until_complete(task).unwrap();
+    check_ran_elsewhere_in_time(blocked, &[(resumed, after)]);
+    rt.shutdown(WAIT).unwrap();
+}
+
 /// (b) A task started on loop 0 begins a 10 ms sleep (polled once, so it is registered),
 /// then pins a 500 ms blocking callback to the loop it runs on with `call_soon`; the sleep
 /// still completes within 50 ms of its start, the task resuming on the other loop.

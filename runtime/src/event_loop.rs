@@ -121,6 +121,10 @@ pub(crate) struct LoopShared {
     pub(crate) running: AtomicBool,
     /// The sockets registered with this loop's poller.
     pub(crate) io: crate::io::driver::IoDriver,
+    /// Set by the monitor when this loop is stuck with tasks queued; cleared by the loop at
+    /// its next iteration. Siblings leave a loop the one task it will run next, unless this
+    /// is set (see `scheduler::RuntimeShared::can_steal_from`).
+    pub(crate) stuck: AtomicBool,
     handler: Mutex<Option<Arc<Handler>>>,
 }
 
@@ -136,6 +140,7 @@ impl LoopShared {
             notified: AtomicBool::new(false),
             running: AtomicBool::new(false),
             io: crate::io::driver::IoDriver::new(),
+            stuck: AtomicBool::new(false),
             handler: Mutex::new(None),
         })
     }
@@ -576,7 +581,7 @@ impl LoopCtx {
         let start = (x as usize) % n;
         for i in 0..n {
             let victim = (start + i) % n;
-            if victim == self.lp.id {
+            if victim == self.lp.id || !self.rt.can_steal_from(victim) {
                 continue;
             }
             loop {
@@ -635,6 +640,9 @@ impl LoopCtx {
         let tick = self.tick.get().wrapping_add(1);
         self.tick.set(tick);
         self.lp.tick.store(tick, Ordering::Relaxed);
+        if self.lp.stuck.load(Ordering::Relaxed) {
+            self.lp.stuck.store(false, Ordering::Relaxed);
+        }
         if self.worker.is_some() {
             self.rt.registry.sweep_if_needed(self.lp.id);
         }

@@ -18,8 +18,9 @@
 //!
 //! A loop stuck in a long callback or poll cannot run what sits in its local queue. The
 //! monitor thread (after Go's `sysmon`) samples every awake loop's tick counter every
-//! [`MONITOR_INTERVAL`]; a loop whose counter has not moved while its queue holds tasks gets a
-//! sibling woken to steal them. Task timers live in one shared heap, so any idle loop can fire
+//! [`MONITOR_INTERVAL`]; a loop whose counter has not moved while its queue holds tasks is
+//! marked stuck and gets a sibling woken to steal them (siblings otherwise leave a loop the one
+//! task it runs next: see [`RuntimeShared::can_steal_from`]). Task timers live in one shared heap, so any idle loop can fire
 //! them; one idle loop at a time holds the *timer driver* token and sleeps until the earliest
 //! deadline, and a new earliest deadline rings the driver (or, with none, an idle loop).
 
@@ -151,14 +152,29 @@ impl RuntimeShared {
         self.epoch.checked_add(Duration::from_nanos(ns))
     }
 
-    /// Tasks are waiting in a shared place (the injector or a sibling's queue).
+    /// Tasks are waiting in a shared place: the injector, or a sibling's queue that
+    /// [`can_steal_from`](Self::can_steal_from) allows.
     pub(crate) fn has_shared_work(&self, except: usize) -> bool {
         !self.injector.is_empty()
-            || self
-                .stealers
-                .iter()
-                .enumerate()
-                .any(|(i, s)| i != except && !s.is_empty())
+            || (0..self.stealers.len()).any(|i| i != except && self.can_steal_from(i))
+    }
+
+    /// Whether siblings may steal from loop `victim`'s queue: when it holds more than the one
+    /// task the loop runs next, or when the monitor found the loop stuck.
+    ///
+    /// Why leave the next task: a chain of tasks that hand work to each other (a spawn of the
+    /// next link, a one-shot answer) keeps one task queued at a time. Stolen, the chain moves
+    /// between cores at every link, each move a cold cache and a cross-core hand-off
+    /// (`chained_spawn` ran at 1.9x tokio's time with two loops, 1.0x with one). tokio keeps
+    /// that task in a "LIFO slot" siblings cannot reach; here it stays in the ordinary FIFO
+    /// queue, so the order of a loop's tasks is unchanged and taking it costs nothing extra.
+    /// A loop stuck in a long step would strand it: the monitor sets `stuck`, and siblings
+    /// then take it too. `len` and `stuck` are read without ordering: a stale read makes a
+    /// sibling skip or take one task early, never loses one, because the owner runs whatever
+    /// stays and the monitor rescues it if the owner cannot.
+    #[inline]
+    pub(crate) fn can_steal_from(&self, victim: usize) -> bool {
+        may_steal(self.stealers[victim].len(), &self.loops[victim].stuck)
     }
 
     /// Publishers of shared work call this after publishing: wakes one idle loop unless a
@@ -269,6 +285,23 @@ impl RuntimeShared {
     }
 }
 
+/// The rule of [`RuntimeShared::can_steal_from`], for a victim with `queued` tasks.
+#[inline]
+fn may_steal(queued: usize, victim_stuck: &AtomicBool) -> bool {
+    match queued {
+        0 => false,
+        // Pairs with the monitor's release store, made before it rings a sibling.
+        1 => victim_stuck.load(Ordering::Acquire),
+        _ => true,
+    }
+}
+
+/// Marks `lp` stuck (before waking a sibling to rescue its queue: see `may_steal`).
+#[inline]
+fn mark_stuck(lp: &LoopShared) {
+    lp.stuck.store(true, Ordering::Release);
+}
+
 /// This thread's worker loop index in `rt`, if it is one of `rt`'s worker threads.
 #[inline]
 pub(crate) fn current_worker(rt: &RuntimeShared) -> Option<usize> {
@@ -333,7 +366,9 @@ pub(crate) fn monitor_main(rt: Arc<RuntimeShared>) {
             let tick = lp.tick.load(Ordering::Relaxed);
             let awake = lp.sleep_deadline.load(Ordering::Relaxed) == AWAKE;
             if awake && tick == last_ticks[i] && !rt.stealers[i].is_empty() {
-                // Stuck in one callback or poll with tasks queued behind it.
+                // Stuck in one callback or poll with tasks queued behind it: siblings may
+                // now take even the task it would run next.
+                mark_stuck(lp);
                 rt.wake_one_idle(true);
             }
             if awake && tick == last_ticks[i] {
@@ -555,5 +590,75 @@ impl Registry {
     /// How many registered tasks have not finished.
     pub(crate) fn len(&self) -> usize {
         self.snapshot().len()
+    }
+}
+
+#[cfg(all(test, loom))]
+mod loom_models {
+    //! No stranding behind a stuck loop: siblings leave a loop the one task it runs next, but
+    //! once the monitor has marked the loop stuck and rung a sibling, that sibling takes it.
+    //! The queue is modelled as a counter under a lock and the doorbell as a release/acquire
+    //! flag (the real ones have their own models); the rule is the real `may_steal`.
+    use super::may_steal;
+    use braid_bridge::sync::atomic::{AtomicBool, Ordering};
+    use braid_bridge::sync::{Arc, Mutex};
+
+    /// `ring_first`: the monitor rings before it marks the loop stuck (the bug).
+    fn model(ring_first: bool) {
+        loom::model(move || {
+            // The stuck owner's queue holds its next task; the owner never runs again.
+            let queue = Arc::new(Mutex::new(1usize));
+            let stuck = Arc::new(AtomicBool::new(false));
+            let rung = Arc::new(AtomicBool::new(false));
+            let monitor = {
+                let (stuck, rung) = (stuck.clone(), rung.clone());
+                loom::thread::spawn(move || {
+                    if ring_first {
+                        rung.store(true, Ordering::Release);
+                        stuck.store(true, Ordering::Release);
+                    } else {
+                        stuck.store(true, Ordering::Release);
+                        rung.store(true, Ordering::Release);
+                    }
+                })
+            };
+            // The sibling: asleep until rung, then one search of the stuck loop's queue.
+            while !rung.load(Ordering::Acquire) {
+                loom::thread::yield_now();
+            }
+            let stolen = {
+                let mut queued = queue.lock();
+                if may_steal(*queued, &stuck) {
+                    *queued -= 1;
+                    true
+                } else {
+                    false
+                }
+            };
+            monitor.join().unwrap();
+            assert!(stolen, "the task stranded behind the stuck loop");
+        });
+    }
+
+    #[test]
+    fn loom_stuck_loop_next_task_is_stolen_once_rung() {
+        model(false);
+    }
+
+    #[test]
+    #[should_panic(expected = "the task stranded behind the stuck loop")]
+    fn loom_stuck_loop_ringing_before_marking_strands_the_task() {
+        model(true);
+    }
+
+    /// A loop that is not stuck keeps its next task; a second one is fair game.
+    #[test]
+    fn loom_next_task_is_left_to_a_running_loop() {
+        loom::model(|| {
+            let stuck = AtomicBool::new(false);
+            assert!(!may_steal(0, &stuck));
+            assert!(!may_steal(1, &stuck));
+            assert!(may_steal(2, &stuck));
+        });
     }
 }
