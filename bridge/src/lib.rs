@@ -35,6 +35,8 @@ mod pool;
 mod process;
 #[doc(hidden)]
 pub mod sync;
+#[doc(hidden)]
+pub mod tuning;
 
 pub use error::{Error, ErrorKind, Result};
 pub use future::{

@@ -43,14 +43,7 @@ const INJECTOR_FAIRNESS: u64 = 31;
 /// work is about to arrive (a request/response ping-pong with another thread). Read from
 /// `BRAID_LINGER_US` for experiments.
 fn linger() -> Duration {
-    static LINGER: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
-    *LINGER.get_or_init(|| {
-        let us = std::env::var("BRAID_LINGER_US")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(20);
-        Duration::from_micros(us)
-    })
+    braid_bridge::tuning::linger()
 }
 
 /// What other threads send a loop through its doorbell.
@@ -758,6 +751,21 @@ impl LoopCtx {
     /// Host loops: sleep until something pinned here, or `ready()`, needs us.
     pub(crate) fn park_host(&self, ready: &dyn Fn() -> bool, max: Option<Duration>) {
         let lp = &self.lp;
+        // As a worker lingers (see `linger`): the answer a `run_until_complete` waits for is
+        // often microseconds away, and seeing it now saves waking this thread's vCPU.
+        let linger = linger().min(max.unwrap_or(Duration::MAX));
+        if !linger.is_zero() {
+            let until = Instant::now() + linger;
+            loop {
+                std::thread::yield_now();
+                if ready() || self.has_local_work() || self.poll_io_now() > 0 {
+                    return;
+                }
+                if Instant::now() >= until {
+                    break;
+                }
+            }
+        }
         let _drive = lp.io.lock_drive();
         if !lp.bell.prepare_sleep() {
             return;
