@@ -679,7 +679,11 @@ impl LoopCtx {
                 // Yield rather than spin: on a machine with no spare core, the thread that
                 // is about to hand us work may need this one.
                 std::thread::yield_now();
-                if self.has_local_work() || rt.has_shared_work(lp.id) || self.poll_io_now() > 0 {
+                // Work handed to this loop or to the runtime, not a sibling's queue: a loop
+                // that lingers for a reply must not raid a busy sibling (see
+                // `benchmarks/NOTES.md`, queue_mpsc); that work reaches us through
+                // `notify_work`, or through the re-check below if we go to sleep.
+                if self.has_local_work() || !rt.injector.is_empty() || self.poll_io_now() > 0 {
                     return;
                 }
                 if Instant::now() >= until {
