@@ -264,15 +264,10 @@ impl<T: Send + 'static> ConcurrentFuture<T> {
             // microseconds is then seen without the cost of waking a halted vCPU. Only the
             // sleep is skipped, so the loom models (which check the waits below) lose nothing.
             #[cfg(not(loom))]
-            {
-                let mut until = Instant::now() + crate::tuning::linger();
-                if let Some(d) = deadline {
-                    until = until.min(d);
-                }
-                while !ready(&st) && Instant::now() < until {
-                    MutexGuard::unlocked(&mut st, std::thread::yield_now);
-                }
-            }
+            crate::tuning::linger_until(deadline, || {
+                MutexGuard::unlocked(&mut st, std::thread::yield_now);
+                ready(&st)
+            });
         }
         while !ready(&st) {
             st.blocked += 1;

@@ -1,6 +1,6 @@
 //! Knobs shared by braid's crates (hidden from the docs: not part of the API contract).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How long a thread about to block keeps looking for what it waits for first: an event loop
 /// before it sleeps in its poller, a thread before it blocks on a `ConcurrentFuture`.
@@ -25,4 +25,36 @@ pub fn linger() -> Duration {
             .unwrap_or(20);
         Duration::from_micros(us)
     })
+}
+
+/// Lingers: calls `look` until it returns true (then returns true) or until [`linger`] has
+/// passed (then false), never past `deadline`. `look` should yield the CPU
+/// (`std::thread::yield_now`, with any lock released) before it looks: on a machine with no
+/// spare core, the thread about to hand over the work may need this one.
+///
+/// ```
+/// let mut looks = 0;
+/// let found = braid_bridge::tuning::linger_until(None, || {
+///     std::thread::yield_now();
+///     looks += 1;
+///     looks == 2
+/// });
+/// // Unless lingering is switched off (BRAID_LINGER_US=0), the second look finds it.
+/// assert_eq!(found, looks == 2);
+/// ```
+pub fn linger_until(deadline: Option<Instant>, mut look: impl FnMut() -> bool) -> bool {
+    let linger = linger();
+    if linger.is_zero() {
+        return false;
+    }
+    let mut until = Instant::now() + linger;
+    if let Some(deadline) = deadline {
+        until = until.min(deadline);
+    }
+    while Instant::now() < until {
+        if look() {
+            return true;
+        }
+    }
+    false
 }

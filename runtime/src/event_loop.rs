@@ -12,6 +12,7 @@ use crate::task::{Header, Task, TaskId, TaskRef};
 use braid_bridge::doorbell::{Doorbell, Unpark};
 use braid_bridge::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicU8, Ordering};
 use braid_bridge::sync::Mutex;
+use braid_bridge::tuning::linger_until;
 use braid_bridge::{Error, ErrorKind, Result};
 use crossbeam_deque::{Steal, Worker};
 use crossbeam_utils::CachePadded;
@@ -38,13 +39,6 @@ const IO_POLL_INTERVAL: u64 = 4;
 /// Every this many iterations a loop takes from the injector before its own queue, so that
 /// a loop busy with its own tasks cannot starve the shared ones.
 const INJECTOR_FAIRNESS: u64 = 31;
-/// How long a loop keeps looking for work before it sleeps: waking a halted vCPU costs
-/// 30-45 µs on the machines braid is measured on, so looking a little longer is cheaper when
-/// work is about to arrive (a request/response ping-pong with another thread). Read from
-/// `BRAID_LINGER_US` for experiments.
-fn linger() -> Duration {
-    braid_bridge::tuning::linger()
-}
 
 /// What other threads send a loop through its doorbell.
 pub(crate) enum Remote {
@@ -672,24 +666,18 @@ impl LoopCtx {
     pub(crate) fn park_worker(&self) {
         let rt = &self.rt;
         let lp = &self.lp;
-        let linger = linger();
-        if !linger.is_zero() {
-            let until = Instant::now() + linger;
-            loop {
-                // Yield rather than spin: on a machine with no spare core, the thread that
-                // is about to hand us work may need this one.
-                std::thread::yield_now();
-                // Work handed to this loop or to the runtime, not a sibling's queue: a loop
-                // that lingers for a reply must not raid a busy sibling (see
-                // `benchmarks/NOTES.md`, queue_mpsc); that work reaches us through
-                // `notify_work`, or through the re-check below if we go to sleep.
-                if self.has_local_work() || !rt.injector.is_empty() || self.poll_io_now() > 0 {
-                    return;
-                }
-                if Instant::now() >= until {
-                    break;
-                }
-            }
+        // Linger first (see `braid_bridge::tuning::linger`): waking a halted vCPU costs tens
+        // of microseconds, so looking a little longer is cheaper when work is about to arrive
+        // (a request/response ping-pong with another thread).
+        // Work handed to this loop or to the runtime, not a sibling's queue: a loop that
+        // lingers for a reply must not raid a busy sibling (see `benchmarks/NOTES.md`,
+        // queue_mpsc); that work reaches us through `notify_work`, or through the re-check
+        // below if we go to sleep.
+        if linger_until(None, || {
+            std::thread::yield_now();
+            self.has_local_work() || !rt.injector.is_empty() || self.poll_io_now() > 0
+        }) {
+            return;
         }
         if self.searching.replace(false) {
             rt.end_searching(false, false);
@@ -755,20 +743,14 @@ impl LoopCtx {
     /// Host loops: sleep until something pinned here, or `ready()`, needs us.
     pub(crate) fn park_host(&self, ready: &dyn Fn() -> bool, max: Option<Duration>) {
         let lp = &self.lp;
-        // As a worker lingers (see `linger`): the answer a `run_until_complete` waits for is
+        // As a worker lingers: the answer a `run_until_complete` waits for is
         // often microseconds away, and seeing it now saves waking this thread's vCPU.
-        let linger = linger().min(max.unwrap_or(Duration::MAX));
-        if !linger.is_zero() {
-            let until = Instant::now() + linger;
-            loop {
-                std::thread::yield_now();
-                if ready() || self.has_local_work() || self.poll_io_now() > 0 {
-                    return;
-                }
-                if Instant::now() >= until {
-                    break;
-                }
-            }
+        let most = max.and_then(|max| Instant::now().checked_add(max));
+        if linger_until(most, || {
+            std::thread::yield_now();
+            ready() || self.has_local_work() || self.poll_io_now() > 0
+        }) {
+            return;
         }
         let _drive = lp.io.lock_drive();
         if !lp.bell.prepare_sleep() {
