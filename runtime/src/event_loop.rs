@@ -668,11 +668,10 @@ impl LoopCtx {
         let lp = &self.lp;
         // Linger first (see `braid_bridge::tuning::linger`): waking a halted vCPU costs tens
         // of microseconds, so looking a little longer is cheaper when work is about to arrive
-        // (a request/response ping-pong with another thread).
-        // Work handed to this loop or to the runtime, not a sibling's queue: a loop that
-        // lingers for a reply must not raid a busy sibling (see `benchmarks/NOTES.md`,
-        // queue_mpsc); that work reaches us through `notify_work`, or through the re-check
-        // below if we go to sleep.
+        // (a request/response ping-pong with another thread). It watches work handed to this
+        // loop or to the runtime, not a sibling's queue: a loop that lingers for a reply must
+        // not raid a busy sibling (see `benchmarks/NOTES.md`, queue_mpsc); that work reaches
+        // us through `notify_work`, or through the re-check below if we go to sleep.
         if linger_until(None, || {
             std::thread::yield_now();
             self.has_local_work() || !rt.injector.is_empty() || self.poll_io_now() > 0
@@ -743,8 +742,8 @@ impl LoopCtx {
     /// Host loops: sleep until something pinned here, or `ready()`, needs us.
     pub(crate) fn park_host(&self, ready: &dyn Fn() -> bool, max: Option<Duration>) {
         let lp = &self.lp;
-        // As a worker lingers: the answer a `run_until_complete` waits for is
-        // often microseconds away, and seeing it now saves waking this thread's vCPU.
+        // As a worker lingers: the answer a `run_until_complete` waits for is often
+        // microseconds away, and seeing it now saves waking this thread's vCPU.
         let most = max.and_then(|max| Instant::now().checked_add(max));
         if linger_until(most, || {
             std::thread::yield_now();

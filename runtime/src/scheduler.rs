@@ -19,10 +19,11 @@
 //! A loop stuck in a long callback or poll cannot run what sits in its local queue. The
 //! monitor thread (after Go's `sysmon`) samples every awake loop's tick counter every
 //! [`MONITOR_INTERVAL`]; a loop whose counter has not moved while its queue holds tasks is
-//! marked stuck and gets a sibling woken to steal them (siblings otherwise leave a loop the one
-//! task it runs next: see [`RuntimeShared::can_steal_from`]). Task timers live in one shared heap, so any idle loop can fire
-//! them; one idle loop at a time holds the *timer driver* token and sleeps until the earliest
-//! deadline, and a new earliest deadline rings the driver (or, with none, an idle loop).
+//! marked stuck and gets a sibling woken to steal them (siblings otherwise leave a loop the
+//! one task it runs next: see [`RuntimeShared::can_steal_from`]). Task timers live in one
+//! shared heap, so any idle loop can fire them; one idle loop at a time holds the *timer
+//! driver* token and sleeps until the earliest deadline, and a new earliest deadline rings the
+//! driver (or, with none, an idle loop).
 
 use crate::event_loop::{LoopShared, AWAKE};
 use crate::task::raw::RawTask;
@@ -169,9 +170,9 @@ impl RuntimeShared {
     /// that task in a "LIFO slot" siblings cannot reach; here it stays in the ordinary FIFO
     /// queue, so the order of a loop's tasks is unchanged and taking it costs nothing extra.
     /// A loop stuck in a long step would strand it: the monitor sets `stuck`, and siblings
-    /// then take it too. `len` and `stuck` are read without ordering: a stale read makes a
-    /// sibling skip or take one task early, never loses one, because the owner runs whatever
-    /// stays and the monitor rescues it if the owner cannot.
+    /// then take it too. `len` races with the owner's pushes and pops and `stuck` may be
+    /// stale: a wrong read makes a sibling skip a task or take one early, never loses one,
+    /// because the owner runs whatever stays and the monitor rescues it if the owner cannot.
     #[inline]
     pub(crate) fn can_steal_from(&self, victim: usize) -> bool {
         may_steal(self.stealers[victim].len(), &self.loops[victim].stuck)
@@ -296,12 +297,6 @@ fn may_steal(queued: usize, victim_stuck: &AtomicBool) -> bool {
     }
 }
 
-/// Marks `lp` stuck (before waking a sibling to rescue its queue: see `may_steal`).
-#[inline]
-fn mark_stuck(lp: &LoopShared) {
-    lp.stuck.store(true, Ordering::Release);
-}
-
 /// This thread's worker loop index in `rt`, if it is one of `rt`'s worker threads.
 #[inline]
 pub(crate) fn current_worker(rt: &RuntimeShared) -> Option<usize> {
@@ -367,8 +362,9 @@ pub(crate) fn monitor_main(rt: Arc<RuntimeShared>) {
             let awake = lp.sleep_deadline.load(Ordering::Relaxed) == AWAKE;
             if awake && tick == last_ticks[i] && !rt.stealers[i].is_empty() {
                 // Stuck in one callback or poll with tasks queued behind it: siblings may
-                // now take even the task it would run next.
-                mark_stuck(lp);
+                // now take even the task it would run next. Marked before the wake-up, which
+                // carries it to the rescuer (see `may_steal` and its loom model).
+                lp.stuck.store(true, Ordering::Release);
                 rt.wake_one_idle(true);
             }
             if awake && tick == last_ticks[i] {
