@@ -15,20 +15,31 @@ use std::task::{Context, Poll};
 /// # Examples
 ///
 /// ```
-/// use std::time::Duration;
+/// use std::sync::Arc;
 /// braid_runtime::run(async {
-///     let inner = braid_runtime::create_task(async {
-///         braid_runtime::sleep(Duration::from_millis(20)).await?;
-///         Ok("kept")
-///     });
-///     let outer = braid_runtime::create_task(async move {
-///         let mut shielded = braid_runtime::shield(inner);
-///         let cancelled = (&mut shielded).await.unwrap_err().is_cancelled();
-///         // The inner task was not cancelled: its result is still there.
-///         Ok((cancelled, shielded.into_inner().await?))
-///     });
-///     braid_runtime::sleep(Duration::from_millis(5)).await?;
+///     let gate = Arc::new(braid_runtime::Event::new());
+///     let inner = {
+///         let gate = gate.clone();
+///         braid_runtime::create_task(async move {
+///             gate.wait().await?;
+///             Ok("kept")
+///         })
+///     };
+///     let awaiting = Arc::new(braid_runtime::Event::new());
+///     let outer = {
+///         let awaiting = awaiting.clone();
+///         braid_runtime::create_task(async move {
+///             let mut shielded = braid_runtime::shield(inner);
+///             awaiting.set();
+///             let cancelled = (&mut shielded).await.unwrap_err().is_cancelled();
+///             // The inner task was not cancelled: its result is still there.
+///             Ok((cancelled, shielded.into_inner().await?))
+///         })
+///     };
+///     // Cancel only once `outer` has started: a task cancelled before it first runs never runs.
+///     awaiting.wait().await?;
 ///     outer.cancel();
+///     gate.set();
 ///     assert_eq!(outer.await?, (true, "kept"));
 ///     Ok(())
 /// }).unwrap();

@@ -791,7 +791,8 @@ impl<T> Task<T> {
     /// ```
     /// use std::time::Duration;
     /// braid_runtime::run(async {
-    ///     let t = braid_runtime::create_task(async {
+    ///     // Pinned to this loop, so the request cannot be delivered before the check below.
+    ///     let t = braid_runtime::spawn_local(async {
     ///         braid_runtime::sleep(Duration::from_secs(60)).await
     ///     });
     ///     let r = t.as_ref();
@@ -845,7 +846,8 @@ impl<T> Task<T> {
     /// ```
     /// use std::time::Duration;
     /// braid_runtime::run(async {
-    ///     let t = braid_runtime::create_task(async {
+    ///     // Pinned to this loop, so it cannot start before the request is withdrawn.
+    ///     let t = braid_runtime::spawn_local(async {
     ///         braid_runtime::sleep(Duration::from_millis(5)).await?;
     ///         Ok("finished")
     ///     });
