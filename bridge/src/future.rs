@@ -993,3 +993,43 @@ impl<T: Send + 'static> fmt::Debug for AsCompleted<T> {
             .finish()
     }
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    fn registered_callbacks<T>(f: &ConcurrentFuture<T>) -> usize {
+        f.inner.state.lock().callbacks.len()
+    }
+
+    /// `wait` used as a polling loop on a future that stays pending leaves nothing registered
+    /// on it: each call removes its waiter when it returns (CPython's `wait` removes its
+    /// waiter in a `finally`). Counted directly, so the check does not depend on what other
+    /// tests in the process allocate.
+    #[test]
+    fn a_timed_out_wait_removes_its_waiter() {
+        let (fut, c) = ConcurrentFuture::<u8>::pair();
+        let fs = [fut];
+        for _ in 0..1_000 {
+            let (done, pending) = wait(&fs, Some(Duration::ZERO), ReturnWhen::FirstCompleted);
+            assert_eq!((done.len(), pending.len()), (0, 1));
+            assert_eq!(registered_callbacks(&fs[0]), 0);
+        }
+        fs[0].add_done_callback(|_| {});
+        assert_eq!(registered_callbacks(&fs[0]), 1, "the count sees a callback");
+        c.set_result(1);
+    }
+
+    /// An `as_completed` iterator dropped before its futures finish removes its waiters.
+    #[test]
+    fn a_dropped_as_completed_removes_its_waiters() {
+        let (a, _ca) = ConcurrentFuture::<u8>::pair();
+        let (b, cb) = ConcurrentFuture::<u8>::pair();
+        cb.set_result(2);
+        let mut it = as_completed(vec![a.clone(), b], None);
+        assert_eq!(it.next().unwrap().unwrap().result(None).unwrap(), 2);
+        assert_eq!(registered_callbacks(&a), 1);
+        drop(it);
+        assert_eq!(registered_callbacks(&a), 0);
+    }
+}
