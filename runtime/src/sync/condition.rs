@@ -128,17 +128,23 @@ impl<'a> ConditionGuard<'a> {
     /// `Condition.wait`). The lock is held again when this returns, whatever it returns.
     ///
     /// ```
-    /// use std::sync::Arc;
+    /// use std::sync::{Arc, atomic::{AtomicBool, Ordering}};
     /// braid_runtime::run(async {
     ///     let cond = Arc::new(braid_runtime::Condition::new());
-    ///     let c = cond.clone();
+    ///     let ready = Arc::new(AtomicBool::new(false));
+    ///     let (c, r) = (cond.clone(), ready.clone());
     ///     let notifier = braid_runtime::create_task(async move {
     ///         let g = c.acquire().await?;
+    ///         r.store(true, Ordering::Relaxed);
     ///         g.notify(1);
     ///         Ok(())
     ///     });
     ///     let mut guard = cond.acquire().await?;
-    ///     guard.wait().await?; // releases the lock: the notifier can run
+    ///     // A notify reaches only a task already waiting, and the notifier may have run on
+    ///     // another loop first: check the state under the lock before each wait.
+    ///     while !ready.load(Ordering::Relaxed) {
+    ///         guard.wait().await?; // releases the lock: the notifier can run
+    ///     }
     ///     assert!(cond.locked());
     ///     notifier.await
     /// }).unwrap();
