@@ -58,6 +58,7 @@ mod event_loop;
 mod executor;
 mod io;
 mod promise;
+mod registry;
 mod runtime;
 mod scheduler;
 mod sync;

@@ -26,6 +26,7 @@
 //! driver (or, with none, an idle loop).
 
 use crate::event_loop::{LoopShared, AWAKE};
+use crate::registry::{Registrant, Registry};
 use crate::task::raw::RawTask;
 use crate::timer::TimerQueue;
 use braid_bridge::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
@@ -44,6 +45,18 @@ const MONITOR_IDLE_INTERVAL: Duration = Duration::from_millis(50);
 const NO_DRIVER: usize = usize::MAX;
 
 pub(crate) type TaskPtr = Arc<dyn RawTask>;
+
+impl Registrant for TaskPtr {
+    fn registry_slot(&self) -> &AtomicUsize {
+        &self.header().registry_slot
+    }
+    fn finished(&self) -> bool {
+        self.header().done()
+    }
+    fn order(&self) -> u64 {
+        self.header().id.0
+    }
+}
 
 // Id counters hand out unique numbers and synchronise nothing, so they use std's atomics
 // directly (loom atomics cannot live in statics).
@@ -77,7 +90,7 @@ pub(crate) struct RuntimeShared {
     num_searching: CachePadded<AtomicUsize>,
     timer_driver: AtomicUsize,
     pub(crate) timers: TimerQueue,
-    pub(crate) registry: Registry,
+    pub(crate) registry: Registry<TaskPtr>,
     /// Loops exit their run loop once this is set.
     pub(crate) stopping: AtomicBool,
     /// Makes the next (or current) `run_forever` return.
@@ -390,202 +403,6 @@ pub(crate) fn monitor_main(rt: Arc<RuntimeShared>) {
                 }
             }
         }
-    }
-}
-
-/// A slab of registered tasks.
-#[derive(Default)]
-struct Slab {
-    slots: Vec<Option<TaskPtr>>,
-    free: Vec<usize>,
-    len: usize,
-}
-
-impl Slab {
-    fn take(&mut self, slot: usize) -> Option<TaskPtr> {
-        let task = self.slots.get_mut(slot)?.take()?;
-        self.free.push(slot);
-        self.len -= 1;
-        Some(task)
-    }
-}
-
-/// One loop's share of the registry (plus one shared shard for tasks spawned off the loops).
-struct Shard {
-    slab: Mutex<Slab>,
-    /// Slots of this shard's tasks that finished on another thread, freed by the owner in
-    /// one batch: a cross-core completion costs a push here, not a contended slab lock.
-    graveyard: Mutex<Vec<usize>>,
-    graveyard_len: AtomicUsize,
-}
-
-/// A graveyard this long is swept by whoever adds to it, so that a loop asleep for long
-/// cannot pile up finished tasks' memory.
-const GRAVEYARD_MAX: usize = 1024;
-
-/// Every unfinished task of a runtime, for `all_tasks()` and shutdown.
-///
-/// Each task registers in the shard of the loop that spawned it (the shared shard if no loop
-/// of this runtime did), where only that loop inserts: an uncontended lock on a line already
-/// in its cache. A task that finishes on the same loop leaves at once; one that finishes on a
-/// sibling leaves its slot in the owner's graveyard, which the owner sweeps once per
-/// iteration and before it sleeps. So a finished task may stay in a slab a little while:
-/// readers skip finished tasks.
-pub(crate) struct Registry {
-    shards: Box<[CachePadded<Shard>]>,
-    closed: AtomicBool,
-}
-
-/// `registry_slot` packs the shard above the slot.
-const SLOT_BITS: u32 = 48;
-
-impl Registry {
-    fn new(loops: usize) -> Registry {
-        Registry {
-            shards: (0..=loops)
-                .map(|_| {
-                    CachePadded::new(Shard {
-                        slab: Mutex::new(Slab::default()),
-                        graveyard: Mutex::new(Vec::new()),
-                        graveyard_len: AtomicUsize::new(0),
-                    })
-                })
-                .collect(),
-            closed: AtomicBool::new(false),
-        }
-    }
-
-    fn shared_shard(&self) -> usize {
-        self.shards.len() - 1
-    }
-
-    /// Adds a task, in the shard of `here` (the current worker loop of this runtime, if
-    /// any); fails once the runtime is closed.
-    pub(crate) fn insert(&self, task: TaskPtr, here: Option<usize>) -> Result<(), TaskPtr> {
-        let shard_id = here.unwrap_or_else(|| self.shared_shard());
-        let mut slab = self.shards[shard_id].slab.lock();
-        // Checked under the shard lock: `close` takes every lock after setting the flag, so a
-        // task is either in the registry before shutdown snapshots it, or refused.
-        if self.closed.load(Ordering::Acquire) {
-            return Err(task);
-        }
-        let slot = match slab.free.pop() {
-            Some(slot) => slot,
-            None => {
-                slab.slots.push(None);
-                slab.slots.len() - 1
-            }
-        };
-        // Read back only by `remove`, after the insert happened-before the task ran.
-        task.header()
-            .registry_slot
-            .store((shard_id << SLOT_BITS) | slot, Ordering::Relaxed);
-        slab.slots[slot] = Some(task);
-        slab.len += 1;
-        Ok(())
-    }
-
-    /// Removes the finishing task with this header (see the type's docs for when).
-    pub(crate) fn remove(&self, header: &crate::task::Header, here: Option<usize>) {
-        let packed = header.registry_slot.load(Ordering::Relaxed);
-        if packed == usize::MAX {
-            return; // never registered (refused at shutdown)
-        }
-        let (shard_id, slot) = (packed >> SLOT_BITS, packed & ((1 << SLOT_BITS) - 1));
-        let shard = &self.shards[shard_id];
-        if shard_id == self.shared_shard() || here == Some(shard_id) {
-            let removed = {
-                let mut slab = shard.slab.lock();
-                let ours = slab
-                    .slots
-                    .get(slot)
-                    .and_then(Option::as_ref)
-                    .is_some_and(|t| std::ptr::eq(t.header(), header));
-                if ours {
-                    slab.take(slot)
-                } else {
-                    None
-                }
-            };
-            // Dropped outside the lock: it may be the last reference.
-            drop(removed);
-            return;
-        }
-        let full = {
-            let mut graveyard = shard.graveyard.lock();
-            graveyard.push(slot);
-            shard
-                .graveyard_len
-                .store(graveyard.len(), Ordering::Relaxed);
-            graveyard.len() >= GRAVEYARD_MAX
-        };
-        if full {
-            self.sweep(shard_id);
-        }
-    }
-
-    /// The owner's periodic sweep: cheap when there is nothing to do.
-    #[inline]
-    pub(crate) fn sweep_if_needed(&self, shard_id: usize) {
-        if self.shards[shard_id].graveyard_len.load(Ordering::Relaxed) > 0 {
-            self.sweep(shard_id);
-        }
-    }
-
-    /// Frees the slots in `shard_id`'s graveyard.
-    #[cold]
-    fn sweep(&self, shard_id: usize) {
-        let shard = &self.shards[shard_id];
-        let slots = {
-            let mut graveyard = shard.graveyard.lock();
-            shard.graveyard_len.store(0, Ordering::Relaxed);
-            std::mem::take(&mut *graveyard)
-        };
-        if slots.is_empty() {
-            return;
-        }
-        let freed: Vec<TaskPtr> = {
-            let mut slab = shard.slab.lock();
-            slots
-                .into_iter()
-                .filter_map(|slot| slab.take(slot))
-                .collect()
-        };
-        drop(freed);
-    }
-
-    pub(crate) fn close(&self) {
-        self.closed.store(true, Ordering::Release);
-        for shard in self.shards.iter() {
-            drop(shard.slab.lock());
-        }
-    }
-
-    pub(crate) fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::Acquire)
-    }
-
-    /// Every registered task that has not finished, in creation order.
-    pub(crate) fn snapshot(&self) -> Vec<TaskPtr> {
-        let mut all = Vec::new();
-        for (i, shard) in self.shards.iter().enumerate() {
-            self.sweep(i);
-            let slab = shard.slab.lock();
-            all.extend(
-                slab.slots
-                    .iter()
-                    .flatten()
-                    .filter(|t| !t.header().done())
-                    .cloned(),
-            );
-        }
-        all.sort_by_key(|t| t.header().id);
-        all
-    }
-
-    /// How many registered tasks have not finished.
-    pub(crate) fn len(&self) -> usize {
-        self.snapshot().len()
     }
 }
 

@@ -154,7 +154,7 @@ pub(crate) struct Header {
     ended_failed: AtomicBool,
     /// `JOIN_*` bits; see their docs.
     join: AtomicU8,
-    /// This task's registry shard and slot (see `Registry`), `usize::MAX` if unregistered.
+    /// This task's registry shard and slot (see `registry`), `UNREGISTERED` if unregistered.
     pub(crate) registry_slot: AtomicUsize,
     inner: Mutex<Inner>,
     join_waker: Mutex<Option<Waker>>,
@@ -178,7 +178,7 @@ impl Header {
             ended_cancelled: AtomicBool::new(false),
             ended_failed: AtomicBool::new(false),
             join: AtomicU8::new(0),
-            registry_slot: AtomicUsize::new(usize::MAX),
+            registry_slot: AtomicUsize::new(crate::registry::UNREGISTERED),
             inner: Mutex::new(Inner {
                 name,
                 ..Inner::default()
@@ -407,9 +407,10 @@ impl Header {
     /// Publishes completion (the output is already stored).
     pub(crate) fn complete(&self, cancelled: bool, failed: bool) {
         // Leave the registry first: `all_tasks()` must never list a task that is done.
-        self.rt
-            .registry
-            .remove(self, crate::scheduler::current_worker(&self.rt));
+        self.rt.registry.remove(
+            &self.registry_slot,
+            crate::scheduler::current_worker(&self.rt),
+        );
         self.ended_cancelled.store(cancelled, Ordering::Release);
         self.ended_failed.store(failed, Ordering::Release);
         // Only the runner sets `has_awaiting` (during a poll), and we are the runner.
@@ -827,7 +828,8 @@ impl<T> Task<T> {
     /// ```
     /// use std::time::Duration;
     /// braid_runtime::run(async {
-    ///     let t = braid_runtime::create_task(async {
+    ///     // Pinned to this loop, so it cannot end cancelled between the two requests.
+    ///     let t = braid_runtime::spawn_local(async {
     ///         braid_runtime::sleep(Duration::from_secs(60)).await
     ///     });
     ///     t.cancel();
@@ -927,14 +929,16 @@ impl<T> Task<T> {
     /// schedules done callbacks with `call_soon`).
     ///
     /// ```
-    /// use std::sync::mpsc;
     /// braid_runtime::run(async {
-    ///     let (tx, rx) = mpsc::channel();
+    ///     let seen = braid_runtime::create_future::<bool>();
     ///     let t = braid_runtime::create_task(async { Ok(5) });
-    ///     t.add_done_callback(move |task| tx.send(task.done()).unwrap());
+    ///     let s = seen.clone();
+    ///     t.add_done_callback(move |task| {
+    ///         let _ = s.set_result(task.done());
+    ///     });
     ///     t.await?;
-    ///     braid_runtime::sleep(std::time::Duration::from_millis(10)).await?;
-    ///     assert_eq!(rx.try_recv(), Ok(true));
+    ///     // The callback runs on the loop that finished the task, maybe not yet: wait for it.
+    ///     assert!(seen.await?);
     ///     Ok(())
     /// }).unwrap();
     /// ```

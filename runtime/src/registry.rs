@@ -1,0 +1,364 @@
+//! The registry of a runtime's unfinished tasks, for `all_tasks()` and shutdown.
+//!
+//! Each task registers in the shard of the loop that spawned it, where only that loop
+//! inserts: an uncontended lock on a line already in its cache. Tasks spawned off the loops
+//! (from a foreign thread, or a host loop inside `run_until_complete`) register in one
+//! *shared* shard.
+//!
+//! A task that finishes on the thread that owns its shard leaves at once. One that finishes
+//! elsewhere leaves its slot in the shard's *graveyard*, and the slot (with the registry's
+//! reference to the task) is freed later, in one batch:
+//!
+//! - a loop's own shard is swept by that loop once per iteration;
+//! - the shared shard is swept by whoever next inserts into it, once [`SHARED_SWEEP_BATCH`]
+//!   slots wait, and by a loop before it goes to sleep.
+//!
+//! Sweeping the shared shard from the inserting side matters for speed: a foreign thread
+//! that spawns many tasks allocates them all, and the loops used to free them. With glibc's
+//! allocator every such free beyond the freeing thread's small cache takes the allocating
+//! thread's arena lock, which the spawner holds for its own allocations: 0.7 futex calls
+//! per task in `spawn_many_remote`. Freed in batches by the spawner, the memory goes back
+//! to the thread that allocates next, uncontended (see `benchmarks/NOTES.md`).
+//!
+//! Any shard's graveyard that reaches [`GRAVEYARD_MAX`] is swept by whoever fills it, so a
+//! loop asleep for long, or a spawner that stopped, cannot pile up finished tasks' memory.
+//! A finished task may so stay in a slab a little while: readers skip finished tasks.
+
+use braid_bridge::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use braid_bridge::sync::Mutex;
+use crossbeam_utils::CachePadded;
+
+/// What the registry needs of a task: where it keeps its slot, and whether it finished.
+pub(crate) trait Registrant: Clone {
+    /// The task's packed shard and slot, `usize::MAX` while unregistered. Its address also
+    /// identifies the task.
+    fn registry_slot(&self) -> &AtomicUsize;
+    /// True once the task has finished.
+    fn finished(&self) -> bool;
+    /// The order `snapshot` lists tasks in (creation order).
+    fn order(&self) -> u64;
+}
+
+/// A graveyard this long is swept by whoever adds to it.
+pub(crate) const GRAVEYARD_MAX: usize = 1024;
+
+/// Slots waiting in the shared shard's graveyard before an insert sweeps them. One under
+/// loom, so that the model reaches the sweep.
+pub(crate) const SHARED_SWEEP_BATCH: usize = if cfg!(loom) { 1 } else { 64 };
+
+/// `registry_slot` packs the shard above the slot.
+const SLOT_BITS: u32 = 48;
+
+/// The slot word of a task that is not registered.
+pub(crate) const UNREGISTERED: usize = usize::MAX;
+
+/// One shard's tasks.
+struct Slab<P> {
+    slots: Vec<Option<P>>,
+    free: Vec<usize>,
+}
+
+impl<P> Slab<P> {
+    fn take(&mut self, slot: usize) -> Option<P> {
+        let task = self.slots.get_mut(slot)?.take()?;
+        self.free.push(slot);
+        Some(task)
+    }
+}
+
+/// One loop's share of the registry, or the shared shard.
+struct Shard<P> {
+    slab: Mutex<Slab<P>>,
+    /// Slots of this shard's tasks that finished on another thread, freed in one batch: a
+    /// cross-core completion costs a push here, not a contended slab lock.
+    graveyard: Mutex<Vec<usize>>,
+    /// The graveyard's length, read without its lock to decide whether to sweep.
+    graveyard_len: AtomicUsize,
+}
+
+/// Every unfinished task of a runtime (see the module docs).
+pub(crate) struct Registry<P> {
+    /// One shard per loop, then the shared shard.
+    shards: Box<[CachePadded<Shard<P>>]>,
+    closed: AtomicBool,
+}
+
+impl<P: Registrant> Registry<P> {
+    /// A registry for `loops` worker loops.
+    pub(crate) fn new(loops: usize) -> Registry<P> {
+        Registry {
+            shards: (0..=loops)
+                .map(|_| {
+                    CachePadded::new(Shard {
+                        slab: Mutex::new(Slab {
+                            slots: Vec::new(),
+                            free: Vec::new(),
+                        }),
+                        graveyard: Mutex::new(Vec::new()),
+                        graveyard_len: AtomicUsize::new(0),
+                    })
+                })
+                .collect(),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    /// The shard of tasks spawned off the worker loops.
+    pub(crate) fn shared_shard(&self) -> usize {
+        self.shards.len() - 1
+    }
+
+    /// Adds a task, in the shard of `here` (the current worker loop of this runtime, if
+    /// any, else the shared shard); fails once the runtime is closed.
+    pub(crate) fn insert(&self, task: P, here: Option<usize>) -> Result<(), P> {
+        let shard_id = here.unwrap_or_else(|| self.shared_shard());
+        let shard = &self.shards[shard_id];
+        if here.is_none() && shard.graveyard_len.load(Ordering::Relaxed) >= SHARED_SWEEP_BATCH {
+            // The tasks we spawned and the loops finished: free them here (module docs).
+            self.sweep(shard_id);
+        }
+        let mut slab = shard.slab.lock();
+        // Checked under the shard lock: `close` takes every lock after setting the flag, so a
+        // task is either in the registry before shutdown snapshots it, or refused.
+        if self.closed.load(Ordering::Acquire) {
+            return Err(task);
+        }
+        let slot = match slab.free.pop() {
+            Some(slot) => slot,
+            None => {
+                slab.slots.push(None);
+                slab.slots.len() - 1
+            }
+        };
+        // Read back only by `remove`, after the insert happened-before the task ran.
+        task.registry_slot()
+            .store((shard_id << SLOT_BITS) | slot, Ordering::Relaxed);
+        slab.slots[slot] = Some(task);
+        Ok(())
+    }
+
+    /// Removes the finishing task whose slot word is `slot_word` (see the module docs for
+    /// when), called on the thread that finishes it; `here` is that thread's worker loop.
+    pub(crate) fn remove(&self, slot_word: &AtomicUsize, here: Option<usize>) {
+        let packed = slot_word.load(Ordering::Relaxed);
+        if packed == UNREGISTERED {
+            return; // never registered (refused at shutdown)
+        }
+        let (shard_id, slot) = (packed >> SLOT_BITS, packed & ((1 << SLOT_BITS) - 1));
+        let shard = &self.shards[shard_id];
+        // The shared shard belongs to the threads off the loops, as a loop's shard to it.
+        let owner = here == Some(shard_id) || (here.is_none() && shard_id == self.shared_shard());
+        if owner {
+            let removed = {
+                let mut slab = shard.slab.lock();
+                let ours = slab
+                    .slots
+                    .get(slot)
+                    .and_then(Option::as_ref)
+                    .is_some_and(|t| std::ptr::eq(t.registry_slot(), slot_word));
+                if ours {
+                    slab.take(slot)
+                } else {
+                    None
+                }
+            };
+            // Dropped outside the lock: it may be the last reference.
+            drop(removed);
+            return;
+        }
+        let full = {
+            let mut graveyard = shard.graveyard.lock();
+            graveyard.push(slot);
+            shard
+                .graveyard_len
+                .store(graveyard.len(), Ordering::Relaxed);
+            graveyard.len() >= GRAVEYARD_MAX
+        };
+        if full {
+            self.sweep(shard_id);
+        }
+    }
+
+    /// A sweep of `shard_id` if its graveyard holds anything: one relaxed load otherwise.
+    #[inline]
+    pub(crate) fn sweep_if_needed(&self, shard_id: usize) {
+        if self.shards[shard_id].graveyard_len.load(Ordering::Relaxed) > 0 {
+            self.sweep(shard_id);
+        }
+    }
+
+    /// Frees the slots in `shard_id`'s graveyard.
+    #[cold]
+    fn sweep(&self, shard_id: usize) {
+        let shard = &self.shards[shard_id];
+        let slots = {
+            let mut graveyard = shard.graveyard.lock();
+            shard.graveyard_len.store(0, Ordering::Relaxed);
+            std::mem::take(&mut *graveyard)
+        };
+        if slots.is_empty() {
+            return;
+        }
+        let freed: Vec<P> = {
+            let mut slab = shard.slab.lock();
+            slots
+                .into_iter()
+                .filter_map(|slot| slab.take(slot))
+                .collect()
+        };
+        // Dropped outside the lock: these may be the last references.
+        drop(freed);
+    }
+
+    /// Refuses every later insert.
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        for shard in self.shards.iter() {
+            drop(shard.slab.lock());
+        }
+    }
+
+    /// True once `close` has run.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Every registered task that has not finished, in creation order.
+    pub(crate) fn snapshot(&self) -> Vec<P> {
+        let mut all = Vec::new();
+        for (i, shard) in self.shards.iter().enumerate() {
+            self.sweep(i);
+            let slab = shard.slab.lock();
+            all.extend(
+                slab.slots
+                    .iter()
+                    .flatten()
+                    .filter(|t| !t.finished())
+                    .cloned(),
+            );
+        }
+        all.sort_by_key(Registrant::order);
+        all
+    }
+
+    /// How many registered tasks have not finished.
+    pub(crate) fn len(&self) -> usize {
+        self.snapshot().len()
+    }
+}
+
+#[cfg(all(test, loom))]
+mod loom_models {
+    //! The shared shard's deferred frees: a loop finishing a foreign-spawned task leaves its
+    //! slot in the graveyard, and the foreign thread's next insert frees it. Checked: every
+    //! finished task is freed exactly once, no live task is ever removed (a reused slot is
+    //! never swept by a stale graveyard entry), and the registry ends holding exactly the
+    //! unfinished tasks.
+    use super::{Registrant, Registry};
+    use braid_bridge::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use braid_bridge::sync::Arc;
+
+    struct FakeTask {
+        id: u64,
+        slot: AtomicUsize,
+        done: AtomicBool,
+    }
+
+    #[derive(Clone)]
+    struct Ptr(Arc<FakeTask>);
+
+    impl Registrant for Ptr {
+        fn registry_slot(&self) -> &AtomicUsize {
+            &self.0.slot
+        }
+        fn finished(&self) -> bool {
+            self.0.done.load(Ordering::Acquire)
+        }
+        fn order(&self) -> u64 {
+            self.0.id
+        }
+    }
+
+    fn task(id: u64) -> Ptr {
+        Ptr(Arc::new(FakeTask {
+            id,
+            slot: AtomicUsize::new(super::UNREGISTERED),
+            done: AtomicBool::new(false),
+        }))
+    }
+
+    fn register(registry: &Registry<Ptr>, t: &Ptr, here: Option<usize>) {
+        assert!(
+            registry.insert(t.clone(), here).is_ok(),
+            "the registry is open"
+        );
+    }
+
+    /// As a task's completion does it: leave the registry, then mark done.
+    fn finish(registry: &Registry<Ptr>, t: &Ptr, here: Option<usize>) {
+        registry.remove(&t.0.slot, here);
+        t.0.done.store(true, Ordering::Release);
+    }
+
+    #[test]
+    fn loom_a_foreign_spawner_frees_what_the_loops_finished() {
+        loom::model(|| {
+            // One worker loop: shard 0; the shared shard is 1.
+            let registry = Arc::new(Registry::<Ptr>::new(1));
+            let (a, b) = (task(1), task(2));
+            register(&registry, &a, None);
+            register(&registry, &b, None);
+
+            // The loop and a second thread off the loops (a host loop) finish one each.
+            let lp = {
+                let (registry, a) = (registry.clone(), a.clone());
+                loom::thread::spawn(move || finish(&registry, &a, Some(0)))
+            };
+            let host = {
+                let (registry, b) = (registry.clone(), b.clone());
+                loom::thread::spawn(move || finish(&registry, &b, None))
+            };
+            // Meanwhile the spawner inserts more, sweeping whatever has been left.
+            let c = task(3);
+            register(&registry, &c, None);
+            let d = task(4);
+            register(&registry, &d, None);
+            lp.join().unwrap();
+            host.join().unwrap();
+
+            let live: Vec<u64> = registry.snapshot().iter().map(|t| t.0.id).collect();
+            assert_eq!(live, vec![3, 4], "exactly the unfinished tasks");
+            // The snapshot swept every graveyard: the registry keeps no finished task.
+            assert_eq!(Arc::strong_count(&a.0), 1, "a freed exactly once");
+            assert_eq!(Arc::strong_count(&b.0), 1, "b freed exactly once");
+            assert_eq!(Arc::strong_count(&c.0), 2, "c still registered");
+            assert_eq!(Arc::strong_count(&d.0), 2, "d still registered");
+        });
+    }
+
+    #[test]
+    fn loom_a_loop_sweeps_its_own_shard() {
+        loom::model(|| {
+            let registry = Arc::new(Registry::<Ptr>::new(2));
+            let (a, b) = (task(1), task(2));
+            register(&registry, &a, Some(0));
+            register(&registry, &b, Some(0));
+            // Loop 1 finishes a task of loop 0 (graveyard) while loop 0 finishes its other
+            // one (at once) and sweeps.
+            let sibling = {
+                let (registry, a) = (registry.clone(), a.clone());
+                loom::thread::spawn(move || finish(&registry, &a, Some(1)))
+            };
+            finish(&registry, &b, Some(0));
+            let e = task(5);
+            register(&registry, &e, Some(0));
+            registry.sweep_if_needed(0);
+            sibling.join().unwrap();
+            registry.sweep_if_needed(0);
+            assert_eq!(Arc::strong_count(&a.0), 1);
+            assert_eq!(Arc::strong_count(&b.0), 1);
+            let live: Vec<u64> = registry.snapshot().iter().map(|t| t.0.id).collect();
+            assert_eq!(live, vec![5]);
+        });
+    }
+}
