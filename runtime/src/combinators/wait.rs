@@ -172,17 +172,25 @@ impl<T: 'static> fmt::Debug for Wait<T> {
 ///
 /// ```
 /// use futures::StreamExt;
-/// use std::time::Duration;
-/// use braid_runtime::{as_completed, create_task, sleep};
+/// use braid_runtime::{as_completed, create_future, create_task, Promise};
 /// braid_runtime::run(async {
-///     let tasks = [30u64, 10, 20]
-///         .map(|ms| create_task(async move { sleep(Duration::from_millis(ms)).await?; Ok(ms) }));
-///     let mut stream = as_completed(tasks.into(), None);
-///     let mut order = Vec::new();
-///     while let Some(ms) = stream.next().await {
-///         order.push(ms?);
+///     // Task i finishes when gate i opens (not after a sleep: tasks on other loops can run
+///     // late, so sleeps would not fix the order).
+///     let gates: Vec<Promise<()>> = (0..3).map(|_| create_future()).collect();
+///     let tasks = gates
+///         .iter()
+///         .enumerate()
+///         .map(|(i, gate)| {
+///             let gate = gate.clone();
+///             create_task(async move { gate.await?; Ok(i) })
+///         })
+///         .collect();
+///     let mut stream = as_completed(tasks, None);
+///     for i in [2, 0, 1] {
+///         gates[i].set_result(())?;
+///         assert_eq!(stream.next().await.unwrap()?, i); // completion order, not input order
 ///     }
-///     assert_eq!(order, [10, 20, 30]);
+///     assert!(stream.next().await.is_none());
 ///     Ok(())
 /// }).unwrap();
 /// ```
