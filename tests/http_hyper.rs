@@ -307,8 +307,9 @@ fn header_read_timeout_on_braid_timer_disconnects_a_silent_client() {
         builder.header_read_timeout(TIMEOUT);
         let server = Server::start(builder).await?;
 
-        let silent = TcpStream::connect(server.addr).await?;
+        // Before the connect: the server may start its timer before `connect` returns here.
         let start = Instant::now();
+        let silent = TcpStream::connect(server.addr).await?;
         let mut buf = [0u8; 64];
         // The server hangs up: end of stream (or a reset), not a hang.
         match braid::wait_for(silent.read(&mut buf), Some(LIMIT)).await {

@@ -113,6 +113,8 @@ fn run_forever_returns_after_stop() {
     let did_work = Arc::new(AtomicBool::new(false));
     let d = did_work.clone();
     let lp = rt.event_loop();
+    // Before the spawn: the task can sleep and stop the loop before this thread goes on.
+    let start = Instant::now();
     rt.event_loops()[1]
         .spawn(async move {
             braid::sleep(Duration::from_millis(10)).await?;
@@ -121,7 +123,6 @@ fn run_forever_returns_after_stop() {
             Ok(())
         })
         .unwrap();
-    let start = Instant::now();
     rt.run_forever().unwrap();
     assert!(
         did_work.load(Ordering::SeqCst),

@@ -188,7 +188,9 @@ fn a_real_cancel_inside_an_unexpired_timeout_stays_cancelled() {
 #[test]
 fn an_error_inside_passes_through() {
     on_loops(&[1, 2], || async {
-        let err = braid::timeout(Duration::from_millis(50), async {
+        // A deadline far away: a 50 ms one could pass while the body waits for its loop
+        // after the yield, and the Timeout would replace the error.
+        let err = braid::timeout(LONG, async {
             braid::yield_now().await?;
             Err::<(), _>(Error::msg("key error"))
         })

@@ -154,8 +154,11 @@ fn first_exception_returns_when_one_task_fails() {
         // Fails while waiting; a task that completes normally first does not end the wait.
         let a = sleeper();
         let ok = after(1, 5);
-        let b = braid::create_task(async {
-            braid::sleep(Duration::from_millis(10)).await?;
+        // `b` fails once `ok` is done (a 10 ms sleep did not ensure that: a task can start
+        // late under load).
+        let ok_done = done_signal(&ok);
+        let b = braid::create_task(async move {
+            ok_done.await?;
             Err::<i32, _>(Error::msg("err"))
         });
         let (ia, iok, ib) = (a.id(), ok.id(), b.id());
@@ -212,6 +215,9 @@ fn timeout_returns_the_split_and_cancels_nothing() {
         let gate = braid::create_future::<()>();
         let a = after(1, 1);
         let b = gated(&gate, 2);
+        // `a` is done before the clock starts: under load a task can start later than the
+        // timeout, and `a` must be in `done`.
+        done_signal(&a).await?;
         let (ia, ib) = (a.id(), b.id());
         let start = Instant::now();
         let (done, pending) = braid::wait(
