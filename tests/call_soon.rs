@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{runtime, WAIT};
+use common::{runtime, serial, WAIT};
 
 /// Polls `cond` (every millisecond) until it holds or `limit` passes; returns whether it held.
 fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
@@ -238,6 +238,8 @@ fn let_idle(lp: &EventLoop) {
 /// the submission (spec bound), on every loop, several times over.
 #[test]
 fn call_soon_threadsafe_wakes_an_idle_loop_within_50ms() {
+    // Not beside the tests below that load both cores: this one measures a latency.
+    let _serial = serial();
     let rt = runtime(2);
     let mut latencies = Vec::new();
     for round in 0..3 {
@@ -353,6 +355,8 @@ fn callback_cancelled_by_an_earlier_callback_is_skipped() {
 /// once, and each producer's callbacks run in the order it submitted them.
 #[test]
 fn call_soon_threadsafe_keeps_each_producers_order() {
+    // Not beside the latency test: this loads both cores.
+    let _serial = serial();
     const N: usize = 2000;
     let rt = runtime(2);
     let lp = rt.event_loops()[0].clone();
@@ -393,6 +397,8 @@ fn call_soon_threadsafe_keeps_each_producers_order() {
 /// callback, wait for it" never lose a wake-up (each round bounded by 2 s).
 #[test]
 fn call_soon_threadsafe_never_loses_a_wakeup() {
+    // Not beside the latency test: this loads both cores.
+    let _serial = serial();
     let rt = runtime(2);
     let loops = rt.event_loops();
     let (tx, rx) = mpsc::channel();

@@ -262,9 +262,18 @@ fn foreign_threads_submit_cancel_and_call_soon() {
     }
     assert_eq!(callbacks_run.load(Ordering::SeqCst), callbacks_sent);
 
-    let left = rt
-        .run_until_complete(async { Ok(braid::all_tasks().len()) })
-        .unwrap();
+    // A future cancelled from its thread is done at once, while its task may still be waiting
+    // for a loop to deliver the cancel: wait (bounded) for the tasks to finish.
+    let deadline = Instant::now() + SETTLE;
+    let left = loop {
+        let left = rt
+            .run_until_complete(async { Ok(braid::all_tasks().len()) })
+            .unwrap();
+        if left == 0 || Instant::now() >= deadline {
+            break left;
+        }
+        thread::sleep(Duration::from_millis(5));
+    };
     assert_eq!(left, 0, "tasks left after every future settled");
 
     rt.shutdown(Duration::from_secs(10))
