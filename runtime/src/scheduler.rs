@@ -1,5 +1,6 @@
 //! The runtime's shared scheduling state: the injector, the stealers, the idle set, the task
-//! registry, the shared timers, and the monitor that keeps work from stranding.
+//! registry (kept in `registry`), the shared timers, and the monitor that keeps work from
+//! stranding.
 //!
 //! ## Waking sleeping loops (after tokio's idle protocol, PR #4383)
 //!
