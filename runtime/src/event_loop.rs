@@ -678,7 +678,6 @@ impl LoopCtx {
         }) {
             return;
         }
-        rt.registry.sweep_if_needed(rt.registry.shared_shard());
         // Going idle: free what the loops finished of the tasks spawned off them (see
         // `registry`), or it would wait for the spawner's next insert.
         rt.registry.sweep_if_needed(rt.registry.shared_shard());
