@@ -30,7 +30,7 @@ use crossbeam_utils::CachePadded;
 
 /// What the registry needs of a task: where it keeps its slot, and whether it finished.
 pub(crate) trait Registrant: Clone {
-    /// The task's packed shard and slot, `usize::MAX` while unregistered. Its address also
+    /// The task's packed shard and slot, [`UNREGISTERED`] while unregistered. Its address also
     /// identifies the task.
     fn registry_slot(&self) -> &AtomicUsize;
     /// True once the task has finished.
@@ -40,11 +40,11 @@ pub(crate) trait Registrant: Clone {
 }
 
 /// A graveyard this long is swept by whoever adds to it.
-pub(crate) const GRAVEYARD_MAX: usize = 1024;
+const GRAVEYARD_MAX: usize = 1024;
 
 /// Slots waiting in the shared shard's graveyard before an insert sweeps them. One under
 /// loom, so that the model reaches the sweep.
-pub(crate) const SHARED_SWEEP_BATCH: usize = if cfg!(loom) { 1 } else { 64 };
+const SHARED_SWEEP_BATCH: usize = if cfg!(loom) { 1 } else { 64 };
 
 /// `registry_slot` packs the shard above the slot.
 const SLOT_BITS: u32 = 48;
