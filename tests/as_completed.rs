@@ -85,12 +85,7 @@ fn timeout_yields_timeout_then_ends_and_cancels_nothing() {
         let b = gated(&gate_b, "b");
         // `a` is done before the clock starts: under load a task can start later than the
         // timeout, and `a`'s value must come first.
-        let a_done = braid::create_future::<()>();
-        let d = a_done.clone();
-        a.add_done_callback(move |_| {
-            let _ = d.set_result(());
-        });
-        a_done.await?;
+        done_signal(&a).await?;
         let (ib, rb) = (b.id(), b.as_ref());
         let start = Instant::now();
         let mut stream = braid::as_completed(vec![a, b], Some(Duration::from_millis(40)));

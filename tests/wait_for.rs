@@ -24,16 +24,6 @@ use common::*;
 /// Longer than any test: a child sleeping this long only ends by being cancelled.
 const LONG: Duration = Duration::from_secs(60);
 
-/// A promise set once `task` is done: how a test waits for a child without sleeping.
-fn done_signal<T: 'static>(task: &Task<T>) -> Promise<()> {
-    let done = braid::create_future();
-    let setter = done.clone();
-    task.add_done_callback(move |_| {
-        let _ = setter.set_result(());
-    });
-    done
-}
-
 fn assert_timeout<T: std::fmt::Debug>(r: &braid::Result<T>) {
     match r {
         Err(e) if e.is_timeout() => {}

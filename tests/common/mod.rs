@@ -134,3 +134,13 @@ pub(crate) async fn let_local_tasks_run() -> braid::Result<()> {
     braid::yield_now().await?;
     braid::yield_now().await
 }
+
+/// A promise set once `task` is done: how a test waits for a child without sleeping.
+pub(crate) fn done_signal<T: 'static>(task: &Task<T>) -> Promise<()> {
+    let done = braid::create_future();
+    let setter = done.clone();
+    task.add_done_callback(move |_| {
+        let _ = setter.set_result(());
+    });
+    done
+}
