@@ -15,19 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{runtime, serial, WAIT};
-
-/// Polls `cond` (every millisecond) until it holds or `limit` passes; returns whether it held.
-fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + limit;
-    while Instant::now() < end {
-        if cond() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    cond()
-}
+use common::{eventually, runtime, serial, WAIT};
 
 /// call_soon callbacks run in the order they were scheduled, on the host loop of
 /// `run_until_complete` (CPython `test_call_soon`).
@@ -221,7 +209,7 @@ fn cancelled_call_soon_threadsafe_handle_never_runs() {
 /// that has been asleep, not one that just finished work).
 fn let_idle(lp: &EventLoop) {
     assert!(
-        wait_until(WAIT, || lp.state() == LoopState::Idle),
+        eventually(WAIT, || lp.state() == LoopState::Idle),
         "loop {} never went idle",
         lp.id()
     );

@@ -27,7 +27,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::threads_named;
+use common::{eventually, threads_named};
 
 /// Foreign threads.
 const THREADS: usize = 8;
@@ -264,17 +264,14 @@ fn foreign_threads_submit_cancel_and_call_soon() {
 
     // A future cancelled from its thread is done at once, while its task may still be waiting
     // for a loop to deliver the cancel: wait (bounded) for the tasks to finish.
-    let deadline = Instant::now() + SETTLE;
-    let left = loop {
-        let left = rt
+    let mut left = usize::MAX;
+    let no_task_left = eventually(SETTLE, || {
+        left = rt
             .run_until_complete(async { Ok(braid::all_tasks().len()) })
             .unwrap();
-        if left == 0 || Instant::now() >= deadline {
-            break left;
-        }
-        thread::sleep(Duration::from_millis(5));
-    };
-    assert_eq!(left, 0, "tasks left after every future settled");
+        left == 0
+    });
+    assert!(no_task_left, "{left} tasks left after every future settled");
 
     rt.shutdown(Duration::from_secs(10))
         .expect("clean shutdown");

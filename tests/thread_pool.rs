@@ -14,21 +14,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::WAIT;
-
-/// Polls `cond` until it holds or `limit` passes; returns whether it held.
-fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(2));
-    }
-}
+use common::{eventually, WAIT};
 
 /// Occupies one pool thread until the returned sender is used (or dropped); returns once the
 /// job is running.

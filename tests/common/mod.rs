@@ -144,3 +144,16 @@ pub(crate) fn done_signal<T: 'static>(task: &Task<T>) -> Promise<()> {
     });
     done
 }
+
+/// Polls `cond` (every millisecond) until it holds or `limit` passes; returns whether it held.
+/// For state another thread settles without telling anyone (thread counts, registries).
+pub(crate) fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < end {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    cond()
+}
