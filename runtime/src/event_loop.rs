@@ -16,7 +16,7 @@ use braid_bridge::tuning::linger_until;
 use braid_bridge::{Error, ErrorKind, Result};
 use crossbeam_deque::{Steal, Worker};
 use crossbeam_utils::CachePadded;
-use polling::{Events, Poller};
+use polling::Poller;
 use std::cell::{Cell, RefCell};
 use std::cmp::Ordering as CmpOrdering;
 use std::collections::{BinaryHeap, VecDeque};
@@ -361,7 +361,7 @@ pub(crate) struct LoopCtx {
     tick: Cell<u64>,
     searching: Cell<bool>,
     rng: Cell<u64>,
-    events: RefCell<Events>,
+    events: RefCell<crate::io::driver::Edges>,
 }
 
 impl LoopCtx {
@@ -383,7 +383,7 @@ impl LoopCtx {
             tick: Cell::new(0),
             searching: Cell::new(false),
             rng: Cell::new(seed),
-            events: RefCell::new(Events::new()),
+            events: RefCell::new(Vec::new()),
         }
     }
 
@@ -795,23 +795,25 @@ impl LoopCtx {
     /// events, left in `events` for `dispatch_io_events`.
     fn wait(&self, timeout: Option<Duration>) -> bool {
         let mut events = self.events.borrow_mut();
-        events.clear();
-        match self.lp.poller().wait(&mut events, timeout) {
-            Ok(n) => n > 0,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => false,
+        match crate::io::driver::wait(&self.lp, timeout, &mut events) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => {
                 self.lp.report(
                     &ExceptionContext::new("the loop's poller failed").with_error(e.into()),
                 );
-                false
             }
         }
+        // Even after an error: edges taken from the poller are dispatched, never dropped.
+        !events.is_empty()
     }
 
     /// Hands the events of the last `wait` to their sockets.
     fn dispatch_io_events(&self) {
-        let events = self.events.borrow();
-        self.lp.io.dispatch(&events);
+        // Out of the cell while wakers run: one may run a host loop's main future here.
+        let mut edges = std::mem::take(&mut *self.events.borrow_mut());
+        crate::io::driver::dispatch_edges(&mut edges);
+        *self.events.borrow_mut() = edges;
     }
 
     /// Dispatches the I/O events ready now, without blocking. Returns how many sockets woke.

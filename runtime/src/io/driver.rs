@@ -15,7 +15,7 @@
 //! holds it from before it announces sleep until it is awake again, so the monitor can never
 //! swallow a doorbell notification meant for a sleeping loop.
 
-use super::readiness::{Arm, Direction, Readiness};
+use super::readiness::{Arm, Direction, Readiness, READ_CLOSED, UNSURE};
 use crate::context;
 use crate::event_loop::LoopShared;
 use crate::scheduler::RuntimeShared;
@@ -23,6 +23,7 @@ use braid_bridge::sync::atomic::{AtomicUsize, Ordering};
 use braid_bridge::sync::{Mutex, MutexGuard};
 use braid_bridge::{Error, ErrorKind};
 use polling::Events;
+use rustix::event::epoll;
 use std::io;
 use std::os::fd::{AsFd, RawFd};
 use std::sync::Arc;
@@ -74,62 +75,81 @@ impl IoDriver {
         self.drive.lock()
     }
 
-    /// Hands each event to its socket's readiness. Returns how many were dispatched.
+    /// Hands each event of `polling`'s list to its socket's readiness. Returns how many were
+    /// dispatched. The list does not show `EPOLLRDHUP`, so the edges are `UNSURE`.
     pub(crate) fn dispatch(&self, events: &Events) -> usize {
         let mut n = 0;
         for ev in events.iter() {
-            let mut ready = 0;
-            if ev.readable {
-                ready |= Direction::Read as u8;
+            if let Some(source) = self.source(ev.key) {
+                source.readiness.set(polling_edge_bits(&ev));
+                n += 1;
             }
-            if ev.writable {
-                ready |= Direction::Write as u8;
-            }
-            n += usize::from(self.dispatch_one(ev.key, ready));
         }
         n
     }
 
     /// As `dispatch`, for raw epoll events. Also says whether one of them was not a socket's
     /// (the poller's own notifier or timer).
-    fn dispatch_raw(&self, events: &[rustix::event::epoll::Event]) -> (usize, bool) {
-        use rustix::event::epoll::EventFlags as F;
+    fn dispatch_raw(&self, events: &[epoll::Event]) -> (usize, bool) {
         let (mut n, mut foreign) = (0, false);
         for ev in events {
-            let flags = ev.flags;
-            let mut ready = 0;
-            if flags.intersects(F::IN | F::HUP | F::ERR | F::PRI | F::RDHUP) {
-                ready |= Direction::Read as u8;
-            }
-            if flags.intersects(F::OUT | F::HUP | F::ERR) {
-                ready |= Direction::Write as u8;
-            }
-            let key = usize::try_from(ev.data.u64()).unwrap_or(usize::MAX);
-            if self.dispatch_one(key, ready) {
-                n += 1;
-            } else {
-                foreign = true;
+            match self.source_of(ev) {
+                Some(source) => {
+                    source.readiness.set(edge_bits(ev.flags));
+                    n += 1;
+                }
+                None => foreign = true,
             }
         }
         (n, foreign)
     }
 
-    /// Sets the readiness of the socket registered under `key`, if there is one.
-    fn dispatch_one(&self, key: usize, ready: u8) -> bool {
-        let source = {
-            let slab = self.sources.lock();
-            slab.slots.get(key).and_then(|s| s.clone())
-        };
-        // A missing slot is an event that raced its socket's deregistration (or the notifier).
-        match source {
-            Some(source) => {
-                source.readiness.set(ready);
-                true
-            }
-            None => false,
-        }
+    /// The socket registered under `key`, if there is one. A missing slot is an event that
+    /// raced its socket's deregistration, or the poller's own notifier or timer.
+    fn source(&self, key: usize) -> Option<Arc<IoSource>> {
+        let slab = self.sources.lock();
+        slab.slots.get(key).and_then(|s| s.clone())
+    }
+
+    fn source_of(&self, ev: &epoll::Event) -> Option<Arc<IoSource>> {
+        self.source(usize::try_from(ev.data.u64()).ok()?)
     }
 }
+
+/// The readiness bits of an epoll event (see `readiness`).
+fn edge_bits(flags: epoll::EventFlags) -> u8 {
+    use epoll::EventFlags as F;
+    let mut ready = 0;
+    if flags.intersects(F::IN | F::HUP | F::ERR | F::PRI | F::RDHUP) {
+        ready |= Direction::Read as u8;
+    }
+    if flags.intersects(F::OUT | F::HUP | F::ERR) {
+        ready |= Direction::Write as u8;
+    }
+    if flags.intersects(F::RDHUP | F::HUP | F::ERR) {
+        ready |= READ_CLOSED;
+    }
+    ready
+}
+
+/// The readiness bits of an event from `polling`'s list, which does not show `EPOLLRDHUP`:
+/// `UNSURE` (see `readiness`).
+fn polling_edge_bits(ev: &polling::Event) -> u8 {
+    let mut ready = UNSURE;
+    if ev.readable {
+        ready |= Direction::Read as u8;
+    }
+    if ev.writable {
+        ready |= Direction::Write as u8;
+    }
+    ready
+}
+
+/// An empty epoll event, to fill a buffer with.
+const NO_EVENT: epoll::Event = epoll::Event {
+    flags: epoll::EventFlags::empty(),
+    data: epoll::EventData::new_u64(0),
+};
 
 /// Polls `lp`'s poller without blocking and dispatches what it reports, unless someone else
 /// is waiting on it (the loop asleep, or another poll). Returns how many sockets were woken.
@@ -146,15 +166,12 @@ pub(crate) fn poll_now(lp: &LoopShared) -> usize {
         return 0;
     };
     // On the stack: rustix's event type is not `Send`, and 64 of them are 768 bytes.
-    let mut raw = [rustix::event::epoll::Event {
-        flags: rustix::event::epoll::EventFlags::empty(),
-        data: rustix::event::epoll::EventData::new_u64(0),
-    }; RAW_EVENTS];
+    let mut raw = [NO_EVENT; RAW_EVENTS];
     let zero = rustix::event::Timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
-    let n = match rustix::event::epoll::wait(lp.poller().as_fd(), &mut raw[..], Some(&zero)) {
+    let n = match epoll::wait(lp.poller().as_fd(), &mut raw[..], Some(&zero)) {
         Ok(n) => n,
         Err(_) => return 0,
     };
@@ -169,6 +186,62 @@ pub(crate) fn poll_now(lp: &LoopShared) -> usize {
         Ok(_) => woken + lp.io.dispatch(events),
         Err(_) => woken,
     }
+}
+
+/// Socket edges a sleeping loop took from its poller, held until it is awake again to
+/// dispatch them (`dispatch_edges`): a task woken from inside the sleep would be offered to
+/// the sleeping loop itself as idle.
+pub(crate) type Edges = Vec<(Arc<IoSource>, u8)>;
+
+/// Sleeps in `lp`'s poller until a socket, the poller's notifier or `timeout` wakes it, and
+/// leaves the socket edges it brought in `edges` (even when it then fails). The caller holds
+/// the drive lock.
+///
+/// One `epoll_wait`, through rustix rather than `polling`'s `wait`, for two reasons: the
+/// events keep their `EPOLLRDHUP` bit (see `readiness`), and a wake-up by a socket costs one
+/// syscall instead of five. `timeout` is rounded up to whole milliseconds, as tokio's and
+/// asyncio's pollers round it. When the notifier or timer woke us, a non-blocking `polling`
+/// wait follows to clear and re-arm them, as `poll_now` does.
+pub(crate) fn wait(
+    lp: &LoopShared,
+    timeout: Option<Duration>,
+    edges: &mut Edges,
+) -> io::Result<()> {
+    edges.clear();
+    let mut raw = [NO_EVENT; RAW_EVENTS];
+    let timeout = timeout.map(|t| rustix::event::Timespec {
+        tv_sec: i64::try_from(t.as_secs()).unwrap_or(i64::MAX),
+        tv_nsec: i64::from(t.subsec_nanos()),
+    });
+    let n = epoll::wait(lp.poller().as_fd(), &mut raw[..], timeout.as_ref())?;
+    let mut foreign = false;
+    for ev in &raw[..n] {
+        match lp.io.source_of(ev) {
+            Some(source) => edges.push((source, edge_bits(ev.flags))),
+            None => foreign = true,
+        }
+    }
+    if foreign {
+        let mut scratch = lp.io.scratch.lock();
+        let events = &mut scratch.events;
+        events.clear();
+        lp.poller().wait(events, Some(Duration::ZERO))?;
+        for ev in events.iter() {
+            if let Some(source) = lp.io.source(ev.key) {
+                edges.push((source, polling_edge_bits(&ev)));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Hands the edges a `wait` brought to their sockets. Returns how many there were.
+pub(crate) fn dispatch_edges(edges: &mut Edges) -> usize {
+    let n = edges.len();
+    for (source, ready) in edges.drain(..) {
+        source.readiness.set(ready);
+    }
+    n
 }
 
 /// Where a socket is registered.

@@ -208,11 +208,10 @@ impl<S: AsRawFd> IoHandle<S> {
     }
 
     /// `poll_op` for a stream read or write of `len` bytes. A write of fewer bytes means the
-    /// send buffer is full, so the next write waits for readiness instead of trying a syscall
-    /// that would say `WouldBlock` (tokio does the same). Reads keep their readiness: a short
-    /// read drains the data but not an end-of-stream that arrived with it, whose edge is
-    /// already spent (tokio knows from `EPOLLRDHUP`, which `polling` does not register), so
-    /// clearing there would leave a reader waiting for an EOF it will never be told about.
+    /// send buffer is full, and a read of fewer bytes that the receive buffer is empty, so the
+    /// next operation waits for readiness instead of trying a syscall that would say
+    /// `WouldBlock` (tokio does the same). A short read keeps its readiness when an end of
+    /// stream may be waiting behind the data (see `readiness`).
     pub(crate) fn poll_stream(
         &self,
         dir: Direction,
@@ -227,7 +226,7 @@ impl<S: AsRawFd> IoHandle<S> {
             cx,
             &self.source,
             || op(&self.io),
-            |&n| dir == Direction::Write && n > 0 && n < len,
+            |&n| n > 0 && n < len,
         )
     }
 

@@ -8,6 +8,16 @@
 //! the task would sleep on data that is already there. Every edge therefore bumps `tick`, an
 //! operation remembers the tick it saw before its syscall, and `clear` erases readiness only if
 //! no edge came since (tokio's scheme, here behind one mutex instead of a packed atomic).
+//!
+//! A stream read that returns fewer bytes than asked has drained the socket's data, and
+//! clearing read readiness then saves the `recvfrom` that would only say `WouldBlock`. It has
+//! not necessarily drained an end of stream that arrived with the data, though: that edge is
+//! spent, and a reader waiting for another would wait forever. So every edge also says
+//! whether the peer has closed its side (`EPOLLRDHUP`, `EPOLLHUP` or `EPOLLERR`: the
+//! `READ_CLOSED` bit), which is remembered for good, and a short read clears readiness only
+//! while that is known not to be so. An edge that came through `polling`'s own event list,
+//! which does not show `EPOLLRDHUP`, is marked `UNSURE` and disables the clearing until a
+//! read's `WouldBlock` proves no end of stream is waiting.
 
 use braid_bridge::sync::Mutex;
 use std::task::{Context, Poll, Waker};
@@ -21,6 +31,14 @@ pub(crate) enum Direction {
 
 /// Both directions.
 pub(crate) const ALL: u8 = Direction::Read as u8 | Direction::Write as u8;
+
+/// An edge bit beside the directions: the peer has closed its sending side, or the socket
+/// failed, so reads will not block again (see the module docs).
+pub(crate) const READ_CLOSED: u8 = 4;
+
+/// An edge bit beside the directions: the edge's source could not tell whether the peer has
+/// closed (see the module docs).
+pub(crate) const UNSURE: u8 = 8;
 
 /// The readiness seen by one poll, to hand back to [`Readiness::clear`].
 #[derive(Clone, Copy, Debug)]
@@ -47,6 +65,11 @@ struct State {
     writers: Vec<Waker>,
     /// The socket is gone (deregistered or the runtime closed): every wait ends now.
     closed: bool,
+    /// An edge said the peer closed its side: a short read never clears read readiness.
+    read_closed: bool,
+    /// An `UNSURE` read edge came since the last read that said `WouldBlock`: a short read
+    /// does not clear read readiness either.
+    read_unsure: bool,
 }
 
 /// One socket's readiness and waiting tasks.
@@ -71,18 +94,26 @@ impl Readiness {
                 readers: Vec::new(),
                 writers: Vec::new(),
                 closed: false,
+                read_closed: false,
+                read_unsure: false,
             }),
         }
     }
 
-    /// The dispatcher saw an edge for `ready` (Direction bits): remember it and wake whoever
-    /// waits for it.
+    /// The dispatcher saw an edge for `ready` (`Direction` bits, with `READ_CLOSED` and
+    /// `UNSURE`): remember it and wake whoever waits for it.
     pub(crate) fn set(&self, ready: u8) {
         let mut woken = Vec::new();
         {
             let mut st = self.state.lock();
             st.tick = st.tick.wrapping_add(1);
-            st.ready |= ready;
+            st.ready |= ready & ALL;
+            if ready & READ_CLOSED != 0 {
+                st.read_closed = true;
+            }
+            if ready & UNSURE != 0 && ready & Direction::Read as u8 != 0 {
+                st.read_unsure = true;
+            }
             if ready & Direction::Read as u8 != 0 {
                 woken.append(&mut st.readers);
             }
@@ -125,6 +156,22 @@ impl Readiness {
         let mut st = self.state.lock();
         if st.tick == seen.tick && !st.closed {
             st.ready &= !(seen.dir as u8);
+            if seen.dir == Direction::Read {
+                // A read that blocks is not at an end of stream: whatever closes the peer's
+                // side from now on brings an edge of its own.
+                st.read_unsure = false;
+            }
+        }
+    }
+
+    /// A syscall after `seen` moved fewer bytes than asked, so the socket is drained in that
+    /// direction: clear it as `clear` would after a `WouldBlock`, unless an end of stream may
+    /// be waiting behind the data (see the module docs).
+    pub(crate) fn clear_drained(&self, seen: Seen) {
+        let mut st = self.state.lock();
+        let maybe_eof = seen.dir == Direction::Read && (st.read_closed || st.read_unsure);
+        if st.tick == seen.tick && !st.closed && !maybe_eof {
+            st.ready &= !(seen.dir as u8);
         }
     }
 
@@ -144,10 +191,11 @@ impl Readiness {
         }
     }
 
-    /// Wakes every waiting task without changing readiness (a connection was aborted from
-    /// elsewhere and its users must come and see).
+    /// Wakes every waiting task and marks the socket ready both ways (a connection was shut
+    /// down or aborted from elsewhere and its users must come and see). Its reads may end
+    /// without a further edge, so short reads stop clearing until one blocks.
     pub(crate) fn wake_all(&self) {
-        self.set(ALL);
+        self.set(ALL | UNSURE);
     }
 }
 
@@ -156,8 +204,9 @@ impl Readiness {
 ///
 /// `drained` says, of a successful result, whether it proves the socket drained in `dir` (a
 /// stream read or write that moved fewer bytes than asked). The readiness is then cleared at
-/// once, as if the next syscall had said `WouldBlock`, which saves that syscall: an edge that
-/// arrives after it still sets readiness again (the tick sees to that).
+/// once (`Readiness::clear_drained`), as if the next syscall had said `WouldBlock`, which
+/// saves that syscall: an edge that arrives after it still sets readiness again (the tick
+/// sees to that).
 pub(crate) fn poll_io<T>(
     readiness: &Readiness,
     dir: Direction,
@@ -177,7 +226,7 @@ pub(crate) fn poll_io<T>(
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Ok(value) => {
                 if drained(&value) {
-                    readiness.clear(seen);
+                    readiness.clear_drained(seen);
                 }
                 return Poll::Ready(Ok(value));
             }
@@ -262,6 +311,88 @@ mod loom_models {
     #[should_panic(expected = "an edge was lost")]
     fn loom_readiness_clear_without_tick_loses_an_edge() {
         model(true);
+    }
+
+    /// A socket in the model: bytes the kernel holds, and whether the peer's FIN came.
+    struct Socket {
+        queued: AtomicUsize,
+        fin: AtomicUsize,
+    }
+
+    /// Reads the model socket until its end of stream (Ready) or until it must wait. Every
+    /// read that finds data is short (the buffer is larger than what arrived), so it clears
+    /// readiness as a stream read does; `broken_clear` clears it whatever the edges said.
+    fn read_to_eof(
+        readiness: &Readiness,
+        socket: &Socket,
+        cx: &mut Context<'_>,
+        broken_clear: bool,
+    ) -> Poll<()> {
+        loop {
+            let seen = match readiness.poll_ready(Direction::Read, cx, &NoArm) {
+                Poll::Ready(seen) => seen.unwrap(),
+                Poll::Pending => return Poll::Pending,
+            };
+            if socket.queued.swap(0, Ordering::SeqCst) > 0 {
+                if broken_clear {
+                    let mut st = readiness.state.lock();
+                    if st.tick == seen.tick {
+                        st.ready &= !(Direction::Read as u8);
+                    }
+                } else {
+                    readiness.clear_drained(seen);
+                }
+                continue;
+            }
+            if socket.fin.load(Ordering::SeqCst) > 0 {
+                return Poll::Ready(());
+            }
+            readiness.clear(seen);
+        }
+    }
+
+    /// The peer sends its last data and closes at once: one edge, with `edge` bits.
+    fn short_read_model(edge: u8, broken_clear: bool) {
+        loom::model(move || {
+            let readiness = Arc::new(Readiness::new());
+            let socket = Arc::new(Socket {
+                queued: AtomicUsize::new(0),
+                fin: AtomicUsize::new(0),
+            });
+            let (r, s) = (readiness.clone(), socket.clone());
+            let peer = loom::thread::spawn(move || {
+                s.queued.fetch_add(1, Ordering::SeqCst);
+                s.fin.store(1, Ordering::SeqCst);
+                r.set(Direction::Read as u8 | edge);
+            });
+            let (flag, waker) = Flag::new();
+            let mut cx = Context::from_waker(&waker);
+            let first = read_to_eof(&readiness, &socket, &mut cx, broken_clear);
+            peer.join().unwrap();
+            if first.is_pending() {
+                assert!(
+                    flag.woken()
+                        && read_to_eof(&readiness, &socket, &mut cx, broken_clear).is_ready(),
+                    "the end of stream was lost: its edge was spent and the reader waits"
+                );
+            }
+        });
+    }
+
+    #[test]
+    fn loom_readiness_short_read_keeps_an_eof_the_edge_reported() {
+        short_read_model(READ_CLOSED, false);
+    }
+
+    #[test]
+    fn loom_readiness_short_read_keeps_an_eof_an_unsure_edge_may_hide() {
+        short_read_model(UNSURE, false);
+    }
+
+    #[test]
+    #[should_panic(expected = "the end of stream was lost")]
+    fn loom_readiness_short_read_clearing_blindly_loses_the_eof() {
+        short_read_model(READ_CLOSED, true);
     }
 
     #[test]

@@ -380,7 +380,9 @@ where
     Some(unsafe { &mut *(future as *mut F).cast::<super::Task<T>>() })
 }
 
-/// Registers socket `fd` with `poller`, edge-triggered for both directions, under `key`.
+/// Registers socket `fd` with `poller`, edge-triggered for both directions and for the peer
+/// closing its side (`EPOLLRDHUP`, which `polling`'s own registration leaves out and the
+/// readiness protocol needs: see `io::readiness`), under `key`.
 ///
 /// The one caller is `io::driver`'s `Arm` for an `IoSource`, whose socket is owned by the
 /// `IoHandle` next to it; `IoHandle`'s `Drop` runs `IoSource::deregister` (which calls
@@ -390,11 +392,22 @@ pub(crate) fn poller_add_edge(
     fd: std::os::fd::RawFd,
     key: usize,
 ) -> std::io::Result<()> {
-    // SAFETY: polling requires that a source added to a poller is deleted from it before the
-    // descriptor is closed. The descriptor is open now (its `IoHandle` is alive: we are inside
-    // one of its operations) and, per this function's contract, its owner deletes it from this
-    // poller before closing it.
-    unsafe { poller.add_with_mode(fd, polling::Event::all(key), polling::PollMode::Edge) }
+    use rustix::event::epoll::{self, EventData, EventFlags};
+    use std::os::fd::AsFd;
+    // SAFETY: the descriptor is open now (its `IoHandle` is alive: we are inside one of its
+    // operations), and the borrow ends with this call. Registering it directly in the
+    // poller's epoll instance (polling keeps no record of its sources on Linux) leaves the
+    // same duty polling's `add` states: per this function's contract, its owner deletes it
+    // from this poller before closing it.
+    let socket = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let interest = EventFlags::IN | EventFlags::OUT | EventFlags::RDHUP | EventFlags::PRI;
+    epoll::add(
+        poller.as_fd(),
+        socket,
+        EventData::new_u64(key as u64),
+        interest | EventFlags::ET,
+    )
+    .map_err(std::io::Error::from)
 }
 
 /// Deregisters `fd` from `poller` (see [`poller_add_edge`]).
