@@ -10,7 +10,8 @@
 //!   thread spins on the queue and polls them.
 //! - `call_soon_threadsafe`: four threads push 100 000 boxed closures (25 000 each, each
 //!   holding a clone of the counter, as in `benches/bridge.rs`) into a mutex-guarded queue
-//!   while a fifth spins on it and runs them.
+//!   while a fifth spins on it and runs them; and the same through a lock-free
+//!   `crossbeam_deque::Injector` (the queue braid's loops share), which is faster here.
 //!
 //! Prints the best time of many runs of each.
 //!
@@ -18,6 +19,7 @@
 //! cargo run --release -p braid-benchmarks --example floor
 //! ```
 
+use crossbeam_deque::{Injector, Steal};
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
@@ -116,6 +118,36 @@ fn call_soon_threadsafe() {
     consumer.join().expect("consumer");
 }
 
+fn call_soon_threadsafe_lock_free() {
+    let queue = Arc::new(Injector::<Callback>::new());
+    let left = Arc::new(AtomicUsize::new(CALLBACKS));
+    let consumer = {
+        let (queue, left) = (queue.clone(), left.clone());
+        std::thread::spawn(move || {
+            while left.load(Ordering::Acquire) > 0 {
+                match queue.steal() {
+                    Steal::Success(callback) => callback(),
+                    Steal::Empty | Steal::Retry => std::hint::spin_loop(),
+                }
+            }
+        })
+    };
+    std::thread::scope(|s| {
+        for _ in 0..SUBMITTERS {
+            let (queue, left) = (queue.clone(), left.clone());
+            s.spawn(move || {
+                for _ in 0..CALLBACKS / SUBMITTERS {
+                    let left = left.clone();
+                    queue.push(Box::new(move || {
+                        left.fetch_sub(1, Ordering::AcqRel);
+                    }));
+                }
+            });
+        }
+    });
+    consumer.join().expect("consumer");
+}
+
 fn main() {
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     println!(
@@ -129,5 +161,9 @@ fn main() {
     println!(
         "call_soon_threadsafe floor: {:8.3} ms per {CALLBACKS} callbacks",
         ms(best_of(20, call_soon_threadsafe))
+    );
+    println!(
+        "  the same, lock-free queue: {:8.3} ms per {CALLBACKS} callbacks",
+        ms(best_of(20, call_soon_threadsafe_lock_free))
     );
 }
