@@ -162,6 +162,52 @@ fn callbacks_pinned_to_the_host_run_on_the_next_run() {
     rt.shutdown(WAIT).unwrap();
 }
 
+/// A `call_later` on the host loop that fell due before the main future was woken runs
+/// before main resumes, even when a long callback kept the host thread busy past both (as
+/// in asyncio, where both are the loop's timers, run in deadline order). Main's sleep is
+/// fired by a worker at 20 ms while the host is still in its 60 ms callback.
+#[test]
+fn a_host_timer_due_before_mains_wake_up_runs_before_main_resumes() {
+    let rt = runtime(2);
+    rt.run_until_complete(async {
+        let ran = Rc::new(Cell::new(false));
+        let r = ran.clone();
+        braid::call_later(Duration::from_millis(5), move || r.set(true));
+        braid::call_soon(|| std::thread::sleep(Duration::from_millis(60)));
+        braid::sleep(Duration::from_millis(20)).await?;
+        assert!(
+            ran.get(),
+            "main resumed before the call_later due earlier had run"
+        );
+        Ok(())
+    })
+    .unwrap();
+    rt.shutdown(WAIT).unwrap();
+}
+
+/// A `call_later` on the host loop due only after the main future was woken runs after main
+/// resumes, however late the host gets to both: the order is by deadline, not by when the
+/// host thread got free. (The margins are wide: the 300 ms timer would only be due first if
+/// the worker fired main's 20 ms sleep more than 280 ms late.)
+#[test]
+fn a_host_timer_due_after_mains_wake_up_runs_after_main_resumes() {
+    let rt = runtime(2);
+    rt.run_until_complete(async {
+        let ran = Rc::new(Cell::new(false));
+        let r = ran.clone();
+        braid::call_later(Duration::from_millis(300), move || r.set(true));
+        braid::call_soon(|| std::thread::sleep(Duration::from_millis(400)));
+        braid::sleep(Duration::from_millis(20)).await?;
+        assert!(
+            !ran.get(),
+            "a call_later due after main's wake-up ran before main resumed"
+        );
+        Ok(())
+    })
+    .unwrap();
+    rt.shutdown(WAIT).unwrap();
+}
+
 /// A task spawned on the runtime through `EventLoop::spawn` (from any loop handle) is
 /// awaited with `run_until_complete`.
 #[test]

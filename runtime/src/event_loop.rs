@@ -489,6 +489,28 @@ impl LoopCtx {
         fired
     }
 
+    /// Host loops, before the main future of `run_until_complete` resumes: runs this loop's
+    /// timers due by `woken_at`, the moment main was woken, with the callbacks queued ahead of
+    /// them. In asyncio main's wake-up is one of the loop's own entries, taken in deadline
+    /// order; here it comes from another thread, so a host kept busy past both (a long
+    /// callback) would otherwise resume main ahead of a timer that fell due before it.
+    pub(crate) fn run_timers_due_by(&self, woken_at: Instant) {
+        let mut fired = false;
+        {
+            let mut timers = self.timers.borrow_mut();
+            while timers.peek().is_some_and(|t| t.when <= woken_at) {
+                let timer = timers.pop().expect("peeked");
+                if !timer.callback.is_cancelled() {
+                    self.ready.borrow_mut().push_back(timer.callback);
+                    fired = true;
+                }
+            }
+        }
+        if fired {
+            self.run_ready();
+        }
+    }
+
     /// Runs the callbacks that are ready now (not those they schedule: asyncio's rule).
     fn run_ready(&self) -> bool {
         let n = self.ready.borrow().len();

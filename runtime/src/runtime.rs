@@ -6,7 +6,7 @@ use crate::event_loop::{closed_error, EventLoop, LoopCtx, LoopShared, LoopState}
 use crate::scheduler::{monitor_main, next_task_id, Config, RuntimeShared, TaskPtr};
 use crate::task::raw::RawTask;
 use crate::task::{Header, TaskId};
-use braid_bridge::sync::atomic::{AtomicBool, Ordering};
+use braid_bridge::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use braid_bridge::sync::Mutex;
 use braid_bridge::{Error, ErrorKind, Result};
 use crossbeam_deque::Worker;
@@ -316,7 +316,7 @@ impl Runtime {
                 Some(host.lp.clone()),
                 Some("main".to_owned()),
             ),
-            woken: AtomicBool::new(true),
+            woken: MainWake::new_woken(),
             lp: host.lp.clone(),
         });
         let waker = Waker::from(main.clone());
@@ -324,7 +324,10 @@ impl Runtime {
         let mut fut = pin!(fut);
         let mut first = true;
         loop {
-            if main.woken.swap(false, Ordering::AcqRel) {
+            if let Some(woken_at) = main.woken.take() {
+                if let Some(at) = self.shared.instant_of(woken_at).filter(|_| !first) {
+                    host.run_timers_due_by(at);
+                }
                 let step = main.header.begin_step(first);
                 first = false;
                 let ptr: &dyn RawTask = &*main;
@@ -343,8 +346,8 @@ impl Runtime {
                     Err(payload) => return Err(Error::from_panic(payload)),
                 }
             }
-            if !host.run_once() && !main.woken.load(Ordering::Acquire) {
-                host.park_host(&|| main.woken.load(Ordering::Acquire), None);
+            if !host.run_once() && !main.woken.is_woken() {
+                host.park_host(&|| main.woken.is_woken(), None);
             }
         }
     }
@@ -635,8 +638,43 @@ impl Drop for ClearOnDrop<'_> {
 /// cancellation and awaiting work inside it exactly as inside any task.
 struct MainTask {
     header: Header,
-    woken: AtomicBool,
+    woken: MainWake,
     lp: Arc<LoopShared>,
+}
+
+/// Whether the main future of `run_until_complete` was woken, and when: 0 if it was not,
+/// else 1 + the runtime-clock nanosecond of its first wake since it was last polled. One
+/// word, changed by single read-modify-writes, so a wake and its time are never seen apart.
+struct MainWake(AtomicU64);
+
+impl MainWake {
+    /// Woken (at the runtime clock's start, a time `run_until_complete` ignores for the
+    /// first poll): the first poll is due at once.
+    fn new_woken() -> MainWake {
+        MainWake(AtomicU64::new(1))
+    }
+
+    /// Records a wake at `now_ns`, unless an earlier one is still unseen.
+    fn wake(&self, now_ns: u64) {
+        let _ = self.0.compare_exchange(
+            0,
+            now_ns.saturating_add(1),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+    }
+
+    fn is_woken(&self) -> bool {
+        self.0.load(Ordering::Acquire) != 0
+    }
+
+    /// The time of the first wake since the last `take`, consuming it.
+    fn take(&self) -> Option<u64> {
+        match self.0.swap(0, Ordering::AcqRel) {
+            0 => None,
+            at => Some(at - 1),
+        }
+    }
 }
 
 impl RawTask for MainTask {
@@ -657,8 +695,7 @@ impl RawTask for MainTask {
     }
 
     fn wake_task(self: Arc<Self>) {
-        self.woken.store(true, Ordering::Release);
-        self.lp.bell.ring();
+        self.wake_by_ref();
     }
 }
 
@@ -668,7 +705,8 @@ impl Wake for MainTask {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        self.woken.store(true, Ordering::Release);
+        let rt = &self.header.rt;
+        self.woken.wake(rt.ns(Instant::now()));
         self.lp.bell.ring();
     }
 }
@@ -700,5 +738,53 @@ where
         (Ok(v), Ok(())) => Ok(v),
         (Ok(_), Err(e)) => Err(e),
         (Err(e), _) => Err(e),
+    }
+}
+
+#[cfg(all(test, loom))]
+mod loom_models {
+    //! The main future's wake word: a wake from another thread is never lost, and the host
+    //! that sees it sees its time.
+    use super::MainWake;
+    use braid_bridge::sync::atomic::AtomicU64;
+    use std::sync::Arc;
+
+    #[test]
+    fn loom_main_wake_is_seen_once_with_its_time() {
+        loom::model(|| {
+            let wake = Arc::new(MainWake(AtomicU64::new(0)));
+            let w = wake.clone();
+            let waker = loom::thread::spawn(move || w.wake(7));
+            // The host's look at the top of its loop, racing the wake.
+            let early = wake.take();
+            waker.join().unwrap();
+            let late = wake.take();
+            let seen: Vec<u64> = [early, late].into_iter().flatten().collect();
+            assert_eq!(
+                seen,
+                [7],
+                "the wake was lost, seen twice or seen without its time"
+            );
+        });
+    }
+
+    #[test]
+    fn loom_main_wake_keeps_the_first_of_two_wakes() {
+        loom::model(|| {
+            let wake = Arc::new(MainWake(AtomicU64::new(0)));
+            let w = wake.clone();
+            let waker = loom::thread::spawn(move || {
+                w.wake(5);
+                w.wake(9);
+            });
+            let early = wake.take();
+            waker.join().unwrap();
+            let late = wake.take();
+            // The first look took the 5 (and perhaps the 9 had not come yet), or nothing.
+            match (early, late) {
+                (None, Some(5)) | (Some(5), None) | (Some(5), Some(9)) => {}
+                other => panic!("unexpected wakes {other:?}"),
+            }
+        });
     }
 }
