@@ -172,32 +172,98 @@ pub(crate) struct HandleState {
     when: Option<Instant>,
 }
 
+/// Whatever holds the state a [`CallbackHandle`] reads: a `HandleState` of its own, or a
+/// `call_soon_threadsafe` callback that carries one.
+pub(crate) trait HandleStateOwner: Send + Sync {
+    fn handle_state(&self) -> &HandleState;
+}
+
+impl HandleStateOwner for HandleState {
+    fn handle_state(&self) -> &HandleState {
+        self
+    }
+}
+
+/// A `call_soon_threadsafe` callback: the closure and its handle's state in one allocation
+/// (a callback from another thread used to cost two, and the allocator was a third of that
+/// path's time: see `benchmarks/NOTES.md`).
+pub(crate) trait ThreadsafeCallback: HandleStateOwner {
+    /// Runs the closure; a second call does nothing.
+    fn run(&self);
+}
+
+struct ThreadsafeCell<F> {
+    state: HandleState,
+    /// Taken once, by the loop that runs it; never contended.
+    f: Mutex<Option<F>>,
+}
+
+impl<F: FnOnce() + Send + 'static> HandleStateOwner for ThreadsafeCell<F> {
+    fn handle_state(&self) -> &HandleState {
+        &self.state
+    }
+}
+
+impl<F: FnOnce() + Send + 'static> ThreadsafeCallback for ThreadsafeCell<F> {
+    fn run(&self) {
+        let f = self.f.lock().take();
+        if let Some(f) = f {
+            f();
+        }
+    }
+}
+
+/// What a queued callback runs: a boxed closure (`B`), or a `call_soon_threadsafe` cell.
+pub(crate) enum CallbackFn<B> {
+    Boxed(B),
+    Threadsafe(Arc<dyn ThreadsafeCallback>),
+}
+
 /// A callback waiting in a loop's ready queue.
 pub(crate) struct ReadyCallback {
-    f: Box<dyn FnOnce()>,
+    f: CallbackFn<Box<dyn FnOnce()>>,
     handle: Option<Arc<HandleState>>,
     name: &'static str,
 }
 
 /// A callback on its way from another thread: the same, with a `Send` closure.
 pub(crate) struct RemoteCallback {
-    f: Box<dyn FnOnce() + Send>,
+    f: CallbackFn<Box<dyn FnOnce() + Send>>,
     handle: Option<Arc<HandleState>>,
     name: &'static str,
 }
 
+/// Whether a queued callback's handle was cancelled.
+fn cancelled<B>(f: &CallbackFn<B>, handle: Option<&Arc<HandleState>>) -> bool {
+    let state = match f {
+        CallbackFn::Threadsafe(cell) => Some(cell.handle_state()),
+        CallbackFn::Boxed(_) => handle.map(|h| &**h),
+    };
+    state.is_some_and(|h| h.cancelled.load(Ordering::Acquire))
+}
+
 impl RemoteCallback {
     fn is_cancelled(&self) -> bool {
-        self.handle
-            .as_ref()
-            .is_some_and(|h| h.cancelled.load(Ordering::Acquire))
+        cancelled(&self.f, self.handle.as_ref())
+    }
+
+    /// Runs it here and now (its loop has closed).
+    fn run_here(self) {
+        match self.f {
+            CallbackFn::Boxed(f) => f(),
+            CallbackFn::Threadsafe(cell) => cell.run(),
+        }
     }
 }
 
 impl From<RemoteCallback> for ReadyCallback {
     fn from(cb: RemoteCallback) -> ReadyCallback {
+        let f: CallbackFn<Box<dyn FnOnce()>> = match cb.f {
+            CallbackFn::Boxed(f) => CallbackFn::Boxed(f),
+            CallbackFn::Threadsafe(cell) => CallbackFn::Threadsafe(cell),
+        };
         ReadyCallback {
-            f: cb.f,
+            f,
             handle: cb.handle,
             name: cb.name,
         }
@@ -206,9 +272,7 @@ impl From<RemoteCallback> for ReadyCallback {
 
 impl ReadyCallback {
     fn is_cancelled(&self) -> bool {
-        self.handle
-            .as_ref()
-            .is_some_and(|h| h.cancelled.load(Ordering::Acquire))
+        cancelled(&self.f, self.handle.as_ref())
     }
 }
 
@@ -226,9 +290,17 @@ impl ReadyCallback {
 ///     Ok(())
 /// }).unwrap();
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct CallbackHandle {
-    state: Arc<HandleState>,
+    state: Arc<dyn HandleStateOwner>,
+}
+
+impl fmt::Debug for CallbackHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CallbackHandle")
+            .field("cancelled", &self.cancelled())
+            .finish()
+    }
 }
 
 impl CallbackHandle {
@@ -241,7 +313,10 @@ impl CallbackHandle {
     /// }).unwrap();
     /// ```
     pub fn cancel(&self) {
-        self.state.cancelled.store(true, Ordering::Release);
+        self.state
+            .handle_state()
+            .cancelled
+            .store(true, Ordering::Release);
     }
 
     /// True once [`cancel`](CallbackHandle::cancel) was called.
@@ -254,7 +329,7 @@ impl CallbackHandle {
     /// }).unwrap();
     /// ```
     pub fn cancelled(&self) -> bool {
-        self.state.cancelled.load(Ordering::Acquire)
+        self.state.handle_state().cancelled.load(Ordering::Acquire)
     }
 }
 
@@ -396,7 +471,7 @@ impl LoopCtx {
             when: None,
         });
         self.ready.borrow_mut().push_back(ReadyCallback {
-            f,
+            f: CallbackFn::Boxed(f),
             handle: Some(state.clone()),
             name,
         });
@@ -412,7 +487,7 @@ impl LoopCtx {
         }
         self.drain_inbox();
         self.ready.borrow_mut().push_back(ReadyCallback {
-            f,
+            f: CallbackFn::Boxed(f),
             handle: None,
             name: "done callback",
         });
@@ -434,7 +509,7 @@ impl LoopCtx {
             when,
             seq,
             callback: ReadyCallback {
-                f,
+                f: CallbackFn::Boxed(f),
                 handle: Some(state.clone()),
                 name,
             },
@@ -528,7 +603,11 @@ impl LoopCtx {
     fn invoke(&self, cb: ReadyCallback) {
         let started = self.rt.config.debug.then(Instant::now);
         let name = cb.name;
-        if let Err(payload) = catch_unwind(AssertUnwindSafe(cb.f)) {
+        let run = || match cb.f {
+            CallbackFn::Boxed(f) => f(),
+            CallbackFn::Threadsafe(cell) => cell.run(),
+        };
+        if let Err(payload) = catch_unwind(AssertUnwindSafe(run)) {
             let error = Error::from_panic(payload);
             self.lp.report(
                 &ExceptionContext::new(format!("Exception in callback {name}"))
@@ -1040,17 +1119,20 @@ impl EventLoop {
     where
         F: FnOnce() + Send + 'static,
     {
-        let state = Arc::new(HandleState {
-            cancelled: AtomicBool::new(false),
-            when: None,
+        let cell = Arc::new(ThreadsafeCell {
+            state: HandleState {
+                cancelled: AtomicBool::new(false),
+                when: None,
+            },
+            f: Mutex::new(Some(f)),
         });
         let cb = RemoteCallback {
-            f: Box::new(f),
-            handle: Some(state.clone()),
+            f: CallbackFn::Threadsafe(cell.clone()),
+            handle: None,
             name: std::any::type_name::<F>(),
         };
         match self.lp.bell.push(Remote::Callback(cb)) {
-            Ok(()) => Ok(CallbackHandle { state }),
+            Ok(()) => Ok(CallbackHandle { state: cell }),
             Err(_) => Err(Error::new(ErrorKind::Closed, "the event loop is closed")),
         }
     }
@@ -1379,11 +1461,11 @@ pub(crate) fn dispatch_to(lp: &Arc<LoopShared>, f: Box<dyn FnOnce() + Send>) {
         }
     }
     let cb = RemoteCallback {
-        f,
+        f: CallbackFn::Boxed(f),
         handle: None,
         name: "done callback",
     };
     if let Err(Remote::Callback(cb)) = lp.bell.push(Remote::Callback(cb)) {
-        (cb.f)();
+        cb.run_here();
     }
 }
