@@ -544,17 +544,7 @@ impl LoopCtx {
             return false;
         }
         let now = Instant::now();
-        let mut fired = false;
-        if has_local {
-            let mut timers = self.timers.borrow_mut();
-            while timers.peek().is_some_and(|t| t.when <= now) {
-                let timer = timers.pop().expect("peeked");
-                if !timer.callback.is_cancelled() {
-                    self.ready.borrow_mut().push_back(timer.callback);
-                    fired = true;
-                }
-            }
-        }
+        let mut fired = has_local && self.queue_local_timers_due_by(now);
         if let Some(earliest) = shared {
             let now_ns = self.rt.ns(now);
             if earliest <= now_ns {
@@ -570,20 +560,24 @@ impl LoopCtx {
     /// order; here it comes from another thread, so a host kept busy past both (a long
     /// callback) would otherwise resume main ahead of a timer that fell due before it.
     pub(crate) fn run_timers_due_by(&self, woken_at: Instant) {
-        let mut fired = false;
-        {
-            let mut timers = self.timers.borrow_mut();
-            while timers.peek().is_some_and(|t| t.when <= woken_at) {
-                let timer = timers.pop().expect("peeked");
-                if !timer.callback.is_cancelled() {
-                    self.ready.borrow_mut().push_back(timer.callback);
-                    fired = true;
-                }
-            }
-        }
-        if fired {
+        if self.queue_local_timers_due_by(woken_at) {
             self.run_ready();
         }
+    }
+
+    /// Moves this loop's timers due by `until` into the ready queue, dropping cancelled ones.
+    /// Returns true if any was queued.
+    fn queue_local_timers_due_by(&self, until: Instant) -> bool {
+        let mut queued = false;
+        let mut timers = self.timers.borrow_mut();
+        while timers.peek().is_some_and(|t| t.when <= until) {
+            let timer = timers.pop().expect("peeked");
+            if !timer.callback.is_cancelled() {
+                self.ready.borrow_mut().push_back(timer.callback);
+                queued = true;
+            }
+        }
+        queued
     }
 
     /// Runs the callbacks that are ready now (not those they schedule: asyncio's rule).
