@@ -97,23 +97,30 @@ fn spawn_remote() {
     consumer.join().expect("consumer");
 }
 
+/// Four threads hand `push` 25 000 callbacks each, every one holding a clone of `left`
+/// and decrementing it when run.
+fn submit_callbacks(left: &Arc<AtomicUsize>, push: impl Fn(Callback) + Sync) {
+    std::thread::scope(|s| {
+        for _ in 0..SUBMITTERS {
+            let push = &push;
+            s.spawn(move || {
+                for _ in 0..CALLBACKS / SUBMITTERS {
+                    let left = left.clone();
+                    push(Box::new(move || {
+                        left.fetch_sub(1, Ordering::AcqRel);
+                    }));
+                }
+            });
+        }
+    });
+}
+
 fn call_soon_threadsafe() {
     let queue = Arc::new(Mutex::new(VecDeque::<Callback>::new()));
     let left = Arc::new(AtomicUsize::new(CALLBACKS));
     let consumer = spin_consumer(queue.clone(), left.clone(), |callback| callback());
-    std::thread::scope(|s| {
-        for _ in 0..SUBMITTERS {
-            let (queue, left) = (queue.clone(), left.clone());
-            s.spawn(move || {
-                for _ in 0..CALLBACKS / SUBMITTERS {
-                    let left = left.clone();
-                    let callback: Callback = Box::new(move || {
-                        left.fetch_sub(1, Ordering::AcqRel);
-                    });
-                    queue.lock().expect("queue lock").push_back(callback);
-                }
-            });
-        }
+    submit_callbacks(&left, |callback| {
+        queue.lock().expect("queue lock").push_back(callback);
     });
     consumer.join().expect("consumer");
 }
@@ -132,19 +139,7 @@ fn call_soon_threadsafe_lock_free() {
             }
         })
     };
-    std::thread::scope(|s| {
-        for _ in 0..SUBMITTERS {
-            let (queue, left) = (queue.clone(), left.clone());
-            s.spawn(move || {
-                for _ in 0..CALLBACKS / SUBMITTERS {
-                    let left = left.clone();
-                    queue.push(Box::new(move || {
-                        left.fetch_sub(1, Ordering::AcqRel);
-                    }));
-                }
-            });
-        }
-    });
+    submit_callbacks(&left, |callback| queue.push(callback));
     consumer.join().expect("consumer");
 }
 
