@@ -235,13 +235,11 @@ pub(crate) fn wait(
     Ok(())
 }
 
-/// Hands the edges a `wait` brought to their sockets. Returns how many there were.
-pub(crate) fn dispatch_edges(edges: &mut Edges) -> usize {
-    let n = edges.len();
+/// Hands the edges a `wait` brought to their sockets.
+pub(crate) fn dispatch_edges(edges: &mut Edges) {
     for (source, ready) in edges.drain(..) {
         source.readiness.set(ready);
     }
-    n
 }
 
 /// Where a socket is registered.
