@@ -18,9 +18,20 @@
 //! while that is known not to be so. An edge that came through `polling`'s own event list,
 //! which does not show `EPOLLRDHUP`, is marked `UNSURE` and disables the clearing until a
 //! read's `WouldBlock` proves no end of stream is waiting.
+//!
+//! A waiting task leaves its waker here and nothing takes it back if the task stops waiting
+//! without an edge (it was cancelled, or raced the read against something else). One task
+//! waiting again is the same waker and is stored once, but a stream of short-lived tasks
+//! waiting in turn on a quiet socket would pile up wakers, each keeping its task's memory
+//! alive. So the waiters of a direction are swept when their number doubles (see
+//! [`Waiters`]): every waiter is woken, a wake-up that is spurious for a task still waiting
+//! (it polls again, finds no readiness and stores its waker again), and a waker that a sweep
+//! woke a while ago and that has not been stored again since is dropped. Dropping it loses
+//! nothing: its task was woken and, if it still waits, stores itself again when it polls.
 
 use braid_bridge::sync::Mutex;
 use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
 
 /// A direction, as a bit of the readiness set.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -61,8 +72,8 @@ struct State {
     ready: u8,
     /// Tasks waiting for each direction. More than one when a socket is shared by reference
     /// (a `UdpSocket` received from by two tasks): each one must hear the edge.
-    readers: Vec<Waker>,
-    writers: Vec<Waker>,
+    readers: Waiters,
+    writers: Waiters,
     /// The socket is gone (deregistered or the runtime closed): every wait ends now.
     closed: bool,
     /// An edge said the peer closed its side: a short read never clears read readiness.
@@ -77,9 +88,122 @@ pub(crate) struct Readiness {
     state: Mutex<State>,
 }
 
-fn store(list: &mut Vec<Waker>, waker: &Waker) {
-    if !list.iter().any(|w| w.will_wake(waker)) {
-        list.push(waker.clone());
+/// The fewest waiters of one direction that start a sweep (see [`Waiters`]). Under loom, one,
+/// so that a model with a few threads reaches the sweep.
+const SWEEP_MIN: usize = if cfg!(loom) { 1 } else { 16 };
+
+/// How long a waiter woken by a sweep has to store its waker again before a later sweep
+/// drops it (see [`Waiters`]). Under loom, no time: the models check that a dropped waiter
+/// was woken, whatever the timing.
+const SWEEP_GRACE: Duration = if cfg!(loom) {
+    Duration::ZERO
+} else {
+    Duration::from_millis(20)
+};
+
+/// The tasks waiting for one direction of a socket, kept bounded by sweeps (see the module
+/// docs).
+///
+/// A new waiter that finds `sweep_at` of them first sweeps: each waiter not yet swept is
+/// woken and marked, and each one marked by an earlier sweep at least `SWEEP_GRACE` ago that
+/// has not stored its waker since is dropped. The next sweep comes when the list has doubled
+/// from what this one kept. The grace is what keeps many tasks that really wait from being
+/// dropped and woken over and over: a woken task polls again within its loop's next
+/// iteration, but a crowd of them (a hundred tasks receiving from one `UdpSocket`) may all
+/// come back only after several sweeps. So a sweep costs at most one wake-up per waiter,
+/// paid for by as many new waiters since the last one, and the list holds the tasks really
+/// waiting plus at most the waiters of one grace period (and never fewer than `SWEEP_MIN`
+/// before a sweep).
+struct Waiters {
+    list: Vec<Waiter>,
+    sweep_at: usize,
+    /// The loom models' broken twin turns this off: a sweep that drops without waking.
+    #[cfg(all(test, loom))]
+    wake_on_sweep: bool,
+}
+
+struct Waiter {
+    waker: Waker,
+    /// When a sweep woke it, if it has not stored its waker again since.
+    swept: Option<Instant>,
+}
+
+/// What a sweep took out, to wake and to drop once the state lock is released: a waker may
+/// run its task right there, and dropping the last one drops a task, which may come back to
+/// this socket.
+#[derive(Default)]
+struct Swept {
+    wake: Vec<Waker>,
+    release: Vec<Waker>,
+}
+
+impl Swept {
+    fn finish(self) {
+        for w in self.wake {
+            w.wake();
+        }
+        drop(self.release);
+    }
+}
+
+impl Waiters {
+    fn new() -> Waiters {
+        Waiters {
+            list: Vec::new(),
+            sweep_at: SWEEP_MIN,
+            #[cfg(all(test, loom))]
+            wake_on_sweep: true,
+        }
+    }
+
+    /// Stores `waker` unless it is stored already. May sweep first (into `swept`), reading
+    /// the time from `now`.
+    fn add(&mut self, waker: &Waker, now: &dyn Fn() -> Instant, swept: &mut Swept) {
+        if let Some(w) = self.list.iter_mut().find(|w| w.waker.will_wake(waker)) {
+            w.swept = None;
+            return;
+        }
+        if self.list.len() >= self.sweep_at {
+            self.sweep(now(), swept);
+        }
+        self.list.push(Waiter {
+            waker: waker.clone(),
+            swept: None,
+        });
+    }
+
+    fn sweep(&mut self, now: Instant, swept: &mut Swept) {
+        let mut kept = Vec::with_capacity(self.list.len());
+        for mut w in self.list.drain(..) {
+            match w.swept {
+                Some(at) if now.saturating_duration_since(at) >= SWEEP_GRACE => {
+                    swept.release.push(w.waker);
+                }
+                Some(_) => kept.push(w),
+                None => {
+                    w.swept = Some(now);
+                    #[cfg(all(test, loom))]
+                    if !self.wake_on_sweep {
+                        kept.push(w);
+                        continue;
+                    }
+                    swept.wake.push(w.waker.clone());
+                    kept.push(w);
+                }
+            }
+        }
+        self.list = kept;
+        self.sweep_at = SWEEP_MIN.max(2 * self.list.len());
+    }
+
+    /// Takes every waiter out, to be woken.
+    fn take_into(&mut self, woken: &mut Vec<Waker>) {
+        woken.extend(self.list.drain(..).map(|w| w.waker));
+    }
+
+    #[cfg(all(test, not(loom)))]
+    fn len(&self) -> usize {
+        self.list.len()
     }
 }
 
@@ -91,8 +215,8 @@ impl Readiness {
             state: Mutex::new(State {
                 tick: 0,
                 ready: ALL,
-                readers: Vec::new(),
-                writers: Vec::new(),
+                readers: Waiters::new(),
+                writers: Waiters::new(),
                 closed: false,
                 read_closed: false,
                 read_unsure: false,
@@ -115,10 +239,10 @@ impl Readiness {
                 st.read_unsure = true;
             }
             if ready & Direction::Read as u8 != 0 {
-                woken.append(&mut st.readers);
+                st.readers.take_into(&mut woken);
             }
             if ready & Direction::Write as u8 != 0 {
-                woken.append(&mut st.writers);
+                st.writers.take_into(&mut woken);
             }
         }
         // Outside the lock: a waker may run the task right here (a host loop's main future),
@@ -136,18 +260,34 @@ impl Readiness {
         cx: &mut Context<'_>,
         arm: &dyn Arm,
     ) -> Poll<std::io::Result<Seen>> {
-        let mut st = self.state.lock();
-        if st.closed || st.ready & dir as u8 != 0 {
-            return Poll::Ready(Ok(Seen { dir, tick: st.tick }));
-        }
-        match dir {
-            Direction::Read => store(&mut st.readers, cx.waker()),
-            Direction::Write => store(&mut st.writers, cx.waker()),
-        }
-        if let Err(e) = arm.arm() {
-            return Poll::Ready(Err(e));
-        }
-        Poll::Pending
+        self.poll_ready_at(dir, cx, arm, &Instant::now)
+    }
+
+    /// `poll_ready` with the clock a sweep reads (the tests set it).
+    fn poll_ready_at(
+        &self,
+        dir: Direction,
+        cx: &mut Context<'_>,
+        arm: &dyn Arm,
+        now: &dyn Fn() -> Instant,
+    ) -> Poll<std::io::Result<Seen>> {
+        let mut swept = Swept::default();
+        let polled = {
+            let mut st = self.state.lock();
+            if st.closed || st.ready & dir as u8 != 0 {
+                return Poll::Ready(Ok(Seen { dir, tick: st.tick }));
+            }
+            match dir {
+                Direction::Read => st.readers.add(cx.waker(), now, &mut swept),
+                Direction::Write => st.writers.add(cx.waker(), now, &mut swept),
+            }
+            match arm.arm() {
+                Ok(()) => Poll::Pending,
+                Err(e) => Poll::Ready(Err(e)),
+            }
+        };
+        swept.finish();
+        polled
     }
 
     /// The syscall after `seen` said `WouldBlock`: forget the readiness, unless an edge
@@ -182,8 +322,9 @@ impl Readiness {
             let mut st = self.state.lock();
             st.closed = true;
             st.ready = ALL;
-            let mut woken = std::mem::take(&mut st.readers);
-            woken.append(&mut st.writers);
+            let mut woken = Vec::new();
+            st.readers.take_into(&mut woken);
+            st.writers.take_into(&mut woken);
             woken
         };
         for w in woken {
@@ -232,6 +373,145 @@ pub(crate) fn poll_io<T>(
             }
             Err(e) => return Poll::Ready(Err(e)),
         }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::task::Wake;
+
+    struct NoArm;
+    impl Arm for NoArm {
+        fn arm(&self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A task as the readiness sees it: its waker, and how often it was woken.
+    struct Probe {
+        wakes: AtomicUsize,
+    }
+
+    impl Wake for Probe {
+        fn wake(self: Arc<Self>) {
+            self.wakes.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn probe() -> Arc<Probe> {
+        Arc::new(Probe {
+            wakes: AtomicUsize::new(0),
+        })
+    }
+
+    fn wakes(p: &Arc<Probe>) -> usize {
+        p.wakes.load(Ordering::SeqCst)
+    }
+
+    /// Polls `readiness` for reading as the task `p`, at `now`.
+    fn poll_as(readiness: &Readiness, p: &Arc<Probe>, now: Instant) -> bool {
+        let waker = Waker::from(p.clone());
+        let mut cx = Context::from_waker(&waker);
+        readiness
+            .poll_ready_at(Direction::Read, &mut cx, &NoArm, &|| now)
+            .is_ready()
+    }
+
+    /// The `i`th millisecond after `start`.
+    fn ms(start: Instant, i: usize) -> Instant {
+        start + Duration::from_millis(i as u64)
+    }
+
+    fn quiet() -> Readiness {
+        let readiness = Readiness::new();
+        readiness.clear(Seen {
+            dir: Direction::Read,
+            tick: 0,
+        });
+        readiness
+    }
+
+    #[test]
+    fn wakers_of_tasks_that_stopped_waiting_are_released() {
+        let readiness = quiet();
+        let start = Instant::now();
+        // One task a millisecond waits once and goes (cancelled, or it raced the read against
+        // something else), for one second.
+        let gone: Vec<Arc<Probe>> = (0..1000).map(|_| probe()).collect();
+        for (i, p) in gone.iter().enumerate() {
+            assert!(!poll_as(&readiness, p, ms(start, i)));
+        }
+        // Each probe's own reference is ours; any other is a waker the readiness still holds.
+        // At most: the grace period's waiters (20) and the list before its next sweep.
+        let held: usize = gone.iter().map(|p| Arc::strong_count(p) - 1).sum();
+        assert!(
+            held <= 2 * (SWEEP_MIN + SWEEP_GRACE.as_millis() as usize),
+            "{held} wakers of 1000 tasks that stopped waiting are still held"
+        );
+        assert_eq!(held, readiness.state.lock().readers.len());
+    }
+
+    #[test]
+    fn a_task_still_waiting_is_woken_by_a_sweep_and_then_by_the_edge() {
+        let readiness = quiet();
+        let start = Instant::now();
+        let waiting = probe();
+        assert!(!poll_as(&readiness, &waiting, start));
+        let mut seen = wakes(&waiting);
+        let mut polls = 1;
+        for i in 0..1000 {
+            assert!(!poll_as(&readiness, &probe(), ms(start, i)));
+            // As its loop would, a little later: a woken task polls again, still not ready.
+            if wakes(&waiting) > seen {
+                seen = wakes(&waiting);
+                polls += 1;
+                assert!(!poll_as(&readiness, &waiting, ms(start, i + 1)));
+            }
+        }
+        assert!(
+            polls > 1,
+            "1000 other waiters came and went without a sweep"
+        );
+        readiness.set(Direction::Read as u8);
+        assert!(
+            wakes(&waiting) > seen,
+            "the edge did not wake the task still waiting: it was swept out and lost"
+        );
+        assert!(poll_as(&readiness, &waiting, ms(start, 1001)));
+    }
+
+    #[test]
+    fn many_tasks_still_waiting_settle_after_a_few_sweeps() {
+        let readiness = quiet();
+        let now = Instant::now();
+        let crowd: Vec<Arc<Probe>> = (0..100).map(|_| probe()).collect();
+        let mut seen = vec![usize::MAX; crowd.len()];
+        let mut rounds = 0;
+        // Each round polls again every task woken since its last poll (all of them at first),
+        // as their loops would; the crowd has settled when a round polls nobody.
+        loop {
+            let mut polled = 0;
+            for (p, seen) in crowd.iter().zip(&mut seen) {
+                if *seen != wakes(p) {
+                    *seen = wakes(p);
+                    polled += 1;
+                    assert!(!poll_as(&readiness, p, now));
+                }
+            }
+            if polled == 0 {
+                break;
+            }
+            rounds += 1;
+            assert!(rounds <= 20, "the sweeps keep waking the same tasks");
+        }
+        let total: usize = crowd.iter().map(wakes).sum();
+        assert!(total <= 3 * crowd.len(), "{total} spurious wake-ups");
+        assert_eq!(readiness.state.lock().readers.len(), crowd.len());
+        readiness.set(Direction::Read as u8);
+        assert!(crowd.iter().zip(&seen).all(|(p, &s)| wakes(p) == s + 1));
     }
 }
 
@@ -416,5 +696,53 @@ mod loom_models {
                 .poll_ready(Direction::Write, &mut cx, &NoArm)
                 .is_ready());
         });
+    }
+
+    /// A task waits; meanwhile another thread's tasks wait on the same socket, enough of them
+    /// to sweep the list twice (the first sweep wakes the task, the second drops it, as it
+    /// has not polled again), and then the edge comes. `wake_on_sweep: false` is the broken
+    /// twin: a sweep that drops a waiter it never woke.
+    fn sweep_model(wake_on_sweep: bool) {
+        loom::model(move || {
+            let readiness = Arc::new(Readiness::new());
+            readiness.clear(Seen {
+                dir: Direction::Read,
+                tick: 0,
+            });
+            readiness.state.lock().readers.wake_on_sweep = wake_on_sweep;
+            let r = readiness.clone();
+            let crowd = loom::thread::spawn(move || {
+                for _ in 0..2 {
+                    let (_flag, waker) = Flag::new();
+                    let mut cx = Context::from_waker(&waker);
+                    let _ = r.poll_ready(Direction::Read, &mut cx, &NoArm);
+                }
+                r.set(Direction::Read as u8);
+            });
+            let (flag, waker) = Flag::new();
+            let mut cx = Context::from_waker(&waker);
+            let first = readiness.poll_ready(Direction::Read, &mut cx, &NoArm);
+            crowd.join().unwrap();
+            if first.is_pending() {
+                assert!(
+                    flag.woken(),
+                    "a waiting task was swept out without a wake-up and missed the edge"
+                );
+            }
+            assert!(readiness
+                .poll_ready(Direction::Read, &mut cx, &NoArm)
+                .is_ready());
+        });
+    }
+
+    #[test]
+    fn loom_readiness_sweep_wakes_a_task_before_dropping_it() {
+        sweep_model(true);
+    }
+
+    #[test]
+    #[should_panic(expected = "swept out without a wake-up")]
+    fn loom_readiness_sweep_dropping_unwoken_loses_the_edge() {
+        sweep_model(false);
     }
 }
