@@ -734,3 +734,20 @@ fn the_http_server_example_answers_then_exits_after_its_requests() {
     let status = child.0.wait().expect("wait");
     assert!(status.success(), "{status}");
 }
+
+#[test]
+fn drive_is_unpin_for_a_connection_future_that_is_not_and_refuses_a_second_finish() {
+    // API.md: every future braid returns is `Unpin`. An `async` block is not; `drive`'s
+    // future around one must still be (this call does not compile otherwise).
+    fn unpin<T: Unpin>(future: T) -> T {
+        future
+    }
+    scenario(async {
+        let mut driven = unpin(drive(async { Ok::<u8, hyper::Error>(7) }));
+        assert_eq!(poll_fn(|cx| Pin::new(&mut driven).poll(cx)).await?, 7);
+        // Polled once more after it finished: an error, not a second poll of the connection.
+        let again = poll_fn(|cx| Pin::new(&mut driven).poll(cx)).await;
+        assert_eq!(again.unwrap_err().kind(), ErrorKind::InvalidState);
+        Ok(())
+    });
+}

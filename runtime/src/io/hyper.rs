@@ -516,16 +516,59 @@ impl fmt::Debug for BraidSleep {
 /// # Errors
 ///
 /// Cancelled, if the running task was cancelled meanwhile; else as [`into_error`].
-pub async fn drive<F, T>(conn: F) -> Result<T>
+pub fn drive<F, T>(conn: F) -> Drive<F>
 where
     F: Future<Output = ::hyper::Result<T>>,
 {
-    let requests_before = cancel_requests();
-    let outcome = conn.await;
-    if cancel_requests() > requests_before {
-        return Err(Error::cancelled(None));
+    Drive {
+        conn: Some(Box::pin(conn)),
+        requests_before: None,
     }
-    outcome.map_err(classify)
+}
+
+/// The future of [`drive`]. It is `Unpin`, as every braid future is, whatever the connection
+/// future is: that one is boxed (one allocation per connection).
+///
+/// # Cancel safety
+///
+/// Dropping it drops the connection (its socket closes).
+#[must_use = "futures do nothing unless you `.await` them"]
+pub struct Drive<F> {
+    /// `None` once it has finished.
+    conn: Option<Pin<Box<F>>>,
+    /// The running task's cancel requests when it was first polled.
+    requests_before: Option<usize>,
+}
+
+impl<F, T> Future for Drive<F>
+where
+    F: Future<Output = ::hyper::Result<T>>,
+{
+    type Output = Result<T>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<T>> {
+        let this = self.get_mut();
+        let Some(conn) = this.conn.as_mut() else {
+            return Poll::Ready(Err(crate::combinators::polled_after_completion("drive")));
+        };
+        let requests_before = *this.requests_before.get_or_insert_with(cancel_requests);
+        let Poll::Ready(outcome) = conn.as_mut().poll(cx) else {
+            return Poll::Pending;
+        };
+        this.conn = None;
+        if cancel_requests() > requests_before {
+            return Poll::Ready(Err(Error::cancelled(None)));
+        }
+        Poll::Ready(outcome.map_err(classify))
+    }
+}
+
+impl<F> fmt::Debug for Drive<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Drive")
+            .field("finished", &self.conn.is_none())
+            .finish()
+    }
 }
 
 /// A `hyper::Error` as braid's [`Error`], in the task that drove the connection:
