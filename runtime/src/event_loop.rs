@@ -102,8 +102,6 @@ pub(crate) struct LoopShared {
     pub(crate) tick: CachePadded<AtomicU64>,
     /// `AWAKE`, `ASLEEP_FOREVER`, or the runtime-ns deadline the loop sleeps until.
     pub(crate) sleep_deadline: AtomicU64,
-    /// Set by a notifier that popped this loop from the idle set and counted it searching.
-    pub(crate) notified: AtomicBool,
     /// Host loops: a `run_until_complete`/`run_forever` is driving this loop now.
     pub(crate) running: AtomicBool,
     /// The sockets registered with this loop's poller.
@@ -124,7 +122,6 @@ impl LoopShared {
             state: AtomicU8::new(0),
             tick: CachePadded::new(AtomicU64::new(0)),
             sleep_deadline: AtomicU64::new(AWAKE),
-            notified: AtomicBool::new(false),
             running: AtomicBool::new(false),
             io: crate::io::driver::IoDriver::new(),
             stuck: AtomicBool::new(false),
@@ -786,7 +783,7 @@ impl LoopCtx {
             return;
         }
         lp.sleep_deadline.store(ASLEEP_FOREVER, Ordering::Relaxed);
-        rt.register_idle(lp.id);
+        rt.idle.register(lp.id);
         let driver = rt.try_take_timer_driver(lp.id);
         // Pairs with `notify_work` and `on_new_earliest_timer`: our idle registration and
         // driver token are visible to them, or their work is visible to the re-check below.
@@ -794,7 +791,7 @@ impl LoopCtx {
         let now = Instant::now();
         let timers_due = rt.timers.earliest().is_some_and(|e| e <= rt.ns(now));
         if rt.stopping.load(Ordering::Acquire)
-            || lp.notified.load(Ordering::Acquire)
+            || rt.idle.is_notified(lp.id)
             || timers_due
             || self.has_local_work()
             || rt.has_shared_work(lp.id)
@@ -831,8 +828,7 @@ impl LoopCtx {
         if driver {
             rt.release_timer_driver(lp.id);
         }
-        rt.unregister_idle(lp.id);
-        if lp.notified.swap(false, Ordering::AcqRel) {
+        if rt.idle.unregister(lp.id) {
             self.searching.set(true);
         }
     }

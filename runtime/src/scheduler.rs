@@ -86,9 +86,8 @@ pub(crate) struct RuntimeShared {
     pub(crate) injector: Injector<TaskPtr>,
     pub(crate) loops: Box<[Arc<LoopShared>]>,
     pub(crate) stealers: Box<[Stealer<TaskPtr>]>,
-    idle: Mutex<Vec<usize>>,
-    num_idle: CachePadded<AtomicUsize>,
-    num_searching: CachePadded<AtomicUsize>,
+    /// Which loops sleep, and how many are searching.
+    pub(crate) idle: IdleLoops,
     timer_driver: AtomicUsize,
     pub(crate) timers: TimerQueue,
     pub(crate) registry: Registry<TaskPtr>,
@@ -121,9 +120,7 @@ impl RuntimeShared {
             injector: Injector::new(),
             loops: loops.into_boxed_slice(),
             stealers: stealers.into_boxed_slice(),
-            idle: Mutex::new(Vec::with_capacity(n)),
-            num_idle: CachePadded::new(AtomicUsize::new(0)),
-            num_searching: CachePadded::new(AtomicUsize::new(0)),
+            idle: IdleLoops::new(n),
             timer_driver: AtomicUsize::new(NO_DRIVER),
             timers: TimerQueue::new(),
             registry: Registry::new(n),
@@ -196,61 +193,23 @@ impl RuntimeShared {
     /// loop is already searching.
     #[inline]
     pub(crate) fn notify_work(&self) {
-        // Pairs with the fence in the sleeper's re-check (see the module docs).
-        fence(Ordering::SeqCst);
-        if self.num_searching.load(Ordering::Relaxed) != 0
-            || self.num_idle.load(Ordering::Relaxed) == 0
-        {
-            return;
+        if let Some(id) = self.idle.loop_to_wake() {
+            self.loops[id].bell.ring();
         }
-        self.wake_one_idle(false);
     }
 
-    /// Pops one idle loop, counts it as searching, and rings it. With `force`, even if some
-    /// loop is searching already (the monitor's rescue of a stuck loop's queue).
+    /// Pops one idle loop, counts it as searching, and rings it, even if some loop is
+    /// searching already (the monitor's rescue of a stuck loop's queue).
     #[cold]
-    fn wake_one_idle(&self, force: bool) -> bool {
-        let id = {
-            let mut idle = self.idle.lock();
-            if !force && self.num_searching.load(Ordering::Relaxed) != 0 {
-                return false;
-            }
-            let Some(id) = idle.pop() else { return false };
-            self.num_idle.fetch_sub(1, Ordering::Relaxed);
-            self.num_searching.fetch_add(1, Ordering::SeqCst);
-            self.loops[id].notified.store(true, Ordering::Release);
-            id
-        };
-        self.loops[id].bell.ring();
-        true
-    }
-
-    /// A loop announces it is about to sleep.
-    pub(crate) fn register_idle(&self, id: usize) {
-        let mut idle = self.idle.lock();
-        idle.push(id);
-        self.num_idle.fetch_add(1, Ordering::SeqCst);
-    }
-
-    /// A loop that registered as idle and woke up leaves the idle set. Returns false if a
-    /// notifier had already popped it (and counted it as searching).
-    pub(crate) fn unregister_idle(&self, id: usize) -> bool {
-        let mut idle = self.idle.lock();
-        match idle.iter().position(|&i| i == id) {
-            Some(pos) => {
-                idle.swap_remove(pos);
-                self.num_idle.fetch_sub(1, Ordering::Relaxed);
-                true
-            }
-            None => false,
+    fn force_wake_one_idle(&self) {
+        if let Some(id) = self.idle.pop(true) {
+            self.loops[id].bell.ring();
         }
     }
 
     /// A searching loop found a task (or gave up searching: `found == false`).
     pub(crate) fn end_searching(&self, found: bool, more_work: bool) {
-        let was_last = self.num_searching.fetch_sub(1, Ordering::SeqCst) == 1;
-        if found && was_last && more_work {
-            // Ramp up: there is more than we can take; wake the next sibling.
+        if self.idle.end_searching(found, more_work) {
             self.notify_work();
         }
     }
@@ -280,10 +239,10 @@ impl RuntimeShared {
             }
             return;
         }
-        if self.num_idle.load(Ordering::Relaxed) == 0 {
+        if self.idle.num_idle() == 0 {
             return; // every loop is awake and checks the timers at each tick
         }
-        let candidate = self.idle.lock().last().copied();
+        let candidate = self.idle.last();
         if let Some(id) = candidate {
             let lp = &self.loops[id];
             if lp.sleep_deadline.load(Ordering::Relaxed) > deadline {
@@ -297,6 +256,104 @@ impl RuntimeShared {
         if let Some(t) = &*self.monitor.lock() {
             t.unpark();
         }
+    }
+}
+
+/// The idle set and the searching count of the module docs' wake-up protocol, on their own
+/// so that the loom models below drive this very code. Indexed by worker loop id.
+pub(crate) struct IdleLoops {
+    idle: Mutex<Vec<usize>>,
+    num_idle: CachePadded<AtomicUsize>,
+    num_searching: CachePadded<AtomicUsize>,
+    /// Per loop: set by a notifier that popped it from the idle set and counted it
+    /// searching, taken by the loop when it wakes ([`IdleLoops::unregister`]).
+    notified: Box<[AtomicBool]>,
+}
+
+impl IdleLoops {
+    pub(crate) fn new(loops: usize) -> IdleLoops {
+        IdleLoops {
+            idle: Mutex::new(Vec::with_capacity(loops)),
+            num_idle: CachePadded::new(AtomicUsize::new(0)),
+            num_searching: CachePadded::new(AtomicUsize::new(0)),
+            notified: (0..loops).map(|_| AtomicBool::new(false)).collect(),
+        }
+    }
+
+    /// After publishing shared work: the idle loop to ring, popped and counted searching,
+    /// unless a loop is searching already or none is idle.
+    #[inline]
+    pub(crate) fn loop_to_wake(&self) -> Option<usize> {
+        // Pairs with the fence in the sleeper's re-check (see the module docs).
+        fence(Ordering::SeqCst);
+        if self.num_searching.load(Ordering::Relaxed) != 0
+            || self.num_idle.load(Ordering::Relaxed) == 0
+        {
+            return None;
+        }
+        self.pop(false)
+    }
+
+    /// Pops one idle loop and counts it searching (with `force`, even if some loop is
+    /// searching already). The caller rings it.
+    #[cold]
+    pub(crate) fn pop(&self, force: bool) -> Option<usize> {
+        let mut idle = self.idle.lock();
+        if !force && self.num_searching.load(Ordering::Relaxed) != 0 {
+            return None;
+        }
+        let id = idle.pop()?;
+        self.num_idle.fetch_sub(1, Ordering::Relaxed);
+        self.num_searching.fetch_add(1, Ordering::SeqCst);
+        // Under the lock: the loop's `unregister`, which takes it too, sees either itself in
+        // the set or this flag.
+        self.notified[id].store(true, Ordering::Release);
+        Some(id)
+    }
+
+    /// Loop `id` announces it is about to sleep. It must then issue `fence(SeqCst)` and
+    /// re-check for work before it sleeps (see the module docs).
+    pub(crate) fn register(&self, id: usize) {
+        let mut idle = self.idle.lock();
+        idle.push(id);
+        self.num_idle.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Loop `id`, registered as idle, is awake again: it leaves the idle set. Returns true if
+    /// a notifier had popped it first and counted it searching: the loop is now searching
+    /// and must end that with [`end_searching`](Self::end_searching).
+    pub(crate) fn unregister(&self, id: usize) -> bool {
+        {
+            let mut idle = self.idle.lock();
+            if let Some(pos) = idle.iter().position(|&i| i == id) {
+                idle.swap_remove(pos);
+                self.num_idle.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        self.notified[id].swap(false, Ordering::AcqRel)
+    }
+
+    /// Whether a notifier has popped loop `id` since it registered (its re-check before
+    /// sleeping: then it must not sleep).
+    pub(crate) fn is_notified(&self, id: usize) -> bool {
+        self.notified[id].load(Ordering::Acquire)
+    }
+
+    /// A searching loop found a task (or gave up searching: `found == false`). Returns true
+    /// if the caller should notify once more: it was the last searcher, it found a task and
+    /// there is more than it can take (the ramp-up of the module docs).
+    pub(crate) fn end_searching(&self, found: bool, more_work: bool) -> bool {
+        let was_last = self.num_searching.fetch_sub(1, Ordering::SeqCst) == 1;
+        found && was_last && more_work
+    }
+
+    pub(crate) fn num_idle(&self) -> usize {
+        self.num_idle.load(Ordering::Relaxed)
+    }
+
+    /// The loop that registered last, if any is idle.
+    pub(crate) fn last(&self) -> Option<usize> {
+        self.idle.lock().last().copied()
     }
 }
 
@@ -379,7 +436,7 @@ pub(crate) fn monitor_main(rt: Arc<RuntimeShared>) {
                 // now take even the task it would run next. Marked before the wake-up, which
                 // carries it to the rescuer (see `may_steal` and its loom model).
                 lp.stuck.store(true, Ordering::Release);
-                rt.wake_one_idle(true);
+                rt.force_wake_one_idle();
             }
             if awake && tick == last_ticks[i] {
                 // Stuck with sockets registered: their readiness still wakes their tasks,
@@ -392,7 +449,7 @@ pub(crate) fn monitor_main(rt: Arc<RuntimeShared>) {
             let overdue = rt.ns(Instant::now()).saturating_sub(earliest);
             if overdue > 2 * MONITOR_INTERVAL.as_nanos() as u64 {
                 // Due timers nobody fired (their loops are stuck): have an idle loop do it.
-                let candidate = rt.idle.lock().last().copied();
+                let candidate = rt.idle.last();
                 match candidate {
                     Some(id) => rt.loops[id].bell.ring(),
                     // Every worker is busy: the threads inside run_until_complete fire them.
@@ -474,5 +531,134 @@ mod loom_models {
             assert!(!may_steal(1, &stuck));
             assert!(may_steal(2, &stuck));
         });
+    }
+}
+
+#[cfg(all(test, loom))]
+mod loom_idle_models {
+    //! The wake-up protocol of the module docs, on the real [`IdleLoops`]: a publisher puts two
+    //! tasks in the shared queue, each followed by `notify_work`'s step, while one worker loop
+    //! runs what it finds and goes to sleep as `park_worker` does (register as idle, fence,
+    //! re-check, sleep until rung; awake, leave the idle set and search if popped). The queue
+    //! is a counter and the doorbell a flag under a lock (both have their own models; a lock
+    //! rather than an atomic `swap` because of loom issue #389, where a load after a `swap`
+    //! may read a value older than the one the `swap` read). Whatever the
+    //! interleaving, the loop never sleeps for good with a task queued, and no loop is left
+    //! counted searching (which would silence every later `notify_work`).
+    use super::IdleLoops;
+    use braid_bridge::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
+    use braid_bridge::sync::{Arc, Mutex};
+
+    /// What the broken twins leave out.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Fault {
+        None,
+        /// The sleeper's fence between registering and re-checking.
+        SleeperFence,
+        /// The woken loop ignores that a notifier popped it (never ends the search).
+        Notified,
+    }
+
+    struct World {
+        idle: IdleLoops,
+        queued: AtomicUsize,
+        rung: Mutex<bool>,
+        published: AtomicBool,
+    }
+
+    fn take_task(w: &World) -> bool {
+        w.queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .is_ok()
+    }
+
+    fn notify_work(w: &World) {
+        if w.idle.loop_to_wake().is_some() {
+            *w.rung.lock() = true;
+        }
+    }
+
+    /// The worker loop; returns when it sleeps and nobody will ring it any more.
+    fn worker(w: &World, fault: Fault) {
+        let mut searching = false;
+        loop {
+            while take_task(w) {
+                if std::mem::take(&mut searching) {
+                    let more = w.queued.load(Ordering::Acquire) > 0;
+                    if w.idle.end_searching(true, more) {
+                        notify_work(w);
+                    }
+                }
+            }
+            if std::mem::take(&mut searching) {
+                let _ = w.idle.end_searching(false, false);
+            }
+            w.idle.register(0);
+            if fault != Fault::SleeperFence {
+                fence(Ordering::SeqCst);
+            }
+            let stay_awake = w.queued.load(Ordering::Relaxed) > 0 || w.idle.is_notified(0);
+            if !stay_awake {
+                loop {
+                    if std::mem::take(&mut *w.rung.lock()) {
+                        break;
+                    }
+                    if w.published.load(Ordering::Acquire) && !*w.rung.lock() {
+                        return; // asleep for good: the publisher is done and did not ring
+                    }
+                    loom::thread::yield_now();
+                }
+            }
+            let popped = w.idle.unregister(0);
+            searching = popped && fault != Fault::Notified;
+        }
+    }
+
+    fn model(fault: Fault) {
+        loom::model(move || {
+            let world = Arc::new(World {
+                idle: IdleLoops::new(1),
+                queued: AtomicUsize::new(0),
+                rung: Mutex::new(false),
+                published: AtomicBool::new(false),
+            });
+            let w = world.clone();
+            let publisher = loom::thread::spawn(move || {
+                for _ in 0..2 {
+                    w.queued.fetch_add(1, Ordering::Release);
+                    notify_work(&w);
+                }
+                w.published.store(true, Ordering::Release);
+            });
+            worker(&world, fault);
+            publisher.join().unwrap();
+            assert_eq!(
+                world.queued.load(Ordering::Acquire),
+                0,
+                "lost wake-up: the loop sleeps with a task queued"
+            );
+            assert_eq!(
+                world.idle.num_searching.load(Ordering::Acquire),
+                0,
+                "lost wake-up to come: a loop is still counted searching"
+            );
+        });
+    }
+
+    #[test]
+    fn loom_idle_protocol_never_sleeps_on_queued_work() {
+        model(Fault::None);
+    }
+
+    #[test]
+    #[should_panic(expected = "the loop sleeps with a task queued")]
+    fn loom_idle_protocol_without_the_sleepers_fence_loses_a_wake_up() {
+        model(Fault::SleeperFence);
+    }
+
+    #[test]
+    #[should_panic(expected = "lost wake-up")]
+    fn loom_idle_protocol_ignoring_a_pop_leaves_a_searcher_counted() {
+        model(Fault::Notified);
     }
 }
