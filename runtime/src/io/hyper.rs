@@ -529,6 +529,21 @@ where
 /// The future of [`drive`]. It is `Unpin`, as every braid future is, whatever the connection
 /// future is: that one is boxed (one allocation per connection).
 ///
+/// # Examples
+///
+/// ```
+/// use braid_runtime::hyper::drive;
+///
+/// braid_runtime::run(async {
+///     // Any future of a `hyper::Result` will do; an `async` block is not `Unpin`.
+///     let driven = drive(async { Ok::<_, hyper::Error>("served") });
+///     let _: &dyn Unpin = &driven;
+///     assert_eq!(driven.await?, "served");
+///     Ok(())
+/// })
+/// .unwrap();
+/// ```
+///
 /// # Cancel safety
 ///
 /// Dropping it drops the connection (its socket closes).

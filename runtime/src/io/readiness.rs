@@ -112,8 +112,8 @@ const SWEEP_GRACE: Duration = if cfg!(loom) {
 /// iteration, but a crowd of them (a hundred tasks receiving from one `UdpSocket`) may all
 /// come back only after several sweeps. So a sweep costs at most one wake-up per waiter,
 /// paid for by as many new waiters since the last one, and the list holds the tasks really
-/// waiting plus at most the waiters of one grace period (and never fewer than `SWEEP_MIN`
-/// before a sweep).
+/// waiting plus about twice the waiters that came within the last grace period (at least
+/// `SWEEP_MIN` before a sweep).
 struct Waiters {
     list: Vec<Waiter>,
     sweep_at: usize,
