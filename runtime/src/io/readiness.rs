@@ -173,27 +173,33 @@ impl Waiters {
     }
 
     fn sweep(&mut self, now: Instant, swept: &mut Swept) {
-        let mut kept = Vec::with_capacity(self.list.len());
-        for mut w in self.list.drain(..) {
-            match w.swept {
-                Some(at) if now.saturating_duration_since(at) >= SWEEP_GRACE => {
-                    swept.release.push(w.waker);
-                }
-                Some(_) => kept.push(w),
-                None => {
-                    w.swept = Some(now);
-                    #[cfg(all(test, loom))]
-                    if !self.wake_on_sweep {
-                        kept.push(w);
-                        continue;
-                    }
-                    swept.wake.push(w.waker.clone());
-                    kept.push(w);
-                }
+        let wake = self.wakes_on_sweep();
+        self.list.retain_mut(|w| match w.swept {
+            Some(at) if now.saturating_duration_since(at) >= SWEEP_GRACE => {
+                // A clone goes out, so the waker's last reference drops after the unlock.
+                swept.release.push(w.waker.clone());
+                false
             }
-        }
-        self.list = kept;
+            Some(_) => true,
+            None => {
+                w.swept = Some(now);
+                if wake {
+                    swept.wake.push(w.waker.clone());
+                }
+                true
+            }
+        });
         self.sweep_at = SWEEP_MIN.max(2 * self.list.len());
+    }
+
+    #[cfg(not(all(test, loom)))]
+    fn wakes_on_sweep(&self) -> bool {
+        true
+    }
+
+    #[cfg(all(test, loom))]
+    fn wakes_on_sweep(&self) -> bool {
+        self.wake_on_sweep
     }
 
     /// Takes every waiter out, to be woken.
@@ -376,19 +382,23 @@ pub(crate) fn poll_io<T>(
     }
 }
 
+/// For the tests and models: a registration that has nothing to arm.
+#[cfg(test)]
+struct NoArm;
+
+#[cfg(test)]
+impl Arm for NoArm {
+    fn arm(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
     use std::task::Wake;
-
-    struct NoArm;
-    impl Arm for NoArm {
-        fn arm(&self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
 
     /// A task as the readiness sees it: its waker, and how often it was woken.
     struct Probe {
@@ -523,13 +533,6 @@ mod loom_models {
     use crate::sync::loom_support::Flag;
     use braid_bridge::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
-
-    struct NoArm;
-    impl Arm for NoArm {
-        fn arm(&self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
 
     /// One readiness-driven read of the "socket" `queued` (bytes the kernel holds).
     fn try_read(
