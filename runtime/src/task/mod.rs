@@ -1053,3 +1053,86 @@ impl<T: 'static> fmt::Debug for Task<T> {
             .finish()
     }
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use crate::{create_task, Runtime};
+    use std::sync::{Arc, Mutex};
+    use std::task::{Poll, Waker};
+
+    /// One worker, so that the awaiting task runs only after the awaited one's runner has
+    /// returned and dropped its reference.
+    fn one_loop() -> Runtime {
+        Runtime::builder().workers(1).build().expect("runtime")
+    }
+
+    #[test]
+    fn a_waker_kept_after_the_task_finished_holds_its_cell_and_wakes_nothing() {
+        let rt = one_loop();
+        let kept: Arc<Mutex<Option<Waker>>> = Arc::new(Mutex::new(None));
+        let counts = rt
+            .run_until_complete({
+                let kept = kept.clone();
+                async move {
+                    let outer = create_task(async move {
+                        let mut inner = create_task(std::future::poll_fn(move |cx| {
+                            *kept.lock().unwrap() = Some(cx.waker().clone());
+                            Poll::Ready(Ok(7))
+                        }));
+                        let value = (&mut inner).await?;
+                        // The handle and the kept waker; the runner, the queue and the
+                        // registry have let go.
+                        let with_waker = Arc::strong_count(&inner.raw);
+                        Ok((value, with_waker, inner))
+                    });
+                    outer.await
+                }
+            })
+            .expect("the tasks ran");
+        let (value, with_waker, inner) = counts;
+        assert_eq!(value, 7);
+        assert_eq!(with_waker, 2, "the handle and the kept waker");
+        let waker = kept
+            .lock()
+            .unwrap()
+            .take()
+            .expect("the task kept its waker");
+        waker.wake_by_ref();
+        let second = waker.clone();
+        second.wake();
+        assert!(inner.done(), "waking a finished task leaves it finished");
+        assert_eq!(
+            Arc::strong_count(&inner.raw),
+            2,
+            "wakes consume their own counts"
+        );
+        drop(waker);
+        assert_eq!(
+            Arc::strong_count(&inner.raw),
+            1,
+            "the last waker gave its count back"
+        );
+    }
+
+    #[test]
+    fn every_poll_of_a_task_lends_a_waker_that_will_wake_the_ones_kept_before() {
+        let rt = one_loop();
+        let same = rt
+            .run_until_complete(async {
+                let mut first: Option<Waker> = None;
+                create_task(std::future::poll_fn(move |cx| match &first {
+                    None => {
+                        first = Some(cx.waker().clone());
+                        cx.waker().wake_by_ref();
+                        Poll::Pending
+                    }
+                    Some(kept) => Poll::Ready(Ok(kept.will_wake(cx.waker()))),
+                }))
+                .await
+            })
+            .expect("the task ran");
+        // Socket waiters and join wakers dedupe by `will_wake`; a fresh waker per poll would
+        // grow their lists.
+        assert!(same);
+    }
+}

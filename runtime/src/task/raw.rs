@@ -1,10 +1,10 @@
-//! The task cell: one allocation holding a task's header, its future, its cached waker and
-//! its output. This is the only module of braid-runtime with `unsafe` code, so it also holds
+//! The task cell: one allocation holding a task's header, its future and its output; the
+//! task's waker is a pointer to the cell (see [`waker_vtable`]). This is the only module of braid-runtime with `unsafe` code, so it also holds
 //! the two poller calls that `polling` marks unsafe (`poller_add_edge`, `poller_delete`).
 //!
 //! Who may touch which field when:
 //!
-//! * `stage` (the future, the cached self-waker, per-step flags): only the thread that holds
+//! * `stage` (the future, per-step flags): only the thread that holds
 //!   the RUNNING bit of `header.state` (see `state.rs`), or the spawner before the task is
 //!   first published to a queue. For a `spawn_local` task that thread is always its owner loop
 //!   thread: wakes from elsewhere are routed to the owner's inbox, never run in place.
@@ -19,11 +19,12 @@ use braid_bridge::sync::{Mutex, UnsafeCell};
 use braid_bridge::{Error, Result};
 use std::future::Future;
 use std::marker::PhantomData;
+use std::mem::ManuallyDrop;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::ptr::NonNull;
 use std::sync::Arc;
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::{Context, Poll, RawWaker, RawWakerVTable, Waker};
 
 /// The operations every task (and the main pseudo-task of `run_until_complete`) offers to the
 /// scheduler, untyped.
@@ -57,7 +58,6 @@ pub(crate) type Deliver<T> = Box<dyn FnOnce(Result<T>) + Send>;
 
 struct Stage<F, T> {
     future: Option<F>,
-    waker: Option<Waker>,
     started: bool,
     deliver: Option<Deliver<T>>,
 }
@@ -82,37 +82,33 @@ where
     F: Future<Output = Result<T>> + 'static,
     T: 'static,
 {
-    /// Allocates the cell and caches its own waker (a reference cycle broken at completion).
+    /// Allocates the cell.
     pub(crate) fn new(header: Header, future: F, deliver: Option<Deliver<T>>) -> Arc<Self> {
-        let cell = Arc::new(TaskCell {
-            header,
-            stage: UnsafeCell::new(Stage {
-                future: Some(future),
-                waker: None,
-                started: false,
-                deliver,
-            }),
-            output: Mutex::new(None),
-        });
-        let waker = Waker::from(cell.clone());
-        // SAFETY: the cell has not been published to any queue or other thread yet; this is
-        // the only reference that touches the stage.
-        cell.stage
-            .with_mut(|stage| unsafe { (*stage).waker = Some(waker) });
-        cell
+        // Written straight into the allocation: `Arc::new` of a finished value builds it on
+        // the stack and copies it twice (a tenth of a tiny task's instructions).
+        let mut cell = Arc::<Self>::new_uninit();
+        Arc::get_mut(&mut cell)
+            .expect("a new allocation has one owner")
+            .write(TaskCell {
+                header,
+                stage: UnsafeCell::new(Stage {
+                    future: Some(future),
+                    started: false,
+                    deliver,
+                }),
+                output: Mutex::new(None),
+            });
+        // SAFETY: the value was written just above.
+        unsafe { cell.assume_init() }
     }
 
     /// Drops the future and stores `output`, then publishes completion.
     /// Must be called by the RUNNING holder.
     fn finish(self: &Arc<Self>, output: Result<T>) {
         // SAFETY: we hold RUNNING (the caller's contract), so nobody else touches the stage.
-        let (future, waker, deliver) = self.stage.with_mut(|stage| unsafe {
+        let (future, deliver) = self.stage.with_mut(|stage| unsafe {
             let stage = &mut *stage;
-            (
-                stage.future.take(),
-                stage.waker.take(),
-                stage.deliver.take(),
-            )
+            (stage.future.take(), stage.deliver.take())
         });
         // A destructor may panic too; it must not take the loop down.
         if let Some(future) = future {
@@ -129,7 +125,6 @@ where
             None => *self.output.lock() = Some(output),
         }
         self.header.complete(cancelled, failed);
-        drop(waker);
         self.header
             .after_complete(&|| TaskRef::from_raw(self.clone()), failure);
     }
@@ -166,8 +161,18 @@ where
             debug_assert!(false, "a running task without a future");
             return;
         };
-        let waker = stage.waker.as_ref().expect("a running task has its waker");
-        let mut cx = Context::from_waker(waker);
+        // The poll borrows the runner's reference to the cell for its waker: a future that
+        // keeps the waker clones it, taking a count of its own. Never dropped, so it never
+        // gives back the count it did not take.
+        // SAFETY: `self` keeps the cell alive for the whole poll, and `waker_vtable` is the
+        // vtable of a `TaskCell<F, T>` pointer, which this is.
+        let waker = ManuallyDrop::new(unsafe {
+            Waker::from_raw(RawWaker::new(
+                Arc::as_ptr(&self).cast(),
+                waker_vtable::<F, T>(),
+            ))
+        });
+        let mut cx = Context::from_waker(&waker);
         let me: &dyn RawTask = &*self;
         let guard = context::enter_task(NonNull::from(me));
         // SAFETY: the future lives in the task's heap allocation and is never moved out
@@ -259,22 +264,98 @@ impl<F, T> TaskCell<F, T> {
     }
 }
 
-impl<F, T> Wake for TaskCell<F, T>
+impl<F, T> TaskCell<F, T>
 where
     F: Future<Output = Result<T>> + 'static,
     T: 'static,
 {
-    fn wake(self: Arc<Self>) {
-        if self.header.state.wake() == WakeAction::Schedule {
-            self.schedule();
-        }
-    }
-
     fn wake_by_ref(self: &Arc<Self>) {
         if self.header.state.wake() == WakeAction::Schedule {
             self.clone().schedule();
         }
     }
+}
+
+/// The waker of a `TaskCell<F, T>`: its data pointer is `Arc::as_ptr` of the cell, and every
+/// waker but the one a poll borrows (see `run`) owns one strong count. Written by hand, not
+/// through `std::task::Wake`, so that a poll can lend the runner's own reference instead of
+/// the task keeping a counted waker of itself for its whole life (two atomic operations per
+/// task, and a reference cycle to break at completion).
+fn waker_vtable<F, T>() -> &'static RawWakerVTable
+where
+    F: Future<Output = Result<T>> + 'static,
+    T: 'static,
+{
+    &RawWakerVTable::new(
+        clone_waker::<F, T>,
+        wake_waker::<F, T>,
+        wake_waker_by_ref::<F, T>,
+        drop_waker::<F, T>,
+    )
+}
+
+/// `RawWakerVTable::clone`.
+///
+/// # Safety
+///
+/// `ptr` is a waker's data pointer from `waker_vtable::<F, T>()`: a live `TaskCell<F, T>`.
+unsafe fn clone_waker<F, T>(ptr: *const ()) -> RawWaker
+where
+    F: Future<Output = Result<T>> + 'static,
+    T: 'static,
+{
+    // SAFETY: the waker being cloned keeps the cell alive (it owns a count, or borrows the
+    // runner's), so the count may be bumped; the new waker owns that count.
+    unsafe { Arc::increment_strong_count(ptr.cast::<TaskCell<F, T>>()) };
+    RawWaker::new(ptr, waker_vtable::<F, T>())
+}
+
+/// `RawWakerVTable::wake`: consumes the waker's count.
+///
+/// # Safety
+///
+/// As `clone_waker`; called only on a waker that owns its count (std never calls `wake` on
+/// the borrowed one, which is never dropped or consumed).
+unsafe fn wake_waker<F, T>(ptr: *const ())
+where
+    F: Future<Output = Result<T>> + 'static,
+    T: 'static,
+{
+    // SAFETY: the waker owns one strong count of this cell, which the `Arc` takes over.
+    let cell = unsafe { Arc::from_raw(ptr.cast::<TaskCell<F, T>>()) };
+    if cell.header.state.wake() == WakeAction::Schedule {
+        cell.schedule();
+    }
+}
+
+/// `RawWakerVTable::wake_by_ref`.
+///
+/// # Safety
+///
+/// As `clone_waker`.
+unsafe fn wake_waker_by_ref<F, T>(ptr: *const ())
+where
+    F: Future<Output = Result<T>> + 'static,
+    T: 'static,
+{
+    // SAFETY: the waker keeps the cell alive for this call; `ManuallyDrop` leaves its count
+    // (owned or borrowed) untouched.
+    let cell = ManuallyDrop::new(unsafe { Arc::from_raw(ptr.cast::<TaskCell<F, T>>()) });
+    cell.wake_by_ref();
+}
+
+/// `RawWakerVTable::drop`: gives back the waker's count.
+///
+/// # Safety
+///
+/// As `wake_waker`.
+unsafe fn drop_waker<F, T>(ptr: *const ())
+where
+    F: Future<Output = Result<T>> + 'static,
+    T: 'static,
+{
+    // SAFETY: the waker owns one strong count of this cell, given back here.
+    unsafe { Arc::decrement_strong_count(ptr.cast::<TaskCell<F, T>>()) };
 }
 
 /// The running task of this thread, as a raw pointer set for the duration of one poll.
