@@ -386,6 +386,11 @@ impl Header {
         }
     }
 
+    /// True once the join handle is dropped: nobody can take the output any more.
+    pub(crate) fn handle_dropped(&self) -> bool {
+        self.join.load(Ordering::Acquire) & JOIN_HANDLE_DROPPED != 0
+    }
+
     /// True once the output is stored and the task will touch its join state no more.
     pub(crate) fn join_completed(&self) -> bool {
         self.join.load(Ordering::Acquire) & JOIN_COMPLETED != 0
@@ -1057,6 +1062,7 @@ impl<T: 'static> fmt::Debug for Task<T> {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use crate::{create_task, Runtime};
+    use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Mutex};
     use std::task::{Poll, Waker};
 
@@ -1111,6 +1117,51 @@ mod tests {
             Arc::strong_count(&inner.raw),
             1,
             "the last waker gave its count back"
+        );
+    }
+
+    #[test]
+    fn a_detached_task_drops_its_result_when_it_finishes_though_a_waker_keeps_it() {
+        struct SetOnDrop(Arc<AtomicBool>);
+        impl Drop for SetOnDrop {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::SeqCst);
+            }
+        }
+        let rt = one_loop();
+        let dropped = Arc::new(AtomicBool::new(false));
+        let kept: Arc<Mutex<Option<Waker>>> = Arc::new(Mutex::new(None));
+        let dropped_when_seen = rt
+            .run_until_complete({
+                let (dropped, kept) = (dropped.clone(), kept.clone());
+                async move {
+                    create_task(async move {
+                        let finished = crate::Promise::<()>::new();
+                        let signal = finished.clone();
+                        let result = SetOnDrop(dropped.clone());
+                        let mut result = Some(result);
+                        // Dropping the handle detaches the task before it first runs.
+                        drop(create_task(std::future::poll_fn(move |cx| {
+                            *kept.lock().unwrap() = Some(cx.waker().clone());
+                            // Wakes the awaiter, which runs on this one loop only after
+                            // this task's runner has returned.
+                            signal.set_result(()).expect("set once");
+                            Poll::Ready(Ok(result.take().expect("polled once")))
+                        })));
+                        finished.await?;
+                        Ok(dropped.load(Ordering::SeqCst))
+                    })
+                    .await
+                }
+            })
+            .expect("the tasks ran");
+        assert!(
+            kept.lock().unwrap().is_some(),
+            "a waker still holds the task"
+        );
+        assert!(
+            dropped_when_seen,
+            "nobody can take the result, so it is not kept"
         );
     }
 

@@ -1,15 +1,16 @@
 //! The task cell: one allocation holding a task's header, its future and its output; the
-//! task's waker is a pointer to the cell (see [`waker_vtable`]). This is the only module of braid-runtime with `unsafe` code, so it also holds
-//! the two poller calls that `polling` marks unsafe (`poller_add_edge`, `poller_delete`).
+//! task's waker is a pointer to the cell (see [`waker_vtable`]). This is the only module of
+//! braid-runtime with `unsafe` code, so it also holds the two poller calls that `polling`
+//! marks unsafe (`poller_add_edge`, `poller_delete`).
 //!
 //! Who may touch which field when:
 //!
-//! * `stage` (the future, per-step flags): only the thread that holds
-//!   the RUNNING bit of `header.state` (see `state.rs`), or the spawner before the task is
-//!   first published to a queue. For a `spawn_local` task that thread is always its owner loop
-//!   thread: wakes from elsewhere are routed to the owner's inbox, never run in place.
+//! * `stage` (the future, per-step flags): only the thread that holds the RUNNING bit of
+//!   `header.state` (see `state.rs`), or the spawner before the task is first published to a
+//!   queue. For a `spawn_local` task that thread is always its owner loop thread: wakes from
+//!   elsewhere are routed to the owner's inbox, never run in place.
 //! * `output`: behind its own mutex; written once by the completing runner, taken once by the
-//!   join handle.
+//!   join handle. A success is not stored at all once the handle is dropped.
 //! * `header`: its own atomics and mutexes.
 
 use super::state::{IdleAction, RunAction, WakeAction};
@@ -122,6 +123,12 @@ where
         };
         match deliver {
             Some(deliver) => deliver(output),
+            // Once the handle is gone a success can never be taken, so it is dropped here
+            // rather than stored: a lock less per detached task. A failure is kept, for
+            // `stored_failure` (a done callback added later through a `TaskRef` reports it).
+            None if output.is_ok() && self.header.handle_dropped() => {
+                let _ = catch_unwind(AssertUnwindSafe(move || drop(output)));
+            }
             None => *self.output.lock() = Some(output),
         }
         self.header.complete(cancelled, failed);
