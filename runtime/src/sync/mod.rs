@@ -162,16 +162,23 @@ pub(crate) fn wake_all(wakers: impl IntoIterator<Item = Waker>) {
 /// switch of their `#[should_panic]` twins.
 #[cfg(loom)]
 pub(crate) mod loom_support {
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::AtomicBool;
+    #[cfg(test)]
+    use std::sync::atomic::Ordering;
+    #[cfg(test)]
     use std::sync::Arc;
+    #[cfg(test)]
     use std::task::{Wake, Waker};
 
     /// Set by a twin for the length of its model: notified waiters that leave pass nothing on.
     pub(crate) static SKIP_PASS_ON: AtomicBool = AtomicBool::new(false);
 
     /// A waker that remembers it was woken (a loom atomic: the wake is part of the protocol).
+    /// Only the models use it; the switch above is also read by the code under test.
+    #[cfg(test)]
     pub(crate) struct Flag(loom::sync::atomic::AtomicUsize);
 
+    #[cfg(test)]
     impl Flag {
         pub(crate) fn new() -> (Arc<Flag>, Waker) {
             let flag = Arc::new(Flag(loom::sync::atomic::AtomicUsize::new(0)));
@@ -184,6 +191,7 @@ pub(crate) mod loom_support {
         }
     }
 
+    #[cfg(test)]
     impl Wake for Flag {
         fn wake(self: Arc<Self>) {
             self.0.fetch_add(1, loom::sync::atomic::Ordering::SeqCst);
@@ -192,6 +200,7 @@ pub(crate) mod loom_support {
 
     /// Runs `f` as a loom model, with the pass-on broken if `break_pass_on`. Models that use
     /// the switch run one at a time.
+    #[cfg(test)]
     pub(crate) fn model<F>(break_pass_on: bool, f: F)
     where
         F: Fn() + Sync + Send + 'static,
