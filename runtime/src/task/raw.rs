@@ -271,18 +271,6 @@ impl<F, T> TaskCell<F, T> {
     }
 }
 
-impl<F, T> TaskCell<F, T>
-where
-    F: Future<Output = Result<T>> + 'static,
-    T: 'static,
-{
-    fn wake_by_ref(self: &Arc<Self>) {
-        if self.header.state.wake() == WakeAction::Schedule {
-            self.clone().schedule();
-        }
-    }
-}
-
 /// The waker of a `TaskCell<F, T>`: its data pointer is `Arc::as_ptr` of the cell, and every
 /// waker but the one a poll borrows (see `run`) owns one strong count. Written by hand, not
 /// through `std::task::Wake`, so that a poll can lend the runner's own reference instead of
@@ -330,9 +318,7 @@ where
 {
     // SAFETY: the waker owns one strong count of this cell, which the `Arc` takes over.
     let cell = unsafe { Arc::from_raw(ptr.cast::<TaskCell<F, T>>()) };
-    if cell.header.state.wake() == WakeAction::Schedule {
-        cell.schedule();
-    }
+    cell.wake_task();
 }
 
 /// `RawWakerVTable::wake_by_ref`.
@@ -348,7 +334,10 @@ where
     // SAFETY: the waker keeps the cell alive for this call; `ManuallyDrop` leaves its count
     // (owned or borrowed) untouched.
     let cell = ManuallyDrop::new(unsafe { Arc::from_raw(ptr.cast::<TaskCell<F, T>>()) });
-    cell.wake_by_ref();
+    // A count of our own only when the task is to be queued.
+    if cell.header.state.wake() == WakeAction::Schedule {
+        Arc::clone(&cell).schedule();
+    }
 }
 
 /// `RawWakerVTable::drop`: gives back the waker's count.
