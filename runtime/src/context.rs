@@ -81,12 +81,12 @@ pub(crate) fn current_task_is(header: &Header) -> bool {
 /// once. Leaf futures that register no awaited target also forget a stale one here.
 #[inline]
 pub(crate) fn take_cancel() -> Option<Error> {
-    with_current_header(|h| h.take_cancel()).flatten()
+    with_current_header(|h| h.cancel.take_cancel()).flatten()
 }
 
 /// Forgets what the running task awaits (`key`'s registration only, or any).
 pub(crate) fn clear_awaiting(key: Option<usize>) {
-    with_current_header(|h| h.clear_awaiting(key));
+    with_current_header(|h| h.cancel.clear_awaiting(key));
 }
 
 /// A leaf future's registration as what its task awaits (a Task or a Promise), so that
@@ -112,7 +112,7 @@ impl AwaitRegistration {
             return;
         }
         if let Some(task) = current_task() {
-            task.header().set_awaiting(self.key, target());
+            task.header().cancel.set_awaiting(self.key, target());
             self.registrar = Some(task);
         }
     }
@@ -120,7 +120,7 @@ impl AwaitRegistration {
     /// Withdraws the registration, if any.
     pub(crate) fn clear(&mut self) {
         if let Some(task) = self.registrar.take() {
-            task.header().clear_awaiting(Some(self.key));
+            task.header().cancel.clear_awaiting(Some(self.key));
         }
     }
 }

@@ -328,7 +328,7 @@ impl Runtime {
                 if let Some(at) = self.shared.instant_of(woken_at).filter(|_| !first) {
                     host.run_timers_due_by(at);
                 }
-                let step = main.header.begin_step(first);
+                let step = main.header.cancel.begin_step(first);
                 first = false;
                 let ptr: &dyn RawTask = &*main;
                 let guard = context::enter_task(NonNull::from(ptr));
@@ -337,10 +337,7 @@ impl Runtime {
                 match polled {
                     Ok(Poll::Ready(out)) => {
                         // As for tasks: only a return is turned into a cancellation.
-                        return match (out, main.header.undelivered_cancel(&step)) {
-                            (Ok(_), Some(cancel)) => Err(cancel),
-                            (out, _) => out,
-                        };
+                        return main.header.cancel.step_outcome(&step, out);
                     }
                     Ok(Poll::Pending) => {}
                     Err(payload) => return Err(Error::from_panic(payload)),

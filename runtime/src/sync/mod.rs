@@ -173,6 +173,10 @@ pub(crate) mod loom_support {
     /// Set by a twin for the length of its model: notified waiters that leave pass nothing on.
     pub(crate) static SKIP_PASS_ON: AtomicBool = AtomicBool::new(false);
 
+    /// Set by a twin for the length of its model: an awaiter never takes back a cancel that
+    /// reached its awaited task too late (`task::cancel`).
+    pub(crate) static SKIP_RECLAIM: AtomicBool = AtomicBool::new(false);
+
     /// A waker that remembers it was woken (a loom atomic: the wake is part of the protocol).
     /// Only the models use it; the switch above is also read by the code under test.
     #[cfg(test)]
@@ -199,22 +203,32 @@ pub(crate) mod loom_support {
     }
 
     /// Runs `f` as a loom model, with the pass-on broken if `break_pass_on`. Models that use
-    /// the switch run one at a time.
+    /// a switch run one at a time.
     #[cfg(test)]
     pub(crate) fn model<F>(break_pass_on: bool, f: F)
     where
         F: Fn() + Sync + Send + 'static,
     {
+        model_with_fault(&SKIP_PASS_ON, break_pass_on, f);
+    }
+
+    /// Runs `f` as a loom model with the fault switch `switch` set to `on` for its length
+    /// (and cleared after, even if the model panics). One such model runs at a time.
+    #[cfg(test)]
+    pub(crate) fn model_with_fault<F>(switch: &'static AtomicBool, on: bool, f: F)
+    where
+        F: Fn() + Sync + Send + 'static,
+    {
         static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
         let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-        struct Reset;
+        struct Reset(&'static AtomicBool);
         impl Drop for Reset {
             fn drop(&mut self) {
-                SKIP_PASS_ON.store(false, Ordering::SeqCst);
+                self.0.store(false, Ordering::SeqCst);
             }
         }
-        SKIP_PASS_ON.store(break_pass_on, Ordering::SeqCst);
-        let _reset = Reset;
+        switch.store(on, Ordering::SeqCst);
+        let _reset = Reset(switch);
         loom::model(f);
     }
 }

@@ -15,6 +15,7 @@
 //! was made by the task itself; a request from elsewhere that lands during that final step is
 //! too late (the value is kept, as asyncio keeps a value that raced a cancel).
 
+pub(crate) mod cancel;
 pub(crate) mod raw;
 pub(crate) mod state;
 
@@ -23,6 +24,7 @@ use crate::scheduler::RuntimeShared;
 use braid_bridge::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use braid_bridge::sync::Mutex;
 use braid_bridge::{Error, Result};
+use cancel::CancelState;
 use raw::{Join, RawTask, SendIfT};
 use state::State;
 use std::fmt;
@@ -105,32 +107,13 @@ pub(crate) trait CancelTarget: Send + Sync {
     fn cancel_from_awaiter(self: Arc<Self>, message: Option<String>) -> bool;
 }
 
-/// A task's rarely contended state (a name, cancel bookkeeping, the awaited target, done
-/// callbacks), under one lock. Kept inline: most tasks await something, and an allocation on
-/// the first await cost more than the bytes (see `benchmarks/NOTES.md`).
+/// A task's rarely contended state (a name, done callbacks), under one lock. Kept inline, as
+/// the cancel state is: an allocation per task cost more than the bytes (see
+/// `benchmarks/NOTES.md`).
 #[derive(Default)]
 struct Inner {
     name: Option<String>,
-    requests: usize,
-    must_cancel: bool,
-    /// Set when the running task cancels itself; such a request is never "too late".
-    self_requested: bool,
-    message: Option<String>,
-    awaiting: Option<(usize, Arc<dyn CancelTarget>)>,
     done_callbacks: Vec<DoneCallback>,
-}
-
-/// What the runner learnt at the start of a step.
-pub(crate) struct Step {
-    pub(crate) cancel_before_start: bool,
-    pending_at_start: bool,
-    message: Option<String>,
-}
-
-impl Step {
-    pub(crate) fn error_if_cancelled(&self) -> Error {
-        Error::cancelled(self.message.clone())
-    }
 }
 
 /// The untyped part of every task.
@@ -140,16 +123,8 @@ pub(crate) struct Header {
     pub(crate) rt: Arc<RuntimeShared>,
     /// The loop a `spawn_local` task is pinned to; `None` for shared tasks.
     pub(crate) home: Option<Arc<LoopShared>>,
-    /// Fast check for `must_cancel`, so leaf futures take no lock when nothing is pending.
-    cancel_pending: AtomicBool,
-    /// Fast check for `awaiting.is_some()`.
-    has_awaiting: AtomicBool,
-    /// A request of ours went to the awaited target instead of us; if that target then ends
-    /// without ever seeing it (it finished too late), it comes back to us. An atomic so that
-    /// the common case (no cancel) costs an await one load, not a lock.
-    propagated: AtomicBool,
-    /// The task finished with a Cancelled error.
-    ended_cancelled: AtomicBool,
+    /// Cancel requests, the awaited target, and whether the task ended cancelled.
+    pub(crate) cancel: CancelState,
     /// The task finished with an error other than Cancelled.
     ended_failed: AtomicBool,
     /// `JOIN_*` bits; see their docs.
@@ -172,10 +147,7 @@ impl Header {
             id,
             rt,
             home,
-            cancel_pending: AtomicBool::new(false),
-            has_awaiting: AtomicBool::new(false),
-            propagated: AtomicBool::new(false),
-            ended_cancelled: AtomicBool::new(false),
+            cancel: CancelState::new(),
             ended_failed: AtomicBool::new(false),
             join: AtomicU8::new(0),
             registry_slot: AtomicUsize::new(crate::registry::UNREGISTERED),
@@ -192,13 +164,8 @@ impl Header {
         f(&mut self.inner.lock())
     }
 
-    /// Reads the rare state, under its lock.
-    fn read_inner<R>(&self, f: impl FnOnce(&Inner) -> R) -> R {
-        f(&self.inner.lock())
-    }
-
     pub(crate) fn name(&self) -> String {
-        match self.read_inner(|i| i.name.clone()) {
+        match self.with_inner(|i| i.name.clone()) {
             Some(name) => name,
             None => format!("Task-{}", self.id.0),
         }
@@ -213,7 +180,7 @@ impl Header {
     }
 
     pub(crate) fn cancelled(&self) -> bool {
-        self.done() && self.ended_cancelled.load(Ordering::Acquire)
+        self.cancel.cancelled(&self.state)
     }
 
     /// True once the task has finished with an error other than Cancelled.
@@ -226,164 +193,12 @@ impl Header {
         self.join.fetch_or(JOIN_QUIET, Ordering::AcqRel);
     }
 
-    pub(crate) fn cancelling(&self) -> usize {
-        self.read_inner(|i| i.requests)
-    }
-
-    pub(crate) fn uncancel(&self) -> usize {
-        let mut slot = self.inner.lock();
-        let inner = &mut *slot;
-        if inner.requests > 0 {
-            inner.requests -= 1;
-            if inner.requests == 0 {
-                // As Python 3.13: the last uncancel also withdraws an undelivered request.
-                inner.must_cancel = false;
-                inner.self_requested = false;
-                self.cancel_pending.store(false, Ordering::Release);
-            }
-        }
-        inner.requests
-    }
-
-    /// Records a cancel request. If the task is awaiting a Task or Promise, returns it: the
-    /// caller cancels that instead (asyncio's `_fut_waiter.cancel()`), and the task receives
-    /// its outcome; otherwise marks the request for delivery at the next await point.
-    /// `Err(())` if the task is already done.
-    fn record_cancel(
-        &self,
-        message: Option<String>,
-    ) -> std::result::Result<Option<Arc<dyn CancelTarget>>, ()> {
-        if self.done() {
-            return Err(());
-        }
-        let by_self = crate::context::current_task_is(self);
-        let mut slot = self.inner.lock();
-        if self.done() {
-            return Err(());
-        }
-        let inner = &mut *slot;
-        inner.requests += 1;
-        if let Some((_, target)) = &inner.awaiting {
-            self.propagated.store(true, Ordering::Release);
-            inner.message = message;
-            return Ok(Some(target.clone()));
-        }
-        self.mark_must_cancel(inner, message, by_self);
-        Ok(None)
-    }
-
-    fn mark_must_cancel(&self, inner: &mut Inner, message: Option<String>, by_self: bool) {
-        inner.must_cancel = true;
-        inner.self_requested |= by_self;
-        inner.message = message;
-        self.cancel_pending.store(true, Ordering::Release);
-    }
-
-    /// The awaited target refused the cancel (it was done): deliver it at the await point.
-    /// False if the task has completed meanwhile: then the request can no longer reach it,
-    /// and whoever made it must take it back (see `request_cancel`). `done` is read under the
-    /// lock that `reclaim_propagated_cancel` also takes, so of the two, one sees the other.
-    pub(crate) fn deliver_instead(&self, message: Option<String>) -> bool {
-        let by_self = crate::context::current_task_is(self);
-        let mut slot = self.inner.lock();
-        if self.done() {
-            return false;
-        }
-        let inner = &mut *slot;
-        self.mark_must_cancel(inner, message, by_self);
-        true
-    }
-
-    /// After an awaited task finished: if a cancel of ours went to it and it finished without
-    /// ever receiving it (too late, on another loop), the cancel is ours again, delivered at
-    /// our next await point: a cancel is never lost in the race.
+    /// After an awaited task finished: takes back a cancel of ours that reached it too late
+    /// (see [`CancelState::reclaim_propagated`]). Called by the running task on itself.
     pub(crate) fn reclaim_propagated_cancel(&self, target: &Header) {
-        if !self.propagated.load(Ordering::Acquire)
-            || !self.propagated.swap(false, Ordering::AcqRel)
-        {
-            return;
-        }
-        let message = self.read_inner(|inner| inner.message.clone());
-        if target.cancelled() {
-            return;
-        }
-        let never_received = target.read_inner(|t| t.must_cancel);
-        if never_received {
-            // We are running, so never done: the request is ours to deliver.
-            let _ = self.deliver_instead(message);
-        }
-    }
-
-    /// A pending request of ours was handed to the task we await (see `Task::poll`).
-    fn note_propagated(&self) {
-        self.propagated.store(true, Ordering::Release);
-    }
-
-    /// The leaf-future check: delivers a pending cancel request once.
-    pub(crate) fn take_cancel(&self) -> Option<Error> {
-        if !self.cancel_pending.load(Ordering::Acquire) {
-            return None;
-        }
-        let mut slot = self.inner.lock();
-        self.cancel_pending.store(false, Ordering::Relaxed);
-        let inner = &mut *slot;
-        if !inner.must_cancel {
-            return None;
-        }
-        inner.must_cancel = false;
-        inner.self_requested = false;
-        Some(Error::cancelled(inner.message.clone()))
-    }
-
-    pub(crate) fn begin_step(&self, first_poll: bool) -> Step {
-        if !self.cancel_pending.load(Ordering::Acquire) {
-            return Step {
-                cancel_before_start: false,
-                pending_at_start: false,
-                message: None,
-            };
-        }
-        self.read_inner(|inner| Step {
-            cancel_before_start: first_poll && inner.must_cancel,
-            pending_at_start: inner.must_cancel,
-            message: inner.message.clone(),
-        })
-    }
-
-    /// After the coroutine returned: a request still undelivered that predates the step or was
-    /// made by the task itself ends the task cancelled.
-    pub(crate) fn undelivered_cancel(&self, step: &Step) -> Option<Error> {
-        if !self.cancel_pending.load(Ordering::Acquire) {
-            return None;
-        }
-        self.read_inner(|inner| {
-            (inner.must_cancel && (step.pending_at_start || inner.self_requested))
-                .then(|| Error::cancelled(inner.message.clone()))
-        })
-    }
-
-    pub(crate) fn set_awaiting(&self, key: usize, target: Arc<dyn CancelTarget>) {
-        self.with_inner(|inner| inner.awaiting = Some((key, target)));
-        self.has_awaiting.store(true, Ordering::Relaxed);
-    }
-
-    /// Forgets the awaited target (only `key`'s, or any when `key` is `None`).
-    pub(crate) fn clear_awaiting(&self, key: Option<usize>) {
-        if !self.has_awaiting.load(Ordering::Relaxed) {
-            return;
-        }
-        let mut slot = self.inner.lock();
-        let inner = &mut *slot;
-        let matches = match (&inner.awaiting, key) {
-            (Some((k, _)), Some(key)) => *k == key,
-            (Some(_), None) => true,
-            (None, _) => false,
-        };
-        if matches {
-            inner.awaiting = None;
-            self.propagated.store(false, Ordering::Release);
-            self.has_awaiting.store(false, Ordering::Relaxed);
-        }
+        let by_self = crate::context::current_task_is(self);
+        self.cancel
+            .reclaim_propagated(&self.state, &target.cancel, &target.state, by_self);
     }
 
     /// True once the join handle is dropped: nobody can take the output any more.
@@ -416,11 +231,8 @@ impl Header {
             &self.registry_slot,
             crate::scheduler::current_worker(&self.rt),
         );
-        self.ended_cancelled.store(cancelled, Ordering::Release);
         self.ended_failed.store(failed, Ordering::Release);
-        // Only the runner sets `has_awaiting` (during a poll), and we are the runner.
-        self.clear_awaiting(None);
-        self.state.complete();
+        self.cancel.complete(&self.state, cancelled);
     }
 
     /// After completion: wake the joiner, schedule the done callbacks.
@@ -637,7 +449,7 @@ impl TaskRef {
     /// }).unwrap();
     /// ```
     pub fn cancelling(&self) -> usize {
-        self.raw.header().cancelling()
+        self.raw.header().cancel.cancelling()
     }
 
     /// Withdraws one cancel request; returns how many remain.
@@ -652,7 +464,7 @@ impl TaskRef {
     /// }).unwrap();
     /// ```
     pub fn uncancel(&self) -> usize {
-        self.raw.header().uncancel()
+        self.raw.header().cancel.uncancel()
     }
 }
 
@@ -689,26 +501,11 @@ impl TaskRef {
 }
 
 pub(crate) fn request_cancel(raw: &Arc<dyn RawTask>, message: Option<String>) -> bool {
-    match raw.header().record_cancel(message.clone()) {
-        Err(()) => false,
-        Ok(None) => {
-            raw.clone().wake_task();
-            true
-        }
-        Ok(Some(target)) => {
-            // The awaited target settles (now, or once its cleanup has run) and wakes us with
-            // its outcome; only if it was already done is the request ours to deliver.
-            if !target.cancel_from_awaiter(message.clone()) {
-                if !raw.header().deliver_instead(message) {
-                    // It completed while the request travelled: it never saw it. Report a
-                    // refusal, so that an awaiter passing its own cancel on takes it back.
-                    return false;
-                }
-                raw.clone().wake_task();
-            }
-            true
-        }
-    }
+    let header = raw.header();
+    let by_self = crate::context::current_task_is(header);
+    cancel::request(&header.state, &header.cancel, message, by_self, || {
+        raw.clone().wake_task()
+    })
 }
 
 /// A handle to a spawned task: asyncio's `Task`. Awaiting it gives the task's result;
@@ -845,7 +642,7 @@ impl<T> Task<T> {
     /// }).unwrap();
     /// ```
     pub fn cancelling(&self) -> usize {
-        self.raw.header().cancelling()
+        self.raw.header().cancel.cancelling()
     }
 
     /// Withdraws one cancel request (asyncio's `Task.uncancel`); returns how many remain.
@@ -865,7 +662,7 @@ impl<T> Task<T> {
     /// }).unwrap();
     /// ```
     pub fn uncancel(&self) -> usize {
-        self.raw.header().uncancel()
+        self.raw.header().cancel.uncancel()
     }
 
     /// Rust-style hard stop: the future is dropped at once on its loop, without running any
@@ -1014,7 +811,7 @@ impl<T: 'static> Future for Task<T> {
                 this.registration.clear();
                 return Poll::Ready(Err(cancel));
             }
-            crate::context::with_current_header(Header::note_propagated);
+            crate::context::with_current_header(|me| me.cancel.note_propagated());
         }
         match this.raw.poll_join(cx) {
             Poll::Ready(output) => {
@@ -1054,7 +851,7 @@ impl<T: 'static> fmt::Debug for Task<T> {
             .field("id", &h.id)
             .field("name", &h.name())
             .field("done", &h.done())
-            .field("cancelling", &h.cancelling())
+            .field("cancelling", &h.cancel.cancelling())
             .finish()
     }
 }

@@ -159,7 +159,7 @@ where
         let stage = self.stage.with_mut(|stage| unsafe { &mut *stage });
         let first_poll = !stage.started;
         stage.started = true;
-        let step = self.header.begin_step(first_poll);
+        let step = self.header.cancel.begin_step(first_poll);
         if step.cancel_before_start {
             self.finish(Err(step.error_if_cancelled()));
             return;
@@ -193,13 +193,7 @@ where
                 IdleAction::Reschedule => self.schedule(),
             },
             Ok(Poll::Ready(output)) => {
-                // As asyncio: an undelivered cancel turns a *return* into a cancellation; an
-                // error the coroutine raised stays its outcome.
-                let output = match (output, self.header.undelivered_cancel(&step)) {
-                    (Ok(_), Some(cancel)) => Err(cancel),
-                    (output, _) => output,
-                };
-                self.finish(output);
+                self.finish(self.header.cancel.step_outcome(&step, output));
             }
             Err(payload) => self.finish(Err(Error::from_panic(payload))),
         }

@@ -74,6 +74,14 @@ impl State {
         self.load() & COMPLETE != 0
     }
 
+    /// `is_complete`, read with a read-modify-write that changes nothing: it sees the latest
+    /// state, and if it comes before the completion, the completion's swap reads from it, so
+    /// everything the caller wrote before happens-before the completion (and whatever follows
+    /// it on other threads). A plain load gives no such order. For the cancel path only.
+    pub(crate) fn is_complete_ordered(&self) -> bool {
+        self.0.fetch_or(0, Ordering::AcqRel) & COMPLETE != 0
+    }
+
     /// A waker's transition.
     #[inline]
     pub(crate) fn wake(&self) -> WakeAction {
