@@ -16,15 +16,17 @@
 //! too late (the value is kept, as asyncio keeps a value that raced a cancel).
 
 pub(crate) mod cancel;
+pub(crate) mod join;
 pub(crate) mod raw;
 pub(crate) mod state;
 
 use crate::event_loop::{dispatch_callback, LoopShared};
 use crate::scheduler::RuntimeShared;
-use braid_bridge::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use braid_bridge::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use braid_bridge::sync::Mutex;
 use braid_bridge::{Error, Result};
 use cancel::CancelState;
+use join::JoinState;
 use raw::{Join, RawTask, SendIfT};
 use state::State;
 use std::fmt;
@@ -81,22 +83,6 @@ enum DoneCallback {
 /// An inline completion hook: the finished task and its error, if it failed (not cancelled).
 pub(crate) type CompletionHook = Box<dyn FnOnce(&TaskRef, Option<&Error>) + Send>;
 
-// The `join` word: who is watching the task, and whether it completed. Watchers set their
-// bit after registering (a waker, a callback) and the completer sets COMPLETED; all with
-// `fetch_or` on one word, so whichever comes second sees the other and does the waking, and
-// a task nobody watches completes without taking a lock.
-/// The join handle was dropped.
-const JOIN_HANDLE_DROPPED: u8 = 1 << 0;
-/// The task completed (output stored, state COMPLETE).
-const JOIN_COMPLETED: u8 = 1 << 1;
-/// A join waker is registered.
-const JOIN_WAKER: u8 = 1 << 2;
-/// Done callbacks are registered.
-const JOIN_CALLBACKS: u8 = 1 << 3;
-/// A combinator (gather, shield, a task group) has taken charge of the task's error: it is
-/// never reported as "never retrieved", as asyncio's combinators mark child errors retrieved.
-const JOIN_QUIET: u8 = 1 << 4;
-
 /// A cancellable thing a task can be awaiting (a Task or a Promise): cancelling the awaiter
 /// cancels it too, as asyncio's `Task.cancel` cancels `_fut_waiter`.
 pub(crate) trait CancelTarget: Send + Sync {
@@ -105,15 +91,6 @@ pub(crate) trait CancelTarget: Send + Sync {
     /// Takes the `Arc` so that a task or promise can register itself as the target with a
     /// reference count, not an allocation, on every await that waits.
     fn cancel_from_awaiter(self: Arc<Self>, message: Option<String>) -> bool;
-}
-
-/// A task's rarely contended state (a name, done callbacks), under one lock. Kept inline, as
-/// the cancel state is: an allocation per task cost more than the bytes (see
-/// `benchmarks/NOTES.md`).
-#[derive(Default)]
-struct Inner {
-    name: Option<String>,
-    done_callbacks: Vec<DoneCallback>,
 }
 
 /// The untyped part of every task.
@@ -127,12 +104,14 @@ pub(crate) struct Header {
     pub(crate) cancel: CancelState,
     /// The task finished with an error other than Cancelled.
     ended_failed: AtomicBool,
-    /// `JOIN_*` bits; see their docs.
-    join: AtomicU8,
+    /// Who watches the task (handle, joiner's waker, done callbacks) and its completion.
+    join: JoinState<DoneCallback>,
     /// This task's registry shard and slot (see `registry`), `UNREGISTERED` if unregistered.
     pub(crate) registry_slot: AtomicUsize,
-    inner: Mutex<Inner>,
-    join_waker: Mutex<Option<Waker>>,
+    /// The name given (`set_name`), if any. The cancel and join states are kept inline in the
+    /// header too: an allocation per task cost more than the bytes (see
+    /// `benchmarks/NOTES.md`).
+    name: Mutex<Option<String>>,
 }
 
 impl Header {
@@ -149,30 +128,21 @@ impl Header {
             home,
             cancel: CancelState::new(),
             ended_failed: AtomicBool::new(false),
-            join: AtomicU8::new(0),
+            join: JoinState::new(),
             registry_slot: AtomicUsize::new(crate::registry::UNREGISTERED),
-            inner: Mutex::new(Inner {
-                name,
-                ..Inner::default()
-            }),
-            join_waker: Mutex::new(None),
+            name: Mutex::new(name),
         }
     }
 
-    /// Runs `f` on the rare state, under its lock.
-    fn with_inner<R>(&self, f: impl FnOnce(&mut Inner) -> R) -> R {
-        f(&mut self.inner.lock())
-    }
-
     pub(crate) fn name(&self) -> String {
-        match self.with_inner(|i| i.name.clone()) {
+        match self.name.lock().clone() {
             Some(name) => name,
             None => format!("Task-{}", self.id.0),
         }
     }
 
     pub(crate) fn set_name(&self, name: String) {
-        self.with_inner(|i| i.name = Some(name));
+        *self.name.lock() = Some(name);
     }
 
     pub(crate) fn done(&self) -> bool {
@@ -190,7 +160,7 @@ impl Header {
 
     /// A combinator took charge of this task's error: never report it as unretrieved.
     pub(crate) fn mark_quiet(&self) {
-        self.join.fetch_or(JOIN_QUIET, Ordering::AcqRel);
+        self.join.mark_quiet();
     }
 
     /// After an awaited task finished: takes back a cancel of ours that reached it too late
@@ -203,25 +173,13 @@ impl Header {
 
     /// True once the join handle is dropped: nobody can take the output any more.
     pub(crate) fn handle_dropped(&self) -> bool {
-        self.join.load(Ordering::Acquire) & JOIN_HANDLE_DROPPED != 0
+        self.join.handle_dropped()
     }
 
-    /// True once the output is stored and the task will touch its join state no more.
-    pub(crate) fn join_completed(&self) -> bool {
-        self.join.load(Ordering::Acquire) & JOIN_COMPLETED != 0
-    }
-
-    /// Registers the joiner's waker; returns true if the task completed meanwhile (then
-    /// nobody will wake it: the caller reads the output now).
-    pub(crate) fn set_join_waker(&self, waker: &Waker) -> bool {
-        {
-            let mut slot = self.join_waker.lock();
-            match &*slot {
-                Some(old) if old.will_wake(waker) => {}
-                _ => *slot = Some(waker.clone()),
-            }
-        }
-        self.join.fetch_or(JOIN_WAKER, Ordering::AcqRel) & JOIN_COMPLETED != 0
+    /// Registers the joiner's waker unless the task completed; true if it completed (then
+    /// no wake will come: the caller reads the output now).
+    pub(crate) fn watch(&self, waker: &Waker) -> bool {
+        self.join.watch(waker)
     }
 
     /// Publishes completion (the output is already stored).
@@ -240,33 +198,28 @@ impl Header {
     /// left to read it.
     /// `me` makes a handle to this task; called only if a callback or a report needs one.
     pub(crate) fn after_complete(&self, me: &dyn Fn() -> TaskRef, error: Option<Error>) {
-        let prev = self.join.fetch_or(JOIN_COMPLETED, Ordering::AcqRel);
-        if prev & JOIN_CALLBACKS != 0 {
+        let watchers = self.join.complete();
+        if watchers.callbacks() {
             // First, so that a task group hook has marked the error quiet before the check
             // below.
             self.run_done_callbacks(&me(), error.as_ref());
         }
-        if prev & JOIN_HANDLE_DROPPED != 0 && !self.is_quiet() {
+        if watchers.handle_dropped() && !self.join.is_quiet() {
             if let Some(error) = error {
                 self.report_unretrieved(&me(), error);
             }
         }
-        if prev & JOIN_WAKER != 0 {
-            if let Some(waker) = self.join_waker.lock().take() {
+        if watchers.waker() {
+            if let Some(waker) = self.join.take_waker() {
                 waker.wake();
             }
         }
     }
 
-    fn is_quiet(&self) -> bool {
-        self.join.load(Ordering::Acquire) & JOIN_QUIET != 0
-    }
-
     /// Runs the inline hooks and schedules the done callbacks registered so far (once: they
     /// are taken under the lock). `failure` is the task's error if it failed.
     fn run_done_callbacks(&self, me: &TaskRef, failure: Option<&Error>) {
-        let callbacks = std::mem::take(&mut self.inner.lock().done_callbacks);
-        for callback in callbacks {
+        for callback in self.join.take_callbacks() {
             match callback {
                 DoneCallback::Inline(hook) => hook(me, failure),
                 DoneCallback::Scheduled(callback) => {
@@ -292,7 +245,7 @@ impl Header {
         // The error of a task already complete: its stored output's. A hook is registered
         // before anyone can take that output (see `TaskGroup`), so it is still there.
         let failure = || me.raw.stored_failure();
-        if self.join_completed() {
+        if self.join.completed() {
             match callback {
                 DoneCallback::Inline(hook) => hook(&me, failure().as_ref()),
                 // Already done: scheduled, never run synchronously (asyncio's rule).
@@ -302,8 +255,7 @@ impl Header {
             }
             return;
         }
-        self.with_inner(|inner| inner.done_callbacks.push(callback));
-        if self.join.fetch_or(JOIN_CALLBACKS, Ordering::AcqRel) & JOIN_COMPLETED != 0 {
+        if self.join.add_callback(callback) {
             // The completer went first and saw no callbacks: run them ourselves.
             self.run_done_callbacks(&me, failure().as_ref());
         }
@@ -774,8 +726,7 @@ impl<T> Task<T> {
     /// Registers `waker` for this task's completion without taking its output; true if the
     /// task has completed (then no wake will come).
     pub(crate) fn watch(&self, waker: &Waker) -> bool {
-        let header = self.raw.header();
-        header.join_completed() || header.set_join_waker(waker)
+        self.raw.header().watch(waker)
     }
 
     /// The task's header.
@@ -834,8 +785,7 @@ impl<T> Drop for Task<T> {
     fn drop(&mut self) {
         self.registration.clear();
         let header = self.raw.header();
-        let prev = header.join.fetch_or(JOIN_HANDLE_DROPPED, Ordering::AcqRel);
-        if prev & JOIN_COMPLETED != 0 && prev & JOIN_QUIET == 0 {
+        if header.join.drop_handle() {
             if let Some(error) = self.raw.unretrieved_error() {
                 let me: Arc<dyn RawTask> = self.raw.clone();
                 header.report_unretrieved(&TaskRef::from_raw(me), error);

@@ -239,7 +239,7 @@ where
     T: 'static,
 {
     fn poll_join(&self, cx: &mut Context<'_>) -> Poll<Result<T>> {
-        if !self.header.join_completed() && !self.header.set_join_waker(cx.waker()) {
+        if !self.header.watch(cx.waker()) {
             return Poll::Pending;
         }
         match self.output.lock().take() {

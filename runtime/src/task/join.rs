@@ -1,0 +1,260 @@
+//! Who watches a task (its join handle, a waker, done callbacks) and whether it completed:
+//! one word of bits, apart from the rest of the header so that the loom models below drive
+//! the very code the runtime runs.
+//!
+//! Watchers set their bit after registering (a waker, a callback) and the completer sets
+//! COMPLETED; all with `fetch_or` on one word, so whichever comes second sees the other and
+//! does the waking (or the running, or the reporting), and a task nobody watches completes
+//! without taking a lock.
+
+use braid_bridge::sync::atomic::{AtomicU8, Ordering};
+use braid_bridge::sync::Mutex;
+use std::task::Waker;
+
+/// The join handle was dropped.
+const HANDLE_DROPPED: u8 = 1 << 0;
+/// The task completed (output stored, state COMPLETE).
+const COMPLETED: u8 = 1 << 1;
+/// A join waker is registered.
+const WAKER: u8 = 1 << 2;
+/// Done callbacks are registered.
+const CALLBACKS: u8 = 1 << 3;
+/// A combinator (gather, shield, a task group) has taken charge of the task's error: it is
+/// never reported as "never retrieved", as asyncio's combinators mark child errors retrieved.
+const QUIET: u8 = 1 << 4;
+
+/// A task's watchers and its completion. `C` is a done callback.
+pub(crate) struct JoinState<C> {
+    bits: AtomicU8,
+    waker: Mutex<Option<Waker>>,
+    callbacks: Mutex<Vec<C>>,
+}
+
+/// What the completer found registered when it published completion.
+#[derive(Clone, Copy)]
+pub(crate) struct Watchers(u8);
+
+impl Watchers {
+    /// Done callbacks were registered: the completer runs `take_callbacks()`.
+    pub(crate) fn callbacks(self) -> bool {
+        self.0 & CALLBACKS != 0
+    }
+
+    /// The handle was already gone: nobody else can report an error (if `!is_quiet()`).
+    pub(crate) fn handle_dropped(self) -> bool {
+        self.0 & HANDLE_DROPPED != 0
+    }
+
+    /// A joiner registered a waker: the completer wakes `take_waker()`.
+    pub(crate) fn waker(self) -> bool {
+        self.0 & WAKER != 0
+    }
+}
+
+impl<C> JoinState<C> {
+    pub(crate) fn new() -> JoinState<C> {
+        JoinState {
+            bits: AtomicU8::new(0),
+            waker: Mutex::new(None),
+            callbacks: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn bit(&self, bit: u8) -> bool {
+        self.bits.load(Ordering::Acquire) & bit != 0
+    }
+
+    /// True once the join handle is dropped: nobody can take the output any more.
+    pub(crate) fn handle_dropped(&self) -> bool {
+        self.bit(HANDLE_DROPPED)
+    }
+
+    /// True once the output is stored and the task will touch its join state no more.
+    pub(crate) fn completed(&self) -> bool {
+        self.bit(COMPLETED)
+    }
+
+    /// A combinator took charge of the task's error: never report it as unretrieved.
+    pub(crate) fn mark_quiet(&self) {
+        self.bits.fetch_or(QUIET, Ordering::AcqRel);
+    }
+
+    pub(crate) fn is_quiet(&self) -> bool {
+        self.bit(QUIET)
+    }
+
+    /// Registers the joiner's `waker` unless the task completed; true if it completed (then
+    /// no wake will come: the caller reads the output now).
+    pub(crate) fn watch(&self, waker: &Waker) -> bool {
+        if self.completed() {
+            return true;
+        }
+        {
+            let mut slot = self.waker.lock();
+            match &*slot {
+                Some(old) if old.will_wake(waker) => {}
+                _ => *slot = Some(waker.clone()),
+            }
+        }
+        self.bits.fetch_or(WAKER, Ordering::AcqRel) & COMPLETED != 0
+    }
+
+    /// Registers a done callback (the caller has seen the task not completed). True if the
+    /// task completed meanwhile and its completer saw no callbacks: the caller runs
+    /// `take_callbacks()` itself.
+    pub(crate) fn add_callback(&self, callback: C) -> bool {
+        self.callbacks.lock().push(callback);
+        self.bits.fetch_or(CALLBACKS, Ordering::AcqRel) & COMPLETED != 0
+    }
+
+    /// The callbacks registered so far, taken (under the lock, so each runs once).
+    pub(crate) fn take_callbacks(&self) -> Vec<C> {
+        std::mem::take(&mut *self.callbacks.lock())
+    }
+
+    /// The joiner's waker, taken.
+    pub(crate) fn take_waker(&self) -> Option<Waker> {
+        self.waker.lock().take()
+    }
+
+    /// The completer's: publishes completion (the output is stored) and returns who was
+    /// watching, for the completer to serve.
+    pub(crate) fn complete(&self) -> Watchers {
+        Watchers(self.bits.fetch_or(COMPLETED, Ordering::AcqRel))
+    }
+
+    /// The handle's drop: true if the task had completed unquieted, so that reporting an
+    /// error nobody retrieved falls to the dropper.
+    pub(crate) fn drop_handle(&self) -> bool {
+        let prev = self.bits.fetch_or(HANDLE_DROPPED, Ordering::AcqRel);
+        prev & COMPLETED != 0 && prev & QUIET == 0
+    }
+}
+
+#[cfg(all(test, loom))]
+mod loom_models {
+    use super::*;
+    use crate::sync::loom_support::Flag;
+    use braid_bridge::sync::atomic::AtomicUsize;
+    use braid_bridge::sync::Arc;
+    use loom::thread;
+
+    type Counted = Arc<AtomicUsize>;
+
+    fn join_state() -> Arc<JoinState<Counted>> {
+        Arc::new(JoinState::new())
+    }
+
+    /// The completer's side, as `Header::after_complete` runs it: callbacks, then the
+    /// report of a failure nobody retrieved, then the joiner's wake. Returns whether it
+    /// reported.
+    fn complete(join: &JoinState<Counted>, failed: bool) -> bool {
+        let watchers = join.complete();
+        if watchers.callbacks() {
+            for ran in join.take_callbacks() {
+                ran.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let reported = failed && watchers.handle_dropped() && !join.is_quiet();
+        if watchers.waker() {
+            if let Some(waker) = join.take_waker() {
+                waker.wake();
+            }
+        }
+        reported
+    }
+
+    /// A joiner polling while the task completes: it sees the completion or it is woken.
+    #[test]
+    fn loom_join_waker_registered_while_the_task_completes() {
+        loom::model(|| {
+            let join = join_state();
+            let (flag, waker) = Flag::new();
+            let completer = {
+                let join = join.clone();
+                thread::spawn(move || complete(&join, false))
+            };
+            let ready = join.watch(&waker);
+            completer.join().unwrap();
+            assert!(
+                ready || flag.woken(),
+                "the joiner was neither ready nor woken"
+            );
+        });
+    }
+
+    /// A second poll with another waker while the task completes: the one registered last
+    /// is the one woken, or the poll sees the completion.
+    #[test]
+    fn loom_join_waker_replaced_while_the_task_completes() {
+        loom::model(|| {
+            let join = join_state();
+            let (_first, first_waker) = Flag::new();
+            assert!(!join.watch(&first_waker));
+            let (second, second_waker) = Flag::new();
+            let completer = {
+                let join = join.clone();
+                thread::spawn(move || complete(&join, false))
+            };
+            let ready = join.watch(&second_waker);
+            completer.join().unwrap();
+            assert!(ready || second.woken(), "the joiner's new waker was lost");
+        });
+    }
+
+    /// The handle dropped while the task fails: exactly one of the two reports the error.
+    #[test]
+    fn loom_handle_dropped_while_a_failed_task_completes() {
+        loom::model(|| {
+            let join = join_state();
+            let completer = {
+                let join = join.clone();
+                thread::spawn(move || complete(&join, true))
+            };
+            let dropper_reports = join.drop_handle();
+            let completer_reports = completer.join().unwrap();
+            assert!(
+                dropper_reports != completer_reports,
+                "the unretrieved error must be reported exactly once"
+            );
+        });
+    }
+
+    /// A combinator quiets the task while its handle is dropped as it fails: nobody reports.
+    #[test]
+    fn loom_quieted_task_is_never_reported() {
+        loom::model(|| {
+            let join = join_state();
+            join.mark_quiet();
+            let completer = {
+                let join = join.clone();
+                thread::spawn(move || complete(&join, true))
+            };
+            let dropper_reports = join.drop_handle();
+            assert!(!completer.join().unwrap() && !dropper_reports);
+        });
+    }
+
+    /// A done callback added while the task completes runs exactly once, by one side or the
+    /// other (`Header::add_done_callback` runs it at once if it saw the task completed).
+    #[test]
+    fn loom_done_callback_added_while_the_task_completes() {
+        loom::model(|| {
+            let join = join_state();
+            let ran: Counted = Arc::new(AtomicUsize::new(0));
+            let completer = {
+                let join = join.clone();
+                thread::spawn(move || complete(&join, false))
+            };
+            if join.completed() {
+                ran.fetch_add(1, Ordering::SeqCst);
+            } else if join.add_callback(ran.clone()) {
+                for ran in join.take_callbacks() {
+                    ran.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+            completer.join().unwrap();
+            assert_eq!(ran.load(Ordering::SeqCst), 1, "the callback must run once");
+        });
+    }
+}
