@@ -342,13 +342,16 @@ impl Conn {
 
     fn abort(&self) {
         self.aborted.store(true, Ordering::Release);
-        self.socket.shutdown(Shutdown::Both);
+        // The streams fail first, then the socket: the other way round, a handler on
+        // another loop woken by the shutdown could write before the streams knew, and get
+        // the socket's `BrokenPipe` instead of `ConnectionAborted`.
         {
             let mut ws = self.write.lock();
             if !ws.closed {
                 self.lost(&mut ws, aborted_error());
             }
         }
+        self.socket.shutdown(Shutdown::Both);
         self.socket.wake_all();
     }
 
