@@ -434,6 +434,9 @@ pub(crate) struct LoopCtx {
     searching: Cell<bool>,
     rng: Cell<u64>,
     events: RefCell<crate::io::driver::Edges>,
+    /// Registry slots of tasks this worker loop finished that belong to other shards,
+    /// handed over once per iteration (see `registry`).
+    pub(crate) registry_outbox: RefCell<Vec<usize>>,
 }
 
 impl LoopCtx {
@@ -456,6 +459,14 @@ impl LoopCtx {
             searching: Cell::new(false),
             rng: Cell::new(seed),
             events: RefCell::new(Vec::new()),
+            registry_outbox: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// Hands this loop's registry outbox over (see `registry`).
+    fn flush_registry_outbox(&self) {
+        if let Ok(mut outbox) = self.registry_outbox.try_borrow_mut() {
+            self.rt.registry.flush(&mut outbox);
         }
     }
 
@@ -723,6 +734,7 @@ impl LoopCtx {
             self.lp.stuck.store(false, Ordering::Relaxed);
         }
         if self.worker.is_some() {
+            self.flush_registry_outbox();
             self.rt.registry.sweep_if_needed(self.lp.id);
         }
         let mut did = self.drain_inbox();
@@ -770,8 +782,10 @@ impl LoopCtx {
         }) {
             return;
         }
-        // Going idle: free what the loops finished of the tasks spawned off them (see
-        // `registry`), or it would wait for the spawner's next insert.
+        // Going idle: hand over what we finished of other shards' tasks, and free what the
+        // loops finished of the tasks spawned off them (see `registry`), or it would wait
+        // for the spawner's next insert.
+        self.flush_registry_outbox();
         rt.registry.sweep_if_needed(rt.registry.shared_shard());
         if self.searching.replace(false) {
             rt.end_searching(false, false);
@@ -961,6 +975,14 @@ impl LoopCtx {
             while worker.pop().is_some() {}
         }
         self.lp.set_state(LoopState::Closed);
+    }
+}
+
+impl Drop for LoopCtx {
+    fn drop(&mut self) {
+        // Whatever finished since the last iteration: the slots go to their graveyards, to
+        // be freed by their owners or by the registry's last sweep.
+        self.rt.registry.flush(self.registry_outbox.get_mut());
     }
 }
 

@@ -375,6 +375,20 @@ pub(crate) fn current_worker(rt: &RuntimeShared) -> Option<usize> {
     (ctx.rt.id == rt.id && ctx.worker.is_some()).then_some(ctx.lp.id)
 }
 
+/// Takes a finishing task (its registry slot word) out of `rt`'s registry: on one of `rt`'s
+/// worker loops through that loop's outbox (see `registry`), elsewhere directly.
+pub(crate) fn leave_registry(rt: &RuntimeShared, slot_word: &AtomicUsize) {
+    match crate::context::current_loop() {
+        Some(ctx) if ctx.rt.id == rt.id && ctx.worker.is_some() => {
+            // Busy only if a destructor run by a flush finished a task: then straight on.
+            let mut outbox = ctx.registry_outbox.try_borrow_mut().ok();
+            rt.registry
+                .remove(slot_word, Some(ctx.lp.id), outbox.as_deref_mut());
+        }
+        _ => rt.registry.remove(slot_word, None, None),
+    }
+}
+
 /// The schedule step shared by every task: to its owner loop (spawn_local), to this loop's
 /// queue when called on one of the runtime's worker loops, or to the injector.
 pub(crate) fn schedule(task: TaskPtr) {

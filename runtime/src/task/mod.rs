@@ -185,10 +185,7 @@ impl Header {
     /// Publishes completion (the output is already stored).
     pub(crate) fn complete(&self, cancelled: bool, failed: bool) {
         // Leave the registry first: `all_tasks()` must never list a task that is done.
-        self.rt.registry.remove(
-            &self.registry_slot,
-            crate::scheduler::current_worker(&self.rt),
-        );
+        crate::scheduler::leave_registry(&self.rt, &self.registry_slot);
         self.ended_failed.store(failed, Ordering::Release);
         self.cancel.complete(&self.state, cancelled);
     }
