@@ -296,25 +296,22 @@ impl<P: Registrant> Registry<P> {
     }
 }
 
-#[cfg(all(test, loom))]
-mod loom_models {
-    //! The shared shard's deferred frees: a loop finishing a foreign-spawned task leaves its
-    //! slot in the graveyard, and the foreign thread's next insert frees it. Checked: every
-    //! finished task is freed exactly once, no live task is ever removed (a reused slot is
-    //! never swept by a stale graveyard entry), and the registry ends holding exactly the
-    //! unfinished tasks.
-    use super::{Registrant, Registry};
+/// A stand-in task for the registry's tests and loom models (the shim's types: std's
+/// normally, loom's under `--cfg loom`).
+#[cfg(test)]
+mod fake {
+    use super::{Registrant, UNREGISTERED};
     use braid_bridge::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use braid_bridge::sync::Arc;
 
-    struct FakeTask {
-        id: u64,
-        slot: AtomicUsize,
-        done: AtomicBool,
+    pub(super) struct FakeTask {
+        pub(super) id: u64,
+        pub(super) slot: AtomicUsize,
+        pub(super) done: AtomicBool,
     }
 
     #[derive(Clone)]
-    struct Ptr(Arc<FakeTask>);
+    pub(super) struct Ptr(pub(super) Arc<FakeTask>);
 
     impl Registrant for Ptr {
         fn registry_slot(&self) -> &AtomicUsize {
@@ -328,13 +325,27 @@ mod loom_models {
         }
     }
 
-    fn task(id: u64) -> Ptr {
+    /// An unregistered, unfinished task that sorts by `id`.
+    pub(super) fn task(id: u64) -> Ptr {
         Ptr(Arc::new(FakeTask {
             id,
-            slot: AtomicUsize::new(super::UNREGISTERED),
+            slot: AtomicUsize::new(UNREGISTERED),
             done: AtomicBool::new(false),
         }))
     }
+}
+
+#[cfg(all(test, loom))]
+mod loom_models {
+    //! The shared shard's deferred frees: a loop finishing a foreign-spawned task leaves its
+    //! slot in the graveyard, and the foreign thread's next insert frees it. Checked: every
+    //! finished task is freed exactly once, no live task is ever removed (a reused slot is
+    //! never swept by a stale graveyard entry), and the registry ends holding exactly the
+    //! unfinished tasks.
+    use super::fake::{task, Ptr};
+    use super::Registry;
+    use braid_bridge::sync::atomic::Ordering;
+    use braid_bridge::sync::Arc;
 
     fn register(registry: &Registry<Ptr>, t: &Ptr, here: Option<usize>) {
         assert!(
@@ -417,35 +428,13 @@ mod loom_models {
 
 #[cfg(all(test, not(loom)))]
 mod tests {
-    use super::{Registrant, Registry, UNREGISTERED};
-    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use super::fake::{task, Ptr};
+    use super::Registry;
+    use std::sync::atomic::Ordering;
     use std::sync::Arc;
 
-    struct FakeTask {
-        slot: AtomicUsize,
-        done: AtomicBool,
-    }
-
-    #[derive(Clone)]
-    struct Ptr(Arc<FakeTask>);
-
-    impl Registrant for Ptr {
-        fn registry_slot(&self) -> &AtomicUsize {
-            &self.0.slot
-        }
-        fn finished(&self) -> bool {
-            self.0.done.load(Ordering::Acquire)
-        }
-        fn order(&self) -> u64 {
-            0
-        }
-    }
-
     fn registered(registry: &Registry<Ptr>, here: Option<usize>) -> Ptr {
-        let t = Ptr(Arc::new(FakeTask {
-            slot: AtomicUsize::new(UNREGISTERED),
-            done: AtomicBool::new(false),
-        }));
+        let t = task(0);
         assert!(registry.insert(t.clone(), here).is_ok());
         t
     }
@@ -464,27 +453,18 @@ mod tests {
             t.0.done.store(true, Ordering::Release);
         }
         assert_eq!(outbox.len(), 5);
-        registry.sweep_if_needed(0);
-        registry.sweep_if_needed(registry.shared_shard());
-        for t in of_loop_0.iter().chain(&of_foreign) {
-            assert_eq!(
-                Arc::strong_count(&t.0),
-                2,
-                "held until the outbox is flushed"
-            );
-        }
-
+        // The owners sweep; then each finished task is held by `expected` references.
+        let swept_and_held = |expected: usize, why: &str| {
+            registry.sweep_if_needed(0);
+            registry.sweep_if_needed(registry.shared_shard());
+            for t in of_loop_0.iter().chain(&of_foreign) {
+                assert_eq!(Arc::strong_count(&t.0), expected, "{why}");
+            }
+        };
+        swept_and_held(2, "held until the outbox is flushed");
         registry.flush(&mut outbox);
         assert!(outbox.is_empty());
-        registry.sweep_if_needed(0);
-        registry.sweep_if_needed(registry.shared_shard());
-        for t in of_loop_0.iter().chain(&of_foreign) {
-            assert_eq!(
-                Arc::strong_count(&t.0),
-                1,
-                "freed exactly once after the flush"
-            );
-        }
+        swept_and_held(1, "freed exactly once after the flush");
         // The freed slots are reused, so nothing was left behind in the slabs.
         let again = registered(&registry, Some(0));
         assert!(again.0.slot.load(Ordering::Relaxed) & ((1 << super::SLOT_BITS) - 1) < 3);

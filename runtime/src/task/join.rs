@@ -164,16 +164,19 @@ mod loom_models {
         reported
     }
 
+    /// The task's runner completing it on another thread.
+    fn spawn_completer(join: &Arc<JoinState<Counted>>, failed: bool) -> thread::JoinHandle<bool> {
+        let join = join.clone();
+        thread::spawn(move || complete(&join, failed))
+    }
+
     /// A joiner polling while the task completes: it sees the completion or it is woken.
     #[test]
     fn loom_join_waker_registered_while_the_task_completes() {
         loom::model(|| {
             let join = join_state();
             let (flag, waker) = Flag::new();
-            let completer = {
-                let join = join.clone();
-                thread::spawn(move || complete(&join, false))
-            };
+            let completer = spawn_completer(&join, false);
             let ready = join.watch(&waker);
             completer.join().unwrap();
             assert!(
@@ -192,10 +195,7 @@ mod loom_models {
             let (_first, first_waker) = Flag::new();
             assert!(!join.watch(&first_waker));
             let (second, second_waker) = Flag::new();
-            let completer = {
-                let join = join.clone();
-                thread::spawn(move || complete(&join, false))
-            };
+            let completer = spawn_completer(&join, false);
             let ready = join.watch(&second_waker);
             completer.join().unwrap();
             assert!(ready || second.woken(), "the joiner's new waker was lost");
@@ -207,10 +207,7 @@ mod loom_models {
     fn loom_handle_dropped_while_a_failed_task_completes() {
         loom::model(|| {
             let join = join_state();
-            let completer = {
-                let join = join.clone();
-                thread::spawn(move || complete(&join, true))
-            };
+            let completer = spawn_completer(&join, true);
             let dropper_reports = join.drop_handle();
             let completer_reports = completer.join().unwrap();
             assert!(
@@ -226,10 +223,7 @@ mod loom_models {
         loom::model(|| {
             let join = join_state();
             join.mark_quiet();
-            let completer = {
-                let join = join.clone();
-                thread::spawn(move || complete(&join, true))
-            };
+            let completer = spawn_completer(&join, true);
             let dropper_reports = join.drop_handle();
             assert!(!completer.join().unwrap() && !dropper_reports);
         });
@@ -242,10 +236,7 @@ mod loom_models {
         loom::model(|| {
             let join = join_state();
             let ran: Counted = Arc::new(AtomicUsize::new(0));
-            let completer = {
-                let join = join.clone();
-                thread::spawn(move || complete(&join, false))
-            };
+            let completer = spawn_completer(&join, false);
             if join.completed() {
                 ran.fetch_add(1, Ordering::SeqCst);
             } else if join.add_callback(ran.clone()) {
