@@ -981,7 +981,7 @@ impl LoopCtx {
 impl Drop for LoopCtx {
     fn drop(&mut self) {
         // Whatever finished since the last iteration: the slots go to their graveyards, to
-        // be freed by their owners or by the registry's last sweep.
+        // be freed by their owners' sweeps or by the next snapshot (shutdown's final one).
         self.rt.registry.flush(self.registry_outbox.get_mut());
     }
 }

@@ -49,8 +49,8 @@ pub(crate) trait Registrant: Clone {
 /// A graveyard this long is swept by whoever adds to it.
 const GRAVEYARD_MAX: usize = 1024;
 
-/// An outbox this long is flushed at once (a backstop: loops flush every iteration, which
-/// runs at most a task budget's worth of tasks).
+/// An outbox this long is flushed at once (a backstop: loops flush every iteration, but one
+/// iteration's callbacks, timers and tasks can finish any number of tasks).
 const OUTBOX_MAX: usize = 256;
 
 /// Slots waiting in the shared shard's graveyard before an insert sweeps them. One under

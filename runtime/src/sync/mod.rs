@@ -177,6 +177,10 @@ pub(crate) mod loom_support {
     /// reached its awaited task too late (`task::cancel`).
     pub(crate) static SKIP_RECLAIM: AtomicBool = AtomicBool::new(false);
 
+    /// Set by a twin for the length of its model: a cancel request reads the target's
+    /// `done` with a plain load, not the ordering RMW (`task::cancel`).
+    pub(crate) static PLAIN_DONE_READ: AtomicBool = AtomicBool::new(false);
+
     /// A waker that remembers it was woken (a loom atomic: the wake is part of the protocol).
     /// Only the models use it; the switch above is also read by the code under test.
     #[cfg(test)]

@@ -12,10 +12,15 @@
 //!   (`reclaim_propagated`). So a request is delivered exactly once: to the target, or to
 //!   the awaiter.
 //!
-//! A task's `done` (its state word's COMPLETE bit) is read under the cancel lock by whoever
-//! records or delivers a request, and the awaiter reads the target's `must_cancel` under the
-//! target's lock only after it saw the target complete: of a request racing a completion, one
-//! sees the other. `loom_models` checks it.
+//! A request racing the target's completion: the canceller reads the target's `done` (its
+//! state word's COMPLETE bit) with a read-modify-write, under the target's cancel lock, after
+//! it set the awaiter's `propagated`; the awaiter reads `propagated`, and then the target's
+//! `must_cancel` under that lock, only after it saw the target complete. Either the
+//! canceller's read comes first, and the completion (a swap) reads from it, so the awaiter
+//! sees `propagated` and then the request; or it sees COMPLETE and the request comes back.
+//! A plain load there is not enough: under the memory model the canceller and the awaiter
+//! could each miss the other's write (`loom_models` finds that interleaving; its twin with a
+//! plain load loses the request).
 
 use super::state::State;
 use super::CancelTarget;
@@ -119,8 +124,18 @@ impl CancelState {
         // Ordered, not a plain load: if we are before the completion, what we wrote before
         // (the awaiter's `propagated`, when the request travels from it) is seen by whoever
         // sees the completion (that awaiter's `reclaim_propagated`). Else both could miss
-        // each other (`loom_models` finds it).
-        if state.is_complete_ordered() {
+        // each other (see the module docs).
+        #[cfg(loom)]
+        let done = if crate::sync::loom_support::PLAIN_DONE_READ
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            state.is_complete()
+        } else {
+            state.is_complete_ordered()
+        };
+        #[cfg(not(loom))]
+        let done = state.is_complete_ordered();
+        if done {
             return Err(());
         }
         requests.count += 1;
@@ -152,8 +167,9 @@ impl CancelState {
         by_self: bool,
     ) -> bool {
         let mut requests = self.requests.lock();
-        // Ordered for the same reason as in `record_cancel`.
-        if state.is_complete_ordered() {
+        // A plain load suffices here: the `must_cancel` we write is read under this lock,
+        // and an outer awaiter's `propagated` was published by `record_cancel`'s RMW.
+        if state.is_complete() {
             return false;
         }
         self.mark_must_cancel(&mut requests, message, by_self);
@@ -337,10 +353,12 @@ mod loom_models {
         }
     }
 
-    /// Runs the race; `break_reclaim` switches off `reclaim_propagated` (the twin).
-    fn awaiter_cancelled_while_the_awaited_task_finishes(break_reclaim: bool) {
-        let skip = &crate::sync::loom_support::SKIP_RECLAIM;
-        crate::sync::loom_support::model_with_fault(skip, break_reclaim, || {
+    /// Runs the race with the fault switch `fault` on (a twin) or off.
+    fn awaiter_cancelled_while_the_awaited_task_finishes(
+        fault: &'static std::sync::atomic::AtomicBool,
+        on: bool,
+    ) {
+        crate::sync::loom_support::model_with_fault(fault, on, || {
             let a = ModelTask::new();
             let b = ModelTask::new();
             // A is running and awaits B; B is running its last step (it will return a value).
@@ -386,9 +404,11 @@ mod loom_models {
         });
     }
 
+    use crate::sync::loom_support::{PLAIN_DONE_READ, SKIP_RECLAIM};
+
     #[test]
     fn loom_cancel_of_an_awaiter_races_the_awaited_task_finishing() {
-        awaiter_cancelled_while_the_awaited_task_finishes(false);
+        awaiter_cancelled_while_the_awaited_task_finishes(&SKIP_RECLAIM, false);
     }
 
     /// The model catches a lost cancel: an awaiter that never takes back a request that
@@ -396,6 +416,14 @@ mod loom_models {
     #[test]
     #[should_panic(expected = "exactly one")]
     fn loom_cancel_twin_without_reclaim_loses_the_request() {
-        awaiter_cancelled_while_the_awaited_task_finishes(true);
+        awaiter_cancelled_while_the_awaited_task_finishes(&SKIP_RECLAIM, true);
+    }
+
+    /// The ordering fix: with a plain load of the target's `done` in `record_cancel`, the
+    /// canceller and the awaiter can each miss the other's write, and the request is lost.
+    #[test]
+    #[should_panic(expected = "exactly one")]
+    fn loom_cancel_twin_with_a_plain_done_read_loses_the_request() {
+        awaiter_cancelled_while_the_awaited_task_finishes(&PLAIN_DONE_READ, true);
     }
 }

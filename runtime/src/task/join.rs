@@ -1,6 +1,6 @@
 //! Who watches a task (its join handle, a waker, done callbacks) and whether it completed:
 //! one word of bits, apart from the rest of the header so that the loom models below drive
-//! the very code the runtime runs.
+//! its methods (the completer's side in `Header::after_complete`'s order).
 //!
 //! Watchers set their bit after registering (a waker, a callback) and the completer sets
 //! COMPLETED; all with `fetch_or` on one word, so whichever comes second sees the other and
@@ -69,7 +69,8 @@ impl<C> JoinState<C> {
         self.bit(HANDLE_DROPPED)
     }
 
-    /// True once the output is stored and the task will touch its join state no more.
+    /// True once the output is stored and completion published (the completer may still be
+    /// serving the watchers it found: callbacks, the report, the waker).
     pub(crate) fn completed(&self) -> bool {
         self.bit(COMPLETED)
     }

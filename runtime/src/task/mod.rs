@@ -184,7 +184,8 @@ impl Header {
 
     /// Publishes completion (the output is already stored).
     pub(crate) fn complete(&self, cancelled: bool, failed: bool) {
-        // Leave the registry first: `all_tasks()` must never list a task that is done.
+        // Leave the registry (on another shard's loop the slot may wait in an outbox: a
+        // snapshot skips finished tasks, so `all_tasks()` never lists a task that is done).
         crate::scheduler::leave_registry(&self.rt, &self.registry_slot);
         self.ended_failed.store(failed, Ordering::Release);
         self.cancel.complete(&self.state, cancelled);

@@ -167,7 +167,9 @@ impl State {
     /// The runner's transition after the future finished (output stored, future dropped).
     pub(crate) fn complete(&self) {
         // Release: the stored output and the dropped future happen-before any Acquire load
-        // that sees COMPLETE (the join handle's).
+        // that sees COMPLETE (the join handle's). Acquire: if a canceller's
+        // `is_complete_ordered` came first, this swap reads from it, so what the canceller
+        // wrote before happens-before our completion (see `task::cancel`).
         // One swap: every other transition checks COMPLETE first, so a waker racing us
         // fails its CAS and then sees COMPLETE, and an ABORT we overwrite was moot.
         let prev = self.0.swap(COMPLETE, Ordering::AcqRel);
