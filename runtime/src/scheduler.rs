@@ -368,24 +368,29 @@ fn may_steal(queued: usize, victim_stuck: &AtomicBool) -> bool {
     }
 }
 
+/// This thread's loop, if it is one of `rt`'s worker loops.
+#[inline]
+fn current_worker_ctx(rt: &RuntimeShared) -> Option<std::rc::Rc<crate::event_loop::LoopCtx>> {
+    crate::context::current_loop().filter(|ctx| ctx.rt.id == rt.id && ctx.worker.is_some())
+}
+
 /// This thread's worker loop index in `rt`, if it is one of `rt`'s worker threads.
 #[inline]
 pub(crate) fn current_worker(rt: &RuntimeShared) -> Option<usize> {
-    let ctx = crate::context::current_loop()?;
-    (ctx.rt.id == rt.id && ctx.worker.is_some()).then_some(ctx.lp.id)
+    current_worker_ctx(rt).map(|ctx| ctx.lp.id)
 }
 
 /// Takes a finishing task (its registry slot word) out of `rt`'s registry: on one of `rt`'s
 /// worker loops through that loop's outbox (see `registry`), elsewhere directly.
 pub(crate) fn leave_registry(rt: &RuntimeShared, slot_word: &AtomicUsize) {
-    match crate::context::current_loop() {
-        Some(ctx) if ctx.rt.id == rt.id && ctx.worker.is_some() => {
+    match current_worker_ctx(rt) {
+        Some(ctx) => {
             // Busy only if a destructor run by a flush finished a task: then straight on.
             let mut outbox = ctx.registry_outbox.try_borrow_mut().ok();
             rt.registry
                 .remove(slot_word, Some(ctx.lp.id), outbox.as_deref_mut());
         }
-        _ => rt.registry.remove(slot_word, None, None),
+        None => rt.registry.remove(slot_word, None, None),
     }
 }
 
