@@ -174,6 +174,26 @@ impl<M, U: Unpark> Doorbell<M, U> {
         self.state.load(Ordering::Acquire) & PENDING != 0
     }
 
+    /// True if messages wait in the inbox (takes its lock). Unlike
+    /// [`has_messages`](Doorbell::has_messages), a bare [`ring`](Doorbell::ring) does not
+    /// count: the owner can tell work sent to it from a call to look elsewhere.
+    ///
+    /// ```
+    /// use braid_bridge::doorbell::{Doorbell, Unpark};
+    /// struct Nobody;
+    /// impl Unpark for Nobody {
+    ///     fn unpark(&self) {}
+    /// }
+    /// let bell: Doorbell<u32, Nobody> = Doorbell::new(Nobody);
+    /// bell.ring();
+    /// assert!(bell.has_messages() && !bell.has_queued());
+    /// bell.push(7).unwrap();
+    /// assert!(bell.has_queued());
+    /// ```
+    pub fn has_queued(&self) -> bool {
+        !self.inbox.lock().messages.is_empty()
+    }
+
     /// Owner only: announces that the owner is about to sleep. Returns true if it may sleep;
     /// it should then re-check its other work sources and call
     /// [`finish_sleep`](Doorbell::finish_sleep) after sleeping (or instead, if it found

@@ -6,6 +6,7 @@
 //! handler); `LoopCtx` is the thread-local part, reached through `context::current_loop`.
 
 use crate::context;
+use crate::linger::{LingerScore, WakeSource};
 use crate::scheduler::{RuntimeShared, TaskPtr};
 use crate::task::raw::{Join, TaskCell};
 use crate::task::{Header, Task, TaskId, TaskRef};
@@ -437,6 +438,8 @@ pub(crate) struct LoopCtx {
     /// Registry slots of tasks this worker loop finished that belong to other shards,
     /// handed over once per iteration (see `registry`).
     pub(crate) registry_outbox: RefCell<Vec<usize>>,
+    /// What woke this loop lately: whether it lingers before it sleeps (see `linger`).
+    linger: LingerScore,
 }
 
 impl LoopCtx {
@@ -460,6 +463,7 @@ impl LoopCtx {
             rng: Cell::new(seed),
             events: RefCell::new(Vec::new()),
             registry_outbox: RefCell::new(Vec::new()),
+            linger: LingerScore::new(),
         }
     }
 
@@ -775,12 +779,25 @@ impl LoopCtx {
         // (a request/response ping-pong with another thread). It watches work handed to this
         // loop or to the runtime, not a sibling's queue: a loop that lingers for a reply must
         // not raid a busy sibling (see `benchmarks/NOTES.md`, queue_mpsc); that work reaches
-        // us through `notify_work`, or through the re-check below if we go to sleep.
-        if linger_until(None, || {
-            std::thread::yield_now();
-            self.has_local_work() || !rt.injector.is_empty() || self.poll_io_now() > 0
-        }) {
-            return;
+        // us through `notify_work`, or through the re-check below if we go to sleep. Only
+        // while lingering pays: a loop whose work comes from its sockets sleeps at once (see
+        // `linger`).
+        if self.linger.lingers() {
+            let mut found = None;
+            if linger_until(None, || {
+                std::thread::yield_now();
+                if self.has_local_work() || !rt.injector.is_empty() {
+                    // A sibling's bare ring ends the linger too (it asks us to steal), but
+                    // counts as neither kind.
+                    found = Some(self.handoff_or(WakeSource::Other));
+                } else if self.poll_io_now() > 0 {
+                    found = Some(WakeSource::Io);
+                }
+                found.is_some()
+            }) {
+                self.linger.record(found.unwrap_or(WakeSource::Other));
+                return;
+            }
         }
         // Going idle: hand over what we finished of other shards' tasks, and free what the
         // loops finished of the tasks spawned off them (see `registry`), or it would wait
@@ -826,10 +843,35 @@ impl LoopCtx {
         lp.set_state(LoopState::Idle);
         let io_events = self.wait(deadline.map(|d| d.saturating_duration_since(now)));
         self.wake_up(driver);
+        // Handed-over work first: a loop serving another thread's round trips keeps lingering
+        // even when its sockets woke it in the same breath.
+        self.linger.record(self.handoff_or(if io_events {
+            WakeSource::Io
+        } else {
+            WakeSource::Other
+        }));
         // Only now, awake and out of the idle set: the tasks these wake are ours to run (a
         // wake from inside the sleep would have offered them to this very loop as "idle").
         if io_events {
             self.dispatch_io_events();
+        }
+    }
+
+    /// Whether this loop would linger before its next sleep (for the tests of `linger`).
+    #[cfg(all(test, not(loom)))]
+    pub(crate) fn lingers(&self) -> bool {
+        self.linger.lingers()
+    }
+
+    /// `Handoff` if another thread handed this loop work while it waited, else `otherwise`.
+    /// Handed-over work is a doorbell message or a task in the injector: what lingering
+    /// waits for. A sibling's bare ring (come and steal) is not: in a server, that is
+    /// surplus socket work (see `linger`).
+    fn handoff_or(&self, otherwise: WakeSource) -> WakeSource {
+        if self.lp.bell.has_queued() || !self.rt.injector.is_empty() {
+            WakeSource::Handoff
+        } else {
+            otherwise
         }
     }
 

@@ -57,6 +57,7 @@ mod context;
 mod event_loop;
 mod executor;
 mod io;
+mod linger;
 mod promise;
 mod registry;
 mod runtime;
