@@ -272,7 +272,8 @@ fn a_sleep_in_run_until_complete_completes_while_the_only_worker_is_stuck() {
 }
 
 /// DESIGN.md: "I/O registered on a stuck loop must still fire within a bounded delay". A task
-/// waits for data on a socket registered with loop A's poller (it first waited there); loop A
+/// waits for data on a socket registered with loop A's poller (it first waited there: with no
+/// socket on any loop yet, the tie keeps it on the loop it runs on); loop A
 /// then blocks for 500 ms in a callback; the peer sends. The monitor thread polls the stuck
 /// loop's poller, so the task is woken and finishes on the other loop long before A is free.
 #[test]
@@ -286,7 +287,8 @@ fn a_socket_registered_on_a_loop_that_then_blocks_still_wakes_its_task() {
         .event_loop()
         .spawn(async move {
             let mut byte = [0u8; 1];
-            // The first read finds nothing: the socket is registered with this loop's poller.
+            // The first read finds nothing: the socket is registered with this loop's poller
+            // (every loop holds none, and a tie keeps it here; see `io::driver`).
             let n = {
                 let mut read = reader.read(&mut byte);
                 let mut told = false;

@@ -33,6 +33,8 @@ pub enum Fault {
     ProcessPoolRunsCancelledJob = 10,
     /// The process pool, breaking after too many crashes, leaves the queued jobs unsettled.
     ProcessPoolBrokenKeepsQueue = 11,
+    /// The doorbell's `has_queued` counts a bare ring as a queued message.
+    DoorbellQueuedCountsRings = 12,
 }
 
 // A plain std atomic: set before a model starts, read inside it; not part of what is checked.

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 /// once (measured with a `call_soon_threadsafe` round trip: 18 µs of its 19 µs went to waking
 /// the blocked foreign thread). Lingering yields the CPU on every look, so a thread with work
 /// to do is not kept off it. 20 µs unless `BRAID_LINGER_US` says otherwise (0 turns it off).
+/// A worker loop lingers only while its recent wake-ups were work handed over by other threads;
+/// one woken by its sockets sleeps at once (the runtime's `linger` module says why).
 ///
 /// ```
 /// // The same for every caller in the process: read once.

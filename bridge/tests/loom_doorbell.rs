@@ -243,29 +243,42 @@ fn broken_handshake_without_owner_fence_loses_a_wakeup() {
 /// `has_queued` (what a waking loop uses to tell work sent to it from a sibling's bare ring,
 /// see the runtime's `linger`): a ring racing the owner's look never reads as queued; a push
 /// does once it happened-before the look, and no longer once drained.
+fn has_queued_model() {
+    let bell = bell();
+    let ringer = {
+        let bell = bell.clone();
+        thread::spawn(move || bell.ring())
+    };
+    assert!(!bell.has_queued(), "a bare ring read as a queued message");
+    ringer.join().unwrap();
+    assert!(
+        bell.has_messages(),
+        "a ring that happened-before is not seen"
+    );
+    assert!(!bell.has_queued(), "a bare ring read as a queued message");
+    let pusher = {
+        let bell = bell.clone();
+        thread::spawn(move || bell.push(7).unwrap())
+    };
+    pusher.join().unwrap();
+    assert!(
+        bell.has_queued(),
+        "a pushed message does not read as queued"
+    );
+    let mut got = VecDeque::new();
+    bell.drain_into(&mut got);
+    assert_eq!(got, [7]);
+    assert!(!bell.has_queued(), "a drained inbox still reads as queued");
+}
+
 #[test]
 fn loom_has_queued_tells_a_message_from_a_bare_ring() {
-    loom::model(|| {
-        let bell = bell();
-        let ringer = {
-            let bell = bell.clone();
-            thread::spawn(move || bell.ring())
-        };
-        assert!(!bell.has_queued(), "a bare ring read as a queued message");
-        ringer.join().unwrap();
-        assert!(bell.has_messages() && !bell.has_queued());
-        let pusher = {
-            let bell = bell.clone();
-            thread::spawn(move || bell.push(7).unwrap())
-        };
-        pusher.join().unwrap();
-        assert!(
-            bell.has_queued(),
-            "a pushed message does not read as queued"
-        );
-        let mut got = VecDeque::new();
-        bell.drain_into(&mut got);
-        assert_eq!(got, [7]);
-        assert!(!bell.has_queued(), "a drained inbox still reads as queued");
-    });
+    fault::model(Fault::None, has_queued_model);
+}
+
+/// The model catches a `has_queued` that reads the ring's flag instead of the inbox.
+#[test]
+#[should_panic(expected = "a bare ring read as a queued message")]
+fn broken_has_queued_counts_a_bare_ring() {
+    fault::model(Fault::DoorbellQueuedCountsRings, has_queued_model);
 }

@@ -24,7 +24,7 @@ use std::cell::Cell;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum WakeSource {
     /// Another thread handed the loop work: a doorbell message (a callback, a wake of a
-    /// `spawn_local` task), a task in its own queue or in the injector.
+    /// `spawn_local` task) or a task in the injector.
     Handoff,
     /// One of its sockets became ready (and no work was handed over).
     Io,
@@ -39,10 +39,10 @@ pub(crate) struct LingerScore {
 }
 
 impl LingerScore {
-    /// The score's bounds: four wakes of the other kind turn the decision round. Small, so
-    /// that a loop whose work changes kind follows it within a few wakes; not one, so that
-    /// a lone socket event in a stream of handoffs does not cost the next handoff its
-    /// linger.
+    /// The score's bounds: from either end, four socket wakes stop the lingering and five
+    /// handoffs bring it back. Small, so that a loop whose work changes kind follows it
+    /// within a few wakes; not one, so that a lone socket event in a stream of handoffs does
+    /// not cost the next handoff its linger.
     const MAX: i8 = 4;
     const MIN: i8 = -4;
 
@@ -128,7 +128,7 @@ mod tests {
     }
 
     #[test]
-    fn an_even_mix_settles_on_the_side_of_the_last_run_of_wakes() {
+    fn an_even_mix_keeps_the_decision_it_started_with() {
         let score = LingerScore::new();
         for _ in 0..50 {
             score.record(WakeSource::Io);
@@ -201,24 +201,57 @@ mod loop_tests {
     }
 
     #[test]
-    fn a_loop_running_another_threads_coroutines_keeps_lingering() {
-        let rt = Runtime::builder().workers(2).build().unwrap();
+    fn socket_wakes_stop_the_lingering_and_another_threads_coroutines_bring_it_back() {
+        // One worker: the loop that served the socket is the one the coroutines run on.
+        let rt = Runtime::builder().workers(1).build().unwrap();
+        let listener = rt
+            .run_until_complete(TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        // Paced as in the test above, so that the loop waits between messages.
+        let client = std::thread::spawn(move || {
+            let mut sock = std::net::TcpStream::connect(addr).unwrap();
+            let mut byte = [0u8; 1];
+            for i in 0..20u8 {
+                std::thread::sleep(Duration::from_millis(1));
+                sock.write_all(&[i]).unwrap();
+                sock.read_exact(&mut byte).unwrap();
+            }
+        });
+        let after_sockets = rt
+            .run_until_complete(async move {
+                crate::create_task(async move {
+                    let (sock, _) = listener.accept().await?;
+                    let mut buf = [0u8; 1];
+                    for _ in 0..20 {
+                        sock.read(&mut buf).await?;
+                        sock.write_all(&buf).await?;
+                    }
+                    Ok(lingers_here())
+                })
+                .await
+            })
+            .unwrap();
+        client.join().unwrap();
+        assert!(!after_sockets, "20 socket wakes did not stop the lingering");
         let lp = rt.event_loop();
         let lingered = std::thread::spawn(move || {
-            let mut all = Vec::new();
-            for _ in 0..20 {
-                let fut = lp
-                    .run_coroutine_threadsafe(async { Ok(lingers_here()) })
-                    .unwrap();
-                all.push(fut.result(Some(Duration::from_secs(10))).unwrap());
-            }
-            all
+            (0..20)
+                .map(|_| {
+                    lp.run_coroutine_threadsafe(async { Ok(lingers_here()) })
+                        .unwrap()
+                        .result(Some(Duration::from_secs(10)))
+                        .unwrap()
+                })
+                .collect::<Vec<bool>>()
         })
         .join()
         .unwrap();
+        // Each coroutine is a task in the injector, handed over while the loop waited.
         assert!(
-            lingered.iter().all(|&l| l),
-            "a loop fed by run_coroutine_threadsafe stopped lingering: {lingered:?}"
+            lingered[10..].iter().all(|&l| l),
+            "a loop fed by another thread's coroutines did not go back to lingering: \
+             {lingered:?}"
         );
         rt.shutdown(Duration::from_secs(5)).unwrap();
     }

@@ -3,7 +3,7 @@
 //!
 //! A socket is registered the first time a task must wait on it, with the poller of the worker
 //! loop holding the fewest sockets (the loop the task runs on when it holds no more than any
-//! other). Registration is edge-triggered for both directions and lasts until the socket is
+//! other, or when the task is pinned to it). Registration is edge-triggered for both directions and lasts until the socket is
 //! dropped, so a waiting task costs no `epoll_ctl` after the first wait, and the task follows
 //! its socket: the loop whose poller reports the socket ready is the one the task is woken on.
 //!
@@ -12,8 +12,8 @@
 //! its queue while a sibling idles. Placed where their handlers first ran, a server's 50
 //! connections split 60/40 to 80/20 between two loops, because the loop that accepts them
 //! runs most of the new handlers before a sibling steals any; `echo` took 44-48 ms per
-//! iteration that way, 39-40 ms spread evenly (medians of ten alternating runs each, tokio
-//! 40-46 ms in the same runs).
+//! iteration that way, 39-42 ms spread evenly (medians of alternating quick runs, eight to
+//! ten each; tokio 40-47 ms in the same runs).
 //!
 //! Who waits on a loop's poller: the loop itself, blocking while it sleeps and without blocking
 //! every few iterations while it runs; and the monitor thread, without blocking, while the loop
@@ -275,9 +275,13 @@ fn no_loop() -> io::Error {
 /// The worker loop a socket first waited on from here should be registered with: the one
 /// holding the fewest sockets, this one if it holds no more (see the module docs). The counts
 /// are read without a lock: two sockets registered at once may land on the same loop, and the
-/// next ones even it out.
+/// next ones even it out. A task pinned to this worker loop (`spawn_local`) keeps its sockets
+/// here: registered elsewhere, every event would wake that loop only to send the task back.
 fn choose_home() -> io::Result<Arc<LoopShared>> {
     let ctx = context::current_loop().ok_or_else(no_loop)?;
+    if ctx.worker.is_some() && context::with_current_header(|h| h.home.is_some()) == Some(true) {
+        return Ok(ctx.lp.clone());
+    }
     let least = least_loaded(&ctx.rt);
     if ctx.worker.is_some() && ctx.lp.io.registered() <= least.io.registered() {
         return Ok(ctx.lp.clone());
@@ -447,7 +451,8 @@ mod loom_models {
 
 #[cfg(all(test, not(loom)))]
 mod tests {
-    use crate::{create_task, wait_for, Runtime, TcpListener, TcpStream};
+    use crate::{create_task, Runtime, TcpListener, TcpStream};
+    use std::future::Future;
     use std::time::Duration;
 
     /// How many sockets each worker loop's poller holds, read on a worker loop.
@@ -461,8 +466,9 @@ mod tests {
         let rt = Runtime::builder().workers(2).build().unwrap();
         let counts = rt
             .run_until_complete(async {
-                // One task registers every socket (a server's accept loop, say). Placed where
-                // their first wait ran, they would all be with the loop this task runs on.
+                // One task registers every socket (a server's accept loop, say), without
+                // leaving its loop between them. Placed where their first wait ran, they
+                // would all be with that loop.
                 create_task(async {
                     let listener = TcpListener::bind("127.0.0.1:0").await?;
                     let addr = listener.local_addr()?;
@@ -470,12 +476,16 @@ mod tests {
                     for _ in 0..8 {
                         let client = TcpStream::connect(addr).await?;
                         let (server, _) = listener.accept().await?;
-                        // Nothing was sent: the read waits, which registers the socket, and
-                        // gives up after a millisecond.
+                        // Nothing was sent: polled once, the read registers the socket and
+                        // is left pending. No timer, so the task never leaves its loop.
                         let mut buf = [0u8; 1];
-                        let waited =
-                            wait_for(server.read(&mut buf), Some(Duration::from_millis(1))).await;
-                        assert!(waited.is_err(), "a read of a silent socket returned");
+                        let mut read = server.read(&mut buf);
+                        let first = std::future::poll_fn(|cx| {
+                            std::task::Poll::Ready(std::pin::Pin::new(&mut read).poll(cx))
+                        })
+                        .await;
+                        assert!(first.is_pending(), "a read of a silent socket returned");
+                        drop(read);
                         open.push((client, server));
                     }
                     Ok(registered_per_loop())
