@@ -811,6 +811,9 @@ impl LoopCtx {
         // else can consume the doorbell's notification (see `io::driver`).
         let _drive = lp.io.lock_drive();
         if !lp.bell.prepare_sleep() {
+            // Work that arrives while a loop that does not linger prepares to sleep counts
+            // too: it is what a linger would have caught.
+            self.linger.record(self.handoff_or(WakeSource::Other));
             return;
         }
         lp.sleep_deadline.store(ASLEEP_FOREVER, Ordering::Relaxed);
@@ -828,6 +831,7 @@ impl LoopCtx {
             || rt.has_shared_work(lp.id)
         {
             self.wake_up(driver);
+            self.linger.record(self.handoff_or(WakeSource::Other));
             return;
         }
         let mut deadline = self.next_local_deadline();

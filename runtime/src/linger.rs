@@ -152,18 +152,19 @@ mod loop_tests {
             .lingers()
     }
 
-    #[test]
-    fn a_loop_serving_a_socket_stops_lingering() {
-        let rt = Runtime::builder().workers(2).build().unwrap();
+    /// 20 one-byte round trips from a plain thread's client to a task of `rt`. Returns
+    /// whether the loop serving the socket would linger after the last one.
+    ///
+    /// The client waits a millisecond before each message. The pause is the workload, not a
+    /// wait for an outcome: the loop must run out of work between messages for its wake-ups
+    /// to count. Without it, on one core the echo's send can hand the CPU straight to the
+    /// client, whose next message is then there before the server reads again, and the loop
+    /// never waits at all.
+    fn serve_paced_echo(rt: &Runtime) -> bool {
         let listener = rt
             .run_until_complete(TcpListener::bind("127.0.0.1:0"))
             .unwrap();
         let addr = listener.local_addr().unwrap();
-        // A plain thread's client: 20 round trips, each waiting for its echo, a millisecond
-        // apart. The pause is the workload, not a wait for an outcome: the loop must run out
-        // of work between messages for its wake-ups to count. Without it, on one core the
-        // echo's send can hand the CPU straight to the client, whose next message is then
-        // there before the server reads again, and the loop never waits at all.
         let client = std::thread::spawn(move || {
             let mut sock = std::net::TcpStream::connect(addr).unwrap();
             let mut byte = [0u8; 1];
@@ -174,27 +175,31 @@ mod loop_tests {
                 assert_eq!(byte[0], i);
             }
         });
-        let lingered_at_the_end = rt
+        let lingers = rt
             .run_until_complete(async move {
                 crate::create_task(async move {
                     let (sock, _) = listener.accept().await?;
                     let mut buf = [0u8; 1];
-                    let mut lingers = true;
                     for _ in 0..20 {
                         // Woken by the socket, on the loop whose poller holds it.
                         let n = sock.read(&mut buf).await?;
                         assert_eq!(n, 1);
-                        lingers = lingers_here();
                         sock.write_all(&buf).await?;
                     }
-                    Ok(lingers)
+                    Ok(lingers_here())
                 })
                 .await
             })
             .unwrap();
         client.join().unwrap();
+        lingers
+    }
+
+    #[test]
+    fn a_loop_serving_a_socket_stops_lingering() {
+        let rt = Runtime::builder().workers(2).build().unwrap();
         assert!(
-            !lingered_at_the_end,
+            !serve_paced_echo(&rt),
             "the loop woken by its socket 20 times still lingers"
         );
         rt.shutdown(Duration::from_secs(5)).unwrap();
@@ -204,36 +209,10 @@ mod loop_tests {
     fn socket_wakes_stop_the_lingering_and_another_threads_coroutines_bring_it_back() {
         // One worker: the loop that served the socket is the one the coroutines run on.
         let rt = Runtime::builder().workers(1).build().unwrap();
-        let listener = rt
-            .run_until_complete(TcpListener::bind("127.0.0.1:0"))
-            .unwrap();
-        let addr = listener.local_addr().unwrap();
-        // Paced as in the test above, so that the loop waits between messages.
-        let client = std::thread::spawn(move || {
-            let mut sock = std::net::TcpStream::connect(addr).unwrap();
-            let mut byte = [0u8; 1];
-            for i in 0..20u8 {
-                std::thread::sleep(Duration::from_millis(1));
-                sock.write_all(&[i]).unwrap();
-                sock.read_exact(&mut byte).unwrap();
-            }
-        });
-        let after_sockets = rt
-            .run_until_complete(async move {
-                crate::create_task(async move {
-                    let (sock, _) = listener.accept().await?;
-                    let mut buf = [0u8; 1];
-                    for _ in 0..20 {
-                        sock.read(&mut buf).await?;
-                        sock.write_all(&buf).await?;
-                    }
-                    Ok(lingers_here())
-                })
-                .await
-            })
-            .unwrap();
-        client.join().unwrap();
-        assert!(!after_sockets, "20 socket wakes did not stop the lingering");
+        assert!(
+            !serve_paced_echo(&rt),
+            "20 socket wakes did not stop the lingering"
+        );
         let lp = rt.event_loop();
         let lingered = std::thread::spawn(move || {
             (0..20)
