@@ -783,19 +783,18 @@ impl LoopCtx {
         // while lingering pays: a loop whose work comes from its sockets sleeps at once (see
         // `linger`).
         if self.linger.lingers() {
-            let mut found = None;
+            let mut io = false;
             if linger_until(None, || {
                 std::thread::yield_now();
+                // A sibling's bare ring ends the linger too (it asks us to steal), but
+                // `count_wake` counts it as neither kind.
                 if self.has_local_work() || !rt.injector.is_empty() {
-                    // A sibling's bare ring ends the linger too (it asks us to steal), but
-                    // counts as neither kind.
-                    found = Some(self.handoff_or(WakeSource::Other));
-                } else if self.poll_io_now() > 0 {
-                    found = Some(WakeSource::Io);
+                    return true;
                 }
-                found.is_some()
+                io = self.poll_io_now() > 0;
+                io
             }) {
-                self.linger.record(found.unwrap_or(WakeSource::Other));
+                self.count_wake(io);
                 return;
             }
         }
@@ -813,7 +812,7 @@ impl LoopCtx {
         if !lp.bell.prepare_sleep() {
             // Work that arrives while a loop that does not linger prepares to sleep counts
             // too: it is what a linger would have caught.
-            self.linger.record(self.handoff_or(WakeSource::Other));
+            self.count_wake(false);
             return;
         }
         lp.sleep_deadline.store(ASLEEP_FOREVER, Ordering::Relaxed);
@@ -831,7 +830,7 @@ impl LoopCtx {
             || rt.has_shared_work(lp.id)
         {
             self.wake_up(driver);
-            self.linger.record(self.handoff_or(WakeSource::Other));
+            self.count_wake(false);
             return;
         }
         let mut deadline = self.next_local_deadline();
@@ -847,13 +846,7 @@ impl LoopCtx {
         lp.set_state(LoopState::Idle);
         let io_events = self.wait(deadline.map(|d| d.saturating_duration_since(now)));
         self.wake_up(driver);
-        // Handed-over work first: a loop serving another thread's round trips keeps lingering
-        // even when its sockets woke it in the same breath.
-        self.linger.record(self.handoff_or(if io_events {
-            WakeSource::Io
-        } else {
-            WakeSource::Other
-        }));
+        self.count_wake(io_events);
         // Only now, awake and out of the idle set: the tasks these wake are ours to run (a
         // wake from inside the sleep would have offered them to this very loop as "idle").
         if io_events {
@@ -867,16 +860,21 @@ impl LoopCtx {
         self.linger.lingers()
     }
 
-    /// `Handoff` if another thread handed this loop work while it waited, else `otherwise`.
-    /// Handed-over work is a doorbell message or a task in the injector: what lingering
-    /// waits for. A sibling's bare ring (come and steal) is not: in a server, that is
-    /// surplus socket work (see `linger`).
-    fn handoff_or(&self, otherwise: WakeSource) -> WakeSource {
-        if self.lp.bell.has_queued() || !self.rt.injector.is_empty() {
-            WakeSource::Handoff
-        } else {
-            otherwise
-        }
+    /// Counts what ended this loop's wait (see `linger`); `io`: its sockets brought events.
+    /// Handed-over work (a doorbell message or a task in the injector: what lingering waits
+    /// for) counts first, so a loop serving another thread's round trips keeps lingering even
+    /// when its sockets woke it in the same breath. A sibling's bare ring (come and steal) is
+    /// not handed-over work: in a server, that is surplus socket work.
+    fn count_wake(&self, io: bool) {
+        self.linger.record(
+            if self.lp.bell.has_queued() || !self.rt.injector.is_empty() {
+                WakeSource::Handoff
+            } else if io {
+                WakeSource::Io
+            } else {
+                WakeSource::Other
+            },
+        );
     }
 
     fn wake_up(&self, driver: bool) {

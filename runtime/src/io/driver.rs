@@ -3,9 +3,10 @@
 //!
 //! A socket is registered the first time a task must wait on it, with the poller of the worker
 //! loop holding the fewest sockets (the loop the task runs on when it holds no more than any
-//! other, or when the task is pinned to it). Registration is edge-triggered for both directions and lasts until the socket is
-//! dropped, so a waiting task costs no `epoll_ctl` after the first wait, and the task follows
-//! its socket: the loop whose poller reports the socket ready is the one the task is woken on.
+//! other, or when the task is pinned to it). Registration is edge-triggered for both
+//! directions and lasts until the socket is dropped, so a waiting task costs no `epoll_ctl`
+//! after the first wait, and the task follows its socket: the loop whose poller reports the
+//! socket ready is the one the task is woken on.
 //!
 //! Why the fewest rather than the loop the task first runs on: a loop's sockets wake only that
 //! loop, and it sees them only when it polls, so sockets concentrated on one loop wait behind
@@ -279,11 +280,9 @@ fn no_loop() -> io::Error {
 /// here: registered elsewhere, every event would wake that loop only to send the task back.
 fn choose_home() -> io::Result<Arc<LoopShared>> {
     let ctx = context::current_loop().ok_or_else(no_loop)?;
-    if ctx.worker.is_some() && context::with_current_header(|h| h.home.is_some()) == Some(true) {
-        return Ok(ctx.lp.clone());
-    }
     let least = least_loaded(&ctx.rt);
-    if ctx.worker.is_some() && ctx.lp.io.registered() <= least.io.registered() {
+    let pinned = || context::with_current_header(|h| h.home.is_some()) == Some(true);
+    if ctx.worker.is_some() && (ctx.lp.io.registered() <= least.io.registered() || pinned()) {
         return Ok(ctx.lp.clone());
     }
     Ok(least)
