@@ -125,6 +125,12 @@ impl TaskGroup {
             }
             // Spawned and counted under the lock, so that the group cannot finish in between.
             let task = spawn_task(&self.shared.rt, None, fut).0;
+            // The group takes charge of every failure of its children, so none is ever
+            // "never retrieved". Marked here, before the handle leaves us: marked by the
+            // group's hook, as it once was, a handle dropped between the child's completion
+            // and that hook found the error unquieted and reported it (loom model
+            // `loom_quiet_before_the_handle_is_handed_out_is_never_reported` and its twin).
+            task.mark_quiet();
             state.live.insert(task.id(), task.as_ref());
             task
         };
@@ -152,8 +158,7 @@ impl GroupShared {
                 None
             };
             if let Some(error) = failure.filter(|_| !child.cancelled()) {
-                // The group reports it; it is no longer "never retrieved".
-                child.header().mark_quiet();
+                // The group reports it (the child was quieted at creation).
                 state.errors.push(error.clone());
                 if !state.aborting && !state.parent_cancel_requested {
                     // Abort the group and cancel the body where it awaits, to be uncancelled
@@ -460,5 +465,30 @@ impl<B, Fut, T> fmt::Debug for TaskGroupRun<B, Fut, T> {
             .field("step", &step)
             .field("group", &self.group)
             .finish()
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use crate::Runtime;
+
+    /// The group quiets a child before `create_task` returns its handle, not when the child
+    /// fails (see `try_create_task`).
+    #[test]
+    fn a_child_is_quiet_before_its_handle_is_returned() {
+        let rt = Runtime::builder().workers(1).build().unwrap();
+        rt.run_until_complete(crate::task_group(|group| async move {
+            let gate = crate::Promise::<()>::new();
+            let wait = gate.clone();
+            let child = group.create_task(async move { wait.await });
+            assert!(child.header().is_quiet(), "the child is not quiet yet");
+            assert!(
+                !child.done(),
+                "the check must come before the child finishes"
+            );
+            gate.set_result(())?;
+            child.await
+        }))
+        .unwrap();
     }
 }

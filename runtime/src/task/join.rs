@@ -230,6 +230,51 @@ mod loom_models {
         });
     }
 
+    /// The creator of a task whose errors a combinator takes charge of (a `TaskGroup`
+    /// child) quiets it before the handle leaves its hands; the handle's owner then drops it
+    /// while the task fails: nobody reports, whichever side sees the other.
+    #[test]
+    fn loom_quiet_before_the_handle_is_handed_out_is_never_reported() {
+        loom::model(|| {
+            let join = join_state();
+            let completer = spawn_completer(&join, true);
+            // The creator, then (same thread, later) the handle's owner.
+            join.mark_quiet();
+            let dropper_reports = join.drop_handle();
+            let completer_reports = completer.join().unwrap();
+            assert!(
+                !completer_reports && !dropper_reports,
+                "a quieted task's error was reported"
+            );
+        });
+    }
+
+    /// Twin of the model above with the quieting done where it once was, by the combinator's
+    /// completion hook after the task completed: a handle dropped in between reports.
+    #[test]
+    #[should_panic(expected = "a quieted task's error was reported")]
+    fn broken_quiet_marked_by_the_completion_hook_is_reported() {
+        loom::model(|| {
+            let join = join_state();
+            let completer = {
+                let join = join.clone();
+                thread::spawn(move || {
+                    // `Header::after_complete`: completion published, then the hook, then
+                    // the completer's own check.
+                    let watchers = join.complete();
+                    join.mark_quiet();
+                    watchers.handle_dropped() && !join.is_quiet()
+                })
+            };
+            let dropper_reports = join.drop_handle();
+            let completer_reports = completer.join().unwrap();
+            assert!(
+                !completer_reports && !dropper_reports,
+                "a quieted task's error was reported"
+            );
+        });
+    }
+
     /// A done callback added while the task completes runs exactly once, by one side or the
     /// other (`Header::add_done_callback` runs it at once if it saw the task completed).
     #[test]

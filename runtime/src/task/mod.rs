@@ -163,6 +163,12 @@ impl Header {
         self.join.mark_quiet();
     }
 
+    /// True once [`mark_quiet`](Header::mark_quiet) ran.
+    #[cfg(all(test, not(loom)))]
+    pub(crate) fn is_quiet(&self) -> bool {
+        self.join.is_quiet()
+    }
+
     /// After an awaited task finished: takes back a cancel of ours that reached it too late
     /// (see [`CancelState::reclaim_propagated`]). Called by the running task on itself.
     pub(crate) fn reclaim_propagated_cancel(&self, target: &Header) {
