@@ -404,6 +404,63 @@ mod loom_models {
         });
     }
 
+    /// A has a request of its own pending when it awaits B (`Task::poll`): it takes the
+    /// request and passes it on to B, noting that it did (`note_propagated`), while B runs
+    /// its last step on another loop. `note` false leaves the note out (the twin).
+    fn awaiter_passes_its_pending_cancel_on_while_the_awaited_task_finishes(note: bool) {
+        loom::model(move || {
+            let a = ModelTask::new();
+            let b = ModelTask::new();
+            assert_eq!(a.state.start_run(), RunAction::Poll);
+            assert_eq!(b.state.start_run(), RunAction::Poll);
+            // Requested before A's await (A awaited nothing then): pending at A.
+            assert!(request(&a.state, &a.cancel, None, false, || {}));
+
+            let b_runner = {
+                let b = b.clone();
+                thread::spawn(move || {
+                    let step = b.cancel.begin_step(false);
+                    let outcome = b.cancel.step_outcome(&step, Ok(()));
+                    b.cancel.complete(&b.state, outcome.is_err());
+                })
+            };
+            // `Task::poll` of B's handle, in A.
+            let pending = a.cancel.take_cancel();
+            assert!(pending.is_some(), "A's own request is pending");
+            let delivered_at_poll = !request(&b.state, &b.cancel, None, false, || {});
+            if !delivered_at_poll && note {
+                a.cancel.note_propagated();
+            }
+            // A waits for B's completion (B's join wakes it), then the ready path.
+            b_runner.join().unwrap();
+            if !delivered_at_poll {
+                a.cancel
+                    .reclaim_propagated(&a.state, &b.cancel, &b.state, false);
+            }
+
+            let b_cancelled = b.cancel.cancelled(&b.state);
+            let a_has_it = delivered_at_poll || a.cancel.take_cancel().is_some();
+            assert!(
+                b_cancelled != a_has_it,
+                "the request must reach exactly one of the two \
+                 (B cancelled: {b_cancelled}, A has it: {a_has_it})"
+            );
+        });
+    }
+
+    #[test]
+    fn loom_cancel_passed_on_by_the_awaiter_races_the_awaited_task_finishing() {
+        awaiter_passes_its_pending_cancel_on_while_the_awaited_task_finishes(true);
+    }
+
+    /// Without the note, a request passed on to a task that finishes without seeing it is
+    /// lost: the awaiter never takes it back.
+    #[test]
+    #[should_panic(expected = "exactly one")]
+    fn loom_cancel_twin_passed_on_without_the_note_loses_the_request() {
+        awaiter_passes_its_pending_cancel_on_while_the_awaited_task_finishes(false);
+    }
+
     use crate::sync::loom_support::{PLAIN_DONE_READ, SKIP_RECLAIM};
 
     #[test]
