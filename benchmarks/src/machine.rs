@@ -97,6 +97,33 @@ impl Machine {
     }
 }
 
+impl Machine {
+    /// Ties the report to the run that measured its numbers. After a run that measured
+    /// (`measured_now`), records this description's commit and date in `record`; when only
+    /// the report is rewritten (both measurements skipped, e.g. after editing NOTES.md), takes
+    /// them back from there, so that the report names the commit its numbers came from rather
+    /// than the one it was rewritten at. Returns a problem to report, if any.
+    pub(crate) fn tie_to_measuring_run(
+        &mut self,
+        record: &Path,
+        measured_now: bool,
+    ) -> Option<String> {
+        if measured_now {
+            let text = format!("{}\n{}\n", self.commit, self.date);
+            return std::fs::write(record, text)
+                .err()
+                .map(|e| format!("could not write {}: {e}", record.display()));
+        }
+        let text = std::fs::read_to_string(record).ok()?;
+        let mut lines = text.lines();
+        if let (Some(commit), Some(date)) = (lines.next(), lines.next()) {
+            self.commit = commit.to_owned();
+            self.date = date.to_owned();
+        }
+        None
+    }
+}
+
 /// The version of `package` in the workspace's Cargo.lock.
 fn locked_version(root: &Path, package: &str) -> Option<String> {
     let lock = std::fs::read_to_string(root.join("Cargo.lock")).ok()?;
@@ -159,7 +186,34 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 
 #[cfg(test)]
 mod tests {
-    use super::civil_from_days;
+    use super::{civil_from_days, Machine};
+
+    #[test]
+    fn a_rewritten_report_names_the_commit_and_date_of_the_run_that_measured() {
+        let dir = std::env::temp_dir().join(format!("braid-machine-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let record = dir.join("measured-by");
+        let _ = std::fs::remove_file(&record);
+        let mut measuring = Machine::describe(&dir, "python3");
+        measuring.commit = "aaaaaaaaaaaa".to_owned();
+        measuring.date = "2026-01-02 03:04 UTC".to_owned();
+        assert_eq!(measuring.tie_to_measuring_run(&record, true), None);
+
+        let mut rewriting = Machine::describe(&dir, "python3");
+        rewriting.commit = "bbbbbbbbbbbb-dirty".to_owned();
+        rewriting.date = "2026-01-03 00:00 UTC".to_owned();
+        assert_eq!(rewriting.tie_to_measuring_run(&record, false), None);
+        assert_eq!(rewriting.commit, "aaaaaaaaaaaa");
+        assert_eq!(rewriting.date, "2026-01-02 03:04 UTC");
+
+        // No record (nothing measured yet): the report keeps what it describes now.
+        std::fs::remove_file(&record).unwrap();
+        let mut fresh = Machine::describe(&dir, "python3");
+        fresh.commit = "cccccccccccc".to_owned();
+        assert_eq!(fresh.tie_to_measuring_run(&record, false), None);
+        assert_eq!(fresh.commit, "cccccccccccc");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn civil_from_days_known_dates() {

@@ -98,7 +98,13 @@ fn main() -> ExitCode {
     }
 
     let measured = results::collect(&paths);
-    let machine = machine::Machine::describe(&paths.root, &args.python);
+    let mut machine = machine::Machine::describe(&paths.root, &args.python);
+    let measured_now = !(args.skip_rust && args.skip_python);
+    if measured_now {
+        // Normally there already (the runs write their results in it).
+        let _ = std::fs::create_dir_all(&paths.results);
+    }
+    problems.extend(machine.tie_to_measuring_run(&paths.results.join("measured-by"), measured_now));
     let out = args
         .out
         .clone()

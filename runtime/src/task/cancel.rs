@@ -324,9 +324,11 @@ pub(crate) fn request(
 
 #[cfg(all(test, loom))]
 mod loom_models {
-    //! Task A awaits task B, which runs on another loop; a third thread cancels A. The
-    //! request goes to B (A awaits it), and races B's last step. Whatever the interleaving,
-    //! it reaches exactly one of them: B ends cancelled, or A has it to deliver.
+    //! Task A awaits task B, which runs on another loop, and a cancel request of A's goes on
+    //! to B: a third thread cancels A while A awaits B, or A passes on a request of its own
+    //! that was pending when it began to await (`note_propagated`). The request races B's
+    //! last step. Whatever the interleaving, it reaches exactly one of them: B ends
+    //! cancelled, or A has it to deliver.
     use super::*;
     use crate::task::state::RunAction;
     use loom::thread;
@@ -353,31 +355,40 @@ mod loom_models {
         }
     }
 
+    /// Two tasks, both running (polled by their loops).
+    fn both_running() -> (Arc<ModelTask>, Arc<ModelTask>) {
+        let (a, b) = (ModelTask::new(), ModelTask::new());
+        assert_eq!(a.state.start_run(), RunAction::Poll);
+        assert_eq!(b.state.start_run(), RunAction::Poll);
+        (a, b)
+    }
+
+    /// `b`'s last step on another loop: it returns a value, unless a request it saw turns
+    /// that into a cancellation.
+    fn spawn_last_step(b: &Arc<ModelTask>) -> thread::JoinHandle<()> {
+        let b = b.clone();
+        thread::spawn(move || {
+            let step = b.cancel.begin_step(false);
+            let outcome = b.cancel.step_outcome(&step, Ok(()));
+            b.cancel.complete(&b.state, outcome.is_err());
+        })
+    }
+
     /// Runs the race with the fault switch `fault` on (a twin) or off.
     fn awaiter_cancelled_while_the_awaited_task_finishes(
         fault: &'static std::sync::atomic::AtomicBool,
         on: bool,
     ) {
         crate::sync::loom_support::model_with_fault(fault, on, || {
-            let a = ModelTask::new();
-            let b = ModelTask::new();
             // A is running and awaits B; B is running its last step (it will return a value).
-            assert_eq!(a.state.start_run(), RunAction::Poll);
-            assert_eq!(b.state.start_run(), RunAction::Poll);
+            let (a, b) = both_running();
             a.cancel.set_awaiting(7, b.clone());
 
             let canceller = {
                 let a = a.clone();
                 thread::spawn(move || request(&a.state, &a.cancel, None, false, || {}))
             };
-            let b_runner = {
-                let b = b.clone();
-                thread::spawn(move || {
-                    let step = b.cancel.begin_step(false);
-                    let outcome = b.cancel.step_outcome(&step, Ok(()));
-                    b.cancel.complete(&b.state, outcome.is_err());
-                })
-            };
+            let b_runner = spawn_last_step(&b);
             // A sees B complete (its join wakes A), then its `Task` future's ready path runs.
             b_runner.join().unwrap();
             let taken_at_poll = a.cancel.take_cancel().is_some();
@@ -409,21 +420,11 @@ mod loom_models {
     /// its last step on another loop. `note` false leaves the note out (the twin).
     fn awaiter_passes_its_pending_cancel_on_while_the_awaited_task_finishes(note: bool) {
         loom::model(move || {
-            let a = ModelTask::new();
-            let b = ModelTask::new();
-            assert_eq!(a.state.start_run(), RunAction::Poll);
-            assert_eq!(b.state.start_run(), RunAction::Poll);
+            let (a, b) = both_running();
             // Requested before A's await (A awaited nothing then): pending at A.
             assert!(request(&a.state, &a.cancel, None, false, || {}));
 
-            let b_runner = {
-                let b = b.clone();
-                thread::spawn(move || {
-                    let step = b.cancel.begin_step(false);
-                    let outcome = b.cancel.step_outcome(&step, Ok(()));
-                    b.cancel.complete(&b.state, outcome.is_err());
-                })
-            };
+            let b_runner = spawn_last_step(&b);
             // `Task::poll` of B's handle, in A.
             let pending = a.cancel.take_cancel();
             assert!(pending.is_some(), "A's own request is pending");
@@ -434,8 +435,9 @@ mod loom_models {
             // A waits for B's completion (B's join wakes it), then the ready path.
             b_runner.join().unwrap();
             if !delivered_at_poll {
+                // Within A's own poll, as `Header::reclaim_propagated_cancel` runs it.
                 a.cancel
-                    .reclaim_propagated(&a.state, &b.cancel, &b.state, false);
+                    .reclaim_propagated(&a.state, &b.cancel, &b.state, true);
             }
 
             let b_cancelled = b.cancel.cancelled(&b.state);
@@ -445,6 +447,7 @@ mod loom_models {
                 "the request must reach exactly one of the two \
                  (B cancelled: {b_cancelled}, A has it: {a_has_it})"
             );
+            assert_eq!(a.cancel.cancelling(), 1, "passing it on is no new request");
         });
     }
 

@@ -230,6 +230,19 @@ mod loom_models {
         });
     }
 
+    /// The handle's owner drops it while `completer` runs: neither side may report.
+    fn drop_handle_and_assert_nobody_reports(
+        join: &JoinState<Counted>,
+        completer: thread::JoinHandle<bool>,
+    ) {
+        let dropper_reports = join.drop_handle();
+        let completer_reports = completer.join().unwrap();
+        assert!(
+            !completer_reports && !dropper_reports,
+            "a quieted task's error was reported"
+        );
+    }
+
     /// The creator of a task whose errors a combinator takes charge of (a `TaskGroup`
     /// child) quiets it before the handle leaves its hands; the handle's owner then drops it
     /// while the task fails: nobody reports, whichever side sees the other.
@@ -240,12 +253,7 @@ mod loom_models {
             let completer = spawn_completer(&join, true);
             // The creator, then (same thread, later) the handle's owner.
             join.mark_quiet();
-            let dropper_reports = join.drop_handle();
-            let completer_reports = completer.join().unwrap();
-            assert!(
-                !completer_reports && !dropper_reports,
-                "a quieted task's error was reported"
-            );
+            drop_handle_and_assert_nobody_reports(&join, completer);
         });
     }
 
@@ -266,12 +274,7 @@ mod loom_models {
                     watchers.handle_dropped() && !join.is_quiet()
                 })
             };
-            let dropper_reports = join.drop_handle();
-            let completer_reports = completer.join().unwrap();
-            assert!(
-                !completer_reports && !dropper_reports,
-                "a quieted task's error was reported"
-            );
+            drop_handle_and_assert_nobody_reports(&join, completer);
         });
     }
 

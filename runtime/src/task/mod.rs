@@ -204,8 +204,8 @@ impl Header {
     pub(crate) fn after_complete(&self, me: &dyn Fn() -> TaskRef, error: Option<Error>) {
         let watchers = self.join.complete();
         if watchers.callbacks() {
-            // First, so that a task group hook has marked the error quiet before the check
-            // below.
+            // Before the joiner's wake, so that a task group has counted the child out by the
+            // time whoever awaits it runs on.
             self.run_done_callbacks(&me(), error.as_ref());
         }
         if watchers.handle_dropped() && !self.join.is_quiet() {
