@@ -374,6 +374,18 @@ mod loom_models {
         })
     }
 
+    /// Once B has finished: the request reached B (it ended cancelled) or A (it had it
+    /// already, `a_had_it`, or has it to deliver now), never both, never neither.
+    fn assert_reached_exactly_one(a: &ModelTask, b: &ModelTask, a_had_it: bool) {
+        let b_cancelled = b.cancel.cancelled(&b.state);
+        let a_has_it = a_had_it || a.cancel.take_cancel().is_some();
+        assert!(
+            b_cancelled != a_has_it,
+            "the request must reach exactly one of the two \
+             (B cancelled: {b_cancelled}, A has it: {a_has_it})"
+        );
+    }
+
     /// Runs the race with the fault switch `fault` on (a twin) or off.
     fn awaiter_cancelled_while_the_awaited_task_finishes(
         fault: &'static std::sync::atomic::AtomicBool,
@@ -403,14 +415,7 @@ mod loom_models {
                 "A never completes, so the request must be accepted"
             );
 
-            let b_cancelled = b.cancel.cancelled(&b.state);
-
-            let a_has_it = taken_at_poll || a.cancel.take_cancel().is_some();
-            assert!(
-                b_cancelled != a_has_it,
-                "the request must reach exactly one of the two \
-                 (B cancelled: {b_cancelled}, A has it: {a_has_it})"
-            );
+            assert_reached_exactly_one(&a, &b, taken_at_poll);
             assert_eq!(a.cancel.cancelling(), 1);
         });
     }
@@ -440,13 +445,7 @@ mod loom_models {
                     .reclaim_propagated(&a.state, &b.cancel, &b.state, true);
             }
 
-            let b_cancelled = b.cancel.cancelled(&b.state);
-            let a_has_it = delivered_at_poll || a.cancel.take_cancel().is_some();
-            assert!(
-                b_cancelled != a_has_it,
-                "the request must reach exactly one of the two \
-                 (B cancelled: {b_cancelled}, A has it: {a_has_it})"
-            );
+            assert_reached_exactly_one(&a, &b, delivered_at_poll);
             assert_eq!(a.cancel.cancelling(), 1, "passing it on is no new request");
         });
     }
