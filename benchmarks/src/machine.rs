@@ -95,9 +95,7 @@ impl Machine {
             date: utc_now(),
         }
     }
-}
 
-impl Machine {
     /// Ties the report to the run that measured its numbers. After a run that measured
     /// (`measured_now`), records this description's commit and date in `record`; when only
     /// the report is rewritten (both measurements skipped, e.g. after editing NOTES.md), takes
