@@ -867,3 +867,101 @@ fn cancel_absorbed_too_late_by_the_awaited_task_comes_back_to_the_awaiter() {
         "the cancel reaches the outer task's next await"
     );
 }
+
+/// Runs the outer task of the two tests below: it awaits `awaited()` (what its cancel goes on
+/// to) in a select biased to a gate. The test thread holds the only loop busy in a callback
+/// while it cancels the outer task and opens the gate, so that when the outer task runs again
+/// the gate has won: it stops awaiting before it reads the awaited outcome. Returns the
+/// select's winner and the outcome of the outer task's next await (`Err(true)`: cancelled).
+fn cancel_then_stop_awaiting<F>(
+    awaited: impl FnOnce() -> F + Send + 'static,
+) -> ((&'static str, bool), Result<(), bool>)
+where
+    F: Future<Output = braid::Result<()>> + Send + 'static,
+{
+    use std::task::Poll;
+    let rt = runtime(1);
+    let gate: Promise<()> = Promise::new();
+    let opener = gate.clone();
+    let (outer_tx, outer_rx) = mpsc::channel::<TaskRef>();
+    let (waiting_tx, waiting_rx) = mpsc::channel::<()>();
+    let outcome = rt
+        .event_loop()
+        .run_coroutine_threadsafe(async move {
+            let mut awaited = Box::pin(awaited());
+            outer_tx.send(braid::current_task().unwrap()).unwrap();
+            let mut gate = Box::pin(std::future::IntoFuture::into_future(gate));
+            let mut told = false;
+            let winner = std::future::poll_fn(|cx| {
+                if let Poll::Ready(r) = gate.as_mut().poll(cx) {
+                    return Poll::Ready(("gate", r.is_ok()));
+                }
+                if let Poll::Ready(r) = awaited.as_mut().poll(cx) {
+                    return Poll::Ready(("awaited", r.is_ok()));
+                }
+                if !told {
+                    // Registered as what the outer task awaits: a cancel now goes on to it.
+                    told = true;
+                    waiting_tx.send(()).unwrap();
+                }
+                Poll::Pending
+            })
+            .await;
+            drop(awaited);
+            let after = braid::sleep(Duration::ZERO).await;
+            Ok((winner, after.map_err(|e| e.is_cancelled())))
+        })
+        .unwrap();
+    let outer = outer_rx.recv_timeout(WAIT).unwrap();
+    waiting_rx.recv_timeout(WAIT).unwrap();
+    let (holding_tx, holding_rx) = mpsc::channel::<()>();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    rt.event_loop()
+        .call_soon_threadsafe(move || {
+            holding_tx.send(()).unwrap();
+            let _ = release_rx.recv_timeout(WAIT);
+        })
+        .unwrap();
+    holding_rx.recv_timeout(WAIT).unwrap();
+    assert!(outer.cancel(), "the outer task is still running");
+    opener.set_result(()).unwrap();
+    release_tx.send(()).unwrap();
+    let result = outcome.result(Some(WAIT)).unwrap();
+    rt.shutdown(WAIT).unwrap();
+    result
+}
+
+/// The outer task's cancel goes on to the inner task it awaits, and then the outer task stops
+/// awaiting it before its outcome arrives: a select whose other branch won drops the inner
+/// task's future. That outcome was the only way the request would have reached the outer
+/// task, so the request is the outer task's again, at its next await point: its `cancel()`
+/// returned true and must not be lost. (asyncio's nearest form, a task awaiting
+/// `asyncio.wait(..., return_when=FIRST_COMPLETED)`, is cancelled too.)
+#[test]
+fn cancel_passed_on_comes_back_when_the_awaiter_stops_awaiting_the_task() {
+    let (winner, after) = cancel_then_stop_awaiting(|| {
+        braid::create_task(async {
+            braid::sleep(LONG).await?;
+            Ok(())
+        })
+    });
+    assert_eq!(winner, ("gate", true), "the gate wins the select");
+    assert_eq!(
+        after,
+        Err(true),
+        "the cancel reaches the outer task's next await"
+    );
+}
+
+/// As above, with a Promise as what the outer task awaits and stops awaiting.
+#[test]
+fn cancel_passed_on_comes_back_when_the_awaiter_stops_awaiting_the_promise() {
+    let (winner, after) =
+        cancel_then_stop_awaiting(|| std::future::IntoFuture::into_future(Promise::<()>::new()));
+    assert_eq!(winner, ("gate", true), "the gate wins the select");
+    assert_eq!(
+        after,
+        Err(true),
+        "the cancel reaches the outer task's next await"
+    );
+}

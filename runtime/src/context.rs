@@ -6,6 +6,7 @@
 //! counted handle only when asked.
 
 use crate::event_loop::LoopCtx;
+use crate::task::cancel::AwaitEnd;
 use crate::task::raw::{self, RawTask};
 use crate::task::{CancelTarget, Header, TaskRef};
 use braid_bridge::Error;
@@ -91,8 +92,9 @@ pub(crate) fn clear_awaiting(key: Option<usize>) {
 
 /// A leaf future's registration as what its task awaits (a Task or a Promise), so that
 /// cancelling the task cancels it too. It remembers the task that registered, so that dropping
-/// the future clears that task's registration from whatever thread drops it: a stale
-/// registration would swallow a later cancel.
+/// the future clears that task's registration from whatever thread drops it (a stale
+/// registration would swallow a later cancel) and hands back to the task a request passed on
+/// through it (the target's outcome, its way to the task, will never be read).
 pub(crate) struct AwaitRegistration {
     key: usize,
     registrar: Option<TaskRef>,
@@ -117,16 +119,45 @@ impl AwaitRegistration {
         }
     }
 
-    /// Withdraws the registration, if any.
-    pub(crate) fn clear(&mut self) {
+    /// The key this future registers under.
+    pub(crate) fn key(&self) -> usize {
+        self.key
+    }
+
+    /// The future read its target's outcome (it is ready): withdraws the registration and
+    /// settles the requests passed on through it (see `task::cancel`). `missed`: the target
+    /// finished without receiving a request that reached it. Called by the running task.
+    pub(crate) fn end_read(&mut self, missed: impl FnOnce() -> bool) {
+        let key = self.key;
+        match self.registrar.take() {
+            Some(task) => task.header().cancel.end_await(key, AwaitEnd::Read, missed),
+            // Never registered (it was ready at once), but a request of ours may have been
+            // passed on through it in this very poll (`Task::poll`).
+            None => {
+                with_current_header(|h| h.cancel.end_await(key, AwaitEnd::Read, missed));
+            }
+        }
+    }
+
+    /// The future stops awaiting without reading its target's outcome (it is dropped):
+    /// withdraws the registration, and a request passed on through it comes back to the
+    /// task, since that outcome was its only way to reach it. Unless the task is not running
+    /// this drop: then its whole future is being dropped, and it has no await point left.
+    pub(crate) fn abandon(&mut self) {
         if let Some(task) = self.registrar.take() {
-            task.header().cancel.clear_awaiting(Some(self.key));
+            let header = task.header();
+            let end = if current_task_is(header) {
+                AwaitEnd::Abandoned
+            } else {
+                AwaitEnd::Dropped
+            };
+            header.cancel.end_await(self.key, end, || false);
         }
     }
 }
 
 impl Drop for AwaitRegistration {
     fn drop(&mut self) {
-        self.clear();
+        self.abandon();
     }
 }

@@ -353,7 +353,7 @@ impl<T: Clone + Send + 'static> Future for PromiseFuture<T> {
             // asyncio: cancelling the awaiting task cancels the future it awaits.
             this.promise
                 .cancel_with_message(cancel.message().map(str::to_owned));
-            this.registration.clear();
+            this.registration.end_read(|| false);
             return Poll::Ready(Err(cancel));
         }
         {
@@ -361,7 +361,7 @@ impl<T: Clone + Send + 'static> Future for PromiseFuture<T> {
             if let Some(outcome) = &st.outcome {
                 let outcome = outcome.clone();
                 drop(st);
-                this.registration.clear();
+                this.registration.end_read(|| false);
                 return Poll::Ready(outcome);
             }
             let waker = cx.waker();

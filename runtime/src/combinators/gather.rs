@@ -299,7 +299,7 @@ impl<T: Send + 'static> GatherCore<T> {
     /// (asyncio marks them retrieved once the gather is done).
     fn finish(&mut self) -> Option<Error> {
         self.finished = true;
-        self.registration.clear();
+        self.registration.end_read(|| false);
         self.ready.clear_parent();
         for child in self.children.iter().flatten() {
             child.mark_quiet();

@@ -177,6 +177,11 @@ pub(crate) mod loom_support {
     /// reached its awaited task too late (`task::cancel`).
     pub(crate) static SKIP_RECLAIM: AtomicBool = AtomicBool::new(false);
 
+    /// Set by a twin for the length of its model: a future that stops awaiting without
+    /// reading its target's outcome is taken as having read it, so a request passed on
+    /// through it does not come back (`task::cancel`).
+    pub(crate) static ABANDON_AS_READ: AtomicBool = AtomicBool::new(false);
+
     /// Set by a twin for the length of its model: a cancel request reads the target's
     /// `done` with a plain load, not the ordering RMW (`task::cancel`).
     pub(crate) static PLAIN_DONE_READ: AtomicBool = AtomicBool::new(false);

@@ -4,23 +4,28 @@
 //! The protocol (asyncio's, made safe across threads):
 //!
 //! - A request on a task that awaits a Task or a Promise goes to that target instead
-//!   (`record_cancel` returns it and sets `propagated`); the awaiter receives the target's
-//!   outcome. If the target was already done, the request comes back and is delivered at the
-//!   awaiter's next await point (`deliver_instead`).
-//! - A request that reached an awaited task too late (it finished without seeing it, on
-//!   another loop) is taken back by the awaiter when it sees the target finish
-//!   (`reclaim_propagated`). So a request is delivered exactly once: to the target, or to
-//!   the awaiter.
+//!   (`record_cancel` returns it); the awaiter receives the target's outcome. If the target
+//!   was already done, the request comes back and is delivered at the awaiter's next await
+//!   point.
+//! - Until it is settled, such a request is remembered by the awaiter as passed on
+//!   ([`PassedOn`]), and settled by two facts: the target's answer (the passer's), and how
+//!   the awaiter's future stopped awaiting the target (the awaiter's, [`AwaitEnd`]). Whoever
+//!   brings the second fact settles it. It is the awaiter's to deliver if the target refused
+//!   it, if the awaiter stopped awaiting without reading the target's outcome (a select
+//!   whose other branch won: the outcome was its only way to reach the awaiter), or if the
+//!   target finished without receiving it (too late, its final step running on another
+//!   loop). Otherwise the target has it, and the awaiter reads its outcome. So a request
+//!   reaches the awaiter exactly once, directly or through the target's outcome.
 //!
 //! A request racing the target's completion: the canceller reads the target's `done` (its
 //! state word's COMPLETE bit) with a read-modify-write, under the target's cancel lock, after
-//! it set the awaiter's `propagated`; the awaiter reads `propagated`, and then the target's
-//! `must_cancel` under that lock, only after it saw the target complete. Either the
-//! canceller's read comes first, and the completion (a swap) reads from it, so the awaiter
-//! sees `propagated` and then the request; or it sees COMPLETE and the request comes back.
-//! A plain load there is not enough: under the memory model the canceller and the awaiter
-//! could each miss the other's write (`loom_models` finds that interleaving; its twin with a
-//! plain load loses the request).
+//! it recorded the request as passed on (and set `propagated`); the awaiter reads
+//! `propagated`, and then the target's `must_cancel` under that lock, only after it saw the
+//! target complete. Either the canceller's read comes first, and the completion (a swap)
+//! reads from it, so the awaiter sees `propagated` and then the request; or it sees COMPLETE
+//! and the request comes back. A plain load there is not enough: under the memory model the
+//! canceller and the awaiter could each miss the other's write (`loom_models` finds that
+//! interleaving; its twin with a plain load loses the request).
 
 use super::state::State;
 use super::CancelTarget;
@@ -41,6 +46,102 @@ struct Requests {
     message: Option<String>,
     /// What the task awaits right now (its registration key and the target), if anything.
     awaiting: Option<(usize, Arc<dyn CancelTarget>)>,
+    /// Requests of ours that went on to an awaited target and are not settled yet. Boxed:
+    /// only a cancel of an awaiting task needs it, and every task cell carries this field.
+    passed: Option<Box<PassedOnList>>,
+}
+
+/// The requests a task passed on and has not settled.
+#[derive(Default)]
+struct PassedOnList {
+    entries: Vec<PassedOn>,
+    /// The id of the next request passed on.
+    next_id: u64,
+}
+
+/// A request of ours that went on to the target we await, until it is settled (see the
+/// module docs): at the target, or back with us.
+struct PassedOn {
+    /// Tells the passer's answer apart from other requests passed on meanwhile.
+    id: u64,
+    /// The registration key of the future that awaits the target.
+    key: usize,
+    message: Option<String>,
+    /// The target's answer came back, and it accepted the request (a refusal settles the
+    /// request at once).
+    accepted: bool,
+    /// How that future stopped awaiting, if it stopped before the answer came.
+    end: Option<AwaitEnd>,
+}
+
+/// How a future stopped awaiting its target (a Task, a Promise, a gather).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum AwaitEnd {
+    /// It read the target's outcome: a request the target received reaches us through it.
+    Read,
+    /// It stopped without reading the outcome (dropped, say by a select whose other branch
+    /// won): a request it passed on is ours to deliver.
+    Abandoned,
+    /// The awaiting task itself is ending (its whole future is dropped, by `abort` or at
+    /// shutdown): there is no next await point to deliver a request at.
+    Dropped,
+}
+
+/// A request to pass on to the awaited `target`, remembered as passed on under `id`.
+struct PassOn {
+    target: Arc<dyn CancelTarget>,
+    id: u64,
+}
+
+/// Where a passed-on request ended, as the passer learns it.
+#[derive(Debug, PartialEq, Eq)]
+enum Settled {
+    /// The target has it (or will settle it with the awaiter later).
+    AtTarget,
+    /// It is ours, pending at our next await point: wake us.
+    Ours,
+    /// It is ours, but we completed meanwhile: it reached nobody.
+    AwaiterDone,
+}
+
+impl Requests {
+    /// Remembers a request passed on through the registration `key`; returns its id.
+    fn push_passed(&mut self, key: usize, message: Option<String>, accepted: bool) -> u64 {
+        let list = self.passed.get_or_insert_with(Box::default);
+        let id = list.next_id;
+        list.next_id += 1;
+        list.entries.push(PassedOn {
+            id,
+            key,
+            message,
+            accepted,
+            end: None,
+        });
+        id
+    }
+
+    /// The requests passed on and not settled (empty if none ever was).
+    fn passed_mut(&mut self) -> &mut [PassedOn] {
+        match &mut self.passed {
+            Some(list) => &mut list.entries,
+            None => &mut [],
+        }
+    }
+
+    /// Removes the passed-on request at `index`, returns it and whether any is left.
+    fn settle_passed(&mut self, index: usize) -> (PassedOn, bool) {
+        let list = self.passed.as_mut().expect("a request at that index");
+        let passed = list.entries.swap_remove(index);
+        (passed, !list.entries.is_empty())
+    }
+
+    /// True if a passed-on request is unsettled.
+    #[cfg(all(test, loom))]
+    fn any_passed(&self) -> bool {
+        self.passed
+            .as_ref()
+            .is_some_and(|list| !list.entries.is_empty())
+    }
 }
 
 /// What the runner learnt at the start of a step.
@@ -62,9 +163,9 @@ pub(crate) struct CancelState {
     pending: AtomicBool,
     /// Fast check for `awaiting.is_some()`.
     has_awaiting: AtomicBool,
-    /// A request of ours went to the awaited target instead of us; if that target then ends
-    /// without ever seeing it (it finished too late), it comes back to us. An atomic so that
-    /// the common case (no cancel) costs an await one load, not a lock.
+    /// Fast check for `passed` being non-empty: a request of ours went on to an awaited target
+    /// and is not settled. An atomic so that the common case (no cancel) costs the end of an
+    /// await one load, not a lock; stored under the lock.
     propagated: AtomicBool,
     /// The task finished with a Cancelled error (read once its state is COMPLETE).
     ended_cancelled: AtomicBool,
@@ -116,7 +217,7 @@ impl CancelState {
         state: &State,
         message: Option<String>,
         by_self: bool,
-    ) -> std::result::Result<Option<Arc<dyn CancelTarget>>, ()> {
+    ) -> std::result::Result<Option<PassOn>, ()> {
         if state.is_complete() {
             return Err(());
         }
@@ -139,11 +240,12 @@ impl CancelState {
             return Err(());
         }
         requests.count += 1;
-        if let Some((_, target)) = &requests.awaiting {
-            let target = target.clone();
+        if let Some((key, target)) = &requests.awaiting {
+            let (key, target) = (*key, target.clone());
+            let id = requests.push_passed(key, message.clone(), false);
             self.propagated.store(true, Ordering::Release);
             requests.message = message;
-            return Ok(Some(target));
+            return Ok(Some(PassOn { target, id }));
         }
         self.mark_must_cancel(&mut requests, message, by_self);
         Ok(None)
@@ -156,16 +258,10 @@ impl CancelState {
         self.pending.store(true, Ordering::Release);
     }
 
-    /// The awaited target refused the cancel (it was done): deliver it at the await point.
-    /// False if the task has completed meanwhile: then the request can no longer reach it,
-    /// and whoever made it must take it back (see `request`). `done` is read under the lock
-    /// that `reclaim_propagated` also takes, so of the two, one sees the other.
-    pub(crate) fn deliver_instead(
-        &self,
-        state: &State,
-        message: Option<String>,
-        by_self: bool,
-    ) -> bool {
+    /// A request passed on came back to us (see `settle_answer`): deliver it at the await
+    /// point. False if the task has completed meanwhile: then the request can no longer reach
+    /// it, and whoever made it must take it back (see `request`).
+    fn deliver_instead(&self, state: &State, message: Option<String>, by_self: bool) -> bool {
         let mut requests = self.requests.lock();
         // A plain load suffices here: the `must_cancel` we write is read under this lock,
         // and an outer awaiter's `propagated` was published by `record_cancel`'s RMW.
@@ -176,39 +272,135 @@ impl CancelState {
         true
     }
 
-    /// After an awaited task (`target`, its state word `target_state`) finished: if a
-    /// cancel of ours went to it and it finished without ever receiving it (too late, on
-    /// another loop), the cancel is ours again, delivered at our next await point: a cancel
-    /// is never lost in the race. Called by the running task, which is never done.
-    pub(crate) fn reclaim_propagated(
+    /// The passer's side: the target answered (`accepted`) the request `id` passed on to it
+    /// (from `record_cancel`). Settles the request, unless the awaiting future has not
+    /// stopped awaiting yet and the target accepted it: then that future's end settles it.
+    /// `missed`: the target finished without receiving a request that reached it; asked only
+    /// once the awaiter has read the target's outcome, so with the target done.
+    fn settle_answer(
         &self,
         state: &State,
-        target: &CancelState,
-        target_state: &State,
+        id: u64,
+        accepted: bool,
+        missed: impl FnOnce() -> bool,
         by_self: bool,
-    ) {
-        if !self.propagated.load(Ordering::Acquire)
-            || !self.propagated.swap(false, Ordering::AcqRel)
-        {
-            return;
+    ) -> Settled {
+        let mut requests = self.requests.lock();
+        let Some(index) = requests.passed_mut().iter().position(|p| p.id == id) else {
+            // Only the passer removes a request that has no answer yet.
+            debug_assert!(false, "passed-on request {id} settled before its answer");
+            return Settled::AtTarget;
+        };
+        let end = requests.passed_mut()[index].end;
+        if accepted && end.is_none() {
+            requests.passed_mut()[index].accepted = true;
+            return Settled::AtTarget;
         }
-        #[cfg(loom)]
-        if crate::sync::loom_support::SKIP_RECLAIM.load(std::sync::atomic::Ordering::SeqCst) {
-            return;
+        let (passed, any_left) = requests.settle_passed(index);
+        self.propagated.store(any_left, Ordering::Release);
+        drop(requests);
+        // Asked without our lock held: it takes the target's, and no thread holds two.
+        let ours = match end {
+            _ if !accepted => true,
+            Some(AwaitEnd::Abandoned) => true,
+            Some(AwaitEnd::Read) => missed(),
+            Some(AwaitEnd::Dropped) | None => false,
+        };
+        if !ours {
+            return Settled::AtTarget;
         }
-        let message = self.requests.lock().message.clone();
-        if target.cancelled(target_state) {
-            return;
-        }
-        let never_received = target.requests.lock().must_cancel;
-        if never_received {
-            let _ = self.deliver_instead(state, message, by_self);
+        if self.deliver_instead(state, passed.message, by_self) {
+            Settled::Ours
+        } else if accepted {
+            // It reached the target and we completed meanwhile: too late for both, as any
+            // request that lands during a task's final step.
+            Settled::AtTarget
+        } else {
+            Settled::AwaiterDone
         }
     }
 
-    /// A pending request of ours was handed to the task we await (see `Task::poll`).
-    pub(crate) fn note_propagated(&self) {
+    /// The awaiter's side: the future registered under `key` stopped awaiting its target
+    /// (`end`). Forgets the registration, and settles each request passed on through it
+    /// whose answer has come; the passer settles the others when their answer comes.
+    /// `missed` is as in `settle_answer`, asked only after a [`AwaitEnd::Read`]. Called by
+    /// the running task, or by whoever drops its future.
+    pub(crate) fn end_await(&self, key: usize, end: AwaitEnd, missed: impl FnOnce() -> bool) {
+        let passed = self.propagated.load(Ordering::Acquire);
+        if !passed && !self.has_awaiting.load(Ordering::Relaxed) {
+            return;
+        }
+        #[cfg(loom)]
+        let end = if crate::sync::loom_support::ABANDON_AS_READ
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            AwaitEnd::Read
+        } else {
+            end
+        };
+        #[cfg(loom)]
+        let skip_reclaim =
+            crate::sync::loom_support::SKIP_RECLAIM.load(std::sync::atomic::Ordering::SeqCst);
+        #[cfg(not(loom))]
+        let skip_reclaim = false;
+        // Read after the target was seen done (see the module docs), and before our lock:
+        // it takes the target's.
+        let missed = passed && end == AwaitEnd::Read && !skip_reclaim && missed();
+        let mut requests = self.requests.lock();
+        if matches!(&requests.awaiting, Some((k, _)) if *k == key) {
+            requests.awaiting = None;
+            self.has_awaiting.store(false, Ordering::Relaxed);
+        }
+        let Some(list) = requests.passed.as_mut() else {
+            return;
+        };
+        let deliver = end == AwaitEnd::Abandoned || missed;
+        let mut ours = None;
+        list.entries.retain_mut(|p| {
+            if p.key != key || p.end.is_some() {
+                return true;
+            }
+            if !p.accepted {
+                p.end = Some(end);
+                return true;
+            }
+            if deliver {
+                ours = Some(p.message.take());
+            }
+            false
+        });
+        self.propagated
+            .store(!list.entries.is_empty(), Ordering::Release);
+        if let Some(message) = ours {
+            // Never too late: the request predates this step (it was passed on in an
+            // earlier one, or by a canceller, or is ours as a running task's own).
+            self.mark_must_cancel(&mut requests, message, true);
+        }
+    }
+
+    /// True if no request of ours is passed on and unsettled (the models' check).
+    #[cfg(all(test, loom))]
+    fn nothing_passed_on(&self) -> bool {
+        let empty = !self.requests.lock().any_passed();
+        debug_assert_eq!(empty, !self.propagated.load(Ordering::Acquire));
+        empty
+    }
+
+    /// A pending request of ours, taken at an await of a target (registration `key`), was
+    /// passed on to that target, which accepted it (`Task::poll`). It is settled like one a
+    /// canceller passed on, when the await ends.
+    pub(crate) fn note_passed_on(&self, key: usize, message: Option<String>) {
+        let mut requests = self.requests.lock();
+        requests.push_passed(key, message, true);
         self.propagated.store(true, Ordering::Release);
+    }
+
+    /// True if the task (whose state word `state` is) has finished, not cancelled, with a
+    /// request still undelivered: one that reached it during its final step.
+    pub(crate) fn missed_request(&self, state: &State) -> bool {
+        state.is_complete()
+            && !self.ended_cancelled.load(Ordering::Acquire)
+            && self.requests.lock().must_cancel
     }
 
     /// The leaf-future check: delivers a pending cancel request once.
@@ -274,8 +466,9 @@ impl CancelState {
             (None, _) => false,
         };
         if matches {
+            // Requests passed on through it stay remembered: the future that registered it
+            // settles them when it stops awaiting.
             requests.awaiting = None;
-            self.propagated.store(false, Ordering::Release);
             self.has_awaiting.store(false, Ordering::Relaxed);
         }
     }
@@ -306,18 +499,22 @@ pub(crate) fn request(
             wake();
             true
         }
-        Ok(Some(target)) => {
+        Ok(Some(PassOn { target, id })) => {
             // The awaited target settles (now, or once its cleanup has run) and wakes us with
-            // its outcome; only if it was already done is the request ours to deliver.
-            if !target.cancel_from_awaiter(message.clone()) {
-                if !cancel.deliver_instead(state, message, by_self) {
-                    // It completed while the request travelled: it never saw it. Report a
-                    // refusal, so that an awaiter passing its own cancel on takes it back.
-                    return false;
+            // its outcome; if it was already done, or our await of it ended without reading
+            // that outcome, the request is ours to deliver.
+            let accepted = target.clone().cancel_from_awaiter(message);
+            let missed = || target.missed_request();
+            match cancel.settle_answer(state, id, accepted, missed, by_self) {
+                Settled::AtTarget => true,
+                Settled::Ours => {
+                    wake();
+                    true
                 }
-                wake();
+                // It completed while the request travelled: it never saw it. Report a
+                // refusal, so that an awaiter passing its own cancel on takes it back.
+                Settled::AwaiterDone => false,
             }
-            true
         }
     }
 }
@@ -326,12 +523,16 @@ pub(crate) fn request(
 mod loom_models {
     //! Task A awaits task B, which runs on another loop, and a cancel request of A's goes on
     //! to B: a third thread cancels A while A awaits B, or A passes on a request of its own
-    //! that was pending when it began to await (`note_propagated`). The request races B's
-    //! last step. Whatever the interleaving, it reaches exactly one of them: B ends
-    //! cancelled, or A has it to deliver.
+    //! that was pending when it began to await (`note_passed_on`). The request races B's
+    //! last step. Whatever the interleaving, it reaches A exactly once: through B's outcome
+    //! (B ends cancelled) or directly, to be delivered at A's next await point. If A stops
+    //! awaiting B without reading its outcome, the request reaches A directly.
     use super::*;
     use crate::task::state::RunAction;
     use loom::thread;
+
+    /// The registration key of A's await of B.
+    const KEY: usize = 7;
 
     /// A task as far as cancellation goes.
     struct ModelTask {
@@ -352,6 +553,10 @@ mod loom_models {
         fn cancel_from_awaiter(self: Arc<Self>, message: Option<String>) -> bool {
             // Waking is the state word's protocol (modelled in `state`); not needed here.
             request(&self.state, &self.cancel, message, false, || {})
+        }
+
+        fn missed_request(&self) -> bool {
+            self.cancel.missed_request(&self.state)
         }
     }
 
@@ -374,8 +579,15 @@ mod loom_models {
         })
     }
 
-    /// Once B has finished: the request reached B (it ended cancelled) or A (it had it
-    /// already, `a_had_it`, or has it to deliver now), never both, never neither.
+    /// A's await of B reads B's outcome, as the ready path of `Task::poll` does.
+    fn read_outcome(a: &ModelTask, b: &ModelTask) {
+        a.cancel
+            .end_await(KEY, AwaitEnd::Read, || b.missed_request());
+    }
+
+    /// Once B has finished and A read its outcome: the request reached A through B (B ended
+    /// cancelled) or directly (A had it already, `a_had_it`, or has it to deliver now),
+    /// never both, never neither.
     fn assert_reached_exactly_one(a: &ModelTask, b: &ModelTask, a_had_it: bool) {
         let b_cancelled = b.cancel.cancelled(&b.state);
         let a_has_it = a_had_it || a.cancel.take_cancel().is_some();
@@ -384,6 +596,7 @@ mod loom_models {
             "the request must reach exactly one of the two \
              (B cancelled: {b_cancelled}, A has it: {a_has_it})"
         );
+        assert!(a.cancel.nothing_passed_on(), "the request is settled");
     }
 
     /// Runs the race with the fault switch `fault` on (a twin) or off.
@@ -394,7 +607,7 @@ mod loom_models {
         crate::sync::loom_support::model_with_fault(fault, on, || {
             // A is running and awaits B; B is running its last step (it will return a value).
             let (a, b) = both_running();
-            a.cancel.set_awaiting(7, b.clone());
+            a.cancel.set_awaiting(KEY, b.clone());
 
             let canceller = {
                 let a = a.clone();
@@ -404,11 +617,7 @@ mod loom_models {
             // A sees B complete (its join wakes A), then its `Task` future's ready path runs.
             b_runner.join().unwrap();
             let taken_at_poll = a.cancel.take_cancel().is_some();
-            if !taken_at_poll {
-                a.cancel
-                    .reclaim_propagated(&a.state, &b.cancel, &b.state, true);
-            }
-            a.cancel.clear_awaiting(Some(7));
+            read_outcome(&a, &b);
             let reached_a = canceller.join().unwrap();
             assert!(
                 reached_a,
@@ -421,7 +630,7 @@ mod loom_models {
     }
 
     /// A has a request of its own pending when it awaits B (`Task::poll`): it takes the
-    /// request and passes it on to B, noting that it did (`note_propagated`), while B runs
+    /// request and passes it on to B, noting that it did (`note_passed_on`), while B runs
     /// its last step on another loop. `note` false leaves the note out (the twin).
     fn awaiter_passes_its_pending_cancel_on_while_the_awaited_task_finishes(note: bool) {
         loom::model(move || {
@@ -435,15 +644,11 @@ mod loom_models {
             assert!(pending.is_some(), "A's own request is pending");
             let delivered_at_poll = !request(&b.state, &b.cancel, None, false, || {});
             if !delivered_at_poll && note {
-                a.cancel.note_propagated();
+                a.cancel.note_passed_on(KEY, None);
             }
             // A waits for B's completion (B's join wakes it), then the ready path.
             b_runner.join().unwrap();
-            if !delivered_at_poll {
-                // Within A's own poll, as `Header::reclaim_propagated_cancel` runs it.
-                a.cancel
-                    .reclaim_propagated(&a.state, &b.cancel, &b.state, true);
-            }
+            read_outcome(&a, &b);
 
             assert_reached_exactly_one(&a, &b, delivered_at_poll);
             assert_eq!(a.cancel.cancelling(), 1, "passing it on is no new request");
@@ -463,7 +668,7 @@ mod loom_models {
         awaiter_passes_its_pending_cancel_on_while_the_awaited_task_finishes(false);
     }
 
-    use crate::sync::loom_support::{PLAIN_DONE_READ, SKIP_RECLAIM};
+    use crate::sync::loom_support::{ABANDON_AS_READ, PLAIN_DONE_READ, SKIP_RECLAIM};
 
     #[test]
     fn loom_cancel_of_an_awaiter_races_the_awaited_task_finishing() {
@@ -484,5 +689,46 @@ mod loom_models {
     #[should_panic(expected = "exactly one")]
     fn loom_cancel_twin_with_a_plain_done_read_loses_the_request() {
         awaiter_cancelled_while_the_awaited_task_finishes(&PLAIN_DONE_READ, true);
+    }
+
+    /// A third thread cancels A while A awaits B; A then stops awaiting B without reading its
+    /// outcome (a select's other branch won), racing the request on its way to B and B's
+    /// last step. A must have the request exactly once, whatever B did with it: counted over
+    /// A's await point right after it stopped awaiting and one after everything settled.
+    fn awaiter_stops_awaiting_while_its_cancel_travels(abandon_as_read: bool) {
+        crate::sync::loom_support::model_with_fault(&ABANDON_AS_READ, abandon_as_read, || {
+            let (a, b) = both_running();
+            a.cancel.set_awaiting(KEY, b.clone());
+
+            let canceller = {
+                let a = a.clone();
+                thread::spawn(move || request(&a.state, &a.cancel, None, false, || {}))
+            };
+            let b_runner = spawn_last_step(&b);
+            // A's select drops its `Task` future, then A reaches an await point.
+            a.cancel
+                .end_await(KEY, AwaitEnd::Abandoned, || b.missed_request());
+            let mut delivered = usize::from(a.cancel.take_cancel().is_some());
+            assert!(canceller.join().unwrap(), "A never completes");
+            b_runner.join().unwrap();
+            delivered += usize::from(a.cancel.take_cancel().is_some());
+
+            assert_eq!(delivered, 1, "A must have the request exactly once");
+            assert_eq!(a.cancel.cancelling(), 1);
+            assert!(a.cancel.nothing_passed_on(), "the request is settled");
+        });
+    }
+
+    #[test]
+    fn loom_cancel_awaiter_that_stops_awaiting_gets_its_request_back() {
+        awaiter_stops_awaiting_while_its_cancel_travels(false);
+    }
+
+    /// Taken as a read outcome, a stopped await loses every request the target accepted:
+    /// the awaiter never sees the target's outcome that carried it.
+    #[test]
+    #[should_panic(expected = "exactly once")]
+    fn loom_cancel_twin_stopped_await_taken_as_read_loses_the_request() {
+        awaiter_stops_awaiting_while_its_cancel_travels(true);
     }
 }

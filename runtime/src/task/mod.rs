@@ -91,6 +91,13 @@ pub(crate) trait CancelTarget: Send + Sync {
     /// Takes the `Arc` so that a task or promise can register itself as the target with a
     /// reference count, not an allocation, on every await that waits.
     fn cancel_from_awaiter(self: Arc<Self>, message: Option<String>) -> bool;
+
+    /// True if the target finished without receiving a request that reached it (one that
+    /// landed during a task's final step, on another loop). A promise or a gather settles
+    /// once, so a request reaches it or is refused: never missed.
+    fn missed_request(&self) -> bool {
+        false
+    }
 }
 
 /// The untyped part of every task.
@@ -169,12 +176,10 @@ impl Header {
         self.join.is_quiet()
     }
 
-    /// After an awaited task finished: takes back a cancel of ours that reached it too late
-    /// (see [`CancelState::reclaim_propagated`]). Called by the running task on itself.
-    pub(crate) fn reclaim_propagated_cancel(&self, target: &Header) {
-        let by_self = crate::context::current_task_is(self);
-        self.cancel
-            .reclaim_propagated(&self.state, &target.cancel, &target.state, by_self);
+    /// True if the task finished without receiving a cancel request that reached it (see
+    /// [`CancelTarget::missed_request`]).
+    pub(crate) fn missed_cancel(&self) -> bool {
+        self.cancel.missed_request(&self.state)
     }
 
     /// True once the join handle is dropped: nobody can take the output any more.
@@ -762,17 +767,20 @@ impl<T: 'static> Future for Task<T> {
             // A request pending as we await: asyncio cancels the awaited task and waits for
             // it to finish (its outcome becomes ours). If it is already done, the request is
             // delivered here.
-            if !request_cancel(&this.untyped(), cancel.message().map(str::to_owned)) {
-                this.registration.clear();
+            let message = cancel.message().map(str::to_owned);
+            if !request_cancel(&this.untyped(), message.clone()) {
+                // The awaited task is done: this error is our outcome instead of its.
+                let target = this.raw.header();
+                this.registration.end_read(|| target.missed_cancel());
                 return Poll::Ready(Err(cancel));
             }
-            crate::context::with_current_header(|me| me.cancel.note_propagated());
+            let key = this.registration.key();
+            crate::context::with_current_header(|me| me.cancel.note_passed_on(key, message));
         }
         match this.raw.poll_join(cx) {
             Poll::Ready(output) => {
                 let target = this.raw.header();
-                crate::context::with_current_header(|me| me.reclaim_propagated_cancel(target));
-                this.registration.clear();
+                this.registration.end_read(|| target.missed_cancel());
                 Poll::Ready(output)
             }
             Poll::Pending => {
@@ -787,7 +795,7 @@ impl<T: 'static> Future for Task<T> {
 
 impl<T> Drop for Task<T> {
     fn drop(&mut self) {
-        self.registration.clear();
+        self.registration.abandon();
         let header = self.raw.header();
         if header.join.drop_handle() {
             if let Some(error) = self.raw.unretrieved_error() {

@@ -231,6 +231,10 @@ where
     fn cancel_from_awaiter(self: Arc<Self>, message: Option<String>) -> bool {
         crate::task::request_cancel(&(self as Arc<dyn RawTask>), message)
     }
+
+    fn missed_request(&self) -> bool {
+        self.header.missed_cancel()
+    }
 }
 
 impl<F, T> Join<T> for TaskCell<F, T>
