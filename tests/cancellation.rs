@@ -868,14 +868,50 @@ fn cancel_absorbed_too_late_by_the_awaited_task_comes_back_to_the_awaiter() {
     );
 }
 
-/// Runs the outer task of the two tests below: it awaits `awaited()` (what its cancel goes on
-/// to) in a select biased to a gate. The test thread holds the only loop busy in a callback
-/// while it cancels the outer task and opens the gate, so that when the outer task runs again
-/// the gate has won: it stops awaiting before it reads the awaited outcome. Returns the
-/// select's winner and the outcome of the outer task's next await (`Err(true)`: cancelled).
+/// Holds the only loop of `rt` busy in a callback while it cancels `outer` and opens the
+/// gate `opener`, so that when `outer` runs again both have happened.
+fn cancel_and_open_while_the_loop_is_held(
+    rt: &braid::Runtime,
+    outer: &TaskRef,
+    opener: &Promise<()>,
+) {
+    let (holding_tx, holding_rx) = mpsc::channel::<()>();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    rt.event_loop()
+        .call_soon_threadsafe(move || {
+            holding_tx.send(()).unwrap();
+            let _ = release_rx.recv_timeout(WAIT);
+        })
+        .unwrap();
+    holding_rx.recv_timeout(WAIT).unwrap();
+    assert!(outer.cancel(), "the outer task is still running");
+    opener.set_result(()).unwrap();
+    release_tx.send(()).unwrap();
+}
+
+/// What the outer task of `cancel_then_stop_awaiting` saw.
+#[derive(Clone, Debug, PartialEq)]
+struct StoppedAwait {
+    /// The select's winner, and whether its outcome was `Ok`.
+    winner: (&'static str, bool),
+    /// The outer task's next await after the select (`Err(true)`: cancelled).
+    next_await: Result<(), bool>,
+    /// The await after that (`Ok`: the request was delivered only once).
+    await_after: Result<(), bool>,
+    /// The outer task's `cancelling()` at its end.
+    cancelling: usize,
+    /// The awaited target received the request (it went on to it, as the test means).
+    target_got_it: bool,
+}
+
+/// Runs the outer task of the tests below: it awaits the future `awaited()` makes (what its
+/// cancel goes on to) in a select biased to a gate. The test thread holds the only loop busy
+/// in a callback while it cancels the outer task and opens the gate, so that when the outer
+/// task runs again the gate has won: it stops awaiting before it reads the awaited outcome.
+/// `awaited()` also returns a probe: did the awaited target receive a cancel request?
 fn cancel_then_stop_awaiting<F>(
-    awaited: impl FnOnce() -> F + Send + 'static,
-) -> ((&'static str, bool), Result<(), bool>)
+    awaited: impl FnOnce() -> (F, Box<dyn Fn() -> bool + Send>) + Send + 'static,
+) -> StoppedAwait
 where
     F: Future<Output = braid::Result<()>> + Send + 'static,
 {
@@ -888,8 +924,10 @@ where
     let outcome = rt
         .event_loop()
         .run_coroutine_threadsafe(async move {
-            let mut awaited = Box::pin(awaited());
-            outer_tx.send(braid::current_task().unwrap()).unwrap();
+            let (awaited, target_got_it) = awaited();
+            let mut awaited = Box::pin(awaited);
+            let me = braid::current_task().unwrap();
+            outer_tx.send(me.clone()).unwrap();
             let mut gate = Box::pin(std::future::IntoFuture::into_future(gate));
             let mut told = false;
             let winner = std::future::poll_fn(|cx| {
@@ -908,28 +946,34 @@ where
             })
             .await;
             drop(awaited);
-            let after = braid::sleep(Duration::ZERO).await;
-            Ok((winner, after.map_err(|e| e.is_cancelled())))
+            let next_await = braid::sleep(Duration::ZERO).await;
+            let await_after = braid::sleep(Duration::ZERO).await;
+            Ok(StoppedAwait {
+                winner,
+                next_await: next_await.map_err(|e| e.is_cancelled()),
+                await_after: await_after.map_err(|e| e.is_cancelled()),
+                cancelling: me.cancelling(),
+                target_got_it: target_got_it(),
+            })
         })
         .unwrap();
     let outer = outer_rx.recv_timeout(WAIT).unwrap();
     waiting_rx.recv_timeout(WAIT).unwrap();
-    let (holding_tx, holding_rx) = mpsc::channel::<()>();
-    let (release_tx, release_rx) = mpsc::channel::<()>();
-    rt.event_loop()
-        .call_soon_threadsafe(move || {
-            holding_tx.send(()).unwrap();
-            let _ = release_rx.recv_timeout(WAIT);
-        })
-        .unwrap();
-    holding_rx.recv_timeout(WAIT).unwrap();
-    assert!(outer.cancel(), "the outer task is still running");
-    opener.set_result(()).unwrap();
-    release_tx.send(()).unwrap();
+    cancel_and_open_while_the_loop_is_held(&rt, &outer, &opener);
     let result = outcome.result(Some(WAIT)).unwrap();
     rt.shutdown(WAIT).unwrap();
     result
 }
+
+/// What each test below expects: the gate won, the request went on to the target, and the
+/// outer task receives it exactly once, at its next await point.
+const CANCELLED_ONCE_AFTER_THE_GATE: StoppedAwait = StoppedAwait {
+    winner: ("gate", true),
+    next_await: Err(true),
+    await_after: Ok(()),
+    cancelling: 1,
+    target_got_it: true,
+};
 
 /// The outer task's cancel goes on to the inner task it awaits, and then the outer task stops
 /// awaiting it before its outcome arrives: a select whose other branch won drops the inner
@@ -939,29 +983,183 @@ where
 /// `asyncio.wait(..., return_when=FIRST_COMPLETED)`, is cancelled too.)
 #[test]
 fn cancel_passed_on_comes_back_when_the_awaiter_stops_awaiting_the_task() {
-    let (winner, after) = cancel_then_stop_awaiting(|| {
-        braid::create_task(async {
+    let seen = cancel_then_stop_awaiting(|| {
+        let inner = braid::create_task(async {
             braid::sleep(LONG).await?;
             Ok(())
-        })
+        });
+        let probe = inner.as_ref();
+        (inner, Box::new(move || probe.cancelling() == 1))
     });
-    assert_eq!(winner, ("gate", true), "the gate wins the select");
-    assert_eq!(
-        after,
-        Err(true),
-        "the cancel reaches the outer task's next await"
-    );
+    assert_eq!(seen, CANCELLED_ONCE_AFTER_THE_GATE);
 }
 
 /// As above, with a Promise as what the outer task awaits and stops awaiting.
 #[test]
 fn cancel_passed_on_comes_back_when_the_awaiter_stops_awaiting_the_promise() {
-    let (winner, after) =
-        cancel_then_stop_awaiting(|| std::future::IntoFuture::into_future(Promise::<()>::new()));
-    assert_eq!(winner, ("gate", true), "the gate wins the select");
-    assert_eq!(
-        after,
-        Err(true),
-        "the cancel reaches the outer task's next await"
-    );
+    let seen = cancel_then_stop_awaiting(|| {
+        let promise = Promise::<()>::new();
+        let probe = promise.clone();
+        (
+            std::future::IntoFuture::into_future(promise),
+            Box::new(move || probe.cancelled()),
+        )
+    });
+    assert_eq!(seen, CANCELLED_ONCE_AFTER_THE_GATE);
+}
+
+/// As above, with a gather (of one task) as what the outer task awaits and stops awaiting.
+#[test]
+fn cancel_passed_on_comes_back_when_the_awaiter_stops_awaiting_a_gather() {
+    let seen = cancel_then_stop_awaiting(|| {
+        let child = braid::create_task(async {
+            braid::sleep(LONG).await?;
+            Ok(())
+        });
+        let probe = child.as_ref();
+        let gathered = braid::gather([child]);
+        (
+            async move { gathered.await.map(drop) },
+            Box::new(move || probe.cancelling() == 1),
+        )
+    });
+    assert_eq!(seen, CANCELLED_ONCE_AFTER_THE_GATE);
+}
+
+/// The other way a request goes on: one already pending at the outer task (it cancelled
+/// itself) when it begins to await is passed on by that await to its target. The select's
+/// gate is ready on its second poll, so the outer task then stops awaiting, unread; the
+/// request must come back to it as in the tests above.
+fn pending_cancel_passed_on_then_stop_awaiting<F>(
+    awaited: impl FnOnce() -> (F, Box<dyn Fn() -> bool + Send>) + Send + 'static,
+) -> StoppedAwait
+where
+    F: Future<Output = braid::Result<()>> + Send + 'static,
+{
+    use std::task::Poll;
+    let rt = runtime(1);
+    let outcome = rt
+        .event_loop()
+        .run_coroutine_threadsafe(async move {
+            let (awaited, target_got_it) = awaited();
+            let mut awaited = Box::pin(awaited);
+            let me = braid::current_task().unwrap();
+            assert!(
+                me.cancel(),
+                "pending at the outer task: it awaits nothing yet"
+            );
+            let mut polls = 0;
+            let winner = std::future::poll_fn(|cx| {
+                polls += 1;
+                if polls > 1 {
+                    return Poll::Ready(("gate", true));
+                }
+                cx.waker().wake_by_ref();
+                match awaited.as_mut().poll(cx) {
+                    Poll::Ready(r) => Poll::Ready(("awaited", r.is_ok())),
+                    Poll::Pending => Poll::Pending,
+                }
+            })
+            .await;
+            drop(awaited);
+            let next_await = braid::sleep(Duration::ZERO).await;
+            let await_after = braid::sleep(Duration::ZERO).await;
+            Ok(StoppedAwait {
+                winner,
+                next_await: next_await.map_err(|e| e.is_cancelled()),
+                await_after: await_after.map_err(|e| e.is_cancelled()),
+                cancelling: me.cancelling(),
+                target_got_it: target_got_it(),
+            })
+        })
+        .unwrap();
+    let result = outcome.result(Some(WAIT)).unwrap();
+    rt.shutdown(WAIT).unwrap();
+    result
+}
+
+/// A pending request passed on by the await of a task (`Task::poll`) comes back when that
+/// await is dropped unread.
+#[test]
+fn pending_cancel_passed_on_by_awaiting_a_task_comes_back_when_it_stops_awaiting() {
+    let seen = pending_cancel_passed_on_then_stop_awaiting(|| {
+        let inner = braid::create_task(async {
+            braid::sleep(LONG).await?;
+            Ok(())
+        });
+        let probe = inner.as_ref();
+        (inner, Box::new(move || probe.cancelling() == 1))
+    });
+    assert_eq!(seen, CANCELLED_ONCE_AFTER_THE_GATE);
+}
+
+/// As above, passed on by the await of a gather.
+#[test]
+fn pending_cancel_passed_on_by_awaiting_a_gather_comes_back_when_it_stops_awaiting() {
+    let seen = pending_cancel_passed_on_then_stop_awaiting(|| {
+        let child = braid::create_task(async {
+            braid::sleep(LONG).await?;
+            Ok(())
+        });
+        let probe = child.as_ref();
+        let gathered = braid::gather([child]);
+        (
+            async move { gathered.await.map(drop) },
+            Box::new(move || probe.cancelling() == 1),
+        )
+    });
+    assert_eq!(seen, CANCELLED_ONCE_AFTER_THE_GATE);
+}
+
+/// A request that comes back to a task when an await is dropped also wakes it. Here the
+/// select drops its Promise await after polling its other branch, a long sleep, and goes back
+/// to waiting on that sleep: without a wake the task would sleep on it with the request
+/// undelivered. With it, the sleep is polled again and delivers the request.
+#[test]
+fn request_coming_back_wakes_the_task_waiting_on_its_other_futures() {
+    use std::task::Poll;
+    let rt = runtime(1);
+    let gate: Promise<()> = Promise::new();
+    let opener = gate.clone();
+    let (outer_tx, outer_rx) = mpsc::channel::<TaskRef>();
+    let (waiting_tx, waiting_rx) = mpsc::channel::<()>();
+    let outcome = rt
+        .event_loop()
+        .run_coroutine_threadsafe(async move {
+            let promise = Promise::<()>::new();
+            let mut awaited = Some(Box::pin(std::future::IntoFuture::into_future(promise)));
+            outer_tx.send(braid::current_task().unwrap()).unwrap();
+            let mut gate = Box::pin(std::future::IntoFuture::into_future(gate));
+            let mut long_sleep = Box::pin(braid::sleep(LONG));
+            let mut told = false;
+            let slept = std::future::poll_fn(|cx| {
+                if let Poll::Ready(r) = long_sleep.as_mut().poll(cx) {
+                    return Poll::Ready(r.map_err(|e| e.is_cancelled()));
+                }
+                if awaited.is_some() && gate.as_mut().poll(cx).is_ready() {
+                    // Dropped unread: the request that went on to the promise comes back.
+                    awaited = None;
+                }
+                if let Some(awaited) = awaited.as_mut() {
+                    // Registers the promise as what the task awaits.
+                    let _ = awaited.as_mut().poll(cx);
+                }
+                if !told {
+                    told = true;
+                    waiting_tx.send(()).unwrap();
+                }
+                Poll::Pending
+            })
+            .await;
+            Ok(slept)
+        })
+        .unwrap();
+    let outer = outer_rx.recv_timeout(WAIT).unwrap();
+    waiting_rx.recv_timeout(WAIT).unwrap();
+    cancel_and_open_while_the_loop_is_held(&rt, &outer, &opener);
+    let slept = outcome
+        .result(Some(WAIT))
+        .expect("the task was woken to deliver the request");
+    assert_eq!(slept, Err(true), "the long sleep delivers the request");
+    rt.shutdown(WAIT).unwrap();
 }

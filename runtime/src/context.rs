@@ -119,9 +119,17 @@ impl AwaitRegistration {
         }
     }
 
-    /// The key this future registers under.
-    pub(crate) fn key(&self) -> usize {
-        self.key
+    /// A pending request of the task, taken at this await, was passed on to the target,
+    /// which accepted it: it is remembered by the task that registered (or, not registered
+    /// yet, the running task), and settled when this await ends.
+    pub(crate) fn note_passed_on(&self, message: Option<String>) {
+        let key = self.key;
+        match &self.registrar {
+            Some(task) => task.header().cancel.note_passed_on(key, message),
+            None => {
+                with_current_header(|h| h.cancel.note_passed_on(key, message));
+            }
+        }
     }
 
     /// The future read its target's outcome (it is ready): withdraws the registration and
@@ -129,13 +137,22 @@ impl AwaitRegistration {
     /// finished without receiving a request that reached it. Called by the running task.
     pub(crate) fn end_read(&mut self, missed: impl FnOnce() -> bool) {
         let key = self.key;
-        match self.registrar.take() {
-            Some(task) => task.header().cancel.end_await(key, AwaitEnd::Read, missed),
-            // Never registered (it was ready at once), but a request of ours may have been
-            // passed on through it in this very poll (`Task::poll`).
-            None => {
-                with_current_header(|h| h.cancel.end_await(key, AwaitEnd::Read, missed));
+        let delivered = match self.registrar.take() {
+            Some(task) => {
+                let delivered = task.header().cancel.end_await(key, AwaitEnd::Read, missed);
+                delivered.then_some(task)
             }
+            // Never registered (it was ready at once), but a request of ours may have been
+            // passed on through it in this very poll (`Task::poll`). No counted handle
+            // unless it is needed: this is every ready await's path.
+            None => with_current_header(|h| h.cancel.end_await(key, AwaitEnd::Read, missed))
+                .unwrap_or(false)
+                .then(current_task)
+                .flatten(),
+        };
+        if let Some(task) = delivered {
+            // Its other futures may have been polled already in this poll.
+            task.wake();
         }
     }
 
@@ -151,7 +168,11 @@ impl AwaitRegistration {
             } else {
                 AwaitEnd::Dropped
             };
-            header.cancel.end_await(self.key, end, || false);
+            if header.cancel.end_await(self.key, end, || false) {
+                // A select drops this after polling its other branches: without a wake,
+                // the task could sleep on them with the request undelivered.
+                task.wake();
+            }
         }
     }
 }

@@ -253,10 +253,14 @@ impl<T: Send + 'static> GatherCore<T> {
             // A request that reached us directly (made before we registered, or refused by
             // every child because all are done): asyncio cancels the gather, and if no child
             // accepts, the awaiter gets the Cancelled error itself.
-            if !self.shared.cancel(cancel.message().map(str::to_owned)) {
+            let message = cancel.message().map(str::to_owned);
+            if !self.shared.cancel(message.clone()) {
                 self.finish();
                 return Poll::Ready(Err(cancel));
             }
+            // Passed on: it reaches us through the gather's outcome, or comes back if this
+            // future is dropped before that outcome is read.
+            self.registration.note_passed_on(message);
         }
         self.ready.set_parent(cx.waker());
         while let Some(index) = self.ready.pop() {

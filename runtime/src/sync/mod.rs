@@ -182,6 +182,11 @@ pub(crate) mod loom_support {
     /// through it does not come back (`task::cancel`).
     pub(crate) static ABANDON_AS_READ: AtomicBool = AtomicBool::new(false);
 
+    /// Set by a twin for the length of its model: a request passed on that the target
+    /// accepted but that came back to an awaiter already complete counts as delivered
+    /// (`task::cancel`).
+    pub(crate) static ACCEPTED_COUNTS_WHEN_AWAITER_DONE: AtomicBool = AtomicBool::new(false);
+
     /// Set by a twin for the length of its model: a cancel request reads the target's
     /// `done` with a plain load, not the ordering RMW (`task::cancel`).
     pub(crate) static PLAIN_DONE_READ: AtomicBool = AtomicBool::new(false);

@@ -15,7 +15,11 @@
 //!   whose other branch won: the outcome was its only way to reach the awaiter), or if the
 //!   target finished without receiving it (too late, its final step running on another
 //!   loop). Otherwise the target has it, and the awaiter reads its outcome. So a request
-//!   reaches the awaiter exactly once, directly or through the target's outcome.
+//!   reaches the awaiter exactly once, directly or through the target's outcome, with one
+//!   exception by design: once the awaiter's whole future is dropped ([`AwaitEnd::Dropped`],
+//!   by `abort` or at shutdown) there is no await point left to deliver at. An awaiter that
+//!   completed before a request passed on came back to it reports the request refused, so
+//!   that whoever passed it on (its own awaiter) takes it back.
 //!
 //! A request racing the target's completion: the canceller reads the target's `done` (its
 //! state word's COMPLETE bit) with a read-modify-write, under the target's cancel lock, after
@@ -224,7 +228,7 @@ impl CancelState {
         let mut requests = self.requests.lock();
         // Ordered, not a plain load: if we are before the completion, what we wrote before
         // (the awaiter's `propagated`, when the request travels from it) is seen by whoever
-        // sees the completion (that awaiter's `reclaim_propagated`). Else both could miss
+        // sees the completion (that awaiter's `end_await`). Else both could miss
         // each other (see the module docs).
         #[cfg(loom)]
         let done = if crate::sync::loom_support::PLAIN_DONE_READ
@@ -309,13 +313,19 @@ impl CancelState {
         if !ours {
             return Settled::AtTarget;
         }
+        #[cfg(loom)]
+        if accepted
+            && crate::sync::loom_support::ACCEPTED_COUNTS_WHEN_AWAITER_DONE
+                .load(std::sync::atomic::Ordering::SeqCst)
+            && state.is_complete()
+        {
+            return Settled::AtTarget;
+        }
         if self.deliver_instead(state, passed.message, by_self) {
             Settled::Ours
-        } else if accepted {
-            // It reached the target and we completed meanwhile: too late for both, as any
-            // request that lands during a task's final step.
-            Settled::AtTarget
         } else {
+            // We completed before it came back: it reached nobody (if the target took it,
+            // that no longer reaches us). Our own awaiter, if it passed it on, takes it back.
             Settled::AwaiterDone
         }
     }
@@ -324,11 +334,18 @@ impl CancelState {
     /// (`end`). Forgets the registration, and settles each request passed on through it
     /// whose answer has come; the passer settles the others when their answer comes.
     /// `missed` is as in `settle_answer`, asked only after a [`AwaitEnd::Read`]. Called by
-    /// the running task, or by whoever drops its future.
-    pub(crate) fn end_await(&self, key: usize, end: AwaitEnd, missed: impl FnOnce() -> bool) {
+    /// the running task, or by whoever drops its future. True if a request is now ours to
+    /// deliver: the caller wakes the task, which may have polled its other futures already.
+    #[must_use = "a request delivered needs a wake"]
+    pub(crate) fn end_await(
+        &self,
+        key: usize,
+        end: AwaitEnd,
+        missed: impl FnOnce() -> bool,
+    ) -> bool {
         let passed = self.propagated.load(Ordering::Acquire);
         if !passed && !self.has_awaiting.load(Ordering::Relaxed) {
-            return;
+            return false;
         }
         #[cfg(loom)]
         let end = if crate::sync::loom_support::ABANDON_AS_READ
@@ -347,12 +364,17 @@ impl CancelState {
         // it takes the target's.
         let missed = passed && end == AwaitEnd::Read && !skip_reclaim && missed();
         let mut requests = self.requests.lock();
+        // Dropped after the lock: it may be the target's last reference, and its contents
+        // must not drop under our lock.
+        let mut forgotten = None;
         if matches!(&requests.awaiting, Some((k, _)) if *k == key) {
-            requests.awaiting = None;
+            forgotten = requests.awaiting.take();
             self.has_awaiting.store(false, Ordering::Relaxed);
         }
         let Some(list) = requests.passed.as_mut() else {
-            return;
+            drop(requests);
+            drop(forgotten);
+            return false;
         };
         let deliver = end == AwaitEnd::Abandoned || missed;
         let mut ours = None;
@@ -371,11 +393,16 @@ impl CancelState {
         });
         self.propagated
             .store(!list.entries.is_empty(), Ordering::Release);
+        let delivered = ours.is_some();
         if let Some(message) = ours {
-            // Never too late: the request predates this step (it was passed on in an
-            // earlier one, or by a canceller, or is ours as a running task's own).
+            // Counted as the task's own, never too late: it was mostly made in an earlier
+            // step (it waited at the target since), and one made during this step cannot
+            // be told apart.
             self.mark_must_cancel(&mut requests, message, true);
         }
+        drop(requests);
+        drop(forgotten);
+        delivered
     }
 
     /// True if no request of ours is passed on and unsettled (the models' check).
@@ -450,8 +477,10 @@ impl CancelState {
     }
 
     pub(crate) fn set_awaiting(&self, key: usize, target: Arc<dyn CancelTarget>) {
-        self.requests.lock().awaiting = Some((key, target));
+        let replaced = self.requests.lock().awaiting.replace((key, target));
         self.has_awaiting.store(true, Ordering::Relaxed);
+        // Dropped without our lock held (it may be that target's last reference).
+        drop(replaced);
     }
 
     /// Forgets the awaited target (only `key`'s, or any when `key` is `None`).
@@ -468,8 +497,11 @@ impl CancelState {
         if matches {
             // Requests passed on through it stay remembered: the future that registered it
             // settles them when it stops awaiting.
-            requests.awaiting = None;
+            let forgotten = requests.awaiting.take();
             self.has_awaiting.store(false, Ordering::Relaxed);
+            // It may be the target's last reference: not dropped under our lock.
+            drop(requests);
+            drop(forgotten);
         }
     }
 
@@ -581,7 +613,9 @@ mod loom_models {
 
     /// A's await of B reads B's outcome, as the ready path of `Task::poll` does.
     fn read_outcome(a: &ModelTask, b: &ModelTask) {
-        a.cancel
+        // The wake it may ask for is the state word's protocol, not modelled here.
+        let _ = a
+            .cancel
             .end_await(KEY, AwaitEnd::Read, || b.missed_request());
     }
 
@@ -706,7 +740,8 @@ mod loom_models {
             };
             let b_runner = spawn_last_step(&b);
             // A's select drops its `Task` future, then A reaches an await point.
-            a.cancel
+            let _ = a
+                .cancel
                 .end_await(KEY, AwaitEnd::Abandoned, || b.missed_request());
             let mut delivered = usize::from(a.cancel.take_cancel().is_some());
             assert!(canceller.join().unwrap(), "A never completes");
@@ -717,6 +752,53 @@ mod loom_models {
             assert_eq!(a.cancel.cancelling(), 1);
             assert!(a.cancel.nothing_passed_on(), "the request is settled");
         });
+    }
+
+    /// A third thread cancels A while A awaits B; A stops awaiting B and then returns a
+    /// value in the same step, racing the request on its way to B and back, and B's last
+    /// step. For whoever made the request (in the runtime, A's own awaiter passing it on),
+    /// `request` returns true only if A has it: A ended cancelled, or finished with it
+    /// undelivered, which that awaiter takes back as missed. False: it reached nobody.
+    fn awaiter_stops_awaiting_and_completes_while_its_cancel_travels(fault: bool) {
+        use crate::sync::loom_support::ACCEPTED_COUNTS_WHEN_AWAITER_DONE as FAULT;
+        crate::sync::loom_support::model_with_fault(&FAULT, fault, || {
+            let (a, b) = both_running();
+            let step = a.cancel.begin_step(false);
+            a.cancel.set_awaiting(KEY, b.clone());
+
+            let canceller = {
+                let a = a.clone();
+                thread::spawn(move || request(&a.state, &a.cancel, None, false, || {}))
+            };
+            let b_runner = spawn_last_step(&b);
+            // A's select drops its `Task` future; A returns at once.
+            let _ = a
+                .cancel
+                .end_await(KEY, AwaitEnd::Abandoned, || b.missed_request());
+            let outcome = a.cancel.step_outcome(&step, Ok(()));
+            a.cancel.complete(&a.state, outcome.is_err());
+            let accepted = canceller.join().unwrap();
+            b_runner.join().unwrap();
+
+            let a_has_it = a.cancel.cancelled(&a.state) || a.cancel.missed_request(&a.state);
+            assert_eq!(
+                accepted, a_has_it,
+                "the request is reported as accepted exactly when A has it"
+            );
+        });
+    }
+
+    #[test]
+    fn loom_cancel_awaiter_that_completes_reports_a_request_it_never_had() {
+        awaiter_stops_awaiting_and_completes_while_its_cancel_travels(false);
+    }
+
+    /// Counting a request the target took as delivered, when it came back to an awaiter
+    /// already complete, reports true for a request that reaches neither A nor A's awaiter.
+    #[test]
+    #[should_panic(expected = "exactly when A has it")]
+    fn loom_cancel_twin_accepted_counts_when_the_awaiter_is_done() {
+        awaiter_stops_awaiting_and_completes_while_its_cancel_travels(true);
     }
 
     #[test]

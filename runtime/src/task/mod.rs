@@ -455,6 +455,11 @@ impl fmt::Debug for TaskRef {
 }
 
 impl TaskRef {
+    /// Wakes the task through its state machine (a wake while it runs polls it once more).
+    pub(crate) fn wake(&self) {
+        self.raw.clone().wake_task();
+    }
+
     /// Cancels the task on behalf of an awaiter (see [`CancelTarget`]).
     pub(crate) fn cancel_from_awaiter(&self, message: Option<String>) -> bool {
         request_cancel(&self.raw, message)
@@ -774,8 +779,7 @@ impl<T: 'static> Future for Task<T> {
                 this.registration.end_read(|| target.missed_cancel());
                 return Poll::Ready(Err(cancel));
             }
-            let key = this.registration.key();
-            crate::context::with_current_header(|me| me.cancel.note_passed_on(key, message));
+            this.registration.note_passed_on(message);
         }
         match this.raw.poll_join(cx) {
             Poll::Ready(output) => {
