@@ -904,13 +904,31 @@ struct StoppedAwait {
     target_got_it: bool,
 }
 
+/// The outer task after its select dropped the awaited future: two more awaits, and what it
+/// saw.
+async fn after_stopping(
+    winner: (&'static str, bool),
+    me: TaskRef,
+    target_got_it: Probe,
+) -> braid::Result<StoppedAwait> {
+    let next_await = braid::sleep(Duration::ZERO).await;
+    let await_after = braid::sleep(Duration::ZERO).await;
+    Ok(StoppedAwait {
+        winner,
+        next_await: next_await.map_err(|e| e.is_cancelled()),
+        await_after: await_after.map_err(|e| e.is_cancelled()),
+        cancelling: me.cancelling(),
+        target_got_it: target_got_it(),
+    })
+}
+
 /// Runs the outer task of the tests below: it awaits the future `awaited()` makes (what its
 /// cancel goes on to) in a select biased to a gate. The test thread holds the only loop busy
 /// in a callback while it cancels the outer task and opens the gate, so that when the outer
 /// task runs again the gate has won: it stops awaiting before it reads the awaited outcome.
 /// `awaited()` also returns a probe: did the awaited target receive a cancel request?
 fn cancel_then_stop_awaiting<F>(
-    awaited: impl FnOnce() -> (F, Box<dyn Fn() -> bool + Send>) + Send + 'static,
+    awaited: impl FnOnce() -> (F, Probe) + Send + 'static,
 ) -> StoppedAwait
 where
     F: Future<Output = braid::Result<()>> + Send + 'static,
@@ -946,15 +964,7 @@ where
             })
             .await;
             drop(awaited);
-            let next_await = braid::sleep(Duration::ZERO).await;
-            let await_after = braid::sleep(Duration::ZERO).await;
-            Ok(StoppedAwait {
-                winner,
-                next_await: next_await.map_err(|e| e.is_cancelled()),
-                await_after: await_after.map_err(|e| e.is_cancelled()),
-                cancelling: me.cancelling(),
-                target_got_it: target_got_it(),
-            })
+            after_stopping(winner, me, target_got_it).await
         })
         .unwrap();
     let outer = outer_rx.recv_timeout(WAIT).unwrap();
@@ -963,6 +973,26 @@ where
     let result = outcome.result(Some(WAIT)).unwrap();
     rt.shutdown(WAIT).unwrap();
     result
+}
+
+/// A probe of an awaited target: did it receive a cancel request?
+type Probe = Box<dyn Fn() -> bool + Send>;
+
+/// A task that sleeps long, as an awaited target.
+fn a_sleeping_task() -> (Task<()>, Probe) {
+    let task = braid::create_task(async {
+        braid::sleep(LONG).await?;
+        Ok(())
+    });
+    let probe = task.as_ref();
+    (task, Box::new(move || probe.cancelling() == 1))
+}
+
+/// A gather of one task that sleeps long, as an awaited target.
+fn a_gather_of_a_sleeping_task() -> (impl Future<Output = braid::Result<()>> + Send, Probe) {
+    let (child, probe) = a_sleeping_task();
+    let gathered = braid::gather([child]);
+    (async move { gathered.await.map(drop) }, probe)
 }
 
 /// What each test below expects: the gate won, the request went on to the target, and the
@@ -983,14 +1013,7 @@ const CANCELLED_ONCE_AFTER_THE_GATE: StoppedAwait = StoppedAwait {
 /// `asyncio.wait(..., return_when=FIRST_COMPLETED)`, is cancelled too.)
 #[test]
 fn cancel_passed_on_comes_back_when_the_awaiter_stops_awaiting_the_task() {
-    let seen = cancel_then_stop_awaiting(|| {
-        let inner = braid::create_task(async {
-            braid::sleep(LONG).await?;
-            Ok(())
-        });
-        let probe = inner.as_ref();
-        (inner, Box::new(move || probe.cancelling() == 1))
-    });
+    let seen = cancel_then_stop_awaiting(a_sleeping_task);
     assert_eq!(seen, CANCELLED_ONCE_AFTER_THE_GATE);
 }
 
@@ -1011,18 +1034,7 @@ fn cancel_passed_on_comes_back_when_the_awaiter_stops_awaiting_the_promise() {
 /// As above, with a gather (of one task) as what the outer task awaits and stops awaiting.
 #[test]
 fn cancel_passed_on_comes_back_when_the_awaiter_stops_awaiting_a_gather() {
-    let seen = cancel_then_stop_awaiting(|| {
-        let child = braid::create_task(async {
-            braid::sleep(LONG).await?;
-            Ok(())
-        });
-        let probe = child.as_ref();
-        let gathered = braid::gather([child]);
-        (
-            async move { gathered.await.map(drop) },
-            Box::new(move || probe.cancelling() == 1),
-        )
-    });
+    let seen = cancel_then_stop_awaiting(a_gather_of_a_sleeping_task);
     assert_eq!(seen, CANCELLED_ONCE_AFTER_THE_GATE);
 }
 
@@ -1031,7 +1043,7 @@ fn cancel_passed_on_comes_back_when_the_awaiter_stops_awaiting_a_gather() {
 /// gate is ready on its second poll, so the outer task then stops awaiting, unread; the
 /// request must come back to it as in the tests above.
 fn pending_cancel_passed_on_then_stop_awaiting<F>(
-    awaited: impl FnOnce() -> (F, Box<dyn Fn() -> bool + Send>) + Send + 'static,
+    awaited: impl FnOnce() -> (F, Probe) + Send + 'static,
 ) -> StoppedAwait
 where
     F: Future<Output = braid::Result<()>> + Send + 'static,
@@ -1062,15 +1074,7 @@ where
             })
             .await;
             drop(awaited);
-            let next_await = braid::sleep(Duration::ZERO).await;
-            let await_after = braid::sleep(Duration::ZERO).await;
-            Ok(StoppedAwait {
-                winner,
-                next_await: next_await.map_err(|e| e.is_cancelled()),
-                await_after: await_after.map_err(|e| e.is_cancelled()),
-                cancelling: me.cancelling(),
-                target_got_it: target_got_it(),
-            })
+            after_stopping(winner, me, target_got_it).await
         })
         .unwrap();
     let result = outcome.result(Some(WAIT)).unwrap();
@@ -1082,32 +1086,14 @@ where
 /// await is dropped unread.
 #[test]
 fn pending_cancel_passed_on_by_awaiting_a_task_comes_back_when_it_stops_awaiting() {
-    let seen = pending_cancel_passed_on_then_stop_awaiting(|| {
-        let inner = braid::create_task(async {
-            braid::sleep(LONG).await?;
-            Ok(())
-        });
-        let probe = inner.as_ref();
-        (inner, Box::new(move || probe.cancelling() == 1))
-    });
+    let seen = pending_cancel_passed_on_then_stop_awaiting(a_sleeping_task);
     assert_eq!(seen, CANCELLED_ONCE_AFTER_THE_GATE);
 }
 
 /// As above, passed on by the await of a gather.
 #[test]
 fn pending_cancel_passed_on_by_awaiting_a_gather_comes_back_when_it_stops_awaiting() {
-    let seen = pending_cancel_passed_on_then_stop_awaiting(|| {
-        let child = braid::create_task(async {
-            braid::sleep(LONG).await?;
-            Ok(())
-        });
-        let probe = child.as_ref();
-        let gathered = braid::gather([child]);
-        (
-            async move { gathered.await.map(drop) },
-            Box::new(move || probe.cancelling() == 1),
-        )
-    });
+    let seen = pending_cancel_passed_on_then_stop_awaiting(a_gather_of_a_sleeping_task);
     assert_eq!(seen, CANCELLED_ONCE_AFTER_THE_GATE);
 }
 

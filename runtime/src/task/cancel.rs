@@ -725,6 +725,25 @@ mod loom_models {
         awaiter_cancelled_while_the_awaited_task_finishes(&PLAIN_DONE_READ, true);
     }
 
+    /// A awaits B; a third thread cancels A (its `request`'s result is the first handle's)
+    /// while B runs its last step (the second) and A's select drops its `Task` future,
+    /// unread.
+    fn cancel_while_a_stops_awaiting(
+        a: &Arc<ModelTask>,
+        b: &Arc<ModelTask>,
+    ) -> (thread::JoinHandle<bool>, thread::JoinHandle<()>) {
+        a.cancel.set_awaiting(KEY, b.clone());
+        let canceller = {
+            let a = a.clone();
+            thread::spawn(move || request(&a.state, &a.cancel, None, false, || {}))
+        };
+        let b_runner = spawn_last_step(b);
+        let _ = a
+            .cancel
+            .end_await(KEY, AwaitEnd::Abandoned, || b.missed_request());
+        (canceller, b_runner)
+    }
+
     /// A third thread cancels A while A awaits B; A then stops awaiting B without reading its
     /// outcome (a select's other branch won), racing the request on its way to B and B's
     /// last step. A must have the request exactly once, whatever B did with it: counted over
@@ -732,17 +751,8 @@ mod loom_models {
     fn awaiter_stops_awaiting_while_its_cancel_travels(abandon_as_read: bool) {
         crate::sync::loom_support::model_with_fault(&ABANDON_AS_READ, abandon_as_read, || {
             let (a, b) = both_running();
-            a.cancel.set_awaiting(KEY, b.clone());
-
-            let canceller = {
-                let a = a.clone();
-                thread::spawn(move || request(&a.state, &a.cancel, None, false, || {}))
-            };
-            let b_runner = spawn_last_step(&b);
-            // A's select drops its `Task` future, then A reaches an await point.
-            let _ = a
-                .cancel
-                .end_await(KEY, AwaitEnd::Abandoned, || b.missed_request());
+            let (canceller, b_runner) = cancel_while_a_stops_awaiting(&a, &b);
+            // Then A reaches an await point.
             let mut delivered = usize::from(a.cancel.take_cancel().is_some());
             assert!(canceller.join().unwrap(), "A never completes");
             b_runner.join().unwrap();
@@ -764,17 +774,8 @@ mod loom_models {
         crate::sync::loom_support::model_with_fault(&FAULT, fault, || {
             let (a, b) = both_running();
             let step = a.cancel.begin_step(false);
-            a.cancel.set_awaiting(KEY, b.clone());
-
-            let canceller = {
-                let a = a.clone();
-                thread::spawn(move || request(&a.state, &a.cancel, None, false, || {}))
-            };
-            let b_runner = spawn_last_step(&b);
-            // A's select drops its `Task` future; A returns at once.
-            let _ = a
-                .cancel
-                .end_await(KEY, AwaitEnd::Abandoned, || b.missed_request());
+            let (canceller, b_runner) = cancel_while_a_stops_awaiting(&a, &b);
+            // Then A returns, in the same step.
             let outcome = a.cancel.step_outcome(&step, Ok(()));
             a.cancel.complete(&a.state, outcome.is_err());
             let accepted = canceller.join().unwrap();
