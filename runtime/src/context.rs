@@ -90,7 +90,7 @@ pub(crate) fn clear_awaiting(key: Option<usize>) {
     with_current_header(|h| h.cancel.clear_awaiting(key));
 }
 
-/// A leaf future's registration as what its task awaits (a Task or a Promise), so that
+/// A leaf future's registration as what its task awaits (a Task, a Promise or a gather), so that
 /// cancelling the task cancels it too. It remembers the task that registered, so that dropping
 /// the future clears that task's registration from whatever thread drops it (a stale
 /// registration would swallow a later cancel) and hands back to the task a request passed on

@@ -3,7 +3,7 @@
 //!
 //! The protocol (asyncio's, made safe across threads):
 //!
-//! - A request on a task that awaits a Task or a Promise goes to that target instead
+//! - A request on a task that awaits a Task, a Promise or a gather goes to that target instead
 //!   (`record_cancel` returns it); the awaiter receives the target's outcome. If the target
 //!   was already done, the request comes back and is delivered at the awaiter's next await
 //!   point.
@@ -364,13 +364,7 @@ impl CancelState {
         // it takes the target's.
         let missed = passed && end == AwaitEnd::Read && !skip_reclaim && missed();
         let mut requests = self.requests.lock();
-        // Dropped after the lock: it may be the target's last reference, and its contents
-        // must not drop under our lock.
-        let mut forgotten = None;
-        if matches!(&requests.awaiting, Some((k, _)) if *k == key) {
-            forgotten = requests.awaiting.take();
-            self.has_awaiting.store(false, Ordering::Relaxed);
-        }
+        let forgotten = self.forget_awaiting(&mut requests, Some(key));
         let Some(list) = requests.passed.as_mut() else {
             drop(requests);
             drop(forgotten);
@@ -489,20 +483,31 @@ impl CancelState {
             return;
         }
         let mut requests = self.requests.lock();
+        // Requests passed on through it stay remembered: the future that registered it
+        // settles them when it stops awaiting.
+        let forgotten = self.forget_awaiting(&mut requests, key);
+        drop(requests);
+        drop(forgotten);
+    }
+
+    /// Takes the awaited target out of `requests` if it is `key`'s (any, for `None`). The
+    /// caller drops it after our lock: it may be the target's last reference, and its
+    /// contents must not drop under our lock.
+    fn forget_awaiting(
+        &self,
+        requests: &mut Requests,
+        key: Option<usize>,
+    ) -> Option<(usize, Arc<dyn CancelTarget>)> {
         let matches = match (&requests.awaiting, key) {
             (Some((k, _)), Some(key)) => *k == key,
             (Some(_), None) => true,
             (None, _) => false,
         };
-        if matches {
-            // Requests passed on through it stay remembered: the future that registered it
-            // settles them when it stops awaiting.
-            let forgotten = requests.awaiting.take();
-            self.has_awaiting.store(false, Ordering::Relaxed);
-            // It may be the target's last reference: not dropped under our lock.
-            drop(requests);
-            drop(forgotten);
+        if !matches {
+            return None;
         }
+        self.has_awaiting.store(false, Ordering::Relaxed);
+        requests.awaiting.take()
     }
 
     /// The runner's last word on a task: records whether it ended cancelled, forgets what it
