@@ -16,16 +16,19 @@
 //!
 //! Graveyards are freed:
 //!
-//! - a loop's own shard is swept by that loop once per iteration;
-//! - the shared shard is swept by whoever next inserts into it, once [`SHARED_SWEEP_BATCH`]
-//!   slots wait, and by a loop before it goes to sleep.
+//! - by whoever next inserts into the shard, once [`SWEEP_BATCH`] slots wait;
+//! - a loop's own shard by that loop once per iteration, and the shared shard by a loop
+//!   before it goes to sleep.
 //!
-//! Sweeping the shared shard from the inserting side matters for speed: a foreign thread
-//! that spawns many tasks allocates them all, and the loops used to free them. With glibc's
-//! allocator every such free beyond the freeing thread's small cache takes the allocating
-//! thread's arena lock, which the spawner holds for its own allocations: 0.7 futex calls
-//! per task in `spawn_many_remote`. Freed in batches by the spawner, the memory goes back
-//! to the thread that allocates next, uncontended (see `benchmarks/NOTES.md`).
+//! Sweeping from the inserting side matters for speed. A thread that spawns many tasks
+//! allocates them all; its siblings (or, for the shared shard, the loops) finish many of them.
+//! With glibc's allocator every free beyond the freeing thread's small cache takes the
+//! allocating thread's arena lock, which the spawner holds for its own allocations: 0.7 futex
+//! calls per task in `spawn_many_remote`; and in `spawn_many_local` a fifth of the samples in
+//! that lock's futex calls, the sibling loop sweeping the spawning loop's full graveyard
+//! while the spawner (one task, one long step) never came round to its own
+//! once-per-iteration sweep. Freed in batches by the spawner, the memory goes back to the
+//! thread that allocates next, uncontended (see `benchmarks/NOTES.md`).
 //!
 //! Any shard's graveyard that reaches [`GRAVEYARD_MAX`] is swept by whoever fills it, so a
 //! loop asleep for long, or a spawner that stopped, cannot pile up finished tasks' memory.
@@ -53,9 +56,9 @@ const GRAVEYARD_MAX: usize = 1024;
 /// iteration's callbacks, timers and tasks can finish any number of tasks).
 const OUTBOX_MAX: usize = 256;
 
-/// Slots waiting in the shared shard's graveyard before an insert sweeps them. One under
-/// loom, so that the model reaches the sweep.
-const SHARED_SWEEP_BATCH: usize = if cfg!(loom) { 1 } else { 64 };
+/// Slots waiting in a shard's graveyard before an insert into that shard sweeps them. One
+/// under loom, so that the model reaches the sweep.
+const SWEEP_BATCH: usize = if cfg!(loom) { 1 } else { 64 };
 
 /// `registry_slot` packs the shard above the slot.
 const SLOT_BITS: u32 = 48;
@@ -124,8 +127,8 @@ impl<P: Registrant> Registry<P> {
     pub(crate) fn insert(&self, task: P, here: Option<usize>) -> Result<(), P> {
         let shard_id = here.unwrap_or_else(|| self.shared_shard());
         let shard = &self.shards[shard_id];
-        if here.is_none() && shard.graveyard_len.load(Ordering::Relaxed) >= SHARED_SWEEP_BATCH {
-            // The tasks we spawned and the loops finished: free them here (module docs).
+        if shard.graveyard_len.load(Ordering::Relaxed) >= SWEEP_BATCH {
+            // The tasks we spawned and others finished: free them here (module docs).
             self.sweep(shard_id);
         }
         let mut slab = shard.slab.lock();
@@ -407,7 +410,7 @@ mod loom_models {
             register(&registry, &a, Some(0));
             register(&registry, &b, Some(0));
             // Loop 1 finishes a task of loop 0 (graveyard) while loop 0 finishes its other
-            // one (at once) and sweeps.
+            // one (at once), spawns another (whose insert sweeps what waits) and sweeps.
             let sibling = {
                 let (registry, a) = (registry.clone(), a.clone());
                 loom::thread::spawn(move || finish(&registry, &a, Some(1)))
@@ -469,6 +472,29 @@ mod tests {
         let again = registered(&registry, Some(0));
         assert!(again.0.slot.load(Ordering::Relaxed) & ((1 << super::SLOT_BITS) - 1) < 3);
         assert!(registry.snapshot().len() == 1);
+    }
+
+    /// What a sibling finished of a loop's tasks is freed by that loop's next insert once a
+    /// batch waits, even if the loop never comes round to its once-per-iteration sweep (one
+    /// task spawning many in one long step): the memory goes back to the allocating thread.
+    #[test]
+    fn an_insert_into_a_loops_shard_frees_a_batch_its_sibling_finished() {
+        let registry = Registry::<Ptr>::new(2);
+        let finished: Vec<Ptr> = (0..super::SWEEP_BATCH)
+            .map(|_| registered(&registry, Some(0)))
+            .collect();
+        let mut outbox = Vec::new();
+        for t in &finished {
+            registry.remove(&t.0.slot, Some(1), Some(&mut outbox));
+            t.0.done.store(true, Ordering::Release);
+        }
+        registry.flush(&mut outbox);
+        assert!(finished.iter().all(|t| Arc::strong_count(&t.0) == 2));
+        let _next = registered(&registry, Some(0));
+        assert!(
+            finished.iter().all(|t| Arc::strong_count(&t.0) == 1),
+            "the insert swept the graveyard"
+        );
     }
 
     /// A task finished by its own loop leaves at once, never through the outbox.
