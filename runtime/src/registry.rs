@@ -340,8 +340,9 @@ mod fake {
 
 #[cfg(all(test, loom))]
 mod loom_models {
-    //! The shared shard's deferred frees: a loop finishing a foreign-spawned task leaves its
-    //! slot in the graveyard, and the foreign thread's next insert frees it. Checked: every
+    //! Deferred frees: a loop finishing a foreign-spawned task (or a sibling's) leaves its
+    //! slot in the shard's graveyard, and the next insert into that shard (the foreign
+    //! thread's, or the owning loop's) or the owner's sweep frees it. Checked: every
     //! finished task is freed exactly once, no live task is ever removed (a reused slot is
     //! never swept by a stale graveyard entry), and the registry ends holding exactly the
     //! unfinished tasks.
