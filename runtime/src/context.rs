@@ -7,17 +7,16 @@
 
 use crate::event_loop::LoopCtx;
 use crate::task::cancel::AwaitEnd;
-use crate::task::raw::{self, RawTask};
-use crate::task::{CancelTarget, Header, TaskRef};
+use crate::task::raw;
+use crate::task::{AwaitTarget, Header, TaskRef};
 use braid_bridge::Error;
 use std::cell::{Cell, RefCell};
 use std::ptr::NonNull;
 use std::rc::Rc;
-use std::sync::Arc;
 
 thread_local! {
     static LOOP: RefCell<Option<Rc<LoopCtx>>> = const { RefCell::new(None) };
-    static TASK: Cell<Option<NonNull<dyn RawTask>>> = const { Cell::new(None) };
+    static TASK: Cell<Option<NonNull<Header>>> = const { Cell::new(None) };
 }
 
 /// The loop this thread is running, if any.
@@ -44,15 +43,15 @@ impl Drop for LoopGuard {
 }
 
 /// Marks `task` as this thread's running task until the guard drops. The caller keeps the
-/// task alive (it holds an `Arc`) for the guard's whole life.
+/// task alive (it holds a `TaskPtr`) for the guard's whole life.
 #[inline]
-pub(crate) fn enter_task(task: NonNull<dyn RawTask>) -> TaskGuard {
+pub(crate) fn enter_task(task: NonNull<Header>) -> TaskGuard {
     let previous = TASK.with(|t| t.replace(Some(task)));
     TaskGuard { previous }
 }
 
 pub(crate) struct TaskGuard {
-    previous: Option<NonNull<dyn RawTask>>,
+    previous: Option<NonNull<Header>>,
 }
 
 impl Drop for TaskGuard {
@@ -109,7 +108,7 @@ impl AwaitRegistration {
     }
 
     /// Registers `target` for the running task, once (no-op outside a task).
-    pub(crate) fn register(&mut self, target: impl FnOnce() -> Arc<dyn CancelTarget>) {
+    pub(crate) fn register(&mut self, target: impl FnOnce() -> AwaitTarget) {
         if self.registrar.is_some() {
             return;
         }

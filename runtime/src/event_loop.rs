@@ -8,8 +8,8 @@
 use crate::context;
 use crate::linger::{LingerScore, WakeSource};
 use crate::scheduler::{RuntimeShared, TaskPtr};
-use crate::task::raw::{Join, TaskCell};
-use crate::task::{Header, Task, TaskId, TaskRef};
+use crate::task::raw::TaskCell;
+use crate::task::{Task, TaskId, TaskRef};
 use braid_bridge::doorbell::{Doorbell, Unpark};
 use braid_bridge::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicU8, Ordering};
 use braid_bridge::sync::Mutex;
@@ -1090,12 +1090,11 @@ where
 {
     let id = TaskId(crate::scheduler::next_task_id());
     let spread = spread && home.is_none();
-    let cell = TaskCell::new(Header::new(id, rt.clone(), home, None), future, deliver);
-    let raw: TaskPtr = cell.clone();
-    let join: Arc<dyn Join<T>> = cell;
+    // Three owners from the start: the handle, the registry and the run queue.
+    let (join, [registered, raw]) = TaskCell::allocate::<2>(id, rt.clone(), home, future, deliver);
     match rt
         .registry
-        .insert(raw.clone(), crate::scheduler::current_worker(rt))
+        .insert(registered, crate::scheduler::current_worker(rt))
     {
         Ok(()) => {
             if spread {
@@ -1106,8 +1105,9 @@ where
             }
             (Task::from_raw(join), true)
         }
-        Err(raw) => {
-            raw.force_finish(closed_error());
+        Err(registered) => {
+            drop(raw);
+            registered.force_finish(closed_error());
             (Task::from_raw(join), false)
         }
     }
@@ -1118,11 +1118,10 @@ where
 pub(crate) fn spawn_failed<T: Send + 'static>(rt: &Arc<RuntimeShared>, error: Error) -> Task<T> {
     let id = TaskId(crate::scheduler::next_task_id());
     let never = std::future::pending::<Result<T>>();
-    let cell = TaskCell::new(Header::new(id, rt.clone(), None, None), never, None);
-    let raw: TaskPtr = cell.clone();
+    let (join, [raw]) = TaskCell::allocate::<1>(id, rt.clone(), None, never, None);
     let claimed = raw.force_finish(error);
     debug_assert!(claimed, "a task nobody else has seen is idle");
-    Task::from_raw(cell)
+    Task::from_raw(join)
 }
 
 pub(crate) fn closed_error() -> Error {

@@ -2,7 +2,7 @@
 
 use crate::context;
 use crate::event_loop::LoopShared;
-use crate::task::CancelTarget;
+use crate::task::{AwaitTarget, CancelTarget};
 use braid_bridge::sync::atomic::Ordering;
 use braid_bridge::sync::Mutex;
 use braid_bridge::{Error, ErrorKind, Result};
@@ -377,7 +377,7 @@ impl<T: Clone + Send + 'static> Future for PromiseFuture<T> {
         }
         let inner = &this.promise.inner;
         this.registration
-            .register(|| inner.clone() as Arc<dyn CancelTarget>);
+            .register(|| AwaitTarget::Other(inner.clone()));
         Poll::Pending
     }
 }

@@ -4,7 +4,7 @@
 use crate::context;
 use crate::event_loop::{closed_error, EventLoop, LoopCtx, LoopShared, LoopState};
 use crate::scheduler::{monitor_main, next_task_id, Config, RuntimeShared, TaskPtr};
-use crate::task::raw::RawTask;
+use crate::task::raw::{new_main_task, MainWaker};
 use crate::task::{Header, TaskId};
 use braid_bridge::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use braid_bridge::sync::Mutex;
@@ -15,10 +15,9 @@ use std::fmt;
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::pin;
-use std::ptr::NonNull;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::{Context, Poll};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -309,42 +308,41 @@ impl Runtime {
         host.lp.running.store(true, Ordering::Release);
         let _running = ClearOnDrop(&host.lp.running);
 
-        let main = Arc::new(MainTask {
-            header: Header::new(
-                TaskId(next_task_id()),
-                self.shared.clone(),
-                Some(host.lp.clone()),
-                Some("main".to_owned()),
-            ),
-            woken: MainWake::new_woken(),
-            lp: host.lp.clone(),
-        });
-        let waker = Waker::from(main.clone());
+        let woken = Arc::new(MainWake::new_woken());
+        let main = new_main_task(
+            TaskId(next_task_id()),
+            self.shared.clone(),
+            host.lp.clone(),
+            MainTask {
+                woken: woken.clone(),
+                lp: host.lp.clone(),
+            },
+        );
+        let waker = main.waker();
         let mut cx = Context::from_waker(&waker);
         let mut fut = pin!(fut);
         let mut first = true;
         loop {
-            if let Some(woken_at) = main.woken.take() {
+            if let Some(woken_at) = woken.take() {
                 if let Some(at) = self.shared.instant_of(woken_at).filter(|_| !first) {
                     host.run_timers_due_by(at);
                 }
-                let step = main.header.cancel.begin_step(first);
+                let step = main.header().cancel.begin_step(first);
                 first = false;
-                let ptr: &dyn RawTask = &*main;
-                let guard = context::enter_task(NonNull::from(ptr));
+                let guard = context::enter_task(main.as_non_null());
                 let polled = catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(&mut cx)));
                 drop(guard);
                 match polled {
                     Ok(Poll::Ready(out)) => {
                         // As for tasks: only a return is turned into a cancellation.
-                        return main.header.cancel.step_outcome(&step, out);
+                        return main.header().cancel.step_outcome(&step, out);
                     }
                     Ok(Poll::Pending) => {}
                     Err(payload) => return Err(Error::from_panic(payload)),
                 }
             }
-            if !host.run_once() && !main.woken.is_woken() {
-                host.park_host(&|| main.woken.is_woken(), None);
+            if !host.run_once() && !woken.is_woken() {
+                host.park_host(&|| woken.is_woken(), None);
             }
         }
     }
@@ -631,11 +629,11 @@ impl Drop for ClearOnDrop<'_> {
     }
 }
 
-/// The future driven by `run_until_complete`, dressed as a task so that `current_task()`,
-/// cancellation and awaiting work inside it exactly as inside any task.
+/// What the task that dresses the future driven by `run_until_complete` (so that
+/// `current_task()`, cancellation and awaiting work inside it exactly as inside any task)
+/// does when woken: it records the wake for `run_until_complete` and rings its loop.
 struct MainTask {
-    header: Header,
-    woken: MainWake,
+    woken: Arc<MainWake>,
     lp: Arc<LoopShared>,
 }
 
@@ -674,36 +672,9 @@ impl MainWake {
     }
 }
 
-impl RawTask for MainTask {
-    fn header(&self) -> &Header {
-        &self.header
-    }
-
-    fn run(self: Arc<Self>) {
-        // Never queued: `run_until_complete` polls the main future itself.
-    }
-
-    fn schedule(self: Arc<Self>) {
-        self.wake_task();
-    }
-
-    fn force_finish(self: Arc<Self>, _error: Error) -> bool {
-        false
-    }
-
-    fn wake_task(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-}
-
-impl Wake for MainTask {
-    fn wake(self: Arc<Self>) {
-        self.wake_task();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        let rt = &self.header.rt;
-        self.woken.wake(rt.ns(Instant::now()));
+impl MainWaker for MainTask {
+    fn wake(&self, header: &Header) {
+        self.woken.wake(header.rt.ns(Instant::now()));
         self.lp.bell.ring();
     }
 }

@@ -28,7 +28,6 @@
 
 use crate::event_loop::{LoopShared, AWAKE};
 use crate::registry::{Registrant, Registry};
-use crate::task::raw::RawTask;
 use crate::timer::TimerQueue;
 use braid_bridge::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
 use braid_bridge::sync::Mutex;
@@ -45,7 +44,7 @@ const MONITOR_IDLE_INTERVAL: Duration = Duration::from_millis(50);
 /// No loop holds the timer-driver token.
 const NO_DRIVER: usize = usize::MAX;
 
-pub(crate) type TaskPtr = Arc<dyn RawTask>;
+pub(crate) use crate::task::raw::TaskPtr;
 
 impl Registrant for TaskPtr {
     fn registry_slot(&self) -> &AtomicUsize {

@@ -3,7 +3,7 @@
 use super::{polled_after_completion, ReadySet};
 use crate::context::{self, AwaitRegistration};
 use crate::task::raw::Exclusive;
-use crate::task::{CancelTarget, Task, TaskRef};
+use crate::task::{AwaitTarget, CancelTarget, Task, TaskRef};
 use braid_bridge::sync::Mutex;
 use braid_bridge::{Error, Result};
 use std::any::Any;
@@ -295,7 +295,7 @@ impl<T: Send + 'static> GatherCore<T> {
         }
         let shared = self.shared.clone();
         self.registration
-            .register(move || shared as Arc<dyn CancelTarget>);
+            .register(move || AwaitTarget::Other(shared));
         Poll::Pending
     }
 

@@ -32,11 +32,10 @@
 //! interleaving; its twin with a plain load loses the request).
 
 use super::state::State;
-use super::CancelTarget;
+use super::AwaitTarget;
 use braid_bridge::sync::atomic::{AtomicBool, Ordering};
 use braid_bridge::sync::Mutex;
 use braid_bridge::{Error, Result};
-use std::sync::Arc;
 
 /// The locked part of the cancel state.
 #[derive(Default)]
@@ -49,7 +48,7 @@ struct Requests {
     self_requested: bool,
     message: Option<String>,
     /// What the task awaits right now (its registration key and the target), if anything.
-    awaiting: Option<(usize, Arc<dyn CancelTarget>)>,
+    awaiting: Option<(usize, AwaitTarget)>,
     /// Requests of ours that went on to an awaited target and are not settled yet. Boxed:
     /// only a cancel of an awaiting task needs it, and every task cell carries this field.
     passed: Option<Box<PassedOnList>>,
@@ -93,7 +92,7 @@ pub(crate) enum AwaitEnd {
 
 /// A request to pass on to the awaited `target`, remembered as passed on under `id`.
 struct PassOn {
-    target: Arc<dyn CancelTarget>,
+    target: AwaitTarget,
     id: u64,
 }
 
@@ -470,7 +469,7 @@ impl CancelState {
         output
     }
 
-    pub(crate) fn set_awaiting(&self, key: usize, target: Arc<dyn CancelTarget>) {
+    pub(crate) fn set_awaiting(&self, key: usize, target: AwaitTarget) {
         let replaced = self.requests.lock().awaiting.replace((key, target));
         self.has_awaiting.store(true, Ordering::Relaxed);
         // Dropped without our lock held (it may be that target's last reference).
@@ -497,7 +496,7 @@ impl CancelState {
         &self,
         requests: &mut Requests,
         key: Option<usize>,
-    ) -> Option<(usize, Arc<dyn CancelTarget>)> {
+    ) -> Option<(usize, AwaitTarget)> {
         let matches = match (&requests.awaiting, key) {
             (Some((k, _)), Some(key)) => *k == key,
             (Some(_), None) => true,
@@ -566,7 +565,9 @@ mod loom_models {
     //! awaiting B without reading its outcome, the request reaches A directly.
     use super::*;
     use crate::task::state::RunAction;
+    use crate::task::CancelTarget;
     use loom::thread;
+    use std::sync::Arc;
 
     /// The registration key of A's await of B.
     const KEY: usize = 7;
@@ -646,7 +647,7 @@ mod loom_models {
         crate::sync::loom_support::model_with_fault(fault, on, || {
             // A is running and awaits B; B is running its last step (it will return a value).
             let (a, b) = both_running();
-            a.cancel.set_awaiting(KEY, b.clone());
+            a.cancel.set_awaiting(KEY, AwaitTarget::Other(b.clone()));
 
             let canceller = {
                 let a = a.clone();
@@ -737,7 +738,7 @@ mod loom_models {
         a: &Arc<ModelTask>,
         b: &Arc<ModelTask>,
     ) -> (thread::JoinHandle<bool>, thread::JoinHandle<()>) {
-        a.cancel.set_awaiting(KEY, b.clone());
+        a.cancel.set_awaiting(KEY, AwaitTarget::Other(b.clone()));
         let canceller = {
             let a = a.clone();
             thread::spawn(move || request(&a.state, &a.cancel, None, false, || {}))

@@ -1,7 +1,8 @@
 //! Tasks: asyncio's `Task` on a work-stealing runtime.
 //!
-//! A task is one allocation (`raw::TaskCell`): a [`Header`] (state word, id, name, the
-//! cancellation state, the join waker, done callbacks), the future, and the output. Tasks are
+//! A task is one allocation (`raw::TaskCell`): a [`Header`] (reference count, state word, id,
+//! name, the cancellation state, the join waker, done callbacks), the future, and the output,
+//! reached through `raw::TaskPtr`, a counted pointer of braid's own. Tasks are
 //! `Send` and may move between loops at every poll; `spawn_local` tasks carry a `home` loop and
 //! only ever run there.
 //!
@@ -18,6 +19,7 @@
 pub(crate) mod cancel;
 pub(crate) mod join;
 pub(crate) mod raw;
+pub(crate) mod refcount;
 pub(crate) mod state;
 
 use crate::event_loop::{dispatch_callback, LoopShared};
@@ -27,7 +29,8 @@ use braid_bridge::sync::Mutex;
 use braid_bridge::{Error, Result};
 use cancel::CancelState;
 use join::JoinState;
-use raw::{Join, RawTask, SendIfT};
+use raw::{JoinPtr, SendIfT, TaskPtr, TaskVtable};
+use refcount::RefCount;
 use state::State;
 use std::fmt;
 use std::future::Future;
@@ -100,8 +103,40 @@ pub(crate) trait CancelTarget: Send + Sync {
     }
 }
 
+/// What a task can be awaiting that cancelling it cancels too (asyncio's `_fut_waiter`).
+#[derive(Clone)]
+pub(crate) enum AwaitTarget {
+    /// A task (its join handle is awaited).
+    Task(TaskPtr),
+    /// A promise or a gather.
+    Other(Arc<dyn CancelTarget>),
+}
+
+impl AwaitTarget {
+    /// Cancels the target; false if it was already done (see
+    /// [`CancelTarget::cancel_from_awaiter`]).
+    pub(crate) fn cancel_from_awaiter(self, message: Option<String>) -> bool {
+        match self {
+            AwaitTarget::Task(task) => request_cancel(&task, message),
+            AwaitTarget::Other(target) => target.cancel_from_awaiter(message),
+        }
+    }
+
+    /// See [`CancelTarget::missed_request`].
+    pub(crate) fn missed_request(&self) -> bool {
+        match self {
+            AwaitTarget::Task(task) => task.header().missed_cancel(),
+            AwaitTarget::Other(target) => target.missed_request(),
+        }
+    }
+}
+
 /// The untyped part of every task.
 pub(crate) struct Header {
+    /// Owners of the task's allocation (see `raw::TaskPtr`).
+    refs: RefCount,
+    /// What depends on the allocation's type (see `raw`).
+    vtable: &'static TaskVtable,
     pub(crate) state: State,
     pub(crate) id: TaskId,
     pub(crate) rt: Arc<RuntimeShared>,
@@ -122,13 +157,18 @@ pub(crate) struct Header {
 }
 
 impl Header {
-    pub(crate) fn new(
+    /// A header for an allocation of `vtable`'s type, with `owners` counts.
+    fn new(
+        vtable: &'static TaskVtable,
+        owners: usize,
         id: TaskId,
         rt: Arc<RuntimeShared>,
         home: Option<Arc<LoopShared>>,
         name: Option<String>,
     ) -> Header {
         Header {
+            refs: RefCount::new(owners),
+            vtable,
             state: State::new_scheduled(),
             id,
             rt,
@@ -286,11 +326,11 @@ impl Header {
 /// ```
 #[derive(Clone)]
 pub struct TaskRef {
-    raw: Arc<dyn RawTask>,
+    raw: TaskPtr,
 }
 
 impl TaskRef {
-    pub(crate) fn from_raw(raw: Arc<dyn RawTask>) -> TaskRef {
+    pub(crate) fn from_raw(raw: TaskPtr) -> TaskRef {
         TaskRef { raw }
     }
 
@@ -466,7 +506,7 @@ impl TaskRef {
     }
 }
 
-pub(crate) fn request_cancel(raw: &Arc<dyn RawTask>, message: Option<String>) -> bool {
+pub(crate) fn request_cancel(raw: &TaskPtr, message: Option<String>) -> bool {
     let header = raw.header();
     let by_self = crate::context::current_task_is(header);
     cancel::request(&header.state, &header.cancel, message, by_self, || {
@@ -497,7 +537,7 @@ pub(crate) fn request_cancel(raw: &Arc<dyn RawTask>, message: Option<String>) ->
 /// Dropping the `Task` future never cancels the task; cancelling the task that awaits it does
 /// (as asyncio cancels the awaited task).
 pub struct Task<T> {
-    raw: Arc<dyn Join<T>>,
+    raw: JoinPtr<T>,
     /// This handle as what the awaiting task awaits (for cancel propagation).
     registration: crate::context::AwaitRegistration,
     _send: SendIfT<T>,
@@ -507,8 +547,8 @@ pub struct Task<T> {
 impl<T> Unpin for Task<T> {}
 
 impl<T> Task<T> {
-    pub(crate) fn from_raw(raw: Arc<dyn Join<T>>) -> Task<T> {
-        let key = Arc::as_ptr(&raw) as *const () as usize;
+    pub(crate) fn from_raw(raw: JoinPtr<T>) -> Task<T> {
+        let key = raw.task().as_non_null().as_ptr() as usize;
         Task {
             raw,
             registration: crate::context::AwaitRegistration::new(key),
@@ -516,8 +556,8 @@ impl<T> Task<T> {
         }
     }
 
-    fn untyped(&self) -> Arc<dyn RawTask> {
-        self.raw.clone()
+    fn untyped(&self) -> TaskPtr {
+        self.raw.task().clone()
     }
 
     /// Requests cancellation (asyncio's `Task.cancel`): the task receives a Cancelled error at
@@ -573,7 +613,7 @@ impl<T> Task<T> {
     /// }).unwrap();
     /// ```
     pub fn cancelled(&self) -> bool {
-        self.raw.header().cancelled()
+        self.raw.task().header().cancelled()
     }
 
     /// True once the task has finished.
@@ -588,7 +628,7 @@ impl<T> Task<T> {
     /// }).unwrap();
     /// ```
     pub fn done(&self) -> bool {
-        self.raw.header().done()
+        self.raw.task().header().done()
     }
 
     /// The number of pending cancel requests (asyncio's `Task.cancelling`).
@@ -608,7 +648,7 @@ impl<T> Task<T> {
     /// }).unwrap();
     /// ```
     pub fn cancelling(&self) -> usize {
-        self.raw.header().cancel.cancelling()
+        self.raw.task().header().cancel.cancelling()
     }
 
     /// Withdraws one cancel request (asyncio's `Task.uncancel`); returns how many remain.
@@ -628,7 +668,7 @@ impl<T> Task<T> {
     /// }).unwrap();
     /// ```
     pub fn uncancel(&self) -> usize {
-        self.raw.header().cancel.uncancel()
+        self.raw.task().header().cancel.uncancel()
     }
 
     /// Rust-style hard stop: the future is dropped at once on its loop, without running any
@@ -662,7 +702,7 @@ impl<T> Task<T> {
     /// }).unwrap();
     /// ```
     pub fn id(&self) -> TaskId {
-        self.raw.header().id
+        self.raw.task().header().id
     }
 
     /// The task's name (`Task-<id>` unless set).
@@ -676,7 +716,7 @@ impl<T> Task<T> {
     /// }).unwrap();
     /// ```
     pub fn name(&self) -> String {
-        self.raw.header().name()
+        self.raw.task().header().name()
     }
 
     /// Renames the task.
@@ -690,7 +730,7 @@ impl<T> Task<T> {
     /// }).unwrap();
     /// ```
     pub fn set_name(&self, name: impl Into<String>) {
-        self.raw.header().set_name(name.into());
+        self.raw.task().header().set_name(name.into());
     }
 
     /// Calls `f` once the task is done, scheduled on a loop (never synchronously, as asyncio
@@ -715,6 +755,7 @@ impl<T> Task<T> {
         F: FnOnce(&TaskRef) + Send + 'static,
     {
         self.raw
+            .task()
             .header()
             .add_done_callback(self.as_ref(), DoneCallback::Scheduled(Box::new(f)));
     }
@@ -722,13 +763,14 @@ impl<T> Task<T> {
     /// Registers braid's own completion hook: run at once on the completing thread.
     pub(crate) fn add_completion_hook(&self, hook: CompletionHook) {
         self.raw
+            .task()
             .header()
             .add_done_callback(self.as_ref(), DoneCallback::Inline(hook));
     }
 
     /// This task's errors are a combinator's business: never report them as unretrieved.
     pub(crate) fn mark_quiet(&self) {
-        self.raw.header().mark_quiet();
+        self.raw.task().header().mark_quiet();
     }
 
     /// Polls for the output without registering this handle as what the current task
@@ -740,12 +782,12 @@ impl<T> Task<T> {
     /// Registers `waker` for this task's completion without taking its output; true if the
     /// task has completed (then no wake will come).
     pub(crate) fn watch(&self, waker: &Waker) -> bool {
-        self.raw.header().watch(waker)
+        self.raw.task().header().watch(waker)
     }
 
     /// The task's header.
     pub(crate) fn header(&self) -> &Header {
-        self.raw.header()
+        self.raw.task().header()
     }
 
     /// An untyped handle to the same task.
@@ -775,7 +817,7 @@ impl<T: 'static> Future for Task<T> {
             let message = cancel.message().map(str::to_owned);
             if !request_cancel(&this.untyped(), message.clone()) {
                 // The awaited task is done: this error is our outcome instead of its.
-                let target = this.raw.header();
+                let target = this.raw.task().header();
                 this.registration.end_read(|| target.missed_cancel());
                 return Poll::Ready(Err(cancel));
             }
@@ -783,14 +825,14 @@ impl<T: 'static> Future for Task<T> {
         }
         match this.raw.poll_join(cx) {
             Poll::Ready(output) => {
-                let target = this.raw.header();
+                let target = this.raw.task().header();
                 this.registration.end_read(|| target.missed_cancel());
                 Poll::Ready(output)
             }
             Poll::Pending => {
                 let raw = &this.raw;
                 this.registration
-                    .register(|| raw.clone() as Arc<dyn CancelTarget>);
+                    .register(|| AwaitTarget::Task(raw.task().clone()));
                 Poll::Pending
             }
         }
@@ -800,11 +842,10 @@ impl<T: 'static> Future for Task<T> {
 impl<T> Drop for Task<T> {
     fn drop(&mut self) {
         self.registration.abandon();
-        let header = self.raw.header();
+        let header = self.raw.task().header();
         if header.join.drop_handle() {
             if let Some(error) = self.raw.unretrieved_error() {
-                let me: Arc<dyn RawTask> = self.raw.clone();
-                header.report_unretrieved(&TaskRef::from_raw(me), error);
+                header.report_unretrieved(&TaskRef::from_raw(self.untyped()), error);
             }
         }
     }
@@ -812,7 +853,7 @@ impl<T> Drop for Task<T> {
 
 impl<T: 'static> fmt::Debug for Task<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let h = self.raw.header();
+        let h = self.raw.task().header();
         f.debug_struct("Task")
             .field("id", &h.id)
             .field("name", &h.name())
@@ -851,7 +892,7 @@ mod tests {
                         let value = (&mut inner).await?;
                         // The handle and the kept waker; the runner, the queue and the
                         // registry have let go.
-                        let with_waker = Arc::strong_count(&inner.raw);
+                        let with_waker = inner.raw.task().ref_count();
                         Ok((value, with_waker, inner))
                     });
                     outer.await
@@ -871,16 +912,37 @@ mod tests {
         second.wake();
         assert!(inner.done(), "waking a finished task leaves it finished");
         assert_eq!(
-            Arc::strong_count(&inner.raw),
+            inner.raw.task().ref_count(),
             2,
             "wakes consume their own counts"
         );
         drop(waker);
         assert_eq!(
-            Arc::strong_count(&inner.raw),
+            inner.raw.task().ref_count(),
             1,
             "the last waker gave its count back"
         );
+    }
+
+    #[test]
+    fn a_new_task_starts_with_one_count_per_owner_and_keeps_only_its_handles_once_done() {
+        let rt = one_loop();
+        let (at_spawn, after_join) = rt
+            .run_until_complete(async {
+                create_task(async {
+                    let mut child = create_task(async { Ok(3) });
+                    // Not run yet (one loop, and we have not yielded): the handle, the
+                    // registry and the run queue.
+                    let at_spawn = child.raw.task().ref_count();
+                    assert_eq!((&mut child).await?, 3);
+                    // The runner and the registry have let go; the handle is all that is left.
+                    Ok((at_spawn, child.raw.task().ref_count()))
+                })
+                .await
+            })
+            .expect("the tasks ran");
+        assert_eq!(at_spawn, 3);
+        assert_eq!(after_join, 1);
     }
 
     #[test]

@@ -1,7 +1,18 @@
-//! The task cell: one allocation holding a task's header, its future and its output; the
-//! task's waker is a pointer to the cell (see [`waker_vtable`]). This is the only module of
+//! Task allocations and the counted pointer to them. This is the only module of
 //! braid-runtime with `unsafe` code, so it also holds the two poller calls that `polling`
 //! marks unsafe (`poller_add_edge`, `poller_delete`).
+//!
+//! A task is one heap allocation whose first field is its [`Header`]: a spawned task's
+//! [`TaskCell`] (header, output, future), or the main future's stand-in of
+//! `run_until_complete` ([`new_main_task`]). [`TaskPtr`] is a thin pointer to the header
+//! that owns one count of the header's [`RefCount`]; the header's [`TaskVtable`] holds what
+//! depends on the allocation's type (how to poll it, queue it, free it). A task's waker is
+//! the same pointer under one waker vtable for all tasks (see [`WAKER_VTABLE`]).
+//!
+//! Our own pointer rather than `Arc<dyn …>`: a new task's count starts at the number of owners
+//! its spawner hands out (join handle, registry, run queue), where an `Arc` starts at one and
+//! took an atomic increment for each further owner; and the pointer is one word, where an
+//! `Arc<dyn …>` is two in every queue slot.
 //!
 //! Who may touch which field when:
 //!
@@ -14,8 +25,10 @@
 //! * `header`: its own atomics and mutexes.
 
 use super::state::{IdleAction, RunAction, WakeAction};
-use super::{Header, TaskRef};
+use super::{Header, TaskId, TaskRef};
 use crate::context;
+use crate::event_loop::LoopShared;
+use crate::scheduler::RuntimeShared;
 use braid_bridge::sync::{Mutex, UnsafeCell};
 use braid_bridge::{Error, Result};
 use std::future::Future;
@@ -27,30 +40,141 @@ use std::ptr::NonNull;
 use std::sync::Arc;
 use std::task::{Context, Poll, RawWaker, RawWakerVTable, Waker};
 
-/// The operations every task (and the main pseudo-task of `run_until_complete`) offers to the
-/// scheduler, untyped.
-pub(crate) trait RawTask: Send + Sync {
-    fn header(&self) -> &Header;
-    /// Poll once (or drop, if aborted). Called by a loop after popping the task.
-    fn run(self: Arc<Self>);
-    /// Put the task in the right queue (the runtime's, or its owner loop's).
-    fn schedule(self: Arc<Self>);
-    /// Shutdown only: if the task is idle, drop its future and finish it with `error`.
-    /// Returns false if it is running right now or already finished.
-    fn force_finish(self: Arc<Self>, error: Error) -> bool;
-    /// A wake through the state machine (used by `cancel`, which holds no waker).
-    fn wake_task(self: Arc<Self>);
+/// What a task does that depends on the type of its allocation: one static table per type,
+/// pointed to by its header.
+pub(crate) struct TaskVtable {
+    /// Polls the task once (or finishes it, if aborted). Called by a loop after popping it.
+    run: fn(TaskPtr),
+    /// Puts the task in the right queue (the runtime's, or its owner loop's).
+    schedule: fn(TaskPtr),
+    /// A wake through the state machine, queueing the task if that is due.
+    wake: fn(TaskPtr),
+    /// As `wake`, keeping the caller's count.
+    wake_by_ref: fn(&TaskPtr),
+    /// Shutdown only: if the task is idle, drops its future and finishes it with the error.
+    /// False if it is running right now or already finished.
+    force_finish: fn(TaskPtr, Error) -> bool,
     /// The stored error, if the task failed (not cancelled) and its output is still there.
-    fn stored_failure(&self) -> Option<Error> {
-        None
+    stored_failure: fn(&TaskPtr) -> Option<Error>,
+    /// Drops what the allocation holds and frees it.
+    ///
+    /// Safety: the pointer is an allocation of this table's type, and the last count of it
+    /// was just given back (nobody can reach it any more).
+    dealloc: unsafe fn(NonNull<Header>),
+}
+
+/// A counted pointer to a task allocation (see the module docs): what the run queues, the
+/// registry, wakers and task handles hold.
+pub(crate) struct TaskPtr {
+    header: NonNull<Header>,
+}
+
+// SAFETY: a `TaskPtr` gives access to the header, which is all atomics and mutexes, and
+// through the vtable to the rest of the allocation under the rules in the module docs
+// (the future only to the RUNNING holder, on its owner loop for a local task; the output
+// behind its mutex). Moving or sharing the pointer between threads is what those rules are
+// for; `Task<T>` adds `T`'s own bounds (see `SendIfT`).
+unsafe impl Send for TaskPtr {}
+// SAFETY: as above.
+unsafe impl Sync for TaskPtr {}
+
+impl TaskPtr {
+    /// Takes over one count of the task at `header`.
+    ///
+    /// # Safety
+    ///
+    /// `header` is the header of a live task allocation, and the caller hands the new
+    /// pointer one count it owns (a waker's, or one of the counts a new task starts with).
+    unsafe fn from_counted(header: NonNull<Header>) -> TaskPtr {
+        TaskPtr { header }
+    }
+
+    /// A new counted pointer to the task at `header`, which the caller keeps alive.
+    ///
+    /// # Safety
+    ///
+    /// `header` is the header of a live task allocation, and stays live for this call.
+    unsafe fn clone_from(header: NonNull<Header>) -> TaskPtr {
+        // SAFETY: live for this call (the caller's contract); once incremented, the count
+        // is ours.
+        unsafe { header.as_ref() }.refs.increment();
+        TaskPtr { header }
+    }
+
+    /// The task's header.
+    #[inline]
+    pub(crate) fn header(&self) -> &Header {
+        // SAFETY: our count keeps the allocation, and so its header, alive while `self` is
+        // borrowed.
+        unsafe { self.header.as_ref() }
+    }
+
+    /// The header's address: identifies the task while any pointer to it lives.
+    pub(crate) fn as_non_null(&self) -> NonNull<Header> {
+        self.header
+    }
+
+    /// Polls the task once (or finishes it, if aborted).
+    pub(crate) fn run(self) {
+        (self.header().vtable.run)(self)
+    }
+
+    /// Puts the task in the right queue.
+    pub(crate) fn schedule(self) {
+        (self.header().vtable.schedule)(self)
+    }
+
+    /// A wake through the state machine (used by `cancel`, which holds no waker).
+    pub(crate) fn wake_task(self) {
+        (self.header().vtable.wake)(self)
+    }
+
+    /// Shutdown only: if the task is idle, drops its future and finishes it with `error`.
+    /// Returns false if it is running right now or already finished.
+    pub(crate) fn force_finish(self, error: Error) -> bool {
+        (self.header().vtable.force_finish)(self, error)
+    }
+
+    /// The stored error, if the task failed (not cancelled) and its output is still there.
+    pub(crate) fn stored_failure(&self) -> Option<Error> {
+        (self.header().vtable.stored_failure)(self)
+    }
+
+    /// A waker of this task, owning a count of its own.
+    pub(crate) fn waker(&self) -> Waker {
+        let ptr = ManuallyDrop::new(self.clone()).header.as_ptr() as *const ();
+        // SAFETY: `ptr` is a live task header whose count the waker now owns, which is
+        // what `WAKER_VTABLE`'s functions require.
+        unsafe { Waker::from_raw(RawWaker::new(ptr, &WAKER_VTABLE)) }
+    }
+
+    /// The current count (for tests).
+    #[cfg(all(test, not(loom)))]
+    pub(crate) fn ref_count(&self) -> usize {
+        self.header().refs.get()
     }
 }
 
-/// Typed access for the join handle.
-pub(crate) trait Join<T>: RawTask + crate::task::CancelTarget {
-    fn poll_join(&self, cx: &mut Context<'_>) -> Poll<Result<T>>;
-    /// The stored error, if the task failed (not cancelled) and nobody took the output.
-    fn unretrieved_error(&self) -> Option<Error>;
+impl Clone for TaskPtr {
+    #[inline]
+    fn clone(&self) -> TaskPtr {
+        self.header().refs.increment();
+        TaskPtr {
+            header: self.header,
+        }
+    }
+}
+
+impl Drop for TaskPtr {
+    #[inline]
+    fn drop(&mut self) {
+        let dealloc = self.header().vtable.dealloc;
+        if self.header().refs.decrement() {
+            // SAFETY: that was the last count, and the vtable is the allocation's own (set
+            // when it was made), as `dealloc` requires.
+            unsafe { dealloc(self.header) }
+        }
+    }
 }
 
 /// Where a finished task's output goes instead of the join handle (run_coroutine_threadsafe
@@ -63,51 +187,88 @@ struct Stage<F, T> {
     deliver: Option<Deliver<T>>,
 }
 
-pub(crate) struct TaskCell<F, T> {
+/// The part of a spawned task that its join handle reads: the header and the output. First
+/// in every `TaskCell<_, T>`, so a join handle needs to know `T` but not the future's type.
+#[repr(C)]
+struct JoinCell<T> {
     header: Header,
-    stage: UnsafeCell<Stage<F, T>>,
     output: Mutex<Option<Result<T>>>,
 }
 
-// SAFETY: the future `F` (which may be !Send for spawn_local tasks) is only touched by the
-// thread holding RUNNING, and for a local task that is always its owner loop thread: `schedule`
-// routes its wakes to the owner's inbox, and `force_finish` is only called for a local task by
-// its owner (see `Header::home`). The output `T` is written by that thread and read by the
-// join handle, which is `Send` only when `T: Send` (see the impls on `Task<T>` below).
-unsafe impl<F, T> Send for TaskCell<F, T> {}
-// SAFETY: as above: every shared access goes through atomics, mutexes, or the RUNNING bit.
-unsafe impl<F, T> Sync for TaskCell<F, T> {}
+/// A spawned task's allocation.
+#[repr(C)]
+pub(crate) struct TaskCell<F, T> {
+    head: JoinCell<T>,
+    stage: UnsafeCell<Stage<F, T>>,
+}
 
 impl<F, T> TaskCell<F, T>
 where
     F: Future<Output = Result<T>> + 'static,
     T: 'static,
 {
-    /// Allocates the cell.
-    pub(crate) fn new(header: Header, future: F, deliver: Option<Deliver<T>>) -> Arc<Self> {
-        // Written straight into the allocation: `Arc::new` of a finished value builds it on
-        // the stack and copies it twice (a tenth of a tiny task's instructions).
-        let mut cell = Arc::<Self>::new_uninit();
-        Arc::get_mut(&mut cell)
-            .expect("a new allocation has one owner")
-            .write(TaskCell {
-                header,
-                stage: UnsafeCell::new(Stage {
-                    future: Some(future),
-                    started: false,
-                    deliver,
-                }),
+    const VTABLE: &'static TaskVtable = &TaskVtable {
+        run: Self::run,
+        schedule: crate::scheduler::schedule,
+        wake: Self::wake,
+        wake_by_ref: Self::wake_by_ref,
+        force_finish: Self::force_finish,
+        stored_failure: Self::stored_failure,
+        dealloc: Self::dealloc,
+    };
+
+    /// Allocates a task of `rt` (pinned to `home` if given, unnamed) and returns its join
+    /// handle's pointer and `OWNERS` more counted pointers: the count starts at `OWNERS + 1`,
+    /// with no atomic operation for any of them.
+    pub(crate) fn allocate<const OWNERS: usize>(
+        id: TaskId,
+        rt: Arc<RuntimeShared>,
+        home: Option<Arc<LoopShared>>,
+        future: F,
+        deliver: Option<Deliver<T>>,
+    ) -> (JoinPtr<T>, [TaskPtr; OWNERS]) {
+        // Written straight into the allocation: building the cell as a value and moving it
+        // in copies it twice (a tenth of a tiny task's instructions).
+        let mut cell = Box::<Self>::new_uninit();
+        cell.write(TaskCell {
+            head: JoinCell {
+                header: Header::new(Self::VTABLE, OWNERS + 1, id, rt, home, None),
                 output: Mutex::new(None),
-            });
-        // SAFETY: the value was written just above.
-        unsafe { cell.assume_init() }
+            },
+            stage: UnsafeCell::new(Stage {
+                future: Some(future),
+                started: false,
+                deliver,
+            }),
+        });
+        // SAFETY: written just above.
+        let cell = unsafe { cell.assume_init() };
+        let header = NonNull::from(Box::leak(cell)).cast::<Header>();
+        // SAFETY: `TaskCell` and `JoinCell` are `repr(C)` with the header first, so the cast
+        // above points at it; the count was made `OWNERS + 1`, one for each pointer below.
+        let ptrs = std::array::from_fn(|_| unsafe { TaskPtr::from_counted(header) });
+        let join = JoinPtr {
+            // SAFETY: as above.
+            task: unsafe { TaskPtr::from_counted(header) },
+            _output: PhantomData,
+        };
+        (join, ptrs)
+    }
+
+    /// The cell `me` points to.
+    fn cell(me: &TaskPtr) -> &Self {
+        // SAFETY: these functions are reached only through `Self::VTABLE`, which only cells
+        // of this type carry; `repr(C)` puts the header first, so the header's address is
+        // the cell's; `me`'s count keeps it alive while borrowed.
+        unsafe { me.header.cast::<Self>().as_ref() }
     }
 
     /// Drops the future and stores `output`, then publishes completion.
     /// Must be called by the RUNNING holder.
-    fn finish(self: &Arc<Self>, output: Result<T>) {
+    fn finish(me: &TaskPtr, output: Result<T>) {
+        let cell = Self::cell(me);
         // SAFETY: we hold RUNNING (the caller's contract), so nobody else touches the stage.
-        let (future, deliver) = self.stage.with_mut(|stage| unsafe {
+        let (future, deliver) = cell.stage.with_mut(|stage| unsafe {
             let stage = &mut *stage;
             (stage.future.take(), stage.deliver.take())
         });
@@ -115,6 +276,7 @@ where
         if let Some(future) = future {
             let _ = catch_unwind(AssertUnwindSafe(move || drop(future)));
         }
+        let header = &cell.head.header;
         let cancelled = matches!(&output, Err(e) if e.is_cancelled());
         let failed = matches!(&output, Err(e) if !e.is_cancelled());
         let failure = match &output {
@@ -126,141 +288,107 @@ where
             // Once the handle is gone a success can never be taken, so it is dropped here
             // rather than stored: a lock less per detached task. A failure is kept, for
             // `stored_failure` (a done callback added later through a `TaskRef` reports it).
-            None if output.is_ok() && self.header.handle_dropped() => {
+            None if output.is_ok() && header.handle_dropped() => {
                 let _ = catch_unwind(AssertUnwindSafe(move || drop(output)));
             }
-            None => *self.output.lock() = Some(output),
+            None => *cell.head.output.lock() = Some(output),
         }
-        self.header.complete(cancelled, failed);
-        self.header
-            .after_complete(&|| TaskRef::from_raw(self.clone()), failure);
-    }
-}
-
-impl<F, T> RawTask for TaskCell<F, T>
-where
-    F: Future<Output = Result<T>> + 'static,
-    T: 'static,
-{
-    fn header(&self) -> &Header {
-        &self.header
+        header.complete(cancelled, failed);
+        header.after_complete(&|| TaskRef::from_raw(me.clone()), failure);
     }
 
-    fn run(self: Arc<Self>) {
-        match self.header.state.start_run() {
+    fn run(me: TaskPtr) {
+        let cell = Self::cell(&me);
+        let header = &cell.head.header;
+        match header.state.start_run() {
             RunAction::Skip => return,
             RunAction::Abort => {
-                self.finish(Err(Error::cancelled(Some("aborted".to_owned()))));
+                Self::finish(&me, Err(Error::cancelled(Some("aborted".to_owned()))));
                 return;
             }
             RunAction::Poll => {}
         }
         // SAFETY: we hold RUNNING: the stage is ours until we give it back below.
-        let stage = self.stage.with_mut(|stage| unsafe { &mut *stage });
+        let stage = cell.stage.with_mut(|stage| unsafe { &mut *stage });
         let first_poll = !stage.started;
         stage.started = true;
-        let step = self.header.cancel.begin_step(first_poll);
+        let step = header.cancel.begin_step(first_poll);
         if step.cancel_before_start {
-            self.finish(Err(step.error_if_cancelled()));
+            Self::finish(&me, Err(step.error_if_cancelled()));
             return;
         }
         let Some(future) = stage.future.as_mut() else {
             debug_assert!(false, "a running task without a future");
             return;
         };
-        // The poll borrows the runner's reference to the cell for its waker: a future that
-        // keeps the waker clones it, taking a count of its own. Never dropped, so it never
-        // gives back the count it did not take.
-        // SAFETY: `self` keeps the cell alive for the whole poll, and `waker_vtable` is the
-        // vtable of a `TaskCell<F, T>` pointer, which this is.
+        // The poll borrows the runner's count for its waker: a future that keeps the waker
+        // clones it, taking a count of its own. Never dropped, so it never gives back the
+        // count it did not take.
+        // SAFETY: `me` keeps the task alive for the whole poll, as `WAKER_VTABLE` requires.
         let waker = ManuallyDrop::new(unsafe {
             Waker::from_raw(RawWaker::new(
-                Arc::as_ptr(&self).cast(),
-                waker_vtable::<F, T>(),
+                me.header.as_ptr() as *const (),
+                &WAKER_VTABLE,
             ))
         });
         let mut cx = Context::from_waker(&waker);
-        let me: &dyn RawTask = &*self;
-        let guard = context::enter_task(NonNull::from(me));
+        let guard = context::enter_task(me.header);
         // SAFETY: the future lives in the task's heap allocation and is never moved out
         // until it is dropped in place (in `finish`).
         let future = unsafe { Pin::new_unchecked(future) };
         let polled = catch_unwind(AssertUnwindSafe(|| future.poll(&mut cx)));
         drop(guard);
         match polled {
-            Ok(Poll::Pending) => match self.header.state.end_poll_pending() {
+            Ok(Poll::Pending) => match header.state.end_poll_pending() {
                 IdleAction::Idle => {}
-                IdleAction::Reschedule => self.schedule(),
+                IdleAction::Reschedule => crate::scheduler::schedule(me),
             },
             Ok(Poll::Ready(output)) => {
-                self.finish(self.header.cancel.step_outcome(&step, output));
+                Self::finish(&me, header.cancel.step_outcome(&step, output));
             }
-            Err(payload) => self.finish(Err(Error::from_panic(payload))),
+            Err(payload) => Self::finish(&me, Err(Error::from_panic(payload))),
         }
     }
 
-    fn schedule(self: Arc<Self>) {
-        crate::scheduler::schedule(self);
+    fn wake(me: TaskPtr) {
+        if me.header().state.wake() == WakeAction::Schedule {
+            crate::scheduler::schedule(me);
+        }
     }
 
-    fn force_finish(self: Arc<Self>, error: Error) -> bool {
-        if !self.header.state.try_claim_idle() {
+    fn wake_by_ref(me: &TaskPtr) {
+        // A count of our own only when the task is to be queued.
+        if me.header().state.wake() == WakeAction::Schedule {
+            crate::scheduler::schedule(me.clone());
+        }
+    }
+
+    fn force_finish(me: TaskPtr, error: Error) -> bool {
+        if !me.header().state.try_claim_idle() {
             return false;
         }
         // We hold RUNNING now, as `finish` requires.
-        self.finish(Err(error));
+        Self::finish(&me, Err(error));
         true
     }
 
-    fn wake_task(self: Arc<Self>) {
-        if self.header.state.wake() == WakeAction::Schedule {
-            self.schedule();
-        }
+    fn stored_failure(me: &TaskPtr) -> Option<Error> {
+        Self::cell(me).head.stored_failure()
     }
 
-    fn stored_failure(&self) -> Option<Error> {
-        TaskCell::stored_failure(self)
-    }
-}
-
-impl<F, T> crate::task::CancelTarget for TaskCell<F, T>
-where
-    F: Future<Output = Result<T>> + 'static,
-    T: 'static,
-{
-    fn cancel_from_awaiter(self: Arc<Self>, message: Option<String>) -> bool {
-        crate::task::request_cancel(&(self as Arc<dyn RawTask>), message)
-    }
-
-    fn missed_request(&self) -> bool {
-        self.header.missed_cancel()
+    /// `TaskVtable::dealloc`.
+    ///
+    /// # Safety
+    ///
+    /// As `TaskVtable::dealloc`: `header` heads a `TaskCell<F, T>` nobody can reach any more.
+    unsafe fn dealloc(header: NonNull<Header>) {
+        // SAFETY: allocated by `Box` in `allocate` as a `Self`, whose header is at its start
+        // (`repr(C)`); the last count is gone, so this is the only access.
+        drop(unsafe { Box::from_raw(header.cast::<Self>().as_ptr()) });
     }
 }
 
-impl<F, T> Join<T> for TaskCell<F, T>
-where
-    F: Future<Output = Result<T>> + 'static,
-    T: 'static,
-{
-    fn poll_join(&self, cx: &mut Context<'_>) -> Poll<Result<T>> {
-        if !self.header.watch(cx.waker()) {
-            return Poll::Pending;
-        }
-        match self.output.lock().take() {
-            Some(output) => Poll::Ready(output),
-            None => Poll::Ready(Err(Error::new(
-                braid_bridge::ErrorKind::InvalidState,
-                "the task's result was already taken",
-            ))),
-        }
-    }
-
-    fn unretrieved_error(&self) -> Option<Error> {
-        self.stored_failure()
-    }
-}
-
-impl<F, T> TaskCell<F, T> {
+impl<T> JoinCell<T> {
     fn stored_failure(&self) -> Option<Error> {
         match &*self.output.lock() {
             Some(Err(e)) if !e.is_cancelled() => Some(e.clone()),
@@ -269,38 +397,151 @@ impl<F, T> TaskCell<F, T> {
     }
 }
 
-/// The waker of a `TaskCell<F, T>`: its data pointer is `Arc::as_ptr` of the cell, and every
-/// waker but the one a poll borrows (see `run`) owns one strong count. Written by hand, not
-/// through `std::task::Wake`, so that a poll can lend the runner's own reference instead of
-/// the task keeping a counted waker of itself for its whole life (two atomic operations per
-/// task, and a reference cycle to break at completion).
-fn waker_vtable<F, T>() -> &'static RawWakerVTable
-where
-    F: Future<Output = Result<T>> + 'static,
-    T: 'static,
-{
-    &RawWakerVTable::new(
-        clone_waker::<F, T>,
-        wake_waker::<F, T>,
-        wake_waker_by_ref::<F, T>,
-        drop_waker::<F, T>,
-    )
+/// A task pointer that knows the type of the task's output: the join handle's.
+pub(crate) struct JoinPtr<T> {
+    task: TaskPtr,
+    _output: PhantomData<fn() -> T>,
 }
+
+impl<T> JoinPtr<T> {
+    /// The untyped pointer.
+    pub(crate) fn task(&self) -> &TaskPtr {
+        &self.task
+    }
+
+    fn cell(&self) -> &JoinCell<T> {
+        // SAFETY: a `JoinPtr<T>` is only made by `TaskCell::<_, T>::allocate`, for a cell that
+        // begins with a `JoinCell<T>` (`repr(C)`); our count keeps it alive.
+        unsafe { self.task.header.cast::<JoinCell<T>>().as_ref() }
+    }
+
+    /// Registers the joiner's waker, or takes the output once the task has completed.
+    pub(crate) fn poll_join(&self, cx: &mut Context<'_>) -> Poll<Result<T>> {
+        let cell = self.cell();
+        if !cell.header.watch(cx.waker()) {
+            return Poll::Pending;
+        }
+        match cell.output.lock().take() {
+            Some(output) => Poll::Ready(output),
+            None => Poll::Ready(Err(Error::new(
+                braid_bridge::ErrorKind::InvalidState,
+                "the task's result was already taken",
+            ))),
+        }
+    }
+
+    /// The stored error, if the task failed (not cancelled) and nobody took the output.
+    pub(crate) fn unretrieved_error(&self) -> Option<Error> {
+        self.cell().stored_failure()
+    }
+}
+
+/// What the main future of `run_until_complete` needs of its stand-in task: it is polled
+/// by its own thread, never queued, so a wake or a schedule only tells that thread.
+pub(crate) trait MainWaker: Send + Sync + 'static {
+    /// The main future was woken (`header` is its task's).
+    fn wake(&self, header: &Header);
+}
+
+/// The stand-in task allocation of a `run_until_complete` main future.
+#[repr(C)]
+struct MainCell<W> {
+    header: Header,
+    waker: W,
+}
+
+impl<W: MainWaker> MainCell<W> {
+    const VTABLE: &'static TaskVtable = &TaskVtable {
+        // Never queued: `run_until_complete` polls the main future itself.
+        run: drop,
+        schedule: Self::wake,
+        wake: Self::wake,
+        wake_by_ref: Self::wake_by_ref,
+        force_finish: Self::force_finish,
+        stored_failure: Self::stored_failure,
+        dealloc: Self::dealloc,
+    };
+
+    fn cell(me: &TaskPtr) -> &Self {
+        // SAFETY: reached only through `Self::VTABLE`, carried only by this type's cells,
+        // whose header is first (`repr(C)`); `me` keeps it alive while borrowed.
+        unsafe { me.header.cast::<Self>().as_ref() }
+    }
+
+    fn wake(me: TaskPtr) {
+        Self::wake_by_ref(&me);
+    }
+
+    fn wake_by_ref(me: &TaskPtr) {
+        let cell = Self::cell(me);
+        cell.waker.wake(&cell.header);
+    }
+
+    fn force_finish(_me: TaskPtr, _error: Error) -> bool {
+        false
+    }
+
+    fn stored_failure(_me: &TaskPtr) -> Option<Error> {
+        None
+    }
+
+    /// `TaskVtable::dealloc`.
+    ///
+    /// # Safety
+    ///
+    /// As `TaskVtable::dealloc`: `header` heads a `MainCell<W>` nobody can reach any more.
+    unsafe fn dealloc(header: NonNull<Header>) {
+        // SAFETY: allocated by `Box` in `new_main_task` as a `Self`, header first; the last
+        // count is gone.
+        drop(unsafe { Box::from_raw(header.cast::<Self>().as_ptr()) });
+    }
+}
+
+/// The stand-in task of a `run_until_complete` main future (named "main", pinned to `home`),
+/// whose wakes go to `waker`.
+pub(crate) fn new_main_task<W: MainWaker>(
+    id: TaskId,
+    rt: Arc<RuntimeShared>,
+    home: Arc<LoopShared>,
+    waker: W,
+) -> TaskPtr {
+    let header = Header::new(
+        MainCell::<W>::VTABLE,
+        1,
+        id,
+        rt,
+        Some(home),
+        Some("main".to_owned()),
+    );
+    let cell = Box::new(MainCell { header, waker });
+    let header = NonNull::from(Box::leak(cell)).cast::<Header>();
+    // SAFETY: the header is the cell's first field (`repr(C)`), and its count of one is
+    // handed to this pointer.
+    unsafe { TaskPtr::from_counted(header) }
+}
+
+/// The one waker vtable of every task: the data pointer is the task's header, and every
+/// waker but the one a poll borrows (see `TaskCell::run`) owns one count. Written by hand,
+/// not through `std::task::Wake`, so that a poll can lend the runner's own count instead of
+/// the task keeping a counted waker of itself for its whole life (two atomic operations per
+/// task, and a reference cycle to break at completion). One table for all task types, so a
+/// waker costs no vtable lookup to clone or drop.
+static WAKER_VTABLE: RawWakerVTable =
+    RawWakerVTable::new(clone_waker, wake_waker, wake_waker_by_ref, drop_waker);
 
 /// `RawWakerVTable::clone`.
 ///
 /// # Safety
 ///
-/// `ptr` is a waker's data pointer from `waker_vtable::<F, T>()`: a live `TaskCell<F, T>`.
-unsafe fn clone_waker<F, T>(ptr: *const ()) -> RawWaker
-where
-    F: Future<Output = Result<T>> + 'static,
-    T: 'static,
-{
-    // SAFETY: the waker being cloned keeps the cell alive (it owns a count, or borrows the
+/// `ptr` is a waker's data pointer from `WAKER_VTABLE`: the header of a live task.
+unsafe fn clone_waker(ptr: *const ()) -> RawWaker {
+    // SAFETY: the waker being cloned keeps the task alive (it owns a count, or borrows the
     // runner's), so the count may be bumped; the new waker owns that count.
-    unsafe { Arc::increment_strong_count(ptr.cast::<TaskCell<F, T>>()) };
-    RawWaker::new(ptr, waker_vtable::<F, T>())
+    let task = unsafe { TaskPtr::clone_from(NonNull::new_unchecked(ptr as *mut Header)) };
+    RawWaker::new(
+        ManuallyDrop::new(task).header.as_ptr() as *const (),
+        &WAKER_VTABLE,
+    )
 }
 
 /// `RawWakerVTable::wake`: consumes the waker's count.
@@ -309,14 +550,10 @@ where
 ///
 /// As `clone_waker`; called only on a waker that owns its count (std never calls `wake` on
 /// the borrowed one, which is never dropped or consumed).
-unsafe fn wake_waker<F, T>(ptr: *const ())
-where
-    F: Future<Output = Result<T>> + 'static,
-    T: 'static,
-{
-    // SAFETY: the waker owns one strong count of this cell, which the `Arc` takes over.
-    let cell = unsafe { Arc::from_raw(ptr.cast::<TaskCell<F, T>>()) };
-    cell.wake_task();
+unsafe fn wake_waker(ptr: *const ()) {
+    // SAFETY: the waker owns one count of this task, which the pointer takes over.
+    let task = unsafe { TaskPtr::from_counted(NonNull::new_unchecked(ptr as *mut Header)) };
+    task.wake_task();
 }
 
 /// `RawWakerVTable::wake_by_ref`.
@@ -324,18 +561,13 @@ where
 /// # Safety
 ///
 /// As `clone_waker`.
-unsafe fn wake_waker_by_ref<F, T>(ptr: *const ())
-where
-    F: Future<Output = Result<T>> + 'static,
-    T: 'static,
-{
-    // SAFETY: the waker keeps the cell alive for this call; `ManuallyDrop` leaves its count
+unsafe fn wake_waker_by_ref(ptr: *const ()) {
+    // SAFETY: the waker keeps the task alive for this call; `ManuallyDrop` leaves its count
     // (owned or borrowed) untouched.
-    let cell = ManuallyDrop::new(unsafe { Arc::from_raw(ptr.cast::<TaskCell<F, T>>()) });
-    // A count of our own only when the task is to be queued.
-    if cell.header.state.wake() == WakeAction::Schedule {
-        Arc::clone(&cell).schedule();
-    }
+    let task = ManuallyDrop::new(unsafe {
+        TaskPtr::from_counted(NonNull::new_unchecked(ptr as *mut Header))
+    });
+    (task.header().vtable.wake_by_ref)(&task);
 }
 
 /// `RawWakerVTable::drop`: gives back the waker's count.
@@ -343,35 +575,27 @@ where
 /// # Safety
 ///
 /// As `wake_waker`.
-unsafe fn drop_waker<F, T>(ptr: *const ())
-where
-    F: Future<Output = Result<T>> + 'static,
-    T: 'static,
-{
-    // SAFETY: the waker owns one strong count of this cell, given back here.
-    unsafe { Arc::decrement_strong_count(ptr.cast::<TaskCell<F, T>>()) };
+unsafe fn drop_waker(ptr: *const ()) {
+    // SAFETY: the waker owns one count of this task, given back here.
+    drop(unsafe { TaskPtr::from_counted(NonNull::new_unchecked(ptr as *mut Header)) });
 }
 
-/// The running task of this thread, as a raw pointer set for the duration of one poll.
-pub(crate) fn current_task_ref(ptr: NonNull<dyn RawTask>) -> TaskRef {
-    // SAFETY: `ptr` was set by `enter_task` from a `&dyn RawTask` borrowed from an `Arc` that
-    // the runner keeps alive for the whole poll, and it is cleared before that borrow ends;
-    // so the pointee is alive and owned by an `Arc`, whose count we may bump.
-    let arc = unsafe {
-        Arc::increment_strong_count(ptr.as_ptr());
-        Arc::from_raw(ptr.as_ptr())
-    };
-    TaskRef::from_raw(arc)
+/// The running task of this thread, as a counted pointer from the raw one set for the
+/// duration of one poll.
+pub(crate) fn current_task_ref(ptr: NonNull<Header>) -> TaskRef {
+    // SAFETY: `ptr` was set by `enter_task` from a `TaskPtr` that the runner keeps alive for
+    // the whole poll, and it is cleared before that poll ends.
+    TaskRef::from_raw(unsafe { TaskPtr::clone_from(ptr) })
 }
 
 /// Borrows the running task's header through the raw pointer.
-pub(crate) fn with_header<R>(ptr: NonNull<dyn RawTask>, f: impl FnOnce(&Header) -> R) -> R {
-    // SAFETY: as in `current_task_ref`: the pointee outlives the poll during which the
-    // pointer is set, and `f` runs within that poll.
-    f(unsafe { ptr.as_ref() }.header())
+pub(crate) fn with_header<R>(ptr: NonNull<Header>, f: impl FnOnce(&Header) -> R) -> R {
+    // SAFETY: as in `current_task_ref`: the task outlives the poll during which the pointer
+    // is set, and `f` runs within that poll.
+    f(unsafe { ptr.as_ref() })
 }
 
-/// Marker giving `Task<T>` the auto traits of `T` for `Send`, while the `Arc<dyn Join<T>>`
+/// Marker giving `Task<T>` the auto traits of `T` for `Send`, while the `JoinPtr<T>`
 /// inside is always `Send + Sync`.
 pub(crate) struct SendIfT<T>(PhantomData<*const T>);
 
