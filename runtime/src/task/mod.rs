@@ -946,6 +946,32 @@ mod tests {
     }
 
     #[test]
+    fn a_task_spawned_after_one_of_its_kind_was_freed_on_this_loop_reuses_its_cell() {
+        let rt = one_loop();
+        let (first, second) = rt
+            .run_until_complete(async {
+                create_task(async {
+                    let spawn = || create_task(async { Ok(1) });
+                    let mut child = spawn();
+                    let first = child.raw.task().as_non_null().as_ptr() as usize;
+                    (&mut child).await?;
+                    // The last count: the cell goes back to this loop thread's free list.
+                    drop(child);
+                    // Had it gone back to the allocator, one of these (a block of every
+                    // size up to 1 KiB) would now hold it.
+                    let decoys: Vec<Vec<u8>> =
+                        (16..=1024).step_by(16).map(Vec::with_capacity).collect();
+                    let second = spawn();
+                    drop(decoys);
+                    Ok((first, second.raw.task().as_non_null().as_ptr() as usize))
+                })
+                .await
+            })
+            .expect("the tasks ran");
+        assert_eq!(first, second);
+    }
+
+    #[test]
     fn a_detached_task_drops_its_result_when_it_finishes_though_a_waker_keeps_it() {
         struct SetOnDrop(Arc<AtomicBool>);
         impl Drop for SetOnDrop {

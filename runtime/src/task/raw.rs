@@ -31,6 +31,7 @@ use crate::event_loop::LoopShared;
 use crate::scheduler::RuntimeShared;
 use braid_bridge::sync::{Mutex, UnsafeCell};
 use braid_bridge::{Error, Result};
+use std::alloc::Layout;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::mem::ManuallyDrop;
@@ -229,21 +230,23 @@ where
     ) -> (JoinPtr<T>, [TaskPtr; OWNERS]) {
         // Written straight into the allocation: building the cell as a value and moving it
         // in copies it twice (a tenth of a tiny task's instructions).
-        let mut cell = Box::<Self>::new_uninit();
-        cell.write(TaskCell {
-            head: JoinCell {
-                header: Header::new(Self::VTABLE, OWNERS + 1, id, rt, home, None),
-                output: Mutex::new(None),
-            },
-            stage: UnsafeCell::new(Stage {
-                future: Some(future),
-                started: false,
-                deliver,
-            }),
-        });
-        // SAFETY: written just above.
-        let cell = unsafe { cell.assume_init() };
-        let header = NonNull::from(Box::leak(cell)).cast::<Header>();
+        let memory = cell_memory::allocate(Layout::new::<Self>()).cast::<Self>();
+        // SAFETY: `allocate` returned memory fit for a `Self` (its layout's size and
+        // alignment), owned by nobody else.
+        unsafe {
+            memory.as_ptr().write(TaskCell {
+                head: JoinCell {
+                    header: Header::new(Self::VTABLE, OWNERS + 1, id, rt, home, None),
+                    output: Mutex::new(None),
+                },
+                stage: UnsafeCell::new(Stage {
+                    future: Some(future),
+                    started: false,
+                    deliver,
+                }),
+            })
+        };
+        let header = memory.cast::<Header>();
         // SAFETY: `TaskCell` and `JoinCell` are `repr(C)` with the header first, so the cast
         // above points at it; the count was made `OWNERS + 1`, one for each pointer below.
         let ptrs = std::array::from_fn(|_| unsafe { TaskPtr::from_counted(header) });
@@ -382,9 +385,15 @@ where
     ///
     /// As `TaskVtable::dealloc`: `header` heads a `TaskCell<F, T>` nobody can reach any more.
     unsafe fn dealloc(header: NonNull<Header>) {
-        // SAFETY: allocated by `Box` in `allocate` as a `Self`, whose header is at its start
-        // (`repr(C)`); the last count is gone, so this is the only access.
-        drop(unsafe { Box::from_raw(header.cast::<Self>().as_ptr()) });
+        let cell = header.cast::<Self>();
+        // SAFETY: `allocate` wrote a `Self` there, whose header is at its start (`repr(C)`);
+        // the last count is gone, so this is the only access, and the value is dropped once.
+        // Its fields' destructors may drop other tasks' last counts: no cache is borrowed
+        // meanwhile (`release` comes after).
+        unsafe { std::ptr::drop_in_place(cell.as_ptr()) };
+        // SAFETY: from `cell_memory::allocate` with this layout (in `allocate`), and the value
+        // in it was dropped just above.
+        unsafe { cell_memory::release(cell.cast(), Layout::new::<Self>()) };
     }
 }
 
@@ -433,6 +442,135 @@ impl<T> JoinPtr<T> {
     /// The stored error, if the task failed (not cancelled) and nobody took the output.
     pub(crate) fn unretrieved_error(&self) -> Option<Error> {
         self.cell().stored_failure()
+    }
+}
+
+/// Memory for task cells: per-thread free lists by size, in front of the global allocator.
+///
+/// A spawned task's cell is freed by whoever gives back its last count. With the registry
+/// routing finished tasks back to the shard that spawned them (see `registry`), that is
+/// mostly the spawning thread, so a thread that spawns many tasks gets the cells of the
+/// ones that finished back from its own list: no call into the allocator, and none of
+/// glibc's trimming of the heap top that made the next burst of spawns fault its pages in
+/// again (`benchmarks/NOTES.md`). Each list keeps at most [`KEEP_BYTES_PER_CLASS`] of cells
+/// (820 cells of a tiny task); the rest go back to the allocator, and a thread's lists are
+/// emptied when it exits.
+///
+/// Under loom no cells are kept: the models build no tasks, and a thread-local cache is no
+/// synchronisation to check.
+mod cell_memory {
+    use std::alloc::Layout;
+    use std::cell::RefCell;
+    use std::ptr::NonNull;
+
+    /// Cells are kept by size, rounded up to a multiple of this.
+    const CLASS_BYTES: usize = 64;
+    /// Size classes kept: cells up to 1 KiB. Larger ones come from the allocator each time.
+    const CLASSES: usize = 16;
+    /// The alignment of kept blocks (glibc's own); a cell that needs more is not kept.
+    const ALIGN: usize = 16;
+    /// At most this many bytes of free cells per size class and thread: most of the gain
+    /// (a driver of `spawn_many_local` with two loops kept 256 cells and ran as fast as
+    /// with 16 384), while a thread that once spawned a million tasks keeps little of them.
+    pub(super) const KEEP_BYTES_PER_CLASS: usize = 256 * 1024;
+
+    struct FreeLists {
+        lists: [Vec<NonNull<u8>>; CLASSES],
+    }
+
+    impl Drop for FreeLists {
+        fn drop(&mut self) {
+            for (class, list) in self.lists.iter_mut().enumerate() {
+                for block in list.drain(..) {
+                    // SAFETY: every kept block came from the allocator with its class's
+                    // layout (`allocate`) and holds no value (`release`).
+                    unsafe { std::alloc::dealloc(block.as_ptr(), class_layout(class)) };
+                }
+            }
+        }
+    }
+
+    std::thread_local! {
+        static FREE: RefCell<FreeLists> = const {
+            RefCell::new(FreeLists { lists: [const { Vec::new() }; CLASSES] })
+        };
+    }
+
+    /// The size class of `layout`, if cells of that layout are kept.
+    fn class_of(layout: Layout) -> Option<usize> {
+        if cfg!(loom) || layout.align() > ALIGN || layout.size() > CLASSES * CLASS_BYTES {
+            return None;
+        }
+        Some(layout.size().div_ceil(CLASS_BYTES).max(1) - 1)
+    }
+
+    fn class_layout(class: usize) -> Layout {
+        match Layout::from_size_align((class + 1) * CLASS_BYTES, ALIGN) {
+            Ok(layout) => layout,
+            Err(_) => unreachable!("at most 1 KiB, aligned to 16"),
+        }
+    }
+
+    /// From the global allocator.
+    fn fresh(layout: Layout) -> NonNull<u8> {
+        // SAFETY: a cell's layout is never zero-sized (it holds a header).
+        let block = unsafe { std::alloc::alloc(layout) };
+        NonNull::new(block).unwrap_or_else(|| std::alloc::handle_alloc_error(layout))
+    }
+
+    /// Memory for a value of `layout` (never zero-sized), uninitialised.
+    #[inline]
+    pub(super) fn allocate(layout: Layout) -> NonNull<u8> {
+        let Some(class) = class_of(layout) else {
+            return fresh(layout);
+        };
+        // `try_`: while the thread exits its lists may be gone, and a destructor run from
+        // inside them must not panic; either way the allocator serves.
+        let kept = FREE
+            .try_with(|free| free.try_borrow_mut().ok()?.lists[class].pop())
+            .ok()
+            .flatten();
+        kept.unwrap_or_else(|| fresh(class_layout(class)))
+    }
+
+    /// How many free cells of `layout`'s class this thread keeps (for tests).
+    #[cfg(all(test, not(loom)))]
+    pub(super) fn kept_here(layout: Layout) -> usize {
+        class_of(layout).map_or(0, |class| {
+            FREE.with(|free| free.borrow().lists[class].len())
+        })
+    }
+
+    /// Gives back memory from [`allocate`]: kept for the next cell of its size on this
+    /// thread, or freed.
+    ///
+    /// # Safety
+    ///
+    /// `block` came from `allocate(layout)` with this `layout`, holds no value any more, and
+    /// is not used after this call.
+    #[inline]
+    pub(super) unsafe fn release(block: NonNull<u8>, layout: Layout) {
+        let Some(class) = class_of(layout) else {
+            // SAFETY: `allocate` took it from the allocator with this very layout.
+            unsafe { std::alloc::dealloc(block.as_ptr(), layout) };
+            return;
+        };
+        let kept = FREE
+            .try_with(|free| match free.try_borrow_mut() {
+                Ok(mut free)
+                    if free.lists[class].len() * (class + 1) * CLASS_BYTES
+                        < KEEP_BYTES_PER_CLASS =>
+                {
+                    free.lists[class].push(block);
+                    true
+                }
+                _ => false,
+            })
+            .unwrap_or(false);
+        if !kept {
+            // SAFETY: from `allocate`, so from the allocator with its class's layout.
+            unsafe { std::alloc::dealloc(block.as_ptr(), class_layout(class)) };
+        }
     }
 }
 
@@ -716,4 +854,72 @@ pub(crate) fn poller_delete(poller: &polling::Poller, fd: std::os::fd::RawFd) {
     let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
     // An error means it was not registered; nothing then can deliver its events.
     let _ = poller.delete(borrowed);
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::cell_memory::{allocate, kept_here, release, KEEP_BYTES_PER_CLASS};
+    use std::alloc::Layout;
+
+    fn layout(size: usize) -> Layout {
+        Layout::from_size_align(size, 8).expect("a valid layout")
+    }
+
+    #[test]
+    fn freed_cell_memory_serves_the_next_cell_of_its_size_class_on_the_same_thread() {
+        let first = allocate(layout(300));
+        // SAFETY: from `allocate` with this layout, holding no value, not used again.
+        unsafe { release(first, layout(300)) };
+        // 300 and 310 bytes both round up to 320.
+        let second = allocate(layout(310));
+        assert_eq!(first, second, "the kept block is handed out again");
+        let other_class = allocate(layout(200));
+        assert_ne!(other_class, second);
+        // SAFETY: as above, each with the layout it was allocated with.
+        unsafe {
+            release(second, layout(310));
+            release(other_class, layout(200));
+        }
+    }
+
+    #[test]
+    fn a_thread_keeps_no_more_than_its_budget_of_free_cells_per_class() {
+        std::thread::spawn(|| {
+            let size = 1000; // the 1 KiB class
+            let budget = KEEP_BYTES_PER_CLASS / 1024;
+            let blocks: Vec<_> = (0..budget + 10).map(|_| allocate(layout(size))).collect();
+            assert_eq!(kept_here(layout(size)), 0);
+            for &block in &blocks {
+                // SAFETY: from `allocate` with this layout, holding no value, not used again.
+                unsafe { release(block, layout(size)) };
+            }
+            assert_eq!(
+                kept_here(layout(size)),
+                budget,
+                "the rest went to the allocator"
+            );
+            assert_eq!(kept_here(layout(100)), 0, "other classes keep their own");
+            // The kept ones come back, the last one freed first.
+            let again = allocate(layout(size));
+            assert_eq!(again, blocks[budget - 1]);
+            assert_eq!(kept_here(layout(size)), budget - 1);
+            // SAFETY: as above.
+            unsafe { release(again, layout(size)) };
+        })
+        .join()
+        .expect("the thread ran");
+    }
+
+    #[test]
+    fn cells_too_large_or_too_aligned_for_the_lists_come_from_the_allocator() {
+        for layout in [
+            Layout::from_size_align(4096, 8).unwrap(),
+            Layout::from_size_align(64, 64).unwrap(),
+        ] {
+            let block = allocate(layout);
+            assert_eq!(block.as_ptr() as usize % layout.align(), 0);
+            // SAFETY: from `allocate` with this layout, holding no value, not used again.
+            unsafe { release(block, layout) };
+        }
+    }
 }
