@@ -86,12 +86,13 @@ enum DoneCallback {
 /// An inline completion hook: the finished task and its error, if it failed (not cancelled).
 pub(crate) type CompletionHook = Box<dyn FnOnce(&TaskRef, Option<&Error>) + Send>;
 
-/// A cancellable thing a task can be awaiting (a Task or a Promise): cancelling the awaiter
-/// cancels it too, as asyncio's `Task.cancel` cancels `_fut_waiter`.
+/// A cancellable thing other than a task that a task can be awaiting (a Promise or a
+/// gather; a task is [`AwaitTarget::Task`]): cancelling the awaiter cancels it too, as
+/// asyncio's `Task.cancel` cancels `_fut_waiter`.
 pub(crate) trait CancelTarget: Send + Sync {
     /// Cancels the target; false if it was already done (then the awaiter itself must be
     /// cancelled at its await point, as asyncio does when `_fut_waiter.cancel()` fails).
-    /// Takes the `Arc` so that a task or promise can register itself as the target with a
+    /// Takes the `Arc` so that a promise or gather can register itself as the target with a
     /// reference count, not an allocation, on every await that waits.
     fn cancel_from_awaiter(self: Arc<Self>, message: Option<String>) -> bool;
 
@@ -497,10 +498,10 @@ impl fmt::Debug for TaskRef {
 impl TaskRef {
     /// Wakes the task through its state machine (a wake while it runs polls it once more).
     pub(crate) fn wake(&self) {
-        self.raw.clone().wake_task();
+        self.raw.wake_by_ref();
     }
 
-    /// Cancels the task on behalf of an awaiter (see [`CancelTarget`]).
+    /// Cancels the task on behalf of an awaiter (see [`AwaitTarget`]).
     pub(crate) fn cancel_from_awaiter(&self, message: Option<String>) -> bool {
         request_cancel(&self.raw, message)
     }
@@ -510,7 +511,7 @@ pub(crate) fn request_cancel(raw: &TaskPtr, message: Option<String>) -> bool {
     let header = raw.header();
     let by_self = crate::context::current_task_is(header);
     cancel::request(&header.state, &header.cancel, message, by_self, || {
-        raw.clone().wake_task()
+        raw.wake_by_ref()
     })
 }
 
@@ -575,7 +576,7 @@ impl<T> Task<T> {
     /// }).unwrap();
     /// ```
     pub fn cancel(&self) -> bool {
-        request_cancel(&self.untyped(), None)
+        request_cancel(self.raw.task(), None)
     }
 
     /// [`cancel`](Task::cancel) with a message, carried by the Cancelled error.
@@ -592,7 +593,7 @@ impl<T> Task<T> {
     /// }).unwrap();
     /// ```
     pub fn cancel_with(&self, message: impl Into<String>) -> bool {
-        request_cancel(&self.untyped(), Some(message.into()))
+        request_cancel(self.raw.task(), Some(message.into()))
     }
 
     /// True once the task has finished with a Cancelled error (not merely been asked to).
@@ -686,9 +687,8 @@ impl<T> Task<T> {
     /// }).unwrap();
     /// ```
     pub fn abort(&self) {
-        let raw = self.untyped();
-        if raw.header().state.abort() == state::WakeAction::Schedule {
-            raw.schedule();
+        if self.header().state.abort() == state::WakeAction::Schedule {
+            self.untyped().schedule();
         }
     }
 
@@ -815,7 +815,7 @@ impl<T: 'static> Future for Task<T> {
             // it to finish (its outcome becomes ours). If it is already done, the request is
             // delivered here.
             let message = cancel.message().map(str::to_owned);
-            if !request_cancel(&this.untyped(), message.clone()) {
+            if !request_cancel(this.raw.task(), message.clone()) {
                 // The awaited task is done: this error is our outcome instead of its.
                 let target = this.raw.task().header();
                 this.registration.end_read(|| target.missed_cancel());

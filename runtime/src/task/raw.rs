@@ -70,11 +70,13 @@ pub(crate) struct TaskPtr {
     header: NonNull<Header>,
 }
 
-// SAFETY: a `TaskPtr` gives access to the header, which is all atomics and mutexes, and
-// through the vtable to the rest of the allocation under the rules in the module docs
-// (the future only to the RUNNING holder, on its owner loop for a local task; the output
-// behind its mutex). Moving or sharing the pointer between threads is what those rules are
-// for; `Task<T>` adds `T`'s own bounds (see `SendIfT`).
+// SAFETY: a `TaskPtr` gives shared access to the header, whose mutable parts are atomics
+// and mutexes (the rest, the id and the runtime and home `Arc`s, never change), and through
+// the vtable to the rest of the allocation under the rules in the module docs (the future
+// only to the RUNNING holder, on its owner loop for a local task; the output behind its
+// mutex). Whoever gives back the last count drops what is left of the cell, on any thread:
+// a future never finished (only at shutdown, when loops have stopped polling) or an output
+// never taken, as the `Arc` it replaces did. `Task<T>` adds `T`'s own bounds (see `SendIfT`).
 unsafe impl Send for TaskPtr {}
 // SAFETY: as above.
 unsafe impl Sync for TaskPtr {}
@@ -95,7 +97,7 @@ impl TaskPtr {
     /// # Safety
     ///
     /// `header` is the header of a live task allocation, and stays live for this call.
-    unsafe fn clone_from(header: NonNull<Header>) -> TaskPtr {
+    unsafe fn from_borrowed(header: NonNull<Header>) -> TaskPtr {
         // SAFETY: live for this call (the caller's contract); once incremented, the count
         // is ours.
         unsafe { header.as_ref() }.refs.increment();
@@ -128,6 +130,12 @@ impl TaskPtr {
     /// A wake through the state machine (used by `cancel`, which holds no waker).
     pub(crate) fn wake_task(self) {
         (self.header().vtable.wake)(self)
+    }
+
+    /// As [`wake_task`](TaskPtr::wake_task), keeping this count (a count of its own is
+    /// taken only if the task is to be queued).
+    pub(crate) fn wake_by_ref(&self) {
+        (self.header().vtable.wake_by_ref)(self)
     }
 
     /// Shutdown only: if the task is idle, drops its future and finishes it with `error`.
@@ -409,7 +417,8 @@ impl<T> JoinCell<T> {
 /// A task pointer that knows the type of the task's output: the join handle's.
 pub(crate) struct JoinPtr<T> {
     task: TaskPtr,
-    _output: PhantomData<fn() -> T>,
+    /// Invariant in `T`, as the `Arc<dyn Join<T>>` this replaced made `Task<T>`.
+    _output: PhantomData<fn(T) -> T>,
 }
 
 impl<T> JoinPtr<T> {
@@ -675,7 +684,7 @@ static WAKER_VTABLE: RawWakerVTable =
 unsafe fn clone_waker(ptr: *const ()) -> RawWaker {
     // SAFETY: the waker being cloned keeps the task alive (it owns a count, or borrows the
     // runner's), so the count may be bumped; the new waker owns that count.
-    let task = unsafe { TaskPtr::clone_from(NonNull::new_unchecked(ptr as *mut Header)) };
+    let task = unsafe { TaskPtr::from_borrowed(NonNull::new_unchecked(ptr as *mut Header)) };
     RawWaker::new(
         ManuallyDrop::new(task).header.as_ptr() as *const (),
         &WAKER_VTABLE,
@@ -723,7 +732,7 @@ unsafe fn drop_waker(ptr: *const ()) {
 pub(crate) fn current_task_ref(ptr: NonNull<Header>) -> TaskRef {
     // SAFETY: `ptr` was set by `enter_task` from a `TaskPtr` that the runner keeps alive for
     // the whole poll, and it is cleared before that poll ends.
-    TaskRef::from_raw(unsafe { TaskPtr::clone_from(ptr) })
+    TaskRef::from_raw(unsafe { TaskPtr::from_borrowed(ptr) })
 }
 
 /// Borrows the running task's header through the raw pointer.
@@ -921,5 +930,82 @@ mod tests {
             // SAFETY: from `allocate` with this layout, holding no value, not used again.
             unsafe { release(block, layout) };
         }
+    }
+}
+
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use super::super::refcount::RefCount;
+    use braid_bridge::sync::{Arc, UnsafeCell};
+    use loom::thread;
+
+    /// A task allocation reduced to what its count guards: a part every owner reads (as
+    /// `TaskPtr::drop` reads the vtable before it gives its count back) and a part each owner
+    /// writes while it holds a count (as a runner writes the stage). The last owner tears both
+    /// down (as `dealloc` drops the cell). loom's cells report any of those accesses not
+    /// ordered before the teardown.
+    struct ModelCell {
+        count: RefCount,
+        vtable: UnsafeCell<usize>,
+        parts: [UnsafeCell<usize>; 3],
+    }
+
+    // SAFETY: (model only) the cells are shared exactly as a task allocation is; loom checks
+    // in every interleaving that no two accesses race.
+    unsafe impl Sync for ModelCell {}
+    // SAFETY: (model only) as above.
+    unsafe impl Send for ModelCell {}
+
+    /// One owner's life: its write, the read `TaskPtr::drop` makes, the decrement, and the
+    /// teardown if it was the last.
+    fn own_and_give_back(cell: &ModelCell, part: usize) -> bool {
+        // SAFETY: (model only) each owner writes only its own part.
+        cell.parts[part].with_mut(|p| unsafe { *p += 1 });
+        // SAFETY: (model only) a read; writes come only in the teardown, which loom orders.
+        let _vtable = cell.vtable.with(|v| unsafe { *v });
+        if !cell.count.decrement() {
+            return false;
+        }
+        // SAFETY: (model only) the last owner's exclusive access, which loom verifies.
+        cell.vtable.with_mut(|v| unsafe { *v = 0 });
+        for part in &cell.parts {
+            // SAFETY: (model only) as above.
+            part.with_mut(|p| unsafe {
+                assert_eq!(*p, 1, "an owner's write the teardown did not see");
+                *p = 0;
+            });
+        }
+        true
+    }
+
+    /// Two owners preset at creation (as a spawner hands out its counts); one of them clones
+    /// a third on its thread and hands it to yet another thread (a waker sent away), so the
+    /// relaxed increment's count is given back where it was not taken. Exactly one owner
+    /// tears down, after every other owner's accesses.
+    #[test]
+    fn loom_the_last_owner_alone_tears_down_after_every_owners_accesses() {
+        loom::model(|| {
+            let cell = Arc::new(ModelCell {
+                count: RefCount::new(2),
+                vtable: UnsafeCell::new(7),
+                parts: [UnsafeCell::new(0), UnsafeCell::new(0), UnsafeCell::new(0)],
+            });
+            let cloner = {
+                let cell = cell.clone();
+                thread::spawn(move || {
+                    cell.count.increment();
+                    let receiver = {
+                        let cell = cell.clone();
+                        thread::spawn(move || own_and_give_back(&cell, 2))
+                    };
+                    (own_and_give_back(&cell, 1), receiver)
+                })
+            };
+            let here = own_and_give_back(&cell, 0);
+            let (cloner_last, receiver) = cloner.join().unwrap();
+            let receiver_last = receiver.join().unwrap();
+            let lasts = [here, cloner_last, receiver_last];
+            assert_eq!(lasts.iter().filter(|&&last| last).count(), 1);
+        });
     }
 }

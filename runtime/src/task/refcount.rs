@@ -6,7 +6,9 @@
 //!
 //! The orderings are `Arc`'s: an increment needs none (whoever increments already owns a count,
 //! so the allocation cannot go away under it); a decrement releases the owner's writes, and the
-//! last one acquires them all before the allocation is torn down.
+//! last one acquires them all before the allocation is torn down. The loom model is in `raw`
+//! (`loom_the_last_owner_alone_tears_down_after_every_owners_accesses`), where the `unsafe`
+//! its cells need may live.
 
 use braid_bridge::sync::atomic::{fence, AtomicUsize, Ordering};
 
@@ -65,69 +67,5 @@ mod tests {
         assert!(!count.decrement());
         assert!(!count.decrement());
         assert!(count.decrement(), "the fourth owner of four is the last");
-    }
-}
-
-#[cfg(all(test, loom))]
-mod loom_tests {
-    use super::RefCount;
-    use braid_bridge::sync::atomic::{AtomicUsize, Ordering};
-    use braid_bridge::sync::Arc;
-    use loom::thread;
-
-    /// A task allocation reduced to what the count protects: each owner writes its own field
-    /// (as a runner writes the stage) before it lets go, and the last owner, which tears the
-    /// allocation down, reads them all. The writes are relaxed, so only the count's
-    /// release-decrement and acquire-fence can make them visible: loom shows the last owner a
-    /// stale zero in some interleaving if either ordering is weakened.
-    struct Shared {
-        count: RefCount,
-        written: [AtomicUsize; 3],
-    }
-
-    /// Three owners preset at creation (the spawner's hand-outs); one of them clones a fourth
-    /// on its thread and drops it again. Exactly one owner is told it was last, and it sees
-    /// every owner's write.
-    #[test]
-    fn loom_the_last_owner_sees_every_owners_writes() {
-        loom::model(|| {
-            let shared = Arc::new(Shared {
-                count: RefCount::new(3),
-                written: [
-                    AtomicUsize::new(0),
-                    AtomicUsize::new(0),
-                    AtomicUsize::new(0),
-                ],
-            });
-            let last_sees_all = |shared: &Shared| {
-                for field in &shared.written {
-                    assert_eq!(
-                        field.load(Ordering::Relaxed),
-                        1,
-                        "a write the last owner missed"
-                    );
-                }
-            };
-            let owner = |index: usize, clones: bool| {
-                let shared = shared.clone();
-                move || -> bool {
-                    if clones {
-                        shared.count.increment();
-                        assert!(!shared.count.decrement(), "the cloner still holds its own");
-                    }
-                    shared.written[index].store(1, Ordering::Relaxed);
-                    let last = shared.count.decrement();
-                    if last {
-                        last_sees_all(&shared);
-                    }
-                    last
-                }
-            };
-            let a = thread::spawn(owner(0, true));
-            let b = thread::spawn(owner(1, false));
-            let here = owner(2, false)();
-            let lasts = [a.join().unwrap(), b.join().unwrap(), here];
-            assert_eq!(lasts.iter().filter(|&&last| last).count(), 1);
-        });
     }
 }
