@@ -28,7 +28,9 @@
 //! that lock's futex calls, the sibling loop sweeping the spawning loop's full graveyard
 //! while the spawner (one task, one long step) never came round to its own
 //! once-per-iteration sweep. Freed in batches by the spawner, the memory goes back to the
-//! thread that allocates next, uncontended (see `benchmarks/NOTES.md`).
+//! thread that allocates next, uncontended (see `benchmarks/NOTES.md`); since task cells have
+//! their own per-thread free lists (`task::raw`), most of it goes straight to the spawner's
+//! list and its next spawns, without the allocator.
 //!
 //! Any shard's graveyard that reaches [`GRAVEYARD_MAX`] is swept by whoever fills it, so a
 //! loop asleep for long, or a spawner that stopped, cannot pile up finished tasks' memory.

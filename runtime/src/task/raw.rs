@@ -127,7 +127,7 @@ impl TaskPtr {
         (self.header().vtable.schedule)(self)
     }
 
-    /// A wake through the state machine (used by `cancel`, which holds no waker).
+    /// A wake through the state machine, consuming this count (a waker's `wake`).
     pub(crate) fn wake_task(self) {
         (self.header().vtable.wake)(self)
     }
@@ -394,14 +394,17 @@ where
     /// As `TaskVtable::dealloc`: `header` heads a `TaskCell<F, T>` nobody can reach any more.
     unsafe fn dealloc(header: NonNull<Header>) {
         let cell = header.cast::<Self>();
+        // Gives the memory back once the value is dropped, even if a field's destructor
+        // panics (the other fields are dropped during the unwind).
+        // SAFETY: from `cell_memory::allocate` with this layout (in `allocate`); the guard
+        // drops after the value below, and nothing touches the memory after that.
+        let _memory =
+            unsafe { cell_memory::ReleaseOnDrop::new(cell.cast(), Layout::new::<Self>()) };
         // SAFETY: `allocate` wrote a `Self` there, whose header is at its start (`repr(C)`);
         // the last count is gone, so this is the only access, and the value is dropped once.
-        // Its fields' destructors may drop other tasks' last counts: no cache is borrowed
-        // meanwhile (`release` comes after).
+        // Its fields' destructors may drop other tasks' last counts: no list is borrowed
+        // meanwhile (the release comes after).
         unsafe { std::ptr::drop_in_place(cell.as_ptr()) };
-        // SAFETY: from `cell_memory::allocate` with this layout (in `allocate`), and the value
-        // in it was dropped just above.
-        unsafe { cell_memory::release(cell.cast(), Layout::new::<Self>()) };
     }
 }
 
@@ -485,6 +488,9 @@ mod cell_memory {
 
     struct FreeLists {
         lists: [Vec<NonNull<u8>>; CLASSES],
+        /// This thread has allocated a cell of the class: only then does it keep freed ones
+        /// (a thread that only ever drops tasks' last counts would keep cells it never uses).
+        allocates: [bool; CLASSES],
     }
 
     impl Drop for FreeLists {
@@ -501,19 +507,22 @@ mod cell_memory {
 
     std::thread_local! {
         static FREE: RefCell<FreeLists> = const {
-            RefCell::new(FreeLists { lists: [const { Vec::new() }; CLASSES] })
+            RefCell::new(FreeLists {
+                lists: [const { Vec::new() }; CLASSES],
+                allocates: [false; CLASSES],
+            })
         };
     }
 
     /// The size class of `layout`, if cells of that layout are kept.
-    fn class_of(layout: Layout) -> Option<usize> {
+    pub(super) fn class_of(layout: Layout) -> Option<usize> {
         if cfg!(loom) || layout.align() > ALIGN || layout.size() > CLASSES * CLASS_BYTES {
             return None;
         }
         Some(layout.size().div_ceil(CLASS_BYTES).max(1) - 1)
     }
 
-    fn class_layout(class: usize) -> Layout {
+    pub(super) fn class_layout(class: usize) -> Layout {
         match Layout::from_size_align((class + 1) * CLASS_BYTES, ALIGN) {
             Ok(layout) => layout,
             Err(_) => unreachable!("at most 1 KiB, aligned to 16"),
@@ -533,10 +542,15 @@ mod cell_memory {
         let Some(class) = class_of(layout) else {
             return fresh(layout);
         };
-        // `try_`: while the thread exits its lists may be gone, and a destructor run from
-        // inside them must not panic; either way the allocator serves.
+        // `try_with`: while the thread exits its lists may be gone already (a task dropped by
+        // another thread-local's destructor), and then the allocator serves. The borrow
+        // covers a push or a pop only, so `try_borrow_mut` is defensive.
         let kept = FREE
-            .try_with(|free| free.try_borrow_mut().ok()?.lists[class].pop())
+            .try_with(|free| {
+                let mut free = free.try_borrow_mut().ok()?;
+                free.allocates[class] = true;
+                free.lists[class].pop()
+            })
             .ok()
             .flatten();
         kept.unwrap_or_else(|| fresh(class_layout(class)))
@@ -548,6 +562,29 @@ mod cell_memory {
         class_of(layout).map_or(0, |class| {
             FREE.with(|free| free.borrow().lists[class].len())
         })
+    }
+
+    /// Calls [`release`] when dropped.
+    pub(super) struct ReleaseOnDrop {
+        block: NonNull<u8>,
+        layout: Layout,
+    }
+
+    impl ReleaseOnDrop {
+        /// # Safety
+        ///
+        /// As [`release`]'s, from the moment the guard drops: `block` came from
+        /// `allocate(layout)`, and by then holds no value and is not used again.
+        pub(super) unsafe fn new(block: NonNull<u8>, layout: Layout) -> ReleaseOnDrop {
+            ReleaseOnDrop { block, layout }
+        }
+    }
+
+    impl Drop for ReleaseOnDrop {
+        fn drop(&mut self) {
+            // SAFETY: the guard's contract (see `new`).
+            unsafe { release(self.block, self.layout) };
+        }
     }
 
     /// Gives back memory from [`allocate`]: kept for the next cell of its size on this
@@ -567,8 +604,9 @@ mod cell_memory {
         let kept = FREE
             .try_with(|free| match free.try_borrow_mut() {
                 Ok(mut free)
-                    if free.lists[class].len() * (class + 1) * CLASS_BYTES
-                        < KEEP_BYTES_PER_CLASS =>
+                    if free.allocates[class]
+                        && free.lists[class].len() * (class + 1) * CLASS_BYTES
+                            < KEEP_BYTES_PER_CLASS =>
                 {
                     free.lists[class].push(block);
                     true
@@ -867,7 +905,9 @@ pub(crate) fn poller_delete(poller: &polling::Poller, fd: std::os::fd::RawFd) {
 
 #[cfg(all(test, not(loom)))]
 mod tests {
-    use super::cell_memory::{allocate, kept_here, release, KEEP_BYTES_PER_CLASS};
+    use super::cell_memory::{
+        allocate, class_layout, class_of, kept_here, release, KEEP_BYTES_PER_CLASS,
+    };
     use std::alloc::Layout;
 
     fn layout(size: usize) -> Layout {
@@ -877,13 +917,19 @@ mod tests {
     #[test]
     fn freed_cell_memory_serves_the_next_cell_of_its_size_class_on_the_same_thread() {
         let first = allocate(layout(300));
+        assert_eq!(kept_here(layout(300)), 0);
         // SAFETY: from `allocate` with this layout, holding no value, not used again.
         unsafe { release(first, layout(300)) };
+        assert_eq!(
+            kept_here(layout(300)),
+            1,
+            "kept, not given to the allocator"
+        );
         // 300 and 310 bytes both round up to 320.
         let second = allocate(layout(310));
         assert_eq!(first, second, "the kept block is handed out again");
+        assert_eq!(kept_here(layout(310)), 0);
         let other_class = allocate(layout(200));
-        assert_ne!(other_class, second);
         // SAFETY: as above, each with the layout it was allocated with.
         unsafe {
             release(second, layout(310));
@@ -920,6 +966,39 @@ mod tests {
     }
 
     #[test]
+    fn a_thread_that_never_allocated_a_class_keeps_none_of_it() {
+        let block = allocate(layout(300));
+        let block = block.as_ptr() as usize;
+        std::thread::spawn(move || {
+            let block = std::ptr::NonNull::new(block as *mut u8).expect("not null");
+            // SAFETY: from `allocate` with this layout on the spawning thread, holding no
+            // value, not used again.
+            unsafe { release(block, layout(300)) };
+            assert_eq!(kept_here(layout(300)), 0, "freed to the allocator");
+        })
+        .join()
+        .expect("the thread ran");
+    }
+
+    #[test]
+    fn every_kept_size_and_alignment_gets_a_class_block_that_fits_it() {
+        for align in [1, 2, 4, 8, 16] {
+            for size in 1..=1024 {
+                let wanted = Layout::from_size_align(size, align).unwrap();
+                let class = class_of(wanted).expect("kept");
+                let block = class_layout(class);
+                assert!(block.size() >= size && block.align() >= align);
+                assert!(block.size() < size + 64, "the smallest class that fits");
+            }
+            assert_eq!(
+                class_of(Layout::from_size_align(1025, align).unwrap()),
+                None
+            );
+        }
+        assert_eq!(class_of(Layout::from_size_align(64, 32).unwrap()), None);
+    }
+
+    #[test]
     fn cells_too_large_or_too_aligned_for_the_lists_come_from_the_allocator() {
         for layout in [
             Layout::from_size_align(4096, 8).unwrap(),
@@ -953,8 +1032,6 @@ mod loom_tests {
     // SAFETY: (model only) the cells are shared exactly as a task allocation is; loom checks
     // in every interleaving that no two accesses race.
     unsafe impl Sync for ModelCell {}
-    // SAFETY: (model only) as above.
-    unsafe impl Send for ModelCell {}
 
     /// One owner's life: its write, the read `TaskPtr::drop` makes, the decrement, and the
     /// teardown if it was the last.
