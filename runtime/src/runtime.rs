@@ -308,16 +308,17 @@ impl Runtime {
         host.lp.running.store(true, Ordering::Release);
         let _running = ClearOnDrop(&host.lp.running);
 
-        let woken = Arc::new(MainWake::new_woken());
-        let main = new_main_task(
+        let main_task = new_main_task(
             TaskId(next_task_id()),
             self.shared.clone(),
             host.lp.clone(),
             MainTask {
-                woken: woken.clone(),
+                woken: MainWake::new_woken(),
                 lp: host.lp.clone(),
             },
         );
+        let woken = &main_task.waker_state().woken;
+        let main = main_task.task();
         let waker = main.waker();
         let mut cx = Context::from_waker(&waker);
         let mut fut = pin!(fut);
@@ -633,7 +634,7 @@ impl Drop for ClearOnDrop<'_> {
 /// `current_task()`, cancellation and awaiting work inside it exactly as inside any task)
 /// does when woken: it records the wake for `run_until_complete` and rings its loop.
 struct MainTask {
-    woken: Arc<MainWake>,
+    woken: MainWake,
     lp: Arc<LoopShared>,
 }
 

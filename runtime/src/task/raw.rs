@@ -465,8 +465,8 @@ impl<T> JoinPtr<T> {
 /// ones that finished back from its own list: no call into the allocator, and none of
 /// glibc's trimming of the heap top that made the next burst of spawns fault its pages in
 /// again (`benchmarks/NOTES.md`). Each list keeps at most [`KEEP_BYTES_PER_CLASS`] of cells
-/// (820 cells of a tiny task); the rest go back to the allocator, and a thread's lists are
-/// emptied when it exits.
+/// (820 cells of a tiny task), and only on a thread that has allocated cells of that class;
+/// the rest go back to the allocator, and a thread's lists are emptied when it exits.
 ///
 /// Under loom no cells are kept: the models build no tasks, and a thread-local cache is no
 /// synchronisation to check.
@@ -647,9 +647,12 @@ impl<W: MainWaker> MainCell<W> {
         dealloc: Self::dealloc,
     };
 
+    /// The cell `me` points to; `me` must be a `MainCell<W>`'s (reached through
+    /// `Self::VTABLE` or a `MainPtr<W>`).
     fn cell(me: &TaskPtr) -> &Self {
-        // SAFETY: reached only through `Self::VTABLE`, carried only by this type's cells,
-        // whose header is first (`repr(C)`); `me` keeps it alive while borrowed.
+        // SAFETY: called only through `Self::VTABLE`, carried only by this type's cells, or
+        // from a `MainPtr<W>`, made only for one; the header is first (`repr(C)`); `me`
+        // keeps it alive while borrowed.
         unsafe { me.header.cast::<Self>().as_ref() }
     }
 
@@ -682,6 +685,26 @@ impl<W: MainWaker> MainCell<W> {
     }
 }
 
+/// The stand-in task of a `run_until_complete` main future, typed by what its wakes go to.
+pub(crate) struct MainPtr<W> {
+    task: TaskPtr,
+    _waker: PhantomData<W>,
+}
+
+impl<W: MainWaker> MainPtr<W> {
+    /// The untyped pointer.
+    pub(crate) fn task(&self) -> &TaskPtr {
+        &self.task
+    }
+
+    /// What the task's wakes go to (`run_until_complete` reads the wake it recorded).
+    pub(crate) fn waker_state(&self) -> &W {
+        // A `MainPtr<W>` is only made by `new_main_task`, for a `MainCell<W>`, which is what
+        // `MainCell::<W>::cell` requires.
+        &MainCell::<W>::cell(&self.task).waker
+    }
+}
+
 /// The stand-in task of a `run_until_complete` main future (named "main", pinned to `home`),
 /// whose wakes go to `waker`.
 pub(crate) fn new_main_task<W: MainWaker>(
@@ -689,7 +712,7 @@ pub(crate) fn new_main_task<W: MainWaker>(
     rt: Arc<RuntimeShared>,
     home: Arc<LoopShared>,
     waker: W,
-) -> TaskPtr {
+) -> MainPtr<W> {
     let header = Header::new(
         MainCell::<W>::VTABLE,
         1,
@@ -700,9 +723,12 @@ pub(crate) fn new_main_task<W: MainWaker>(
     );
     let cell = Box::new(MainCell { header, waker });
     let header = NonNull::from(Box::leak(cell)).cast::<Header>();
-    // SAFETY: the header is the cell's first field (`repr(C)`), and its count of one is
-    // handed to this pointer.
-    unsafe { TaskPtr::from_counted(header) }
+    MainPtr {
+        // SAFETY: the header is the cell's first field (`repr(C)`), and its count of one is
+        // handed to this pointer.
+        task: unsafe { TaskPtr::from_counted(header) },
+        _waker: PhantomData,
+    }
 }
 
 /// The one waker vtable of every task: the data pointer is the task's header, and every
