@@ -8,7 +8,7 @@
 use crate::context;
 use crate::linger::{LingerScore, WakeSource};
 use crate::scheduler::{RuntimeShared, TaskPtr};
-use crate::task::raw::TaskCell;
+use crate::task::raw::{new_threadsafe_callback, CallbackState, QueuedCallback, TaskCell};
 use crate::task::{Task, TaskId, TaskRef};
 use braid_bridge::doorbell::{Doorbell, Unpark};
 use braid_bridge::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicU8, Ordering};
@@ -170,51 +170,28 @@ pub(crate) struct HandleState {
     when: Option<Instant>,
 }
 
-/// Whatever holds the state a [`CallbackHandle`] reads: a `HandleState` of its own, or a
-/// `call_soon_threadsafe` callback that carries one.
-pub(crate) trait HandleStateOwner: Send + Sync {
-    fn handle_state(&self) -> &HandleState;
-}
-
-impl HandleStateOwner for HandleState {
-    fn handle_state(&self) -> &HandleState {
-        self
-    }
-}
-
-/// A `call_soon_threadsafe` callback: the closure and its handle's state in one allocation
-/// (a callback from another thread used to cost two, and the allocator was a third of that
-/// path's time: see `benchmarks/NOTES.md`).
-pub(crate) trait ThreadsafeCallback: HandleStateOwner {
-    /// Runs the closure; a second call does nothing.
-    fn run(&self);
-}
-
-struct ThreadsafeCell<F> {
-    state: HandleState,
-    /// Taken once, by the loop that runs it; never contended.
-    f: Mutex<Option<F>>,
-}
-
-impl<F: FnOnce() + Send + 'static> HandleStateOwner for ThreadsafeCell<F> {
-    fn handle_state(&self) -> &HandleState {
-        &self.state
-    }
-}
-
-impl<F: FnOnce() + Send + 'static> ThreadsafeCallback for ThreadsafeCell<F> {
-    fn run(&self) {
-        let f = self.f.lock().take();
-        if let Some(f) = f {
-            f();
+impl HandleState {
+    /// Not cancelled; `when` for a timer's.
+    pub(crate) fn new(when: Option<Instant>) -> HandleState {
+        HandleState {
+            cancelled: AtomicBool::new(false),
+            when,
         }
+    }
+
+    /// True once the handle was cancelled.
+    pub(crate) fn cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Acquire)
     }
 }
 
 /// What a queued callback runs: a boxed closure (`B`), or a `call_soon_threadsafe` cell.
 pub(crate) enum CallbackFn<B> {
     Boxed(B),
-    Threadsafe(Arc<dyn ThreadsafeCallback>),
+    /// The closure and its handle's state in one allocation (a callback from another thread
+    /// used to cost two, and the allocator was a third of that path's time: see
+    /// `benchmarks/NOTES.md`).
+    Threadsafe(QueuedCallback),
 }
 
 /// A callback waiting in a loop's ready queue.
@@ -234,10 +211,10 @@ pub(crate) struct RemoteCallback {
 /// Whether a queued callback's handle was cancelled.
 fn cancelled<B>(f: &CallbackFn<B>, handle: Option<&Arc<HandleState>>) -> bool {
     let state = match f {
-        CallbackFn::Threadsafe(cell) => Some(cell.handle_state()),
+        CallbackFn::Threadsafe(cell) => Some(cell.state()),
         CallbackFn::Boxed(_) => handle.map(|h| &**h),
     };
-    state.is_some_and(|h| h.cancelled.load(Ordering::Acquire))
+    state.is_some_and(HandleState::cancelled)
 }
 
 impl RemoteCallback {
@@ -290,7 +267,24 @@ impl ReadyCallback {
 /// ```
 #[derive(Clone)]
 pub struct CallbackHandle {
-    state: Arc<dyn HandleStateOwner>,
+    state: HandleStateRef,
+}
+
+/// Where a [`CallbackHandle`]'s state lives: its own allocation (`call_soon`), or the cell of
+/// a `call_soon_threadsafe` callback.
+#[derive(Clone)]
+enum HandleStateRef {
+    Own(Arc<HandleState>),
+    Threadsafe(CallbackState),
+}
+
+impl HandleStateRef {
+    fn get(&self) -> &HandleState {
+        match self {
+            HandleStateRef::Own(state) => state,
+            HandleStateRef::Threadsafe(state) => state.get(),
+        }
+    }
 }
 
 impl fmt::Debug for CallbackHandle {
@@ -311,10 +305,7 @@ impl CallbackHandle {
     /// }).unwrap();
     /// ```
     pub fn cancel(&self) {
-        self.state
-            .handle_state()
-            .cancelled
-            .store(true, Ordering::Release);
+        self.state.get().cancelled.store(true, Ordering::Release);
     }
 
     /// True once [`cancel`](CallbackHandle::cancel) was called.
@@ -327,7 +318,7 @@ impl CallbackHandle {
     /// }).unwrap();
     /// ```
     pub fn cancelled(&self) -> bool {
-        self.state.handle_state().cancelled.load(Ordering::Acquire)
+        self.state.get().cancelled()
     }
 }
 
@@ -478,16 +469,15 @@ impl LoopCtx {
     /// `call_soon_threadsafe` are moved in first, so FIFO order follows happens-before.
     pub(crate) fn call_soon(&self, f: Box<dyn FnOnce()>, name: &'static str) -> CallbackHandle {
         self.drain_inbox();
-        let state = Arc::new(HandleState {
-            cancelled: AtomicBool::new(false),
-            when: None,
-        });
+        let state = Arc::new(HandleState::new(None));
         self.ready.borrow_mut().push_back(ReadyCallback {
             f: CallbackFn::Boxed(f),
             handle: Some(state.clone()),
             name,
         });
-        CallbackHandle { state }
+        CallbackHandle {
+            state: HandleStateRef::Own(state),
+        }
     }
 
     /// Schedules an internal callback (a done callback); on a loop that is closing, whose
@@ -511,10 +501,7 @@ impl LoopCtx {
         f: Box<dyn FnOnce()>,
         name: &'static str,
     ) -> TimerHandle {
-        let state = Arc::new(HandleState {
-            cancelled: AtomicBool::new(false),
-            when: Some(when),
-        });
+        let state = Arc::new(HandleState::new(Some(when)));
         let seq = self.timer_seq.get() + 1;
         self.timer_seq.set(seq);
         self.timers.borrow_mut().push(LocalTimer {
@@ -1174,20 +1161,16 @@ impl EventLoop {
     where
         F: FnOnce() + Send + 'static,
     {
-        let cell = Arc::new(ThreadsafeCell {
-            state: HandleState {
-                cancelled: AtomicBool::new(false),
-                when: None,
-            },
-            f: Mutex::new(Some(f)),
-        });
+        let (queued, state) = new_threadsafe_callback(HandleState::new(None), f);
         let cb = RemoteCallback {
-            f: CallbackFn::Threadsafe(cell.clone()),
+            f: CallbackFn::Threadsafe(queued),
             handle: None,
             name: std::any::type_name::<F>(),
         };
         match self.lp.bell.push(Remote::Callback(cb)) {
-            Ok(()) => Ok(CallbackHandle { state: cell }),
+            Ok(()) => Ok(CallbackHandle {
+                state: HandleStateRef::Threadsafe(state),
+            }),
             Err(_) => Err(Error::new(ErrorKind::Closed, "the event loop is closed")),
         }
     }

@@ -22,10 +22,15 @@
 //!
 //! A thread that spawns tasks keeps the memory of finished tasks for its next spawns, in
 //! per-thread free lists by size (64-byte classes up to 1 KiB; larger tasks always use the
-//! global allocator). It keeps at most 256 KiB per size class, so at most 4 MiB, and only
-//! for the classes it has itself allocated from; a thread that merely drops tasks keeps
-//! nothing. The lists are freed when the thread exits, not when a `Runtime` is dropped: a
-//! long-lived thread (such as `main`, running `run_until_complete`) holds them until then.
+//! global allocator); `call_soon_threadsafe` callbacks use the same lists. It keeps at most
+//! 256 KiB per size class, so at most 4 MiB, and only for the classes it has itself
+//! allocated from. What a thread frees beyond that (a loop running the callbacks other
+//! threads sent it) goes, 64 cells at a time, to a depot shared by the process, where
+//! threads whose own lists are empty find it; the depot too keeps at most 256 KiB per size
+//! class (4 MiB), and frees the rest. A thread's lists go to the depot when the thread
+//! exits, not when a `Runtime` is dropped: a long-lived thread (such as `main`, running
+//! `run_until_complete`) holds them until then. Nothing returns the depot's memory to the
+//! allocator while the process runs.
 //!
 //! ## What the compiler refuses
 //!

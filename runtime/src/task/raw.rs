@@ -1,6 +1,8 @@
 //! Task allocations and the counted pointer to them. This is the only module of
-//! braid-runtime with `unsafe` code, so it also holds the two poller calls that `polling`
-//! marks unsafe (`poller_add_edge`, `poller_delete`).
+//! braid-runtime with `unsafe` code, so it also holds the cells of `call_soon_threadsafe`
+//! callbacks ([`new_threadsafe_callback`]), the memory both kinds of cell come from
+//! (`cell_memory`), and the two poller calls that `polling` marks unsafe (`poller_add_edge`,
+//! `poller_delete`).
 //!
 //! A task is one heap allocation whose first field is its [`Header`]: a spawned task's
 //! [`TaskCell`] (header, output, future), or the main future's stand-in of
@@ -27,7 +29,7 @@
 use super::state::{IdleAction, RunAction, WakeAction};
 use super::{Header, TaskId, TaskRef};
 use crate::context;
-use crate::event_loop::LoopShared;
+use crate::event_loop::{HandleState, LoopShared};
 use crate::scheduler::RuntimeShared;
 use braid_bridge::sync::{Mutex, UnsafeCell};
 use braid_bridge::{Error, Result};
@@ -457,7 +459,8 @@ impl<T> JoinPtr<T> {
     }
 }
 
-/// Memory for task cells: per-thread free lists by size, in front of the global allocator.
+/// Memory for task and callback cells: per-thread free lists by size, in front of the global
+/// allocator, and a process-wide depot through which threads hand each other free cells.
 ///
 /// A spawned task's cell is freed by whoever gives back its last count. With the registry
 /// routing finished tasks back to the shard that spawned them (see `registry`), that is
@@ -465,53 +468,45 @@ impl<T> JoinPtr<T> {
 /// ones that finished back from its own list: no call into the allocator, and none of
 /// glibc's trimming of the heap top that made the next burst of spawns fault its pages in
 /// again (`benchmarks/NOTES.md`). Each list keeps at most [`KEEP_BYTES_PER_CLASS`] of cells
-/// (820 cells of a tiny task), and only on a thread that has allocated cells of that class;
-/// the rest go back to the allocator, and a thread's lists are emptied when it exits.
+/// (820 cells of a tiny task), and only on a thread that has allocated cells of that class.
+///
+/// Cells a thread does not keep (beyond its budget, or of a class it never allocates: a loop
+/// running the callbacks that foreign threads sent it) go into an outgoing *magazine* of
+/// [`MAGAZINE`] cells, and a full magazine into the [`Depot`], where a thread whose own list
+/// ran dry takes a whole magazine before it asks the allocator. One lock per 64 cells each
+/// way, where glibc took its arena lock for every cell freed by a thread that did not
+/// allocate it. The depot keeps at most [`DEPOT_BYTES_PER_CLASS`] per class; past that,
+/// cells go back to the allocator. A thread that exits hands its lists to the depot.
 ///
 /// Under loom no cells are kept: the models build no tasks, and a thread-local cache is no
-/// synchronisation to check.
+/// synchronisation to check. The depot's hand-over is (`loom_a_magazine_*`).
 mod cell_memory {
+    // Under loom only the depot runs (in its model); the lists keep nothing.
+    #![cfg_attr(loom, allow(dead_code))]
+
+    use braid_bridge::sync::atomic::{AtomicUsize, Ordering};
+    use braid_bridge::sync::Mutex;
     use std::alloc::Layout;
-    use std::cell::RefCell;
     use std::ptr::NonNull;
 
     /// Cells are kept by size, rounded up to a multiple of this.
     const CLASS_BYTES: usize = 64;
     /// Size classes kept: cells up to 1 KiB. Larger ones come from the allocator each time.
-    const CLASSES: usize = 16;
+    pub(super) const CLASSES: usize = 16;
     /// The alignment of kept blocks (glibc's own); a cell that needs more is not kept.
     const ALIGN: usize = 16;
     /// At most this many bytes of free cells per size class and thread: most of the gain
     /// (a driver of `spawn_many_local` with two loops kept 256 cells and ran as fast as
     /// with 16 384), while a thread that once spawned a million tasks keeps little of them.
     pub(super) const KEEP_BYTES_PER_CLASS: usize = 256 * 1024;
+    /// Cells handed to and taken from the depot at a time.
+    pub(super) const MAGAZINE: usize = 64;
+    /// At most this many bytes of free cells per size class in the depot, for the process.
+    pub(super) const DEPOT_BYTES_PER_CLASS: usize = 256 * 1024;
 
-    struct FreeLists {
-        lists: [Vec<NonNull<u8>>; CLASSES],
-        /// This thread has allocated a cell of the class: only then does it keep freed ones
-        /// (a thread that only ever drops tasks' last counts would keep cells it never uses).
-        allocates: [bool; CLASSES],
-    }
-
-    impl Drop for FreeLists {
-        fn drop(&mut self) {
-            for (class, list) in self.lists.iter_mut().enumerate() {
-                for block in list.drain(..) {
-                    // SAFETY: every kept block came from the allocator with its class's
-                    // layout (`allocate`) and holds no value (`release`).
-                    unsafe { std::alloc::dealloc(block.as_ptr(), class_layout(class)) };
-                }
-            }
-        }
-    }
-
-    std::thread_local! {
-        static FREE: RefCell<FreeLists> = const {
-            RefCell::new(FreeLists {
-                lists: [const { Vec::new() }; CLASSES],
-                allocates: [false; CLASSES],
-            })
-        };
+    /// How many cells of `class` make `bytes`.
+    const fn cells_in(bytes: usize, class: usize) -> usize {
+        bytes / ((class + 1) * CLASS_BYTES)
     }
 
     /// The size class of `layout`, if cells of that layout are kept.
@@ -536,32 +531,264 @@ mod cell_memory {
         NonNull::new(block).unwrap_or_else(|| std::alloc::handle_alloc_error(layout))
     }
 
+    /// Gives free blocks of `class` back to the allocator.
+    fn free_all(blocks: &mut Vec<NonNull<u8>>, class: usize) {
+        for block in blocks.drain(..) {
+            // SAFETY: every block in a list, magazine or the depot came from the allocator
+            // with its class's layout (`fresh(class_layout(..))`) and holds no value.
+            unsafe { std::alloc::dealloc(block.as_ptr(), class_layout(class)) };
+        }
+    }
+
+    /// Free blocks of one size class on their way between threads.
+    pub(super) struct Magazine(Vec<NonNull<u8>>);
+
+    // SAFETY: the blocks are raw memory holding no value, owned by whoever holds the
+    // magazine; nothing else points into them.
+    unsafe impl Send for Magazine {}
+
+    #[cfg(all(test, loom))]
+    impl Magazine {
+        pub(super) fn from_blocks(blocks: Vec<NonNull<u8>>) -> Magazine {
+            Magazine(blocks)
+        }
+
+        /// How many blocks it holds, freeing them (the model is done with them).
+        pub(super) fn len_for_model(mut self) -> usize {
+            let len = self.0.len();
+            free_all(&mut self.0, 0);
+            len
+        }
+    }
+
+    /// One size class's full magazines.
+    struct DepotClass {
+        magazines: Mutex<Vec<Magazine>>,
+        /// Blocks in `magazines`: read without the lock, so that a thread finding its list
+        /// empty with nothing here (a burst of spawns) pays a load, not a lock.
+        blocks: AtomicUsize,
+    }
+
+    /// Free cells handed between threads (see the module docs).
+    pub(super) struct Depot {
+        classes: [DepotClass; CLASSES],
+    }
+
+    impl Depot {
+        #[cfg(not(loom))]
+        pub(super) const fn new() -> Depot {
+            Depot {
+                classes: [const {
+                    DepotClass {
+                        magazines: Mutex::new(Vec::new()),
+                        blocks: AtomicUsize::new(0),
+                    }
+                }; CLASSES],
+            }
+        }
+
+        /// loom's mutexes and atomics are not `const`: a model builds its depot.
+        #[cfg(loom)]
+        pub(super) fn new() -> Depot {
+            Depot {
+                classes: std::array::from_fn(|_| DepotClass {
+                    magazines: Mutex::new(Vec::new()),
+                    blocks: AtomicUsize::new(0),
+                }),
+            }
+        }
+
+        /// Keeps `magazine` of `class`, or gives it back if that would pass the budget.
+        pub(super) fn give(&self, class: usize, magazine: Magazine) -> Result<(), Magazine> {
+            let depot = &self.classes[class];
+            let mut magazines = depot.magazines.lock();
+            let blocks = depot.blocks.load(Ordering::Relaxed) + magazine.0.len();
+            if blocks > cells_in(DEPOT_BYTES_PER_CLASS, class) {
+                return Err(magazine);
+            }
+            magazines.push(magazine);
+            // Changed only under the lock, so this is exact whenever the lock is free.
+            depot.blocks.store(blocks, Ordering::Relaxed);
+            Ok(())
+        }
+
+        /// A magazine of `class`, if any waits.
+        pub(super) fn take(&self, class: usize) -> Option<Magazine> {
+            let depot = &self.classes[class];
+            // Only a hint: the lock's acquire is what orders the blocks' earlier use (the
+            // freeing thread's) before ours.
+            if depot.blocks.load(Ordering::Relaxed) == 0 {
+                return None;
+            }
+            let mut magazines = depot.magazines.lock();
+            let magazine = magazines.pop()?;
+            let left = depot.blocks.load(Ordering::Relaxed) - magazine.0.len();
+            depot.blocks.store(left, Ordering::Relaxed);
+            Some(magazine)
+        }
+
+        /// Blocks of `class` waiting here.
+        #[cfg(test)]
+        pub(super) fn blocks(&self, class: usize) -> usize {
+            self.classes[class].blocks.load(Ordering::Relaxed)
+        }
+    }
+
+    impl Drop for Depot {
+        fn drop(&mut self) {
+            for (class, depot) in self.classes.iter_mut().enumerate() {
+                for mut magazine in depot.magazines.lock().drain(..) {
+                    free_all(&mut magazine.0, class);
+                }
+            }
+        }
+    }
+
+    /// The process's depot. (A model of loom's builds its own: see `loom_tests`.)
+    #[cfg(not(loom))]
+    static DEPOT: Depot = Depot::new();
+
+    /// One thread's free cells.
+    pub(super) struct FreeLists {
+        /// Kept for this thread's next cells, the last freed first (the hottest in cache).
+        lists: [Vec<NonNull<u8>>; CLASSES],
+        /// Not kept here: filling up to a magazine for the depot.
+        outgoing: [Vec<NonNull<u8>>; CLASSES],
+        /// This thread has allocated a cell of the class: only then does it keep freed ones
+        /// (a thread that only ever drops tasks' last counts would keep cells it never uses).
+        allocates: [bool; CLASSES],
+    }
+
+    impl FreeLists {
+        pub(super) const fn new() -> FreeLists {
+            FreeLists {
+                lists: [const { Vec::new() }; CLASSES],
+                outgoing: [const { Vec::new() }; CLASSES],
+                allocates: [false; CLASSES],
+            }
+        }
+
+        /// A free block of `class`: this thread's, else a magazine's from `depot`; `None`
+        /// if neither has one (then the allocator serves).
+        pub(super) fn allocate(&mut self, class: usize, depot: &Depot) -> Option<NonNull<u8>> {
+            self.allocates[class] = true;
+            if let Some(block) = self.lists[class].pop() {
+                return Some(block);
+            }
+            if let Some(block) = self.outgoing[class].pop() {
+                return Some(block);
+            }
+            let Magazine(blocks) = depot.take(class)?;
+            // Our list is empty: the magazine becomes it.
+            self.lists[class] = blocks;
+            self.lists[class].pop()
+        }
+
+        /// Takes back a free `block` of `class`: kept here, passed on to `depot`, or freed.
+        pub(super) fn release(&mut self, block: NonNull<u8>, class: usize, depot: &Depot) {
+            if self.allocates[class]
+                && self.lists[class].len() < cells_in(KEEP_BYTES_PER_CLASS, class)
+            {
+                self.lists[class].push(block);
+                return;
+            }
+            let outgoing = &mut self.outgoing[class];
+            if outgoing.capacity() == 0 {
+                outgoing.reserve_exact(MAGAZINE);
+            }
+            outgoing.push(block);
+            if outgoing.len() >= MAGAZINE {
+                let full = Magazine(std::mem::take(outgoing));
+                if let Err(Magazine(mut refused)) = depot.give(class, full) {
+                    free_all(&mut refused, class);
+                    // Reuse the emptied vector for the next magazine.
+                    *outgoing = refused;
+                }
+            }
+        }
+
+        /// Everything this thread holds goes to `depot`, in magazines, as far as its budget
+        /// takes them; the rest to the allocator (a thread exits).
+        pub(super) fn hand_over(&mut self, depot: &Depot) {
+            for class in 0..CLASSES {
+                let mut blocks = std::mem::take(&mut self.lists[class]);
+                blocks.append(&mut self.outgoing[class]);
+                while !blocks.is_empty() {
+                    let rest = blocks.split_off(blocks.len().saturating_sub(MAGAZINE));
+                    if let Err(Magazine(mut refused)) = depot.give(class, Magazine(rest)) {
+                        free_all(&mut refused, class);
+                        free_all(&mut blocks, class);
+                    }
+                }
+            }
+        }
+
+        /// How many free blocks of `class` this thread keeps for itself (for tests).
+        #[cfg(test)]
+        pub(super) fn kept(&self, class: usize) -> usize {
+            self.lists[class].len()
+        }
+
+        /// How many wait in the outgoing magazine of `class` (for tests).
+        #[cfg(test)]
+        pub(super) fn outgoing(&self, class: usize) -> usize {
+            self.outgoing[class].len()
+        }
+    }
+
+    impl Drop for FreeLists {
+        fn drop(&mut self) {
+            for class in 0..CLASSES {
+                free_all(&mut self.lists[class], class);
+                free_all(&mut self.outgoing[class], class);
+            }
+        }
+    }
+
+    /// A thread's lists, handed to the depot when the thread exits.
+    #[cfg(not(loom))]
+    struct ThreadLists(std::cell::RefCell<FreeLists>);
+
+    #[cfg(not(loom))]
+    impl Drop for ThreadLists {
+        fn drop(&mut self) {
+            self.0.get_mut().hand_over(&DEPOT);
+        }
+    }
+
+    #[cfg(not(loom))]
+    std::thread_local! {
+        static FREE: ThreadLists = const { ThreadLists(std::cell::RefCell::new(FreeLists::new())) };
+    }
+
+    /// Runs `f` on this thread's lists and the depot, or returns `None` if the lists are
+    /// gone (the thread is exiting: a task dropped by another thread-local's destructor) or
+    /// in use (never: each borrow covers one push or pop, so this is defensive). Then the
+    /// allocator serves.
+    #[inline]
+    fn with_lists<R>(f: impl FnOnce(&mut FreeLists, &Depot) -> R) -> Option<R> {
+        #[cfg(not(loom))]
+        {
+            FREE.try_with(|lists| Some(f(&mut *lists.0.try_borrow_mut().ok()?, &DEPOT)))
+                .ok()
+                .flatten()
+        }
+        #[cfg(loom)]
+        {
+            let _ = f;
+            None
+        }
+    }
+
     /// Memory for a value of `layout` (never zero-sized), uninitialised.
     #[inline]
     pub(super) fn allocate(layout: Layout) -> NonNull<u8> {
         let Some(class) = class_of(layout) else {
             return fresh(layout);
         };
-        // `try_with`: while the thread exits its lists may be gone already (a task dropped by
-        // another thread-local's destructor), and then the allocator serves. The borrow
-        // covers a push or a pop only, so `try_borrow_mut` is defensive.
-        let kept = FREE
-            .try_with(|free| {
-                let mut free = free.try_borrow_mut().ok()?;
-                free.allocates[class] = true;
-                free.lists[class].pop()
-            })
-            .ok()
-            .flatten();
-        kept.unwrap_or_else(|| fresh(class_layout(class)))
-    }
-
-    /// How many free cells of `layout`'s class this thread keeps (for tests).
-    #[cfg(all(test, not(loom)))]
-    pub(super) fn kept_here(layout: Layout) -> usize {
-        class_of(layout).map_or(0, |class| {
-            FREE.with(|free| free.borrow().lists[class].len())
-        })
+        with_lists(|lists, depot| lists.allocate(class, depot))
+            .flatten()
+            .unwrap_or_else(|| fresh(class_layout(class)))
     }
 
     /// Calls [`release`] when dropped.
@@ -587,8 +814,8 @@ mod cell_memory {
         }
     }
 
-    /// Gives back memory from [`allocate`]: kept for the next cell of its size on this
-    /// thread, or freed.
+    /// Gives back memory from [`allocate`]: kept for the next cell of its size (on this
+    /// thread or, through the depot, another), or freed.
     ///
     /// # Safety
     ///
@@ -601,20 +828,7 @@ mod cell_memory {
             unsafe { std::alloc::dealloc(block.as_ptr(), layout) };
             return;
         };
-        let kept = FREE
-            .try_with(|free| match free.try_borrow_mut() {
-                Ok(mut free)
-                    if free.allocates[class]
-                        && free.lists[class].len() * (class + 1) * CLASS_BYTES
-                            < KEEP_BYTES_PER_CLASS =>
-                {
-                    free.lists[class].push(block);
-                    true
-                }
-                _ => false,
-            })
-            .unwrap_or(false);
-        if !kept {
+        if with_lists(|lists, depot| lists.release(block, class, depot)).is_none() {
             // SAFETY: from `allocate`, so from the allocator with its class's layout.
             unsafe { std::alloc::dealloc(block.as_ptr(), class_layout(class)) };
         }
@@ -890,6 +1104,199 @@ where
     Some(unsafe { &mut *(future as *mut F).cast::<super::Task<T>>() })
 }
 
+/// The allocation of a `call_soon_threadsafe` callback: its handle's state and the closure,
+/// in memory from `cell_memory` (see [`new_threadsafe_callback`]).
+#[repr(C)]
+struct CallbackCell<F> {
+    head: CallbackHead,
+    /// Moved out (and called) or dropped exactly once, by the [`QueuedCallback`], the only
+    /// one that touches it; gone before the last count is given back.
+    f: UnsafeCell<ManuallyDrop<F>>,
+}
+
+/// What every callback cell starts with.
+struct CallbackHead {
+    /// The queue entry and the handle.
+    refs: super::refcount::RefCount,
+    vtable: &'static CallbackVtable,
+    state: HandleState,
+}
+
+/// What depends on a callback cell's closure type.
+struct CallbackVtable {
+    /// Moves the closure out and calls it.
+    ///
+    /// Safety: the caller is the cell's `QueuedCallback`, and the closure is still there.
+    call: unsafe fn(NonNull<CallbackHead>),
+    /// Drops the closure uncalled. Safety: as `call`'s.
+    discard: unsafe fn(NonNull<CallbackHead>),
+    layout: Layout,
+}
+
+impl<F: FnOnce() + Send + 'static> CallbackCell<F> {
+    const VTABLE: &'static CallbackVtable = &CallbackVtable {
+        call: Self::call,
+        discard: Self::discard,
+        layout: Layout::new::<Self>(),
+    };
+
+    /// # Safety
+    ///
+    /// `head` heads a live `CallbackCell<F>`; the caller is its `QueuedCallback` and has
+    /// neither called nor dropped the closure.
+    unsafe fn call(head: NonNull<CallbackHead>) {
+        // SAFETY: a `CallbackCell<F>` (head first, `repr(C)`), live; the queue entry alone
+        // touches `f`, and takes it only this once (the caller's contract).
+        let f = unsafe { head.cast::<Self>().as_ref() }
+            .f
+            .with_mut(|f| unsafe { ManuallyDrop::take(&mut *f) });
+        f();
+    }
+
+    /// # Safety
+    ///
+    /// As [`Self::call`]'s.
+    unsafe fn discard(head: NonNull<CallbackHead>) {
+        // SAFETY: as in `call`: the closure is there, and ours alone to drop, once.
+        unsafe { head.cast::<Self>().as_ref() }
+            .f
+            .with_mut(|f| unsafe { ManuallyDrop::drop(&mut *f) });
+    }
+}
+
+/// Gives back one count of the callback cell at `head`, freeing the cell if it was the last.
+///
+/// # Safety
+///
+/// The caller owns a count of the live cell at `head`, does not use it after this call, and
+/// the closure is gone (called or dropped) if this may be the last count.
+unsafe fn release_callback(head: NonNull<CallbackHead>) {
+    // SAFETY: live while we hold our count.
+    let head_ref = unsafe { head.as_ref() };
+    let layout = head_ref.vtable.layout;
+    if head_ref.refs.decrement() {
+        // SAFETY: the last count is gone, so nobody else can reach the cell; the closure is
+        // gone (the contract), and the rest (counts, flags, an `Instant`) needs no drop. The
+        // memory came from `cell_memory::allocate(layout)`.
+        unsafe { cell_memory::release(head.cast(), layout) };
+    }
+}
+
+/// A `call_soon_threadsafe` callback in its loop's queue: owns the closure, and runs or drops
+/// it exactly once. One count of the cell.
+pub(crate) struct QueuedCallback {
+    head: NonNull<CallbackHead>,
+}
+
+// SAFETY: it carries an `F: Send` (moved out and called, or dropped, on whichever thread
+// holds it) and a count of a cell whose shared part (`HandleState`) is `Sync`.
+unsafe impl Send for QueuedCallback {}
+
+impl QueuedCallback {
+    /// The state the callback's handle reads and writes.
+    pub(crate) fn state(&self) -> &HandleState {
+        // SAFETY: our count keeps the cell alive while `self` is borrowed.
+        &unsafe { self.head.as_ref() }.state
+    }
+
+    /// Calls the closure (the count is given back even if it panics).
+    pub(crate) fn run(self) {
+        struct GiveBack(NonNull<CallbackHead>);
+        impl Drop for GiveBack {
+            fn drop(&mut self) {
+                // SAFETY: the queue entry's count, given back once; the closure was moved
+                // out before this guard can run.
+                unsafe { release_callback(self.0) };
+            }
+        }
+        let head = ManuallyDrop::new(self).head;
+        let _give_back = GiveBack(head);
+        // SAFETY: `head` is a live cell whose queue entry we were; the closure is still
+        // there, since only `run` (which consumes the entry) and `drop` take it.
+        unsafe { (head.as_ref().vtable.call)(head) };
+    }
+}
+
+impl Drop for QueuedCallback {
+    fn drop(&mut self) {
+        // SAFETY: never run (`run` forgets the entry), so the closure is there and ours;
+        // then our count, given back once.
+        unsafe {
+            (self.head.as_ref().vtable.discard)(self.head);
+            release_callback(self.head);
+        }
+    }
+}
+
+/// The handle's share of a `call_soon_threadsafe` callback: its state. One count of the cell.
+pub(crate) struct CallbackState {
+    head: NonNull<CallbackHead>,
+}
+
+// SAFETY: it reaches only the cell's `HandleState` (atomics and an `Instant`) and its count.
+unsafe impl Send for CallbackState {}
+// SAFETY: as above.
+unsafe impl Sync for CallbackState {}
+
+impl CallbackState {
+    /// The callback's handle state.
+    pub(crate) fn get(&self) -> &HandleState {
+        // SAFETY: our count keeps the cell alive while `self` is borrowed.
+        &unsafe { self.head.as_ref() }.state
+    }
+}
+
+impl CallbackState {
+    /// The cell's count (for tests).
+    #[cfg(all(test, not(loom)))]
+    fn ref_count(&self) -> usize {
+        // SAFETY: our count keeps the cell alive for this call.
+        unsafe { self.head.as_ref() }.refs.get()
+    }
+}
+
+impl Clone for CallbackState {
+    fn clone(&self) -> CallbackState {
+        // SAFETY: our count keeps the cell alive for this call; the new count is the clone's.
+        unsafe { self.head.as_ref() }.refs.increment();
+        CallbackState { head: self.head }
+    }
+}
+
+impl Drop for CallbackState {
+    fn drop(&mut self) {
+        // SAFETY: our count, given back once. The closure is gone if this is the last count:
+        // the queue entry, the other owner, drops or calls it before giving its count back.
+        unsafe { release_callback(self.head) };
+    }
+}
+
+/// A `call_soon_threadsafe` callback: the closure and its handle's state in one cell with two
+/// counts, one for the loop's queue (which runs the closure) and one for the handle. The
+/// memory comes from the cell lists (`cell_memory`), so a loop running the callbacks of
+/// foreign threads hands the cells back to them through the depot, where with `Arc` glibc
+/// took an arena lock for each one (see `benchmarks/NOTES.md`).
+pub(crate) fn new_threadsafe_callback<F: FnOnce() + Send + 'static>(
+    state: HandleState,
+    f: F,
+) -> (QueuedCallback, CallbackState) {
+    let layout = Layout::new::<CallbackCell<F>>();
+    let memory = cell_memory::allocate(layout).cast::<CallbackCell<F>>();
+    // SAFETY: fresh memory of the cell's layout, written once, before anyone else can see it.
+    unsafe {
+        memory.as_ptr().write(CallbackCell {
+            head: CallbackHead {
+                refs: super::refcount::RefCount::new(2),
+                vtable: CallbackCell::<F>::VTABLE,
+                state,
+            },
+            f: UnsafeCell::new(ManuallyDrop::new(f)),
+        });
+    }
+    let head = memory.cast::<CallbackHead>();
+    (QueuedCallback { head }, CallbackState { head })
+}
+
 /// Registers socket `fd` with `poller`, edge-triggered for both directions and for the peer
 /// closing its side (`EPOLLRDHUP`, which `polling`'s own registration leaves out and the
 /// readiness protocol needs: see `io::readiness`), under `key`.
@@ -932,78 +1339,119 @@ pub(crate) fn poller_delete(poller: &polling::Poller, fd: std::os::fd::RawFd) {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::cell_memory::{
-        allocate, class_layout, class_of, kept_here, release, KEEP_BYTES_PER_CLASS,
+        allocate, class_layout, class_of, release, Depot, FreeLists, DEPOT_BYTES_PER_CLASS,
+        KEEP_BYTES_PER_CLASS, MAGAZINE,
     };
     use std::alloc::Layout;
+    use std::ptr::NonNull;
 
-    fn layout(size: usize) -> Layout {
-        Layout::from_size_align(size, 8).expect("a valid layout")
+    /// A block of `class` as `allocate` makes them: from the lists, else from the allocator.
+    fn take(lists: &mut FreeLists, depot: &Depot, class: usize) -> NonNull<u8> {
+        lists.allocate(class, depot).unwrap_or_else(|| {
+            // SAFETY: a class's layout is not zero-sized.
+            NonNull::new(unsafe { std::alloc::alloc(class_layout(class)) }).expect("memory")
+        })
+    }
+
+    /// The 320-byte class (a tiny task's cell) and the 1 KiB one.
+    const SMALL: usize = 4;
+    const LARGE: usize = 15;
+
+    #[test]
+    fn a_freed_cell_serves_the_next_cell_of_its_class_from_the_same_lists() {
+        let depot = Depot::new();
+        let mut lists = FreeLists::new();
+        let first = take(&mut lists, &depot, SMALL);
+        let other_class = take(&mut lists, &depot, SMALL - 1);
+        lists.release(first, SMALL, &depot);
+        lists.release(other_class, SMALL - 1, &depot);
+        assert_eq!(lists.kept(SMALL), 1, "kept, not given to the allocator");
+        assert_eq!(take(&mut lists, &depot, SMALL), first, "handed out again");
+        assert_eq!(lists.kept(SMALL), 0);
+        assert_eq!(lists.kept(SMALL - 1), 1, "each class keeps its own");
+        lists.release(first, SMALL, &depot);
     }
 
     #[test]
-    fn freed_cell_memory_serves_the_next_cell_of_its_size_class_on_the_same_thread() {
-        let first = allocate(layout(300));
-        assert_eq!(kept_here(layout(300)), 0);
-        // SAFETY: from `allocate` with this layout, holding no value, not used again.
-        unsafe { release(first, layout(300)) };
-        assert_eq!(
-            kept_here(layout(300)),
-            1,
-            "kept, not given to the allocator"
-        );
-        // 300 and 310 bytes both round up to 320.
-        let second = allocate(layout(310));
-        assert_eq!(first, second, "the kept block is handed out again");
-        assert_eq!(kept_here(layout(310)), 0);
-        let other_class = allocate(layout(200));
-        // SAFETY: as above, each with the layout it was allocated with.
-        unsafe {
-            release(second, layout(310));
-            release(other_class, layout(200));
+    fn past_its_budget_a_thread_passes_cells_to_the_depot_a_magazine_at_a_time() {
+        let depot = Depot::new();
+        let mut lists = FreeLists::new();
+        let budget = KEEP_BYTES_PER_CLASS / 1024;
+        let blocks: Vec<_> = (0..budget + MAGAZINE + 3)
+            .map(|_| take(&mut lists, &depot, LARGE))
+            .collect();
+        for &block in &blocks {
+            lists.release(block, LARGE, &depot);
+        }
+        assert_eq!(lists.kept(LARGE), budget);
+        assert_eq!(depot.blocks(LARGE), MAGAZINE, "one full magazine");
+        assert_eq!(lists.outgoing(LARGE), 3, "the next magazine is filling");
+        // The kept ones come back first, the last one kept first.
+        assert_eq!(take(&mut lists, &depot, LARGE), blocks[budget - 1]);
+    }
+
+    #[test]
+    fn cells_freed_by_a_thread_that_never_allocates_them_reach_one_that_does() {
+        let depot = Depot::new();
+        let mut spawner = FreeLists::new();
+        let mut runner = FreeLists::new();
+        // The spawner's own list holds nothing, so its cells come from the allocator.
+        let blocks: Vec<_> = (0..MAGAZINE)
+            .map(|_| take(&mut spawner, &depot, SMALL))
+            .collect();
+        for &block in &blocks {
+            runner.release(block, SMALL, &depot);
+        }
+        assert_eq!(runner.kept(SMALL), 0, "the runner keeps none for itself");
+        assert_eq!(runner.outgoing(SMALL), 0);
+        assert_eq!(depot.blocks(SMALL), MAGAZINE);
+        // The spawner's next cells are those.
+        let again: Vec<_> = (0..MAGAZINE)
+            .map(|_| take(&mut spawner, &depot, SMALL))
+            .collect();
+        assert_eq!(depot.blocks(SMALL), 0);
+        let (mut sorted, mut sorted_again) = (blocks.clone(), again.clone());
+        sorted.sort();
+        sorted_again.sort();
+        assert_eq!(sorted, sorted_again, "the magazine came back whole");
+        for block in again {
+            spawner.release(block, SMALL, &depot);
         }
     }
 
     #[test]
-    fn a_thread_keeps_no_more_than_its_budget_of_free_cells_per_class() {
-        std::thread::spawn(|| {
-            let size = 1000; // the 1 KiB class
-            let budget = KEEP_BYTES_PER_CLASS / 1024;
-            let blocks: Vec<_> = (0..budget + 10).map(|_| allocate(layout(size))).collect();
-            assert_eq!(kept_here(layout(size)), 0);
-            for &block in &blocks {
-                // SAFETY: from `allocate` with this layout, holding no value, not used again.
-                unsafe { release(block, layout(size)) };
-            }
-            assert_eq!(
-                kept_here(layout(size)),
-                budget,
-                "the rest went to the allocator"
-            );
-            assert_eq!(kept_here(layout(100)), 0, "other classes keep their own");
-            // The kept ones come back, the last one freed first.
-            let again = allocate(layout(size));
-            assert_eq!(again, blocks[budget - 1]);
-            assert_eq!(kept_here(layout(size)), budget - 1);
-            // SAFETY: as above.
-            unsafe { release(again, layout(size)) };
-        })
-        .join()
-        .expect("the thread ran");
+    fn the_depot_keeps_no_more_than_its_budget_and_the_rest_is_freed() {
+        let depot = Depot::new();
+        let mut runner = FreeLists::new();
+        let budget = DEPOT_BYTES_PER_CLASS / 1024;
+        for _ in 0..budget + 2 * MAGAZINE {
+            // From the allocator each time (a `FreeLists` would take the depot's back).
+            // SAFETY: a class's layout is not zero-sized.
+            let block = unsafe { std::alloc::alloc(class_layout(LARGE)) };
+            runner.release(NonNull::new(block).expect("memory"), LARGE, &depot);
+        }
+        assert_eq!(depot.blocks(LARGE), budget, "refused magazines were freed");
+        assert_eq!(runner.outgoing(LARGE), 0);
     }
 
     #[test]
-    fn a_thread_that_never_allocated_a_class_keeps_none_of_it() {
-        let block = allocate(layout(300));
-        let block = block.as_ptr() as usize;
-        std::thread::spawn(move || {
-            let block = std::ptr::NonNull::new(block as *mut u8).expect("not null");
-            // SAFETY: from `allocate` with this layout on the spawning thread, holding no
-            // value, not used again.
-            unsafe { release(block, layout(300)) };
-            assert_eq!(kept_here(layout(300)), 0, "freed to the allocator");
-        })
-        .join()
-        .expect("the thread ran");
+    fn an_exiting_thread_hands_its_lists_to_the_depot() {
+        let depot = Depot::new();
+        let mut exiting = FreeLists::new();
+        let count = MAGAZINE + 5;
+        let blocks: Vec<_> = (0..count)
+            .map(|_| take(&mut exiting, &depot, SMALL))
+            .collect();
+        for &block in &blocks {
+            exiting.release(block, SMALL, &depot);
+        }
+        exiting.hand_over(&depot);
+        assert_eq!(exiting.kept(SMALL), 0);
+        assert_eq!(depot.blocks(SMALL), count, "in two magazines");
+        let mut next = FreeLists::new();
+        let first = take(&mut next, &depot, SMALL);
+        assert!(blocks.contains(&first));
+        next.release(first, SMALL, &depot);
     }
 
     #[test]
@@ -1035,6 +1483,93 @@ mod tests {
             // SAFETY: from `allocate` with this layout, holding no value, not used again.
             unsafe { release(block, layout) };
         }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod callback_tests {
+    use super::new_threadsafe_callback;
+    use crate::event_loop::HandleState;
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    /// Counts a closure's calls and drops (of what it captured).
+    #[derive(Default)]
+    struct Seen {
+        calls: AtomicUsize,
+        drops: AtomicUsize,
+    }
+
+    struct Captured(Arc<Seen>);
+
+    impl Drop for Captured {
+        fn drop(&mut self) {
+            self.0.drops.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn counts(seen: &Seen) -> (usize, usize) {
+        (
+            seen.calls.load(Ordering::SeqCst),
+            seen.drops.load(Ordering::SeqCst),
+        )
+    }
+
+    #[test]
+    fn a_threadsafe_callback_runs_once_and_its_handle_outlives_the_run() {
+        let seen = Arc::new(Seen::default());
+        let captured = Captured(seen.clone());
+        let (queued, state) = new_threadsafe_callback(HandleState::new(None), move || {
+            captured.0.calls.fetch_add(1, Ordering::SeqCst);
+        });
+        let second_handle = state.clone();
+        assert_eq!(state.ref_count(), 3, "queue entry and two handles");
+        queued.run();
+        assert_eq!(counts(&seen), (1, 1), "called once, then dropped");
+        assert_eq!(state.ref_count(), 2, "the queue entry gave its count back");
+        drop(second_handle);
+        assert!(!state.get().cancelled());
+    }
+
+    #[test]
+    fn a_threadsafe_callback_dropped_unrun_drops_its_closure_uncalled() {
+        let seen = Arc::new(Seen::default());
+        let captured = Captured(seen.clone());
+        let (queued, state) = new_threadsafe_callback(HandleState::new(None), move || {
+            captured.0.calls.fetch_add(1, Ordering::SeqCst);
+        });
+        drop(queued);
+        assert_eq!(counts(&seen), (0, 1));
+        assert_eq!(state.ref_count(), 1);
+    }
+
+    #[test]
+    fn a_panicking_threadsafe_callback_still_gives_its_count_back() {
+        let seen = Arc::new(Seen::default());
+        let captured = Captured(seen.clone());
+        let (queued, state) = new_threadsafe_callback(HandleState::new(None), move || {
+            captured.0.calls.fetch_add(1, Ordering::SeqCst);
+            panic!("from the callback");
+        });
+        assert!(catch_unwind(AssertUnwindSafe(|| queued.run())).is_err());
+        assert_eq!(counts(&seen), (1, 1), "the unwind dropped what it captured");
+        assert_eq!(state.ref_count(), 1, "only the handle is left");
+    }
+
+    #[test]
+    fn the_handle_may_be_the_last_owner_on_another_thread() {
+        let seen = Arc::new(Seen::default());
+        let captured = Captured(seen.clone());
+        let (queued, state) = new_threadsafe_callback(HandleState::new(None), move || {
+            captured.0.calls.fetch_add(1, Ordering::SeqCst);
+        });
+        let runner = std::thread::spawn(move || queued.run());
+        runner.join().expect("ran");
+        std::thread::spawn(move || drop(state))
+            .join()
+            .expect("dropped");
+        assert_eq!(counts(&seen), (1, 1));
     }
 }
 
@@ -1109,6 +1644,67 @@ mod loom_tests {
             let receiver_last = receiver.join().unwrap();
             let lasts = [here, cloner_last, receiver_last];
             assert_eq!(lasts.iter().filter(|&&last| last).count(), 1);
+        });
+    }
+
+    /// A magazine one thread frees into the depot goes to exactly one of two threads that
+    /// find their lists empty, whole, and the depot's lock-free count of what it holds stays
+    /// exact (`cell_memory::Depot`).
+    #[test]
+    fn loom_a_magazine_is_taken_whole_by_exactly_one_thread() {
+        use super::cell_memory::{class_layout, Depot, Magazine};
+        loom::model(|| {
+            let depot = Arc::new(Depot::new());
+            let blocks: Vec<_> = (0..2)
+                .map(|_| {
+                    // SAFETY: (model only) a class's layout is not zero-sized.
+                    let block = unsafe { std::alloc::alloc(class_layout(0)) };
+                    std::ptr::NonNull::new(block).expect("memory")
+                })
+                .collect();
+            let giver = {
+                let depot = depot.clone();
+                let magazine = Magazine::from_blocks(blocks);
+                thread::spawn(move || assert!(depot.give(0, magazine).is_ok()))
+            };
+            let taker = {
+                let depot = depot.clone();
+                thread::spawn(move || depot.take(0).map_or(0, |m| m.len_for_model()))
+            };
+            let here = depot.take(0).map_or(0, |m| m.len_for_model());
+            giver.join().unwrap();
+            let there = taker.join().unwrap();
+            let left = depot.blocks(0);
+            assert!(here == 0 || there == 0, "taken by one thread at most");
+            assert_eq!(here + there + left, 2, "every block somewhere, once");
+        });
+    }
+
+    /// The loop runs a `call_soon_threadsafe` callback while the thread that sent it drops
+    /// its handle: the closure runs once and what it captured is dropped once, whoever gives
+    /// the cell's last count back (the cell's teardown is the count's, modelled above).
+    #[test]
+    fn loom_a_threadsafe_callback_runs_once_whoever_lets_go_last() {
+        use super::new_threadsafe_callback;
+        use crate::event_loop::HandleState;
+        use braid_bridge::sync::atomic::{AtomicUsize, Ordering};
+        loom::model(|| {
+            let calls = Arc::new(AtomicUsize::new(0));
+            let (queued, state) = new_threadsafe_callback(HandleState::new(None), {
+                let calls = calls.clone();
+                move || {
+                    calls.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+            let lp = thread::spawn(move || {
+                if !queued.state().cancelled() {
+                    queued.run();
+                }
+            });
+            drop(state);
+            lp.join().unwrap();
+            assert_eq!(calls.load(Ordering::Relaxed), 1);
+            assert_eq!(Arc::strong_count(&calls), 1, "the closure was dropped");
         });
     }
 }
