@@ -24,10 +24,10 @@
 //! per-thread free lists by size (64-byte classes up to 1 KiB; larger tasks always use the
 //! global allocator); `call_soon_threadsafe` callbacks use the same lists. It keeps at most
 //! 256 KiB per size class, so at most 4 MiB, and only for the classes it has itself
-//! allocated from. What a thread frees beyond that (a loop running the callbacks other
-//! threads sent it) goes, 64 cells at a time, to a depot shared by the process, where
-//! threads whose own lists are empty find it; the depot too keeps at most 256 KiB per size
-//! class (4 MiB), and frees the rest. A thread's lists go to the depot when the thread
+//! allocated from; the rest goes back to the global allocator. Cells of a class a thread
+//! never allocates itself (a loop running the callbacks other threads sent it) go, 64 at a
+//! time, to a depot shared by the process, where threads whose own lists are empty find
+//! them; the depot too keeps at most 256 KiB per size class (4 MiB), and frees the rest. A thread's lists go to the depot when the thread
 //! exits, not when a `Runtime` is dropped: a long-lived thread (such as `main`, running
 //! `run_until_complete`) holds them until then. Nothing returns the depot's memory to the
 //! allocator while the process runs.
