@@ -202,6 +202,12 @@ fn cancelled_call_soon_threadsafe_handle_never_runs() {
         .recv_timeout(WAIT)
         .expect("the callback after the cancelled one ran");
     assert!(!ran.load(Ordering::SeqCst), "a cancelled callback ran");
+    assert_eq!(
+        Arc::strong_count(&ran),
+        1,
+        "the skipped closure was dropped, though its handle lives"
+    );
+    drop(handle);
     rt.shutdown(WAIT).unwrap();
 }
 

@@ -188,6 +188,11 @@ fn callbacks_racing_shutdown_run_or_are_reported() {
     go_rx.recv_timeout(WAIT).unwrap();
     rt.shutdown(WAIT).unwrap();
     let accepted = submitter.join().unwrap();
+    assert_eq!(
+        Arc::strong_count(&ran),
+        1,
+        "every closure, run, never run or refused, was dropped"
+    );
     let ran = ran.load(Ordering::SeqCst);
     assert!(ran <= accepted);
     if ran < accepted {

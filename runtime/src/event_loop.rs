@@ -183,6 +183,11 @@ impl HandleState {
     pub(crate) fn cancelled(&self) -> bool {
         self.cancelled.load(Ordering::Acquire)
     }
+
+    /// Cancels the handle: a callback not yet run never will be.
+    pub(crate) fn cancel(&self) {
+        self.cancelled.store(true, Ordering::Release);
+    }
 }
 
 /// What a queued callback runs: a boxed closure (`B`), or a `call_soon_threadsafe` cell.
@@ -305,7 +310,7 @@ impl CallbackHandle {
     /// }).unwrap();
     /// ```
     pub fn cancel(&self) {
-        self.state.get().cancelled.store(true, Ordering::Release);
+        self.state.get().cancel();
     }
 
     /// True once [`cancel`](CallbackHandle::cancel) was called.

@@ -479,14 +479,21 @@ impl<T> JoinPtr<T> {
 /// cells a thread frees beyond its own budget of a class it allocates. A thread that exits
 /// hands its lists to the depot.
 ///
-/// Under loom no cells are kept: the models build no tasks, and a thread-local cache is no
-/// synchronisation to check. The depot's hand-over is (`loom_a_magazine_*`).
+/// Whether a thread allocates a class is decided by its first allocation of it, for good: a
+/// loop that once sends itself a callback of the same size class as the callbacks it runs for
+/// foreign threads keeps up to its budget of them and frees the rest to the allocator, as for
+/// tasks, instead of passing them on.
+///
+/// Under loom no cells are kept (the models' cells come from the allocator and go back to
+/// it): a thread-local cache is no synchronisation to check. The depot's hand-over is
+/// (`loom_a_magazine_*`).
 mod cell_memory {
     // Under loom only the depot runs (in its model); the lists keep nothing.
     #![cfg_attr(loom, allow(dead_code))]
 
     use braid_bridge::sync::atomic::{AtomicUsize, Ordering};
     use braid_bridge::sync::Mutex;
+    use crossbeam_utils::CachePadded;
     use std::alloc::Layout;
     use std::ptr::NonNull;
 
@@ -550,15 +557,16 @@ mod cell_memory {
 
     #[cfg(all(test, loom))]
     impl Magazine {
-        pub(super) fn from_blocks(blocks: Vec<NonNull<u8>>) -> Magazine {
+        pub(super) fn from_blocks_for_model(blocks: Vec<NonNull<u8>>) -> Magazine {
             Magazine(blocks)
         }
 
-        /// How many blocks it holds, freeing them (the model is done with them).
-        pub(super) fn len_for_model(mut self) -> usize {
-            let len = self.0.len();
-            free_all(&mut self.0, 0);
-            len
+        pub(super) fn blocks_for_model(&self) -> &[NonNull<u8>] {
+            &self.0
+        }
+
+        pub(super) fn into_blocks_for_model(self) -> Vec<NonNull<u8>> {
+            self.0
         }
     }
 
@@ -572,7 +580,9 @@ mod cell_memory {
 
     /// Free cells handed between threads (see the module docs).
     pub(super) struct Depot {
-        classes: [DepotClass; CLASSES],
+        /// A cache line each: a thread whose list of one class ran dry reads that class's
+        /// `blocks` at every allocation, and should not miss on another class's lock.
+        classes: [CachePadded<DepotClass>; CLASSES],
     }
 
     impl Depot {
@@ -580,10 +590,10 @@ mod cell_memory {
         pub(super) const fn new() -> Depot {
             Depot {
                 classes: [const {
-                    DepotClass {
+                    CachePadded::new(DepotClass {
                         magazines: Mutex::new(Vec::new()),
                         blocks: AtomicUsize::new(0),
-                    }
+                    })
                 }; CLASSES],
             }
         }
@@ -592,9 +602,11 @@ mod cell_memory {
         #[cfg(loom)]
         pub(super) fn new() -> Depot {
             Depot {
-                classes: std::array::from_fn(|_| DepotClass {
-                    magazines: Mutex::new(Vec::new()),
-                    blocks: AtomicUsize::new(0),
+                classes: std::array::from_fn(|_| {
+                    CachePadded::new(DepotClass {
+                        magazines: Mutex::new(Vec::new()),
+                        blocks: AtomicUsize::new(0),
+                    })
                 }),
             }
         }
@@ -772,8 +784,8 @@ mod cell_memory {
 
     /// Runs `f` on this thread's lists and the depot, or returns `None` if the lists are
     /// gone (the thread is exiting: a task dropped by another thread-local's destructor) or
-    /// in use (never: each borrow covers one push or pop, so this is defensive). Then the
-    /// allocator serves.
+    /// in use (never: no code of a task or callback runs under the borrow, so this is
+    /// defensive). Then the allocator serves.
     #[inline]
     fn with_lists<R>(f: impl FnOnce(&mut FreeLists, &Depot) -> R) -> Option<R> {
         #[cfg(not(loom))]
@@ -1210,16 +1222,8 @@ impl QueuedCallback {
 
     /// Calls the closure (the count is given back even if it panics).
     pub(crate) fn run(self) {
-        struct GiveBack(NonNull<CallbackHead>);
-        impl Drop for GiveBack {
-            fn drop(&mut self) {
-                // SAFETY: the queue entry's count, given back once; the closure was moved
-                // out before this guard can run.
-                unsafe { release_callback(self.0) };
-            }
-        }
         let head = ManuallyDrop::new(self).head;
-        let _give_back = GiveBack(head);
+        let _give_back = GiveBackOnDrop(head);
         // SAFETY: `head` is a live cell whose queue entry we were; the closure is still
         // there, since only `run` (which consumes the entry) and `drop` take it.
         unsafe { (head.as_ref().vtable.call)(head) };
@@ -1228,12 +1232,23 @@ impl QueuedCallback {
 
 impl Drop for QueuedCallback {
     fn drop(&mut self) {
-        // SAFETY: never run (`run` forgets the entry), so the closure is there and ours;
-        // then our count, given back once.
-        unsafe {
-            (self.head.as_ref().vtable.discard)(self.head);
-            release_callback(self.head);
-        }
+        // Given back even if the closure's destructor panics.
+        let _give_back = GiveBackOnDrop(self.head);
+        // SAFETY: never run (`run` forgets the entry), so the closure is there and ours.
+        unsafe { (self.head.as_ref().vtable.discard)(self.head) };
+    }
+}
+
+/// Gives back a queue entry's count when dropped: after its closure was called or dropped,
+/// or while either unwinds.
+struct GiveBackOnDrop(NonNull<CallbackHead>);
+
+impl Drop for GiveBackOnDrop {
+    fn drop(&mut self) {
+        // SAFETY: the queue entry's count, given back once (the entry made this guard as it
+        // gave up its own drop); the closure is gone by now, moved out for the call or
+        // dropped, whether that returned or is unwinding.
+        unsafe { release_callback(self.0) };
     }
 }
 
@@ -1282,9 +1297,10 @@ impl Drop for CallbackState {
 
 /// A `call_soon_threadsafe` callback: the closure and its handle's state in one cell with two
 /// counts, one for the loop's queue (which runs the closure) and one for the handle. The
-/// memory comes from the cell lists (`cell_memory`), so a loop running the callbacks of
-/// foreign threads hands the cells back to them through the depot, where with `Arc` glibc
-/// took an arena lock for each one (see `benchmarks/NOTES.md`).
+/// memory comes from the cell lists (`cell_memory`): a loop that gives back the last count of
+/// the callbacks of foreign threads, and sends none of that size itself, hands the cells
+/// back to them through the depot, where with `Arc` glibc took an arena lock for each one
+/// (see `benchmarks/NOTES.md`).
 pub(crate) fn new_threadsafe_callback<F: FnOnce() + Send + 'static>(
     state: HandleState,
     f: F,
@@ -1396,7 +1412,67 @@ mod tests {
         assert_eq!(lists.outgoing(LARGE), 0, "not passed on: it allocates them");
         assert_eq!(depot.blocks(LARGE), 0, "the rest went to the allocator");
         // The kept ones come back, the last one kept first.
-        assert_eq!(take(&mut lists, &depot, LARGE), blocks[budget - 1]);
+        let again = take(&mut lists, &depot, LARGE);
+        assert_eq!(again, blocks[budget - 1]);
+        lists.release(again, LARGE, &depot);
+    }
+
+    #[test]
+    fn a_thread_that_starts_allocating_a_class_first_uses_its_outgoing_cells() {
+        let depot = Depot::new();
+        let mut lists = FreeLists::new();
+        let blocks: Vec<_> = (0..3)
+            .map(|_| {
+                // SAFETY: a class's layout is not zero-sized.
+                NonNull::new(unsafe { std::alloc::alloc(class_layout(SMALL)) }).expect("memory")
+            })
+            .collect();
+        for &block in &blocks {
+            lists.release(block, SMALL, &depot);
+        }
+        assert_eq!(
+            lists.outgoing(SMALL),
+            3,
+            "not allocated here: bound for the depot"
+        );
+        let first = take(&mut lists, &depot, SMALL);
+        assert!(blocks.contains(&first), "taken from the outgoing magazine");
+        assert_eq!(lists.outgoing(SMALL), 2);
+        lists.release(first, SMALL, &depot);
+        assert_eq!(lists.kept(SMALL), 1, "now it allocates the class: kept");
+    }
+
+    #[test]
+    fn an_exiting_thread_frees_what_the_full_depot_refuses() {
+        let depot = Depot::new();
+        let mut filler = FreeLists::new();
+        let budget = DEPOT_BYTES_PER_CLASS / 1024;
+        for _ in 0..budget {
+            // SAFETY: a class's layout is not zero-sized.
+            let block = unsafe { std::alloc::alloc(class_layout(LARGE)) };
+            filler.release(NonNull::new(block).expect("memory"), LARGE, &depot);
+        }
+        assert_eq!(depot.blocks(LARGE), budget, "full");
+        let mut exiting = FreeLists::new();
+        let mine = take(&mut exiting, &depot, LARGE);
+        let theirs = take(&mut exiting, &depot, LARGE);
+        exiting.release(mine, LARGE, &depot);
+        exiting.release(theirs, LARGE, &depot);
+        for _ in 0..2 {
+            // SAFETY: a class's layout is not zero-sized.
+            let block = unsafe { std::alloc::alloc(class_layout(LARGE)) };
+            exiting.release(NonNull::new(block).expect("memory"), LARGE, &depot);
+        }
+        // Its list holds the magazine it took and two more: one magazine fits the depot
+        // again, the two do not.
+        assert_eq!(exiting.kept(LARGE), MAGAZINE + 2);
+        exiting.hand_over(&depot);
+        assert_eq!(exiting.kept(LARGE), 0);
+        assert_eq!(
+            depot.blocks(LARGE),
+            budget,
+            "filled up again to its budget, the rest freed"
+        );
     }
 
     #[test]
@@ -1461,6 +1537,35 @@ mod tests {
         let first = take(&mut next, &depot, SMALL);
         assert!(blocks.contains(&first));
         next.release(first, SMALL, &depot);
+    }
+
+    /// Through the thread-locals and the process's depot: a thread that exits leaves its
+    /// free cells to the next thread that needs cells of their size. (A size no task or
+    /// callback of these tests has: 129 to 192 bytes, below any task's header and above
+    /// their callbacks' closures, so no other test takes the magazine first.)
+    #[test]
+    fn an_exiting_threads_free_cells_serve_another_thread() {
+        let size = Layout::from_size_align(160, 8).expect("a valid layout");
+        let left = std::thread::spawn(move || {
+            let blocks: Vec<_> = (0..3).map(|_| allocate(size)).collect();
+            for &block in &blocks {
+                // SAFETY: from `allocate` with this layout, holding no value, not used again.
+                unsafe { release(block, size) };
+            }
+            blocks
+                .iter()
+                .map(|b| b.as_ptr() as usize)
+                .collect::<Vec<_>>()
+        })
+        .join()
+        .expect("the thread ran");
+        let next = allocate(size);
+        assert!(
+            left.contains(&(next.as_ptr() as usize)),
+            "the exited thread's cell, from the depot"
+        );
+        // SAFETY: as above.
+        unsafe { release(next, size) };
     }
 
     #[test]
@@ -1554,6 +1659,22 @@ mod callback_tests {
     }
 
     #[test]
+    fn a_closure_whose_drop_panics_still_gives_its_queue_entrys_count_back() {
+        struct PanicsOnDrop;
+        impl Drop for PanicsOnDrop {
+            fn drop(&mut self) {
+                panic!("from the closure's destructor");
+            }
+        }
+        let captured = PanicsOnDrop;
+        let (queued, state) = new_threadsafe_callback(HandleState::new(None), move || {
+            let _keep = &captured;
+        });
+        assert!(catch_unwind(AssertUnwindSafe(|| drop(queued))).is_err());
+        assert_eq!(state.ref_count(), 1, "only the handle is left");
+    }
+
+    #[test]
     fn a_panicking_threadsafe_callback_still_gives_its_count_back() {
         let seen = Arc::new(Seen::default());
         let captured = Captured(seen.clone());
@@ -1564,6 +1685,13 @@ mod callback_tests {
         assert!(catch_unwind(AssertUnwindSafe(|| queued.run())).is_err());
         assert_eq!(counts(&seen), (1, 1), "the unwind dropped what it captured");
         assert_eq!(state.ref_count(), 1, "only the handle is left");
+    }
+
+    /// Compile-time: what a handle to a `call_soon_threadsafe` callback may cross.
+    #[test]
+    fn a_callback_handle_is_send_sync_and_unwind_safe() {
+        fn crosses<T: Send + Sync + std::panic::UnwindSafe + std::panic::RefUnwindSafe>() {}
+        crosses::<crate::CallbackHandle>();
     }
 
     #[test]
@@ -1656,44 +1784,90 @@ mod loom_tests {
         });
     }
 
-    /// A magazine one thread frees into the depot goes to exactly one of two threads that
-    /// find their lists empty, whole, and the depot's lock-free count of what it holds stays
-    /// exact (`cell_memory::Depot`).
+    /// A magazine one thread frees into the depot is taken whole by at most one of two
+    /// threads that find their lists empty, is never lost, and reaches the taker with the
+    /// giver's last writes to its cells ordered before the taker's first: each block holds a
+    /// loom cell, written by the giver before `give` and by whoever takes it after `take`,
+    /// so a hand-over outside the depot's lock is reported as a race
+    /// (`cell_memory::Depot`).
     #[test]
-    fn loom_a_magazine_is_taken_whole_by_exactly_one_thread() {
+    fn loom_a_magazine_is_taken_whole_by_at_most_one_thread_after_the_givers_writes() {
         use super::cell_memory::{class_layout, Depot, Magazine};
+        use std::ptr::NonNull;
+        type Tracked = UnsafeCell<usize>;
+        assert!(std::mem::size_of::<Tracked>() <= class_layout(0).size());
+        /// Writes to each block's cell (the block's next user).
+        fn write_all(blocks: &[NonNull<u8>], value: usize) {
+            for block in blocks {
+                // SAFETY: (model only) each block holds a `Tracked`, written in place below
+                // and dropped only at the end of the model; loom checks the accesses.
+                let cell = unsafe { block.cast::<Tracked>().as_ref() };
+                // SAFETY: (model only) as above.
+                cell.with_mut(|v| unsafe { *v = value });
+            }
+        }
+        /// Takes a magazine, if any, writes to it, and counts its blocks (freeing them).
+        fn take_and_use(depot: &Depot) -> usize {
+            depot.take(0).map_or(0, |magazine| {
+                let blocks = magazine.into_blocks_for_model();
+                write_all(&blocks, 2);
+                release_all(blocks)
+            })
+        }
+        fn release_all(blocks: Vec<NonNull<u8>>) -> usize {
+            let n = blocks.len();
+            for block in blocks {
+                // SAFETY: (model only) written in place at the start, dropped once, here;
+                // then the memory goes back with the layout it was allocated with.
+                unsafe {
+                    std::ptr::drop_in_place(block.cast::<Tracked>().as_ptr());
+                    std::alloc::dealloc(block.as_ptr(), class_layout(0));
+                }
+            }
+            n
+        }
         loom::model(|| {
             let depot = Arc::new(Depot::new());
-            let blocks: Vec<_> = (0..2)
+            let blocks: Vec<NonNull<u8>> = (0..2)
                 .map(|_| {
                     // SAFETY: (model only) a class's layout is not zero-sized.
-                    let block = unsafe { std::alloc::alloc(class_layout(0)) };
-                    std::ptr::NonNull::new(block).expect("memory")
+                    let block = NonNull::new(unsafe { std::alloc::alloc(class_layout(0)) })
+                        .expect("memory");
+                    // SAFETY: (model only) fresh memory large enough for a `Tracked`.
+                    unsafe { block.cast::<Tracked>().as_ptr().write(UnsafeCell::new(0)) };
+                    block
                 })
                 .collect();
             let giver = {
                 let depot = depot.clone();
-                let magazine = Magazine::from_blocks(blocks);
-                thread::spawn(move || assert!(depot.give(0, magazine).is_ok()))
+                let magazine = Magazine::from_blocks_for_model(blocks);
+                thread::spawn(move || {
+                    // The giver's last use of the cells, before it frees them.
+                    write_all(magazine.blocks_for_model(), 1);
+                    assert!(depot.give(0, magazine).is_ok());
+                })
             };
             let taker = {
                 let depot = depot.clone();
-                thread::spawn(move || depot.take(0).map_or(0, |m| m.len_for_model()))
+                thread::spawn(move || take_and_use(&depot))
             };
-            let here = depot.take(0).map_or(0, |m| m.len_for_model());
+            let here = take_and_use(&depot);
             giver.join().unwrap();
             let there = taker.join().unwrap();
-            let left = depot.blocks(0);
             assert!(here == 0 || there == 0, "taken by one thread at most");
+            // Whatever is left, taken now: every block is somewhere, once.
+            let left = take_and_use(&depot);
             assert_eq!(here + there + left, 2, "every block somewhere, once");
+            assert_eq!(depot.blocks(0), 0);
         });
     }
 
-    /// The loop runs a `call_soon_threadsafe` callback while the thread that sent it drops
-    /// its handle: the closure runs once and what it captured is dropped once, whoever gives
-    /// the cell's last count back (the cell's teardown is the count's, modelled above).
+    /// The loop runs a `call_soon_threadsafe` callback while the thread that sent it cancels
+    /// it and drops its handles: the closure runs at most once and what it captured is
+    /// dropped exactly once, whoever gives the cell's last count back (the cell's teardown is
+    /// the count's, modelled above).
     #[test]
-    fn loom_a_threadsafe_callback_runs_once_whoever_lets_go_last() {
+    fn loom_a_threadsafe_callback_runs_at_most_once_whoever_lets_go_last() {
         use super::new_threadsafe_callback;
         use crate::event_loop::HandleState;
         use braid_bridge::sync::atomic::{AtomicUsize, Ordering};
@@ -1706,14 +1880,22 @@ mod loom_tests {
                 }
             });
             let lp = thread::spawn(move || {
+                // As the loop does: a cancelled callback is dropped unrun.
                 if !queued.state().cancelled() {
                     queued.run();
                 }
             });
+            let handle = state.clone();
             drop(state);
+            handle.get().cancel();
+            drop(handle);
             lp.join().unwrap();
-            assert_eq!(calls.load(Ordering::Relaxed), 1);
-            assert_eq!(Arc::strong_count(&calls), 1, "the closure was dropped");
+            assert!(calls.load(Ordering::Relaxed) <= 1, "run at most once");
+            assert_eq!(
+                Arc::strong_count(&calls),
+                1,
+                "the closure was dropped, once"
+            );
         });
     }
 }

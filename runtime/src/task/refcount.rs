@@ -1,4 +1,5 @@
-//! A task allocation's reference count (see `raw::TaskPtr`).
+//! The reference count of a task allocation (see `raw::TaskPtr`) or of a
+//! `call_soon_threadsafe` callback's cell (`raw::QueuedCallback`).
 //!
 //! `Arc` starts every allocation at one owner, so a spawn that hands the new task to its join
 //! handle, the registry and a run queue paid two increments before anyone else could see it.
@@ -16,7 +17,7 @@ use braid_bridge::sync::atomic::{fence, AtomicUsize, Ordering};
 /// owners remain (as `Arc` does: only a leak of `mem::forget`ed owners gets there).
 const MAX_REFS: usize = isize::MAX as usize;
 
-/// The number of owners of one task allocation.
+/// The number of owners of one task allocation or callback cell.
 pub(crate) struct RefCount(AtomicUsize);
 
 impl RefCount {
