@@ -1370,12 +1370,15 @@ mod tests {
     use std::alloc::Layout;
     use std::ptr::NonNull;
 
+    /// A block of `class` from the allocator.
+    fn fresh(class: usize) -> NonNull<u8> {
+        // SAFETY: a class's layout is not zero-sized.
+        NonNull::new(unsafe { std::alloc::alloc(class_layout(class)) }).expect("memory")
+    }
+
     /// A block of `class` as `allocate` makes them: from the lists, else from the allocator.
     fn take(lists: &mut FreeLists, depot: &Depot, class: usize) -> NonNull<u8> {
-        lists.allocate(class, depot).unwrap_or_else(|| {
-            // SAFETY: a class's layout is not zero-sized.
-            NonNull::new(unsafe { std::alloc::alloc(class_layout(class)) }).expect("memory")
-        })
+        lists.allocate(class, depot).unwrap_or_else(|| fresh(class))
     }
 
     /// The 320-byte class (a tiny task's cell) and the 1 KiB one.
@@ -1421,12 +1424,7 @@ mod tests {
     fn a_thread_that_starts_allocating_a_class_first_uses_its_outgoing_cells() {
         let depot = Depot::new();
         let mut lists = FreeLists::new();
-        let blocks: Vec<_> = (0..3)
-            .map(|_| {
-                // SAFETY: a class's layout is not zero-sized.
-                NonNull::new(unsafe { std::alloc::alloc(class_layout(SMALL)) }).expect("memory")
-            })
-            .collect();
+        let blocks: Vec<_> = (0..3).map(|_| fresh(SMALL)).collect();
         for &block in &blocks {
             lists.release(block, SMALL, &depot);
         }
@@ -1448,9 +1446,7 @@ mod tests {
         let mut filler = FreeLists::new();
         let budget = DEPOT_BYTES_PER_CLASS / 1024;
         for _ in 0..budget {
-            // SAFETY: a class's layout is not zero-sized.
-            let block = unsafe { std::alloc::alloc(class_layout(LARGE)) };
-            filler.release(NonNull::new(block).expect("memory"), LARGE, &depot);
+            filler.release(fresh(LARGE), LARGE, &depot);
         }
         assert_eq!(depot.blocks(LARGE), budget, "full");
         let mut exiting = FreeLists::new();
@@ -1459,9 +1455,7 @@ mod tests {
         exiting.release(mine, LARGE, &depot);
         exiting.release(theirs, LARGE, &depot);
         for _ in 0..2 {
-            // SAFETY: a class's layout is not zero-sized.
-            let block = unsafe { std::alloc::alloc(class_layout(LARGE)) };
-            exiting.release(NonNull::new(block).expect("memory"), LARGE, &depot);
+            exiting.release(fresh(LARGE), LARGE, &depot);
         }
         // Its list holds the magazine it took and two more: one magazine fits the depot
         // again, the two do not.
@@ -1511,9 +1505,7 @@ mod tests {
         let budget = DEPOT_BYTES_PER_CLASS / 1024;
         for _ in 0..budget + 2 * MAGAZINE {
             // From the allocator each time (a `FreeLists` would take the depot's back).
-            // SAFETY: a class's layout is not zero-sized.
-            let block = unsafe { std::alloc::alloc(class_layout(LARGE)) };
-            runner.release(NonNull::new(block).expect("memory"), LARGE, &depot);
+            runner.release(fresh(LARGE), LARGE, &depot);
         }
         assert_eq!(depot.blocks(LARGE), budget, "refused magazines were freed");
         assert_eq!(runner.outgoing(LARGE), 0);
