@@ -500,7 +500,7 @@ mod cell_memory {
     /// Cells are kept by size, rounded up to a multiple of this.
     const CLASS_BYTES: usize = 64;
     /// Size classes kept: cells up to 1 KiB. Larger ones come from the allocator each time.
-    pub(super) const CLASSES: usize = 16;
+    const CLASSES: usize = 16;
     /// The alignment of kept blocks (glibc's own); a cell that needs more is not kept.
     const ALIGN: usize = 16;
     /// At most this many bytes of free cells per size class and thread: most of the gain
@@ -1268,9 +1268,7 @@ impl CallbackState {
         // SAFETY: our count keeps the cell alive while `self` is borrowed.
         &unsafe { self.head.as_ref() }.state
     }
-}
 
-impl CallbackState {
     /// The cell's count (for tests).
     #[cfg(all(test, not(loom)))]
     fn ref_count(&self) -> usize {
