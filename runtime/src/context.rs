@@ -11,6 +11,7 @@ use crate::task::raw;
 use crate::task::{AwaitTarget, Header, TaskRef};
 use braid_bridge::Error;
 use std::cell::{Cell, RefCell};
+use std::num::NonZeroUsize;
 use std::ptr::NonNull;
 use std::rc::Rc;
 
@@ -95,14 +96,15 @@ pub(crate) fn clear_awaiting(key: Option<usize>) {
 /// registration would swallow a later cancel) and hands back to the task a request passed on
 /// through it (the target's outcome, its way to the task, will never be read).
 pub(crate) struct AwaitRegistration {
-    key: usize,
+    key: NonZeroUsize,
     registrar: Option<TaskRef>,
 }
 
 impl AwaitRegistration {
-    pub(crate) const fn new(key: usize) -> AwaitRegistration {
+    /// A registration keyed by the address of the awaited target's shared state.
+    pub(crate) fn new<T: ?Sized>(target: NonNull<T>) -> AwaitRegistration {
         AwaitRegistration {
-            key,
+            key: target.cast::<()>().addr(),
             registrar: None,
         }
     }
@@ -122,7 +124,7 @@ impl AwaitRegistration {
     /// which accepted it: it is remembered by the task that registered (or, not registered
     /// yet, the running task), and settled when this await ends.
     pub(crate) fn note_passed_on(&self, message: Option<String>) {
-        let key = self.key;
+        let key = self.key.get();
         match &self.registrar {
             Some(task) => task.header().cancel.note_passed_on(key, message),
             None => {
@@ -135,7 +137,7 @@ impl AwaitRegistration {
     /// settles the requests passed on through it (see `task::cancel`). `missed`: the target
     /// finished without receiving a request that reached it. Called by the running task.
     pub(crate) fn end_read(&mut self, missed: impl FnOnce() -> bool) {
-        let key = self.key;
+        let key = self.key.get();
         let delivered = match self.registrar.take() {
             Some(task) => {
                 let delivered = task.header().cancel.end_await(key, AwaitEnd::Read, missed);
@@ -167,7 +169,7 @@ impl AwaitRegistration {
             } else {
                 AwaitEnd::Dropped
             };
-            if header.cancel.end_await(self.key, end, || false) {
+            if header.cancel.end_await(self.key.get(), end, || false) {
                 // A select drops this after polling its other branches: without a wake,
                 // the task could sleep on them with the request undelivered.
                 task.wake();

@@ -336,10 +336,10 @@ impl<T: Clone + Send + 'static> IntoFuture for Promise<T> {
     type IntoFuture = PromiseFuture<T>;
 
     fn into_future(self) -> PromiseFuture<T> {
-        let key = Arc::as_ptr(&self.inner) as *const () as usize;
+        let registration = context::AwaitRegistration::new(std::ptr::NonNull::from(&*self.inner));
         PromiseFuture {
             promise: self,
-            registration: context::AwaitRegistration::new(key),
+            registration,
         }
     }
 }

@@ -232,7 +232,7 @@ impl<T: Send + 'static> GatherCore<T> {
             state: Mutex::new(CancelState::default()),
         });
         let (ready, wakers) = ReadySet::new(n);
-        let key = Arc::as_ptr(&shared) as *const () as usize;
+        let registration = AwaitRegistration::new(std::ptr::NonNull::from(&*shared));
         GatherCore {
             children: children.into_iter().map(Some).collect(),
             results: Exclusive::new((0..n).map(|_| None).collect()),
@@ -240,7 +240,7 @@ impl<T: Send + 'static> GatherCore<T> {
             ready,
             wakers,
             shared,
-            registration: AwaitRegistration::new(key),
+            registration,
             finished: false,
         }
     }

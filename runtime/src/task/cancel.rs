@@ -36,10 +36,22 @@ use super::AwaitTarget;
 use braid_bridge::sync::atomic::{AtomicBool, Ordering};
 use braid_bridge::sync::Mutex;
 use braid_bridge::{Error, Result};
+use std::num::NonZeroUsize;
 
-/// The locked part of the cancel state.
+/// The locked part of the cancel state. Only what an await writes is kept inline; the rest
+/// waits in a box that a task which is never cancelled (nor named) never allocates, so that
+/// every task cell stays small: the bytes of a cell are most of what a spawn costs once the
+/// cells outgrow the cache (`benchmarks/NOTES.md`).
 #[derive(Default)]
 struct Requests {
+    /// What the task awaits right now (its registration key and the target), if anything.
+    /// The key is non-zero (an address) so that the `Option` needs no word of its own.
+    awaiting: Option<(NonZeroUsize, AwaitTarget)>,
+    rare: Option<Box<Rare>>,
+}
+
+/// The cancel requests' details, and the task's name: what most tasks never set.
+struct Rare {
     /// asyncio's `cancelling()`: requests made and not withdrawn by `uncancel`.
     count: usize,
     /// A request waits to be delivered at the next await point.
@@ -47,15 +59,32 @@ struct Requests {
     /// Set when the running task cancels itself; such a request is never "too late".
     self_requested: bool,
     message: Option<String>,
-    /// What the task awaits right now (its registration key and the target), if anything.
-    awaiting: Option<(usize, AwaitTarget)>,
-    /// Requests of ours that went on to an awaited target and are not settled yet. Boxed:
-    /// only a cancel of an awaiting task needs it, and every task cell carries this field.
-    passed: Option<Box<PassedOnList>>,
+    /// Requests of ours that went on to an awaited target and are not settled yet.
+    passed: PassedOnList,
+    /// The name given (`Task::set_name`), if any. Kept here, behind the cancel lock, because
+    /// it is as rare as a cancel and the box is already there.
+    name: Option<String>,
 }
 
+impl Rare {
+    /// What a task that was never cancelled nor named reads.
+    const NONE: Rare = Rare {
+        count: 0,
+        must_cancel: false,
+        self_requested: false,
+        message: None,
+        passed: PassedOnList {
+            entries: Vec::new(),
+            next_id: 0,
+        },
+        name: None,
+    };
+}
+
+/// Read through [`Requests::rare`] while no box was allocated.
+static NO_RARE: Rare = Rare::NONE;
+
 /// The requests a task passed on and has not settled.
-#[derive(Default)]
 struct PassedOnList {
     entries: Vec<PassedOn>,
     /// The id of the next request passed on.
@@ -108,9 +137,19 @@ enum Settled {
 }
 
 impl Requests {
+    /// The details, as a task that never allocated them reads them.
+    fn rare(&self) -> &Rare {
+        self.rare.as_deref().unwrap_or(&NO_RARE)
+    }
+
+    /// The details, allocated on first use.
+    fn rare_mut(&mut self) -> &mut Rare {
+        self.rare.get_or_insert_with(|| Box::new(Rare::NONE))
+    }
+
     /// Remembers a request passed on through the registration `key`; returns its id.
     fn push_passed(&mut self, key: usize, message: Option<String>, accepted: bool) -> u64 {
-        let list = self.passed.get_or_insert_with(Box::default);
+        let list = &mut self.rare_mut().passed;
         let id = list.next_id;
         list.next_id += 1;
         list.entries.push(PassedOn {
@@ -125,15 +164,15 @@ impl Requests {
 
     /// The requests passed on and not settled (empty if none ever was).
     fn passed_mut(&mut self) -> &mut [PassedOn] {
-        match &mut self.passed {
-            Some(list) => &mut list.entries,
+        match &mut self.rare {
+            Some(rare) => &mut rare.passed.entries,
             None => &mut [],
         }
     }
 
     /// Removes the passed-on request at `index`, returns it and whether any is left.
     fn settle_passed(&mut self, index: usize) -> (PassedOn, bool) {
-        let list = self.passed.as_mut().expect("a request at that index");
+        let list = &mut self.rare_mut().passed;
         let passed = list.entries.swap_remove(index);
         (passed, !list.entries.is_empty())
     }
@@ -141,9 +180,7 @@ impl Requests {
     /// True if a passed-on request is unsettled.
     #[cfg(all(test, loom))]
     fn any_passed(&self) -> bool {
-        self.passed
-            .as_ref()
-            .is_some_and(|list| !list.entries.is_empty())
+        !self.rare().passed.entries.is_empty()
     }
 }
 
@@ -172,6 +209,9 @@ pub(crate) struct CancelState {
     propagated: AtomicBool,
     /// The task finished with a Cancelled error (read once its state is COMPLETE).
     ended_cancelled: AtomicBool,
+    /// The task finished with another error (read once its state is COMPLETE). Here rather
+    /// than in the header beside it: a lone flag there would take a word of its own.
+    ended_failed: AtomicBool,
     requests: Mutex<Requests>,
 }
 
@@ -182,8 +222,25 @@ impl CancelState {
             has_awaiting: AtomicBool::new(false),
             propagated: AtomicBool::new(false),
             ended_cancelled: AtomicBool::new(false),
+            ended_failed: AtomicBool::new(false),
             requests: Mutex::new(Requests::default()),
         }
+    }
+
+    /// The name given, if any.
+    pub(crate) fn name(&self) -> Option<String> {
+        self.requests.lock().rare().name.clone()
+    }
+
+    pub(crate) fn set_name(&self, name: String) {
+        let old = self.requests.lock().rare_mut().name.replace(name);
+        drop(old);
+    }
+
+    /// True once the task (whose state word `state` is) has finished with an error other
+    /// than Cancelled.
+    pub(crate) fn failed(&self, state: &State) -> bool {
+        state.is_complete() && self.ended_failed.load(Ordering::Acquire)
     }
 
     /// True once the task (whose state word `state` is) has finished cancelled.
@@ -193,22 +250,25 @@ impl CancelState {
 
     /// asyncio's `cancelling()`.
     pub(crate) fn cancelling(&self) -> usize {
-        self.requests.lock().count
+        self.requests.lock().rare().count
     }
 
     /// asyncio's `uncancel()`: withdraws one request; returns how many are left.
     pub(crate) fn uncancel(&self) -> usize {
         let mut requests = self.requests.lock();
-        if requests.count > 0 {
-            requests.count -= 1;
-            if requests.count == 0 {
+        let Some(rare) = requests.rare.as_deref_mut() else {
+            return 0; // never cancelled
+        };
+        if rare.count > 0 {
+            rare.count -= 1;
+            if rare.count == 0 {
                 // As Python 3.13: the last uncancel also withdraws an undelivered request.
-                requests.must_cancel = false;
-                requests.self_requested = false;
+                rare.must_cancel = false;
+                rare.self_requested = false;
                 self.pending.store(false, Ordering::Release);
             }
         }
-        requests.count
+        rare.count
     }
 
     /// Records a cancel request. If the task is awaiting a Task or Promise, returns it: the
@@ -242,12 +302,12 @@ impl CancelState {
         if done {
             return Err(());
         }
-        requests.count += 1;
+        requests.rare_mut().count += 1;
         if let Some((key, target)) = &requests.awaiting {
-            let (key, target) = (*key, target.clone());
+            let (key, target) = (key.get(), target.clone());
             let id = requests.push_passed(key, message.clone(), false);
             self.propagated.store(true, Ordering::Release);
-            requests.message = message;
+            requests.rare_mut().message = message;
             return Ok(Some(PassOn { target, id }));
         }
         self.mark_must_cancel(&mut requests, message, by_self);
@@ -255,9 +315,10 @@ impl CancelState {
     }
 
     fn mark_must_cancel(&self, requests: &mut Requests, message: Option<String>, by_self: bool) {
-        requests.must_cancel = true;
-        requests.self_requested |= by_self;
-        requests.message = message;
+        let rare = requests.rare_mut();
+        rare.must_cancel = true;
+        rare.self_requested |= by_self;
+        rare.message = message;
         self.pending.store(true, Ordering::Release);
     }
 
@@ -364,7 +425,7 @@ impl CancelState {
         let missed = passed && end == AwaitEnd::Read && !skip_reclaim && missed();
         let mut requests = self.requests.lock();
         let forgotten = self.forget_awaiting(&mut requests, Some(key));
-        let Some(list) = requests.passed.as_mut() else {
+        let Some(list) = requests.rare.as_deref_mut().map(|rare| &mut rare.passed) else {
             drop(requests);
             drop(forgotten);
             return false;
@@ -420,7 +481,7 @@ impl CancelState {
     pub(crate) fn missed_request(&self, state: &State) -> bool {
         state.is_complete()
             && !self.ended_cancelled.load(Ordering::Acquire)
-            && self.requests.lock().must_cancel
+            && self.requests.lock().rare().must_cancel
     }
 
     /// The leaf-future check: delivers a pending cancel request once.
@@ -430,12 +491,13 @@ impl CancelState {
         }
         let mut requests = self.requests.lock();
         self.pending.store(false, Ordering::Relaxed);
-        if !requests.must_cancel {
+        if !requests.rare().must_cancel {
             return None;
         }
-        requests.must_cancel = false;
-        requests.self_requested = false;
-        Some(Error::cancelled(requests.message.clone()))
+        let rare = requests.rare_mut();
+        rare.must_cancel = false;
+        rare.self_requested = false;
+        Some(Error::cancelled(rare.message.clone()))
     }
 
     pub(crate) fn begin_step(&self, first_poll: bool) -> Step {
@@ -447,10 +509,11 @@ impl CancelState {
             };
         }
         let requests = self.requests.lock();
+        let rare = requests.rare();
         Step {
-            cancel_before_start: first_poll && requests.must_cancel,
-            pending_at_start: requests.must_cancel,
-            message: requests.message.clone(),
+            cancel_before_start: first_poll && rare.must_cancel,
+            pending_at_start: rare.must_cancel,
+            message: rare.message.clone(),
         }
     }
 
@@ -463,13 +526,14 @@ impl CancelState {
             return output;
         }
         let requests = self.requests.lock();
-        if requests.must_cancel && (step.pending_at_start || requests.self_requested) {
-            return Err(Error::cancelled(requests.message.clone()));
+        let rare = requests.rare();
+        if rare.must_cancel && (step.pending_at_start || rare.self_requested) {
+            return Err(Error::cancelled(rare.message.clone()));
         }
         output
     }
 
-    pub(crate) fn set_awaiting(&self, key: usize, target: AwaitTarget) {
+    pub(crate) fn set_awaiting(&self, key: NonZeroUsize, target: AwaitTarget) {
         let replaced = self.requests.lock().awaiting.replace((key, target));
         self.has_awaiting.store(true, Ordering::Relaxed);
         // Dropped without our lock held (it may be that target's last reference).
@@ -496,9 +560,9 @@ impl CancelState {
         &self,
         requests: &mut Requests,
         key: Option<usize>,
-    ) -> Option<(usize, AwaitTarget)> {
+    ) -> Option<(NonZeroUsize, AwaitTarget)> {
         let matches = match (&requests.awaiting, key) {
-            (Some((k, _)), Some(key)) => *k == key,
+            (Some((k, _)), Some(key)) => k.get() == key,
             (Some(_), None) => true,
             (None, _) => false,
         };
@@ -509,10 +573,12 @@ impl CancelState {
         requests.awaiting.take()
     }
 
-    /// The runner's last word on a task: records whether it ended cancelled, forgets what it
-    /// awaited, then sets COMPLETE on `state` (after which `record_cancel` refuses).
-    pub(crate) fn complete(&self, state: &State, cancelled: bool) {
+    /// The runner's last word on a task: records whether it ended cancelled or failed
+    /// otherwise, forgets what it awaited, then sets COMPLETE on `state` (after which
+    /// `record_cancel` refuses).
+    pub(crate) fn complete(&self, state: &State, cancelled: bool, failed: bool) {
         self.ended_cancelled.store(cancelled, Ordering::Release);
+        self.ended_failed.store(failed, Ordering::Release);
         // Only the runner sets `has_awaiting` (during a poll), and we are the runner.
         self.clear_awaiting(None);
         state.complete();
@@ -555,6 +621,53 @@ pub(crate) fn request(
     }
 }
 
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    fn has_details(cancel: &CancelState) -> bool {
+        cancel.requests.lock().rare.is_some()
+    }
+
+    #[test]
+    fn a_task_never_cancelled_nor_named_allocates_no_details() {
+        let state = State::new_scheduled();
+        let cancel = CancelState::new();
+        let step = cancel.begin_step(true);
+        assert!(!step.cancel_before_start);
+        assert_eq!(cancel.step_outcome(&step, Ok(1)).ok(), Some(1));
+        assert!(cancel.take_cancel().is_none());
+        assert_eq!(cancel.cancelling(), 0);
+        assert_eq!(cancel.uncancel(), 0);
+        assert_eq!(cancel.name(), None);
+        assert!(!cancel.missed_request(&state));
+        assert!(!has_details(&cancel), "nothing above needs the box");
+    }
+
+    #[test]
+    fn a_request_and_a_name_are_kept_in_the_details() {
+        let state = State::new_scheduled();
+        let cancel = CancelState::new();
+        assert!(request(
+            &state,
+            &cancel,
+            Some("stop".to_owned()),
+            false,
+            || ()
+        ));
+        assert!(has_details(&cancel));
+        assert_eq!(cancel.cancelling(), 1);
+        cancel.set_name("worker".to_owned());
+        assert_eq!(cancel.name().as_deref(), Some("worker"));
+        let error = cancel.take_cancel().expect("the request is delivered");
+        assert!(error.is_cancelled());
+        assert_eq!(error.message(), Some("stop"));
+        assert!(cancel.take_cancel().is_none(), "delivered once");
+        assert_eq!(cancel.uncancel(), 0);
+        assert_eq!(cancel.name().as_deref(), Some("worker"), "the name stays");
+    }
+}
+
 #[cfg(all(test, loom))]
 mod loom_models {
     //! Task A awaits task B, which runs on another loop, and a cancel request of A's goes on
@@ -571,6 +684,8 @@ mod loom_models {
 
     /// The registration key of A's await of B.
     const KEY: usize = 7;
+    /// The same, as `set_awaiting` keeps it.
+    const AWAITING_KEY: NonZeroUsize = NonZeroUsize::new(KEY).unwrap();
 
     /// A task as far as cancellation goes.
     struct ModelTask {
@@ -613,7 +728,7 @@ mod loom_models {
         thread::spawn(move || {
             let step = b.cancel.begin_step(false);
             let outcome = b.cancel.step_outcome(&step, Ok(()));
-            b.cancel.complete(&b.state, outcome.is_err());
+            b.cancel.complete(&b.state, outcome.is_err(), false);
         })
     }
 
@@ -647,7 +762,8 @@ mod loom_models {
         crate::sync::loom_support::model_with_fault(fault, on, || {
             // A is running and awaits B; B is running its last step (it will return a value).
             let (a, b) = both_running();
-            a.cancel.set_awaiting(KEY, AwaitTarget::Other(b.clone()));
+            a.cancel
+                .set_awaiting(AWAITING_KEY, AwaitTarget::Other(b.clone()));
 
             let canceller = {
                 let a = a.clone();
@@ -738,7 +854,8 @@ mod loom_models {
         a: &Arc<ModelTask>,
         b: &Arc<ModelTask>,
     ) -> (thread::JoinHandle<bool>, thread::JoinHandle<()>) {
-        a.cancel.set_awaiting(KEY, AwaitTarget::Other(b.clone()));
+        a.cancel
+            .set_awaiting(AWAITING_KEY, AwaitTarget::Other(b.clone()));
         let canceller = {
             let a = a.clone();
             thread::spawn(move || request(&a.state, &a.cancel, None, false, || {}))
@@ -783,7 +900,7 @@ mod loom_models {
             let (canceller, b_runner) = cancel_while_a_stops_awaiting(&a, &b);
             // Then A returns, in the same step.
             let outcome = a.cancel.step_outcome(&step, Ok(()));
-            a.cancel.complete(&a.state, outcome.is_err());
+            a.cancel.complete(&a.state, outcome.is_err(), false);
             let accepted = canceller.join().unwrap();
             b_runner.join().unwrap();
 

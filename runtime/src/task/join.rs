@@ -26,8 +26,15 @@ const QUIET: u8 = 1 << 4;
 /// A task's watchers and its completion. `C` is a done callback.
 pub(crate) struct JoinState<C> {
     bits: AtomicU8,
-    waker: Mutex<Option<Waker>>,
-    callbacks: Mutex<Vec<C>>,
+    /// One lock for both: each is taken alone and briefly, and a second lock would cost
+    /// every task cell a word.
+    watchers: Mutex<Registered<C>>,
+}
+
+/// The joiner's waker and the done callbacks.
+struct Registered<C> {
+    waker: Option<Waker>,
+    callbacks: Vec<C>,
 }
 
 /// What the completer found registered when it published completion.
@@ -55,8 +62,10 @@ impl<C> JoinState<C> {
     pub(crate) fn new() -> JoinState<C> {
         JoinState {
             bits: AtomicU8::new(0),
-            waker: Mutex::new(None),
-            callbacks: Mutex::new(Vec::new()),
+            watchers: Mutex::new(Registered {
+                waker: None,
+                callbacks: Vec::new(),
+            }),
         }
     }
 
@@ -90,13 +99,15 @@ impl<C> JoinState<C> {
         if self.completed() {
             return true;
         }
-        {
-            let mut slot = self.waker.lock();
-            match &*slot {
-                Some(old) if old.will_wake(waker) => {}
-                _ => *slot = Some(waker.clone()),
+        let replaced = {
+            let mut watchers = self.watchers.lock();
+            match &watchers.waker {
+                Some(old) if old.will_wake(waker) => None,
+                _ => watchers.waker.replace(waker.clone()),
             }
-        }
+        };
+        // Dropped after the lock: a waker's drop may run anything.
+        drop(replaced);
         self.bits.fetch_or(WAKER, Ordering::AcqRel) & COMPLETED != 0
     }
 
@@ -104,18 +115,18 @@ impl<C> JoinState<C> {
     /// task completed meanwhile and its completer saw no callbacks: the caller runs
     /// `take_callbacks()` itself.
     pub(crate) fn add_callback(&self, callback: C) -> bool {
-        self.callbacks.lock().push(callback);
+        self.watchers.lock().callbacks.push(callback);
         self.bits.fetch_or(CALLBACKS, Ordering::AcqRel) & COMPLETED != 0
     }
 
     /// The callbacks registered so far, taken (under the lock, so each runs once).
     pub(crate) fn take_callbacks(&self) -> Vec<C> {
-        std::mem::take(&mut *self.callbacks.lock())
+        std::mem::take(&mut self.watchers.lock().callbacks)
     }
 
     /// The joiner's waker, taken.
     pub(crate) fn take_waker(&self) -> Option<Waker> {
-        self.waker.lock().take()
+        self.watchers.lock().waker.take()
     }
 
     /// The completer's: publishes completion (the output is stored) and returns who was

@@ -24,8 +24,7 @@ pub(crate) mod state;
 
 use crate::event_loop::{dispatch_callback, LoopShared};
 use crate::scheduler::RuntimeShared;
-use braid_bridge::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use braid_bridge::sync::Mutex;
+use braid_bridge::sync::atomic::AtomicUsize;
 use braid_bridge::{Error, Result};
 use cancel::CancelState;
 use join::JoinState;
@@ -143,29 +142,25 @@ pub(crate) struct Header {
     pub(crate) rt: Arc<RuntimeShared>,
     /// The loop a `spawn_local` task is pinned to; `None` for shared tasks.
     pub(crate) home: Option<Arc<LoopShared>>,
-    /// Cancel requests, the awaited target, and whether the task ended cancelled.
+    /// Cancel requests, the awaited target, whether the task ended cancelled or failed, and
+    /// its name. The cancel and join states are kept inline: an allocation per task cost
+    /// more than the bytes. Their rarely used parts are not (`cancel`'s box, `join`'s one
+    /// lock): every byte here is written at each spawn (`benchmarks/NOTES.md`).
     pub(crate) cancel: CancelState,
-    /// The task finished with an error other than Cancelled.
-    ended_failed: AtomicBool,
     /// Who watches the task (handle, joiner's waker, done callbacks) and its completion.
     join: JoinState<DoneCallback>,
     /// This task's registry shard and slot (see `registry`), `UNREGISTERED` if unregistered.
     pub(crate) registry_slot: AtomicUsize,
-    /// The name given (`set_name`), if any. The cancel and join states are kept inline in the
-    /// header too: an allocation per task cost more than the bytes (see
-    /// `benchmarks/NOTES.md`).
-    name: Mutex<Option<String>>,
 }
 
 impl Header {
-    /// A header for an allocation of `vtable`'s type, with `owners` counts.
+    /// A header for an allocation of `vtable`'s type, with `owners` counts, unnamed.
     fn new(
         vtable: &'static TaskVtable,
         owners: usize,
         id: TaskId,
         rt: Arc<RuntimeShared>,
         home: Option<Arc<LoopShared>>,
-        name: Option<String>,
     ) -> Header {
         Header {
             refs: RefCount::new(owners),
@@ -175,22 +170,20 @@ impl Header {
             rt,
             home,
             cancel: CancelState::new(),
-            ended_failed: AtomicBool::new(false),
             join: JoinState::new(),
             registry_slot: AtomicUsize::new(crate::registry::UNREGISTERED),
-            name: Mutex::new(name),
         }
     }
 
     pub(crate) fn name(&self) -> String {
-        match self.name.lock().clone() {
+        match self.cancel.name() {
             Some(name) => name,
             None => format!("Task-{}", self.id.0),
         }
     }
 
     pub(crate) fn set_name(&self, name: String) {
-        *self.name.lock() = Some(name);
+        self.cancel.set_name(name);
     }
 
     pub(crate) fn done(&self) -> bool {
@@ -203,7 +196,7 @@ impl Header {
 
     /// True once the task has finished with an error other than Cancelled.
     pub(crate) fn failed(&self) -> bool {
-        self.done() && self.ended_failed.load(Ordering::Acquire)
+        self.cancel.failed(&self.state)
     }
 
     /// A combinator took charge of this task's error: never report it as unretrieved.
@@ -239,8 +232,7 @@ impl Header {
         // Leave the registry (on another shard's loop the slot may wait in an outbox: a
         // snapshot skips finished tasks, so `all_tasks()` never lists a task that is done).
         crate::scheduler::leave_registry(&self.rt, &self.registry_slot);
-        self.ended_failed.store(failed, Ordering::Release);
-        self.cancel.complete(&self.state, cancelled);
+        self.cancel.complete(&self.state, cancelled, failed);
     }
 
     /// After completion: wake the joiner, schedule the done callbacks.
@@ -549,10 +541,10 @@ impl<T> Unpin for Task<T> {}
 
 impl<T> Task<T> {
     pub(crate) fn from_raw(raw: JoinPtr<T>) -> Task<T> {
-        let key = raw.task().as_non_null().as_ptr() as usize;
+        let registration = crate::context::AwaitRegistration::new(raw.task().as_non_null());
         Task {
             raw,
-            registration: crate::context::AwaitRegistration::new(key),
+            registration,
             _send: SendIfT::NEW,
         }
     }
@@ -874,6 +866,19 @@ mod tests {
     /// returned and dropped its reference.
     fn one_loop() -> Runtime {
         Runtime::builder().workers(1).build().expect("runtime")
+    }
+
+    /// Every byte of the header is written at each spawn, and the cells of many tasks
+    /// alive at once outgrow the cache: 64 bytes more cost `spawn_many_local` about a tenth
+    /// (`benchmarks/NOTES.md`). With a tiny future and its output the cell fits 256 bytes.
+    #[test]
+    #[cfg(target_pointer_width = "64")]
+    fn a_task_header_takes_at_most_160_bytes() {
+        assert!(
+            std::mem::size_of::<super::Header>() <= 160,
+            "{} bytes",
+            std::mem::size_of::<super::Header>()
+        );
     }
 
     #[test]
