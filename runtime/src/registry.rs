@@ -86,10 +86,15 @@ impl<P> Slab<P> {
 struct Shard<P> {
     slab: Mutex<Slab<P>>,
     /// Slots of this shard's tasks that finished on another thread, freed in one batch: a
-    /// cross-core completion costs a push here, not a contended slab lock.
-    graveyard: Mutex<Vec<usize>>,
-    /// The graveyard's length, read without its lock to decide whether to sweep.
-    graveyard_len: AtomicUsize,
+    /// cross-core completion costs a push here, not a contended slab lock. On a line of its
+    /// own (with its length): other threads write it while the owner inserts.
+    graveyard: CachePadded<Graveyard>,
+}
+
+struct Graveyard {
+    slots: Mutex<Vec<usize>>,
+    /// The number of slots, read without the lock to decide whether to sweep.
+    len: AtomicUsize,
 }
 
 /// Every unfinished task of a runtime (see the module docs).
@@ -110,8 +115,10 @@ impl<P: Registrant> Registry<P> {
                             slots: Vec::new(),
                             free: Vec::new(),
                         }),
-                        graveyard: Mutex::new(Vec::new()),
-                        graveyard_len: AtomicUsize::new(0),
+                        graveyard: CachePadded::new(Graveyard {
+                            slots: Mutex::new(Vec::new()),
+                            len: AtomicUsize::new(0),
+                        }),
                     })
                 })
                 .collect(),
@@ -129,7 +136,7 @@ impl<P: Registrant> Registry<P> {
     pub(crate) fn insert(&self, task: P, here: Option<usize>) -> Result<(), P> {
         let shard_id = here.unwrap_or_else(|| self.shared_shard());
         let shard = &self.shards[shard_id];
-        if shard.graveyard_len.load(Ordering::Relaxed) >= SWEEP_BATCH {
+        if shard.graveyard.len.load(Ordering::Relaxed) >= SWEEP_BATCH {
             // The tasks we spawned and others finished: free them here (module docs).
             self.sweep(shard_id);
         }
@@ -221,10 +228,11 @@ impl<P: Registrant> Registry<P> {
     fn bury(&self, shard_id: usize, slots: &[usize]) {
         let shard = &self.shards[shard_id];
         let full = {
-            let mut graveyard = shard.graveyard.lock();
+            let mut graveyard = shard.graveyard.slots.lock();
             graveyard.extend_from_slice(slots);
             shard
-                .graveyard_len
+                .graveyard
+                .len
                 .store(graveyard.len(), Ordering::Relaxed);
             graveyard.len() >= GRAVEYARD_MAX
         };
@@ -236,7 +244,7 @@ impl<P: Registrant> Registry<P> {
     /// A sweep of `shard_id` if its graveyard holds anything: one relaxed load otherwise.
     #[inline]
     pub(crate) fn sweep_if_needed(&self, shard_id: usize) {
-        if self.shards[shard_id].graveyard_len.load(Ordering::Relaxed) > 0 {
+        if self.shards[shard_id].graveyard.len.load(Ordering::Relaxed) > 0 {
             self.sweep(shard_id);
         }
     }
@@ -246,8 +254,8 @@ impl<P: Registrant> Registry<P> {
     fn sweep(&self, shard_id: usize) {
         let shard = &self.shards[shard_id];
         let slots = {
-            let mut graveyard = shard.graveyard.lock();
-            shard.graveyard_len.store(0, Ordering::Relaxed);
+            let mut graveyard = shard.graveyard.slots.lock();
+            shard.graveyard.len.store(0, Ordering::Relaxed);
             std::mem::take(&mut *graveyard)
         };
         if slots.is_empty() {
