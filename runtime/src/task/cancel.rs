@@ -172,7 +172,11 @@ impl Requests {
 
     /// Removes the passed-on request at `index`, returns it and whether any is left.
     fn settle_passed(&mut self, index: usize) -> (PassedOn, bool) {
-        let list = &mut self.rare_mut().passed;
+        let list = &mut self
+            .rare
+            .as_deref_mut()
+            .expect("a request at that index")
+            .passed;
         let passed = list.entries.swap_remove(index);
         (passed, !list.entries.is_empty())
     }
@@ -624,6 +628,7 @@ pub(crate) fn request(
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     fn has_details(cancel: &CancelState) -> bool {
         cancel.requests.lock().rare.is_some()
@@ -641,7 +646,22 @@ mod tests {
         assert_eq!(cancel.uncancel(), 0);
         assert_eq!(cancel.name(), None);
         assert!(!cancel.missed_request(&state));
+        // An await of a target, read to its end, and another, forgotten at completion.
+        let key = NonZeroUsize::new(16).unwrap();
+        cancel.set_awaiting(key, AwaitTarget::Other(Arc::new(Settled)));
+        assert!(!cancel.end_await(key.get(), AwaitEnd::Read, || false));
+        cancel.set_awaiting(key, AwaitTarget::Other(Arc::new(Settled)));
+        cancel.complete(&state, false, false);
         assert!(!has_details(&cancel), "nothing above needs the box");
+    }
+
+    /// A target that is already done.
+    struct Settled;
+
+    impl crate::task::CancelTarget for Settled {
+        fn cancel_from_awaiter(self: Arc<Self>, _message: Option<String>) -> bool {
+            false
+        }
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Tasks: asyncio's `Task` on a work-stealing runtime.
 //!
 //! A task is one allocation (`raw::TaskCell`): a [`Header`] (reference count, state word, id,
-//! name, the cancellation state, the join waker, done callbacks), the future, and the output,
+//! the cancellation state with the name, the join waker, done callbacks), the future, and the output,
 //! reached through `raw::TaskPtr`, a counted pointer of braid's own. Tasks are
 //! `Send` and may move between loops at every poll; `spawn_local` tasks carry a `home` loop and
 //! only ever run there.
@@ -878,6 +878,17 @@ mod tests {
             std::mem::size_of::<super::Header>() <= 160,
             "{} bytes",
             std::mem::size_of::<super::Header>()
+        );
+        // A task whose future holds one pointer, with a unit output.
+        let shared = std::sync::Arc::new(());
+        let tiny = async move {
+            drop(shared);
+            Ok(())
+        };
+        assert!(
+            super::raw::cell_size_of(&tiny) <= 256,
+            "{} bytes",
+            super::raw::cell_size_of(&tiny)
         );
     }
 

@@ -206,6 +206,12 @@ struct JoinCell<T> {
     output: Mutex<Option<Result<T>>>,
 }
 
+/// The size of the cell a task running `future` takes (the tests' check on cell sizes).
+#[cfg(all(test, not(loom)))]
+pub(crate) fn cell_size_of<F: Future<Output = Result<T>>, T>(_future: &F) -> usize {
+    std::mem::size_of::<TaskCell<F, T>>()
+}
+
 /// A spawned task's allocation.
 #[repr(C)]
 pub(crate) struct TaskCell<F, T> {
@@ -468,8 +474,8 @@ impl<T> JoinPtr<T> {
 /// ones that finished back from its own list: no call into the allocator, and none of
 /// glibc's trimming of the heap top that made the next burst of spawns fault its pages in
 /// again (`benchmarks/NOTES.md`). Each list keeps at most [`KEEP_BYTES_PER_CLASS`] of cells
-/// (16 384 cells of a tiny task), and only on a thread that has allocated cells of that
-/// class.
+/// (819 of a tiny task's, whose 256-byte blocks each take 320 bytes with the line they are
+/// aligned in), and only on a thread that has allocated cells of that class.
 ///
 /// Cells of a class a thread never allocates (a loop running the callbacks that foreign
 /// threads sent it) go into an outgoing *magazine* of [`MAGAZINE`] cells, and a full magazine
@@ -508,23 +514,32 @@ mod cell_memory {
     /// last one's future, written by different loops (`benchmarks/NOTES.md`). A cell that
     /// needs more alignment is not kept.
     const ALIGN: usize = 64;
-    /// The alignment the global allocator gives anyway (glibc's, on 64-bit targets); a
-    /// block is carved out of an allocation this aligned, `ALIGN` bytes larger.
-    const RAW_ALIGN: usize = 16;
-    /// At most this many bytes of free cells per size class and thread. A loop that holds
-    /// all of `spawn_many_local`'s 10 000 cells at once (one worker) runs it 17% faster
-    /// than with 256 KiB (2.2 ms against 2.6 ms; 1 MiB gave 2.5 ms); with two loops the
-    /// budget makes no difference. A thread that once had a million tiny tasks alive keeps
-    /// 4 MiB of them.
-    pub(super) const KEEP_BYTES_PER_CLASS: usize = 4 * 1024 * 1024;
+    /// The alignment a block's allocation asks for: a word's, which every allocator gives
+    /// through its plain path (glibc's `malloc`), where a larger one may take a slower one.
+    const RAW_ALIGN: usize = std::mem::align_of::<usize>();
+    // The distance from an allocation's start to its block, 1 to `ALIGN`, fits the byte
+    // kept before the block.
+    const _: () = assert!(ALIGN <= u8::MAX as usize && RAW_ALIGN <= ALIGN);
+    /// At most this many bytes of free blocks (allocations included, see [`block_bytes`])
+    /// per size class and thread, so that a thread that once spawned a million tasks keeps
+    /// little of them. With one loop, which holds all of `spawn_many_local`'s 10 000 cells
+    /// at once, 4 MiB took its driver from 2.6 to 2.2 ms; with two loops, as benched, it
+    /// made no difference, and was not kept (`benchmarks/NOTES.md`).
+    pub(super) const KEEP_BYTES_PER_CLASS: usize = 256 * 1024;
     /// Cells handed to and taken from the depot at a time.
     pub(super) const MAGAZINE: usize = 64;
     /// At most this many bytes of free cells per size class in the depot, for the process.
     pub(super) const DEPOT_BYTES_PER_CLASS: usize = 256 * 1024;
 
-    /// How many cells of `class` make `bytes`.
-    const fn cells_in(bytes: usize, class: usize) -> usize {
-        bytes / ((class + 1) * CLASS_BYTES)
+    /// What a block of `class` takes from the allocator: its size and a line to align it
+    /// in (see [`fresh_block`]).
+    const fn block_bytes(class: usize) -> usize {
+        (class + 1) * CLASS_BYTES + ALIGN
+    }
+
+    /// How many blocks of `class` make `bytes`.
+    pub(super) const fn cells_in(bytes: usize, class: usize) -> usize {
+        bytes / block_bytes(class)
     }
 
     /// The size class of `layout`, if cells of that layout are kept.
@@ -535,7 +550,8 @@ mod cell_memory {
         Some(layout.size().div_ceil(CLASS_BYTES).max(1) - 1)
     }
 
-    /// What a block of `class` offers: its size, aligned to [`ALIGN`].
+    /// What a block of `class` offers: its size, aligned to [`ALIGN`] (the tests' check).
+    #[cfg(test)]
     pub(super) fn class_layout(class: usize) -> Layout {
         match Layout::from_size_align((class + 1) * CLASS_BYTES, ALIGN) {
             Ok(layout) => layout,
@@ -545,7 +561,7 @@ mod cell_memory {
 
     /// What a block of `class` takes from the allocator: a line more, to align it in.
     fn raw_layout(class: usize) -> Layout {
-        match Layout::from_size_align(class_layout(class).size() + ALIGN, RAW_ALIGN) {
+        match Layout::from_size_align(block_bytes(class), RAW_ALIGN) {
             Ok(layout) => layout,
             Err(_) => unreachable!("at most 1 KiB and a line, aligned to 16"),
         }
@@ -562,7 +578,7 @@ mod cell_memory {
     /// address past the allocation's start, with its distance from that start kept in the
     /// byte just before it (for [`free_block`]). Asking the allocator for the alignment
     /// itself (glibc's `memalign`) made `timers`, whose 100 000 cells mostly come from it,
-    /// a tenth slower.
+    /// 9% slower.
     pub(super) fn fresh_block(class: usize) -> NonNull<u8> {
         let raw = fresh(raw_layout(class));
         let offset = ALIGN - raw.as_ptr() as usize % ALIGN;
@@ -753,7 +769,7 @@ mod cell_memory {
         pub(super) fn release(&mut self, block: NonNull<u8>, class: usize, depot: &Depot) {
             if self.allocates[class] {
                 // A product, not `cells_in`'s quotient: this runs for every freed cell.
-                if self.lists[class].len() * (class + 1) * CLASS_BYTES < KEEP_BYTES_PER_CLASS {
+                if (self.lists[class].len() + 1) * block_bytes(class) <= KEEP_BYTES_PER_CLASS {
                     self.lists[class].push(block);
                 } else {
                     // Not to the depot: two loops that both spawn would trade their surplus
@@ -1408,8 +1424,8 @@ pub(crate) fn poller_delete(poller: &polling::Poller, fd: std::os::fd::RawFd) {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::cell_memory::{
-        allocate, class_layout, class_of, free_block, fresh_block, release, Depot, FreeLists,
-        DEPOT_BYTES_PER_CLASS, KEEP_BYTES_PER_CLASS, MAGAZINE,
+        allocate, cells_in, class_layout, class_of, free_block, fresh_block, release, Depot,
+        FreeLists, DEPOT_BYTES_PER_CLASS, KEEP_BYTES_PER_CLASS, MAGAZINE,
     };
     use std::alloc::Layout;
     use std::ptr::NonNull;
@@ -1440,11 +1456,16 @@ mod tests {
         lists.release(first, SMALL, &depot);
     }
 
+    /// The blocks of `class` the depot holds when full: whole magazines, within its budget.
+    fn depot_capacity(class: usize) -> usize {
+        cells_in(DEPOT_BYTES_PER_CLASS, class) / MAGAZINE * MAGAZINE
+    }
+
     #[test]
     fn a_thread_keeps_no_more_than_its_budget_and_frees_the_rest() {
         let depot = Depot::new();
         let mut lists = FreeLists::new();
-        let budget = KEEP_BYTES_PER_CLASS / 1024;
+        let budget = cells_in(KEEP_BYTES_PER_CLASS, LARGE);
         let blocks: Vec<_> = (0..budget + MAGAZINE + 3)
             .map(|_| take(&mut lists, &depot, LARGE))
             .collect();
@@ -1484,26 +1505,30 @@ mod tests {
     fn an_exiting_thread_frees_what_the_full_depot_refuses() {
         let depot = Depot::new();
         let mut filler = FreeLists::new();
-        let budget = DEPOT_BYTES_PER_CLASS / 1024;
+        // A class whose share of the depot is whole magazines (256 blocks of 1 024 bytes
+        // each), so that the full depot has no room left for a partial one.
+        const WHOLE: usize = 14;
+        let budget = cells_in(DEPOT_BYTES_PER_CLASS, WHOLE);
+        assert_eq!(budget % MAGAZINE, 0);
         for _ in 0..budget {
-            filler.release(fresh_block(LARGE), LARGE, &depot);
+            filler.release(fresh_block(WHOLE), WHOLE, &depot);
         }
-        assert_eq!(depot.blocks(LARGE), budget, "full");
+        assert_eq!(depot.blocks(WHOLE), budget, "full");
         let mut exiting = FreeLists::new();
-        let mine = take(&mut exiting, &depot, LARGE);
-        let theirs = take(&mut exiting, &depot, LARGE);
-        exiting.release(mine, LARGE, &depot);
-        exiting.release(theirs, LARGE, &depot);
+        let mine = take(&mut exiting, &depot, WHOLE);
+        let theirs = take(&mut exiting, &depot, WHOLE);
+        exiting.release(mine, WHOLE, &depot);
+        exiting.release(theirs, WHOLE, &depot);
         for _ in 0..2 {
-            exiting.release(fresh_block(LARGE), LARGE, &depot);
+            exiting.release(fresh_block(WHOLE), WHOLE, &depot);
         }
         // Its list holds the magazine it took and two more: one magazine fits the depot
         // again, the two do not.
-        assert_eq!(exiting.kept(LARGE), MAGAZINE + 2);
+        assert_eq!(exiting.kept(WHOLE), MAGAZINE + 2);
         exiting.hand_over(&depot);
-        assert_eq!(exiting.kept(LARGE), 0);
+        assert_eq!(exiting.kept(WHOLE), 0);
         assert_eq!(
-            depot.blocks(LARGE),
+            depot.blocks(WHOLE),
             budget,
             "filled up again to its budget, the rest freed"
         );
@@ -1542,7 +1567,7 @@ mod tests {
     fn the_depot_keeps_no_more_than_its_budget_and_the_rest_is_freed() {
         let depot = Depot::new();
         let mut runner = FreeLists::new();
-        let budget = DEPOT_BYTES_PER_CLASS / 1024;
+        let budget = depot_capacity(LARGE);
         for _ in 0..budget + 2 * MAGAZINE {
             // From the allocator each time (a `FreeLists` would take the depot's back).
             runner.release(fresh_block(LARGE), LARGE, &depot);
@@ -1573,7 +1598,7 @@ mod tests {
 
     /// Through the thread-locals and the process's depot: a thread that exits leaves its
     /// free cells to the next thread that needs cells of their size. (A size no task or
-    /// callback of these tests has: 129 to 192 bytes, below any task's header and above
+    /// callback of these tests has: 129 to 192 bytes, below any task's cell and above
     /// their callbacks' closures, so no other test takes the magazine first.)
     #[test]
     fn an_exiting_threads_free_cells_serve_another_thread() {
@@ -1639,8 +1664,9 @@ mod tests {
     fn cells_too_large_or_too_aligned_for_the_lists_come_from_the_allocator() {
         for layout in [
             Layout::from_size_align(4096, 8).unwrap(),
-            Layout::from_size_align(64, 64).unwrap(),
+            Layout::from_size_align(64, 128).unwrap(),
         ] {
+            assert_eq!(class_of(layout), None, "not kept");
             let block = allocate(layout);
             assert_eq!(block.as_ptr() as usize % layout.align(), 0);
             // SAFETY: from `allocate` with this layout, holding no value, not used again.
