@@ -1,5 +1,6 @@
 //! A task's cancel bookkeeping, apart from the rest of its header so that the loom models
-//! below drive the very code the runtime runs.
+//! below drive the very code the runtime runs. It also keeps how the task ended and, in the
+//! box only a cancelled or named task allocates, its name.
 //!
 //! The protocol (asyncio's, made safe across threads):
 //!
@@ -237,8 +238,7 @@ impl CancelState {
     }
 
     pub(crate) fn set_name(&self, name: String) {
-        let old = self.requests.lock().rare_mut().name.replace(name);
-        drop(old);
+        self.requests.lock().rare_mut().name = Some(name);
     }
 
     /// True once the task (whose state word `state` is) has finished with an error other

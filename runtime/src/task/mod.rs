@@ -1,10 +1,9 @@
 //! Tasks: asyncio's `Task` on a work-stealing runtime.
 //!
-//! A task is one allocation (`raw::TaskCell`): a [`Header`] (reference count, state word, id,
-//! the cancellation state with the name, the join waker, done callbacks), the future, and the output,
-//! reached through `raw::TaskPtr`, a counted pointer of braid's own. Tasks are
-//! `Send` and may move between loops at every poll; `spawn_local` tasks carry a `home` loop and
-//! only ever run there.
+//! A task is one allocation (`raw::TaskCell`): a [`Header`] (reference count, state word, id, the
+//! cancellation state with the name, the join waker, done callbacks), the future, and the output,
+//! reached through `raw::TaskPtr`, a counted pointer of braid's own. Tasks are `Send` and may move
+//! between loops at every poll; `spawn_local` tasks carry a `home` loop and only ever run there.
 //!
 //! ## Cancellation, as asyncio does it
 //!
@@ -869,8 +868,9 @@ mod tests {
     }
 
     /// Every byte of the header is written at each spawn, and the cells of many tasks
-    /// alive at once outgrow the cache: 64 bytes more cost `spawn_many_local` about a tenth
-    /// (`benchmarks/NOTES.md`). With a tiny future and its output the cell fits 256 bytes.
+    /// alive at once outgrow the cache: 128 bytes more took a driver of `spawn_many_local`
+    /// from 2.45 to 3.0 ms (`benchmarks/NOTES.md`). With a tiny future and its output the
+    /// cell fits 256 bytes.
     #[test]
     #[cfg(target_pointer_width = "64")]
     fn a_task_header_takes_at_most_160_bytes() {

@@ -531,10 +531,15 @@ mod cell_memory {
     /// At most this many bytes of free cells per size class in the depot, for the process.
     pub(super) const DEPOT_BYTES_PER_CLASS: usize = 256 * 1024;
 
+    /// The size of a block of `class`.
+    const fn block_size(class: usize) -> usize {
+        (class + 1) * CLASS_BYTES
+    }
+
     /// What a block of `class` takes from the allocator: its size and a line to align it
     /// in (see [`fresh_block`]).
     const fn block_bytes(class: usize) -> usize {
-        (class + 1) * CLASS_BYTES + ALIGN
+        block_size(class) + ALIGN
     }
 
     /// How many blocks of `class` make `bytes`.
@@ -553,7 +558,7 @@ mod cell_memory {
     /// What a block of `class` offers: its size, aligned to [`ALIGN`] (the tests' check).
     #[cfg(test)]
     pub(super) fn class_layout(class: usize) -> Layout {
-        match Layout::from_size_align((class + 1) * CLASS_BYTES, ALIGN) {
+        match Layout::from_size_align(block_size(class), ALIGN) {
             Ok(layout) => layout,
             Err(_) => unreachable!("at most 1 KiB, aligned to 64"),
         }
@@ -563,7 +568,7 @@ mod cell_memory {
     fn raw_layout(class: usize) -> Layout {
         match Layout::from_size_align(block_bytes(class), RAW_ALIGN) {
             Ok(layout) => layout,
-            Err(_) => unreachable!("at most 1 KiB and a line, aligned to 16"),
+            Err(_) => unreachable!("at most 1 KiB and a line, aligned to a word"),
         }
     }
 
@@ -1677,7 +1682,7 @@ mod tests {
 
 #[cfg(all(test, not(loom)))]
 mod callback_tests {
-    use super::new_threadsafe_callback;
+    use super::{new_threadsafe_callback, CallbackState, QueuedCallback};
     use crate::event_loop::HandleState;
     use std::panic::{catch_unwind, AssertUnwindSafe};
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -1698,6 +1703,14 @@ mod callback_tests {
         }
     }
 
+    /// A queued callback that counts its call in `seen` and, once dropped, its closure's drop.
+    fn counting_callback(seen: &Arc<Seen>) -> (QueuedCallback, CallbackState) {
+        let captured = Captured(seen.clone());
+        new_threadsafe_callback(HandleState::new(None), move || {
+            captured.0.calls.fetch_add(1, Ordering::SeqCst);
+        })
+    }
+
     fn counts(seen: &Seen) -> (usize, usize) {
         (
             seen.calls.load(Ordering::SeqCst),
@@ -1708,10 +1721,7 @@ mod callback_tests {
     #[test]
     fn a_threadsafe_callback_runs_once_and_its_handle_outlives_the_run() {
         let seen = Arc::new(Seen::default());
-        let captured = Captured(seen.clone());
-        let (queued, state) = new_threadsafe_callback(HandleState::new(None), move || {
-            captured.0.calls.fetch_add(1, Ordering::SeqCst);
-        });
+        let (queued, state) = counting_callback(&seen);
         let second_handle = state.clone();
         assert_eq!(state.ref_count(), 3, "queue entry and two handles");
         queued.run();
@@ -1724,10 +1734,7 @@ mod callback_tests {
     #[test]
     fn a_threadsafe_callback_dropped_unrun_drops_its_closure_uncalled() {
         let seen = Arc::new(Seen::default());
-        let captured = Captured(seen.clone());
-        let (queued, state) = new_threadsafe_callback(HandleState::new(None), move || {
-            captured.0.calls.fetch_add(1, Ordering::SeqCst);
-        });
+        let (queued, state) = counting_callback(&seen);
         drop(queued);
         assert_eq!(counts(&seen), (0, 1));
         assert_eq!(state.ref_count(), 1);
@@ -1772,10 +1779,7 @@ mod callback_tests {
     #[test]
     fn the_handle_may_be_the_last_owner_on_another_thread() {
         let seen = Arc::new(Seen::default());
-        let captured = Captured(seen.clone());
-        let (queued, state) = new_threadsafe_callback(HandleState::new(None), move || {
-            captured.0.calls.fetch_add(1, Ordering::SeqCst);
-        });
+        let (queued, state) = counting_callback(&seen);
         let runner = std::thread::spawn(move || queued.run());
         runner.join().expect("ran");
         std::thread::spawn(move || drop(state))
