@@ -1093,7 +1093,7 @@ where
                 rt.injector.push(raw);
                 rt.notify_work();
             } else {
-                raw.schedule();
+                crate::scheduler::schedule_in(rt, raw);
             }
             (Task::from_raw(join), true)
         }

@@ -396,22 +396,37 @@ pub(crate) fn leave_registry(rt: &RuntimeShared, slot_word: &AtomicUsize) {
 /// The schedule step shared by every task: to its owner loop (spawn_local), to this loop's
 /// queue when called on one of the runtime's worker loops, or to the injector.
 pub(crate) fn schedule(task: TaskPtr) {
+    schedule_inner(task, None);
+}
+
+/// [`schedule`] by a caller that holds a reference to the task's runtime (a spawn): a task
+/// bound for the injector needs no count of the runtime of its own then.
+#[inline]
+pub(crate) fn schedule_in(rt: &RuntimeShared, task: TaskPtr) {
+    debug_assert!(std::ptr::eq(rt, &*task.header().rt));
+    schedule_inner(task, Some(rt));
+}
+
+#[inline]
+fn schedule_inner(task: TaskPtr, held_rt: Option<&RuntimeShared>) {
     let header = task.header();
     let ctx = crate::context::current_loop();
-    if let Some(home) = header.home.clone() {
+    if let Some(home) = &header.home {
         if let Some(ctx) = &ctx {
-            if Arc::ptr_eq(&ctx.lp, &home) {
+            if Arc::ptr_eq(&ctx.lp, home) {
                 ctx.local_ready.borrow_mut().push_back(task);
                 return;
             }
         }
         // A wake from another thread: the owner runs it. If the owner has closed, the task
-        // was already finished by the owner's exit (see `LoopCtx::close`).
+        // was already finished by the owner's exit (see `LoopCtx::close`). The count of the
+        // loop is taken before the task moves, when its header may no longer be ours to read.
+        let home = home.clone();
         let _ = home.bell.push(crate::event_loop::Remote::Wake(task));
         return;
     }
     if let Some(ctx) = &ctx {
-        if ctx.rt.id == task.header().rt.id {
+        if ctx.rt.id == header.rt.id {
             if let Some(worker) = &ctx.worker {
                 worker.push(task);
                 // One queued task is the loop's own next poll; more can be shared.
@@ -422,10 +437,20 @@ pub(crate) fn schedule(task: TaskPtr) {
             }
         }
     }
-    let rt = header.rt.clone();
     drop(ctx);
-    rt.injector.push(task);
-    rt.notify_work();
+    match held_rt {
+        Some(rt) => {
+            rt.injector.push(task);
+            rt.notify_work();
+        }
+        None => {
+            // Once pushed, the task may run and be freed on another thread, with what may be
+            // the last count of the runtime: notify through a count of our own.
+            let rt = header.rt.clone();
+            rt.injector.push(task);
+            rt.notify_work();
+        }
+    }
 }
 
 /// The monitor thread's body: see the module docs.

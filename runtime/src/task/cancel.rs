@@ -217,6 +217,10 @@ pub(crate) struct CancelState {
     /// The task finished with another error (read once its state is COMPLETE). Here rather
     /// than in the header beside it: a lone flag there would take a word of its own.
     ended_failed: AtomicBool,
+    /// The task's first step has begun ([`first_step`](Self::first_step)). Read and written
+    /// only by the task's runner, whose steps the state word orders: relaxed. Here for the
+    /// same reason as `ended_failed`.
+    started: AtomicBool,
     requests: Mutex<Requests>,
 }
 
@@ -228,6 +232,7 @@ impl CancelState {
             propagated: AtomicBool::new(false),
             ended_cancelled: AtomicBool::new(false),
             ended_failed: AtomicBool::new(false),
+            started: AtomicBool::new(false),
             requests: Mutex::new(Requests::default()),
         }
     }
@@ -502,6 +507,17 @@ impl CancelState {
         rare.must_cancel = false;
         rare.self_requested = false;
         Some(Error::cancelled(rare.message.clone()))
+    }
+
+    /// True at the first call only: the runner's, as its task's first step begins. The
+    /// argument [`begin_step`](Self::begin_step) takes.
+    #[inline]
+    pub(crate) fn first_step(&self) -> bool {
+        if self.started.load(Ordering::Relaxed) {
+            return false;
+        }
+        self.started.store(true, Ordering::Relaxed);
+        true
     }
 
     pub(crate) fn begin_step(&self, first_poll: bool) -> Step {

@@ -22,6 +22,9 @@ const CALLBACKS: u8 = 1 << 3;
 /// A combinator (gather, shield, a task group) has taken charge of the task's error: it is
 /// never reported as "never retrieved", as asyncio's combinators mark child errors retrieved.
 const QUIET: u8 = 1 << 4;
+/// The output goes to a function given at spawn (`run_coroutine_threadsafe`), not to the
+/// handle. Set before the task is shared, never cleared.
+const DELIVERS: u8 = 1 << 5;
 
 /// A task's watchers and its completion. `C` is a done callback.
 pub(crate) struct JoinState<C> {
@@ -34,7 +37,75 @@ pub(crate) struct JoinState<C> {
 /// The joiner's waker and the done callbacks.
 struct Registered<C> {
     waker: Option<Waker>,
-    callbacks: Vec<C>,
+    callbacks: CallbackList<C>,
+}
+
+/// Done callbacks, newest first: one pointer while empty, where a `Vec` took three words of
+/// every task's cell (every byte of which a spawn writes: `benchmarks/NOTES.md`). Most tasks
+/// have none; a task group's child has one.
+struct CallbackList<C> {
+    newest: Option<Box<CallbackNode<C>>>,
+}
+
+struct CallbackNode<C> {
+    callback: C,
+    /// The node added before this one (after [`CallbackList::take`]: the one added after).
+    link: Option<Box<CallbackNode<C>>>,
+}
+
+impl<C> CallbackList<C> {
+    fn push(&mut self, callback: C) {
+        let link = self.newest.take();
+        self.newest = Some(Box::new(CallbackNode { callback, link }));
+    }
+
+    /// Empties the list, handing its callbacks over oldest first.
+    fn take(&mut self) -> TakenCallbacks<C> {
+        let mut rest = self.newest.take();
+        let mut oldest = None;
+        while let Some(mut node) = rest {
+            rest = node.link.take();
+            node.link = oldest;
+            oldest = Some(node);
+        }
+        TakenCallbacks { oldest }
+    }
+}
+
+impl<C> Drop for CallbackList<C> {
+    fn drop(&mut self) {
+        // One node at a time: a recursive drop of a long chain could overflow the stack.
+        let mut rest = self.newest.take();
+        while let Some(mut node) = rest {
+            rest = node.link.take();
+        }
+    }
+}
+
+/// Done callbacks taken from a task, in the order they were added.
+pub(crate) struct TakenCallbacks<C> {
+    oldest: Option<Box<CallbackNode<C>>>,
+}
+
+impl<C> Iterator for TakenCallbacks<C> {
+    type Item = C;
+
+    fn next(&mut self) -> Option<C> {
+        let node = self.oldest.take()?;
+        let CallbackNode { callback, link } = *node;
+        self.oldest = link;
+        Some(callback)
+    }
+}
+
+impl<C> Drop for TakenCallbacks<C> {
+    fn drop(&mut self) {
+        // Iteratively, as `CallbackList`'s drop.
+        let mut rest = self.oldest.take();
+        while let Some(mut node) = rest {
+            rest = node.link.take();
+        }
+    }
 }
 
 /// What the completer found registered when it published completion.
@@ -64,7 +135,7 @@ impl<C> JoinState<C> {
             bits: AtomicU8::new(0),
             watchers: Mutex::new(Registered {
                 waker: None,
-                callbacks: Vec::new(),
+                callbacks: CallbackList { newest: None },
             }),
         }
     }
@@ -76,6 +147,19 @@ impl<C> JoinState<C> {
     /// True once the join handle is dropped: nobody can take the output any more.
     pub(crate) fn handle_dropped(&self) -> bool {
         self.bit(HANDLE_DROPPED)
+    }
+
+    /// Marks a task whose output goes to a function given at spawn. Only before the task is
+    /// shared: a plain store.
+    pub(crate) fn mark_delivering(&self) {
+        let bits = self.bits.load(Ordering::Relaxed);
+        self.bits.store(bits | DELIVERS, Ordering::Relaxed);
+    }
+
+    /// True for a task marked by [`mark_delivering`](Self::mark_delivering).
+    pub(crate) fn delivers(&self) -> bool {
+        // Set before the task was shared: whoever runs it is ordered after that.
+        self.bits.load(Ordering::Relaxed) & DELIVERS != 0
     }
 
     /// True once the output is stored and completion published (the completer may still be
@@ -119,9 +203,10 @@ impl<C> JoinState<C> {
         self.bits.fetch_or(CALLBACKS, Ordering::AcqRel) & COMPLETED != 0
     }
 
-    /// The callbacks registered so far, taken (under the lock, so each runs once).
-    pub(crate) fn take_callbacks(&self) -> Vec<C> {
-        std::mem::take(&mut self.watchers.lock().callbacks)
+    /// The callbacks registered so far, taken (under the lock, so each runs once), oldest
+    /// first.
+    pub(crate) fn take_callbacks(&self) -> TakenCallbacks<C> {
+        self.watchers.lock().callbacks.take()
     }
 
     /// The joiner's waker, taken.
@@ -140,6 +225,42 @@ impl<C> JoinState<C> {
     pub(crate) fn drop_handle(&self) -> bool {
         let prev = self.bits.fetch_or(HANDLE_DROPPED, Ordering::AcqRel);
         prev & COMPLETED != 0 && prev & QUIET == 0
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn callbacks_are_taken_oldest_first_and_once() {
+        let join = JoinState::<u32>::new();
+        for i in 0..4 {
+            assert!(
+                !join.add_callback(i),
+                "not completed: the completer runs them"
+            );
+        }
+        assert_eq!(join.take_callbacks().collect::<Vec<_>>(), [0, 1, 2, 3]);
+        assert_eq!(join.take_callbacks().count(), 0);
+        join.add_callback(9);
+        assert_eq!(join.take_callbacks().collect::<Vec<_>>(), [9]);
+    }
+
+    /// A million nodes dropped recursively would take a million stack frames: more than a
+    /// test thread's stack.
+    #[test]
+    fn a_long_list_of_callbacks_drops_without_overflowing_the_stack() {
+        let kept = JoinState::<Box<u64>>::new();
+        let taken = JoinState::<Box<u64>>::new();
+        for i in 0..1_000_000 {
+            kept.add_callback(Box::new(i));
+            taken.add_callback(Box::new(i));
+        }
+        let mut callbacks = taken.take_callbacks();
+        assert_eq!(callbacks.next().as_deref(), Some(&0));
+        drop(callbacks);
+        drop(kept);
     }
 }
 

@@ -18,12 +18,13 @@
 //!
 //! Who may touch which field when:
 //!
-//! * `stage` (the future, per-step flags): only the thread that holds the RUNNING bit of
+//! * `future`: only the thread that holds the RUNNING bit of
 //!   `header.state` (see `state.rs`), or the spawner before the task is first published to a
 //!   queue. For a `spawn_local` task that thread is always its owner loop thread: wakes from
 //!   elsewhere are routed to the owner's inbox, never run in place.
 //! * `output`: behind its own mutex; written once by the completing runner, taken once by the
-//!   join handle. A success is not stored at all once the handle is dropped.
+//!   join handle. A success is not stored at all once the handle is dropped. A delivering
+//!   task's slot holds its deliverer from the spawn until the runner takes it to finish.
 //! * `header`: its own atomics and mutexes.
 
 use super::state::{IdleAction, RunAction, WakeAction};
@@ -192,10 +193,16 @@ impl Drop for TaskPtr {
 /// hands it to a `ConcurrentFuture`).
 pub(crate) type Deliver<T> = Box<dyn FnOnce(Result<T>) + Send>;
 
-struct Stage<F, T> {
-    future: Option<F>,
-    started: bool,
-    deliver: Option<Deliver<T>>,
+/// A task's output slot.
+enum Output<T> {
+    /// Not stored yet, or taken.
+    Empty,
+    /// Where the output goes when the task finishes (`JoinState::delivers`). Boxed once more
+    /// to take one word: a task cell's every byte is written at each spawn, and this is what
+    /// brought a tiny task's cell within 192 bytes, three cache lines (`benchmarks/NOTES.md`).
+    Deliver(Box<Deliver<T>>),
+    /// The output, for the join handle.
+    Ready(Result<T>),
 }
 
 /// The part of a spawned task that its join handle reads: the header and the output. First
@@ -203,7 +210,7 @@ struct Stage<F, T> {
 #[repr(C)]
 struct JoinCell<T> {
     header: Header,
-    output: Mutex<Option<Result<T>>>,
+    output: Mutex<Output<T>>,
 }
 
 /// The size of the cell a task running `future` takes (the tests' check on cell sizes).
@@ -216,7 +223,9 @@ pub(crate) fn cell_size_of<F: Future<Output = Result<T>>, T>(_future: &F) -> usi
 #[repr(C)]
 pub(crate) struct TaskCell<F, T> {
     head: JoinCell<T>,
-    stage: UnsafeCell<Stage<F, T>>,
+    /// The future, until the task finishes: only the holder of the state's RUNNING bit
+    /// touches it.
+    future: UnsafeCell<Option<F>>,
 }
 
 impl<F, T> TaskCell<F, T>
@@ -246,6 +255,13 @@ where
     ) -> (JoinPtr<T>, [TaskPtr; OWNERS]) {
         // Written straight into the allocation: building the cell as a value and moving it
         // in copies it twice (a tenth of a tiny task's instructions).
+        // Made before the cell: with a call that may unwind (the box's allocation) among
+        // its fields, the cell is built on the stack and copied in.
+        let delivers = deliver.is_some();
+        let output = match deliver {
+            Some(deliver) => Output::Deliver(Box::new(deliver)),
+            None => Output::Empty,
+        };
         let memory = cell_memory::allocate(Layout::new::<Self>()).cast::<Self>();
         // SAFETY: `allocate` returned memory fit for a `Self` (its layout's size and
         // alignment), owned by nobody else.
@@ -253,16 +269,16 @@ where
             memory.as_ptr().write(TaskCell {
                 head: JoinCell {
                     header: Header::new(Self::VTABLE, OWNERS + 1, id, rt, home),
-                    output: Mutex::new(None),
+                    output: Mutex::new(output),
                 },
-                stage: UnsafeCell::new(Stage {
-                    future: Some(future),
-                    started: false,
-                    deliver,
-                }),
+                future: UnsafeCell::new(Some(future)),
             })
         };
         let header = memory.cast::<Header>();
+        if delivers {
+            // SAFETY: just written above (the header first, as below), and not shared yet.
+            unsafe { header.as_ref() }.join.mark_delivering();
+        }
         // SAFETY: `TaskCell` and `JoinCell` are `repr(C)` with the header first, so the cast
         // above points at it; the count was made `OWNERS + 1`, one for each pointer below.
         let ptrs = std::array::from_fn(|_| unsafe { TaskPtr::from_counted(header) });
@@ -286,11 +302,8 @@ where
     /// Must be called by the RUNNING holder.
     fn finish(me: &TaskPtr, output: Result<T>) {
         let cell = Self::cell(me);
-        // SAFETY: we hold RUNNING (the caller's contract), so nobody else touches the stage.
-        let (future, deliver) = cell.stage.with_mut(|stage| unsafe {
-            let stage = &mut *stage;
-            (stage.future.take(), stage.deliver.take())
-        });
+        // SAFETY: we hold RUNNING (the caller's contract), so nobody else touches the future.
+        let future = cell.future.with_mut(|future| unsafe { (*future).take() });
         // A destructor may panic too; it must not take the loop down.
         if let Some(future) = future {
             let _ = catch_unwind(AssertUnwindSafe(move || drop(future)));
@@ -302,15 +315,19 @@ where
             Err(e) if !e.is_cancelled() => Some(e.clone()),
             _ => None,
         };
-        match deliver {
-            Some(deliver) => deliver(output),
+        if header.join.delivers() {
+            let slot = std::mem::replace(&mut *cell.head.output.lock(), Output::Empty);
+            match slot {
+                Output::Deliver(deliver) => deliver(output),
+                _ => debug_assert!(false, "a delivering task without its deliverer"),
+            }
+        } else if output.is_ok() && header.handle_dropped() {
             // Once the handle is gone a success can never be taken, so it is dropped here
             // rather than stored: a lock less per detached task. A failure is kept, for
             // `stored_failure` (a done callback added later through a `TaskRef` reports it).
-            None if output.is_ok() && header.handle_dropped() => {
-                let _ = catch_unwind(AssertUnwindSafe(move || drop(output)));
-            }
-            None => *cell.head.output.lock() = Some(output),
+            let _ = catch_unwind(AssertUnwindSafe(move || drop(output)));
+        } else {
+            *cell.head.output.lock() = Output::Ready(output);
         }
         header.complete(cancelled, failed);
         header.after_complete(&|| TaskRef::from_raw(me.clone()), failure);
@@ -327,16 +344,14 @@ where
             }
             RunAction::Poll => {}
         }
-        // SAFETY: we hold RUNNING: the stage is ours until we give it back below.
-        let stage = cell.stage.with_mut(|stage| unsafe { &mut *stage });
-        let first_poll = !stage.started;
-        stage.started = true;
-        let step = header.cancel.begin_step(first_poll);
+        let step = header.cancel.begin_step(header.cancel.first_step());
         if step.cancel_before_start {
             Self::finish(&me, Err(step.error_if_cancelled()));
             return;
         }
-        let Some(future) = stage.future.as_mut() else {
+        // SAFETY: we hold RUNNING: the future is ours until we give it back below.
+        let future = cell.future.with_mut(|future| unsafe { &mut *future });
+        let Some(future) = future.as_mut() else {
             debug_assert!(false, "a running task without a future");
             return;
         };
@@ -419,7 +434,7 @@ where
 impl<T> JoinCell<T> {
     fn stored_failure(&self) -> Option<Error> {
         match &*self.output.lock() {
-            Some(Err(e)) if !e.is_cancelled() => Some(e.clone()),
+            Output::Ready(Err(e)) if !e.is_cancelled() => Some(e.clone()),
             _ => None,
         }
     }
@@ -450,9 +465,11 @@ impl<T> JoinPtr<T> {
         if !cell.header.watch(cx.waker()) {
             return Poll::Pending;
         }
-        match cell.output.lock().take() {
-            Some(output) => Poll::Ready(output),
-            None => Poll::Ready(Err(Error::new(
+        match std::mem::replace(&mut *cell.output.lock(), Output::Empty) {
+            Output::Ready(output) => Poll::Ready(output),
+            // Taken already (a delivering task's output went to its deliverer: it is never
+            // polled through the handle).
+            _ => Poll::Ready(Err(Error::new(
                 braid_bridge::ErrorKind::InvalidState,
                 "the task's result was already taken",
             ))),
