@@ -23,7 +23,7 @@
 //! A thread that spawns tasks keeps the memory of finished tasks for its next spawns, in per-thread
 //! free lists by size (64-byte classes up to 1 KiB; larger tasks always use the global allocator);
 //! `call_soon_threadsafe` callbacks use the same lists. For a size class it allocates from itself,
-//! a thread keeps at most 256 KiB of free cells (about 800 tiny tasks; a thread whose tasks come in
+//! a thread keeps at most 256 KiB of free cells (about 1 000 tiny tasks; a thread whose tasks come in
 //! several sizes can keep that much of each, 4 MiB at most) and gives the rest back to the global
 //! allocator. Each kept cell starts a cache line (its allocation is a line longer, to align it in),
 //! so no two cells share one. Free cells of a class it has never allocated (a loop running the

@@ -1,6 +1,7 @@
 //! A task's cancel bookkeeping, apart from the rest of its header so that the loom models
-//! below drive the very code the runtime runs. It also keeps how the task ended and, in the
-//! box only a cancelled or named task allocates, its name.
+//! below drive the very code the runtime runs. It also keeps whether the task's first step
+//! has begun, how the task ended and, in the box only a cancelled or named task allocates,
+//! its name.
 //!
 //! The protocol (asyncio's, made safe across threads):
 //!

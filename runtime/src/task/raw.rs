@@ -18,9 +18,8 @@
 //!
 //! Who may touch which field when:
 //!
-//! * `future`: only the thread that holds the RUNNING bit of
-//!   `header.state` (see `state.rs`), or the spawner before the task is first published to a
-//!   queue. For a `spawn_local` task that thread is always its owner loop thread: wakes from
+//! * `future`: only the thread that holds the RUNNING bit of `header.state` (see
+//!   `state.rs`), or the spawner before the task is first published to a queue. For a `spawn_local` task that thread is always its owner loop thread: wakes from
 //!   elsewhere are routed to the owner's inbox, never run in place.
 //! * `output`: behind its own mutex; written once by the completing runner, taken once by the
 //!   join handle. A success is not stored at all once the handle is dropped. A delivering
@@ -78,8 +77,9 @@ pub(crate) struct TaskPtr {
 // the vtable to the rest of the allocation under the rules in the module docs (the future
 // only to the RUNNING holder, on its owner loop for a local task; the output behind its
 // mutex). Whoever gives back the last count drops what is left of the cell, on any thread:
-// a future never finished (only at shutdown, when loops have stopped polling) or an output
-// never taken, as the `Arc` it replaces did. `Task<T>` adds `T`'s own bounds (see `SendIfT`).
+// a future never finished (only at shutdown, when loops have stopped polling), an output
+// never taken, or a deliverer never called (its `Completer`'s drop settles the
+// `ConcurrentFuture` with BrokenExecutor), as the `Arc` it replaces did. `Task<T>` adds `T`'s own bounds (see `SendIfT`).
 unsafe impl Send for TaskPtr {}
 // SAFETY: as above.
 unsafe impl Sync for TaskPtr {}
@@ -253,15 +253,15 @@ where
         future: F,
         deliver: Option<Deliver<T>>,
     ) -> (JoinPtr<T>, [TaskPtr; OWNERS]) {
-        // Written straight into the allocation: building the cell as a value and moving it
-        // in copies it twice (a tenth of a tiny task's instructions).
         // Made before the cell: with a call that may unwind (the box's allocation) among
-        // its fields, the cell is built on the stack and copied in.
+        // its fields, the compiler builds the cell on the stack and copies it in.
         let delivers = deliver.is_some();
         let output = match deliver {
             Some(deliver) => Output::Deliver(Box::new(deliver)),
             None => Output::Empty,
         };
+        // Written straight into the allocation: building the cell as a value and moving it
+        // in copies it twice (a tenth of a tiny task's instructions).
         let memory = cell_memory::allocate(Layout::new::<Self>()).cast::<Self>();
         // SAFETY: `allocate` returned memory fit for a `Self` (its layout's size and
         // alignment), owned by nobody else.
@@ -276,8 +276,9 @@ where
         };
         let header = memory.cast::<Header>();
         if delivers {
-            // SAFETY: just written above (the header first, as below), and not shared yet.
-            unsafe { header.as_ref() }.join.mark_delivering();
+            // SAFETY: just written above, the header first (as below); no pointer to the
+            // cell has been handed out yet, so this borrow is the only one.
+            unsafe { &mut (*header.as_ptr()).join }.mark_delivering();
         }
         // SAFETY: `TaskCell` and `JoinCell` are `repr(C)` with the header first, so the cast
         // above points at it; the count was made `OWNERS + 1`, one for each pointer below.
@@ -465,11 +466,21 @@ impl<T> JoinPtr<T> {
         if !cell.header.watch(cx.waker()) {
             return Poll::Pending;
         }
-        match std::mem::replace(&mut *cell.output.lock(), Output::Empty) {
+        // Taken in a statement of its own: the guard is gone before any arm runs.
+        let slot = std::mem::replace(&mut *cell.output.lock(), Output::Empty);
+        match slot {
             Output::Ready(output) => Poll::Ready(output),
-            // Taken already (a delivering task's output went to its deliverer: it is never
-            // polled through the handle).
-            _ => Poll::Ready(Err(Error::new(
+            // Read only once the task completed, when `finish` has emptied a delivering
+            // task's slot: a deliverer here would be dropped undelivered.
+            Output::Deliver(deliver) => {
+                debug_assert!(false, "a completed task's deliverer not taken");
+                *cell.output.lock() = Output::Deliver(deliver);
+                Poll::Ready(Err(Error::new(
+                    braid_bridge::ErrorKind::InvalidState,
+                    "the task's result goes to its deliverer",
+                )))
+            }
+            Output::Empty => Poll::Ready(Err(Error::new(
                 braid_bridge::ErrorKind::InvalidState,
                 "the task's result was already taken",
             ))),
@@ -491,7 +502,7 @@ impl<T> JoinPtr<T> {
 /// ones that finished back from its own list: no call into the allocator, and none of
 /// glibc's trimming of the heap top that made the next burst of spawns fault its pages in
 /// again (`benchmarks/NOTES.md`). Each list keeps at most [`KEEP_BYTES_PER_CLASS`] of cells
-/// (819 of a tiny task's, whose 256-byte blocks each take 320 bytes with the line they are
+/// (1 024 of a tiny task's, whose 192-byte blocks each take 256 bytes with the line they are
 /// aligned in), and only on a thread that has allocated cells of that class.
 ///
 /// Cells of a class a thread never allocates (a loop running the callbacks that foreign
@@ -1814,7 +1825,7 @@ mod loom_tests {
 
     /// A task allocation reduced to what its count guards: a part every owner reads (as
     /// `TaskPtr::drop` reads the vtable before it gives its count back) and a part each owner
-    /// writes while it holds a count (as a runner writes the stage). The last owner tears both
+    /// writes while it holds a count (as a runner writes the future). The last owner tears both
     /// down (as `dealloc` drops the cell). loom's cells report any of those accesses not
     /// ordered before the teardown.
     struct ModelCell {
