@@ -23,9 +23,9 @@
 //! A thread that spawns tasks keeps the memory of finished tasks for its next spawns, in per-thread
 //! free lists by size (64-byte classes up to 1 KiB; larger tasks always use the global allocator);
 //! `call_soon_threadsafe` callbacks use the same lists. For a size class it allocates from itself,
-//! a thread keeps at most 256 KiB of free cells (about 1 000 tiny tasks; a thread whose tasks come in
-//! several sizes can keep that much of each, 4 MiB at most) and gives the rest back to the global
-//! allocator. Each kept cell starts a cache line (its allocation is a line longer, to align it in),
+//! a thread keeps at most 256 KiB of free cells (about 1 000 tiny tasks; a thread whose tasks
+//! come in several sizes can keep that much of each, 4 MiB at most) and gives the rest back to
+//! the global allocator. Each kept cell starts a cache line (its allocation is a line longer, to align it in),
 //! so no two cells share one. Free cells of a class it has never allocated (a loop running the
 //! callbacks other threads sent it) it passes on, 64 at a time, to a depot shared by the process,
 //! where threads whose own lists are empty find them; until 64 are gathered, up to 63 per class

@@ -438,19 +438,18 @@ fn schedule_inner(task: TaskPtr, held_rt: Option<&RuntimeShared>) {
         }
     }
     drop(ctx);
-    match held_rt {
-        Some(rt) => {
-            rt.injector.push(task);
-            rt.notify_work();
-        }
+    // Once pushed, the task may run and be freed on another thread, with what may be the last
+    // count of the runtime: without the caller's reference, notify through a count of our own.
+    let owned;
+    let rt = match held_rt {
+        Some(rt) => rt,
         None => {
-            // Once pushed, the task may run and be freed on another thread, with what may be
-            // the last count of the runtime: notify through a count of our own.
-            let rt = header.rt.clone();
-            rt.injector.push(task);
-            rt.notify_work();
+            owned = header.rt.clone();
+            &*owned
         }
-    }
+    };
+    rt.injector.push(task);
+    rt.notify_work();
 }
 
 /// The monitor thread's body: see the module docs.

@@ -74,13 +74,17 @@ impl<C> CallbackList<C> {
     }
 }
 
+/// Drops a chain one node at a time: a recursive drop of a long chain could overflow the
+/// stack.
+fn drop_chain<C>(mut rest: Option<Box<CallbackNode<C>>>) {
+    while let Some(mut node) = rest {
+        rest = node.link.take();
+    }
+}
+
 impl<C> Drop for CallbackList<C> {
     fn drop(&mut self) {
-        // One node at a time: a recursive drop of a long chain could overflow the stack.
-        let mut rest = self.newest.take();
-        while let Some(mut node) = rest {
-            rest = node.link.take();
-        }
+        drop_chain(self.newest.take());
     }
 }
 
@@ -102,11 +106,7 @@ impl<C> Iterator for TakenCallbacks<C> {
 
 impl<C> Drop for TakenCallbacks<C> {
     fn drop(&mut self) {
-        // Iteratively, as `CallbackList`'s drop.
-        let mut rest = self.oldest.take();
-        while let Some(mut node) = rest {
-            rest = node.link.take();
-        }
+        drop_chain(self.oldest.take());
     }
 }
 

@@ -142,9 +142,10 @@ pub(crate) struct Header {
     /// The loop a `spawn_local` task is pinned to; `None` for shared tasks.
     pub(crate) home: Option<Arc<LoopShared>>,
     /// Cancel requests, the awaited target, whether the first step began, whether the task
-    /// ended cancelled or failed, and its name. The cancel and join states are kept inline: an allocation per task cost
-    /// more than the bytes. Their rarely used parts are not (`cancel`'s box, `join`'s one
-    /// lock): every byte here is written at each spawn (`benchmarks/NOTES.md`).
+    /// ended cancelled or failed, and its name. The cancel and join states are kept inline:
+    /// an allocation per task cost more than the bytes. Their rarely used parts are not
+    /// (`cancel`'s box, `join`'s one lock): every byte here is written at each spawn
+    /// (`benchmarks/NOTES.md`).
     pub(crate) cancel: CancelState,
     /// Who watches the task (handle, joiner's waker, done callbacks) and its completion.
     join: JoinState<DoneCallback>,

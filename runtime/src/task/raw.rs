@@ -19,8 +19,9 @@
 //! Who may touch which field when:
 //!
 //! * `future`: only the thread that holds the RUNNING bit of `header.state` (see
-//!   `state.rs`), or the spawner before the task is first published to a queue. For a `spawn_local` task that thread is always its owner loop thread: wakes from
-//!   elsewhere are routed to the owner's inbox, never run in place.
+//!   `state.rs`), or the spawner before the task is first published to a queue. For a
+//!   `spawn_local` task that thread is always its owner loop thread: wakes from elsewhere
+//!   are routed to the owner's inbox, never run in place.
 //! * `output`: behind its own mutex; written once by the completing runner, taken once by the
 //!   join handle. A success is not stored at all once the handle is dropped. A delivering
 //!   task's slot holds its deliverer from the spawn until the runner takes it to finish.
@@ -79,7 +80,8 @@ pub(crate) struct TaskPtr {
 // mutex). Whoever gives back the last count drops what is left of the cell, on any thread:
 // a future never finished (only at shutdown, when loops have stopped polling), an output
 // never taken, or a deliverer never called (its `Completer`'s drop settles the
-// `ConcurrentFuture` with BrokenExecutor), as the `Arc` it replaces did. `Task<T>` adds `T`'s own bounds (see `SendIfT`).
+// `ConcurrentFuture` with BrokenExecutor), as the `Arc` it replaces did. `Task<T>` adds
+// `T`'s own bounds (see `SendIfT`).
 unsafe impl Send for TaskPtr {}
 // SAFETY: as above.
 unsafe impl Sync for TaskPtr {}
