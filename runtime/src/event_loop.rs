@@ -433,7 +433,7 @@ pub(crate) struct LoopCtx {
     events: RefCell<crate::io::driver::Edges>,
     /// Registry slots of tasks this worker loop finished that belong to other shards,
     /// handed over once per iteration (see `registry`).
-    pub(crate) registry_outbox: RefCell<Vec<usize>>,
+    pub(crate) registry_outbox: RefCell<crate::registry::Outbox>,
     /// What woke this loop lately: whether it lingers before it sleeps (see `linger`).
     linger: LingerScore,
 }
@@ -458,7 +458,7 @@ impl LoopCtx {
             searching: Cell::new(false),
             rng: Cell::new(seed),
             events: RefCell::new(Vec::new()),
-            registry_outbox: RefCell::new(Vec::new()),
+            registry_outbox: RefCell::new(crate::registry::Outbox::new()),
             linger: LingerScore::new(),
         }
     }

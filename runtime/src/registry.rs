@@ -8,9 +8,9 @@
 //! A task that finishes on the thread that owns its shard leaves at once. One that finishes
 //! elsewhere leaves its slot in the shard's *graveyard*, and the slot (with the registry's
 //! reference to the task) is freed later, in one batch. A worker loop does not even take
-//! the graveyard's lock per task: it collects such slots in its own *outbox* (a plain
-//! `Vec`, no lock) and hands them over with [`Registry::flush`] once per loop iteration,
-//! before it sleeps and when it exits, one lock per shard. Both loops pushing every finished
+//! the graveyard's lock per task: it collects such slots in its own [`Outbox`] (a plain
+//! list per shard, no lock) and hands them over with [`Registry::flush`] once per loop
+//! iteration, before it sleeps and when it exits, one lock per shard. Both loops pushing every finished
 //! foreign-spawned task into the shared graveyard, whose length the spawner reads at every
 //! insert, was 15% of `spawn_many_remote`'s samples, in cache misses (`benchmarks/NOTES.md`).
 //!
@@ -67,6 +67,46 @@ const SLOT_BITS: u32 = 48;
 
 /// The slot word of a task that is not registered.
 pub(crate) const UNREGISTERED: usize = usize::MAX;
+
+/// Slots of other shards' tasks that a worker loop finished, waiting for
+/// [`Registry::flush`] (see the module docs). One list per shard, so that a flush hands each
+/// shard its slots as they are: the single list this replaced was sorted by shard and copied
+/// into a new vector at every flush, the sort alone 3% of a loop's samples in
+/// `spawn_many_remote` (`benchmarks/NOTES.md`).
+pub(crate) struct Outbox {
+    /// Indexed by shard; grown to a shard's index when a slot of it first arrives.
+    by_shard: Vec<Vec<usize>>,
+    /// Slots held, over all shards.
+    len: usize,
+}
+
+impl Outbox {
+    /// An empty outbox; it allocates when the first slot arrives.
+    pub(crate) const fn new() -> Outbox {
+        Outbox {
+            by_shard: Vec::new(),
+            len: 0,
+        }
+    }
+
+    /// Slots held, over all shards.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True if no slot waits.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn push(&mut self, shard_id: usize, slot: usize) {
+        if shard_id >= self.by_shard.len() {
+            self.by_shard.resize_with(shard_id + 1, Vec::new);
+        }
+        self.by_shard[shard_id].push(slot);
+        self.len += 1;
+    }
+}
 
 /// One shard's tasks.
 struct Slab<P> {
@@ -168,7 +208,7 @@ impl<P: Registrant> Registry<P> {
         &self,
         slot_word: &AtomicUsize,
         here: Option<usize>,
-        outbox: Option<&mut Vec<usize>>,
+        outbox: Option<&mut Outbox>,
     ) {
         let packed = slot_word.load(Ordering::Relaxed);
         if packed == UNREGISTERED {
@@ -198,7 +238,7 @@ impl<P: Registrant> Registry<P> {
         }
         match outbox {
             Some(outbox) => {
-                outbox.push(packed);
+                outbox.push(shard_id, slot);
                 if outbox.len() >= OUTBOX_MAX {
                     self.flush(outbox);
                 }
@@ -209,19 +249,18 @@ impl<P: Registrant> Registry<P> {
 
     /// Hands the slots a loop collected in its `outbox` (see [`Registry::remove`]) to their
     /// shards' graveyards, one lock per shard, and empties it.
-    pub(crate) fn flush(&self, outbox: &mut Vec<usize>) {
+    pub(crate) fn flush(&self, outbox: &mut Outbox) {
         if outbox.is_empty() {
             return;
         }
-        // The shard is in the high bits: sorting groups each shard's slots.
-        outbox.sort_unstable();
-        let mut slots = Vec::with_capacity(outbox.len());
-        for group in outbox.chunk_by(|a, b| a >> SLOT_BITS == b >> SLOT_BITS) {
-            slots.clear();
-            slots.extend(group.iter().map(|packed| packed & ((1 << SLOT_BITS) - 1)));
-            self.bury(group[0] >> SLOT_BITS, &slots);
+        for (shard_id, slots) in outbox.by_shard.iter_mut().enumerate() {
+            if !slots.is_empty() {
+                self.bury(shard_id, slots);
+                // Cleared, not dropped: its capacity serves the next iteration.
+                slots.clear();
+            }
         }
-        outbox.clear();
+        outbox.len = 0;
     }
 
     /// Adds `slots` to `shard_id`'s graveyard (sweeping it if that fills it).
@@ -357,7 +396,7 @@ mod loom_models {
     //! never swept by a stale graveyard entry), and the registry ends holding exactly the
     //! unfinished tasks.
     use super::fake::{task, Ptr};
-    use super::Registry;
+    use super::{Outbox, Registry};
     use braid_bridge::sync::atomic::Ordering;
     use braid_bridge::sync::Arc;
 
@@ -371,7 +410,7 @@ mod loom_models {
     /// As a task's completion does it: leave the registry (a worker loop through its outbox,
     /// which it flushes at the end of its iteration), then mark done.
     fn finish(registry: &Registry<Ptr>, t: &Ptr, here: Option<usize>) {
-        let mut outbox = Vec::new();
+        let mut outbox = Outbox::new();
         registry.remove(&t.0.slot, here, here.map(|_| &mut outbox));
         t.0.done.store(true, Ordering::Release);
         registry.flush(&mut outbox);
@@ -443,7 +482,7 @@ mod loom_models {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::fake::{task, Ptr};
-    use super::Registry;
+    use super::{Outbox, Registry};
     use std::sync::atomic::Ordering;
     use std::sync::Arc;
 
@@ -461,7 +500,7 @@ mod tests {
         let registry = Registry::<Ptr>::new(2);
         let of_loop_0: Vec<Ptr> = (0..3).map(|_| registered(&registry, Some(0))).collect();
         let of_foreign: Vec<Ptr> = (0..2).map(|_| registered(&registry, None)).collect();
-        let mut outbox = Vec::new();
+        let mut outbox = Outbox::new();
         for t in of_loop_0.iter().chain(&of_foreign) {
             registry.remove(&t.0.slot, Some(1), Some(&mut outbox));
             t.0.done.store(true, Ordering::Release);
@@ -494,7 +533,7 @@ mod tests {
         let finished: Vec<Ptr> = (0..super::SWEEP_BATCH)
             .map(|_| registered(&registry, Some(0)))
             .collect();
-        let mut outbox = Vec::new();
+        let mut outbox = Outbox::new();
         for t in &finished {
             registry.remove(&t.0.slot, Some(1), Some(&mut outbox));
             t.0.done.store(true, Ordering::Release);
@@ -513,7 +552,7 @@ mod tests {
     fn a_loop_finishing_its_own_task_frees_it_at_once() {
         let registry = Registry::<Ptr>::new(1);
         let t = registered(&registry, Some(0));
-        let mut outbox = Vec::new();
+        let mut outbox = Outbox::new();
         registry.remove(&t.0.slot, Some(0), Some(&mut outbox));
         assert!(outbox.is_empty());
         assert_eq!(Arc::strong_count(&t.0), 1);
