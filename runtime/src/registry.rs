@@ -10,9 +10,10 @@
 //! reference to the task) is freed later, in one batch. A worker loop does not even take
 //! the graveyard's lock per task: it collects such slots in its own [`Outbox`] (a plain
 //! list per shard, no lock) and hands them over with [`Registry::flush`] once per loop
-//! iteration, before it sleeps and when it exits, one lock per shard. Both loops pushing every finished
-//! foreign-spawned task into the shared graveyard, whose length the spawner reads at every
-//! insert, was 15% of `spawn_many_remote`'s samples, in cache misses (`benchmarks/NOTES.md`).
+//! iteration, before it sleeps and when it exits, one lock per shard. Both loops pushing
+//! every finished foreign-spawned task into the shared graveyard, whose length the spawner
+//! reads at every insert, was 15% of `spawn_many_remote`'s samples, in cache misses
+//! (`benchmarks/NOTES.md`).
 //!
 //! Graveyards are freed:
 //!
@@ -74,7 +75,9 @@ pub(crate) const UNREGISTERED: usize = usize::MAX;
 /// into a new vector at every flush, the sort alone 3% of a loop's samples in
 /// `spawn_many_remote` (`benchmarks/NOTES.md`).
 pub(crate) struct Outbox {
-    /// Indexed by shard; grown to a shard's index when a slot of it first arrives.
+    /// Indexed by shard; grown to cover a shard's index when a slot of it first arrives.
+    /// Each list keeps its capacity across flushes, so a loop's outbox may hold up to
+    /// [`OUTBOX_MAX`] words per shard it has finished tasks of.
     by_shard: Vec<Vec<usize>>,
     /// Slots held, over all shards.
     len: usize,
@@ -254,30 +257,38 @@ impl<P: Registrant> Registry<P> {
             return;
         }
         for (shard_id, slots) in outbox.by_shard.iter_mut().enumerate() {
-            if !slots.is_empty() {
-                self.bury(shard_id, slots);
-                // Cleared, not dropped: its capacity serves the next iteration.
-                slots.clear();
+            if slots.is_empty() {
+                continue;
+            }
+            let full = self.add_to_graveyard(shard_id, slots);
+            // Out of the outbox before any sweep: a destructor the sweep runs may panic, and
+            // the loop's exit flushes the outbox again, which must not hand a slot over twice.
+            // Cleared, not dropped: the list's capacity serves the next iteration.
+            outbox.len -= slots.len();
+            slots.clear();
+            if full {
+                self.sweep(shard_id);
             }
         }
-        outbox.len = 0;
     }
 
-    /// Adds `slots` to `shard_id`'s graveyard (sweeping it if that fills it).
+    /// Adds `slots` to `shard_id`'s graveyard, sweeping it if that fills it.
     fn bury(&self, shard_id: usize, slots: &[usize]) {
-        let shard = &self.shards[shard_id];
-        let full = {
-            let mut graveyard = shard.graveyard.slots.lock();
-            graveyard.extend_from_slice(slots);
-            shard
-                .graveyard
-                .len
-                .store(graveyard.len(), Ordering::Relaxed);
-            graveyard.len() >= GRAVEYARD_MAX
-        };
-        if full {
+        if self.add_to_graveyard(shard_id, slots) {
             self.sweep(shard_id);
         }
+    }
+
+    /// Adds `slots` to `shard_id`'s graveyard; true if that filled it (the caller sweeps).
+    fn add_to_graveyard(&self, shard_id: usize, slots: &[usize]) -> bool {
+        let shard = &self.shards[shard_id];
+        let mut graveyard = shard.graveyard.slots.lock();
+        graveyard.extend_from_slice(slots);
+        shard
+            .graveyard
+            .len
+            .store(graveyard.len(), Ordering::Relaxed);
+        graveyard.len() >= GRAVEYARD_MAX
     }
 
     /// A sweep of `shard_id` if its graveyard holds anything: one relaxed load otherwise.
@@ -482,8 +493,8 @@ mod loom_models {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::fake::{task, Ptr};
-    use super::{Outbox, Registry};
-    use std::sync::atomic::Ordering;
+    use super::{Outbox, Registrant, Registry};
+    use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
 
     fn registered(registry: &Registry<Ptr>, here: Option<usize>) -> Ptr {
@@ -545,6 +556,116 @@ mod tests {
             finished.iter().all(|t| Arc::strong_count(&t.0) == 1),
             "the insert swept the graveyard"
         );
+    }
+
+    /// An outbox that reaches `OUTBOX_MAX` hands its slots over at once (the backstop for one
+    /// iteration that finishes many tasks), and serves again, from its kept lists, after a
+    /// flush.
+    #[test]
+    fn a_full_outbox_hands_its_slots_over_at_once_and_serves_again() {
+        let registry = Registry::<Ptr>::new(2);
+        let first: Vec<Ptr> = (0..=super::OUTBOX_MAX)
+            .map(|_| registered(&registry, Some(0)))
+            .collect();
+        let mut outbox = Outbox::new();
+        for t in &first {
+            registry.remove(&t.0.slot, Some(1), Some(&mut outbox));
+            t.0.done.store(true, Ordering::Release);
+        }
+        assert_eq!(
+            outbox.len(),
+            1,
+            "the first OUTBOX_MAX slots were handed over"
+        );
+        registry.sweep_if_needed(0);
+        let freed = |tasks: &[Ptr]| {
+            tasks
+                .iter()
+                .filter(|t| Arc::strong_count(&t.0) == 1)
+                .count()
+        };
+        assert_eq!(freed(&first), super::OUTBOX_MAX);
+        registry.flush(&mut outbox);
+        assert!(outbox.is_empty());
+        registry.sweep_if_needed(0);
+        assert_eq!(freed(&first), first.len());
+        // A second round, of another shard, through the same outbox.
+        let second: Vec<Ptr> = (0..3).map(|_| registered(&registry, None)).collect();
+        for t in &second {
+            registry.remove(&t.0.slot, Some(1), Some(&mut outbox));
+            t.0.done.store(true, Ordering::Release);
+        }
+        assert_eq!(outbox.len(), 3);
+        registry.flush(&mut outbox);
+        registry.sweep_if_needed(registry.shared_shard());
+        assert_eq!(freed(&second), second.len());
+        assert!(registry.snapshot().is_empty());
+    }
+
+    /// A task whose destructor panics once `armed`: what a stored output whose `Drop`
+    /// panics does to a real task's last count.
+    #[derive(Clone)]
+    struct Panicky(Ptr, Arc<AtomicBool>);
+
+    impl Drop for Panicky {
+        fn drop(&mut self) {
+            if self.1.load(Ordering::Relaxed) && !std::thread::panicking() {
+                panic!("a task's destructor panicked");
+            }
+        }
+    }
+
+    impl Registrant for Panicky {
+        fn registry_slot(&self) -> &braid_bridge::sync::atomic::AtomicUsize {
+            self.0.registry_slot()
+        }
+        fn finished(&self) -> bool {
+            self.0.finished()
+        }
+        fn order(&self) -> u64 {
+            self.0.order()
+        }
+    }
+
+    /// A flush that fills a graveyard sweeps it, and the sweep may drop a task whose
+    /// destructor panics. The slots it handed over must be out of the outbox by then: the
+    /// loop's exit flushes the outbox again, and a slot handed over twice would later free
+    /// whatever task then holds it.
+    #[test]
+    fn a_panic_in_the_sweep_a_flush_starts_leaves_nothing_in_the_outbox() {
+        let registry = Registry::<Panicky>::new(2);
+        let armed = Arc::new(AtomicBool::new(false));
+        let finish = |t: &Panicky, outbox: Option<&mut Outbox>| {
+            registry.remove(t.registry_slot(), Some(1), outbox);
+            t.0 .0.done.store(true, Ordering::Release);
+        };
+        // All inserted first (an insert sweeps a graveyard that holds a batch), then one
+        // slot short of a full graveyard handed over directly.
+        let others: Vec<Panicky> = (1..super::GRAVEYARD_MAX)
+            .map(|_| Panicky(task(0), Arc::new(AtomicBool::new(false))))
+            .collect();
+        let last = Panicky(task(0), armed.clone());
+        for t in others.iter().chain([&last]) {
+            assert!(registry.insert(t.clone(), Some(0)).is_ok());
+        }
+        for t in &others {
+            finish(t, None);
+        }
+        drop(others);
+        let mut outbox = Outbox::new();
+        finish(&last, Some(&mut outbox));
+        drop(last);
+        armed.store(true, Ordering::Relaxed);
+        let flushed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            registry.flush(&mut outbox);
+        }));
+        assert!(flushed.is_err(), "the sweep dropped the armed task");
+        armed.store(false, Ordering::Relaxed);
+        assert!(
+            outbox.is_empty(),
+            "the handed-over slot left the outbox before the sweep"
+        );
+        assert!(outbox.by_shard.iter().all(Vec::is_empty));
     }
 
     /// A task finished by its own loop leaves at once, never through the outbox.
