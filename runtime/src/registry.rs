@@ -503,6 +503,14 @@ mod tests {
         t
     }
 
+    /// Finishes `tasks` on worker loop `here`, through its `outbox`, as a completion does.
+    fn finish_on(registry: &Registry<Ptr>, tasks: &[Ptr], here: usize, outbox: &mut Outbox) {
+        for t in tasks {
+            registry.remove(&t.0.slot, Some(here), Some(&mut *outbox));
+            t.0.done.store(true, Ordering::Release);
+        }
+    }
+
     /// Loop 1 finishes tasks of loop 0's shard and of the shared shard: they wait in its
     /// outbox (the registry keeps them) until it flushes, and are freed by the owners'
     /// sweeps after that, each exactly once.
@@ -512,10 +520,8 @@ mod tests {
         let of_loop_0: Vec<Ptr> = (0..3).map(|_| registered(&registry, Some(0))).collect();
         let of_foreign: Vec<Ptr> = (0..2).map(|_| registered(&registry, None)).collect();
         let mut outbox = Outbox::new();
-        for t in of_loop_0.iter().chain(&of_foreign) {
-            registry.remove(&t.0.slot, Some(1), Some(&mut outbox));
-            t.0.done.store(true, Ordering::Release);
-        }
+        finish_on(&registry, &of_loop_0, 1, &mut outbox);
+        finish_on(&registry, &of_foreign, 1, &mut outbox);
         assert_eq!(outbox.len(), 5);
         // The owners sweep; then each finished task is held by `expected` references.
         let swept_and_held = |expected: usize, why: &str| {
@@ -545,10 +551,7 @@ mod tests {
             .map(|_| registered(&registry, Some(0)))
             .collect();
         let mut outbox = Outbox::new();
-        for t in &finished {
-            registry.remove(&t.0.slot, Some(1), Some(&mut outbox));
-            t.0.done.store(true, Ordering::Release);
-        }
+        finish_on(&registry, &finished, 1, &mut outbox);
         registry.flush(&mut outbox);
         assert!(finished.iter().all(|t| Arc::strong_count(&t.0) == 2));
         let _next = registered(&registry, Some(0));
@@ -568,10 +571,7 @@ mod tests {
             .map(|_| registered(&registry, Some(0)))
             .collect();
         let mut outbox = Outbox::new();
-        for t in &first {
-            registry.remove(&t.0.slot, Some(1), Some(&mut outbox));
-            t.0.done.store(true, Ordering::Release);
-        }
+        finish_on(&registry, &first, 1, &mut outbox);
         assert_eq!(
             outbox.len(),
             1,
@@ -591,10 +591,7 @@ mod tests {
         assert_eq!(freed(&first), first.len());
         // A second round, of another shard, through the same outbox.
         let second: Vec<Ptr> = (0..3).map(|_| registered(&registry, None)).collect();
-        for t in &second {
-            registry.remove(&t.0.slot, Some(1), Some(&mut outbox));
-            t.0.done.store(true, Ordering::Release);
-        }
+        finish_on(&registry, &second, 1, &mut outbox);
         assert_eq!(outbox.len(), 3);
         registry.flush(&mut outbox);
         registry.sweep_if_needed(registry.shared_shard());
