@@ -246,7 +246,11 @@ impl<P: Registrant> Registry<P> {
                     self.flush(outbox);
                 }
             }
-            None => self.bury(shard_id, &[slot]),
+            None => {
+                if self.add_to_graveyard(shard_id, &[slot]) {
+                    self.sweep(shard_id);
+                }
+            }
         }
     }
 
@@ -269,13 +273,6 @@ impl<P: Registrant> Registry<P> {
             if full {
                 self.sweep(shard_id);
             }
-        }
-    }
-
-    /// Adds `slots` to `shard_id`'s graveyard, sweeping it if that fills it.
-    fn bury(&self, shard_id: usize, slots: &[usize]) {
-        if self.add_to_graveyard(shard_id, slots) {
-            self.sweep(shard_id);
         }
     }
 
