@@ -10,7 +10,7 @@ use braid::ErrorKind;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 mod common;
 use common::{runtime, WAIT};
@@ -302,4 +302,72 @@ fn run_until_complete_in_a_task_or_nested_is_invalid_state() {
     assert_eq!(nested, Err(ErrorKind::InvalidState));
     let rt = Arc::try_unwrap(rt).expect("the only reference left");
     rt.shutdown(WAIT).unwrap();
+}
+
+/// A value whose destructor panics.
+struct PanicsWhenDropped;
+
+impl Drop for PanicsWhenDropped {
+    fn drop(&mut self) {
+        panic!("output destructor broke");
+    }
+}
+
+/// A task's output stored for its handle is dropped with the task's last count, wherever
+/// that goes: with the handle, or with the registry's count, which a loop's sweep of finished
+/// tasks or a later spawn's may drop. A panic in its destructor reaches the exception handler
+/// once per task and takes no thread down: neither the thread that spawned the tasks and
+/// dropped their handles, nor the loop, nor the task on it that dropped the last handle.
+#[test]
+fn a_panicking_destructor_of_a_stored_output_is_reported_and_takes_no_thread_down() {
+    const TASKS: usize = 200;
+    let rt = runtime(1);
+    let lp = rt.event_loop();
+    let reports = Arc::new(Mutex::new(Vec::new()));
+    let seen = reports.clone();
+    lp.set_exception_handler(move |ctx| {
+        let error = ctx
+            .error
+            .as_ref()
+            .map(|e| (e.kind(), e.message().map(str::to_owned)));
+        seen.lock().unwrap().push((ctx.message.clone(), error));
+    });
+    for _ in 0..TASKS {
+        let task = lp.spawn(async { Ok(PanicsWhenDropped) }).unwrap();
+        let deadline = Instant::now() + WAIT;
+        while !task.done() {
+            assert!(Instant::now() < deadline, "the task never finished");
+            thread::yield_now();
+        }
+        // Finished with its handle alive: the output was stored.
+        drop(task);
+    }
+    // On the loop thread: a task drops its finished child's handle, the last count (the
+    // child left its own loop's registry as it finished). The dropping task goes on.
+    let on_the_loop = lp
+        .run_coroutine_threadsafe(async {
+            for _ in 0..TASKS {
+                let child = braid::create_task(async { Ok(PanicsWhenDropped) });
+                while !child.done() {
+                    braid::yield_now().await?;
+                }
+                drop(child);
+            }
+            Ok(7)
+        })
+        .unwrap();
+    assert_eq!(on_the_loop.result(Some(WAIT)).unwrap(), 7);
+    rt.shutdown(WAIT).unwrap();
+    let reports = reports.lock().unwrap();
+    assert_eq!(reports.len(), 2 * TASKS, "one report per output");
+    for (message, error) in reports.iter() {
+        assert!(message.contains("destructor"), "message {message:?}");
+        assert_eq!(
+            error,
+            &Some((
+                ErrorKind::Panicked,
+                Some("output destructor broke".to_owned())
+            ))
+        );
+    }
 }

@@ -277,9 +277,28 @@ impl Header {
         let ctx = crate::ExceptionContext::new("Task exception was never retrieved")
             .with_error(error)
             .with_task(me.clone());
+        self.report(&ctx);
+    }
+
+    /// A destructor of the task's output or future panicked as its cell was freed (asyncio's
+    /// "Exception ignored in" a `__del__`). No `TaskRef` in the report: the task is gone.
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn report_destructor_panic(&self, payload: Box<dyn std::any::Any + Send>) {
+        let ctx = crate::ExceptionContext::new(format!(
+            "Exception ignored in a destructor of task {}'s output or future",
+            self.name()
+        ))
+        .with_error(Error::from_panic(payload));
+        self.report(&ctx);
+    }
+
+    /// To the exception handler of this thread's loop if it is one of the task's runtime's,
+    /// else of the runtime's first loop.
+    fn report(&self, ctx: &crate::ExceptionContext) {
         match crate::context::current_loop() {
-            Some(lp) if lp.rt.id == self.rt.id => lp.lp.report(&ctx),
-            _ => self.rt.loops[0].report(&ctx),
+            Some(lp) if lp.rt.id == self.rt.id => lp.lp.report(ctx),
+            _ => self.rt.loops[0].report(ctx),
         }
     }
 

@@ -420,17 +420,42 @@ where
     /// As `TaskVtable::dealloc`: `header` heads a `TaskCell<F, T>` nobody can reach any more.
     unsafe fn dealloc(header: NonNull<Header>) {
         let cell = header.cast::<Self>();
-        // Gives the memory back once the value is dropped, even if a field's destructor
-        // panics (the other fields are dropped during the unwind).
+        // Gives the memory back once the value is dropped, even if a destructor panics.
         // SAFETY: from `cell_memory::allocate` with this layout (in `allocate`); the guard
-        // drops after the value below, and nothing touches the memory after that.
+        // drops after the fields below, and nothing touches the memory after that.
         let _memory =
             unsafe { cell_memory::ReleaseOnDrop::new(cell.cast(), Layout::new::<Self>()) };
-        // SAFETY: `allocate` wrote a `Self` there, whose header is at its start (`repr(C)`);
-        // the last count is gone, so this is the only access, and the value is dropped once.
-        // Its fields' destructors may drop other tasks' last counts: no list is borrowed
-        // meanwhile (the release comes after).
-        unsafe { std::ptr::drop_in_place(cell.as_ptr()) };
+        let cell = cell.as_ptr();
+        // The output and the future hold the user's values, and the last count may go
+        // anywhere: with a handle on the user's thread, or with the registry's in a loop's
+        // sweep or a spawn's. A destructor of theirs that panics is caught and reported (as
+        // `finish` catches one), each drop running even if the other panicked, before the
+        // header, which names the runtime whose exception handler hears of it.
+        // For the three drops below: `allocate` wrote a `Self` there, whose header is at its
+        // start (`repr(C)`); the last count is gone, so this is the only access, and each
+        // field is dropped once. Their destructors may drop other tasks' last counts: no
+        // list is borrowed meanwhile (the release comes after).
+        // SAFETY: see above.
+        let output = catch_unwind(AssertUnwindSafe(|| unsafe {
+            std::ptr::drop_in_place(std::ptr::addr_of_mut!((*cell).head.output))
+        }));
+        // SAFETY: see above.
+        let future = catch_unwind(AssertUnwindSafe(|| unsafe {
+            std::ptr::drop_in_place(std::ptr::addr_of_mut!((*cell).future))
+        }));
+        // Two `if`s rather than a loop over both: that built an array on every free.
+        if let Err(payload) = output {
+            // SAFETY: as above; the header is not dropped yet.
+            unsafe { &(*cell).head.header }.report_destructor_panic(payload);
+        }
+        if let Err(payload) = future {
+            // SAFETY: as above; the header is not dropped yet.
+            unsafe { &(*cell).head.header }.report_destructor_panic(payload);
+        }
+        // The header holds none of the user's values once the task has finished: its
+        // joiner's waker and done callbacks are taken at completion.
+        // SAFETY: see above.
+        unsafe { std::ptr::drop_in_place(std::ptr::addr_of_mut!((*cell).head.header)) };
     }
 }
 
