@@ -371,3 +371,99 @@ fn a_panicking_destructor_of_a_stored_output_is_reported_and_takes_no_thread_dow
         );
     }
 }
+
+/// Captures a value whose destructor panics (by value: the closure owns it).
+fn owning(value: PanicsWhenDropped) -> impl FnOnce() + Send + 'static {
+    move || {
+        std::hint::black_box(&value);
+    }
+}
+
+/// A cancelled callback is dropped by its loop without running: `call_soon`'s and
+/// `call_soon_threadsafe`'s from the ready queue, `call_later`'s from the timers. A panic in a
+/// destructor of what its closure owns reaches the exception handler, with the callback
+/// named, and the loop goes on.
+#[test]
+fn a_panicking_destructor_of_a_cancelled_callback_is_reported_and_the_loop_goes_on() {
+    let rt = runtime(1);
+    let lp = rt.event_loop();
+    let reports = Arc::new(Mutex::new(Vec::new()));
+    let seen = reports.clone();
+    lp.set_exception_handler(move |ctx| {
+        let error = ctx
+            .error
+            .as_ref()
+            .map(|e| (e.kind(), e.message().map(str::to_owned)));
+        let named = ctx.callback().is_some();
+        seen.lock()
+            .unwrap()
+            .push((ctx.message.clone(), error, named));
+    });
+    let loop_handle = lp.clone();
+    let cancelled_all = lp
+        .run_coroutine_threadsafe(async move {
+            // Cancelled within this step, before the loop can reach any of them.
+            braid::call_soon(owning(PanicsWhenDropped)).cancel();
+            braid::call_later(Duration::from_millis(1), owning(PanicsWhenDropped)).cancel();
+            loop_handle
+                .call_soon_threadsafe(owning(PanicsWhenDropped))?
+                .cancel();
+            Ok(())
+        })
+        .unwrap();
+    cancelled_all.result(Some(WAIT)).unwrap();
+    // Past the timer's due time, through the loop (a timer with a timeout: a dead loop fails
+    // the test instead of hanging it).
+    let later = lp
+        .run_coroutine_threadsafe(async {
+            braid::sleep(Duration::from_millis(5)).await?;
+            Ok(7)
+        })
+        .unwrap();
+    assert_eq!(later.result(Some(WAIT)).unwrap(), 7);
+    rt.shutdown(WAIT).unwrap();
+    let reports = reports.lock().unwrap();
+    assert_eq!(reports.len(), 3, "one report per callback: {reports:?}");
+    for (message, error, named) in reports.iter() {
+        assert!(message.contains("destructor"), "message {message:?}");
+        assert!(named, "the report names the callback");
+        assert_eq!(
+            error,
+            &Some((
+                ErrorKind::Panicked,
+                Some("output destructor broke".to_owned())
+            ))
+        );
+    }
+}
+
+/// Callbacks still queued when their loop closes are dropped unrun; a destructor that panics
+/// then is reported too, and the shutdown completes.
+#[test]
+fn a_panicking_destructor_of_a_callback_left_at_close_is_reported_and_shutdown_completes() {
+    let rt = runtime(1);
+    let lp = rt.event_loop();
+    let reports = Arc::new(Mutex::new(Vec::new()));
+    let seen = reports.clone();
+    lp.set_exception_handler(move |ctx| seen.lock().unwrap().push(ctx.message.clone()));
+    let queued = lp
+        .run_coroutine_threadsafe(async {
+            // Far off: still waiting when the loop closes.
+            braid::call_later(Duration::from_secs(3600), owning(PanicsWhenDropped));
+            Ok(())
+        })
+        .unwrap();
+    queued.result(Some(WAIT)).unwrap();
+    rt.shutdown(WAIT).unwrap();
+    let reports = reports.lock().unwrap();
+    assert!(
+        reports.iter().any(|m| m.contains("destructor")),
+        "the destructor's panic was reported: {reports:?}"
+    );
+    assert!(
+        reports
+            .iter()
+            .any(|m| m.contains("1 callback(s) that never ran")),
+        "the unrun callback was reported: {reports:?}"
+    );
+}

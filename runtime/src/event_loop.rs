@@ -223,10 +223,6 @@ fn cancelled<B>(f: &CallbackFn<B>, handle: Option<&Arc<HandleState>>) -> bool {
 }
 
 impl RemoteCallback {
-    fn is_cancelled(&self) -> bool {
-        cancelled(&self.f, self.handle.as_ref())
-    }
-
     /// Runs it here and now (its loop has closed).
     fn run_here(self) {
         match self.f {
@@ -573,15 +569,39 @@ impl LoopCtx {
     /// Returns true if any was queued.
     fn queue_local_timers_due_by(&self, until: Instant) -> bool {
         let mut queued = false;
-        let mut timers = self.timers.borrow_mut();
-        while timers.peek().is_some_and(|t| t.when <= until) {
-            let timer = timers.pop().expect("peeked");
-            if !timer.callback.is_cancelled() {
+        loop {
+            let timer = {
+                let mut timers = self.timers.borrow_mut();
+                match timers.peek() {
+                    Some(t) if t.when <= until => timers.pop().expect("peeked"),
+                    _ => break,
+                }
+            };
+            if timer.callback.is_cancelled() {
+                // Out of the heap's borrow: its closure's destructor may schedule more.
+                self.discard(timer.callback);
+            } else {
                 self.ready.borrow_mut().push_back(timer.callback);
                 queued = true;
             }
         }
         queued
+    }
+
+    /// Drops a callback that will never run (it was cancelled, or its loop is closing). Its
+    /// closure holds the user's values: a destructor of theirs that panics is reported, as a
+    /// panic in a callback is, instead of unwinding through the loop thread.
+    fn discard(&self, cb: ReadyCallback) {
+        let name = cb.name;
+        if let Err(payload) = catch_unwind(AssertUnwindSafe(move || drop(cb))) {
+            self.lp.report(
+                &ExceptionContext::new(format!(
+                    "Exception ignored in a destructor of callback {name}"
+                ))
+                .with_error(Error::from_panic(payload))
+                .with_callback(name),
+            );
+        }
     }
 
     /// Runs the callbacks that are ready now (not those they schedule: asyncio's rule).
@@ -591,6 +611,7 @@ impl LoopCtx {
             let next = self.ready.borrow_mut().pop_front();
             let Some(cb) = next else { break };
             if cb.is_cancelled() {
+                self.discard(cb);
                 continue;
             }
             self.invoke(cb);
@@ -754,12 +775,17 @@ impl LoopCtx {
     }
 
     fn next_local_deadline(&self) -> Option<Instant> {
-        let mut timers = self.timers.borrow_mut();
         // Drop cancelled timers from the top so they do not wake us for nothing.
-        while timers.peek().is_some_and(|t| t.callback.is_cancelled()) {
-            timers.pop();
+        loop {
+            let cancelled = {
+                let mut timers = self.timers.borrow_mut();
+                match timers.peek() {
+                    Some(t) if t.callback.is_cancelled() => timers.pop().expect("peeked"),
+                    top => return top.map(|t| t.when),
+                }
+            };
+            self.discard(cancelled.callback);
         }
-        timers.peek().map(|t| t.when)
     }
 
     /// Worker loops: sleep until there is work (see `scheduler` for the protocol).
@@ -970,24 +996,21 @@ impl LoopCtx {
     pub(crate) fn close(&self) {
         self.lp.set_state(LoopState::Closing);
         let leftover = self.lp.bell.close();
-        let mut never_ran = self
-            .ready
-            .borrow_mut()
-            .drain(..)
-            .filter(|c| !c.is_cancelled())
-            .count();
-        never_ran += self
-            .timers
-            .borrow_mut()
-            .drain()
-            .filter(|t| !t.callback.is_cancelled())
-            .count();
+        // Taken out of the queues first: dropping them runs the user's destructors.
+        let mut unrun: Vec<ReadyCallback> = self.ready.borrow_mut().drain(..).collect();
+        unrun.extend(self.timers.borrow_mut().drain().map(|t| t.callback));
+        let mut never_ran = 0;
         for message in leftover {
-            if let Remote::Callback(cb) = message {
-                if !cb.is_cancelled() {
-                    never_ran += 1;
-                }
+            match message {
+                Remote::Callback(cb) => unrun.push(cb.into()),
+                other => drop(other),
             }
+        }
+        for cb in unrun {
+            if !cb.is_cancelled() {
+                never_ran += 1;
+            }
+            self.discard(cb);
         }
         if never_ran > 0 {
             self.lp.report(&ExceptionContext::new(format!(
