@@ -6,7 +6,7 @@
 //! `RuntimeError: This event loop is already running`; CPython `test_events.py`
 //! `test_run_until_complete_nesting`).
 
-use braid::ErrorKind;
+use braid::{ErrorKind, LoopState};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
@@ -309,7 +309,7 @@ struct PanicsWhenDropped;
 
 impl Drop for PanicsWhenDropped {
     fn drop(&mut self) {
-        panic!("output destructor broke");
+        panic!("destructor broke");
     }
 }
 
@@ -364,10 +364,7 @@ fn a_panicking_destructor_of_a_stored_output_is_reported_and_takes_no_thread_dow
         assert!(message.contains("destructor"), "message {message:?}");
         assert_eq!(
             error,
-            &Some((
-                ErrorKind::Panicked,
-                Some("output destructor broke".to_owned())
-            ))
+            &Some((ErrorKind::Panicked, Some("destructor broke".to_owned())))
         );
     }
 }
@@ -404,24 +401,32 @@ fn a_panicking_destructor_of_a_cancelled_callback_is_reported_and_the_loop_goes_
         .run_coroutine_threadsafe(async move {
             // Cancelled within this step, before the loop can reach any of them.
             braid::call_soon(owning(PanicsWhenDropped)).cancel();
+            let due = Instant::now() + Duration::from_millis(1);
             braid::call_later(Duration::from_millis(1), owning(PanicsWhenDropped)).cancel();
             loop_handle
                 .call_soon_threadsafe(owning(PanicsWhenDropped))?
                 .cancel();
+            // The step ends with the timer due: the loop meets it among the timers it fires,
+            // not as the next deadline to sleep to.
+            while Instant::now() < due {
+                std::hint::spin_loop();
+            }
             Ok(())
         })
         .unwrap();
     cancelled_all.result(Some(WAIT)).unwrap();
-    // Past the timer's due time, through the loop (a timer with a timeout: a dead loop fails
-    // the test instead of hanging it).
-    let later = lp
-        .run_coroutine_threadsafe(async {
-            braid::sleep(Duration::from_millis(5)).await?;
-            Ok(7)
-        })
-        .unwrap();
-    assert_eq!(later.result(Some(WAIT)).unwrap(), 7);
+    // All three dropped by the running loop, not by its close.
+    let deadline = Instant::now() + WAIT;
+    while reports.lock().unwrap().len() < 3 {
+        assert!(Instant::now() < deadline, "the loop never dropped them");
+        thread::yield_now();
+    }
+    // The loop goes on (a future with a timeout: a dead loop fails the test instead of
+    // hanging it).
+    let seven = lp.run_coroutine_threadsafe(async { Ok(7) }).unwrap();
+    assert_eq!(seven.result(Some(WAIT)).unwrap(), 7);
     rt.shutdown(WAIT).unwrap();
+    assert_eq!(lp.state(), LoopState::Closed);
     let reports = reports.lock().unwrap();
     assert_eq!(reports.len(), 3, "one report per callback: {reports:?}");
     for (message, error, named) in reports.iter() {
@@ -429,18 +434,82 @@ fn a_panicking_destructor_of_a_cancelled_callback_is_reported_and_the_loop_goes_
         assert!(named, "the report names the callback");
         assert_eq!(
             error,
-            &Some((
-                ErrorKind::Panicked,
-                Some("output destructor broke".to_owned())
-            ))
+            &Some((ErrorKind::Panicked, Some("destructor broke".to_owned())))
         );
     }
 }
 
-/// Callbacks still queued when their loop closes are dropped unrun; a destructor that panics
-/// then is reported too, and the shutdown completes.
+/// A task's future and a detached task's success are dropped as the task finishes: a panic
+/// in a destructor there is reported too, and the task's outcome stays what it was.
 #[test]
-fn a_panicking_destructor_of_a_callback_left_at_close_is_reported_and_shutdown_completes() {
+fn a_panicking_destructor_dropped_as_a_task_finishes_is_reported() {
+    let rt = runtime(1);
+    let lp = rt.event_loop();
+    let reports = Arc::new(Mutex::new(Vec::new()));
+    let seen = reports.clone();
+    lp.set_exception_handler(move |ctx| {
+        let error = ctx
+            .error
+            .as_ref()
+            .map(|e| (e.kind(), e.message().map(str::to_owned)));
+        seen.lock().unwrap().push((ctx.message.clone(), error));
+    });
+    let outcome = lp
+        .run_coroutine_threadsafe(async {
+            // Cancelled before its first step: its future, which owns the value, is dropped
+            // unpolled.
+            let owned = PanicsWhenDropped;
+            let unstarted = braid::create_task(async move {
+                std::hint::black_box(&owned);
+                Ok(())
+            });
+            unstarted.cancel();
+            let cancelled = matches!(unstarted.await, Err(e) if e.is_cancelled());
+            // Detached: its success is dropped as it finishes.
+            let detached = braid::create_task(async { Ok(PanicsWhenDropped) });
+            drop(detached);
+            Ok(cancelled)
+        })
+        .unwrap();
+    assert!(
+        outcome.result(Some(WAIT)).unwrap(),
+        "the task ended cancelled"
+    );
+    let deadline = Instant::now() + WAIT;
+    while reports.lock().unwrap().len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the detached task's output was never dropped"
+        );
+        thread::yield_now();
+    }
+    rt.shutdown(WAIT).unwrap();
+    let reports = reports.lock().unwrap();
+    assert_eq!(reports.len(), 2, "one report per destructor: {reports:?}");
+    for (message, error) in reports.iter() {
+        assert!(message.contains("destructor"), "message {message:?}");
+        assert_eq!(
+            error,
+            &Some((ErrorKind::Panicked, Some("destructor broke".to_owned())))
+        );
+    }
+}
+
+/// A value whose destructor schedules a callback owning a [`PanicsWhenDropped`] on the
+/// running loop.
+struct SchedulesWhenDropped;
+
+impl Drop for SchedulesWhenDropped {
+    fn drop(&mut self) {
+        braid::call_soon(owning(PanicsWhenDropped));
+    }
+}
+
+/// Callbacks still queued when their loop closes are dropped unrun, and so are those their
+/// destructors schedule meanwhile; a destructor that panics then is reported too, and the
+/// loop closes.
+#[test]
+fn a_panicking_destructor_of_a_callback_left_at_close_is_reported_and_the_loop_closes() {
     let rt = runtime(1);
     let lp = rt.event_loop();
     let reports = Arc::new(Mutex::new(Vec::new()));
@@ -450,20 +519,67 @@ fn a_panicking_destructor_of_a_callback_left_at_close_is_reported_and_shutdown_c
         .run_coroutine_threadsafe(async {
             // Far off: still waiting when the loop closes.
             braid::call_later(Duration::from_secs(3600), owning(PanicsWhenDropped));
+            let later = SchedulesWhenDropped;
+            braid::call_later(Duration::from_secs(3600), move || drop(later));
             Ok(())
         })
         .unwrap();
     queued.result(Some(WAIT)).unwrap();
     rt.shutdown(WAIT).unwrap();
+    // A loop thread that died in `close` would have left it Closing.
+    assert_eq!(lp.state(), LoopState::Closed);
     let reports = reports.lock().unwrap();
-    assert!(
-        reports.iter().any(|m| m.contains("destructor")),
-        "the destructor's panic was reported: {reports:?}"
+    assert_eq!(
+        reports.iter().filter(|m| m.contains("destructor")).count(),
+        2,
+        "both destructors' panics were reported: {reports:?}"
     );
     assert!(
         reports
             .iter()
-            .any(|m| m.contains("1 callback(s) that never ran")),
-        "the unrun callback was reported: {reports:?}"
+            .any(|m| m.contains("3 callback(s) that never ran")),
+        "the unrun callbacks were counted: {reports:?}"
+    );
+}
+
+/// A done callback of a task that the closing loop finishes (a task pinned to it that never
+/// took the shutdown's cancel) runs at once, there: a panic in it reaches the exception
+/// handler, with the callback named, and the loop closes.
+#[test]
+fn a_panicking_done_callback_run_by_a_closing_loop_is_reported_and_the_loop_closes() {
+    let rt = runtime(1);
+    let lp = rt.event_loop();
+    let reports = Arc::new(Mutex::new(Vec::new()));
+    let seen = reports.clone();
+    lp.set_exception_handler(move |ctx| {
+        let error = ctx
+            .error
+            .as_ref()
+            .map(|e| (e.kind(), e.message().map(str::to_owned)));
+        let callback = ctx.callback().map(str::to_owned);
+        seen.lock().unwrap().push((callback, error));
+    });
+    let pending = lp
+        .run_coroutine_threadsafe(async {
+            // Pinned to the loop, and deaf to the shutdown's cancel (no braid future takes
+            // it): only its loop's close finishes it.
+            let stuck = braid::spawn_local(std::future::pending::<braid::Result<()>>());
+            stuck.add_done_callback(|_| panic!("done callback broke"));
+            Ok(())
+        })
+        .unwrap();
+    pending.result(Some(WAIT)).unwrap();
+    // The shutdown gives up on the task after its timeout, then stops the loop.
+    let refused = rt.shutdown(Duration::from_millis(50)).unwrap_err();
+    assert_eq!(refused.kind(), ErrorKind::Timeout);
+    assert_eq!(lp.state(), LoopState::Closed);
+    let reports = reports.lock().unwrap();
+    let broke = (
+        Some("done callback".to_owned()),
+        Some((ErrorKind::Panicked, Some("done callback broke".to_owned()))),
+    );
+    assert!(
+        reports.contains(&broke),
+        "the done callback's panic was reported: {reports:?}"
     );
 }

@@ -484,16 +484,18 @@ impl LoopCtx {
     /// Schedules an internal callback (a done callback); on a loop that is closing, whose
     /// ready queue will never run again, runs it right away instead of losing it.
     fn call_soon_or_run(&self, f: Box<dyn FnOnce() + Send>) {
-        if matches!(self.lp.state(), LoopState::Closing | LoopState::Closed) {
-            f();
-            return;
-        }
-        self.drain_inbox();
-        self.ready.borrow_mut().push_back(ReadyCallback {
+        let cb = ReadyCallback {
             f: CallbackFn::Boxed(f),
             handle: None,
             name: "done callback",
-        });
+        };
+        if matches!(self.lp.state(), LoopState::Closing | LoopState::Closed) {
+            // As any callback runs: a panic goes to the exception handler, not up the loop.
+            self.invoke(cb);
+            return;
+        }
+        self.drain_inbox();
+        self.ready.borrow_mut().push_back(cb);
     }
 
     pub(crate) fn call_at(
@@ -995,29 +997,14 @@ impl LoopCtx {
     /// the futures of tasks pinned here (on this thread, where they belong).
     pub(crate) fn close(&self) {
         self.lp.set_state(LoopState::Closing);
-        let leftover = self.lp.bell.close();
-        // Taken out of the queues first: dropping them runs the user's destructors.
-        let mut unrun: Vec<ReadyCallback> = self.ready.borrow_mut().drain(..).collect();
-        unrun.extend(self.timers.borrow_mut().drain().map(|t| t.callback));
-        let mut never_ran = 0;
-        for message in leftover {
+        let mut unrun = Vec::new();
+        for message in self.lp.bell.close() {
             match message {
                 Remote::Callback(cb) => unrun.push(cb.into()),
                 other => drop(other),
             }
         }
-        for cb in unrun {
-            if !cb.is_cancelled() {
-                never_ran += 1;
-            }
-            self.discard(cb);
-        }
-        if never_ran > 0 {
-            self.lp.report(&ExceptionContext::new(format!(
-                "loop {} closed with {never_ran} callback(s) that never ran",
-                self.lp.id
-            )));
-        }
+        let mut never_ran = self.discard_unrun(unrun);
         let closed = || Error::cancelled(Some("the event loop closed".to_owned()));
         for task in self.rt.registry.snapshot() {
             if task
@@ -1033,7 +1020,35 @@ impl LoopCtx {
         if let Some(worker) = &self.worker {
             while worker.pop().is_some() {}
         }
+        // What the destructors and the finished tasks' callbacks scheduled meanwhile.
+        never_ran += self.discard_unrun(Vec::new());
+        if never_ran > 0 {
+            self.lp.report(&ExceptionContext::new(format!(
+                "loop {} closed with {never_ran} callback(s) that never ran",
+                self.lp.id
+            )));
+        }
         self.lp.set_state(LoopState::Closed);
+    }
+
+    /// Closing: discards `unrun` and every callback in the ready queue and the timers, until
+    /// both stay empty (a destructor may schedule more). Returns how many were not cancelled.
+    fn discard_unrun(&self, mut unrun: Vec<ReadyCallback>) -> usize {
+        let mut never_ran = 0;
+        loop {
+            // Taken out of the queues first: dropping them runs the user's destructors.
+            unrun.extend(self.ready.borrow_mut().drain(..));
+            unrun.extend(self.timers.borrow_mut().drain().map(|t| t.callback));
+            if unrun.is_empty() {
+                return never_ran;
+            }
+            for cb in unrun.drain(..) {
+                if !cb.is_cancelled() {
+                    never_ran += 1;
+                }
+                self.discard(cb);
+            }
+        }
     }
 }
 

@@ -305,13 +305,15 @@ where
     /// Must be called by the RUNNING holder.
     fn finish(me: &TaskPtr, output: Result<T>) {
         let cell = Self::cell(me);
+        let header = &cell.head.header;
         // SAFETY: we hold RUNNING (the caller's contract), so nobody else touches the future.
         let future = cell.future.with_mut(|future| unsafe { (*future).take() });
         // A destructor may panic too; it must not take the loop down.
         if let Some(future) = future {
-            let _ = catch_unwind(AssertUnwindSafe(move || drop(future)));
+            if let Err(payload) = catch_unwind(AssertUnwindSafe(move || drop(future))) {
+                header.report_destructor_panic(payload);
+            }
         }
-        let header = &cell.head.header;
         let cancelled = matches!(&output, Err(e) if e.is_cancelled());
         let failed = matches!(&output, Err(e) if !e.is_cancelled());
         let failure = match &output {
@@ -328,7 +330,9 @@ where
             // Once the handle is gone a success can never be taken, so it is dropped here
             // rather than stored: a lock less per detached task. A failure is kept, for
             // `stored_failure` (a done callback added later through a `TaskRef` reports it).
-            let _ = catch_unwind(AssertUnwindSafe(move || drop(output)));
+            if let Err(payload) = catch_unwind(AssertUnwindSafe(move || drop(output))) {
+                header.report_destructor_panic(payload);
+            }
         } else {
             *cell.head.output.lock() = Output::Ready(output);
         }
@@ -429,8 +433,9 @@ where
         // The output and the future hold the user's values, and the last count may go
         // anywhere: with a handle on the user's thread, or with the registry's in a loop's
         // sweep or a spawn's. A destructor of theirs that panics is caught and reported (as
-        // `finish` catches one), each drop running even if the other panicked, before the
-        // header, which names the runtime whose exception handler hears of it.
+        // in `finish`, which drops the future, and a detached task's success, at completion),
+        // each drop running even if the other panicked, before the header, which names the
+        // runtime whose exception handler hears of it.
         // For the three drops below: `allocate` wrote a `Self` there, whose header is at its
         // start (`repr(C)`); the last count is gone, so this is the only access, and each
         // field is dropped once. Their destructors may drop other tasks' last counts: no
