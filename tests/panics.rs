@@ -313,6 +313,50 @@ impl Drop for PanicsWhenDropped {
     }
 }
 
+/// What a loop's exception handler was given: the message, the callback named, the error's
+/// kind and text.
+#[derive(Debug, PartialEq)]
+struct Report {
+    message: String,
+    callback: Option<String>,
+    error: Option<(ErrorKind, Option<String>)>,
+}
+
+/// The panic of [`PanicsWhenDropped`], as a report carries it.
+fn destructor_broke() -> Option<(ErrorKind, Option<String>)> {
+    Some((ErrorKind::Panicked, Some("destructor broke".to_owned())))
+}
+
+/// Sets `lp`'s exception handler to one that collects what it is given.
+fn collect_reports(lp: &braid::EventLoop) -> Arc<Mutex<Vec<Report>>> {
+    let reports = Arc::new(Mutex::new(Vec::new()));
+    let seen = reports.clone();
+    lp.set_exception_handler(move |ctx| {
+        seen.lock().unwrap().push(Report {
+            message: ctx.message.clone(),
+            callback: ctx.callback().map(str::to_owned),
+            error: ctx
+                .error
+                .as_ref()
+                .map(|e| (e.kind(), e.message().map(str::to_owned))),
+        })
+    });
+    reports
+}
+
+/// Waits until `reports` holds `n`; a test fails rather than hangs if it never does.
+fn wait_for_reports(reports: &Mutex<Vec<Report>>, n: usize) {
+    let deadline = Instant::now() + WAIT;
+    while reports.lock().unwrap().len() < n {
+        assert!(
+            Instant::now() < deadline,
+            "only {:?}",
+            reports.lock().unwrap()
+        );
+        thread::yield_now();
+    }
+}
+
 /// A task's output stored for its handle is dropped with the task's last count, wherever
 /// that goes: with the handle, or with the registry's count, which a loop's sweep of finished
 /// tasks or a later spawn's may drop. A panic in its destructor reaches the exception handler
@@ -323,15 +367,7 @@ fn a_panicking_destructor_of_a_stored_output_is_reported_and_takes_no_thread_dow
     const TASKS: usize = 200;
     let rt = runtime(1);
     let lp = rt.event_loop();
-    let reports = Arc::new(Mutex::new(Vec::new()));
-    let seen = reports.clone();
-    lp.set_exception_handler(move |ctx| {
-        let error = ctx
-            .error
-            .as_ref()
-            .map(|e| (e.kind(), e.message().map(str::to_owned)));
-        seen.lock().unwrap().push((ctx.message.clone(), error));
-    });
+    let reports = collect_reports(&lp);
     for _ in 0..TASKS {
         let task = lp.spawn(async { Ok(PanicsWhenDropped) }).unwrap();
         let deadline = Instant::now() + WAIT;
@@ -360,12 +396,9 @@ fn a_panicking_destructor_of_a_stored_output_is_reported_and_takes_no_thread_dow
     rt.shutdown(WAIT).unwrap();
     let reports = reports.lock().unwrap();
     assert_eq!(reports.len(), 2 * TASKS, "one report per output");
-    for (message, error) in reports.iter() {
-        assert!(message.contains("destructor"), "message {message:?}");
-        assert_eq!(
-            error,
-            &Some((ErrorKind::Panicked, Some("destructor broke".to_owned())))
-        );
+    for report in reports.iter() {
+        assert!(report.message.contains("destructor"), "{report:?}");
+        assert_eq!(report.error, destructor_broke());
     }
 }
 
@@ -384,18 +417,7 @@ fn owning(value: PanicsWhenDropped) -> impl FnOnce() + Send + 'static {
 fn a_panicking_destructor_of_a_cancelled_callback_is_reported_and_the_loop_goes_on() {
     let rt = runtime(1);
     let lp = rt.event_loop();
-    let reports = Arc::new(Mutex::new(Vec::new()));
-    let seen = reports.clone();
-    lp.set_exception_handler(move |ctx| {
-        let error = ctx
-            .error
-            .as_ref()
-            .map(|e| (e.kind(), e.message().map(str::to_owned)));
-        let named = ctx.callback().is_some();
-        seen.lock()
-            .unwrap()
-            .push((ctx.message.clone(), error, named));
-    });
+    let reports = collect_reports(&lp);
     let loop_handle = lp.clone();
     let cancelled_all = lp
         .run_coroutine_threadsafe(async move {
@@ -416,11 +438,7 @@ fn a_panicking_destructor_of_a_cancelled_callback_is_reported_and_the_loop_goes_
         .unwrap();
     cancelled_all.result(Some(WAIT)).unwrap();
     // All three dropped by the running loop, not by its close.
-    let deadline = Instant::now() + WAIT;
-    while reports.lock().unwrap().len() < 3 {
-        assert!(Instant::now() < deadline, "the loop never dropped them");
-        thread::yield_now();
-    }
+    wait_for_reports(&reports, 3);
     // The loop goes on (a future with a timeout: a dead loop fails the test instead of
     // hanging it).
     let seven = lp.run_coroutine_threadsafe(async { Ok(7) }).unwrap();
@@ -429,13 +447,13 @@ fn a_panicking_destructor_of_a_cancelled_callback_is_reported_and_the_loop_goes_
     assert_eq!(lp.state(), LoopState::Closed);
     let reports = reports.lock().unwrap();
     assert_eq!(reports.len(), 3, "one report per callback: {reports:?}");
-    for (message, error, named) in reports.iter() {
-        assert!(message.contains("destructor"), "message {message:?}");
-        assert!(named, "the report names the callback");
-        assert_eq!(
-            error,
-            &Some((ErrorKind::Panicked, Some("destructor broke".to_owned())))
+    for report in reports.iter() {
+        assert!(report.message.contains("destructor"), "{report:?}");
+        assert!(
+            report.callback.is_some(),
+            "the report names the callback: {report:?}"
         );
+        assert_eq!(report.error, destructor_broke());
     }
 }
 
@@ -445,15 +463,7 @@ fn a_panicking_destructor_of_a_cancelled_callback_is_reported_and_the_loop_goes_
 fn a_panicking_destructor_dropped_as_a_task_finishes_is_reported() {
     let rt = runtime(1);
     let lp = rt.event_loop();
-    let reports = Arc::new(Mutex::new(Vec::new()));
-    let seen = reports.clone();
-    lp.set_exception_handler(move |ctx| {
-        let error = ctx
-            .error
-            .as_ref()
-            .map(|e| (e.kind(), e.message().map(str::to_owned)));
-        seen.lock().unwrap().push((ctx.message.clone(), error));
-    });
+    let reports = collect_reports(&lp);
     let outcome = lp
         .run_coroutine_threadsafe(async {
             // Cancelled before its first step: its future, which owns the value, is dropped
@@ -475,23 +485,13 @@ fn a_panicking_destructor_dropped_as_a_task_finishes_is_reported() {
         outcome.result(Some(WAIT)).unwrap(),
         "the task ended cancelled"
     );
-    let deadline = Instant::now() + WAIT;
-    while reports.lock().unwrap().len() < 2 {
-        assert!(
-            Instant::now() < deadline,
-            "the detached task's output was never dropped"
-        );
-        thread::yield_now();
-    }
+    wait_for_reports(&reports, 2);
     rt.shutdown(WAIT).unwrap();
     let reports = reports.lock().unwrap();
     assert_eq!(reports.len(), 2, "one report per destructor: {reports:?}");
-    for (message, error) in reports.iter() {
-        assert!(message.contains("destructor"), "message {message:?}");
-        assert_eq!(
-            error,
-            &Some((ErrorKind::Panicked, Some("destructor broke".to_owned())))
-        );
+    for report in reports.iter() {
+        assert!(report.message.contains("destructor"), "{report:?}");
+        assert_eq!(report.error, destructor_broke());
     }
 }
 
@@ -512,9 +512,7 @@ impl Drop for SchedulesWhenDropped {
 fn a_panicking_destructor_of_a_callback_left_at_close_is_reported_and_the_loop_closes() {
     let rt = runtime(1);
     let lp = rt.event_loop();
-    let reports = Arc::new(Mutex::new(Vec::new()));
-    let seen = reports.clone();
-    lp.set_exception_handler(move |ctx| seen.lock().unwrap().push(ctx.message.clone()));
+    let reports = collect_reports(&lp);
     let queued = lp
         .run_coroutine_threadsafe(async {
             // Far off: still waiting when the loop closes.
@@ -530,14 +528,17 @@ fn a_panicking_destructor_of_a_callback_left_at_close_is_reported_and_the_loop_c
     assert_eq!(lp.state(), LoopState::Closed);
     let reports = reports.lock().unwrap();
     assert_eq!(
-        reports.iter().filter(|m| m.contains("destructor")).count(),
+        reports
+            .iter()
+            .filter(|r| r.message.contains("destructor"))
+            .count(),
         2,
         "both destructors' panics were reported: {reports:?}"
     );
     assert!(
         reports
             .iter()
-            .any(|m| m.contains("3 callback(s) that never ran")),
+            .any(|r| r.message.contains("3 callback(s) that never ran")),
         "the unrun callbacks were counted: {reports:?}"
     );
 }
@@ -549,16 +550,7 @@ fn a_panicking_destructor_of_a_callback_left_at_close_is_reported_and_the_loop_c
 fn a_panicking_done_callback_run_by_a_closing_loop_is_reported_and_the_loop_closes() {
     let rt = runtime(1);
     let lp = rt.event_loop();
-    let reports = Arc::new(Mutex::new(Vec::new()));
-    let seen = reports.clone();
-    lp.set_exception_handler(move |ctx| {
-        let error = ctx
-            .error
-            .as_ref()
-            .map(|e| (e.kind(), e.message().map(str::to_owned)));
-        let callback = ctx.callback().map(str::to_owned);
-        seen.lock().unwrap().push((callback, error));
-    });
+    let reports = collect_reports(&lp);
     let pending = lp
         .run_coroutine_threadsafe(async {
             // Pinned to the loop, and deaf to the shutdown's cancel (no braid future takes
@@ -574,12 +566,11 @@ fn a_panicking_done_callback_run_by_a_closing_loop_is_reported_and_the_loop_clos
     assert_eq!(refused.kind(), ErrorKind::Timeout);
     assert_eq!(lp.state(), LoopState::Closed);
     let reports = reports.lock().unwrap();
-    let broke = (
-        Some("done callback".to_owned()),
-        Some((ErrorKind::Panicked, Some("done callback broke".to_owned()))),
-    );
     assert!(
-        reports.contains(&broke),
+        reports
+            .iter()
+            .any(|r| r.callback.as_deref() == Some("done callback")
+                && r.error == Some((ErrorKind::Panicked, Some("done callback broke".to_owned())))),
         "the done callback's panic was reported: {reports:?}"
     );
 }
