@@ -571,16 +571,8 @@ impl LoopCtx {
     /// Returns true if any was queued.
     fn queue_local_timers_due_by(&self, until: Instant) -> bool {
         let mut queued = false;
-        loop {
-            let timer = {
-                let mut timers = self.timers.borrow_mut();
-                match timers.peek() {
-                    Some(t) if t.when <= until => timers.pop().expect("peeked"),
-                    _ => break,
-                }
-            };
+        while let Some(timer) = self.pop_timer_if(|t| t.when <= until) {
             if timer.callback.is_cancelled() {
-                // Out of the heap's borrow: its closure's destructor may schedule more.
                 self.discard(timer.callback);
             } else {
                 self.ready.borrow_mut().push_back(timer.callback);
@@ -588,6 +580,17 @@ impl LoopCtx {
             }
         }
         queued
+    }
+
+    /// Pops the earliest timer if `pred` holds for it. The heap's borrow ends on return: what
+    /// the caller does with the timer (drop it, with the user's destructors) may schedule more.
+    fn pop_timer_if(&self, pred: impl FnOnce(&LocalTimer) -> bool) -> Option<LocalTimer> {
+        let mut timers = self.timers.borrow_mut();
+        if timers.peek().is_some_and(pred) {
+            timers.pop()
+        } else {
+            None
+        }
     }
 
     /// Drops a callback that will never run (it was cancelled, or its loop is closing). Its
@@ -778,16 +781,10 @@ impl LoopCtx {
 
     fn next_local_deadline(&self) -> Option<Instant> {
         // Drop cancelled timers from the top so they do not wake us for nothing.
-        loop {
-            let cancelled = {
-                let mut timers = self.timers.borrow_mut();
-                match timers.peek() {
-                    Some(t) if t.callback.is_cancelled() => timers.pop().expect("peeked"),
-                    top => return top.map(|t| t.when),
-                }
-            };
+        while let Some(cancelled) = self.pop_timer_if(|t| t.callback.is_cancelled()) {
             self.discard(cancelled.callback);
         }
+        self.timers.borrow().peek().map(|t| t.when)
     }
 
     /// Worker loops: sleep until there is work (see `scheduler` for the protocol).

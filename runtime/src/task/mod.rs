@@ -280,11 +280,20 @@ impl Header {
         self.report(&ctx);
     }
 
-    /// A destructor of the task's output or future panicked as its cell was freed (asyncio's
-    /// "Exception ignored in" a `__del__`). No `TaskRef` in the report: the task is gone.
+    /// Runs `drop`, which drops the task's output or its future (the user's values), with a
+    /// panic in it caught and reported instead of unwinding into whoever dropped it.
+    #[inline]
+    pub(crate) fn drop_reporting_panics(&self, drop: impl FnOnce()) {
+        if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(drop)) {
+            self.report_destructor_panic(payload);
+        }
+    }
+
+    /// A destructor of the task's output or future panicked (asyncio's "Exception ignored in"
+    /// a `__del__`). No `TaskRef` in the report: the task is finished, or gone.
     #[cold]
     #[inline(never)]
-    pub(crate) fn report_destructor_panic(&self, payload: Box<dyn std::any::Any + Send>) {
+    fn report_destructor_panic(&self, payload: Box<dyn std::any::Any + Send>) {
         let ctx = crate::ExceptionContext::new(format!(
             "Exception ignored in a destructor of task {}'s output or future",
             self.name()

@@ -310,9 +310,7 @@ where
         let future = cell.future.with_mut(|future| unsafe { (*future).take() });
         // A destructor may panic too; it must not take the loop down.
         if let Some(future) = future {
-            if let Err(payload) = catch_unwind(AssertUnwindSafe(move || drop(future))) {
-                header.report_destructor_panic(payload);
-            }
+            header.drop_reporting_panics(move || drop(future));
         }
         let cancelled = matches!(&output, Err(e) if e.is_cancelled());
         let failed = matches!(&output, Err(e) if !e.is_cancelled());
@@ -330,9 +328,7 @@ where
             // Once the handle is gone a success can never be taken, so it is dropped here
             // rather than stored: a lock less per detached task. A failure is kept, for
             // `stored_failure` (a done callback added later through a `TaskRef` reports it).
-            if let Err(payload) = catch_unwind(AssertUnwindSafe(move || drop(output))) {
-                header.report_destructor_panic(payload);
-            }
+            header.drop_reporting_panics(move || drop(output));
         } else {
             *cell.head.output.lock() = Output::Ready(output);
         }
@@ -432,31 +428,24 @@ where
         let cell = cell.as_ptr();
         // The output and the future hold the user's values, and the last count may go
         // anywhere: with a handle on the user's thread, or with the registry's in a loop's
-        // sweep or a spawn's. A destructor of theirs that panics is caught and reported (as
-        // in `finish`, which drops the future, and a detached task's success, at completion),
-        // each drop running even if the other panicked, before the header, which names the
+        // sweep or a spawn's. Each is dropped with a panic caught and reported, as `finish`
+        // drops the future and a detached task's success, before the header, which names the
         // runtime whose exception handler hears of it.
         // For the three drops below: `allocate` wrote a `Self` there, whose header is at its
         // start (`repr(C)`); the last count is gone, so this is the only access, and each
-        // field is dropped once. Their destructors may drop other tasks' last counts: no
-        // list is borrowed meanwhile (the release comes after).
+        // field is dropped once. The header is borrowed apart from the other two fields, and
+        // dropped last, after the borrow's last use. Their destructors may drop other tasks'
+        // last counts: no list is borrowed meanwhile (the release comes after).
         // SAFETY: see above.
-        let output = catch_unwind(AssertUnwindSafe(|| unsafe {
+        let header = unsafe { &(*cell).head.header };
+        // SAFETY: see above.
+        header.drop_reporting_panics(|| unsafe {
             std::ptr::drop_in_place(std::ptr::addr_of_mut!((*cell).head.output))
-        }));
+        });
         // SAFETY: see above.
-        let future = catch_unwind(AssertUnwindSafe(|| unsafe {
+        header.drop_reporting_panics(|| unsafe {
             std::ptr::drop_in_place(std::ptr::addr_of_mut!((*cell).future))
-        }));
-        // Two `if`s rather than a loop over both: that built an array on every free.
-        if let Err(payload) = output {
-            // SAFETY: as above; the header is not dropped yet.
-            unsafe { &(*cell).head.header }.report_destructor_panic(payload);
-        }
-        if let Err(payload) = future {
-            // SAFETY: as above; the header is not dropped yet.
-            unsafe { &(*cell).head.header }.report_destructor_panic(payload);
-        }
+        });
         // The header holds none of the user's values once the task has finished: its
         // joiner's waker and done callbacks are taken at completion.
         // SAFETY: see above.
