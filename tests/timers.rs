@@ -523,3 +523,73 @@ fn timers_never_fire_early_on_a_worker_loop() {
     }
     rt.shutdown(WAIT).unwrap();
 }
+
+/// Schedules its action on the running loop when dropped.
+struct SchedulesWhenDropped(Option<Box<dyn FnOnce() + Send>>);
+
+impl SchedulesWhenDropped {
+    fn new(action: impl FnOnce() + Send + 'static) -> SchedulesWhenDropped {
+        SchedulesWhenDropped(Some(Box::new(action)))
+    }
+}
+
+impl Drop for SchedulesWhenDropped {
+    fn drop(&mut self) {
+        if let Some(action) = self.0.take() {
+            braid::call_soon(action);
+        }
+    }
+}
+
+/// A cancelled timer left at the top of the heap is dropped when its loop is about to sleep.
+/// A callback that the timer's destructor schedules then runs at once, on a worker loop and
+/// on a host loop alike: nothing else wakes the loop, and it has no timer left to wake it.
+#[test]
+fn a_callback_scheduled_by_a_cancelled_timers_destructor_runs_without_another_wake() {
+    let rt = runtime(1);
+    // A worker loop.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let owner = SchedulesWhenDropped::new(move || {
+        let _ = tx.send(());
+    });
+    rt.event_loop()
+        .run_coroutine_threadsafe(async move {
+            braid::call_later(Duration::from_secs(3600), move || drop(owner)).cancel();
+            Ok(())
+        })
+        .unwrap()
+        .result(Some(WAIT))
+        .unwrap();
+    rx.recv_timeout(WAIT)
+        .expect("the worker loop ran the callback the destructor scheduled");
+
+    // The host loop, inside `run_until_complete`, whose future waits for that callback: a
+    // watchdog thread answers false instead if it has not run within `WAIT`.
+    let done: Promise<bool> = Promise::new();
+    let (stop_watchdog, watchdog_stopped) = std::sync::mpsc::channel::<()>();
+    let watchdog = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            if watchdog_stopped.recv_timeout(WAIT).is_err() {
+                let _ = done.set_result(false);
+            }
+        })
+    };
+    let owner = SchedulesWhenDropped::new({
+        let done = done.clone();
+        move || {
+            let _ = done.set_result(true);
+        }
+    });
+    let ran = rt.run_until_complete(async move {
+        braid::call_later(Duration::from_secs(3600), move || drop(owner)).cancel();
+        done.await
+    });
+    let _ = stop_watchdog.send(());
+    watchdog.join().unwrap();
+    assert!(
+        ran.unwrap(),
+        "the host loop ran the callback the destructor scheduled"
+    );
+    rt.shutdown(WAIT).unwrap();
+}

@@ -779,11 +779,20 @@ impl LoopCtx {
             || self.worker.as_ref().is_some_and(|w| !w.is_empty())
     }
 
-    fn next_local_deadline(&self) -> Option<Instant> {
-        // Drop cancelled timers from the top so they do not wake us for nothing.
+    /// Drops the cancelled timers at the top of the heap, so that they do not wake us for
+    /// nothing. Called before a park announces its sleep: their destructors are the user's
+    /// and may schedule callbacks, which the park's re-check then sees. Dropped after the
+    /// announcement, the callback waited for the next wake, perhaps forever.
+    fn drop_cancelled_first_timers(&self) {
         while let Some(cancelled) = self.pop_timer_if(|t| t.callback.is_cancelled()) {
             self.discard(cancelled.callback);
         }
+    }
+
+    /// When this loop's earliest timer falls due. One cancelled since
+    /// [`drop_cancelled_first_timers`](Self::drop_cancelled_first_timers) wakes us early,
+    /// once: the wake drops it.
+    fn next_local_deadline(&self) -> Option<Instant> {
         self.timers.borrow().peek().map(|t| t.when)
     }
 
@@ -820,6 +829,7 @@ impl LoopCtx {
         // for the spawner's next insert.
         self.flush_registry_outbox();
         rt.registry.sweep_if_needed(rt.registry.shared_shard());
+        self.drop_cancelled_first_timers();
         if self.searching.replace(false) {
             rt.end_searching(false, false);
         }
@@ -920,6 +930,7 @@ impl LoopCtx {
         }) {
             return;
         }
+        self.drop_cancelled_first_timers();
         let _drive = lp.io.lock_drive();
         if !lp.bell.prepare_sleep() {
             return;
