@@ -574,3 +574,36 @@ fn a_panicking_done_callback_run_by_a_closing_loop_is_reported_and_the_loop_clos
         "the done callback's panic was reported: {reports:?}"
     );
 }
+
+/// Callbacks sent to a host loop on another thread, which never ran it again, are dropped by
+/// the shutdown, on the thread that calls it: a destructor's panic there is reported to that
+/// host loop's exception handler, with the unrun callbacks counted, and the shutdown returns.
+#[test]
+fn a_panicking_destructor_of_a_callback_left_for_another_host_loop_is_reported_at_shutdown() {
+    let rt = runtime(1);
+    let host = thread::scope(|s| {
+        s.spawn(|| rt.run_until_complete(async { Ok(braid::get_running_loop()) }))
+            .join()
+            .unwrap()
+    })
+    .unwrap();
+    let reports = collect_reports(&host);
+    host.call_soon_threadsafe(owning(PanicsWhenDropped))
+        .unwrap();
+    host.call_soon_threadsafe(|| {}).unwrap();
+    let shutdown = catch_unwind(AssertUnwindSafe(|| rt.shutdown(WAIT)));
+    assert!(matches!(shutdown, Ok(Ok(()))), "{shutdown:?}");
+    let reports = reports.lock().unwrap();
+    assert!(
+        reports
+            .iter()
+            .any(|r| r.message.contains("destructor") && r.error == destructor_broke()),
+        "the destructor's panic was reported: {reports:?}"
+    );
+    assert!(
+        reports
+            .iter()
+            .any(|r| r.message.contains("2 callback(s) that never ran")),
+        "the unrun callbacks were counted: {reports:?}"
+    );
+}

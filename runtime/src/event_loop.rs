@@ -148,6 +148,51 @@ impl LoopShared {
         self.state.store(v, Ordering::Release);
     }
 
+    /// Drops a callback that will never run (it was cancelled, or its loop is closing). Its
+    /// closure holds the user's values: a destructor of theirs that panics is reported, as a
+    /// panic in a callback is, instead of unwinding through the loop thread (or, for a host
+    /// loop that the shutdown closes from another thread, through `shutdown`).
+    fn discard(&self, cb: ReadyCallback) {
+        let name = cb.name;
+        if let Err(payload) = catch_unwind(AssertUnwindSafe(move || drop(cb))) {
+            self.report(
+                &ExceptionContext::new(format!(
+                    "Exception ignored in a destructor of callback {name}"
+                ))
+                .with_error(Error::from_panic(payload))
+                .with_callback(name),
+            );
+        }
+    }
+
+    /// Reports the callbacks (not cancelled) that this loop's close dropped unrun.
+    fn report_never_ran(&self, never_ran: usize) {
+        if never_ran > 0 {
+            self.report(&ExceptionContext::new(format!(
+                "loop {} closed with {never_ran} callback(s) that never ran",
+                self.id
+            )));
+        }
+    }
+
+    /// Closes the inbox of a host loop whose thread is not running it, from the thread that
+    /// shuts the runtime down: the callbacks sent to it are dropped and reported as its own
+    /// `close` would (what its thread still holds, it drops when it runs the loop again).
+    pub(crate) fn close_inbox_elsewhere(&self) {
+        let mut never_ran = 0;
+        for message in self.bell.close() {
+            match message {
+                Remote::Callback(cb) => {
+                    let cb = ReadyCallback::from(cb);
+                    never_ran += usize::from(!cb.is_cancelled());
+                    self.discard(cb);
+                }
+                other => drop(other),
+            }
+        }
+        self.report_never_ran(never_ran);
+    }
+
     /// Calls the loop's exception handler, or the default one (a line on stderr).
     pub(crate) fn report(&self, ctx: &ExceptionContext) {
         let handler = self.handler.lock().clone();
@@ -593,20 +638,9 @@ impl LoopCtx {
         }
     }
 
-    /// Drops a callback that will never run (it was cancelled, or its loop is closing). Its
-    /// closure holds the user's values: a destructor of theirs that panics is reported, as a
-    /// panic in a callback is, instead of unwinding through the loop thread.
+    /// Drops a callback that will never run (see [`LoopShared::discard`]).
     fn discard(&self, cb: ReadyCallback) {
-        let name = cb.name;
-        if let Err(payload) = catch_unwind(AssertUnwindSafe(move || drop(cb))) {
-            self.lp.report(
-                &ExceptionContext::new(format!(
-                    "Exception ignored in a destructor of callback {name}"
-                ))
-                .with_error(Error::from_panic(payload))
-                .with_callback(name),
-            );
-        }
+        self.lp.discard(cb);
     }
 
     /// Runs the callbacks that are ready now (not those they schedule: asyncio's rule).
@@ -1030,12 +1064,7 @@ impl LoopCtx {
         }
         // What the destructors and the finished tasks' callbacks scheduled meanwhile.
         never_ran += self.discard_unrun(Vec::new());
-        if never_ran > 0 {
-            self.lp.report(&ExceptionContext::new(format!(
-                "loop {} closed with {never_ran} callback(s) that never ran",
-                self.lp.id
-            )));
-        }
+        self.lp.report_never_ran(never_ran);
         self.lp.set_state(LoopState::Closed);
     }
 

@@ -582,8 +582,10 @@ impl Runtime {
             host.close();
             HOSTS.with(|h| h.borrow_mut().retain(|c| c.rt.id != rt.id));
         }
-        for other in rt.hosts.lock().iter().filter_map(|h| h.upgrade()) {
-            other.bell.close();
+        // Out of the hosts' lock before their callbacks drop: the destructors are the user's.
+        let others: Vec<_> = rt.hosts.lock().iter().filter_map(|h| h.upgrade()).collect();
+        for other in others {
+            other.close_inbox_elsewhere();
         }
         if on_own_loop {
             return Err(Error::new(
