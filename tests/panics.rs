@@ -607,3 +607,57 @@ fn a_panicking_destructor_of_a_callback_left_for_another_host_loop_is_reported_a
         "the unrun callbacks were counted: {reports:?}"
     );
 }
+
+/// Set in the child process that [`a_report_that_cannot_be_written_to_stderr_is_lost_and_the_loop_goes_on`]
+/// starts.
+const STDERR_CLOSED_CHILD: &str = "BRAID_TEST_STDERR_CLOSED_CHILD";
+
+/// With stderr a pipe that nobody reads, the default exception handler's line cannot be
+/// written: the report is lost, and the loop goes on. (`eprintln!` panics when its write
+/// fails; on the loop thread, that panic killed the loop.) The scenario runs in a child
+/// process, this test binary again, whose stderr's read end is closed at once.
+#[test]
+fn a_report_that_cannot_be_written_to_stderr_is_lost_and_the_loop_goes_on() {
+    if std::env::var_os(STDERR_CLOSED_CHILD).is_some() {
+        return report_with_stderr_closed();
+    }
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "a_report_that_cannot_be_written_to_stderr_is_lost_and_the_loop_goes_on",
+            // Not captured: the loop thread writes to the process's real stderr.
+            "--nocapture",
+        ])
+        .env(STDERR_CLOSED_CHILD, "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Every write to the child's stderr now fails (EPIPE: Rust ignores SIGPIPE).
+    drop(child.stderr.take());
+    let output = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("after the report: Ok(7); shutdown: Ok(()); loop: Closed"),
+        "the child's output: {stdout}"
+    );
+    assert!(output.status.success(), "the child's output: {stdout}");
+}
+
+/// The child's part: a callback panics on a loop with no exception handler, so the loop
+/// reports it on stderr; then the loop must still run a coroutine, and shut down cleanly.
+fn report_with_stderr_closed() {
+    let rt = runtime(1);
+    let lp = rt.event_loop();
+    lp.call_soon_threadsafe(|| panic!("reported to a closed stderr"))
+        .unwrap();
+    let after = lp
+        .run_coroutine_threadsafe(async { Ok(7) })
+        .unwrap()
+        .result(Some(WAIT));
+    let shutdown = rt.shutdown(WAIT);
+    println!(
+        "after the report: {after:?}; shutdown: {shutdown:?}; loop: {:?}",
+        lp.state()
+    );
+}

@@ -541,10 +541,10 @@ impl<T: Send + 'static> ConcurrentFuture<T> {
 
 fn run_callback<T>(cb: DoneCallback<T>, fut: &ConcurrentFuture<T>) {
     if let Err(payload) = catch_unwind(AssertUnwindSafe(|| cb(fut))) {
-        eprintln!(
+        crate::report_to_stderr(format_args!(
             "braid: a ConcurrentFuture done callback panicked: {}",
             Error::from_panic(payload)
-        );
+        ));
     }
 }
 

@@ -51,3 +51,17 @@ pub use pool::{Executor, PoolFull, SubmitAsync, ThreadPool, ThreadPoolBuilder};
 pub use process::core as process_core;
 #[cfg(all(unix, not(loom)))]
 pub use process::{ProcessPool, ProcessPoolBuilder};
+
+/// Writes `line` and a newline to stderr, and ignores a failed write (a pipe nobody reads any
+/// more, say). braid's last-resort reports (the default exception handler's, a panicking done
+/// callback's) run on loop and pool threads, where `eprintln!`, which panics when its write
+/// fails, killed the thread. Used by braid's runtime; not needed by applications.
+///
+/// ```
+/// braid_bridge::report_to_stderr(format_args!("braid: {}", "a report"));
+/// ```
+#[doc(hidden)]
+pub fn report_to_stderr(line: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}

@@ -200,10 +200,12 @@ impl LoopShared {
             Some(h) => {
                 // A panicking handler must not take the loop down either.
                 if catch_unwind(AssertUnwindSafe(|| h(ctx))).is_err() {
-                    eprintln!("braid: the exception handler panicked while handling: {ctx}");
+                    braid_bridge::report_to_stderr(format_args!(
+                        "braid: the exception handler panicked while handling: {ctx}"
+                    ));
                 }
             }
-            None => eprintln!("braid: {ctx}"),
+            None => braid_bridge::report_to_stderr(format_args!("braid: {ctx}")),
         }
     }
 }

@@ -199,6 +199,11 @@ impl Builder {
 }
 
 fn worker_main(rt: Arc<RuntimeShared>, id: usize, queue: Worker<TaskPtr>) {
+    // Counted even if the thread dies of a panic: a shutdown then need not wait out its
+    // timeout for it, and learns from the join how it ended.
+    let _exit = CountExit(&rt);
+    #[cfg(all(test, not(loom)))]
+    tests::die_if_told();
     let lp = rt.loops[id].clone();
     let ctx = Rc::new(LoopCtx::new(rt.clone(), lp.clone(), Some(queue)));
     {
@@ -214,9 +219,17 @@ fn worker_main(rt: Arc<RuntimeShared>, id: usize, queue: Worker<TaskPtr>) {
         ctx.close();
     }
     drop(ctx);
-    rt.exited.fetch_add(1, Ordering::AcqRel);
-    if let Some(waiter) = &*rt.shutdown_waiter.lock() {
-        waiter.unpark();
+}
+
+/// Counts a loop thread out when it ends, however it ends, and wakes a shutdown waiting for it.
+struct CountExit<'a>(&'a RuntimeShared);
+
+impl Drop for CountExit<'_> {
+    fn drop(&mut self) {
+        self.0.exited.fetch_add(1, Ordering::AcqRel);
+        if let Some(waiter) = &*self.0.shutdown_waiter.lock() {
+            waiter.unpark();
+        }
     }
 }
 
@@ -456,7 +469,8 @@ impl Runtime {
     /// # Errors
     ///
     /// A Timeout error naming the tasks that had not finished by then; InvalidState if called
-    /// on one of the runtime's own loop threads (which cannot join itself).
+    /// on one of the runtime's own loop threads (which cannot join itself); Panicked, naming
+    /// the thread and its panic, if one of the runtime's threads died (a bug of braid's).
     pub fn shutdown(self, timeout: Duration) -> Result<()> {
         self.shutdown_inner(timeout)
     }
@@ -514,6 +528,7 @@ impl Runtime {
         rt.unpark_monitor();
         let workers = rt.loops.len();
         let mut stuck = Vec::new();
+        let mut died = Vec::new();
         if !on_own_loop {
             // A loop that is not stuck exits within microseconds of `stopping`; give them that
             // much even when the tasks used up the whole timeout, so idle threads are joined.
@@ -534,14 +549,14 @@ impl Runtime {
             }
             let all_exited = rt.exited.load(Ordering::Acquire) >= workers;
             for handle in self.threads.lock().drain(..) {
-                let is_monitor = handle
-                    .thread()
-                    .name()
-                    .is_some_and(|n| n.ends_with("-monitor"));
+                let name = handle.thread().name().unwrap_or("?").to_owned();
+                let is_monitor = name.ends_with("-monitor");
                 if all_exited || handle.is_finished() || is_monitor {
-                    let _ = handle.join();
+                    if let Err(payload) = handle.join() {
+                        died.push(format!("{name} ({})", Error::from_panic(payload)));
+                    }
                 } else {
-                    stuck.push(handle.thread().name().unwrap_or("?").to_owned());
+                    stuck.push(name);
                 }
             }
         }
@@ -593,14 +608,20 @@ impl Runtime {
                 "shutdown called on one of the runtime's own loop threads: it cannot join itself; the loops were told to stop",
             ));
         }
-        if !unfinished.is_empty() || !stuck.is_empty() {
-            let mut message = String::from("shutdown timed out");
-            if !unfinished.is_empty() {
-                message.push_str(&format!("; tasks still running: {}", unfinished.join(", ")));
-            }
-            if !stuck.is_empty() {
-                message.push_str(&format!("; loop threads still busy: {}", stuck.join(", ")));
-            }
+        let mut details = Vec::new();
+        if !unfinished.is_empty() {
+            details.push(format!("tasks still running: {}", unfinished.join(", ")));
+        }
+        if !stuck.is_empty() {
+            details.push(format!("loop threads still busy: {}", stuck.join(", ")));
+        }
+        if !died.is_empty() {
+            // The runtime's own fault, whatever else went wrong: it leads, and sets the kind.
+            details.insert(0, format!("runtime threads died: {}", died.join(", ")));
+            return Err(Error::new(ErrorKind::Panicked, details.join("; ")));
+        }
+        if !details.is_empty() {
+            let message = format!("shutdown timed out; {}", details.join("; "));
             return Err(Error::new(ErrorKind::Timeout, message));
         }
         Ok(())
@@ -610,7 +631,7 @@ impl Runtime {
 impl Drop for Runtime {
     fn drop(&mut self) {
         if let Err(e) = self.shutdown_inner(DROP_SHUTDOWN_TIMEOUT) {
-            eprintln!("braid: dropping the runtime: {e}");
+            braid_bridge::report_to_stderr(format_args!("braid: dropping the runtime: {e}"));
         }
     }
 }
@@ -757,5 +778,49 @@ mod loom_models {
                 other => panic!("unexpected wakes {other:?}"),
             }
         });
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    /// Loop threads named so die as they start (`worker_main`): no path of the runtime's own
+    /// is known to kill one, but a shutdown must still tell when one died.
+    const DOOMED: &str = "braid-test-doomed";
+
+    pub(super) fn die_if_told() {
+        if std::thread::current()
+            .name()
+            .is_some_and(|n| n.starts_with(DOOMED))
+        {
+            panic!("a loop thread died");
+        }
+    }
+
+    /// A loop thread that died is counted out at once, so the shutdown does not wait out
+    /// its timeout for it; the shutdown fails with a Panicked error naming the thread.
+    #[test]
+    fn shutdown_reports_a_loop_thread_that_died_without_waiting_for_it() {
+        let rt = Runtime::builder()
+            .workers(2)
+            .thread_name(DOOMED)
+            .build()
+            .expect("runtime");
+        let started = Instant::now();
+        let err = rt.shutdown(Duration::from_secs(30)).unwrap_err();
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "waited {:?}",
+            started.elapsed()
+        );
+        assert_eq!(err.kind(), ErrorKind::Panicked, "{err}");
+        let message = err.message().unwrap_or_default();
+        assert!(
+            message.contains(&format!("runtime threads died: {DOOMED}-0 (")),
+            "{message}"
+        );
+        assert!(message.contains(&format!("{DOOMED}-1 (")), "{message}");
+        assert!(message.contains("a loop thread died"), "{message}");
     }
 }

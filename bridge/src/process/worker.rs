@@ -56,10 +56,10 @@ pub(super) fn serve(entries: &[Entry], initializer: Option<&dyn Fn()>, parent: u
     let code = match serve_until_told(entries, initializer, parent) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!(
+            crate::report_to_stderr(format_args!(
                 "braid: process pool worker {} lost its pool: {e}",
                 std::process::id()
-            );
+            ));
             70
         }
     };
