@@ -575,6 +575,15 @@ fn a_panicking_done_callback_run_by_a_closing_loop_is_reported_and_the_loop_clos
     );
 }
 
+/// Calls `stop` on its loop when dropped.
+struct StopsWhenDropped(braid::EventLoop);
+
+impl Drop for StopsWhenDropped {
+    fn drop(&mut self) {
+        self.0.stop();
+    }
+}
+
 /// Callbacks sent to a host loop on another thread, which never ran it again, are dropped by
 /// the shutdown, on the thread that calls it: a destructor's panic there is reported to that
 /// host loop's exception handler, with the unrun callbacks counted, and the shutdown returns.
@@ -590,7 +599,9 @@ fn a_panicking_destructor_of_a_callback_left_for_another_host_loop_is_reported_a
     let reports = collect_reports(&host);
     host.call_soon_threadsafe(owning(PanicsWhenDropped))
         .unwrap();
-    host.call_soon_threadsafe(|| {}).unwrap();
+    // `stop` takes the runtime's list of hosts: the shutdown drops this outside its lock.
+    let stops = StopsWhenDropped(host.clone());
+    host.call_soon_threadsafe(move || drop(stops)).unwrap();
     let shutdown = catch_unwind(AssertUnwindSafe(|| rt.shutdown(WAIT)));
     assert!(matches!(shutdown, Ok(Ok(()))), "{shutdown:?}");
     let reports = reports.lock().unwrap();
@@ -608,8 +619,8 @@ fn a_panicking_destructor_of_a_callback_left_for_another_host_loop_is_reported_a
     );
 }
 
-/// Set in the child process that [`a_report_that_cannot_be_written_to_stderr_is_lost_and_the_loop_goes_on`]
-/// starts.
+/// Set in the child process of
+/// [`a_report_that_cannot_be_written_to_stderr_is_lost_and_the_loop_goes_on`].
 const STDERR_CLOSED_CHILD: &str = "BRAID_TEST_STDERR_CLOSED_CHILD";
 
 /// With stderr a pipe that nobody reads, the default exception handler's line cannot be
@@ -647,6 +658,15 @@ fn a_report_that_cannot_be_written_to_stderr_is_lost_and_the_loop_goes_on() {
 /// The child's part: a callback panics on a loop with no exception handler, so the loop
 /// reports it on stderr; then the loop must still run a coroutine, and shut down cleanly.
 fn report_with_stderr_closed() {
+    // Wait until the parent has closed the pipe's read end: a write before that succeeds.
+    let deadline = Instant::now() + WAIT;
+    while std::io::Write::write_all(&mut std::io::stderr(), b".").is_ok() {
+        if Instant::now() > deadline {
+            println!("stderr was never closed");
+            return;
+        }
+        thread::yield_now();
+    }
     let rt = runtime(1);
     let lp = rt.event_loop();
     lp.call_soon_threadsafe(|| panic!("reported to a closed stderr"))

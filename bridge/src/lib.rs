@@ -57,11 +57,20 @@ pub use process::{ProcessPool, ProcessPoolBuilder};
 /// callback's) run on loop and pool threads, where `eprintln!`, which panics when its write
 /// fails, killed the thread. Used by braid's runtime; not needed by applications.
 ///
+/// With unwinding panics this is `eprintln!` with its panic caught, so that a test harness
+/// still captures the line; the panic hook then sees that panic. With `panic = "abort"` it
+/// writes to stderr directly, which a harness does not capture.
+///
 /// ```
 /// braid_bridge::report_to_stderr(format_args!("braid: {}", "a report"));
 /// ```
 #[doc(hidden)]
 pub fn report_to_stderr(line: std::fmt::Arguments<'_>) {
-    use std::io::Write as _;
-    let _ = writeln!(std::io::stderr().lock(), "{line}");
+    #[cfg(panic = "unwind")]
+    let _ = std::panic::catch_unwind(|| eprintln!("{line}"));
+    #[cfg(not(panic = "unwind"))]
+    {
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), "{line}");
+    }
 }

@@ -175,9 +175,11 @@ impl LoopShared {
         }
     }
 
-    /// Closes the inbox of a host loop whose thread is not running it, from the thread that
-    /// shuts the runtime down: the callbacks sent to it are dropped and reported as its own
-    /// `close` would (what its thread still holds, it drops when it runs the loop again).
+    /// Closes the inbox of a loop from the thread that shuts the runtime down: another
+    /// thread's host loop, or a worker loop whose thread died. The callbacks sent to it are
+    /// dropped and reported as its own `close` would. What a host loop's thread still holds
+    /// (its ready queue, timers and pinned tasks) goes only with that thread's context, since
+    /// a runtime that is shut down refuses to run there again.
     pub(crate) fn close_inbox_elsewhere(&self) {
         let mut never_ran = 0;
         for message in self.bell.close() {
@@ -865,10 +867,11 @@ impl LoopCtx {
         // for the spawner's next insert.
         self.flush_registry_outbox();
         rt.registry.sweep_if_needed(rt.registry.shared_shard());
-        self.drop_cancelled_first_timers();
         if self.searching.replace(false) {
             rt.end_searching(false, false);
         }
+        // After giving up searching: a slow destructor must not stop siblings being woken.
+        self.drop_cancelled_first_timers();
         // Before announcing sleep: from here on nobody else waits on our poller, so nobody
         // else can consume the doorbell's notification (see `io::driver`).
         let _drive = lp.io.lock_drive();

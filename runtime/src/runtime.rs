@@ -470,7 +470,8 @@ impl Runtime {
     ///
     /// A Timeout error naming the tasks that had not finished by then; InvalidState if called
     /// on one of the runtime's own loop threads (which cannot join itself); Panicked, naming
-    /// the thread and its panic, if one of the runtime's threads died (a bug of braid's).
+    /// the thread and its panic, if one of the runtime's threads died (a bug of braid's): that
+    /// comes first, with the tasks not finished and the threads still busy after it.
     pub fn shutdown(self, timeout: Duration) -> Result<()> {
         self.shutdown_inner(timeout)
     }
@@ -548,12 +549,20 @@ impl Runtime {
                 );
             }
             let all_exited = rt.exited.load(Ordering::Acquire) >= workers;
-            for handle in self.threads.lock().drain(..) {
+            // The loop threads in the order of their loops, then the monitor.
+            for (index, handle) in self.threads.lock().drain(..).enumerate() {
                 let name = handle.thread().name().unwrap_or("?").to_owned();
                 let is_monitor = name.ends_with("-monitor");
                 if all_exited || handle.is_finished() || is_monitor {
                     if let Err(payload) = handle.join() {
-                        died.push(format!("{name} ({})", Error::from_panic(payload)));
+                        let panic = Error::from_panic(payload);
+                        died.push(format!("{name} ({})", panic.message().unwrap_or("?")));
+                        // A dead loop never closed: close it here, so that what is sent to
+                        // it fails with Closed instead of waiting for nothing.
+                        if let Some(lp) = rt.loops.get(index).filter(|_| !is_monitor) {
+                            lp.close_inbox_elsewhere();
+                            lp.set_state(LoopState::Closed);
+                        }
                     }
                 } else {
                     stuck.push(name);
@@ -808,6 +817,7 @@ mod tests {
             .build()
             .expect("runtime");
         let started = Instant::now();
+        let lp = rt.event_loop();
         let err = rt.shutdown(Duration::from_secs(30)).unwrap_err();
         assert!(
             started.elapsed() < Duration::from_secs(15),
@@ -821,6 +831,10 @@ mod tests {
             "{message}"
         );
         assert!(message.contains(&format!("{DOOMED}-1 (")), "{message}");
-        assert!(message.contains("a loop thread died"), "{message}");
+        assert!(message.contains("(a loop thread died)"), "{message}");
+        // Closed by the shutdown: a submission fails instead of waiting for nothing.
+        assert_eq!(lp.state(), LoopState::Closed);
+        let refused = lp.call_soon_threadsafe(|| {}).unwrap_err();
+        assert_eq!(refused.kind(), ErrorKind::Closed);
     }
 }
