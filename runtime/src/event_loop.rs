@@ -622,7 +622,7 @@ impl LoopCtx {
         let mut queued = false;
         while let Some(timer) = self.pop_timer_if(|t| t.when <= until) {
             if timer.callback.is_cancelled() {
-                self.discard(timer.callback);
+                self.lp.discard(timer.callback);
             } else {
                 self.ready.borrow_mut().push_back(timer.callback);
                 queued = true;
@@ -642,11 +642,6 @@ impl LoopCtx {
         }
     }
 
-    /// Drops a callback that will never run (see [`LoopShared::discard`]).
-    fn discard(&self, cb: ReadyCallback) {
-        self.lp.discard(cb);
-    }
-
     /// Runs the callbacks that are ready now (not those they schedule: asyncio's rule).
     fn run_ready(&self) -> bool {
         let n = self.ready.borrow().len();
@@ -654,7 +649,7 @@ impl LoopCtx {
             let next = self.ready.borrow_mut().pop_front();
             let Some(cb) = next else { break };
             if cb.is_cancelled() {
-                self.discard(cb);
+                self.lp.discard(cb);
                 continue;
             }
             self.invoke(cb);
@@ -823,7 +818,7 @@ impl LoopCtx {
     /// announcement, the callback waited for the next wake, perhaps forever.
     fn drop_cancelled_first_timers(&self) {
         while let Some(cancelled) = self.pop_timer_if(|t| t.callback.is_cancelled()) {
-            self.discard(cancelled.callback);
+            self.lp.discard(cancelled.callback);
         }
     }
 
@@ -1088,7 +1083,7 @@ impl LoopCtx {
                 if !cb.is_cancelled() {
                     never_ran += 1;
                 }
-                self.discard(cb);
+                self.lp.discard(cb);
             }
         }
     }

@@ -549,17 +549,17 @@ impl Runtime {
                 );
             }
             let all_exited = rt.exited.load(Ordering::Acquire) >= workers;
-            // The loop threads in the order of their loops, then the monitor.
+            // The loop threads in the order of their loops, then the monitor (`build`).
             for (index, handle) in self.threads.lock().drain(..).enumerate() {
                 let name = handle.thread().name().unwrap_or("?").to_owned();
-                let is_monitor = name.ends_with("-monitor");
-                if all_exited || handle.is_finished() || is_monitor {
+                let its_loop = rt.loops.get(index); // None: the monitor
+                if all_exited || handle.is_finished() || its_loop.is_none() {
                     if let Err(payload) = handle.join() {
                         let panic = Error::from_panic(payload);
                         died.push(format!("{name} ({})", panic.message().unwrap_or("?")));
                         // A dead loop never closed: close it here, so that what is sent to
                         // it fails with Closed instead of waiting for nothing.
-                        if let Some(lp) = rt.loops.get(index).filter(|_| !is_monitor) {
+                        if let Some(lp) = its_loop {
                             lp.close_inbox_elsewhere();
                             lp.set_state(LoopState::Closed);
                         }
