@@ -13,7 +13,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{runtime, WAIT};
+use common::{runtime, SchedulesWhenDropped, WAIT};
 
 /// The text of a caught panic payload.
 fn panic_text(payload: Box<dyn std::any::Any + Send>) -> String {
@@ -495,16 +495,6 @@ fn a_panicking_destructor_dropped_as_a_task_finishes_is_reported() {
     }
 }
 
-/// A value whose destructor schedules a callback owning a [`PanicsWhenDropped`] on the
-/// running loop.
-struct SchedulesWhenDropped;
-
-impl Drop for SchedulesWhenDropped {
-    fn drop(&mut self) {
-        braid::call_soon(owning(PanicsWhenDropped));
-    }
-}
-
 /// Callbacks still queued when their loop closes are dropped unrun, and so are those their
 /// destructors schedule meanwhile; a destructor that panics then is reported too, and the
 /// loop closes.
@@ -517,7 +507,8 @@ fn a_panicking_destructor_of_a_callback_left_at_close_is_reported_and_the_loop_c
         .run_coroutine_threadsafe(async {
             // Far off: still waiting when the loop closes.
             braid::call_later(Duration::from_secs(3600), owning(PanicsWhenDropped));
-            let later = SchedulesWhenDropped;
+            // Its destructor schedules a callback owning a `PanicsWhenDropped`.
+            let later = SchedulesWhenDropped::new(owning(PanicsWhenDropped));
             braid::call_later(Duration::from_secs(3600), move || drop(later));
             Ok(())
         })

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{runtime, WAIT};
+use common::{runtime, SchedulesWhenDropped, WAIT};
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
@@ -522,23 +522,6 @@ fn timers_never_fire_early_on_a_worker_loop() {
         );
     }
     rt.shutdown(WAIT).unwrap();
-}
-
-/// Schedules its action on the running loop when dropped.
-struct SchedulesWhenDropped(Option<Box<dyn FnOnce() + Send>>);
-
-impl SchedulesWhenDropped {
-    fn new(action: impl FnOnce() + Send + 'static) -> SchedulesWhenDropped {
-        SchedulesWhenDropped(Some(Box::new(action)))
-    }
-}
-
-impl Drop for SchedulesWhenDropped {
-    fn drop(&mut self) {
-        if let Some(action) = self.0.take() {
-            braid::call_soon(action);
-        }
-    }
 }
 
 /// A cancelled timer left at the top of the heap is dropped when its loop is about to sleep.

@@ -157,3 +157,20 @@ pub(crate) fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> boo
     }
     cond()
 }
+
+/// Schedules its action on the running loop when dropped.
+pub(crate) struct SchedulesWhenDropped(Option<Box<dyn FnOnce() + Send>>);
+
+impl SchedulesWhenDropped {
+    pub(crate) fn new(action: impl FnOnce() + Send + 'static) -> SchedulesWhenDropped {
+        SchedulesWhenDropped(Some(Box::new(action)))
+    }
+}
+
+impl Drop for SchedulesWhenDropped {
+    fn drop(&mut self) {
+        if let Some(action) = self.0.take() {
+            braid::call_soon(action);
+        }
+    }
+}
