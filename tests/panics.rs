@@ -580,13 +580,19 @@ impl Drop for StopsWhenDropped {
 /// host loop's exception handler, with the unrun callbacks counted, and the shutdown returns.
 #[test]
 fn a_panicking_destructor_of_a_callback_left_for_another_host_loop_is_reported_at_shutdown() {
-    let rt = runtime(1);
-    let host = thread::scope(|s| {
-        s.spawn(|| rt.run_until_complete(async { Ok(braid::get_running_loop()) }))
-            .join()
-            .unwrap()
-    })
-    .unwrap();
+    let rt = Arc::new(runtime(1));
+    let (host_tx, host_rx) = mpsc::channel();
+    let (shut_tx, shut_rx) = mpsc::channel::<()>();
+    let host_rt = rt.clone();
+    // The host's thread outlives the shutdown: its exit would close the loop itself.
+    let host_thread = thread::spawn(move || {
+        let host = host_rt.run_until_complete(async { Ok(braid::get_running_loop()) });
+        drop(host_rt);
+        host_tx.send(host.unwrap()).unwrap();
+        shut_rx.recv().unwrap();
+    });
+    let host = host_rx.recv().unwrap();
+    let rt = Arc::try_unwrap(rt).expect("the host's thread let go of the runtime");
     let reports = collect_reports(&host);
     host.call_soon_threadsafe(owning(PanicsWhenDropped))
         .unwrap();
@@ -608,6 +614,45 @@ fn a_panicking_destructor_of_a_callback_left_for_another_host_loop_is_reported_a
             .any(|r| r.message.contains("2 callback(s) that never ran")),
         "the unrun callbacks were counted: {reports:?}"
     );
+    shut_tx.send(()).unwrap();
+    host_thread.join().unwrap();
+}
+
+/// A host loop's thread that exits closes the loop (nothing can run it again): the timers
+/// it still held are dropped there, a destructor's panic is reported to the loop's exception
+/// handler, and they are counted as never run. (They were dropped with the thread's
+/// thread-locals, where a panic aborts the process.)
+#[test]
+fn a_panicking_destructor_left_on_a_host_loop_is_reported_when_its_thread_exits() {
+    let rt = runtime(1);
+    let reports = thread::scope(|s| {
+        s.spawn(|| {
+            rt.run_until_complete(async {
+                let reports = collect_reports(&braid::get_running_loop());
+                braid::call_later(Duration::from_secs(3600), owning(PanicsWhenDropped));
+                braid::call_later(Duration::from_secs(3600), || {});
+                Ok(reports)
+            })
+        })
+        .join()
+        .unwrap()
+    })
+    .unwrap();
+    let reports = reports.lock().unwrap();
+    assert!(
+        reports
+            .iter()
+            .any(|r| r.message.contains("destructor") && r.error == destructor_broke()),
+        "the destructor's panic was reported: {reports:?}"
+    );
+    assert!(
+        reports
+            .iter()
+            .any(|r| r.message.contains("2 callback(s) that never ran")),
+        "the unrun callbacks were counted: {reports:?}"
+    );
+    drop(reports);
+    rt.shutdown(WAIT).unwrap();
 }
 
 /// Set in the child process of

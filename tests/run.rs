@@ -346,6 +346,77 @@ fn spawn_local_on_a_worker_loop_stays_on_that_loop() {
     rt.shutdown(WAIT).unwrap();
 }
 
+/// A host loop closes when its thread exits, since nothing can run it after that: the task
+/// pinned there finishes Cancelled, so whoever awaits it is not left waiting, and a callback
+/// sent to the loop afterwards fails with Closed instead of waiting for a thread that is gone.
+/// The runtime runs on.
+#[test]
+fn a_host_loop_closes_when_its_thread_exits() {
+    let rt = runtime(1);
+    let (host, pinned) = thread::scope(|s| {
+        s.spawn(|| {
+            rt.run_until_complete(async {
+                let pinned = braid::spawn_local(async {
+                    braid::sleep(Duration::from_secs(3600)).await?;
+                    Ok(1)
+                });
+                Ok((braid::get_running_loop(), pinned))
+            })
+        })
+        .join()
+        .unwrap()
+    })
+    .unwrap();
+    assert_eq!(host.state(), braid::LoopState::Closed);
+    let refused = host.call_soon_threadsafe(|| {}).unwrap_err();
+    assert_eq!(refused.kind(), ErrorKind::Closed, "{refused:?}");
+    let lp = rt.event_loop();
+    let joined = lp
+        .run_coroutine_threadsafe(pinned)
+        .unwrap()
+        .result(Some(WAIT))
+        .unwrap_err();
+    assert!(joined.is_cancelled(), "{joined:?}");
+    assert_eq!(joined.message(), Some("the event loop closed"));
+    let after = lp.run_coroutine_threadsafe(async { Ok(2) }).unwrap();
+    assert_eq!(after.result(Some(WAIT)).unwrap(), 2);
+    rt.shutdown(WAIT).unwrap();
+}
+
+/// A runtime used from a thread-local's destructor, after the thread's host loops closed at
+/// its exit: `run_until_complete` is an InvalidState error, and `shutdown` works. (Both looked
+/// for the thread's loop in thread-locals that were gone, which panicked, and a panic there
+/// aborts the process.)
+#[test]
+fn a_runtime_used_in_a_thread_local_destructor_after_the_host_loops_closed() {
+    type Outcomes = (braid::Result<i32>, braid::Result<()>);
+    struct AtExit(Option<braid::Runtime>, std::sync::mpsc::Sender<Outcomes>);
+    impl Drop for AtExit {
+        fn drop(&mut self) {
+            let rt = self.0.take().unwrap();
+            let run = rt.run_until_complete(async { Ok(1) });
+            let _ = self.1.send((run, rt.shutdown(WAIT)));
+        }
+    }
+    thread_local! {
+        static AT_EXIT: RefCell<Option<AtExit>> = const { RefCell::new(None) };
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        // Used before the thread's first run, so destroyed after its host loops: thread-locals
+        // are destroyed in the reverse order of their first use.
+        AT_EXIT.with(|d| assert!(d.borrow().is_none()));
+        let rt = runtime(1);
+        assert_eq!(rt.run_until_complete(async { Ok(2) }).unwrap(), 2);
+        AT_EXIT.with(|d| *d.borrow_mut() = Some(AtExit(Some(rt), tx)));
+    })
+    .join()
+    .unwrap();
+    let (run, shutdown) = rx.recv_timeout(WAIT).unwrap();
+    assert_eq!(run.unwrap_err().kind(), ErrorKind::InvalidState);
+    shutdown.unwrap();
+}
+
 /// The host loop reports `is_running()` while `run_until_complete` drives it, and not
 /// after it returns (asyncio's `loop.is_running()`).
 #[test]

@@ -20,16 +20,24 @@ thread_local! {
     static TASK: Cell<Option<NonNull<Header>>> = const { Cell::new(None) };
 }
 
-/// The loop this thread is running, if any.
+/// The loop this thread is running, if any (none once the thread's context is gone, in a
+/// thread-local's destructor as the thread exits).
 #[inline]
 pub(crate) fn current_loop() -> Option<Rc<LoopCtx>> {
-    LOOP.with(|l| l.borrow().clone())
+    LOOP.try_with(|l| l.borrow().clone()).ok().flatten()
 }
 
 /// Makes `ctx` this thread's loop until the guard drops.
 pub(crate) fn enter_loop(ctx: Rc<LoopCtx>) -> LoopGuard {
     let previous = LOOP.with(|l| l.borrow_mut().replace(ctx));
     LoopGuard { previous }
+}
+
+/// As [`enter_loop`], or `None` once this thread's context is gone (in a thread-local's
+/// destructor as the thread exits, after the context's own).
+pub(crate) fn try_enter_loop(ctx: Rc<LoopCtx>) -> Option<LoopGuard> {
+    let previous = LOOP.try_with(|l| l.borrow_mut().replace(ctx)).ok()?;
+    Some(LoopGuard { previous })
 }
 
 pub(crate) struct LoopGuard {
@@ -39,7 +47,8 @@ pub(crate) struct LoopGuard {
 impl Drop for LoopGuard {
     fn drop(&mut self) {
         let previous = self.previous.take();
-        LOOP.with(|l| *l.borrow_mut() = previous);
+        // `try_with`: a guard from `try_enter_loop` may drop as the thread exits.
+        let _ = LOOP.try_with(|l| *l.borrow_mut() = previous);
     }
 }
 

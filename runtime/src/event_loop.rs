@@ -24,6 +24,7 @@ use std::collections::{BinaryHeap, VecDeque};
 use std::fmt;
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -1066,6 +1067,26 @@ impl LoopCtx {
         never_ran += self.discard_unrun(Vec::new());
         self.lp.report_never_ran(never_ran);
         self.lp.set_state(LoopState::Closed);
+    }
+
+    /// Closes this host loop as its thread exits (see `runtime::HostLoops`). That runs in a
+    /// thread-local's destructor, where a panic aborts the process: `close` catches the
+    /// user's destructors' panics itself, and anything else is caught here and written to
+    /// stderr.
+    pub(crate) fn close_at_thread_exit(self: &Rc<Self>) {
+        let closing = catch_unwind(AssertUnwindSafe(|| {
+            // What the destructors schedule lands in this loop's queues, which `close` then
+            // empties; without a context left, they fail as off any loop.
+            let _entered = context::try_enter_loop(self.clone());
+            self.close();
+        }));
+        if let Err(payload) = closing {
+            let error = Error::from_panic(payload);
+            braid_bridge::report_to_stderr(format_args!(
+                "braid: closing host loop {} as its thread exits: {error}",
+                self.lp.id
+            ));
+        }
     }
 
     /// Closing: discards `unrun` and every callback in the ready queue and the timers, until

@@ -270,8 +270,33 @@ pub struct Runtime {
 }
 
 thread_local! {
-    /// This thread's host loops, one per runtime it has driven.
-    static HOSTS: RefCell<Vec<Rc<LoopCtx>>> = const { RefCell::new(Vec::new()) };
+    /// This thread's host loops, one per runtime it has driven; closed when it exits.
+    static HOSTS: HostLoops = const { HostLoops(RefCell::new(Vec::new())) };
+}
+
+/// A thread's host loops. Once their thread is gone nothing can run them, so its exit closes
+/// each, as `shutdown` closes its caller's: the tasks pinned there finish Cancelled (whoever
+/// awaits them is not left waiting), the callbacks and timers left are dropped and counted,
+/// and a callback sent to the loop later fails with Closed instead of being queued for nobody.
+/// They used to go with the thread-local itself, where a destructor's panic aborts the
+/// process.
+struct HostLoops(RefCell<Vec<Rc<LoopCtx>>>);
+
+impl Drop for HostLoops {
+    fn drop(&mut self) {
+        for host in self.0.get_mut().drain(..) {
+            host.close_at_thread_exit();
+        }
+    }
+}
+
+/// `run_until_complete` or `run_forever` from a thread-local's destructor, once the thread's
+/// host loops (or its loop context) are gone.
+fn thread_exiting_error() -> Error {
+    Error::new(
+        ErrorKind::InvalidState,
+        "run_until_complete/run_forever called as the thread exits: its host loops are closed",
+    )
 }
 
 impl Runtime {
@@ -308,6 +333,12 @@ impl Runtime {
     /// assert_eq!(v, 6);
     /// ```
     ///
+    /// The calling thread's *host loop* for this runtime runs `fut`, the tasks it pins there
+    /// with `spawn_local` and its callbacks, while this call lasts; what is left runs in the
+    /// thread's next call. When the thread exits, its host loops close: their pinned tasks
+    /// finish Cancelled, their callbacks are dropped, and a callback sent to them with
+    /// [`EventLoop::call_soon_threadsafe`] fails with Closed.
+    ///
     /// # Errors
     ///
     /// Whatever `fut` returns; `InvalidState` at once if called on a loop thread (it would
@@ -317,7 +348,7 @@ impl Runtime {
         F: Future<Output = Result<T>>,
     {
         let host = self.enter_host()?;
-        let _guard = context::enter_loop(host.clone());
+        let _guard = context::try_enter_loop(host.clone()).ok_or_else(thread_exiting_error)?;
         host.lp.running.store(true, Ordering::Release);
         let _running = ClearOnDrop(&host.lp.running);
 
@@ -381,7 +412,7 @@ impl Runtime {
     /// As [`run_until_complete`](Runtime::run_until_complete), without the future's.
     pub fn run_forever(&self) -> Result<()> {
         let host = self.enter_host()?;
-        let _guard = context::enter_loop(host.clone());
+        let _guard = context::try_enter_loop(host.clone()).ok_or_else(thread_exiting_error)?;
         host.lp.running.store(true, Ordering::Release);
         let _running = ClearOnDrop(&host.lp.running);
         let stop = &self.shared.stop_requested;
@@ -409,8 +440,8 @@ impl Runtime {
         if self.shared.registry.is_closed() {
             return Err(closed_error());
         }
-        HOSTS.with(|hosts| {
-            let mut hosts = hosts.borrow_mut();
+        let entered = HOSTS.try_with(|hosts| {
+            let mut hosts = hosts.0.borrow_mut();
             if let Some(ctx) = hosts.iter().find(|c| c.rt.id == self.shared.id) {
                 return Ok(ctx.clone());
             }
@@ -420,7 +451,9 @@ impl Runtime {
             let ctx = Rc::new(LoopCtx::new(self.shared.clone(), lp, None));
             hosts.push(ctx.clone());
             Ok(ctx)
-        })
+        });
+        // Gone: this runs in a thread-local's destructor as the thread exits.
+        entered.unwrap_or_else(|_| Err(thread_exiting_error()))
     }
 
     /// The first worker loop.
@@ -489,7 +522,11 @@ impl Runtime {
         for task in rt.registry.snapshot() {
             crate::task::TaskRef::from_raw(task).cancel_with(cancel_message().unwrap_or_default());
         }
-        let host = HOSTS.with(|h| h.borrow().iter().find(|c| c.rt.id == rt.id).cloned());
+        // (None as the thread exits: its host loops close themselves.)
+        let host = HOSTS
+            .try_with(|h| h.0.borrow().iter().find(|c| c.rt.id == rt.id).cloned())
+            .ok()
+            .flatten();
         // Wait for the cancelled tasks, driving our own host loop (tasks pinned to it only
         // run here).
         while rt.registry.len() > 0 && !on_own_loop {
@@ -604,7 +641,7 @@ impl Runtime {
         if let Some(host) = host {
             let _g = (context::current_loop().is_none()).then(|| context::enter_loop(host.clone()));
             host.close();
-            HOSTS.with(|h| h.borrow_mut().retain(|c| c.rt.id != rt.id));
+            let _ = HOSTS.try_with(|h| h.0.borrow_mut().retain(|c| c.rt.id != rt.id));
         }
         // Out of the hosts' lock before their callbacks drop: the destructors are the user's.
         let others: Vec<_> = rt.hosts.lock().iter().filter_map(|h| h.upgrade()).collect();
