@@ -456,3 +456,57 @@ fn create_task_during_shutdown_returns_a_closed_task() {
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Closed);
 }
+
+/// A task pinned to another thread's host loop that the thread is not running is not waited
+/// for: only that thread could run its cleanup, and it cannot run the loop once the runtime is
+/// shut down. The shutdown returns at once, reports the task to that loop's exception handler,
+/// and the task finishes, Cancelled, when the thread exits, where a foreign thread joining it
+/// settles. (The shutdown used to wait out its whole timeout and then fail, naming the task.)
+#[test]
+fn a_task_pinned_to_another_threads_idle_host_loop_is_left_to_that_thread() {
+    let rt = Arc::new(runtime(1));
+    let (pinned_tx, pinned_rx) = mpsc::channel();
+    let (exit_tx, exit_rx) = mpsc::channel::<()>();
+    let in_thread = rt.clone();
+    let host_thread = thread::spawn(move || {
+        let pinned = in_thread.run_until_complete(async {
+            let pinned = braid::spawn_local(async {
+                braid::sleep(LONG).await?;
+                Ok(())
+            });
+            Ok((braid::get_running_loop(), pinned))
+        });
+        drop(in_thread);
+        pinned_tx.send(pinned.unwrap()).unwrap();
+        exit_rx.recv().unwrap();
+    });
+    let (host, pinned) = pinned_rx.recv().unwrap();
+    let reports = Arc::new(Mutex::new(Vec::new()));
+    let seen = reports.clone();
+    host.set_exception_handler(move |ctx| seen.lock().unwrap().push(ctx.message.clone()));
+    let rt = Arc::try_unwrap(rt).expect("the host's thread let go of the runtime");
+
+    let timeout = Duration::from_secs(60);
+    let started = Instant::now();
+    rt.shutdown(timeout).unwrap();
+    assert!(started.elapsed() < timeout / 2, "{:?}", started.elapsed());
+    let name = pinned.name();
+    let reports = reports.lock().unwrap().clone();
+    assert!(
+        reports
+            .iter()
+            .any(|m| m.contains("finish when that thread exits") && m.contains(&name)),
+        "{reports:?}"
+    );
+    assert!(!pinned.done());
+
+    let (joined_tx, joined_rx) = mpsc::channel();
+    thread::spawn(move || {
+        let _ = joined_tx.send(futures::executor::block_on(pinned));
+    });
+    exit_tx.send(()).unwrap();
+    host_thread.join().unwrap();
+    let joined = joined_rx.recv_timeout(WAIT).unwrap().unwrap_err();
+    assert!(joined.is_cancelled(), "{joined:?}");
+    assert_eq!(joined.message(), Some("the event loop closed"));
+}

@@ -349,11 +349,6 @@ impl<P: Registrant> Registry<P> {
         all.sort_by_key(Registrant::order);
         all
     }
-
-    /// How many registered tasks have not finished.
-    pub(crate) fn len(&self) -> usize {
-        self.snapshot().len()
-    }
 }
 
 /// A stand-in task for the registry's tests and loom models (the shim's types: std's

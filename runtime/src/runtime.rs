@@ -238,7 +238,8 @@ impl Drop for CountExit<'_> {
 /// `run_until_complete` and `run_forever` drive a future on the calling thread, which acts as
 /// one more loop while they run (so the future need not be `Send` or `'static`). Tasks it
 /// creates go to the shared pool; callbacks and `spawn_local` tasks created on it stay pinned
-/// to it and wait, as in asyncio, until the runtime is run again from that thread.
+/// to it and wait, as in asyncio, until the runtime is run again from that thread, or until
+/// the thread exits, which closes that loop.
 ///
 /// Dropping a runtime shuts it down with a default timeout of 5 s.
 ///
@@ -287,6 +288,30 @@ impl Drop for HostLoops {
         for host in self.0.get_mut().drain(..) {
             host.close_at_thread_exit();
         }
+    }
+}
+
+/// Reports, to each host loop's exception handler, the tasks pinned to it that a shutdown
+/// could not finish: their loop's thread is not running it, and they finish when it exits.
+fn report_left_to_their_threads(tasks: &[TaskPtr]) {
+    let mut by_loop: Vec<(&Arc<LoopShared>, Vec<String>)> = Vec::new();
+    for task in tasks {
+        let Some(home) = &task.header().home else {
+            continue;
+        };
+        match by_loop.iter_mut().find(|(lp, _)| Arc::ptr_eq(lp, home)) {
+            Some((_, names)) => names.push(task.header().name()),
+            None => by_loop.push((home, vec![task.header().name()])),
+        }
+    }
+    for (lp, names) in by_loop {
+        lp.report(&crate::ExceptionContext::new(format!(
+            "shutdown: {} task(s) pinned to host loop {}, whose thread is not running it, finish \
+             when that thread exits: {}",
+            names.len(),
+            lp.id,
+            names.join(", ")
+        )));
     }
 }
 
@@ -490,6 +515,12 @@ impl Runtime {
     /// to `timeout` for them, stops and joins the loop threads, and finishes whatever is left
     /// so that no waiter hangs.
     ///
+    /// Tasks pinned to another thread's host loop (its `spawn_local` tasks) run only on that
+    /// thread, which cannot run the loop again once the runtime shuts down. The shutdown
+    /// waits for them only while that thread is running the loop; the others are reported to
+    /// the loop's exception handler and finish, Cancelled, when the thread exits (see
+    /// [`run_until_complete`](Runtime::run_until_complete)).
+    ///
     /// ```
     /// use std::time::Duration;
     /// let rt = braid_runtime::Runtime::builder().workers(2).build().unwrap();
@@ -528,8 +559,16 @@ impl Runtime {
             .ok()
             .flatten();
         // Wait for the cancelled tasks, driving our own host loop (tasks pinned to it only
-        // run here).
-        while rt.registry.len() > 0 && !on_own_loop {
+        // run here). Not for those pinned to another thread's host loop that is not running:
+        // only that thread could run their cleanup, and it cannot run the loop again now.
+        let may_finish = |task: &TaskPtr| match &task.header().home {
+            Some(home) if home.is_host => {
+                home.running.load(Ordering::Acquire)
+                    || host.as_ref().is_some_and(|h| Arc::ptr_eq(&h.lp, home))
+            }
+            _ => true,
+        };
+        while !on_own_loop && rt.registry.snapshot().iter().any(may_finish) {
             let remaining = match deadline {
                 Some(d) => d.saturating_duration_since(Instant::now()),
                 None => Duration::from_millis(10),
@@ -548,12 +587,10 @@ impl Runtime {
                 _ => std::thread::park_timeout(slice),
             }
         }
-        let unfinished: Vec<String> = rt
-            .registry
-            .snapshot()
-            .iter()
-            .map(|t| t.header().name())
-            .collect();
+        let (unfinished, left_to_their_threads): (Vec<TaskPtr>, Vec<TaskPtr>) =
+            rt.registry.snapshot().into_iter().partition(may_finish);
+        let unfinished: Vec<String> = unfinished.iter().map(|t| t.header().name()).collect();
+        report_left_to_their_threads(&left_to_their_threads);
 
         // Stop the loop threads.
         *rt.shutdown_waiter.lock() = Some(std::thread::current());
