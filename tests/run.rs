@@ -383,12 +383,13 @@ fn a_host_loop_closes_when_its_thread_exits() {
     rt.shutdown(WAIT).unwrap();
 }
 
-/// A runtime used from a thread-local's destructor, after the thread's host loops closed at
-/// its exit: `run_until_complete` is an InvalidState error, and `shutdown` works. (Both looked
-/// for the thread's loop in thread-locals that were gone, which panicked, and a panic there
-/// aborts the process.)
+/// A runtime used from a thread-local's destructor, once the thread's braid state is gone:
+/// `run_until_complete` is an InvalidState error, and `shutdown` works. Two ways in: the
+/// thread ran a loop before (its host loops have closed), or only spawned from outside one
+/// (its loop context is gone, its host loops never existed). Each looked the thread's loop up
+/// in a thread-local that was gone, which panicked, and a panic there aborts the process.
 #[test]
-fn a_runtime_used_in_a_thread_local_destructor_after_the_host_loops_closed() {
+fn a_runtime_used_in_a_thread_local_destructor_as_the_thread_exits() {
     type Outcomes = (braid::Result<i32>, braid::Result<()>);
     struct AtExit(Option<braid::Runtime>, std::sync::mpsc::Sender<Outcomes>);
     impl Drop for AtExit {
@@ -401,20 +402,29 @@ fn a_runtime_used_in_a_thread_local_destructor_after_the_host_loops_closed() {
     thread_local! {
         static AT_EXIT: RefCell<Option<AtExit>> = const { RefCell::new(None) };
     }
-    let (tx, rx) = std::sync::mpsc::channel();
-    thread::spawn(move || {
-        // Used before the thread's first run, so destroyed after its host loops: thread-locals
-        // are destroyed in the reverse order of their first use.
-        AT_EXIT.with(|d| assert!(d.borrow().is_none()));
-        let rt = runtime(1);
+    let ran_a_loop = |rt: &braid::Runtime| {
         assert_eq!(rt.run_until_complete(async { Ok(2) }).unwrap(), 2);
-        AT_EXIT.with(|d| *d.borrow_mut() = Some(AtExit(Some(rt), tx)));
-    })
-    .join()
-    .unwrap();
-    let (run, shutdown) = rx.recv_timeout(WAIT).unwrap();
-    assert_eq!(run.unwrap_err().kind(), ErrorKind::InvalidState);
-    shutdown.unwrap();
+    };
+    let spawned_only = |rt: &braid::Runtime| {
+        let task = rt.event_loop().spawn(async { Ok(()) }).unwrap();
+        drop(task);
+    };
+    for first_use in [ran_a_loop, spawned_only] {
+        let (tx, rx) = std::sync::mpsc::channel();
+        thread::spawn(move || {
+            // Used before braid's own thread-locals, so destroyed after them: thread-locals
+            // are destroyed in the reverse order of their first use.
+            AT_EXIT.with(|d| assert!(d.borrow().is_none()));
+            let rt = runtime(1);
+            first_use(&rt);
+            AT_EXIT.with(|d| *d.borrow_mut() = Some(AtExit(Some(rt), tx)));
+        })
+        .join()
+        .unwrap();
+        let (run, shutdown) = rx.recv_timeout(WAIT).unwrap();
+        assert_eq!(run.unwrap_err().kind(), ErrorKind::InvalidState);
+        shutdown.unwrap();
+    }
 }
 
 /// The host loop reports `is_running()` while `run_until_complete` drives it, and not

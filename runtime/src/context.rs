@@ -27,6 +27,12 @@ pub(crate) fn current_loop() -> Option<Rc<LoopCtx>> {
     LOOP.try_with(|l| l.borrow().clone()).ok().flatten()
 }
 
+/// True once this thread's loop context is gone (in a thread-local's destructor as the
+/// thread exits): no loop can run on it any more.
+pub(crate) fn loop_context_gone() -> bool {
+    LOOP.try_with(|_| ()).is_err()
+}
+
 /// Makes `ctx` this thread's loop until the guard drops.
 pub(crate) fn enter_loop(ctx: Rc<LoopCtx>) -> LoopGuard {
     let previous = LOOP.with(|l| l.borrow_mut().replace(ctx));

@@ -465,6 +465,10 @@ impl Runtime {
         if self.shared.registry.is_closed() {
             return Err(closed_error());
         }
+        // Refused before a host is made: one made now could never run, nor be closed.
+        if context::loop_context_gone() {
+            return Err(thread_exiting_error());
+        }
         let entered = HOSTS.try_with(|hosts| {
             let mut hosts = hosts.0.borrow_mut();
             if let Some(ctx) = hosts.iter().find(|c| c.rt.id == self.shared.id) {
@@ -577,14 +581,17 @@ impl Runtime {
                 break;
             }
             let slice = remaining.min(Duration::from_millis(5));
-            match &host {
-                Some(host) if context::current_loop().is_none() => {
-                    let _g = context::enter_loop(host.clone());
+            let entered = host
+                .as_ref()
+                .filter(|_| context::current_loop().is_none())
+                .and_then(|host| Some((host, context::try_enter_loop(host.clone())?)));
+            match entered {
+                Some((host, _entered)) => {
                     if !host.run_once() {
                         host.park_host(&|| false, Some(slice));
                     }
                 }
-                _ => std::thread::park_timeout(slice),
+                None => std::thread::park_timeout(slice),
             }
         }
         let (unfinished, left_to_their_threads): (Vec<TaskPtr>, Vec<TaskPtr>) =
@@ -676,7 +683,9 @@ impl Runtime {
             }
         }
         if let Some(host) = host {
-            let _g = (context::current_loop().is_none()).then(|| context::enter_loop(host.clone()));
+            let _g = (context::current_loop().is_none())
+                .then(|| context::try_enter_loop(host.clone()))
+                .flatten();
             host.close();
             let _ = HOSTS.try_with(|h| h.0.borrow_mut().retain(|c| c.rt.id != rt.id));
         }
