@@ -176,15 +176,18 @@ impl State {
         debug_assert!(prev & COMPLETE == 0, "completed twice");
     }
 
-    /// Takes the RUNNING bit of a task that is not running, not queued and not complete, so
-    /// a shutdown can drop its future from outside a loop. Returns false if it could not.
+    /// Takes the RUNNING bit of a task that is neither running nor complete, so that a
+    /// closing loop or a shutdown can drop its future from outside a poll. Returns false if
+    /// it is running or complete. A SCHEDULED task is claimed too: its callers run when no
+    /// loop will pop it meanwhile (a closing loop's own tasks, whose wakes its closed inbox
+    /// dropped; a shutdown's, once the loops stopped), and an entry popped later finds it
+    /// complete. A wake that changes the word meanwhile does not make it give up
+    /// (`claim_races_wake`).
     pub(crate) fn try_claim_idle(&self) -> bool {
-        let cur = self.0.load(Ordering::Acquire);
-        if cur & (RUNNING | COMPLETE) != 0 {
-            return false;
-        }
         self.0
-            .compare_exchange(cur, cur | RUNNING, Ordering::AcqRel, Ordering::Acquire)
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |cur| {
+                (cur & (RUNNING | COMPLETE) == 0).then_some(cur | RUNNING)
+            })
             .is_ok()
     }
 }
@@ -267,6 +270,28 @@ mod loom_tests {
             aborter.join().unwrap();
             assert_eq!(queued.load(Ordering::SeqCst), 1);
             assert_eq!(state.start_run(), RunAction::Abort);
+        });
+    }
+
+    /// A wake racing the claim of an idle task (a closing loop or a shutdown finishing it
+    /// from outside): the claim succeeds whether the wake came first, last or between its
+    /// read and its write. A claim that gave up there left the task unfinished for good: the
+    /// wake went to a loop that had closed (`LoopCtx::close`).
+    #[test]
+    fn claim_races_wake() {
+        loom::model(|| {
+            let state = Arc::new(State::new_scheduled());
+            assert_eq!(state.start_run(), RunAction::Poll);
+            assert_eq!(state.end_poll_pending(), IdleAction::Idle);
+            let s2 = state.clone();
+            let waker = thread::spawn(move || {
+                let _ = s2.wake();
+            });
+            assert!(
+                state.try_claim_idle(),
+                "an idle task is claimed, woken or not"
+            );
+            waker.join().unwrap();
         });
     }
 
