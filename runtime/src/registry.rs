@@ -327,6 +327,15 @@ impl<P: Registrant> Registry<P> {
         }
     }
 
+    /// True once `close` has run, read under a shard lock, which `close` takes after setting
+    /// the flag. So when this returns false, whoever called `close` sees afterwards what the
+    /// caller wrote before (a host loop's `running`, which a shutdown reads): see the model
+    /// `a_host_starting_to_run_is_refused_or_waited_for`.
+    pub(crate) fn is_closed_synced(&self) -> bool {
+        let _shard = self.shards[self.shared_shard()].slab.lock();
+        self.closed.load(Ordering::Acquire)
+    }
+
     /// True once `close` has run.
     pub(crate) fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
@@ -478,6 +487,28 @@ mod loom_models {
             assert_eq!(Arc::strong_count(&b.0), 1);
             let live: Vec<u64> = registry.snapshot().iter().map(|t| t.0.id).collect();
             assert_eq!(live, vec![5]);
+        });
+    }
+
+    /// A host loop starting to run as the runtime shuts down (`Runtime::run_until_complete`
+    /// against `Runtime::shutdown`): the host marks itself running, then reads the flag
+    /// under a shard lock; the shutdown closes the registry (which takes every shard lock),
+    /// then reads whether the host runs. One of them sees the other: the host refuses to
+    /// run, or the shutdown waits for the tasks pinned to it.
+    #[test]
+    fn a_host_starting_to_run_is_refused_or_waited_for() {
+        loom::model(|| {
+            let registry = Arc::new(Registry::<Ptr>::new(1));
+            let running = Arc::new(braid_bridge::sync::atomic::AtomicBool::new(false));
+            let (r2, running2) = (registry.clone(), running.clone());
+            let host = loom::thread::spawn(move || {
+                running2.store(true, Ordering::Relaxed);
+                r2.is_closed_synced()
+            });
+            registry.close();
+            let waited_for = running.load(Ordering::Relaxed);
+            let refused = host.join().unwrap();
+            assert!(refused || waited_for, "the host ran unseen by the shutdown");
         });
     }
 }

@@ -362,7 +362,8 @@ impl Runtime {
     /// with `spawn_local` and its callbacks, while this call lasts; what is left runs in the
     /// thread's next call. When the thread exits, its host loops close: their pinned tasks
     /// finish Cancelled, their callbacks are dropped, and a callback sent to them with
-    /// [`EventLoop::call_soon_threadsafe`] fails with Closed.
+    /// [`EventLoop::call_soon_threadsafe`] fails with Closed. (Not the process's main thread:
+    /// its thread-locals are not destroyed when the process exits.)
     ///
     /// # Errors
     ///
@@ -376,6 +377,11 @@ impl Runtime {
         let _guard = context::try_enter_loop(host.clone()).ok_or_else(thread_exiting_error)?;
         host.lp.running.store(true, Ordering::Release);
         let _running = ClearOnDrop(&host.lp.running);
+        // Read after `running` is set: a shutdown either sees this loop running, and waits
+        // for the tasks pinned to it, or this sees it closed (see `is_closed_synced`).
+        if self.shared.registry.is_closed_synced() {
+            return Err(closed_error());
+        }
 
         let main_task = new_main_task(
             TaskId(next_task_id()),
@@ -440,6 +446,11 @@ impl Runtime {
         let _guard = context::try_enter_loop(host.clone()).ok_or_else(thread_exiting_error)?;
         host.lp.running.store(true, Ordering::Release);
         let _running = ClearOnDrop(&host.lp.running);
+        // Read after `running` is set: a shutdown either sees this loop running, and waits
+        // for the tasks pinned to it, or this sees it closed (see `is_closed_synced`).
+        if self.shared.registry.is_closed_synced() {
+            return Err(closed_error());
+        }
         let stop = &self.shared.stop_requested;
         while !stop.swap(false, Ordering::AcqRel) {
             if !host.run_once() {
@@ -523,7 +534,8 @@ impl Runtime {
     /// thread, which cannot run the loop again once the runtime shuts down. The shutdown
     /// waits for them only while that thread is running the loop; the others are reported to
     /// the loop's exception handler and finish, Cancelled, when the thread exits (see
-    /// [`run_until_complete`](Runtime::run_until_complete)).
+    /// [`run_until_complete`](Runtime::run_until_complete); not the process's main thread,
+    /// whose thread-locals are not destroyed when the process exits).
     ///
     /// ```
     /// use std::time::Duration;
