@@ -601,19 +601,7 @@ fn a_panicking_destructor_of_a_callback_left_for_another_host_loop_is_reported_a
     host.call_soon_threadsafe(move || drop(stops)).unwrap();
     let shutdown = catch_unwind(AssertUnwindSafe(|| rt.shutdown(WAIT)));
     assert!(matches!(shutdown, Ok(Ok(()))), "{shutdown:?}");
-    let reports = reports.lock().unwrap();
-    assert!(
-        reports
-            .iter()
-            .any(|r| r.message.contains("destructor") && r.error == destructor_broke()),
-        "the destructor's panic was reported: {reports:?}"
-    );
-    assert!(
-        reports
-            .iter()
-            .any(|r| r.message.contains("2 callback(s) that never ran")),
-        "the unrun callbacks were counted: {reports:?}"
-    );
+    assert_destructor_panic_and_two_unrun_reported(&reports.lock().unwrap());
     shut_tx.send(()).unwrap();
     host_thread.join().unwrap();
 }
@@ -638,7 +626,13 @@ fn a_panicking_destructor_left_on_a_host_loop_is_reported_when_its_thread_exits(
         .unwrap()
     })
     .unwrap();
-    let reports = reports.lock().unwrap();
+    assert_destructor_panic_and_two_unrun_reported(&reports.lock().unwrap());
+    rt.shutdown(WAIT).unwrap();
+}
+
+/// A closing loop's reports: a destructor's panic (of [`PanicsWhenDropped`]) and two
+/// callbacks counted as never run.
+fn assert_destructor_panic_and_two_unrun_reported(reports: &[Report]) {
     assert!(
         reports
             .iter()
@@ -651,8 +645,6 @@ fn a_panicking_destructor_left_on_a_host_loop_is_reported_when_its_thread_exits(
             .any(|r| r.message.contains("2 callback(s) that never ran")),
         "the unrun callbacks were counted: {reports:?}"
     );
-    drop(reports);
-    rt.shutdown(WAIT).unwrap();
 }
 
 /// Set in the child process of
