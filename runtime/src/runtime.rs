@@ -373,15 +373,8 @@ impl Runtime {
     where
         F: Future<Output = Result<T>>,
     {
-        let host = self.enter_host()?;
-        let _guard = context::try_enter_loop(host.clone()).ok_or_else(thread_exiting_error)?;
-        host.lp.running.store(true, Ordering::Release);
-        let _running = ClearOnDrop(&host.lp.running);
-        // Read after `running` is set: a shutdown either sees this loop running, and waits
-        // for the tasks pinned to it, or this sees it closed (see `is_closed_synced`).
-        if self.shared.registry.is_closed_synced() {
-            return Err(closed_error());
-        }
+        let driving = self.drive_host()?;
+        let host = &driving.host;
 
         let main_task = new_main_task(
             TaskId(next_task_id()),
@@ -442,15 +435,8 @@ impl Runtime {
     ///
     /// As [`run_until_complete`](Runtime::run_until_complete), without the future's.
     pub fn run_forever(&self) -> Result<()> {
-        let host = self.enter_host()?;
-        let _guard = context::try_enter_loop(host.clone()).ok_or_else(thread_exiting_error)?;
-        host.lp.running.store(true, Ordering::Release);
-        let _running = ClearOnDrop(&host.lp.running);
-        // Read after `running` is set: a shutdown either sees this loop running, and waits
-        // for the tasks pinned to it, or this sees it closed (see `is_closed_synced`).
-        if self.shared.registry.is_closed_synced() {
-            return Err(closed_error());
-        }
+        let driving = self.drive_host()?;
+        let host = &driving.host;
         let stop = &self.shared.stop_requested;
         while !stop.swap(false, Ordering::AcqRel) {
             if !host.run_once() {
@@ -458,6 +444,23 @@ impl Runtime {
             }
         }
         Ok(())
+    }
+
+    /// Enters this thread's host loop and marks it running, until the result drops.
+    fn drive_host(&self) -> Result<DrivingHost> {
+        let host = self.enter_host()?;
+        let entered = context::try_enter_loop(host.clone()).ok_or_else(thread_exiting_error)?;
+        host.lp.running.store(true, Ordering::Release);
+        let driving = DrivingHost {
+            host,
+            _entered: entered,
+        };
+        // Read after `running` is set: a shutdown either sees this loop running, and waits
+        // for the tasks pinned to it, or this sees it closed (see `is_closed_synced`).
+        if self.shared.registry.is_closed_synced() {
+            return Err(closed_error());
+        }
+        Ok(driving)
     }
 
     /// This thread's host loop for this runtime, created on first use.
@@ -749,11 +752,17 @@ impl fmt::Debug for Runtime {
     }
 }
 
-struct ClearOnDrop<'a>(&'a AtomicBool);
+/// A host loop that `run_until_complete` or `run_forever` drives: this thread's loop, marked
+/// running, until it drops.
+struct DrivingHost {
+    host: Rc<LoopCtx>,
+    _entered: context::LoopGuard,
+}
 
-impl Drop for ClearOnDrop<'_> {
+impl Drop for DrivingHost {
     fn drop(&mut self) {
-        self.0.store(false, Ordering::Release);
+        // Before the guard (a field) leaves the loop.
+        self.host.lp.running.store(false, Ordering::Release);
     }
 }
 
