@@ -596,10 +596,12 @@ impl Runtime {
                 break;
             }
             let slice = remaining.min(Duration::from_millis(5));
-            let entered = host
-                .as_ref()
-                .filter(|_| context::current_loop().is_none())
-                .and_then(|host| Some((host, context::try_enter_loop(host.clone())?)));
+            let entered = match &host {
+                Some(host) if context::current_loop().is_none() => {
+                    context::try_enter_loop(host.clone()).map(|guard| (host, guard))
+                }
+                _ => None,
+            };
             match entered {
                 Some((host, _entered)) => {
                     if !host.run_once() {
