@@ -510,3 +510,73 @@ fn a_task_pinned_to_another_threads_idle_host_loop_is_left_to_that_thread() {
     assert!(joined.is_cancelled(), "{joined:?}");
     assert_eq!(joined.message(), Some("the event loop closed"));
 }
+
+/// A shutdown that times out on a stuck loop finishes the tasks left in that loop's queue
+/// itself. If the loop comes unstuck while the shutdown is dropping one of them, the loop
+/// must leave that task alone, and go on to exit and close as a loop does. (It used to take up
+/// the task the shutdown was finishing, from another thread; a debug build's assertion caught
+/// it in the loop thread, which died there, unwinding instead of closing.)
+#[test]
+fn a_loop_coming_unstuck_skips_the_queued_task_a_shutdown_is_finishing() {
+    /// Says on drop whether its thread was unwinding from a panic.
+    struct TellOnDrop(mpsc::Sender<bool>);
+    impl Drop for TellOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.send(thread::panicking());
+        }
+    }
+    /// Dropped with the queued task's future, on the shutdown's thread: it lets the stuck
+    /// callback go on, then waits until the loop drops its timer (as it closes, or as its
+    /// thread unwinds).
+    struct UnstickOnDrop {
+        unstick: mpsc::Sender<()>,
+        timer_dropped: mpsc::Receiver<bool>,
+        timer_dropped_unwinding: Arc<Mutex<Option<bool>>>,
+    }
+    impl Drop for UnstickOnDrop {
+        fn drop(&mut self) {
+            let _ = self.unstick.send(());
+            *self.timer_dropped_unwinding.lock().unwrap() =
+                self.timer_dropped.recv_timeout(WAIT).ok();
+        }
+    }
+
+    let rt = runtime(1);
+    let (unstick_tx, unstick_rx) = mpsc::channel::<()>();
+    let (timer_dropped_tx, timer_dropped_rx) = mpsc::channel();
+    let timer_dropped_unwinding = Arc::new(Mutex::new(None));
+    let (queued_tx, queued_rx) = mpsc::channel();
+    let guard = UnstickOnDrop {
+        unstick: unstick_tx,
+        timer_dropped: timer_dropped_rx,
+        timer_dropped_unwinding: timer_dropped_unwinding.clone(),
+    };
+    let timer_guard = TellOnDrop(timer_dropped_tx);
+    // A stuck callback, not a stuck task: after a task the loop looks for messages (the
+    // shutdown's ring) before it takes up the next, but after its callbacks it goes straight
+    // on to its queued tasks.
+    rt.event_loop()
+        .call_soon_threadsafe(move || {
+            // A task queued on the only loop, and a timer that never fires.
+            let finishing = braid::create_task(async move {
+                let _guard = guard;
+                Ok(())
+            });
+            braid::call_later(LONG, move || drop(timer_guard));
+            queued_tx.send(finishing).unwrap();
+            // Stuck until the shutdown drops the task's future.
+            let _ = unstick_rx.recv_timeout(WAIT);
+        })
+        .unwrap();
+    let finishing = queued_rx.recv_timeout(WAIT).unwrap();
+
+    let err = rt.shutdown(Duration::from_millis(100)).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    assert_eq!(
+        *timer_dropped_unwinding.lock().unwrap(),
+        Some(false),
+        "the unstuck loop closed (dropping its timer), not unwinding from a panic"
+    );
+    let joined = join_from_foreign_thread(finishing, WAIT).expect("the finished task settled");
+    assert!(joined.unwrap_err().is_cancelled());
+}

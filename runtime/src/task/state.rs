@@ -5,7 +5,10 @@
 //! ```text
 //!  wake:     idle ──► SCHEDULED            (the waker that sets SCHEDULED pushes the task)
 //!            RUNNING ──► RUNNING|SCHEDULED (the runner re-queues it after the poll)
-//!  run:      SCHEDULED ──► RUNNING          (only from a queue pop)
+//!  run:      SCHEDULED ──► RUNNING          (only from a queue pop; skipped if COMPLETE, or
+//!                                          if RUNNING: claimed by a finisher)
+//!  claim:    not RUNNING ──► |RUNNING       (a closing loop or a shutdown finishing an idle
+//!                                          or queued task from outside a poll)
 //!  poll end: RUNNING ──► idle, or RUNNING|SCHEDULED ──► SCHEDULED and re-queued by the runner
 //!  complete: RUNNING ──► COMPLETE           (the future is dropped before this is published)
 //!  abort:    any ──► |ABORT, then a wake    (the runner drops the future on its own thread)
@@ -42,7 +45,8 @@ pub(crate) enum RunAction {
     Poll,
     /// Drop the future and finish the task as cancelled.
     Abort,
-    /// It completed already (a stale queue entry): drop the reference.
+    /// It completed already, or a finisher claimed it (a stale queue entry): drop the
+    /// reference.
     Skip,
 }
 
@@ -119,14 +123,13 @@ impl State {
     pub(crate) fn start_run(&self) -> RunAction {
         let mut cur = self.0.load(Ordering::Acquire);
         loop {
-            if cur & COMPLETE != 0 {
+            // RUNNING on a queued task: not a runner's (a runner re-queues only after its
+            // poll ends), but a closing loop's or a shutdown's that claimed it to finish it
+            // (`try_claim_idle`) and will complete it; this entry is stale.
+            if cur & (COMPLETE | RUNNING) != 0 {
                 return RunAction::Skip;
             }
             debug_assert!(cur & SCHEDULED != 0, "a queued task must be SCHEDULED");
-            debug_assert!(
-                cur & RUNNING == 0,
-                "a task must not be polled twice at once"
-            );
             let next = (cur & !SCHEDULED) | RUNNING;
             match self
                 .0
@@ -292,6 +295,47 @@ mod loom_tests {
                 "an idle task is claimed, woken or not"
             );
             waker.join().unwrap();
+        });
+    }
+
+    /// A queued task claimed by a finisher (a shutdown finishing the tasks a stuck loop left
+    /// queued) while the loop pops it: exactly one of them takes the future, never both at
+    /// once, and the task ends complete. The runner used to poll a task whose RUNNING bit a
+    /// claimer held.
+    #[test]
+    fn runner_skips_a_task_a_finisher_claimed() {
+        loom::model(|| {
+            let state = Arc::new(State::new_scheduled());
+            // Who is touching the future now, and who touched it at all.
+            let holders = Arc::new(Counter::new(0));
+            let touched = Arc::new(Counter::new(0));
+            let take_future = |holders: &Counter, touched: &Counter| {
+                assert_eq!(
+                    holders.fetch_add(1, Ordering::SeqCst),
+                    0,
+                    "the future is touched by one thread at a time"
+                );
+                touched.fetch_add(1, Ordering::SeqCst);
+                holders.fetch_sub(1, Ordering::SeqCst);
+            };
+            let (s2, h2, t2) = (state.clone(), holders.clone(), touched.clone());
+            let runner = thread::spawn(move || {
+                if s2.start_run() == RunAction::Poll {
+                    take_future(&h2, &t2);
+                    s2.complete();
+                }
+            });
+            if state.try_claim_idle() {
+                take_future(&holders, &touched);
+                state.complete();
+            }
+            runner.join().unwrap();
+            assert!(state.is_complete());
+            assert_eq!(
+                touched.load(Ordering::SeqCst),
+                1,
+                "one of them took the future"
+            );
         });
     }
 
