@@ -493,9 +493,9 @@ fn a_task_pinned_to_another_threads_idle_host_loop_is_left_to_that_thread() {
     let name = pinned.name();
     let reports = reports.lock().unwrap().clone();
     assert!(
-        reports
-            .iter()
-            .any(|m| m.contains("finish when that thread exits") && m.contains(&name)),
+        reports.iter().any(|m| m
+            .contains("finish when that thread next enters a host loop or exits")
+            && m.contains(&name)),
         "{reports:?}"
     );
     assert!(!pinned.done());
@@ -579,4 +579,57 @@ fn a_loop_coming_unstuck_skips_the_queued_task_a_shutdown_is_finishing() {
     );
     let joined = join_from_foreign_thread(finishing, WAIT).expect("the finished task settled");
     assert!(joined.unwrap_err().is_cancelled());
+}
+
+/// A long-lived thread does not keep the host loop of a runtime shut down from elsewhere
+/// until it exits: the next time it enters a host loop (of any runtime) it closes that one,
+/// and the task pinned there, left to it by the shutdown, finishes Cancelled then, while the
+/// thread lives on. (It used to wait for the thread's exit, with the runtime kept alive.)
+#[test]
+fn a_shut_down_runtimes_host_loop_closes_when_its_thread_next_enters_a_loop() {
+    let rt = Arc::new(runtime(1));
+    let (pinned_tx, pinned_rx) = mpsc::channel();
+    let (go_on_tx, go_on_rx) = mpsc::channel::<()>();
+    let (next_tx, next_rx) = mpsc::channel();
+    let (exit_tx, exit_rx) = mpsc::channel::<()>();
+    let in_thread = rt.clone();
+    let long_lived = thread::spawn(move || {
+        let pinned = in_thread.run_until_complete(async {
+            Ok(braid::spawn_local(async {
+                braid::sleep(LONG).await?;
+                Ok(())
+            }))
+        });
+        drop(in_thread);
+        pinned_tx.send(pinned.unwrap()).unwrap();
+        go_on_rx.recv().unwrap();
+        // A new runtime, driven from this thread.
+        let other = runtime(1);
+        next_tx
+            .send(other.run_until_complete(async { Ok(7) }))
+            .unwrap();
+        other.shutdown(WAIT).unwrap();
+        exit_rx.recv().unwrap();
+    });
+    let pinned = pinned_rx.recv().unwrap();
+    Arc::try_unwrap(rt)
+        .expect("the thread let go of the runtime")
+        .shutdown(WAIT)
+        .unwrap();
+    assert!(!pinned.done(), "left to its thread by the shutdown");
+    let (joined_tx, joined_rx) = mpsc::channel();
+    thread::spawn(move || {
+        let _ = joined_tx.send(futures::executor::block_on(pinned));
+    });
+
+    go_on_tx.send(()).unwrap();
+    assert_eq!(next_rx.recv_timeout(WAIT).unwrap().unwrap(), 7);
+    let joined = joined_rx
+        .recv_timeout(WAIT)
+        .expect("the pinned task settled while its thread lives")
+        .unwrap_err();
+    assert!(joined.is_cancelled(), "{joined:?}");
+    assert_eq!(joined.message(), Some("the event loop closed"));
+    exit_tx.send(()).unwrap();
+    long_lived.join().unwrap();
 }

@@ -1069,11 +1069,12 @@ impl LoopCtx {
         self.lp.set_state(LoopState::Closed);
     }
 
-    /// Closes this host loop as its thread exits (see `runtime::HostLoops`). That runs in a
-    /// thread-local's destructor, where a panic aborts the process: `close` catches the
-    /// user's destructors' panics itself, and anything else is caught here and written to
-    /// stderr.
-    pub(crate) fn close_at_thread_exit(self: &Rc<Self>) {
+    /// Closes this host loop on its own thread when nothing will drive it again: as its
+    /// thread exits, or once its runtime has shut down (see `runtime::HostLoops`). The first
+    /// runs in a thread-local's destructor, where a panic aborts the process: `close` catches
+    /// the user's destructors' panics itself, and anything else is caught here and written to
+    /// stderr, naming `when`.
+    pub(crate) fn close_left_behind(self: &Rc<Self>, when: &str) {
         let closing = catch_unwind(AssertUnwindSafe(|| {
             // What the destructors schedule lands in this loop's queues, which `close` then
             // empties; without a context left, they fail as off any loop.
@@ -1083,7 +1084,7 @@ impl LoopCtx {
         if let Err(payload) = closing {
             let error = Error::from_panic(payload);
             braid_bridge::report_to_stderr(format_args!(
-                "braid: closing host loop {} as its thread exits: {error}",
+                "braid: closing host loop {} {when}: {error}",
                 self.lp.id
             ));
         }

@@ -281,18 +281,45 @@ thread_local! {
 /// and a callback sent to the loop later fails with Closed instead of being queued for nobody.
 /// They used to go with the thread-local itself, where a destructor's panic aborts the
 /// process.
+///
+/// A host loop whose runtime was shut down from another thread cannot run again either. The
+/// thread closes it the same way the next time it enters a host loop
+/// ([`HostLoops::close_shut_down`]), so that a long-lived thread (a pool's worker, say) does
+/// not keep each finished runtime, its host loop's poller and the tasks pinned there until it
+/// exits.
 struct HostLoops(RefCell<Vec<Rc<LoopCtx>>>);
+
+impl HostLoops {
+    /// Closes, on this thread, the host loops of runtimes that have been shut down. Called
+    /// with no loop running on this thread.
+    fn close_shut_down(&self) {
+        let shut_down: Vec<Rc<LoopCtx>> = {
+            let mut hosts = self.0.borrow_mut();
+            if hosts.iter().all(|h| !h.rt.registry.is_closed()) {
+                return;
+            }
+            let (shut_down, live) = hosts.drain(..).partition(|h| h.rt.registry.is_closed());
+            *hosts = live;
+            shut_down
+        };
+        // Out of the borrow: closing runs the user's destructors.
+        for host in shut_down {
+            host.close_left_behind("after its runtime shut down");
+        }
+    }
+}
 
 impl Drop for HostLoops {
     fn drop(&mut self) {
         for host in self.0.get_mut().drain(..) {
-            host.close_at_thread_exit();
+            host.close_left_behind("as its thread exits");
         }
     }
 }
 
 /// Reports, to each host loop's exception handler, the tasks pinned to it that a shutdown
-/// could not finish: their loop's thread is not running it, and they finish when it exits.
+/// could not finish: their loop's thread is not running it, and they finish when it next
+/// enters a host loop or exits (see [`HostLoops`]).
 fn report_left_to_their_threads(tasks: &[TaskPtr]) {
     let mut by_loop: Vec<(&Arc<LoopShared>, Vec<String>)> = Vec::new();
     for task in tasks {
@@ -307,7 +334,7 @@ fn report_left_to_their_threads(tasks: &[TaskPtr]) {
     for (lp, names) in by_loop {
         lp.report(&crate::ExceptionContext::new(format!(
             "shutdown: {} task(s) pinned to host loop {}, whose thread is not running it, finish \
-             when that thread exits: {}",
+             when that thread next enters a host loop or exits: {}",
             names.len(),
             lp.id,
             names.join(", ")
@@ -363,7 +390,9 @@ impl Runtime {
     /// thread's next call. When the thread exits, its host loops close: their pinned tasks
     /// finish Cancelled, their callbacks are dropped, and a callback sent to them with
     /// [`EventLoop::call_soon_threadsafe`] fails with Closed. (Not the process's main thread:
-    /// its thread-locals are not destroyed when the process exits.)
+    /// its thread-locals are not destroyed when the process exits.) A host loop whose runtime
+    /// was shut down from another thread closes the same way, sooner: the next time its
+    /// thread calls `run_until_complete` or `run_forever`, on any runtime.
     ///
     /// # Errors
     ///
@@ -476,6 +505,8 @@ impl Runtime {
                 format!("run_until_complete/run_forever called on {what}: it would deadlock"),
             ));
         }
+        // No loop runs on this thread (checked above), so none of its host loops does.
+        let _ = HOSTS.try_with(HostLoops::close_shut_down);
         if self.shared.registry.is_closed() {
             return Err(closed_error());
         }
@@ -490,7 +521,15 @@ impl Runtime {
             }
             let id = self.shared.next_host_id.fetch_add(1, Ordering::Relaxed);
             let lp = Arc::new(LoopShared::new(id, true)?);
-            self.shared.hosts.lock().push(Arc::downgrade(&lp));
+            let mut all_hosts = self.shared.hosts.lock();
+            if all_hosts.len() == all_hosts.capacity() {
+                // Forget the host loops that are gone (their threads exited) before the list
+                // grows: one pass per doubling, so a runtime driven from many short-lived
+                // threads keeps a list as long as the threads alive, not every thread it met.
+                all_hosts.retain(|h| h.strong_count() > 0);
+            }
+            all_hosts.push(Arc::downgrade(&lp));
+            drop(all_hosts);
             let ctx = Rc::new(LoopCtx::new(self.shared.clone(), lp, None));
             hosts.push(ctx.clone());
             Ok(ctx)
@@ -942,5 +981,30 @@ mod tests {
         assert_eq!(lp.state(), LoopState::Closed);
         let refused = lp.call_soon_threadsafe(|| {}).unwrap_err();
         assert_eq!(refused.kind(), ErrorKind::Closed);
+    }
+
+    /// The runtime's list of host loops (for `stop()` and the monitor) forgets those whose
+    /// threads have exited: driven from many short-lived threads one after another, it stays
+    /// as short as the threads alive. It used to keep an entry (and the loop's memory) for
+    /// every thread it had met.
+    #[test]
+    fn host_loops_of_exited_threads_are_forgotten() {
+        let rt = Arc::new(Runtime::builder().workers(1).build().expect("runtime"));
+        for i in 0..50 {
+            let rt = rt.clone();
+            let got = std::thread::spawn(move || rt.run_until_complete(async move { Ok(i) }))
+                .join()
+                .expect("the thread ran");
+            assert_eq!(got.unwrap(), i);
+        }
+        let listed = rt.shared.hosts.lock().len();
+        assert!(
+            listed <= 4,
+            "{listed} host loops listed, with no thread alive"
+        );
+        Arc::try_unwrap(rt)
+            .expect("the threads let go")
+            .shutdown(Duration::from_secs(10))
+            .unwrap();
     }
 }
