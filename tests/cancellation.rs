@@ -619,6 +619,95 @@ fn abort_drops_the_future_and_the_join_is_cancelled() {
     rt.shutdown(WAIT).unwrap();
 }
 
+/// Pending for good; records the address it was polled at and the one it is dropped at.
+struct PinProbe {
+    polled_at: Arc<AtomicUsize>,
+    dropped_at: Arc<AtomicUsize>,
+    _pinned: std::marker::PhantomPinned,
+}
+
+impl PinProbe {
+    fn new() -> (PinProbe, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+        let (polled_at, dropped_at) =
+            (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let probe = PinProbe {
+            polled_at: polled_at.clone(),
+            dropped_at: dropped_at.clone(),
+            _pinned: std::marker::PhantomPinned,
+        };
+        (probe, polled_at, dropped_at)
+    }
+}
+
+impl Future for PinProbe {
+    type Output = braid::Result<()>;
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        self.polled_at
+            .store(&*self as *const Self as usize, Ordering::SeqCst);
+        std::task::Poll::Pending
+    }
+}
+
+impl Drop for PinProbe {
+    fn drop(&mut self) {
+        self.dropped_at
+            .store(self as *const Self as usize, Ordering::SeqCst);
+    }
+}
+
+/// An aborted task's future is dropped where its first poll pinned it, as `Pin` promises: a
+/// future holding a borrow of its own locals across an await (a condition's `wait` borrowing
+/// its guard) runs its destructors through that borrow. The abort used to move the future
+/// out of the task before dropping it: such a destructor then followed a dangling pointer
+/// (a segfault when aborting a task in a condition's `wait`).
+#[test]
+fn abort_drops_the_future_where_it_was_pinned() {
+    let rt = runtime(1);
+    let (probe, polled_at, dropped_at) = PinProbe::new();
+    rt.run_until_complete(async move {
+        let task = braid::spawn_local(probe);
+        while polled_at.load(Ordering::SeqCst) == 0 {
+            braid::yield_now().await?;
+        }
+        task.abort();
+        let err = braid::wait_for(task, Some(WAIT)).await.unwrap_err();
+        assert!(err.is_cancelled(), "{err:?}");
+        assert_eq!(
+            dropped_at.load(Ordering::SeqCst),
+            polled_at.load(Ordering::SeqCst),
+            "dropped where it was pinned"
+        );
+        Ok(())
+    })
+    .unwrap();
+    rt.shutdown(WAIT).unwrap();
+}
+
+/// The same for a task a shutdown finishes (it drops the future from outside a poll).
+#[test]
+fn shutdown_drops_a_left_tasks_future_where_it_was_pinned() {
+    let rt = runtime(1);
+    let (probe, polled_at, dropped_at) = PinProbe::new();
+    let task = rt.event_loop().spawn(probe).unwrap();
+    let started = Instant::now();
+    while polled_at.load(Ordering::SeqCst) == 0 {
+        assert!(started.elapsed() < WAIT, "the task was never polled");
+        std::thread::yield_now();
+    }
+    // The probe ignores the cancel request, so the shutdown times out and drops it itself.
+    let err = rt.shutdown(Duration::from_millis(100)).unwrap_err();
+    assert_eq!(err.kind(), braid::ErrorKind::Timeout, "{err}");
+    assert!(task.done());
+    assert_eq!(
+        dropped_at.load(Ordering::SeqCst),
+        polled_at.load(Ordering::SeqCst),
+        "dropped where it was pinned"
+    );
+}
+
 /// `cancel()` / `cancel_with()` of a finished task return false and change nothing, on the
 /// `Task` and on a `TaskRef` (CPython `test_cancel_done_future` / `test_cancel_at_end`'s
 /// final check).

@@ -44,6 +44,30 @@ use std::ptr::NonNull;
 use std::sync::Arc;
 use std::task::{Context, Poll, RawWaker, RawWakerVTable, Waker};
 
+/// Drops the value in `slot`, if any, where it lies, and leaves `None` there, even if its
+/// destructor panics (the slot must not be dropped twice).
+///
+/// # Safety
+///
+/// `slot` points to a live `Option<F>` that nobody else touches during this call.
+unsafe fn drop_pinned_in_place<F>(slot: *mut Option<F>) {
+    /// Marks the slot empty once the value is gone, without dropping it again.
+    struct MarkEmpty<F>(*mut Option<F>);
+    impl<F> Drop for MarkEmpty<F> {
+        fn drop(&mut self) {
+            // SAFETY: the slot is live and ours (the function's contract); what it held was
+            // just dropped in place, so it is overwritten without a drop.
+            unsafe { std::ptr::write(self.0, None) }
+        }
+    }
+    // SAFETY: live and ours (the contract).
+    if let Some(value) = unsafe { (*slot).as_mut() } {
+        let _mark = MarkEmpty(slot);
+        // SAFETY: dropped once, here; `_mark` then overwrites the slot without dropping.
+        unsafe { std::ptr::drop_in_place(value as *mut F) };
+    }
+}
+
 /// What a task does that depends on the type of its allocation: one static table per type,
 /// pointed to by its header.
 pub(crate) struct TaskVtable {
@@ -306,12 +330,18 @@ where
     fn finish(me: &TaskPtr, output: Result<T>) {
         let cell = Self::cell(me);
         let header = &cell.head.header;
-        // SAFETY: we hold RUNNING (the caller's contract), so nobody else touches the future.
-        let future = cell.future.with_mut(|future| unsafe { (*future).take() });
-        // A destructor may panic too; it must not take the loop down.
-        if let Some(future) = future {
-            header.drop_reporting_panics(move || drop(future));
-        }
+        // Dropped where it lies: it was pinned there by its first poll, and a future that
+        // borrows its own locals across an await (a condition's wait borrowing its guard)
+        // runs its destructors through those borrows. Moved out first, it dropped through
+        // dangling pointers (a segfault when aborting such a task). A destructor may panic
+        // too; it must not take the loop down.
+        cell.future.with_mut(|slot| {
+            header.drop_reporting_panics(|| {
+                // SAFETY: we hold RUNNING (the caller's contract), so nobody else touches the
+                // future; the cell keeps it alive.
+                unsafe { drop_pinned_in_place(slot) }
+            })
+        });
         let cancelled = matches!(&output, Err(e) if e.is_cancelled());
         let failed = matches!(&output, Err(e) if !e.is_cancelled());
         let failure = match &output {
