@@ -6,8 +6,9 @@
 //! is lost; the Cancelled error comes out unchanged. Scenarios are ported from CPython 3.13's
 //! `Lib/test/test_asyncio/test_locks.py` (`ConditionTests`); each test names the one it
 //! follows. CPython's checks that `wait` and `notify` need the lock held
-//! (`test_wait_unacquired`, `test_notify_unacquired`) have no port: they are methods of the
-//! guard, so the compiler enforces them.
+//! (`test_wait_unacquired`, `test_notify_unacquired`) are mostly the compiler's here: they are
+//! methods of the guard. Only a guard whose wait was dropped half-way holds nothing; `wait` on
+//! it fails (`wait_on_a_guard_that_holds_nothing_fails_and_leaves_the_lock_alone`).
 //!
 //! Every scenario runs on a 1-loop and on a 3-loop runtime. CPython's tests step one loop with
 //! `asyncio.sleep(0)`; here a waiter counts as queued once its first poll has returned Pending
@@ -446,6 +447,83 @@ fn notified_then_cancelled_waiter_passes_the_wakeup_on() {
 #[test]
 fn waiter_cancelled_while_retaking_the_lock_passes_the_wakeup_on() {
     on_each_runtime(|| cancelled_wakeup(true));
+}
+
+/// A wait whose future is dropped while it takes the lock back (after a notify reached it)
+/// passes the notification on, as a cancel at the same point does: the other waiter wakes.
+/// The drop used to swallow it, and the other waiter waited for good.
+#[test]
+fn waiter_dropped_while_retaking_the_lock_passes_the_wakeup_on() {
+    on_each_runtime(|| async {
+        let cond = Arc::new(Condition::new());
+        let stop = braid::Promise::<()>::new();
+        let (c, s) = (cond.clone(), stop.clone());
+        let dropping = queued_local(async move {
+            let mut guard = c.acquire().await?;
+            let mut wait = pin!(guard.wait());
+            let mut stop = pin!(std::future::IntoFuture::into_future(s));
+            // Whichever is first; the wait is then dropped where it stands.
+            poll_fn(|cx| {
+                if stop.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Ok(()));
+                }
+                wait.as_mut().poll(cx)
+            })
+            .await
+        })
+        .await?;
+        let c = cond.clone();
+        let other = queued_local(async move { c.acquire().await?.wait().await }).await?;
+
+        let guard = cond.acquire().await?;
+        guard.notify(1); // reaches the first waiter only
+        let_local_tasks_run().await?; // it now waits to take the lock back
+        stop.set_result(())?;
+        settle(dropping).await?;
+        drop(guard);
+        settle(other).await
+    });
+}
+
+/// A guard whose wait was dropped half-way holds nothing. A later `wait` on it fails with
+/// InvalidState and leaves the lock alone, as `wait_for` does (CPython's
+/// `test_wait_unacquired` raises RuntimeError). It used to release the lock for whichever
+/// task held it by then.
+#[test]
+fn wait_on_a_guard_that_holds_nothing_fails_and_leaves_the_lock_alone() {
+    on_each_runtime(|| async {
+        let cond = Arc::new(Condition::new());
+        let mut guard = cond.acquire().await?;
+        {
+            let mut wait = pin!(guard.wait());
+            let parked = poll_fn(|cx| Poll::Ready(wait.as_mut().poll(cx).is_pending())).await;
+            assert!(parked, "the wait released the lock and queued");
+        }
+        assert!(!cond.locked(), "the dropped wait left the lock released");
+
+        let holding = braid::Promise::<()>::new();
+        let let_go = braid::Promise::<()>::new();
+        let (c, h, l) = (cond.clone(), holding.clone(), let_go.clone());
+        let holder = braid::create_task(async move {
+            let _held = c.acquire().await?;
+            h.set_result(())?;
+            std::future::IntoFuture::into_future(l).await
+        });
+        braid::wait_for(std::future::IntoFuture::into_future(holding), Some(WAIT)).await?;
+
+        // Polled once: it must fail at once, not release the lock and wait.
+        let first_poll = {
+            let mut wait = pin!(guard.wait());
+            poll_fn(|cx| Poll::Ready(wait.as_mut().poll(cx))).await
+        };
+        assert!(cond.locked(), "the other task's lock is still held");
+        let Poll::Ready(Err(err)) = first_poll else {
+            panic!("the wait did not fail at once: {first_poll:?}");
+        };
+        assert_eq!(err.kind(), braid::ErrorKind::InvalidState, "{err:?}");
+        let_go.set_result(())?;
+        settle(holder).await
+    });
 }
 
 /// No lost wake-ups between loops: two producers push 500 items each under the condition and

@@ -155,9 +155,13 @@ impl<'a> ConditionGuard<'a> {
     /// The task's Cancelled error if it is cancelled while waiting (the lock is held again
     /// all the same). A notify that reached a waiter cancelled before it ran goes to the next.
     ///
+    /// An InvalidState error, at once and without touching the lock, if the guard holds
+    /// nothing (see below).
+    ///
     /// # Cancel safety
     ///
-    /// Dropping the future half-way leaves the lock released (the guard then holds nothing).
+    /// Dropping the future half-way leaves the lock released (the guard then holds nothing,
+    /// and a later `wait` on it fails). A notify it may have consumed goes to the next waiter.
     pub fn wait(&mut self) -> ConditionWait<'_, 'a> {
         ConditionWait {
             guard: self,
@@ -237,6 +241,15 @@ impl fmt::Debug for ConditionGuard<'_> {
     }
 }
 
+/// `wait` on a guard that holds nothing (an earlier wait of it was dropped half-way).
+fn not_held_error() -> braid_bridge::Error {
+    braid_bridge::Error::new(
+        braid_bridge::ErrorKind::InvalidState,
+        "Condition::wait on a guard that does not hold the lock: an earlier wait of it was \
+         dropped before it took the lock back",
+    )
+}
+
 /// The future of [`ConditionGuard::wait`].
 #[must_use = "futures do nothing unless you `.await` them"]
 pub struct ConditionWait<'g, 'a> {
@@ -276,6 +289,11 @@ impl ConditionWait<'_, '_> {
         loop {
             match &mut this.step {
                 WaitStep::Start => {
+                    if !this.guard.held {
+                        // Releasing here would release the lock for whoever holds it now.
+                        this.step = WaitStep::Done;
+                        return Poll::Ready(Err(not_held_error()));
+                    }
                     if let Some(cancel) = context::take_cancel() {
                         this.step = WaitStep::Done;
                         return Poll::Ready(Err(cancel));
@@ -354,7 +372,13 @@ impl Drop for ConditionWait<'_, '_> {
                 };
                 wake_all(pass_on);
             }
-            WaitStep::Reacquiring(waiter) => cond.lock.abandon(waiter),
+            WaitStep::Reacquiring(waiter) => {
+                cond.lock.abandon(waiter);
+                // This wait may have consumed a notify (as a wait ending in an error may):
+                // pass one on, or a waiter behind it could wait for good.
+                let pass_on = cond.waiters.lock().notify_one();
+                wake_all(pass_on);
+            }
             WaitStep::Start | WaitStep::Done => {}
         }
     }
