@@ -264,6 +264,67 @@ fn a_timeout_in_cleanup_after_a_caught_cancellation() {
     });
 }
 
+/// Blocks this thread until `deadline` has passed: a loop too busy to poll a timeout before
+/// its deadline (a slow callback or step), which is the scenario, not a wait for a race.
+fn hold_the_loop_past(deadline: Instant) {
+    while Instant::now() <= deadline {
+        std::thread::sleep(
+            deadline.saturating_duration_since(Instant::now()) + Duration::from_millis(1),
+        );
+    }
+}
+
+/// An outcome ready before the deadline wins, even if the loop polls the timeout only after
+/// the deadline (asyncio: the awaiting task's wake-up was queued before the timer's callback,
+/// so it runs first). The timeout used to cancel first, and the awaitable, seeing the cancel
+/// before its value, turned a value that had arrived into `Timeout`; `wait_for` so lost a
+/// finished task's result.
+#[test]
+fn a_value_ready_before_the_deadline_wins_over_a_late_poll() {
+    on_loops(&[1, 2], || async {
+        let value = braid::create_future::<u32>();
+        let late = braid::timeout(
+            Duration::from_millis(20),
+            std::future::IntoFuture::into_future(value.clone()),
+        );
+        value.set_result(7)?;
+        hold_the_loop_past(late.deadline().expect("a deadline"));
+        assert_eq!(late.await?, 7);
+        assert_eq!(cancelling(), 0);
+
+        let finished = braid::create_task(async { Ok(8) });
+        let finished_signal = done_signal(&finished);
+        finished_signal.await?;
+        let deadline = Instant::now() + Duration::from_millis(20);
+        let late = braid::wait_for(finished, Some(Duration::from_millis(20)));
+        hold_the_loop_past(deadline);
+        assert_eq!(late.await?, 8);
+        assert_eq!(cancelling(), 0);
+        // Nothing was left to cancel the task later.
+        braid::sleep(Duration::from_millis(1)).await?;
+        Ok(())
+    });
+}
+
+/// A due timeout whose awaitable finishes without waiting gives its value and leaves no
+/// cancel behind, also in a task already being cancelled (asyncio: `__aexit__` cancels the
+/// timeout's callback before it runs). It used to cancel first, and in a task whose cancel
+/// count was 1 its `uncancel` left that request pending: the next await failed Cancelled.
+#[test]
+fn a_zero_timeout_around_an_awaitable_that_needs_no_wait_leaves_no_cancel_behind() {
+    on_loops(&[1, 2], || async {
+        let task = braid::create_task(async {
+            braid::current_task().expect("a task").cancel();
+            assert_cancelled(&braid::sleep(LONG).await);
+            assert_eq!(cancelling(), 1);
+            assert_eq!(braid::timeout(Duration::ZERO, async { Ok(5) }).await?, 5);
+            assert_eq!(cancelling(), 1);
+            braid::yield_now().await
+        });
+        task.await
+    });
+}
+
 /// The awaitable awaits a task that runs on other loops (and spawns one more): at the
 /// deadline the awaited task is cancelled too, its cleanup runs to the end first, and the
 /// result is `Timeout`.

@@ -15,6 +15,7 @@ use crate::task::raw::{downcast_task_mut, Exclusive};
 use crate::task::TaskRef;
 use crate::timer::{sleep, Sleep};
 use braid_bridge::Result;
+use std::cell::Cell;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -25,7 +26,9 @@ use std::time::{Duration, Instant};
 ///
 /// At the deadline the awaiting task is cancelled; `aw` receives the Cancelled error at its
 /// await point, may clean up, and when it returns that error the result is a Timeout error.
-/// If `aw` swallows the cancel and returns a value, the value is returned. A cancel from
+/// An outcome `aw` has ready when the timeout is first polled after its deadline (a value
+/// that arrived while the loop was busy) is returned instead, with no cancel made. If `aw`
+/// swallows the cancel and returns a value, the value is returned. A cancel from
 /// elsewhere stays a Cancelled error, and nested timeouts with the same deadline raise
 /// Timeout only at the outermost. A zero delay still starts `aw` (it is cancelled at its
 /// first await), as asyncio's does.
@@ -124,7 +127,7 @@ where
             let cancelling = task.as_ref().map_or(0, TaskRef::cancelling);
             (task, cancelling)
         });
-        if this.state == Expiry::Pending {
+        if this.state == Expiry::Pending && !Probe::running() {
             if let Some(timer) = &mut this.timer {
                 let due = timer.deadline() <= Instant::now()
                     || match timer.poll_timer(cx) {
@@ -136,6 +139,22 @@ where
                         Poll::Pending => false,
                     };
                 if due {
+                    // An outcome ready by now wins over the deadline, as in asyncio, where the
+                    // task's wake-up queued before the timer's callback runs first. Cancelling
+                    // first turned a value that had arrived into Timeout (the awaitable sees
+                    // a pending cancel before its value), and left the request pending when
+                    // the task was already being cancelled (`uncancel` withdraws it only at
+                    // a count of zero). Timeouts nested in `aw` do not expire during this
+                    // look: with the same deadline, the outermost must cancel first.
+                    let probed = {
+                        let _probe = Probe::enter();
+                        this.aw.get_mut().as_mut().poll(cx)
+                    };
+                    if let Poll::Ready(outcome) = probed {
+                        this.finished = true;
+                        this.timer = None;
+                        return Poll::Ready(outcome);
+                    }
                     this.state = Expiry::Expired;
                     this.timer = None;
                     match task {
@@ -165,6 +184,31 @@ where
             }
         }
         Poll::Ready(outcome)
+    }
+}
+
+/// A due timeout's look at its awaitable before it expires (see `Timeout::poll`), on this
+/// thread: while one runs, timeouts polled inside it do not expire.
+struct Probe;
+
+thread_local! {
+    static PROBES: Cell<usize> = const { Cell::new(0) };
+}
+
+impl Probe {
+    fn enter() -> Probe {
+        PROBES.with(|p| p.set(p.get() + 1));
+        Probe
+    }
+
+    fn running() -> bool {
+        PROBES.with(|p| p.get() > 0)
+    }
+}
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        PROBES.with(|p| p.set(p.get() - 1));
     }
 }
 
