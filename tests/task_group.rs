@@ -719,3 +719,68 @@ fn task_group_is_clone_send_sync() {
         Ok(())
     });
 }
+
+/// One round of `a_failing_child_leaves_no_stray_cancel_on_the_parent`: `Ok(Err(..))` if the
+/// task got a cancel after its group ended.
+async fn group_then_await() -> braid::Result<std::result::Result<(), String>> {
+    // Set by a done callback of the failing child, which runs on its thread after the
+    // group's own hook for that child has returned.
+    let after_hook = braid::create_future::<()>();
+    let signal = after_hook.clone();
+    let group_out = braid::task_group(|group| async move {
+        // Cancelling `slow_to_cancel`'s promise wakes it at once, then runs the promise's
+        // many done callbacks: the failing child's thread stays busy between cancelling the
+        // other children and cancelling the parent, while that child finishes elsewhere.
+        let awaited = braid::create_future::<()>();
+        for _ in 0..50_000 {
+            awaited.add_done_callback(|_| {});
+        }
+        let waiting = braid::create_future::<()>();
+        let (w, a) = (waiting.clone(), awaited.clone());
+        let _slow_to_cancel = group.create_task(async move {
+            w.set_result(())?;
+            std::future::IntoFuture::into_future(a).await
+        });
+        waiting.await?;
+        braid::yield_now().await?;
+        let failing = group.create_task(async { Err::<(), _>(braid::Error::msg("boom")) });
+        failing.add_done_callback(move |_| {
+            let _ = signal.set_result(());
+        });
+        Ok(())
+    })
+    .await;
+    let err = group_out.expect_err("the group fails");
+    assert_eq!(err.kind(), braid::ErrorKind::Group, "{err:?}");
+    // The group is over: nothing may cancel this task any more.
+    Ok(after_hook.await.map_err(|e| format!("{e:?}")))
+}
+
+/// A child's failure cancels the group's parent task, and the group withdraws that cancel
+/// before it returns, also when the other children finish on other loops while the failing
+/// child's thread is still making its cancels. The group used to be able to finish in that
+/// gap, before the parent's cancel was made: the cancel then landed after the group, and the
+/// code after it failed Cancelled (asyncio, on one thread, has no such gap).
+#[test]
+fn a_failing_child_leaves_no_stray_cancel_on_the_parent() {
+    let rt = runtime(2);
+    let rounds = 30;
+    let strays: Vec<String> = rt
+        .run_until_complete(async move {
+            let mut strays = Vec::new();
+            for _ in 0..rounds {
+                if let Err(stray) = braid::create_task(group_then_await()).await? {
+                    strays.push(stray);
+                }
+            }
+            Ok(strays)
+        })
+        .unwrap();
+    assert!(
+        strays.is_empty(),
+        "{} of {rounds} rounds: a stray cancel after the group ended: {:?}",
+        strays.len(),
+        strays.first()
+    );
+    rt.shutdown(WAIT).unwrap();
+}

@@ -148,15 +148,8 @@ impl GroupShared {
     fn on_child_done(&self, child: &TaskRef, failure: Option<&Error>) {
         let mut cancel_children = Vec::new();
         let mut cancel_parent = None;
-        let waker;
-        {
+        let (makes_cancels, waker) = {
             let mut state = self.state.lock();
-            state.live.remove(&child.id());
-            waker = if state.live.is_empty() {
-                state.waker.take()
-            } else {
-                None
-            };
             if let Some(error) = failure.filter(|_| !child.cancelled()) {
                 // The group reports it (the child was quieted at creation).
                 state.errors.push(error.clone());
@@ -170,13 +163,27 @@ impl GroupShared {
                     }
                 }
             }
-        }
+            // A child that makes cancels stays live until they are made (below). Else the
+            // other children could finish on other loops meanwhile and the group return,
+            // its `uncancel` finding nothing yet to withdraw; the parent's cancel then
+            // landed after the group, a stray Cancelled in the code that follows it.
+            let makes_cancels = !cancel_children.is_empty() || cancel_parent.is_some();
+            (
+                makes_cancels,
+                (!makes_cancels).then(|| state.leave(child)).flatten(),
+            )
+        };
         for child in cancel_children {
             child.cancel();
         }
         if let Some(parent) = cancel_parent {
             parent.cancel();
         }
+        let waker = if makes_cancels {
+            self.state.lock().leave(child)
+        } else {
+            waker
+        };
         if let Some(waker) = waker {
             waker.wake();
         }
@@ -192,6 +199,16 @@ impl GroupShared {
 }
 
 impl GroupState {
+    /// `child` is done: out of the live set; the body's waker if it was the last.
+    fn leave(&mut self, child: &TaskRef) -> Option<Waker> {
+        self.live.remove(&child.id());
+        if self.live.is_empty() {
+            self.waker.take()
+        } else {
+            None
+        }
+    }
+
     /// Marks the group aborting; the children to cancel (outside the lock).
     fn abort(&mut self) -> Vec<TaskRef> {
         self.aborting = true;
