@@ -442,6 +442,23 @@ fn cancelled_join_leaves_no_trace() {
     });
 }
 
+/// A joiner woken by the last `task_done` returns even if an item is put before it runs
+/// (asyncio's `join` waits on an event, which released it when set). It used to look at the
+/// count again, find the new item unfinished and wait on.
+#[test]
+fn a_join_woken_by_the_last_task_done_returns_though_an_item_follows() {
+    on_each_runtime(|| async {
+        let q = Arc::new(Queue::new(0));
+        q.put_nowait(1)?;
+        let q2 = q.clone();
+        let joiner = queued_local(async move { q2.join().await }).await?;
+        q.get_nowait()?;
+        q.task_done()?; // the count reaches zero: the joiner is woken
+        q.put_nowait(2)?; // before it runs
+        settle(joiner).await
+    });
+}
+
 /// The cancel races the hand-off with real threads, 200 times each way: a getter on the
 /// shared pool is cancelled right after a put, and a putter right after a get made room.
 /// Each item ends up exactly once either with the getter or in the queue, and a cancelled

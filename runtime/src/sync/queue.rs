@@ -439,8 +439,12 @@ impl<S: Store> Core<S> {
 
     fn poll_join(&self, waiter: &mut Option<u64>, waker: &Waker) -> Poll<()> {
         let mut state = self.state.lock();
+        // Woken by the count reaching zero: done, even if an item was put since (asyncio's
+        // `join` waits on an event that, once set, has released its waiters).
         if let Some(id) = waiter.take() {
-            state.joiners.remove(id);
+            if state.joiners.remove(id) {
+                return Poll::Ready(());
+            }
         }
         if state.unfinished == 0 {
             return Poll::Ready(());
