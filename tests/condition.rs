@@ -486,9 +486,8 @@ fn waiter_dropped_while_retaking_the_lock_passes_the_wakeup_on() {
 }
 
 /// A guard whose wait was dropped half-way holds nothing. A later `wait` on it fails with
-/// InvalidState and leaves the lock alone, as `wait_for` does (CPython's
-/// `test_wait_unacquired` raises RuntimeError). It used to release the lock for whichever
-/// task held it by then.
+/// InvalidState and leaves the lock alone (CPython's `test_wait_unacquired` raises
+/// RuntimeError). It used to release the lock for whichever task held it by then.
 #[test]
 fn wait_on_a_guard_that_holds_nothing_fails_and_leaves_the_lock_alone() {
     on_each_runtime(|| async {

@@ -295,8 +295,9 @@ fn a_value_ready_before_the_deadline_wins_over_a_late_poll() {
         let finished = braid::create_task(async { Ok(8) });
         let finished_signal = done_signal(&finished);
         finished_signal.await?;
-        let deadline = Instant::now() + Duration::from_millis(20);
         let late = braid::wait_for(finished, Some(Duration::from_millis(20)));
+        // Taken after the timer is made, so that it is no earlier than the timer's deadline.
+        let deadline = Instant::now() + Duration::from_millis(20);
         hold_the_loop_past(deadline);
         assert_eq!(late.await?, 8);
         assert_eq!(cancelling(), 0);

@@ -524,8 +524,9 @@ impl Runtime {
             let mut all_hosts = self.shared.hosts.lock();
             if all_hosts.len() == all_hosts.capacity() {
                 // Forget the host loops that are gone (their threads exited) before the list
-                // grows: one pass per doubling, so a runtime driven from many short-lived
-                // threads keeps a list as long as the threads alive, not every thread it met.
+                // grows: a pass only when it is full, so a runtime driven from many
+                // short-lived threads keeps a list about as long as the threads alive, not
+                // every thread it met.
                 all_hosts.retain(|h| h.strong_count() > 0);
             }
             all_hosts.push(Arc::downgrade(&lp));

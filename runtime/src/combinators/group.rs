@@ -173,19 +173,20 @@ impl GroupShared {
                 (!makes_cancels).then(|| state.leave(child)).flatten(),
             )
         };
+        if !makes_cancels {
+            if let Some(waker) = waker {
+                waker.wake();
+            }
+            return;
+        }
+        // Leaves once the cancels are made, or if one of them panics (a waker's `wake`):
+        // the body must not wait for good for a child that is done.
+        let _leave = LeaveOnDrop { group: self, child };
         for child in cancel_children {
             child.cancel();
         }
         if let Some(parent) = cancel_parent {
             parent.cancel();
-        }
-        let waker = if makes_cancels {
-            self.state.lock().leave(child)
-        } else {
-            waker
-        };
-        if let Some(waker) = waker {
-            waker.wake();
         }
     }
 
@@ -194,6 +195,22 @@ impl GroupShared {
         let children = self.state.lock().abort();
         for child in children {
             child.cancel();
+        }
+    }
+}
+
+/// Takes a done child out of the group's live set when dropped, and wakes the body if it
+/// was the last (see `GroupShared::on_child_done`).
+struct LeaveOnDrop<'a> {
+    group: &'a GroupShared,
+    child: &'a TaskRef,
+}
+
+impl Drop for LeaveOnDrop<'_> {
+    fn drop(&mut self) {
+        let waker = self.group.state.lock().leave(self.child);
+        if let Some(waker) = waker {
+            waker.wake();
         }
     }
 }

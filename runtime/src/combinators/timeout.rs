@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 /// swallows the cancel and returns a value, the value is returned. A cancel from
 /// elsewhere stays a Cancelled error, and nested timeouts with the same deadline raise
 /// Timeout only at the outermost. A zero delay still starts `aw` (it is cancelled at its
-/// first await), as asyncio's does.
+/// first await that waits; one that finishes at once gives its value), as asyncio's does.
 ///
 /// Polled outside a braid task (there is no task to cancel), `aw` is dropped at the deadline
 /// instead, and the result is Timeout.

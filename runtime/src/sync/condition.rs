@@ -241,7 +241,18 @@ impl fmt::Debug for ConditionGuard<'_> {
     }
 }
 
-/// `wait` on a guard that holds nothing (an earlier wait of it was dropped half-way).
+impl Condition {
+    /// Notifies one more waiter in place of a wait that may have consumed a notify and will
+    /// not act on it (it ends in an error, or is dropped): a spurious wake-up is allowed, a
+    /// lost one is not.
+    fn pass_notify_on(&self) {
+        let pass_on = self.waiters.lock().notify_one();
+        wake_all(pass_on);
+    }
+}
+
+/// `wait` or `wait_for` on a guard that holds nothing (an earlier wait of it was dropped
+/// half-way).
 fn not_held_error() -> braid_bridge::Error {
     braid_bridge::Error::new(
         braid_bridge::ErrorKind::InvalidState,
@@ -342,10 +353,8 @@ impl ConditionWait<'_, '_> {
                     return Poll::Ready(match this.error.take() {
                         Some(error) => {
                             // As Python 3.13: a wait that ends in an error may have consumed a
-                            // notify meant to wake someone; notify another waiter instead (a
-                            // spurious wake-up is allowed, a lost one is not).
-                            let pass_on = cond.waiters.lock().notify_one();
-                            wake_all(pass_on);
+                            // notify meant to wake someone; notify another waiter instead.
+                            cond.pass_notify_on();
                             Err(error)
                         }
                         None => Ok(()),
@@ -376,8 +385,7 @@ impl Drop for ConditionWait<'_, '_> {
                 cond.lock.abandon(waiter);
                 // This wait may have consumed a notify (as a wait ending in an error may):
                 // pass one on, or a waiter behind it could wait for good.
-                let pass_on = cond.waiters.lock().notify_one();
-                wake_all(pass_on);
+                cond.pass_notify_on();
             }
             WaitStep::Start | WaitStep::Done => {}
         }
@@ -430,9 +438,7 @@ impl<P: FnMut() -> bool + Unpin> Future for ConditionWaitFor<'_, '_, P> {
         loop {
             if matches!(this.wait.step, WaitStep::Done) {
                 if !this.wait.guard.held {
-                    return Poll::Ready(Err(crate::combinators::polled_after_completion(
-                        "Condition::wait_for",
-                    )));
+                    return Poll::Ready(Err(not_held_error()));
                 }
                 if (this.predicate)() {
                     return Poll::Ready(Ok(()));

@@ -5,10 +5,10 @@
 //! ```text
 //!  wake:     idle ──► SCHEDULED            (the waker that sets SCHEDULED pushes the task)
 //!            RUNNING ──► RUNNING|SCHEDULED (the runner re-queues it after the poll)
-//!  run:      SCHEDULED ──► RUNNING          (only from a queue pop; skipped if COMPLETE, or
-//!                                          if RUNNING: claimed by a finisher)
-//!  claim:    not RUNNING ──► |RUNNING       (a closing loop or a shutdown finishing an idle
-//!                                          or queued task from outside a poll)
+//!  run:      SCHEDULED ──► RUNNING          (only from a queue pop; skipped if COMPLETE or
+//!                                          CLAIMED)
+//!  claim:    not RUNNING ──► |RUNNING|CLAIMED (a closing loop or a shutdown finishing an
+//!                                          idle or queued task from outside a poll)
 //!  poll end: RUNNING ──► idle, or RUNNING|SCHEDULED ──► SCHEDULED and re-queued by the runner
 //!  complete: RUNNING ──► COMPLETE           (the future is dropped before this is published)
 //!  abort:    any ──► |ABORT, then a wake    (the runner drops the future on its own thread)
@@ -28,6 +28,9 @@ pub(crate) const RUNNING: usize = 1 << 1;
 pub(crate) const COMPLETE: usize = 1 << 2;
 /// `abort()` was called: the next run drops the future instead of polling it.
 pub(crate) const ABORT: usize = 1 << 3;
+/// Set with RUNNING by a finisher that claimed the task from outside a poll
+/// ([`State::try_claim_idle`]): a queue entry popped meanwhile is stale.
+pub(crate) const CLAIMED: usize = 1 << 4;
 
 /// What a wake asks of the caller.
 #[derive(Debug, PartialEq, Eq)]
@@ -123,13 +126,16 @@ impl State {
     pub(crate) fn start_run(&self) -> RunAction {
         let mut cur = self.0.load(Ordering::Acquire);
         loop {
-            // RUNNING on a queued task: not a runner's (a runner re-queues only after its
-            // poll ends), but a closing loop's or a shutdown's that claimed it to finish it
-            // (`try_claim_idle`) and will complete it; this entry is stale.
-            if cur & (COMPLETE | RUNNING) != 0 {
+            // CLAIMED: a closing loop or a shutdown holds RUNNING to finish the task from
+            // outside a poll (`try_claim_idle`) and will complete it; this entry is stale.
+            if cur & (COMPLETE | CLAIMED) != 0 {
                 return RunAction::Skip;
             }
             debug_assert!(cur & SCHEDULED != 0, "a queued task must be SCHEDULED");
+            debug_assert!(
+                cur & RUNNING == 0,
+                "a task must not be polled twice at once"
+            );
             let next = (cur & !SCHEDULED) | RUNNING;
             match self
                 .0
@@ -180,16 +186,16 @@ impl State {
     }
 
     /// Takes the RUNNING bit of a task that is neither running nor complete, so that a
-    /// closing loop or a shutdown can drop its future from outside a poll. Returns false if
-    /// it is running or complete. A SCHEDULED task is claimed too: its callers run when no
-    /// loop will pop it meanwhile (a closing loop's own tasks, whose wakes its closed inbox
-    /// dropped; a shutdown's, once the loops stopped), and an entry popped later finds it
-    /// complete. A wake that changes the word meanwhile does not make it give up
-    /// (`claim_races_wake`).
+    /// closing loop or a shutdown can drop its future from outside a poll, and marks it
+    /// CLAIMED. Returns false if it is running or complete. A SCHEDULED task is claimed too:
+    /// a loop that pops its queue entry meanwhile (one stuck through a shutdown, then
+    /// unstuck) skips it (`runner_skips_a_task_a_finisher_claimed`), and one that pops it
+    /// later finds it complete. A wake that changes the word meanwhile does not make the claim
+    /// give up (`claim_races_wake`).
     pub(crate) fn try_claim_idle(&self) -> bool {
         self.0
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |cur| {
-                (cur & (RUNNING | COMPLETE) == 0).then_some(cur | RUNNING)
+                (cur & (RUNNING | COMPLETE) == 0).then_some(cur | RUNNING | CLAIMED)
             })
             .is_ok()
     }
