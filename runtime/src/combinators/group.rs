@@ -148,39 +148,34 @@ impl GroupShared {
     fn on_child_done(&self, child: &TaskRef, failure: Option<&Error>) {
         let mut cancel_children = Vec::new();
         let mut cancel_parent = None;
-        let (makes_cancels, waker) = {
-            let mut state = self.state.lock();
-            if let Some(error) = failure.filter(|_| !child.cancelled()) {
-                // The group reports it (the child was quieted at creation).
-                state.errors.push(error.clone());
-                if !state.aborting && !state.parent_cancel_requested {
-                    // Abort the group and cancel the body where it awaits, to be uncancelled
-                    // on exit (the parent is not being cancelled by anyone else).
-                    cancel_children = state.abort();
-                    if let Some(parent) = &self.parent {
-                        state.parent_cancel_requested = true;
-                        cancel_parent = Some(parent.clone());
-                    }
+        let mut state = self.state.lock();
+        if let Some(error) = failure.filter(|_| !child.cancelled()) {
+            // The group reports it (the child was quieted at creation).
+            state.errors.push(error.clone());
+            if !state.aborting && !state.parent_cancel_requested {
+                // Abort the group and cancel the body where it awaits, to be uncancelled
+                // on exit (the parent is not being cancelled by anyone else).
+                cancel_children = state.abort();
+                if let Some(parent) = &self.parent {
+                    state.parent_cancel_requested = true;
+                    cancel_parent = Some(parent.clone());
                 }
             }
-            // A child that makes cancels stays live until they are made (below). Else the
-            // other children could finish on other loops meanwhile and the group return,
-            // its `uncancel` finding nothing yet to withdraw; the parent's cancel then
-            // landed after the group, a stray Cancelled in the code that follows it.
-            let makes_cancels = !cancel_children.is_empty() || cancel_parent.is_some();
-            (
-                makes_cancels,
-                (!makes_cancels).then(|| state.leave(child)).flatten(),
-            )
-        };
-        if !makes_cancels {
+        }
+        if cancel_children.is_empty() && cancel_parent.is_none() {
+            let waker = state.leave(child);
+            drop(state);
             if let Some(waker) = waker {
                 waker.wake();
             }
             return;
         }
-        // Leaves once the cancels are made, or if one of them panics (a waker's `wake`):
-        // the body must not wait for good for a child that is done.
+        drop(state);
+        // A child that makes cancels stays live until they are made. Else the other children
+        // could finish on other loops meanwhile and the group return, its `uncancel` finding
+        // nothing yet to withdraw; the parent's cancel then landed after the group, a stray
+        // Cancelled in the code that follows it. It leaves even if a cancel panics (a
+        // waker's `wake`): the body must not wait for good for a child that is done.
         let _leave = LeaveOnDrop { group: self, child };
         for child in cancel_children {
             child.cancel();
