@@ -334,6 +334,81 @@ fn getter_woken_then_cancelled_passes_the_item_on() {
     });
 }
 
+/// Getters woken by puts but not yet run get what asyncio's one loop, running them in line
+/// order after the puts, would give them: a `PriorityQueue`'s smallest items and a
+/// `LifoQueue`'s newest, not the items in the order they were put.
+#[test]
+fn woken_getters_take_items_in_the_queues_order_not_the_order_put() {
+    on_each_runtime(|| async {
+        let prio = Arc::new(PriorityQueue::new(0));
+        let p = prio.clone();
+        let first = queued_local(async move { p.get().await }).await?;
+        let p = prio.clone();
+        let second = queued_local(async move { p.get().await }).await?;
+        for item in [5, 1, 3] {
+            prio.put_nowait(item)?;
+        }
+        assert_eq!(
+            settle(first).await?,
+            1,
+            "the first getter gets the smallest"
+        );
+        assert_eq!(
+            settle(second).await?,
+            3,
+            "the second gets the next smallest"
+        );
+        assert_eq!(prio.get_nowait()?, 5);
+
+        let lifo = Arc::new(LifoQueue::new(0));
+        let l = lifo.clone();
+        let getter = queued_local(async move { l.get().await }).await?;
+        for item in [1, 2, 3] {
+            lifo.put_nowait(item)?;
+        }
+        assert_eq!(settle(getter).await?, 3, "the getter gets the newest item");
+        assert_eq!(lifo.get_nowait()?, 2);
+        assert_eq!(lifo.get_nowait()?, 1);
+        Ok(())
+    });
+}
+
+/// asyncio's draining idiom, `while not q.empty(): q.get_nowait()`, never fails, though a
+/// getter was woken for one of the items and has not run yet (`empty` and `get_nowait` agree).
+/// The woken getter whose item was taken waits again in its place: the next item is its,
+/// not that of a getter that came after it.
+#[test]
+fn get_nowait_drains_a_queue_a_woken_getter_has_not_served_yet() {
+    on_each_runtime(|| async {
+        let q = Arc::new(Queue::new(0));
+        let q2 = q.clone();
+        let early = queued_local(async move { q2.get().await }).await?;
+        q.put_nowait(1)?;
+        q.put_nowait(2)?;
+        let mut drained = Vec::new();
+        while !q.empty() {
+            drained.push(q.get_nowait()?);
+        }
+        assert_eq!(drained, [1, 2]);
+        assert_eq!(q.qsize(), 0);
+        // `early` runs now, finds nothing, and waits again.
+        let q2 = q.clone();
+        let late = queued(async move { q2.get().await }).await?;
+        let_local_tasks_run().await?;
+        assert!(!early.done(), "the woken getter returned with no item");
+        q.put_nowait(3)?;
+        assert_eq!(
+            settle(early).await?,
+            3,
+            "the getter that came later took its item"
+        );
+        q.put_nowait(4)?;
+        assert_eq!(settle(late).await?, 4);
+        assert!(q.empty());
+        Ok(())
+    });
+}
+
 /// CPython `test_put_cancel_drop` and `test_cancelled_put_silence_value_error_exception`: a
 /// putter woken by a get and cancelled before it runs ends cancelled without inserting its
 /// item; a retried put then goes through.

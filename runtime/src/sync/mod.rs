@@ -36,8 +36,12 @@ use std::task::Waker;
 /// held, and the wakers it returns are woken after the mutex is released.
 #[derive(Default)]
 pub(crate) struct WaitQueue {
+    /// In line order, which is also id order: ids only grow, and entries leave from anywhere
+    /// without reordering the rest, so an id is found by binary search.
     entries: VecDeque<Entry>,
     next_id: u64,
+    /// How many entries are notified, kept so that `notified_count` need not walk the line.
+    notified: usize,
 }
 
 struct Entry {
@@ -59,8 +63,13 @@ impl WaitQueue {
         id
     }
 
+    fn position(&self, id: u64) -> Option<usize> {
+        self.entries.binary_search_by_key(&id, |e| e.id).ok()
+    }
+
     fn find(&mut self, id: u64) -> Option<&mut Entry> {
-        self.entries.iter_mut().find(|e| e.id == id)
+        let at = self.position(id)?;
+        self.entries.get_mut(at)
     }
 
     /// True if waiter `id` was notified; else refreshes its waker.
@@ -80,23 +89,21 @@ impl WaitQueue {
 
     /// Leaves the line; true if the waiter had been notified.
     pub(crate) fn remove(&mut self, id: u64) -> bool {
-        match self.entries.iter().position(|e| e.id == id) {
-            Some(at) => self.entries.remove(at).is_some_and(|e| e.notified),
-            None => false,
+        let notified = self
+            .position(id)
+            .and_then(|at| self.entries.remove(at))
+            .is_some_and(|e| e.notified);
+        if notified {
+            self.notified -= 1;
         }
-    }
-
-    /// Notifies the first waiter not yet notified; its id and waker.
-    pub(crate) fn notify_first(&mut self) -> Option<(u64, Waker)> {
-        let entry = self.entries.iter_mut().find(|e| !e.notified)?;
-        entry.notified = true;
-        Some((entry.id, entry.waker.clone()))
+        notified
     }
 
     /// Notifies the first waiter not yet notified; its waker, to wake after unlocking.
     pub(crate) fn notify_one(&mut self) -> Option<Waker> {
         let entry = self.entries.iter_mut().find(|e| !e.notified)?;
         entry.notified = true;
+        self.notified += 1;
         Some(entry.waker.clone())
     }
 
@@ -104,6 +111,7 @@ impl WaitQueue {
     pub(crate) fn notify(&mut self, n: usize, wake: &mut Vec<Waker>) {
         for entry in self.entries.iter_mut().filter(|e| !e.notified).take(n) {
             entry.notified = true;
+            self.notified += 1;
             wake.push(entry.waker.clone());
         }
     }
@@ -114,17 +122,36 @@ impl WaitQueue {
             entry.notified = true;
             wake.push(entry.waker.clone());
         }
+        self.notified = self.entries.len();
     }
 
     /// How many waiters were notified and have not left the line yet.
     pub(crate) fn notified_count(&self) -> usize {
-        self.entries.iter().filter(|e| e.notified).count()
+        debug_assert_eq!(
+            self.notified,
+            self.entries.iter().filter(|e| e.notified).count(),
+            "the count of notified waiters drifted"
+        );
+        self.notified
+    }
+
+    /// How many notified waiters stand before waiter `id` in line, if `id` is in line and
+    /// notified itself.
+    pub(crate) fn notified_rank(&self, id: u64) -> Option<usize> {
+        let at = self.position(id)?;
+        if !self.entries[at].notified {
+            return None;
+        }
+        Some(self.entries.range(..at).filter(|e| e.notified).count())
     }
 
     /// Takes back the notification of waiter `id` (it stays in line, in its place).
     pub(crate) fn unnotify(&mut self, id: u64) {
         if let Some(entry) = self.find(id) {
-            entry.notified = false;
+            if entry.notified {
+                entry.notified = false;
+                self.notified -= 1;
+            }
         }
     }
 

@@ -59,10 +59,9 @@ fn shut_down() -> Error {
 trait Store: Default {
     type Item;
     fn push(&mut self, item: Self::Item);
-    /// Puts back an item that was taken out of turn (handed to a getter that then left), so
-    /// that it is the next one out.
-    fn push_next(&mut self, item: Self::Item);
-    fn pop(&mut self) -> Option<Self::Item>;
+    /// Takes the item that the `rank`-th of a run of `pop`s would give (0: `pop`'s own), or
+    /// `None` if fewer items are held. The rest keep their order.
+    fn take_nth(&mut self, rank: usize) -> Option<Self::Item>;
     fn len(&self) -> usize;
 }
 
@@ -83,11 +82,8 @@ impl<T> Store for Fifo<T> {
     fn push(&mut self, item: T) {
         self.0.push_back(item);
     }
-    fn push_next(&mut self, item: T) {
-        self.0.push_front(item);
-    }
-    fn pop(&mut self) -> Option<T> {
-        self.0.pop_front()
+    fn take_nth(&mut self, rank: usize) -> Option<T> {
+        self.0.remove(rank)
     }
     fn len(&self) -> usize {
         self.0.len()
@@ -103,11 +99,9 @@ impl<T> Store for Lifo<T> {
     fn push(&mut self, item: T) {
         self.0.push(item);
     }
-    fn push_next(&mut self, item: T) {
-        self.0.push(item);
-    }
-    fn pop(&mut self) -> Option<T> {
-        self.0.pop()
+    fn take_nth(&mut self, rank: usize) -> Option<T> {
+        let at = self.0.len().checked_sub(rank + 1)?;
+        Some(self.0.remove(at))
     }
     fn len(&self) -> usize {
         self.0.len()
@@ -123,11 +117,16 @@ impl<T: Ord> Store for Smallest<T> {
     fn push(&mut self, item: T) {
         self.0.push(Reverse(item));
     }
-    fn push_next(&mut self, item: T) {
-        self.0.push(Reverse(item));
-    }
-    fn pop(&mut self) -> Option<T> {
-        self.0.pop().map(|Reverse(item)| item)
+    fn take_nth(&mut self, rank: usize) -> Option<T> {
+        if rank >= self.0.len() {
+            return None;
+        }
+        // `rank` is the number of woken getters ahead of the taker that have not run yet:
+        // almost always 0, so popping the smaller ones and pushing them back costs little.
+        let ahead: Vec<_> = (0..rank).filter_map(|_| self.0.pop()).collect();
+        let taken = self.0.pop().map(|Reverse(item)| item);
+        self.0.extend(ahead);
+        taken
     }
     fn len(&self) -> usize {
         self.0.len()
@@ -138,11 +137,23 @@ impl<T: Ord> Store for Smallest<T> {
 ///
 /// asyncio serves waiting getters and putters in arrival order because its one thread runs
 /// them in the order it woke them. Here the woken may run on different loops in any order, so
-/// the order is fixed otherwise: an item put while getters wait is *handed* to the first of
-/// them (`handed`; one that leaves instead passes it on), and waiting putters are woken in
-/// arrival order, one per free slot, each slot promised to the putter woken for it: a newcomer
-/// may not take a promised slot. A putter inserts its item itself when it runs, so a putter
-/// cancelled after being woken inserts nothing (its slot goes to the next), as in asyncio.
+/// the order is fixed otherwise.
+///
+/// - An item put while getters wait stays in the store and wakes the first getter not yet
+///   woken: that getter now holds a *claim*. A woken getter takes, when it runs, the item its
+///   place among the claimants gives it: the `r`-th claimant in line the `r`-th item in the
+///   store's order. So each gets what asyncio's one thread, running them in line order, would
+///   have given it, whichever runs first, and a `PriorityQueue` or `LifoQueue` still hands
+///   out its smallest or newest item, not merely the first one put.
+/// - A newcomer's `get` may take only an item beyond the claims; `get_nowait` takes the first
+///   item in order, claimed or not, as asyncio's does (so `while !q.empty() { q.get_nowait() }`
+///   never fails). A claimant that then finds no item for its place waits again in its place.
+/// - A getter that leaves with a claim (cancelled or dropped) wakes the next one in its stead,
+///   so an item never sits in the store while getters wait unwoken.
+/// - Waiting putters are woken in arrival order, one per free slot, each slot promised to the
+///   putter woken for it: a newcomer may not take a promised slot. A putter inserts its item
+///   itself when it runs, so a putter cancelled after being woken inserts nothing (its slot
+///   goes to the next), as in asyncio.
 struct Core<S: Store> {
     maxsize: usize,
     state: Mutex<State<S>>,
@@ -150,8 +161,7 @@ struct Core<S: Store> {
 
 struct State<S: Store> {
     items: S,
-    /// Items handed to a getter that has not run yet (still counted by `qsize`).
-    handed: Vec<(u64, S::Item)>,
+    /// Waiting getters; a notified one holds a claim on an item (see [`Core`]).
     getters: WaitQueue,
     putters: WaitQueue,
     joiners: WaitQueue,
@@ -161,34 +171,28 @@ struct State<S: Store> {
 
 impl<S: Store> State<S> {
     fn qsize(&self) -> usize {
-        self.items.len() + self.handed.len()
+        self.items.len()
     }
 
     fn is_full(&self, maxsize: usize) -> bool {
         maxsize > 0 && self.qsize() >= maxsize
     }
 
-    /// An item enters the queue: to the first waiting getter, else to the store.
+    /// An item enters the queue, and a waiting getter is woken for it.
     fn accept(&mut self, item: S::Item, wake: &mut Vec<Waker>) {
         self.unfinished += 1;
-        self.place(item, wake);
+        self.items.push(item);
+        self.wake_getters(wake);
     }
 
-    /// Gives `item` to the first getter not yet served, else keeps it as the next one out
-    /// (`next`) or the last one in.
-    fn place_with(&mut self, item: S::Item, next: bool, wake: &mut Vec<Waker>) {
-        match self.getters.notify_first() {
-            Some((id, waker)) => {
-                self.handed.push((id, item));
-                wake.push(waker);
+    /// Wakes waiting getters in line order while items outnumber the claims on them.
+    fn wake_getters(&mut self, wake: &mut Vec<Waker>) {
+        while self.items.len() > self.getters.notified_count() {
+            match self.getters.notify_one() {
+                Some(waker) => wake.push(waker),
+                None => break,
             }
-            None if next => self.items.push_next(item),
-            None => self.items.push(item),
         }
-    }
-
-    fn place(&mut self, item: S::Item, wake: &mut Vec<Waker>) {
-        self.place_with(item, false, wake);
     }
 
     /// Free slots not yet promised to a woken putter (`usize::MAX` without a limit).
@@ -212,18 +216,17 @@ impl<S: Store> State<S> {
         }
     }
 
-    fn take_handed(&mut self, id: u64) -> Option<S::Item> {
-        let at = self.handed.iter().position(|(owner, _)| *owner == id)?;
-        Some(self.handed.swap_remove(at).1)
+    /// Takes the item of `rank` in the store's order, and lets a putter use the room.
+    fn take(&mut self, rank: usize, maxsize: usize, wake: &mut Vec<Waker>) -> Option<S::Item> {
+        let item = self.items.take_nth(rank)?;
+        self.wake_next_putter(maxsize, wake);
+        Some(item)
     }
 
-    /// asyncio's `get_nowait`, under the lock.
+    /// asyncio's `get_nowait`, under the lock: the first item in order, claimed or not.
     fn get_now(&mut self, maxsize: usize, wake: &mut Vec<Waker>) -> Result<S::Item> {
-        match self.items.pop() {
-            Some(item) => {
-                self.wake_next_putter(maxsize, wake);
-                Ok(item)
-            }
+        match self.take(0, maxsize, wake) {
+            Some(item) => Ok(item),
             None if self.shutdown => Err(shut_down()),
             None => Err(empty()),
         }
@@ -238,7 +241,6 @@ impl<S: Store> Core<S> {
             maxsize,
             state: Mutex::new(State {
                 items: S::default(),
-                handed: Vec::new(),
                 getters: WaitQueue::default(),
                 putters: WaitQueue::default(),
                 joiners: WaitQueue::default(),
@@ -339,8 +341,8 @@ impl<S: Store> Core<S> {
         }
     }
 
-    /// One step of asyncio's `get`. `Ready(Err(None))` if `cancelled` made it leave; an item
-    /// that had been handed to it goes to the next getter (or back to the front).
+    /// One step of asyncio's `get`. `Ready(Err(None))` if `cancelled` made it leave; a claim
+    /// it held passes to the next getter.
     pub(crate) fn poll_get(
         &self,
         waiter: &mut Option<u64>,
@@ -350,55 +352,71 @@ impl<S: Store> Core<S> {
         let mut wake = Vec::new();
         let outcome = {
             let mut state = self.state.lock();
-            if let Some(id) = *waiter {
-                if cancelled {
+            match *waiter {
+                Some(id) if cancelled => {
                     self.leave_get(&mut state, id, &mut wake);
                     *waiter = None;
-                    drop(state);
-                    wake_all(wake);
-                    return Poll::Ready(Err(None));
+                    Poll::Ready(Err(None))
                 }
-                if let Some(item) = state.take_handed(id) {
-                    state.getters.remove(id);
-                    *waiter = None;
-                    state.wake_next_putter(self.maxsize, &mut wake);
-                    drop(state);
-                    wake_all(wake);
-                    return Poll::Ready(Ok(item));
-                }
-                if !state.getters.check(id, waker) {
-                    return Poll::Pending;
-                }
-                // Woken with no item: the queue was shut down. Look again from scratch.
-                state.getters.remove(id);
-                *waiter = None;
-            }
-            if cancelled {
-                return Poll::Ready(Err(None));
-            }
-            if state.items.len() > 0 {
-                Poll::Ready(state.get_now(self.maxsize, &mut wake).map_err(Some))
-            } else if state.shutdown {
-                Poll::Ready(Err(Some(shut_down())))
-            } else {
-                *waiter = Some(state.getters.push(waker));
-                Poll::Pending
+                // Not woken yet: stays in line (`check` keeps the waker of this poll).
+                Some(id) if !state.getters.check(id, waker) => Poll::Pending,
+                Some(id) => match state.getters.notified_rank(id) {
+                    // Out of line, which only its own `leave_get` does: looks afresh.
+                    None => {
+                        *waiter = None;
+                        self.get_as_newcomer(&mut state, waiter, waker, &mut wake)
+                    }
+                    Some(rank) => match state.take(rank, self.maxsize, &mut wake) {
+                        Some(item) => {
+                            state.getters.remove(id);
+                            *waiter = None;
+                            Poll::Ready(Ok(item))
+                        }
+                        None if state.shutdown => {
+                            state.getters.remove(id);
+                            *waiter = None;
+                            Poll::Ready(Err(Some(shut_down())))
+                        }
+                        // Its item went to a `get_nowait` (or to a claimant ahead that ran
+                        // first and took more): waits again, keeping its place in line.
+                        None => {
+                            state.getters.unnotify(id);
+                            state.getters.check(id, waker);
+                            Poll::Pending
+                        }
+                    },
+                },
+                None if cancelled => Poll::Ready(Err(None)),
+                None => self.get_as_newcomer(&mut state, waiter, waker, &mut wake),
             }
         };
         wake_all(wake);
         outcome
     }
 
-    /// A getter leaves the line; an item handed to it goes on to the next getter, or back to
-    /// the front of the queue.
-    fn leave_get(&self, state: &mut State<S>, id: u64, wake: &mut Vec<Waker>) {
-        state.getters.remove(id);
-        if let Some(item) = state.take_handed(id) {
-            if pass_on_enabled() {
-                state.place_with(item, true, wake);
-            } else {
-                state.items.push_next(item);
+    /// A getter not in line takes an item nobody waiting has a claim on, or joins the line.
+    fn get_as_newcomer(
+        &self,
+        state: &mut State<S>,
+        waiter: &mut Option<u64>,
+        waker: &Waker,
+        wake: &mut Vec<Waker>,
+    ) -> Poll<Result<S::Item, Option<Error>>> {
+        let claims = state.getters.notified_count();
+        match state.take(claims, self.maxsize, wake) {
+            Some(item) => Poll::Ready(Ok(item)),
+            None if state.shutdown => Poll::Ready(Err(Some(shut_down()))),
+            None => {
+                *waiter = Some(state.getters.push(waker));
+                Poll::Pending
             }
+        }
+    }
+
+    /// A getter leaves the line; if it held a claim, the next getter is woken in its stead.
+    fn leave_get(&self, state: &mut State<S>, id: u64, wake: &mut Vec<Waker>) {
+        if state.getters.remove(id) && pass_on_enabled() {
+            state.wake_getters(wake);
         }
     }
 
@@ -466,10 +484,9 @@ impl<S: Store> Core<S> {
             let mut state = self.state.lock();
             state.shutdown = true;
             if immediate {
-                while let Some(item) = state.items.pop() {
+                while let Some(item) = state.items.take_nth(0) {
                     drained.push(item);
                 }
-                drained.extend(state.handed.drain(..).map(|(_, item)| item));
                 state.unfinished = state.unfinished.saturating_sub(drained.len());
                 if state.unfinished == 0 {
                     state.joiners.wake_all(&mut wake);
@@ -915,6 +932,73 @@ mod loom_tests {
             Poll::Ready(Ok(7))
         ));
         assert_eq!(queue.qsize(), 0);
+    }
+
+    /// A `get_nowait` races the put that wakes a waiting getter: the item goes to exactly
+    /// one of them, and a getter whose item was taken waits on in its place for the next.
+    #[test]
+    fn loom_queue_get_nowait_races_a_woken_getter() {
+        model(false, || {
+            let queue = Arc::new(Queue::new(0));
+            let (b_flag, b_waker) = Flag::new();
+            let mut b = None;
+            assert!(queue.core.poll_get(&mut b, &b_waker, false).is_pending());
+
+            let putter = {
+                let queue = queue.clone();
+                thread::spawn(move || queue.put_nowait(7u32).expect("unbounded"))
+            };
+            let taker = {
+                let queue = queue.clone();
+                thread::spawn(move || queue.get_nowait().ok())
+            };
+            putter.join().unwrap();
+            let taken = taker.join().unwrap();
+            assert!(b_flag.woken(), "the put must wake the getter");
+            match queue.core.poll_get(&mut b, &b_waker, false) {
+                Poll::Ready(Ok(item)) => {
+                    assert_eq!((item, taken), (7, None), "the item was delivered twice");
+                }
+                Poll::Pending => {
+                    assert_eq!(taken, Some(7), "the item was lost");
+                    queue.put_nowait(8).expect("unbounded");
+                    assert!(matches!(
+                        queue.core.poll_get(&mut b, &b_waker, false),
+                        Poll::Ready(Ok(8))
+                    ));
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+            assert_eq!(queue.qsize(), 0);
+        });
+    }
+
+    /// Two woken getters of a `PriorityQueue` run on two threads in either order: the first
+    /// in line gets the smallest item, as if they had run in line order.
+    #[test]
+    fn loom_queue_claimants_take_items_by_their_place_in_line() {
+        model(false, || {
+            let queue = Arc::new(PriorityQueue::new(0));
+            let (_, a_waker) = Flag::new();
+            let (_, b_waker) = Flag::new();
+            let (mut a, mut b) = (None, None);
+            assert!(queue.core.poll_get(&mut a, &a_waker, false).is_pending());
+            assert!(queue.core.poll_get(&mut b, &b_waker, false).is_pending());
+            queue.put_nowait(5u32).expect("unbounded");
+            queue.put_nowait(1u32).expect("unbounded");
+
+            let getters = [(a, a_waker), (b, b_waker)].map(|(mut waiter, waker)| {
+                let queue = queue.clone();
+                thread::spawn(
+                    move || match queue.core.poll_get(&mut waiter, &waker, false) {
+                        Poll::Ready(Ok(item)) => item,
+                        other => panic!("a woken getter got {other:?}"),
+                    },
+                )
+            });
+            let [first, second] = getters.map(|getter| getter.join().unwrap());
+            assert_eq!((first, second), (1, 5));
+        });
     }
 
     #[test]
