@@ -413,3 +413,102 @@ fn promises_set_from_a_foreign_thread_never_lose_a_wakeup() {
     setter.join().unwrap();
     rt.shutdown(WAIT).unwrap();
 }
+
+/// Counts the wakes it receives; its `Arc`'s strong count tells how many wakers of it live.
+#[derive(Default)]
+struct WakeProbe(std::sync::atomic::AtomicUsize);
+
+impl std::task::Wake for WakeProbe {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl WakeProbe {
+    fn wakes(&self) -> usize {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Polls `fut` once with a waker of `probe`; true if it is still pending.
+fn poll_once_with<F: std::future::Future + Unpin>(fut: &mut F, probe: &Arc<WakeProbe>) -> bool {
+    let waker = std::task::Waker::from(probe.clone());
+    let mut cx = std::task::Context::from_waker(&waker);
+    std::pin::Pin::new(fut).poll(&mut cx).is_pending()
+}
+
+/// An await of a promise that stops waiting without cancelling it (the losing arm of a
+/// select) gives back the waker it left with the promise, as asyncio removes the done
+/// callback of an abandoned `await`: a long-lived promise (a shutdown signal, say) that
+/// thousands of short-lived tasks race against their work must not keep them all alive.
+#[test]
+fn a_dropped_await_gives_back_its_waker() {
+    braid::run(async {
+        let p: Promise<u8> = Promise::new();
+        let probes: Vec<Arc<WakeProbe>> = (0..3).map(|_| Arc::default()).collect();
+        for probe in &probes {
+            let mut fut = std::future::IntoFuture::into_future(p.clone());
+            assert!(poll_once_with(&mut fut, probe));
+            assert_eq!(Arc::strong_count(probe), 2, "the promise holds the waker");
+        }
+        for probe in &probes {
+            assert_eq!(
+                Arc::strong_count(probe),
+                1,
+                "a dropped await left its waker"
+            );
+        }
+        // The pattern it serves: tasks racing the promise against their own work.
+        let tasks: Vec<_> = (0..200)
+            .map(|_| {
+                let p = p.clone();
+                braid::create_task(async move {
+                    let signal = std::pin::pin!(std::future::IntoFuture::into_future(p));
+                    let work = std::pin::pin!(braid::sleep(Duration::from_millis(1)));
+                    match futures::future::select(signal, work).await {
+                        futures::future::Either::Right((slept, _)) => slept,
+                        futures::future::Either::Left((signalled, _)) => {
+                            panic!("the promise was never set: {signalled:?}")
+                        }
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await?;
+        }
+        assert!(!p.done());
+        let probe = Arc::<WakeProbe>::default();
+        let mut fut = std::future::IntoFuture::into_future(p.clone());
+        assert!(poll_once_with(&mut fut, &probe));
+        p.set_result(1)?;
+        assert_eq!(probe.wakes(), 1, "the one live await was not woken");
+        Ok(())
+    })
+    .unwrap();
+}
+
+/// Two awaits of one promise in the same task share a waker; dropping one leaves the other
+/// registered, and it is woken when the promise is set.
+#[test]
+fn dropping_one_of_two_awaits_in_a_task_leaves_the_other_woken() {
+    braid::run(async {
+        let p: Promise<u8> = Promise::new();
+        let probe = Arc::<WakeProbe>::default();
+        let mut first = std::future::IntoFuture::into_future(p.clone());
+        let mut second = std::future::IntoFuture::into_future(p.clone());
+        assert!(poll_once_with(&mut first, &probe));
+        assert!(poll_once_with(&mut second, &probe));
+        drop(first);
+        p.set_result(4)?;
+        assert!(probe.wakes() >= 1, "the remaining await was not woken");
+        assert!(!poll_once_with(&mut second, &probe));
+        drop(second);
+        assert_eq!(Arc::strong_count(&probe), 1);
+        Ok(())
+    })
+    .unwrap();
+}

@@ -33,9 +33,12 @@ type PromiseCallback<T> = Box<dyn FnOnce(&Promise<T>) + Send>;
 struct State<T> {
     outcome: Option<Result<T>>,
     cancelled: bool,
-    /// The first task awaiting: nearly always the only one, kept without an allocation.
-    first_waiter: Option<Waker>,
-    waiters: Vec<Waker>,
+    /// The first await waiting: nearly always the only one, kept without an allocation.
+    /// Each await has its own entry, named by the number it was given, so that one that
+    /// stops waiting takes back its waker and no other's.
+    first_waiter: Option<(u64, Waker)>,
+    waiters: Vec<(u64, Waker)>,
+    next_waiter: u64,
     callbacks: Vec<(CallbackId, PromiseCallback<T>)>,
 }
 
@@ -118,6 +121,7 @@ impl<T: Send + 'static> Promise<T> {
                     cancelled: false,
                     first_waiter: None,
                     waiters: Vec::new(),
+                    next_waiter: 0,
                     callbacks: Vec::new(),
                 }),
                 home,
@@ -142,7 +146,7 @@ impl<T: Send + 'static> Promise<T> {
                 std::mem::take(&mut st.callbacks),
             )
         };
-        for w in first_waiter.into_iter().chain(waiters) {
+        for (_, w) in first_waiter.into_iter().chain(waiters) {
             w.wake();
         }
         for (_, cb) in callbacks {
@@ -329,6 +333,8 @@ impl<T: Send + 'static> CancelTarget for Inner<T> {
 pub struct PromiseFuture<T> {
     promise: Promise<T>,
     registration: context::AwaitRegistration,
+    /// This await's entry among the promise's waiters, while it has one.
+    waiter: Option<u64>,
 }
 
 impl<T: Clone + Send + 'static> IntoFuture for Promise<T> {
@@ -340,6 +346,7 @@ impl<T: Clone + Send + 'static> IntoFuture for Promise<T> {
         PromiseFuture {
             promise: self,
             registration,
+            waiter: None,
         }
     }
 }
@@ -353,6 +360,8 @@ impl<T: Clone + Send + 'static> Future for PromiseFuture<T> {
             // asyncio: cancelling the awaiting task cancels the future it awaits.
             this.promise
                 .cancel_with_message(cancel.message().map(str::to_owned));
+            // Settled now, by this cancel or before it: settling took every waiter.
+            this.waiter = None;
             this.registration.end_read(|| false);
             return Poll::Ready(Err(cancel));
         }
@@ -361,17 +370,31 @@ impl<T: Clone + Send + 'static> Future for PromiseFuture<T> {
             if let Some(outcome) = &st.outcome {
                 let outcome = outcome.clone();
                 drop(st);
+                this.waiter = None;
                 this.registration.end_read(|| false);
                 return Poll::Ready(outcome);
             }
             let waker = cx.waker();
-            match &st.first_waiter {
-                None => st.first_waiter = Some(waker.clone()),
-                Some(first) if first.will_wake(waker) => {}
-                Some(_) => {
-                    if !st.waiters.iter().any(|w| w.will_wake(waker)) {
-                        st.waiters.push(waker.clone());
+            let st = &mut *st;
+            let entry = this.waiter.and_then(|id| {
+                let first = st.first_waiter.iter_mut();
+                first.chain(st.waiters.iter_mut()).find(|(at, _)| *at == id)
+            });
+            match entry {
+                Some((_, known)) => {
+                    if !known.will_wake(waker) {
+                        *known = waker.clone();
                     }
+                }
+                None => {
+                    let id = st.next_waiter;
+                    st.next_waiter += 1;
+                    let entry = (id, waker.clone());
+                    match st.first_waiter {
+                        None => st.first_waiter = Some(entry),
+                        Some(_) => st.waiters.push(entry),
+                    }
+                    this.waiter = Some(id);
                 }
             }
         }
@@ -379,6 +402,27 @@ impl<T: Clone + Send + 'static> Future for PromiseFuture<T> {
         this.registration
             .register(|| AwaitTarget::Other(inner.clone()));
         Poll::Pending
+    }
+}
+
+impl<T> Drop for PromiseFuture<T> {
+    /// An await that stops waiting takes its waker back: a long-lived promise awaited in turn
+    /// by many short-lived tasks (each timing out) would otherwise keep every one alive.
+    fn drop(&mut self) {
+        let Some(id) = self.waiter.take() else {
+            return;
+        };
+        let waker = {
+            let mut st = self.promise.inner.state.lock();
+            if st.first_waiter.as_ref().is_some_and(|(at, _)| *at == id) {
+                st.first_waiter.take()
+            } else {
+                let at = st.waiters.iter().position(|(at, _)| *at == id);
+                at.map(|at| st.waiters.remove(at))
+            }
+        };
+        // Dropped outside the lock: the last reference to a task may free it.
+        drop(waker);
     }
 }
 
