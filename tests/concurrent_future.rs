@@ -788,3 +788,58 @@ fn exception_after_outcome_moved_out_does_not_report_success() {
         Ok(None) => panic!("exception() reports success for a future that failed"),
     }
 }
+
+/// Counts the wakes it receives; its `Arc`'s strong count tells how many wakers of it live.
+#[derive(Default)]
+struct WakeProbe(AtomicUsize);
+
+impl std::task::Wake for WakeProbe {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// Polls `fut` once with a waker of `probe`; true if it is still pending.
+fn pending_after_poll_with<T: Send + 'static>(
+    fut: &mut ConcurrentFuture<T>,
+    probe: &Arc<WakeProbe>,
+) -> bool {
+    let waker = std::task::Waker::from(probe.clone());
+    let mut cx = std::task::Context::from_waker(&waker);
+    Pin::new(fut).poll(&mut cx).is_pending()
+}
+
+/// A handle dropped while its await waits (the losing arm of a select) takes its waker
+/// back, so a long-lived future raced by many tasks does not keep them all alive; a handle
+/// polled again keeps one entry, and the handles still waiting are woken when it completes.
+#[test]
+fn a_dropped_waiting_handle_gives_back_its_waker() {
+    let (fut, completer) = pair::<u8>();
+    let gone = Arc::<WakeProbe>::default();
+    for _ in 0..3 {
+        let mut clone = fut.clone();
+        assert!(pending_after_poll_with(&mut clone, &gone));
+        assert!(pending_after_poll_with(&mut clone, &gone));
+        assert_eq!(Arc::strong_count(&gone), 2, "one waker per waiting handle");
+    }
+    assert_eq!(
+        Arc::strong_count(&gone),
+        1,
+        "a dropped handle left its waker"
+    );
+
+    let stays = Arc::<WakeProbe>::default();
+    let mut waiting = fut.clone();
+    assert!(pending_after_poll_with(&mut waiting, &stays));
+    completer.set_result(5);
+    assert_eq!(
+        stays.0.load(Ordering::SeqCst),
+        1,
+        "the waiting handle was not woken"
+    );
+    assert!(!pending_after_poll_with(&mut waiting, &stays));
+    assert_eq!(gone.0.load(Ordering::SeqCst), 0);
+}

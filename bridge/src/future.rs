@@ -122,7 +122,9 @@ struct State<T> {
     settled: bool,
     /// The producer's own outcome when it settled after the future was cancelled.
     late_outcome: Option<Result<T>>,
-    wakers: Vec<Waker>,
+    /// The wakers of the awaits waiting, each under the id its handle keeps, so that a handle
+    /// that stops waiting takes back its own (ids from `next_callback_id`).
+    wakers: Vec<(u64, Waker)>,
     /// Done callbacks with the ids that let internal waiters (`wait`, `as_completed`)
     /// remove theirs again.
     callbacks: Vec<(u64, DoneCallback<T>)>,
@@ -158,13 +160,39 @@ struct Inner<T> {
 /// ```
 pub struct ConcurrentFuture<T> {
     inner: Arc<Inner<T>>,
+    /// The id of this handle's waker among the waiting ones, while it has one there.
+    waiting: Option<u64>,
 }
 
 impl<T> Clone for ConcurrentFuture<T> {
     fn clone(&self) -> Self {
+        ConcurrentFuture::from_inner(self.inner.clone())
+    }
+}
+
+impl<T> ConcurrentFuture<T> {
+    fn from_inner(inner: Arc<Inner<T>>) -> Self {
         ConcurrentFuture {
-            inner: self.inner.clone(),
+            inner,
+            waiting: None,
         }
+    }
+}
+
+impl<T> Drop for ConcurrentFuture<T> {
+    /// A handle dropped while its await waits takes its waker back: a long-lived future
+    /// raced by many short-lived tasks would otherwise keep every one of them alive.
+    fn drop(&mut self) {
+        let Some(id) = self.waiting.take() else {
+            return;
+        };
+        let waker = {
+            let mut st = self.inner.state.lock();
+            let at = st.wakers.iter().position(|(at, _)| *at == id);
+            at.map(|at| st.wakers.remove(at))
+        };
+        // Dropped outside the lock: the last reference to a task may free it.
+        drop(waker);
     }
 }
 
@@ -217,9 +245,7 @@ impl<T: Send + 'static> ConcurrentFuture<T> {
             owner,
         });
         (
-            ConcurrentFuture {
-                inner: inner.clone(),
-            },
+            ConcurrentFuture::from_inner(inner.clone()),
             Completer { inner: Some(inner) },
         )
     }
@@ -527,9 +553,9 @@ impl<T: Send + 'static> ConcurrentFuture<T> {
         drop(removed);
     }
 
-    fn after_done(&self, wakers: Vec<Waker>, callbacks: Vec<(u64, DoneCallback<T>)>) {
+    fn after_done(&self, wakers: Vec<(u64, Waker)>, callbacks: Vec<(u64, DoneCallback<T>)>) {
         if !fault!(SkipWakers) {
-            for w in wakers {
+            for (_, w) in wakers {
                 w.wake();
             }
         }
@@ -713,9 +739,7 @@ fn settle<T: Send + 'static>(inner: &Arc<Inner<T>>, result: Result<T>) {
         inner.notify_blocked(&st);
         out
     };
-    let fut = ConcurrentFuture {
-        inner: inner.clone(),
-    };
+    let fut = ConcurrentFuture::from_inner(inner.clone());
     fut.after_done(wakers, callbacks);
 }
 
@@ -743,10 +767,10 @@ impl<T> Drop for Completer<T> {
                 inner.notify_blocked(&st);
                 out
             };
-            for w in wakers {
+            for (_, w) in wakers {
                 w.wake();
             }
-            let fut = ConcurrentFuture { inner };
+            let fut = ConcurrentFuture::from_inner(inner);
             for (_, cb) in callbacks {
                 run_callback(cb, &fut);
             }
@@ -759,12 +783,29 @@ impl<T: Send + 'static> Future for ConcurrentFuture<T> {
 
     /// Awaiting moves the value out (as [`ConcurrentFuture::into_result`]).
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<T>> {
-        let mut st = self.inner.state.lock();
+        let this = self.get_mut();
+        let mut st = this.inner.state.lock();
         if done(&st) {
+            // Settling took every waker.
+            this.waiting = None;
             return Poll::Ready(take_outcome(&mut st));
         }
-        if !st.wakers.iter().any(|w| w.will_wake(cx.waker())) {
-            st.wakers.push(cx.waker().clone());
+        let waker = cx.waker();
+        let known = this
+            .waiting
+            .and_then(|id| st.wakers.iter_mut().find(|(at, _)| *at == id));
+        match known {
+            Some((_, known)) => {
+                if !known.will_wake(waker) {
+                    *known = waker.clone();
+                }
+            }
+            None => {
+                let id = st.next_callback_id;
+                st.next_callback_id += 1;
+                st.wakers.push((id, waker.clone()));
+                this.waiting = Some(id);
+            }
         }
         Poll::Pending
     }
