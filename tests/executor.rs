@@ -370,3 +370,42 @@ fn shutdown_waits_for_a_running_default_pool_job() {
     }
     assert_eq!(threads_named("xw-"), Vec::<String>::new());
 }
+
+/// A `run_in_executor` job still queued when its pool's `shutdown` cancels the queued jobs
+/// ends Cancelled, as the pool's own `submit` futures do and as asyncio's await of it raises
+/// `CancelledError`; it used to end `BrokenExecutor` (the job was dropped unrun).
+#[test]
+fn a_queued_job_cancelled_by_its_pools_shutdown_is_cancelled() {
+    let rt = runtime(1);
+    let pool = Arc::new(ThreadPool::new(1));
+    let (started_tx, started_rx) = mpsc::channel();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let blocker = pool.submit(move || {
+        started_tx.send(()).unwrap();
+        let _ = release_rx.recv();
+    });
+    started_rx.recv_timeout(WAIT).expect("the blocker started");
+    let ran = Arc::new(AtomicBool::new(false));
+    let (queued_tx, queued_rx) = mpsc::channel();
+    let task = {
+        let (pool, ran) = (pool.clone(), ran.clone());
+        rt.event_loop()
+            .spawn(async move {
+                let job = braid::run_in_executor(&*pool, move || ran.store(true, Ordering::SeqCst));
+                queued_tx.send(()).unwrap();
+                job.await
+            })
+            .unwrap()
+    };
+    queued_rx.recv_timeout(WAIT).expect("the job was submitted");
+    assert_eq!(pool.queued(), 1);
+    pool.shutdown(false, true);
+    release_tx.send(()).unwrap();
+    blocker.result(Some(WAIT)).unwrap();
+    let outcome = rt.run_until_complete(task);
+    assert!(
+        matches!(&outcome, Err(e) if e.is_cancelled()),
+        "expected Cancelled, got {outcome:?}"
+    );
+    assert!(!ran.load(Ordering::SeqCst), "a cancelled job ran");
+}

@@ -530,3 +530,42 @@ fn shutdown_from_inside_a_job_returns() {
     pool.shutdown(true, false);
     assert_eq!(pool.worker_count(), 0);
 }
+
+/// `shutdown(wait = true)` returns only once the running jobs are done, whichever caller it
+/// is: a second shutdown, made while a first one already took the threads to join, waits
+/// too (concurrent.futures: "will not return until all the pending futures are done").
+#[test]
+fn a_second_concurrent_shutdown_with_wait_waits_too() {
+    let pool = Arc::new(ThreadPool::new(1));
+    let (blocker, release) = block_one(&pool);
+    let first = {
+        let pool = pool.clone();
+        thread::spawn(move || pool.shutdown(true, false))
+    };
+    // The first shutdown has begun once the pool refuses new work (a refused submission's
+    // future is done at once; an accepted one queues behind the blocker).
+    assert!(eventually(WAIT, || pool.submit(|| ()).done()));
+    let (returned_tx, returned_rx) = mpsc::channel();
+    let second = {
+        let pool = pool.clone();
+        thread::spawn(move || {
+            pool.shutdown(true, false);
+            returned_tx.send(()).unwrap();
+        })
+    };
+    assert!(
+        returned_rx
+            .recv_timeout(Duration::from_millis(200))
+            .is_err(),
+        "the second shutdown returned while the job still ran"
+    );
+    assert!(!blocker.done());
+    release.send(()).unwrap();
+    returned_rx
+        .recv_timeout(WAIT)
+        .expect("the second shutdown returned once the job was done");
+    assert!(blocker.done());
+    assert_eq!(pool.worker_count(), 0);
+    first.join().unwrap();
+    second.join().unwrap();
+}

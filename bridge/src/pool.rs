@@ -47,6 +47,29 @@ pub trait Executor: Send + Sync {
     /// [`PoolFull`] when its bounded queue is full, and with the OS error when it has no
     /// thread and cannot start one.
     fn execute(&self, job: Box<dyn FnOnce() + Send>) -> Result<()>;
+
+    /// As [`execute`](Executor::execute), for a job that wants to know why it will not run.
+    /// The job is called once: with `None` on the thread that runs it, or with the error that
+    /// keeps it from running after it was accepted ([`ThreadPool`] gives a Cancelled error to
+    /// the jobs still queued when `shutdown` cancels them). The default calls `job(None)`
+    /// through `execute`; an executor that then drops a job unrun drops it uncalled.
+    ///
+    /// # Errors
+    ///
+    /// As `execute`: the job was not accepted.
+    ///
+    /// ```
+    /// use braid_bridge::{Executor, ThreadPool};
+    /// use std::sync::mpsc;
+    /// let pool = ThreadPool::new(1);
+    /// let (tx, rx) = mpsc::channel();
+    /// pool.execute_or_cancel(Box::new(move |refused| tx.send(refused.is_none()).unwrap()))
+    ///     .unwrap();
+    /// assert!(rx.recv().unwrap(), "the job ran");
+    /// ```
+    fn execute_or_cancel(&self, job: Box<dyn FnOnce(Option<Error>) + Send>) -> Result<()> {
+        self.execute(Box::new(move || job(None)))
+    }
 }
 
 /// The error (reachable with `Error::downcast_ref`) of a submission refused because the
@@ -470,6 +493,11 @@ impl ThreadPool {
         for handle in handles {
             let _ = handle.join();
         }
+        if wait {
+            // A shutdown on another thread may have taken the handles of threads still
+            // running: this one, too, returns only once they have left.
+            let _ = self.shutdown_timeout(cancel_futures, Duration::MAX);
+        }
     }
 
     /// Shuts down (as [`shutdown`](ThreadPool::shutdown) without waiting) and waits at most
@@ -697,11 +725,21 @@ where
 
 impl Executor for ThreadPool {
     fn execute(&self, job: Box<dyn FnOnce() + Send>) -> Result<()> {
-        let job: Job = Box::new(move |mode| {
-            if let Mode::Run = mode {
-                // A panic here is the job's own business: it is caught so the thread lives.
-                let _ = catch_unwind(AssertUnwindSafe(job));
+        self.execute_or_cancel(Box::new(move |refused| {
+            if refused.is_none() {
+                job();
             }
+        }))
+    }
+
+    fn execute_or_cancel(&self, job: Box<dyn FnOnce(Option<Error>) + Send>) -> Result<()> {
+        let job: Job = Box::new(move |mode| {
+            let refused = match mode {
+                Mode::Run => None,
+                Mode::Fail(error) => Some(error),
+            };
+            // A panic here is the job's own business: it is caught so the thread lives.
+            let _ = catch_unwind(AssertUnwindSafe(move || job(refused)));
         });
         let st = self.shared.state.lock();
         Shared::enqueue(&self.shared, st, job).map_err(|(_, e)| e)

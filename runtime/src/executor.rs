@@ -55,7 +55,11 @@ where
     T: Send + 'static,
 {
     let (fut, completer) = ConcurrentFuture::pair();
-    let job = Box::new(move || {
+    let job = Box::new(move |refused: Option<Error>| {
+        if let Some(error) = refused {
+            // The executor gave up on the queued job (a shutdown cancelling it).
+            return completer.set_exception(error);
+        }
         if !completer.set_running_or_notify_cancel() {
             return; // the awaiting task was cancelled before the job started
         }
@@ -64,7 +68,7 @@ where
             Err(payload) => completer.set_exception(Error::from_panic(payload)),
         }
     });
-    match executor.execute(job) {
+    match executor.execute_or_cancel(job) {
         Ok(()) => ExecutorFuture {
             fut: Some(fut),
             error: None,
