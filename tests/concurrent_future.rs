@@ -843,3 +843,58 @@ fn a_dropped_waiting_handle_gives_back_its_waker() {
     assert!(!pending_after_poll_with(&mut waiting, &stays));
     assert_eq!(gone.0.load(Ordering::SeqCst), 0);
 }
+
+/// On a loop thread of the runtime that must complete a future, `wait` and `as_completed`
+/// do not block for it (with one loop that is a deadlock for good), as `result` refuses to:
+/// `wait` returns at once with it pending, `as_completed` yields one `InvalidState` error and
+/// stops. A future that is already done is still reported done.
+#[test]
+fn wait_and_as_completed_on_a_loop_thread_do_not_block_for_its_own_future() {
+    let rt = common::runtime(1);
+    let lp = rt.event_loop();
+    let (report_tx, report) = mpsc::channel();
+    let checks = lp.clone().spawn(async move {
+        let gate = braid::Promise::<()>::new();
+        let opened = gate.clone();
+        let own = lp.run_coroutine_threadsafe(async move { opened.await })?;
+        let (ready, completer) = pair::<()>();
+        completer.set_result(());
+        assert_eq!(
+            own.result(None).unwrap_err().kind(),
+            ErrorKind::InvalidState
+        );
+        report_tx.send("result refused").unwrap();
+
+        let (done, pending) = wait(
+            &[own.clone(), ready.clone()],
+            None,
+            ReturnWhen::AllCompleted,
+        );
+        assert_eq!((done.len(), pending.len()), (1, 1));
+        assert!(!pending[0].done());
+        report_tx.send("wait returned").unwrap();
+
+        let mut each = as_completed(vec![ready, own.clone()], None);
+        assert!(each.next().expect("the done one").is_ok());
+        let refused = each.next().expect("an error instead of a wait");
+        assert_eq!(refused.unwrap_err().kind(), ErrorKind::InvalidState);
+        assert!(each.next().is_none());
+        report_tx.send("as_completed returned").unwrap();
+
+        gate.set_result(())?;
+        own.await
+    });
+    let checks = checks.expect("an open loop");
+    for step in ["result refused", "wait returned", "as_completed returned"] {
+        match report.recv_timeout(WAIT) {
+            Ok(got) => assert_eq!(got, step),
+            Err(_) => {
+                // The only loop thread is blocked for good: leak the runtime, fail the test.
+                std::mem::forget(rt);
+                panic!("blocked before: {step}");
+            }
+        }
+    }
+    let outcome = rt.run_until_complete(checks);
+    outcome.expect("the checks passed");
+}

@@ -832,6 +832,10 @@ impl<T> fmt::Debug for Completer<T> {
 /// Waits until `fs` satisfy `when`, or `timeout` passes; returns `(done, pending)`
 /// (Python's `concurrent.futures.wait`). A timeout is not an error.
 ///
+/// Called on a loop thread of the runtime that must complete one of the futures still
+/// pending, it does not wait (that could deadlock, as `result` reports): it returns at once,
+/// with those futures in `pending`.
+///
 /// # Examples
 ///
 /// ```
@@ -880,8 +884,9 @@ pub fn wait<T: Send + 'static>(
         }
     }
     let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+    let would_deadlock = fs.iter().any(|f| !f.done() && f.check_blocking().is_err());
     let mut seen = waiter.state.lock();
-    while !satisfied(fs) {
+    while !would_deadlock && !satisfied(fs) {
         let timed_out = match deadline {
             Some(d) => waiter.cond.wait_until(&mut seen, d),
             None => {
@@ -908,7 +913,9 @@ struct Waiter {
 }
 
 /// Yields the futures of `fs` as they finish (Python's `concurrent.futures.as_completed`);
-/// if `timeout` passes first, yields one Timeout error and stops.
+/// if `timeout` passes first, yields one Timeout error and stops. On a loop thread of the
+/// runtime that must complete one of the futures still pending, where waiting could
+/// deadlock, it yields one `InvalidState` error instead of waiting, and stops.
 ///
 /// # Examples
 ///
@@ -997,6 +1004,14 @@ impl<T: Send + 'static> Iterator for AsCompleted<T> {
             if let Some(f) = queue.pop_front() {
                 self.remaining -= 1;
                 return Some(Ok(f));
+            }
+            let blocking = self
+                .registered
+                .iter()
+                .find_map(|(f, _)| f.check_blocking().err().filter(|_| !f.done()));
+            if let Some(error) = blocking {
+                self.timed_out = true;
+                return Some(Err(error));
             }
             let timed_out = match self.deadline {
                 Some(d) => self.shared.cond.wait_until(&mut queue, d),
