@@ -509,3 +509,20 @@ fn run_until_complete_from_two_threads_at_once() {
         .shutdown(WAIT)
         .unwrap();
 }
+
+/// A host loop reports `Running` only while a thread drives it (`run_until_complete`), and
+/// `Idle` before and after, in step with `is_running`.
+#[test]
+fn a_host_loop_nothing_drives_is_idle() {
+    let rt = runtime(1);
+    let host = rt
+        .run_until_complete(async {
+            let host = braid::get_running_loop();
+            assert_eq!(host.state(), braid::LoopState::Running);
+            Ok(host)
+        })
+        .unwrap();
+    assert!(!host.is_running());
+    assert_eq!(host.state(), braid::LoopState::Idle);
+    rt.shutdown(WAIT).unwrap();
+}

@@ -633,3 +633,72 @@ fn a_shut_down_runtimes_host_loop_closes_when_its_thread_next_enters_a_loop() {
     exit_tx.send(()).unwrap();
     long_lived.join().unwrap();
 }
+
+/// `shutdown(Duration::MAX)` has no limit for the default thread pool either: a `to_thread`
+/// job running longer than a second finishes and the shutdown is Ok. The pool used to get
+/// one second, then a Timeout naming it, its thread never joined.
+#[test]
+fn shutdown_without_a_limit_waits_for_a_running_default_pool_job() {
+    let rt = runtime(1);
+    let (started_tx, started) = mpsc::channel();
+    let finished = Arc::new(AtomicBool::new(false));
+    let _job = {
+        let finished = finished.clone();
+        rt.event_loop()
+            .spawn(async move {
+                braid::to_thread(move || {
+                    started_tx.send(()).unwrap();
+                    // The job's own blocking work, longer than the old one-second allowance.
+                    thread::sleep(Duration::from_millis(1_500));
+                    finished.store(true, Ordering::SeqCst);
+                })
+                .await
+            })
+            .unwrap()
+    };
+    started.recv_timeout(WAIT).expect("the job started");
+    let outcome = rt.shutdown(Duration::MAX);
+    assert!(outcome.is_ok(), "{outcome:?}");
+    assert!(finished.load(Ordering::SeqCst));
+}
+
+/// `shutdown(Duration::ZERO)` with the default pool started but idle is Ok: the idle pool
+/// threads get the loops' grace to leave, instead of a false "a job still running".
+#[test]
+fn shutdown_zero_with_an_idle_default_pool_is_ok() {
+    let rt = runtime(1);
+    rt.run_until_complete(async { braid::to_thread(|| 1).await })
+        .unwrap();
+    let outcome = rt.shutdown(Duration::ZERO);
+    assert!(outcome.is_ok(), "{outcome:?}");
+}
+
+/// A `call_soon_threadsafe` callback accepted before `shutdown` began runs, as in asyncio,
+/// whose `run` drives its loop through the teardown before closing it; it used to be
+/// reported as never run (in most of twenty rounds).
+#[test]
+fn a_callback_accepted_before_shutdown_runs() {
+    for round in 0..20 {
+        let rt = runtime(1);
+        let lp = rt.event_loop();
+        let reports = Arc::new(AtomicUsize::new(0));
+        {
+            let reports = reports.clone();
+            lp.set_exception_handler(move |_| {
+                reports.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+        let ran = Arc::new(AtomicBool::new(false));
+        {
+            let ran = ran.clone();
+            lp.call_soon_threadsafe(move || ran.store(true, Ordering::SeqCst))
+                .unwrap();
+        }
+        rt.shutdown(WAIT).unwrap();
+        assert!(
+            ran.load(Ordering::SeqCst),
+            "round {round}: the callback never ran"
+        );
+        assert_eq!(reports.load(Ordering::SeqCst), 0, "round {round}");
+    }
+}

@@ -121,7 +121,12 @@ impl LoopShared {
             id,
             is_host,
             bell: Doorbell::new(PollerUnpark(Poller::new()?)),
-            state: AtomicU8::new(0),
+            // A host loop is idle until a thread drives it; a worker loop runs from the start.
+            state: AtomicU8::new(Self::state_code(if is_host {
+                LoopState::Idle
+            } else {
+                LoopState::Running
+            })),
             tick: CachePadded::new(AtomicU64::new(0)),
             sleep_deadline: AtomicU64::new(AWAKE),
             running: AtomicBool::new(false),
@@ -139,14 +144,26 @@ impl LoopShared {
         LoopState::from_u8(self.state.load(Ordering::Acquire))
     }
 
-    pub(crate) fn set_state(&self, state: LoopState) {
-        let v = match state {
+    fn state_code(state: LoopState) -> u8 {
+        match state {
             LoopState::Running => 0,
             LoopState::Idle => 1,
             LoopState::Closing => 2,
             LoopState::Closed => 3,
-        };
-        self.state.store(v, Ordering::Release);
+        }
+    }
+
+    pub(crate) fn set_state(&self, state: LoopState) {
+        self.state.store(Self::state_code(state), Ordering::Release);
+    }
+
+    /// Moves the state from `from` to `to` if it still is `from` (a host loop's
+    /// running/idle flips must not undo a close made meanwhile); true if it did.
+    pub(crate) fn change_state(&self, from: LoopState, to: LoopState) -> bool {
+        let (from, to) = (Self::state_code(from), Self::state_code(to));
+        self.state
+            .compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
     }
 
     /// Drops a callback that will never run (it was cancelled, or its loop is closing). Its
@@ -658,6 +675,12 @@ impl LoopCtx {
         n > 0
     }
 
+    /// Runs the callbacks already queued here or in the inbox, once; not those they queue.
+    pub(crate) fn run_accepted_callbacks(&self) {
+        self.drain_inbox();
+        self.run_ready();
+    }
+
     fn invoke(&self, cb: ReadyCallback) {
         let started = self.rt.config.debug.then(Instant::now);
         let name = cb.name;
@@ -995,7 +1018,12 @@ impl LoopCtx {
         if let Some(max) = max {
             timeout = Some(timeout.map_or(max, |t| t.min(max)));
         }
+        // Idle while asleep, if it was running: a host loop nothing drives already is.
+        let was_running = lp.change_state(LoopState::Running, LoopState::Idle);
         let io_events = self.wait(timeout);
+        if was_running {
+            lp.change_state(LoopState::Idle, LoopState::Running);
+        }
         lp.bell.finish_sleep();
         lp.sleep_deadline.store(AWAKE, Ordering::Relaxed);
         if io_events {

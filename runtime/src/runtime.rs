@@ -216,6 +216,10 @@ fn worker_main(rt: Arc<RuntimeShared>, id: usize, queue: Worker<TaskPtr>) {
                 ctx.park_worker();
             }
         }
+        // The callbacks accepted before the stop still run, once, as asyncio's `run` runs
+        // its loop through its teardown before it closes: `close` reports only what they
+        // schedule in turn and what arrives later.
+        ctx.run_accepted_callbacks();
         ctx.close();
     }
     drop(ctx);
@@ -480,6 +484,7 @@ impl Runtime {
         let host = self.enter_host()?;
         let entered = context::try_enter_loop(host.clone()).ok_or_else(thread_exiting_error)?;
         host.lp.running.store(true, Ordering::Release);
+        host.lp.change_state(LoopState::Idle, LoopState::Running);
         let driving = DrivingHost {
             host,
             _entered: entered,
@@ -709,8 +714,12 @@ impl Runtime {
         }
         *rt.shutdown_waiter.lock() = None;
         if let Some(pool) = rt.started_default_pool() {
-            let remaining = deadline.map_or(Duration::from_secs(1), |d| {
+            // No deadline: wait as long as the jobs run, as for the tasks. Otherwise at least
+            // the loops' grace, so that idle pool threads have the moment they need to leave
+            // even when the tasks used up the whole timeout (`shutdown(Duration::ZERO)`).
+            let remaining = deadline.map_or(Duration::MAX, |d| {
                 d.saturating_duration_since(Instant::now())
+                    .max(LOOP_EXIT_GRACE)
             });
             if !pool.shutdown_timeout(true, remaining) {
                 stuck.push("the default thread pool (a job still running)".to_owned());
@@ -805,6 +814,9 @@ impl Drop for DrivingHost {
     fn drop(&mut self) {
         // Before the guard (a field) leaves the loop.
         self.host.lp.running.store(false, Ordering::Release);
+        self.host
+            .lp
+            .change_state(LoopState::Running, LoopState::Idle);
     }
 }
 
