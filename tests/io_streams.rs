@@ -558,6 +558,30 @@ fn readuntil_eof() {
     });
 }
 
+/// After a `readuntil` that waited for more data and then failed with "separator is found,
+/// but chunk is longer than limit", the next `readuntil` (another separator) searches the
+/// buffered data from its start, as asyncio's does on every call; it used to go on from
+/// where the failed call's search had got to, and skip the earlier matches.
+#[test]
+fn a_readuntil_after_a_found_overrun_searches_from_the_start() {
+    on_loops(&LOOPS, || async {
+        let (r, _w, feeder) = stream()?;
+        r.set_limit(10);
+        let until = {
+            let r = r.clone();
+            braid::create_task(async move { r.readuntil(b"\n").await })
+        };
+        // The first piece makes the read wait, its search having passed four bytes.
+        feeder.feed_chunk(b"aaaa").await?;
+        feeder.feed(b"aaaaaaaaaa\n");
+        let over = overrun(within(until).await);
+        assert!(over.to_string().contains("is found"), "{over}");
+        assert_eq!(over.consumed, 14);
+        assert_eq!(within(r.readuntil(b"a")).await?, b"a");
+        Ok(())
+    });
+}
+
 /// CPython `test_readuntil_limit_found_sep`: past the limit `readuntil` fails with
 /// `LimitOverrun` (separator not found; separator found too far in) and keeps the data; a
 /// retry that first reads `consumed` bytes makes progress. (CPython feeds the last `A` into

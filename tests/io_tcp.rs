@@ -533,3 +533,32 @@ fn unix_stream_pair_carries_data_both_ways() {
         Ok(())
     });
 }
+
+/// `UnixStream::connect` to a listener whose backlog is full fails at once with kind `Io`
+/// (`WouldBlock`, which Linux's `EAGAIN` is), as tokio's does: nothing is in progress, and no
+/// readiness will ever come. It used to wait for one, for good.
+#[test]
+fn a_unix_connect_to_a_full_backlog_fails_instead_of_hanging() {
+    use std::os::fd::AsRawFd;
+    let dir = socket_dir("full-backlog");
+    let path = dir.join("full.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).expect("bind");
+    // SAFETY: `listen` on the listener's open descriptor, which it owns; no memory is passed.
+    assert_eq!(unsafe { libc::listen(listener.as_raw_fd(), 0) }, 0);
+    // A backlog of 0 holds one pending connection; a second would find it full.
+    let _held = std::os::unix::net::UnixStream::connect(&path).expect("the first connect");
+    let outcome =
+        braid::run(async move { Ok(braid::wait_for(UnixStream::connect(path), Some(WAIT)).await) })
+            .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let error = match outcome {
+        Err(e) => e,
+        Ok(_) => panic!("connected to a listener with a full backlog"),
+    };
+    assert!(!error.is_timeout(), "the connect hung: {error:?}");
+    assert_eq!(error.kind(), ErrorKind::Io, "{error:?}");
+    let io = error
+        .downcast_ref::<std::io::Error>()
+        .expect("an io::Error");
+    assert_eq!(io.kind(), std::io::ErrorKind::WouldBlock, "{error:?}");
+}

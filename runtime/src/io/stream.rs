@@ -714,6 +714,9 @@ impl Future for StreamRead<'_> {
                 }
             }
         };
+        // `scan` is one `readuntil`'s progress: the next read, whatever its separator,
+        // searches from the start (also after an error that leaves the data buffered).
+        st.scan = 0;
         st.busy = false;
         this.claimed = false;
         Poll::Ready(result)

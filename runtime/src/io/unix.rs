@@ -115,7 +115,8 @@ impl UnixStream {
     /// Connects to the listener at `path` without blocking a loop.
     ///
     /// # Errors
-    /// Cancelled; kind `Io` (`NotFound`, `ConnectionRefused`).
+    /// Cancelled; kind `Io` (`NotFound`, `ConnectionRefused`; `WouldBlock` when the
+    /// listener's backlog is full, where a blocking connect would wait for room).
     pub fn connect(path: impl Into<PathBuf>) -> IoFuture<'static, UnixStream> {
         let path = path.into();
         Box::pin(async move {
@@ -130,10 +131,17 @@ impl UnixStream {
             };
             match started {
                 Ok(()) => Ok(stream),
-                Err(e)
-                    if e.raw_os_error() == Some(libc::EINPROGRESS)
-                        || e.kind() == io::ErrorKind::WouldBlock =>
-                {
+                // Linux refuses a non-blocking Unix connect to a full backlog with EAGAIN:
+                // nothing is in progress and no readiness edge will come, so waiting for one
+                // would hang. The caller gets the error, as from tokio, and may retry.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(super::io_error(
+                    io::ErrorKind::WouldBlock,
+                    &format!(
+                        "the listener at {} has a full backlog: try again later",
+                        path.display()
+                    ),
+                )),
+                Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {
                     IoOp::new(
                         &stream.io,
                         Direction::Write,
