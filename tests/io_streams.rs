@@ -582,6 +582,28 @@ fn a_readuntil_after_a_found_overrun_searches_from_the_start() {
     });
 }
 
+/// A `StreamWriter` written from off the loops (a `to_thread` job) with more than the socket
+/// takes at once delivers everything: the socket waits on a loop of the runtime it was made
+/// in. It used to find no loop to wait on, drop the rest and fail the connection, while
+/// `write` returned Ok and the peer waited for good.
+#[test]
+fn a_writer_used_from_a_thread_pool_job_delivers_everything() {
+    on_loops(&LOOPS, || async {
+        const SIZE: usize = 4 << 20;
+        let (ours, theirs) = UnixStream::pair()?;
+        let (reader, _ours_writer) = ours.into_streams();
+        let (_theirs_reader, writer) = theirs.into_streams();
+        let writer = Arc::new(writer);
+        let off_loop = writer.clone();
+        braid::to_thread(move || off_loop.write(&vec![1u8; SIZE])).await??;
+        let got = within(reader.readexactly(SIZE)).await?;
+        assert!(got.iter().all(|&b| b == 1));
+        writer.write(b"after")?;
+        assert_eq!(within(reader.readexactly(5)).await?, b"after");
+        Ok(())
+    });
+}
+
 /// CPython `test_readuntil_limit_found_sep`: past the limit `readuntil` fails with
 /// `LimitOverrun` (separator not found; separator found too far in) and keeps the data; a
 /// retry that first reads `consumed` bytes makes progress. (CPython feeds the last `A` into

@@ -576,3 +576,33 @@ fn a_callback_scheduled_by_a_cancelled_timers_destructor_runs_without_another_wa
     );
     rt.shutdown(WAIT).unwrap();
 }
+
+/// Cancelled `call_later` timers free what their callbacks hold well before their deadlines,
+/// though a live timer due earlier keeps them from the top of the heap: once they are many
+/// and most of the heap, the loop's next turn drops them (asyncio purges its heap by the same
+/// rule, and drops a cancelled handle's arguments at once).
+#[test]
+fn many_cancelled_timers_free_their_callbacks_before_their_deadlines() {
+    braid::run(async {
+        let held = Arc::new(());
+        let keep_alive = braid::call_later(Duration::from_secs(3600), || ());
+        let cancelled: Vec<TimerHandle> = (0..1_000)
+            .map(|_| {
+                let held = held.clone();
+                braid::call_later(Duration::from_secs(7200), move || drop(held))
+            })
+            .collect();
+        assert_eq!(Arc::strong_count(&held), 1_001);
+        cancelled.iter().for_each(TimerHandle::cancel);
+        braid::sleep(Duration::from_millis(1)).await?;
+        assert_eq!(
+            Arc::strong_count(&held),
+            1,
+            "the cancelled callbacks were kept"
+        );
+        assert!(!keep_alive.cancelled());
+        keep_alive.cancel();
+        Ok(())
+    })
+    .unwrap();
+}

@@ -11,7 +11,7 @@ use crate::scheduler::{RuntimeShared, TaskPtr};
 use crate::task::raw::{new_threadsafe_callback, CallbackState, QueuedCallback, TaskCell};
 use crate::task::{Task, TaskId, TaskRef};
 use braid_bridge::doorbell::{Doorbell, Unpark};
-use braid_bridge::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicU8, Ordering};
+use braid_bridge::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use braid_bridge::sync::Mutex;
 use braid_bridge::tuning::linger_until;
 use braid_bridge::{Error, ErrorKind, Result};
@@ -30,6 +30,9 @@ use std::time::{Duration, Instant};
 
 /// How long after a shared timer's deadline a host loop fires it itself, if no worker has.
 const HOST_TIMER_GRACE: Duration = Duration::from_millis(2);
+/// How many cancelled timers a loop lets wait in its heap before it purges them (when they
+/// are also more than half of it).
+const TIMER_PURGE_MIN: usize = 64;
 /// `LoopShared::sleep_deadline` while the loop is awake.
 pub(crate) const AWAKE: u64 = 0;
 /// `LoopShared::sleep_deadline` while the loop sleeps with no deadline (or is about to sleep).
@@ -255,6 +258,11 @@ impl HandleState {
     pub(crate) fn cancel(&self) {
         self.cancelled.store(true, Ordering::Release);
     }
+
+    /// As [`cancel`](Self::cancel); true if this call is the one that cancelled it.
+    fn cancel_first(&self) -> bool {
+        !self.cancelled.swap(true, Ordering::AcqRel)
+    }
 }
 
 /// What a queued callback runs: a boxed closure (`B`), or a `call_soon_threadsafe` cell.
@@ -406,6 +414,8 @@ impl CallbackHandle {
 #[derive(Clone, Debug)]
 pub struct TimerHandle {
     state: Arc<HandleState>,
+    /// Its loop's count of cancelled timers, which tells the loop when to purge its heap.
+    loop_cancels: Arc<AtomicUsize>,
 }
 
 impl TimerHandle {
@@ -419,7 +429,11 @@ impl TimerHandle {
     /// }).unwrap();
     /// ```
     pub fn cancel(&self) {
-        self.state.cancelled.store(true, Ordering::Release);
+        if self.state.cancel_first() {
+            // A hint only (see `purge_cancelled_timers`): a cancel after the timer fired is
+            // counted too, and costs at most one walk of the heap more.
+            self.loop_cancels.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// True once [`cancel`](TimerHandle::cancel) was called.
@@ -487,6 +501,8 @@ pub(crate) struct LoopCtx {
     pub(crate) worker: Option<Worker<TaskPtr>>,
     ready: RefCell<VecDeque<ReadyCallback>>,
     timers: RefCell<BinaryHeap<LocalTimer>>,
+    /// Timers of `timers` cancelled since the last purge (an estimate: see `TimerHandle::cancel`).
+    cancelled_timers: Arc<AtomicUsize>,
     pub(crate) local_ready: RefCell<VecDeque<TaskPtr>>,
     inbox_buf: RefCell<VecDeque<Remote>>,
     timer_seq: Cell<u64>,
@@ -514,6 +530,7 @@ impl LoopCtx {
             worker,
             ready: RefCell::new(VecDeque::new()),
             timers: RefCell::new(BinaryHeap::new()),
+            cancelled_timers: Arc::new(AtomicUsize::new(0)),
             local_ready: RefCell::new(VecDeque::new()),
             inbox_buf: RefCell::new(VecDeque::new()),
             timer_seq: Cell::new(0),
@@ -583,7 +600,10 @@ impl LoopCtx {
                 name,
             },
         });
-        TimerHandle { state }
+        TimerHandle {
+            state,
+            loop_cancels: self.cancelled_timers.clone(),
+        }
     }
 
     /// Moves what other threads sent into the local queues. Returns true if anything moved.
@@ -603,8 +623,34 @@ impl LoopCtx {
         moved
     }
 
+    /// Drops the cancelled timers from the heap once they are many and more than half of
+    /// it (asyncio's rule), so that what their callbacks hold is freed before their deadlines:
+    /// a cancelled timer further down the heap would otherwise keep it until then.
+    fn purge_cancelled_timers(&self) {
+        let cancelled = self.cancelled_timers.load(Ordering::Relaxed);
+        if cancelled < TIMER_PURGE_MIN || cancelled * 2 <= self.timers.borrow().len() {
+            return;
+        }
+        self.cancelled_timers
+            .fetch_sub(cancelled, Ordering::Relaxed);
+        let purged: Vec<LocalTimer> = {
+            let mut timers = self.timers.borrow_mut();
+            let (kept, purged) = std::mem::take(&mut *timers)
+                .into_vec()
+                .into_iter()
+                .partition(|t| !t.callback.is_cancelled());
+            *timers = BinaryHeap::from(kept);
+            purged
+        };
+        // Out of the heap's borrow: the user's destructors may schedule more.
+        for timer in purged {
+            self.lp.discard(timer.callback);
+        }
+    }
+
     /// Moves due callback timers to the ready queue and fires due task timers.
     fn fire_timers(&self) -> bool {
+        self.purge_cancelled_timers();
         let has_local = !self.timers.borrow().is_empty();
         // Host loops fire shared timers too: with every worker stuck, the main future's sleep
         // must still end.

@@ -34,7 +34,7 @@ use polling::Events;
 use rustix::event::epoll;
 use std::io;
 use std::os::fd::{AsFd, RawFd};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 /// A loop's registered sockets.
@@ -262,6 +262,9 @@ pub(crate) struct IoSource {
     pub(crate) readiness: Readiness,
     fd: RawFd,
     registration: Mutex<Option<Registration>>,
+    /// The runtime whose loop the socket was made on, if any: where it registers when it
+    /// first has to wait off the loops (a `StreamWriter` written from a thread-pool job).
+    made_in: Weak<RuntimeShared>,
 }
 
 /// The error for a socket used where no braid loop runs.
@@ -278,8 +281,14 @@ fn no_loop() -> io::Error {
 /// are read without a lock: two sockets registered at once may land on the same loop, and the
 /// next ones even it out. A task pinned to this worker loop (`spawn_local`) keeps its sockets
 /// here: registered elsewhere, every event would wake that loop only to send the task back.
-fn choose_home() -> io::Result<Arc<LoopShared>> {
-    let ctx = context::current_loop().ok_or_else(no_loop)?;
+fn choose_home(made_in: &Weak<RuntimeShared>) -> io::Result<Arc<LoopShared>> {
+    let Some(ctx) = context::current_loop() else {
+        // Off the loops: the runtime the socket was made in, while it still serves.
+        return match made_in.upgrade() {
+            Some(rt) if !rt.stopping.load(Ordering::Acquire) => Ok(least_loaded(&rt)),
+            _ => Err(no_loop()),
+        };
+    };
     let least = least_loaded(&ctx.rt);
     let pinned = || context::with_current_header(|h| h.home.is_some()) == Some(true);
     if ctx.worker.is_some() && (ctx.lp.io.registered() <= least.io.registered() || pinned()) {
@@ -302,6 +311,7 @@ impl IoSource {
             readiness: Readiness::new(),
             fd,
             registration: Mutex::new(None),
+            made_in: context::current_loop().map_or_else(Weak::new, |ctx| Arc::downgrade(&ctx.rt)),
         }
     }
 
@@ -327,7 +337,7 @@ impl Arm for Arc<IoSource> {
         if registration.is_some() {
             return Ok(());
         }
-        let home = choose_home()?;
+        let home = choose_home(&self.made_in)?;
         let key = {
             let mut slab = home.io.sources.lock();
             match slab.free.pop() {

@@ -298,6 +298,8 @@ impl Conn {
             }
         }
         ws.buf.clear();
+        // A burst far over the high-water mark leaves no lasting allocation behind.
+        ws.buf.shrink_to(ws.high.saturating_mul(2));
         ws.start = 0;
         ws.flushing = false;
         self.after_flush(ws);
@@ -774,6 +776,14 @@ impl StreamWriter {
         }
         if data.is_empty() {
             return Ok(());
+        }
+        // Drop the sent front once it is half the buffer: a writer that keeps the buffer
+        // from ever emptying (`write` then `drain` against a slower peer) would otherwise
+        // keep every byte it ever sent. Each byte moves at most once per byte sent before it.
+        if ws.start > 0 && ws.start * 2 >= ws.buf.len() {
+            let sent = ws.start;
+            ws.buf.drain(..sent);
+            ws.start = 0;
         }
         ws.buf.extend_from_slice(data);
         if ws.pending() > ws.high {
