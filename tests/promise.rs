@@ -491,8 +491,8 @@ fn a_dropped_await_gives_back_its_waker() {
     .unwrap();
 }
 
-/// Two awaits of one promise in the same task share a waker; dropping one leaves the other
-/// registered, and it is woken when the promise is set.
+/// Two awaits of one promise in the same task hold equal wakers in entries of their own;
+/// dropping one leaves the other registered, and it is woken when the promise is set.
 #[test]
 fn dropping_one_of_two_awaits_in_a_task_leaves_the_other_woken() {
     braid::run(async {

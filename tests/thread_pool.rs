@@ -531,6 +531,28 @@ fn shutdown_from_inside_a_job_returns() {
     assert_eq!(pool.worker_count(), 0);
 }
 
+/// Two jobs of one pool that both shut it down with `wait` both return: a caller that is a
+/// job of the pool does not wait for its sibling threads, which may be doing the same.
+#[test]
+fn two_jobs_shutting_down_their_pool_at_once_both_return() {
+    let pool = Arc::new(ThreadPool::new(2));
+    let both_running = Arc::new(Barrier::new(2));
+    let jobs: Vec<_> = (0..2)
+        .map(|_| {
+            let (pool2, both_running) = (pool.clone(), both_running.clone());
+            pool.submit(move || {
+                both_running.wait();
+                pool2.shutdown(true, false);
+            })
+        })
+        .collect();
+    for job in jobs {
+        job.result(Some(WAIT)).expect("the job's shutdown returned");
+    }
+    pool.shutdown(true, false);
+    assert_eq!(pool.worker_count(), 0);
+}
+
 /// `shutdown(wait = true)` returns only once the running jobs are done, whichever caller it
 /// is: a second shutdown, made while a first one already took the threads to join, waits
 /// too (concurrent.futures: "will not return until all the pending futures are done").

@@ -794,10 +794,11 @@ impl<T: Send + 'static> Future for ConcurrentFuture<T> {
         let known = this
             .waiting
             .and_then(|id| st.wakers.iter_mut().find(|(at, _)| *at == id));
+        let mut replaced = None;
         match known {
             Some((_, known)) => {
                 if !known.will_wake(waker) {
-                    *known = waker.clone();
+                    replaced = Some(std::mem::replace(known, waker.clone()));
                 }
             }
             None => {
@@ -807,6 +808,10 @@ impl<T: Send + 'static> Future for ConcurrentFuture<T> {
                 this.waiting = Some(id);
             }
         }
+        // After the lock: the last reference to a task may free it, and with it a clone of
+        // this future.
+        drop(st);
+        drop(replaced);
         Poll::Pending
     }
 }

@@ -493,9 +493,11 @@ impl ThreadPool {
         for handle in handles {
             let _ = handle.join();
         }
-        if wait {
-            // A shutdown on another thread may have taken the handles of threads still
-            // running: this one, too, returns only once they have left.
+        // A shutdown on another thread may have taken the handles of threads still running:
+        // this one, too, returns only once they have left. Not from a job of this pool: two
+        // jobs shutting it down would each wait for the other's thread, for good.
+        let in_a_job = WORKER_OF_POOL.with(Cell::get) == self.shared.pool_id;
+        if wait && !in_a_job {
             let _ = self.shutdown_timeout(cancel_futures, Duration::MAX);
         }
     }

@@ -365,6 +365,9 @@ impl<T: Clone + Send + 'static> Future for PromiseFuture<T> {
             this.registration.end_read(|| false);
             return Poll::Ready(Err(cancel));
         }
+        // A waker this poll replaces is dropped after the lock: the last reference to a task
+        // may free it, and its future may hold an await of this very promise.
+        let mut replaced = None;
         {
             let mut st = this.promise.inner.state.lock();
             if let Some(outcome) = &st.outcome {
@@ -383,7 +386,7 @@ impl<T: Clone + Send + 'static> Future for PromiseFuture<T> {
             match entry {
                 Some((_, known)) => {
                     if !known.will_wake(waker) {
-                        *known = waker.clone();
+                        replaced = Some(std::mem::replace(known, waker.clone()));
                     }
                 }
                 None => {
@@ -398,6 +401,7 @@ impl<T: Clone + Send + 'static> Future for PromiseFuture<T> {
                 }
             }
         }
+        drop(replaced);
         let inner = &this.promise.inner;
         this.registration
             .register(|| AwaitTarget::Other(inner.clone()));

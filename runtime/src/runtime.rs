@@ -713,19 +713,6 @@ impl Runtime {
             }
         }
         *rt.shutdown_waiter.lock() = None;
-        if let Some(pool) = rt.started_default_pool() {
-            // No deadline: wait as long as the jobs run, as for the tasks. Otherwise at least
-            // the loops' grace, so that idle pool threads have the moment they need to leave
-            // even when the tasks used up the whole timeout (`shutdown(Duration::ZERO)`).
-            let remaining = deadline.map_or(Duration::MAX, |d| {
-                d.saturating_duration_since(Instant::now())
-                    .max(LOOP_EXIT_GRACE)
-            });
-            if !pool.shutdown_timeout(true, remaining) {
-                stuck.push("the default thread pool (a job still running)".to_owned());
-            }
-        }
-
         // Settle what is left: every waiter sees Cancelled, none hangs.
         for task in rt.registry.snapshot() {
             let pinned_elsewhere = task
@@ -746,6 +733,19 @@ impl Runtime {
                         .with_task(me),
                     );
                 }
+            }
+        }
+        // After the tasks are settled: a pool job blocked on one of them is released first.
+        if let Some(pool) = rt.started_default_pool() {
+            // No deadline: wait as long as the jobs run, as for the tasks. Otherwise at least
+            // the loops' grace, so that idle pool threads have the moment they need to leave
+            // even when the tasks used up the whole timeout (`shutdown(Duration::ZERO)`).
+            let remaining = deadline.map_or(Duration::MAX, |d| {
+                d.saturating_duration_since(Instant::now())
+                    .max(LOOP_EXIT_GRACE)
+            });
+            if !pool.shutdown_timeout(true, remaining) {
+                stuck.push("the default thread pool (a job still running)".to_owned());
             }
         }
         if let Some(host) = host {

@@ -150,6 +150,9 @@ impl<T: Ord> Store for Smallest<T> {
 ///   never fails). A claimant that then finds no item for its place waits again in its place.
 /// - A getter that leaves with a claim (cancelled or dropped) wakes the next one in its stead,
 ///   so an item never sits in the store while getters wait unwoken.
+/// - After `shutdown(false)` every waiting getter is woken; one whose place is beyond the
+///   items left fails with `QueueShutDown`, even if a getter ahead of it is cancelled later
+///   and leaves its item in the queue (for a `get` or `get_nowait` still to drain).
 /// - Waiting putters are woken in arrival order, one per free slot, each slot promised to the
 ///   putter woken for it: a newcomer may not take a promised slot. A putter inserts its item
 ///   itself when it runs, so a putter cancelled after being woken inserts nothing (its slot
