@@ -129,6 +129,46 @@ fn broken_completion_without_wakes_loses_a_poll() {
     fault::model(Fault::SkipWakers, waker_model);
 }
 
+/// A handle dropped while its await waits, racing the completion on another thread: the
+/// drop takes back its own waker only, so the handle still waiting is woken; and the dropped
+/// handle's waker is not kept, whichever comes first.
+fn dropped_waiter_model() {
+    let (fut, completer) = ConcurrentFuture::<u32>::pair();
+    let staying = std::sync::Arc::new(CountingWaker(AtomicUsize::new(0)));
+    let leaving = std::sync::Arc::new(CountingWaker(AtomicUsize::new(0)));
+    let poll_with = |handle: &mut ConcurrentFuture<u32>,
+                     counter: &std::sync::Arc<CountingWaker>| {
+        let waker = Waker::from(counter.clone());
+        Pin::new(handle).poll(&mut Context::from_waker(&waker))
+    };
+    let mut stays = fut.clone();
+    let mut leaves = fut;
+    assert!(poll_with(&mut leaves, &leaving).is_pending());
+    assert!(poll_with(&mut stays, &staying).is_pending());
+    let dropper = thread::spawn(move || drop(leaves));
+    let producer = thread::spawn(move || completer.set_result(3));
+    dropper.join().unwrap();
+    producer.join().unwrap();
+    assert!(
+        staying.0.load(Ordering::SeqCst) >= 1,
+        "the handle still waiting was never woken"
+    );
+    assert_eq!(
+        std::sync::Arc::strong_count(&leaving),
+        1,
+        "the dropped handle's waker was kept"
+    );
+    assert_eq!(
+        poll_with(&mut stays, &staying).map(|r| r.unwrap()),
+        Poll::Ready(3)
+    );
+}
+
+#[test]
+fn dropped_waiter_races_completion() {
+    fault::model(Fault::None, dropped_waiter_model);
+}
+
 /// A done-callback registration racing completion: it runs exactly once.
 fn callback_model() {
     let (fut, completer) = ConcurrentFuture::<u32>::pair();
