@@ -611,8 +611,8 @@ fn try_until(st: &mut ReadState, sep: &[u8]) -> Option<Result<Vec<u8>>> {
         None => {
             let offset = (st.buffered() + 1).saturating_sub(sep.len());
             st.scan = offset;
+            // An answer here ends the read, which resets `scan` (`StreamRead::poll`).
             if offset > st.limit {
-                st.scan = 0;
                 Some(Err(overrun(
                     offset,
                     "separator is not found, and chunk exceeds the limit",
