@@ -93,6 +93,42 @@ impl LoopState {
             _ => LoopState::Closed,
         }
     }
+
+    fn code(self) -> u8 {
+        match self {
+            LoopState::Running => 0,
+            LoopState::Idle => 1,
+            LoopState::Closing => 2,
+            LoopState::Closed => 3,
+        }
+    }
+}
+
+/// A loop's [`LoopState`], read by any thread. A worker loop writes its own; a host loop's
+/// running/idle flips race a shutdown's close on another thread, so they only ever
+/// *change* it from the state they expect (see the model
+/// `loom_a_host_flip_never_undoes_a_close`).
+struct StateWord(AtomicU8);
+
+impl StateWord {
+    fn new(state: LoopState) -> StateWord {
+        StateWord(AtomicU8::new(state.code()))
+    }
+
+    fn get(&self) -> LoopState {
+        LoopState::from_u8(self.0.load(Ordering::Acquire))
+    }
+
+    fn set(&self, state: LoopState) {
+        self.0.store(state.code(), Ordering::Release);
+    }
+
+    /// Moves the state from `from` to `to` if it still is `from`; true if it did.
+    fn change(&self, from: LoopState, to: LoopState) -> bool {
+        self.0
+            .compare_exchange(from.code(), to.code(), Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
 }
 
 type Handler = dyn Fn(&ExceptionContext) + Send + Sync;
@@ -102,7 +138,7 @@ pub(crate) struct LoopShared {
     pub(crate) id: usize,
     pub(crate) is_host: bool,
     pub(crate) bell: Doorbell<Remote, PollerUnpark>,
-    state: AtomicU8,
+    state: StateWord,
     /// Bumped every iteration; the monitor reads it to spot a stuck loop.
     pub(crate) tick: CachePadded<AtomicU64>,
     /// `AWAKE`, `ASLEEP_FOREVER`, or the runtime-ns deadline the loop sleeps until.
@@ -125,11 +161,11 @@ impl LoopShared {
             is_host,
             bell: Doorbell::new(PollerUnpark(Poller::new()?)),
             // A host loop is idle until a thread drives it; a worker loop runs from the start.
-            state: AtomicU8::new(Self::state_code(if is_host {
+            state: StateWord::new(if is_host {
                 LoopState::Idle
             } else {
                 LoopState::Running
-            })),
+            }),
             tick: CachePadded::new(AtomicU64::new(0)),
             sleep_deadline: AtomicU64::new(AWAKE),
             running: AtomicBool::new(false),
@@ -144,29 +180,17 @@ impl LoopShared {
     }
 
     pub(crate) fn state(&self) -> LoopState {
-        LoopState::from_u8(self.state.load(Ordering::Acquire))
-    }
-
-    fn state_code(state: LoopState) -> u8 {
-        match state {
-            LoopState::Running => 0,
-            LoopState::Idle => 1,
-            LoopState::Closing => 2,
-            LoopState::Closed => 3,
-        }
+        self.state.get()
     }
 
     pub(crate) fn set_state(&self, state: LoopState) {
-        self.state.store(Self::state_code(state), Ordering::Release);
+        self.state.set(state);
     }
 
     /// Moves the state from `from` to `to` if it still is `from` (a host loop's
     /// running/idle flips must not undo a close made meanwhile); true if it did.
     pub(crate) fn change_state(&self, from: LoopState, to: LoopState) -> bool {
-        let (from, to) = (Self::state_code(from), Self::state_code(to));
-        self.state
-            .compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
+        self.state.change(from, to)
     }
 
     /// Drops a callback that will never run (it was cancelled, or its loop is closing). Its
@@ -1681,5 +1705,51 @@ pub(crate) fn dispatch_to(lp: &Arc<LoopShared>, f: Box<dyn FnOnce() + Send>) {
     };
     if let Err(Remote::Callback(cb)) = lp.bell.push(Remote::Callback(cb)) {
         cb.run_here();
+    }
+}
+
+#[cfg(all(test, loom))]
+mod loom_models {
+    use super::{LoopState, StateWord};
+    use braid_bridge::sync::Arc;
+
+    /// A host loop's thread drives it (idle -> running), sleeps and wakes (running -> idle ->
+    /// running), and a task it runs shuts the runtime down, closing the loop (closing, then
+    /// closed) before the drive ends (running -> idle). Another thread reads the state
+    /// meanwhile, as `EventLoop::state` and the submissions do. Checked: the drive's last
+    /// flip never undoes the close, and a reader that has seen the loop closed never sees
+    /// it open again.
+    #[test]
+    fn loom_a_host_flip_never_undoes_a_close() {
+        loom::model(|| {
+            let word = Arc::new(StateWord::new(LoopState::Idle));
+            let reader = {
+                let word = word.clone();
+                loom::thread::spawn(move || {
+                    let mut closed_seen = false;
+                    for _ in 0..3 {
+                        let state = word.get();
+                        assert!(
+                            !closed_seen || state == LoopState::Closed,
+                            "seen {state:?} after Closed"
+                        );
+                        closed_seen |= state == LoopState::Closed;
+                    }
+                })
+            };
+            assert!(word.change(LoopState::Idle, LoopState::Running));
+            let was_running = word.change(LoopState::Running, LoopState::Idle);
+            if was_running {
+                word.change(LoopState::Idle, LoopState::Running);
+            }
+            word.set(LoopState::Closing);
+            word.set(LoopState::Closed);
+            assert!(
+                !word.change(LoopState::Running, LoopState::Idle),
+                "the drive's end flipped a closed loop"
+            );
+            reader.join().unwrap();
+            assert_eq!(word.get(), LoopState::Closed);
+        });
     }
 }
