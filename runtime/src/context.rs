@@ -93,11 +93,26 @@ pub(crate) fn current_task_is(header: &Header) -> bool {
     with_current_header(|h| std::ptr::eq(h, header)).unwrap_or(false)
 }
 
-/// The leaf-future cancellation point: delivers the running task's pending cancel request,
-/// once. Leaf futures that register no awaited target also forget a stale one here.
+/// Delivers the running task's pending cancel request, once: the check of the futures that
+/// register an awaited target themselves (a `Task`, a `Promise`, a gather). Leaf futures use
+/// [`cancel_point`], which also forgets a stale target.
 #[inline]
 pub(crate) fn take_cancel() -> Option<Error> {
     with_current_header(|h| h.cancel.take_cancel()).flatten()
+}
+
+/// The cancellation point of a leaf future that waits on nothing a cancel could be passed
+/// on to (a socket, a timer, a lock): [`take_cancel`], and forgets any target the task
+/// registered earlier, in this poll or before. That is what it awaits now, so a later
+/// request must come here, not go to a `Task` handle it once polled and kept.
+#[inline]
+pub(crate) fn cancel_point() -> Option<Error> {
+    with_current_header(|h| {
+        let cancel = h.cancel.take_cancel();
+        h.cancel.clear_awaiting(None);
+        cancel
+    })
+    .flatten()
 }
 
 /// Forgets what the running task awaits (`key`'s registration only, or any).
@@ -126,6 +141,7 @@ impl AwaitRegistration {
 
     /// Registers `target` for the running task, once (no-op outside a task).
     pub(crate) fn register(&mut self, target: impl FnOnce() -> AwaitTarget) {
+        self.follow_the_future();
         if self.registrar.is_some() {
             return;
         }
@@ -138,7 +154,8 @@ impl AwaitRegistration {
     /// A pending request of the task, taken at this await, was passed on to the target,
     /// which accepted it: it is remembered by the task that registered (or, not registered
     /// yet, the running task), and settled when this await ends.
-    pub(crate) fn note_passed_on(&self, message: Option<String>) {
+    pub(crate) fn note_passed_on(&mut self, message: Option<String>) {
+        self.follow_the_future();
         let key = self.key.get();
         match &self.registrar {
             Some(task) => task.header().cancel.note_passed_on(key, message),
@@ -152,6 +169,7 @@ impl AwaitRegistration {
     /// settles the requests passed on through it (see `task::cancel`). `missed`: the target
     /// finished without receiving a request that reached it. Called by the running task.
     pub(crate) fn end_read(&mut self, missed: impl FnOnce() -> bool) {
+        self.follow_the_future();
         let key = self.key.get();
         let delivered = match self.registrar.take() {
             Some(task) => {
@@ -169,6 +187,30 @@ impl AwaitRegistration {
         if let Some(task) = delivered {
             // Its other futures may have been polled already in this poll.
             task.wake();
+        }
+    }
+
+    /// The future moved to another task since it registered (a `Task` handle polled by one
+    /// task, then sent to another that awaits it): the task that registered stopped
+    /// awaiting the target without reading its outcome, as if the future were dropped in a
+    /// select, and a request it passed on through it comes back to it. The running task
+    /// then registers afresh; else its cancels would be kept, and settled, by the first.
+    fn follow_the_future(&mut self) {
+        let moved = self
+            .registrar
+            .as_ref()
+            .is_some_and(|task| !current_task_is(task.header()));
+        if moved {
+            if let Some(task) = self.registrar.take() {
+                let key = self.key.get();
+                if task
+                    .header()
+                    .cancel
+                    .end_await(key, AwaitEnd::Abandoned, || false)
+                {
+                    task.wake();
+                }
+            }
         }
     }
 

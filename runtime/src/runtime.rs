@@ -348,6 +348,18 @@ fn report_left_to_their_threads(tasks: &[TaskPtr]) {
 
 /// `run_until_complete` or `run_forever` from a thread-local's destructor, once the thread's
 /// host loops (or its loop context) are gone.
+/// Marks the task that dressed `run_until_complete`'s future finished with `out`, as a
+/// runner finishes a task: a `TaskRef` to it taken inside (`current_task()`) then reads it
+/// done, and cancelled or failed as it ended, and its done callbacks are scheduled. Its error
+/// is returned to the caller, so it is never reported as unretrieved.
+fn finish_main_task<T>(main: &TaskPtr, out: Result<T>) -> Result<T> {
+    let header = main.header();
+    let cancelled = out.as_ref().is_err_and(Error::is_cancelled);
+    header.complete(cancelled, out.is_err() && !cancelled);
+    header.after_complete(&|| crate::task::TaskRef::from_raw(main.clone()), None);
+    out
+}
+
 fn thread_exiting_error() -> Error {
     Error::new(
         ErrorKind::InvalidState,
@@ -437,10 +449,13 @@ impl Runtime {
                 match polled {
                     Ok(Poll::Ready(out)) => {
                         // As for tasks: only a return is turned into a cancellation.
-                        return main.header().cancel.step_outcome(&step, out);
+                        let out = main.header().cancel.step_outcome(&step, out);
+                        return finish_main_task(main, out);
                     }
                     Ok(Poll::Pending) => {}
-                    Err(payload) => return Err(Error::from_panic(payload)),
+                    Err(payload) => {
+                        return finish_main_task(main, Err(Error::from_panic(payload)));
+                    }
                 }
             }
             if !host.run_once() && !woken.is_woken() {

@@ -172,7 +172,7 @@ impl<T: fmt::Debug> fmt::Debug for HyperIo<T> {
 /// The cancellation point of `HyperIo`'s read and write: the running task's pending cancel,
 /// once, as an `io::Error` carrying braid's Cancelled error.
 fn cancel_point() -> io::Result<()> {
-    match context::take_cancel() {
+    match context::cancel_point() {
         Some(cancel) => Err(cancel.into_io_error()),
         None => Ok(()),
     }

@@ -245,7 +245,7 @@ impl<S: AsRawFd> Drop for IoHandle<S> {
 /// The cancellation point of a socket operation, as an `io::Error` for the `futures_io` traits
 /// (`Error::from` turns it back into the Cancelled error).
 pub(crate) fn cancel_point_io() -> io::Result<()> {
-    match context::take_cancel() {
+    match context::cancel_point() {
         Some(cancel) => Err(cancel.into_io_error()),
         None => Ok(()),
     }
@@ -290,7 +290,7 @@ impl<S: AsRawFd, F: FnMut(&S) -> io::Result<usize>> Future for StreamOp<'_, S, F
     type Output = Result<usize>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<usize>> {
-        if let Some(cancel) = context::take_cancel() {
+        if let Some(cancel) = context::cancel_point() {
             return Poll::Ready(Err(cancel));
         }
         let this = &mut *self;
@@ -306,7 +306,7 @@ impl<S: AsRawFd, T, F: FnMut(&S) -> io::Result<T>> Future for IoOp<'_, S, F> {
     type Output = Result<T>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<T>> {
-        if let Some(cancel) = context::take_cancel() {
+        if let Some(cancel) = context::cancel_point() {
             return Poll::Ready(Err(cancel));
         }
         let this = &mut *self;

@@ -677,7 +677,7 @@ impl Future for StreamRead<'_> {
     type Output = Result<Vec<u8>>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<Vec<u8>>> {
-        if let Some(cancel) = context::take_cancel() {
+        if let Some(cancel) = context::cancel_point() {
             return Poll::Ready(Err(cancel));
         }
         let this = &mut *self;
@@ -937,7 +937,7 @@ impl Future for Drain<'_> {
     type Output = Result<()>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
-        if let Some(cancel) = context::take_cancel() {
+        if let Some(cancel) = context::cancel_point() {
             return Poll::Ready(Err(cancel));
         }
         let mut ws = self.conn.write.lock();
@@ -964,7 +964,7 @@ impl Future for WaitClosed<'_> {
     type Output = Result<()>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
-        if let Some(cancel) = context::take_cancel() {
+        if let Some(cancel) = context::cancel_point() {
             return Poll::Ready(Err(cancel));
         }
         let mut ws = self.conn.write.lock();
@@ -1146,7 +1146,7 @@ async fn accept_loop(
     let mut burst = 0;
     loop {
         let accepted = std::future::poll_fn(|cx| {
-            if let Some(cancel) = context::take_cancel() {
+            if let Some(cancel) = context::cancel_point() {
                 return Poll::Ready(Err(cancel));
             }
             match &*shared.listener.lock() {
@@ -1314,7 +1314,7 @@ impl Server {
     pub fn wait_closed(&self) -> IoFuture<'_, ()> {
         let shared = &self.shared;
         Box::pin(std::future::poll_fn(move |cx| {
-            if let Some(cancel) = context::take_cancel() {
+            if let Some(cancel) = context::cancel_point() {
                 return Poll::Ready(Err(cancel));
             }
             let mut st = shared.state.lock();
@@ -1350,7 +1350,7 @@ impl Future for ServeForever<'_> {
     type Output = Result<()>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
-        if let Some(cancel) = context::take_cancel() {
+        if let Some(cancel) = context::cancel_point() {
             self.shared.close();
             return Poll::Ready(Err(cancel));
         }

@@ -305,7 +305,7 @@ impl ConditionWait<'_, '_> {
                         this.step = WaitStep::Done;
                         return Poll::Ready(Err(not_held_error()));
                     }
-                    if let Some(cancel) = context::take_cancel() {
+                    if let Some(cancel) = context::cancel_point() {
                         this.step = WaitStep::Done;
                         return Poll::Ready(Err(cancel));
                     }
@@ -347,7 +347,7 @@ impl ConditionWait<'_, '_> {
                     this.guard.held = true;
                     this.step = WaitStep::Done;
                     // A cancel that came while we took the lock back is the latest error.
-                    if let Some(cancel) = context::take_cancel() {
+                    if let Some(cancel) = context::cancel_point() {
                         this.error = Some(cancel);
                     }
                     return Poll::Ready(match this.error.take() {

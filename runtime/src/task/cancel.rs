@@ -58,6 +58,9 @@ struct Rare {
     count: usize,
     /// A request waits to be delivered at the next await point.
     must_cancel: bool,
+    /// Bumped each time `must_cancel` turns true: tells the request pending when a step
+    /// began apart from one that landed during the step after that one was delivered.
+    undelivered: u64,
     /// Set when the running task cancels itself; such a request is never "too late".
     self_requested: bool,
     message: Option<String>,
@@ -73,6 +76,7 @@ impl Rare {
     const NONE: Rare = Rare {
         count: 0,
         must_cancel: false,
+        undelivered: 0,
         self_requested: false,
         message: None,
         passed: PassedOnList {
@@ -193,7 +197,9 @@ impl Requests {
 /// What the runner learnt at the start of a step.
 pub(crate) struct Step {
     pub(crate) cancel_before_start: bool,
-    pending_at_start: bool,
+    /// The undelivered request pending as the step began (its `Rare::undelivered` number),
+    /// if any.
+    pending_at_start: Option<u64>,
     message: Option<String>,
 }
 
@@ -284,12 +290,17 @@ impl CancelState {
     /// Records a cancel request. If the task is awaiting a Task or Promise, returns it: the
     /// caller cancels that instead (asyncio's `_fut_waiter.cancel()`), and the task receives
     /// its outcome; otherwise marks the request for delivery at the next await point.
-    /// `Err(())` if the task is already done. `by_self`: the task is cancelling itself.
+    /// `Err(())` if the task is already done. `by_self`: the task is cancelling itself; it
+    /// is running, so it awaits nothing right now (asyncio's `_fut_waiter` is `None` during
+    /// a step), and the request waits for its next await point, which passes it on if that
+    /// awaits a target. `pass_on`: false to mark the request here whatever the task awaits
+    /// (see `request`).
     fn record_cancel(
         &self,
         state: &State,
         message: Option<String>,
         by_self: bool,
+        pass_on: bool,
     ) -> std::result::Result<Option<PassOn>, ()> {
         if state.is_complete() {
             return Err(());
@@ -313,7 +324,7 @@ impl CancelState {
             return Err(());
         }
         requests.rare_mut().count += 1;
-        if let Some((key, target)) = &requests.awaiting {
+        if let Some((key, target)) = requests.awaiting.as_ref().filter(|_| pass_on && !by_self) {
             let (key, target) = (key.get(), target.clone());
             let id = requests.push_passed(key, message.clone(), false);
             self.propagated.store(true, Ordering::Release);
@@ -326,6 +337,9 @@ impl CancelState {
 
     fn mark_must_cancel(&self, requests: &mut Requests, message: Option<String>, by_self: bool) {
         let rare = requests.rare_mut();
+        if !rare.must_cancel {
+            rare.undelivered += 1;
+        }
         rare.must_cancel = true;
         rare.self_requested |= by_self;
         rare.message = message;
@@ -525,7 +539,7 @@ impl CancelState {
         if !self.pending.load(Ordering::Acquire) {
             return Step {
                 cancel_before_start: false,
-                pending_at_start: false,
+                pending_at_start: None,
                 message: None,
             };
         }
@@ -533,7 +547,7 @@ impl CancelState {
         let rare = requests.rare();
         Step {
             cancel_before_start: first_poll && rare.must_cancel,
-            pending_at_start: rare.must_cancel,
+            pending_at_start: rare.must_cancel.then_some(rare.undelivered),
             message: rare.message.clone(),
         }
     }
@@ -541,14 +555,16 @@ impl CancelState {
     /// The outcome of a step whose coroutine returned `output`. As asyncio: a request still
     /// undelivered that predates the step or was made by the task itself turns a *return*
     /// into a cancellation; an error the coroutine raised stays its outcome, and a request
-    /// from elsewhere that landed during this final step is too late.
+    /// from elsewhere that landed during this final step is too late, even when one that
+    /// predated the step was delivered (and caught) in it.
     pub(crate) fn step_outcome<T>(&self, step: &Step, output: Result<T>) -> Result<T> {
         if output.is_err() || !self.pending.load(Ordering::Acquire) {
             return output;
         }
         let requests = self.requests.lock();
         let rare = requests.rare();
-        if rare.must_cancel && (step.pending_at_start || rare.self_requested) {
+        let predates_step = step.pending_at_start == Some(rare.undelivered);
+        if rare.must_cancel && (predates_step || rare.self_requested) {
             return Err(Error::cancelled(rare.message.clone()));
         }
         output
@@ -609,14 +625,19 @@ impl CancelState {
 /// asyncio's `Task.cancel` on the task whose state word and cancel state these are; `wake`
 /// queues it. False if the request cannot reach the task (it is done, or completed while the
 /// request travelled through the target it awaited).
+///
+/// `pass_on`: false to keep the request here even if the task awaits a target (it is then
+/// passed on from the task's next await point, in a later poll): the caller bounds how far
+/// one call carries a request down a chain of awaits (see `task::request_cancel`).
 pub(crate) fn request(
     state: &State,
     cancel: &CancelState,
     message: Option<String>,
     by_self: bool,
+    pass_on: bool,
     wake: impl FnOnce(),
 ) -> bool {
-    match cancel.record_cancel(state, message.clone(), by_self) {
+    match cancel.record_cancel(state, message.clone(), by_self, pass_on) {
         Err(()) => false,
         Ok(None) => {
             wake();
@@ -690,6 +711,7 @@ mod tests {
             &cancel,
             Some("stop".to_owned()),
             false,
+            true,
             || ()
         ));
         assert!(has_details(&cancel));
@@ -742,7 +764,7 @@ mod loom_models {
     impl CancelTarget for ModelTask {
         fn cancel_from_awaiter(self: Arc<Self>, message: Option<String>) -> bool {
             // Waking is the state word's protocol (modelled in `state`); not needed here.
-            request(&self.state, &self.cancel, message, false, || {})
+            request(&self.state, &self.cancel, message, false, true, || {})
         }
 
         fn missed_request(&self) -> bool {
@@ -804,7 +826,7 @@ mod loom_models {
 
             let canceller = {
                 let a = a.clone();
-                thread::spawn(move || request(&a.state, &a.cancel, None, false, || {}))
+                thread::spawn(move || request(&a.state, &a.cancel, None, false, true, || {}))
             };
             let b_runner = spawn_last_step(&b);
             // A sees B complete (its join wakes A), then its `Task` future's ready path runs.
@@ -829,13 +851,13 @@ mod loom_models {
         loom::model(move || {
             let (a, b) = both_running();
             // Requested before A's await (A awaited nothing then): pending at A.
-            assert!(request(&a.state, &a.cancel, None, false, || {}));
+            assert!(request(&a.state, &a.cancel, None, false, true, || {}));
 
             let b_runner = spawn_last_step(&b);
             // `Task::poll` of B's handle, in A.
             let pending = a.cancel.take_cancel();
             assert!(pending.is_some(), "A's own request is pending");
-            let delivered_at_poll = !request(&b.state, &b.cancel, None, false, || {});
+            let delivered_at_poll = !request(&b.state, &b.cancel, None, false, true, || {});
             if !delivered_at_poll && note {
                 a.cancel.note_passed_on(KEY, None);
             }
@@ -895,7 +917,7 @@ mod loom_models {
             .set_awaiting(AWAITING_KEY, AwaitTarget::Other(b.clone()));
         let canceller = {
             let a = a.clone();
-            thread::spawn(move || request(&a.state, &a.cancel, None, false, || {}))
+            thread::spawn(move || request(&a.state, &a.cancel, None, false, true, || {}))
         };
         let b_runner = spawn_last_step(b);
         let _ = a

@@ -24,12 +24,13 @@ pub(crate) mod state;
 use crate::event_loop::{dispatch_callback, LoopShared};
 use crate::scheduler::RuntimeShared;
 use braid_bridge::sync::atomic::AtomicUsize;
-use braid_bridge::{Error, Result};
+use braid_bridge::{Error, ErrorKind, Result};
 use cancel::CancelState;
 use join::JoinState;
 use raw::{JoinPtr, SendIfT, TaskPtr, TaskVtable};
 use refcount::RefCount;
 use state::State;
+use std::cell::RefCell;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -527,12 +528,62 @@ impl TaskRef {
     }
 }
 
+/// How many tasks one call carries a cancel request through, down a chain of tasks each
+/// awaiting the next, before the rest of the way is left to the next poll of the last one
+/// reached (its await passes the request on from there): each step of the way is a few
+/// stack frames, and a chain of thousands would overflow the canceller's stack.
+const MAX_PASS_ON_DEPTH: usize = 32;
+
+thread_local! {
+    /// The tasks whose cancel requests this thread is passing on right now, outermost first
+    /// (addresses of their headers): a chain of awaits that closes on itself (a task awaiting
+    /// a task that awaits it) must not pass a request round for ever.
+    static PASSING_ON: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Takes a task off [`PASSING_ON`] when dropped (also if a waker's `wake` panics).
+struct PassingOn;
+
+impl PassingOn {
+    /// Puts `header` on the chain; `None` if it is on it already (a cycle).
+    fn enter(header: &Header) -> Option<(PassingOn, usize)> {
+        let addr = std::ptr::from_ref(header).addr();
+        PASSING_ON.with(|chain| {
+            let mut chain = chain.borrow_mut();
+            if chain.contains(&addr) {
+                return None;
+            }
+            chain.push(addr);
+            Some((PassingOn, chain.len()))
+        })
+    }
+}
+
+impl Drop for PassingOn {
+    fn drop(&mut self) {
+        PASSING_ON.with(|chain| chain.borrow_mut().pop());
+    }
+}
+
+/// asyncio's `Task.cancel` on `raw`'s task (see `cancel::request`). A request that comes
+/// back round a cycle of awaits to a task already passing it on stops there: that task has
+/// it already (true), and the tasks of the cycle, which wait for each other, stay as they
+/// were.
 pub(crate) fn request_cancel(raw: &TaskPtr, message: Option<String>) -> bool {
     let header = raw.header();
+    let Some((_on_chain, depth)) = PassingOn::enter(header) else {
+        return true;
+    };
     let by_self = crate::context::current_task_is(header);
-    cancel::request(&header.state, &header.cancel, message, by_self, || {
-        raw.wake_by_ref()
-    })
+    let pass_on = depth <= MAX_PASS_ON_DEPTH;
+    cancel::request(
+        &header.state,
+        &header.cancel,
+        message,
+        by_self,
+        pass_on,
+        || raw.wake_by_ref(),
+    )
 }
 
 /// A handle to a spawned task: asyncio's `Task`. Awaiting it gives the task's result;
@@ -830,12 +881,27 @@ impl<T: 'static> Future for Task<T> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<T>> {
         let this = self.get_mut();
+        let target = this.raw.task().header();
+        if crate::context::current_task_is(target) {
+            // It would wait for itself for ever, and a cancel of it would go round and
+            // round (asyncio refuses it too: "Task cannot await on itself").
+            return Poll::Ready(Err(Error::new(
+                ErrorKind::InvalidState,
+                format!("{} cannot await itself", target.name()),
+            )));
+        }
         if let Some(cancel) = crate::context::take_cancel() {
             // A request pending as we await: asyncio cancels the awaited task and waits for
             // it to finish (its outcome becomes ours). If it is already done, the request is
-            // delivered here.
+            // delivered here. We are on the chain of tasks passing it on, so that a target
+            // awaiting us (a cycle) does not send it back round.
             let message = cancel.message().map(str::to_owned);
-            if !request_cancel(this.raw.task(), message.clone()) {
+            let accepted = crate::context::with_current_header(|me| {
+                let _on_chain = PassingOn::enter(me);
+                request_cancel(this.raw.task(), message.clone())
+            })
+            .unwrap_or(false);
+            if !accepted {
                 // The awaited task is done: this error is our outcome instead of its.
                 let target = this.raw.task().header();
                 this.registration.end_read(|| target.missed_cancel());
