@@ -512,3 +512,27 @@ fn dropping_one_of_two_awaits_in_a_task_leaves_the_other_woken() {
     })
     .unwrap();
 }
+
+/// A promise made outside any loop and settled from a plain thread runs its done callbacks
+/// right there. One that panics is reported, as a loop reports a panicking callback; it
+/// must neither unwind into `set_result` nor keep the callbacks after it from running.
+#[test]
+fn a_panicking_done_callback_of_a_loopless_promise_does_not_skip_the_others() {
+    let promise = braid::Promise::<u8>::new();
+    let ran = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    promise.add_done_callback(|_| panic!("the first callback panics"));
+    let counter = ran.clone();
+    promise.add_done_callback(move |_| {
+        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    });
+    let set = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| promise.set_result(1)));
+    assert!(
+        set.is_ok_and(|r| r.is_ok()),
+        "the panic unwound out of set_result"
+    );
+    assert_eq!(
+        ran.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the second callback ran"
+    );
+}

@@ -8,6 +8,7 @@ use braid_bridge::sync::Mutex;
 use braid_bridge::{Error, ErrorKind, Result};
 use std::fmt;
 use std::future::{Future, IntoFuture};
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
@@ -162,7 +163,16 @@ impl<T: Send + 'static> Promise<T> {
             Some(lp) => crate::event_loop::dispatch_to(lp, run),
             None => match context::current_loop() {
                 Some(ctx) => crate::event_loop::dispatch_to(&ctx.lp, run),
-                None => run(),
+                // No loop to hand it to: run here, and as a loop would, keep its panic from
+                // the caller of `set_result` and from the callbacks after it.
+                None => {
+                    if let Err(payload) = std::panic::catch_unwind(AssertUnwindSafe(run)) {
+                        braid_bridge::report_to_stderr(format_args!(
+                            "braid: a Promise done callback panicked: {}",
+                            Error::from_panic(payload)
+                        ));
+                    }
+                }
             },
         }
     }
