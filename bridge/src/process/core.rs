@@ -163,7 +163,10 @@ struct Running {
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Phase {
     Spawning,
-    Starting { deadline: Instant },
+    /// `deadline: None`: the startup timeout is too long to be a point in time (no limit).
+    Starting {
+        deadline: Option<Instant>,
+    },
     Ready,
     Gone,
 }
@@ -358,7 +361,8 @@ impl Core {
         let now = Instant::now();
         let mut st = self.state.lock();
         let terminating = st.terminating;
-        let deadline = now.checked_add(self.config.startup_timeout).unwrap_or(now);
+        // An overflowing deadline (`Duration::MAX`) is no limit, as for the other timeouts.
+        let deadline = now.checked_add(self.config.startup_timeout);
         let s = &mut st.slots[slot];
         s.pid = Some(pid);
         s.phase = Phase::Starting { deadline };
@@ -403,6 +407,20 @@ impl Core {
 
     /// The next thing for the slot's (ready, idle) worker to do; blocks until there is one.
     pub fn next_job(&self, slot: usize) -> Next {
+        loop {
+            if let Some(next) = self.take_next(slot, None) {
+                return next;
+            }
+        }
+    }
+
+    /// As [`next_job`](Core::next_job), but gives up at `until` (`None`: the worker is still
+    /// idle), so that the slot's thread can check that its idle worker is still alive.
+    pub fn next_job_until(&self, slot: usize, until: Instant) -> Option<Next> {
+        self.take_next(slot, Some(until))
+    }
+
+    fn take_next(&self, slot: usize, until: Option<Instant>) -> Option<Next> {
         let mut st = self.state.lock();
         // Jobs cancelled before they started: settled outside the lock.
         let mut refused: Vec<Job> = Vec::new();
@@ -411,14 +429,14 @@ impl Core {
             let ending = st.terminating || st.broken.is_some();
             let s = &mut st.slots[slot];
             if let Some(stop) = &s.stop {
-                break match stop.reason {
+                break Some(match stop.reason {
                     Reason::Shutdown | Reason::Terminate => Next::Exit,
                     _ => Next::Retire,
-                };
+                });
             }
             if ending {
                 self.stop(s, Reason::Shutdown, None, now);
-                break Next::Exit;
+                break Some(Next::Exit);
             }
             if self
                 .config
@@ -426,7 +444,7 @@ impl Core {
                 .is_some_and(|max| s.tasks_done >= max)
             {
                 self.stop(s, Reason::Retire, None, now);
-                break Next::Retire;
+                break Some(Next::Retire);
             }
             if let Some(job) = st.queue.pop_front() {
                 if !job.handle.start() && !fault!(ProcessPoolRunsCancelledJob) {
@@ -449,21 +467,87 @@ impl Core {
                 if deadline.is_some() {
                     self.events.notify_all();
                 }
-                break Next::Run(dispatch);
+                break Some(Next::Run(dispatch));
             }
             if st.shutdown {
                 self.stop(&mut st.slots[slot], Reason::Shutdown, None, now);
-                break Next::Exit;
+                break Some(Next::Exit);
             }
-            self.work.wait(&mut st);
+            match until {
+                Some(until) => {
+                    if self.work.wait_until(&mut st, until) {
+                        break None;
+                    }
+                }
+                None => self.work.wait(&mut st),
+            }
         };
         drop(st);
-        if !matches!(next, Next::Run(_)) {
+        if matches!(next, Some(Next::Retire | Next::Exit)) {
             // A graceful stop has an escalation deadline for the monitor.
             self.events.notify_all();
         }
         drop(refused);
         next
+    }
+
+    /// Job `id`, just dispatched to the slot, never reached its worker (the worker was gone
+    /// before the job could be written to it): it goes back to the front of the queue, as it
+    /// did not run, unless the pool is broken or terminating, when it fails as a queued job
+    /// does. `payload` is its argument, handed back.
+    pub fn unsent(&self, slot: usize, id: u64, payload: Vec<u8>) {
+        let mut st = self.state.lock();
+        let s = &mut st.slots[slot];
+        let Some(job) = s.job.take_if(|j| j.id == id) else {
+            return;
+        };
+        // Its future is running already: `start` says so again when it is dispatched anew.
+        let job = Job {
+            id,
+            func: job.func,
+            payload,
+            timeout: job.limit,
+            handle: job.handle,
+        };
+        let error = if let Some(broken) = &st.broken {
+            broken.clone()
+        } else if st.terminating {
+            Error::cancelled(Some(
+                "the process pool was dropped before the job started".to_owned(),
+            ))
+        } else {
+            st.queue.push_front(job);
+            drop(st);
+            self.work.notify_all();
+            return;
+        };
+        drop(st);
+        job.handle.finish(Err(error));
+    }
+
+    /// The slot's thread is ending abnormally (it panicked outside a worker's conversation):
+    /// the slot is gone and its job fails; once no slot is left the pool is broken, so that no
+    /// queued job waits for a worker that will never come.
+    pub fn abandon(&self, slot: usize, message: &str) {
+        let mut st = self.state.lock();
+        let s = &mut st.slots[slot];
+        s.pid = None;
+        s.stop = None;
+        s.phase = Phase::Gone;
+        let job = s.job.take();
+        let error = Error::new(ErrorKind::BrokenExecutor, message.to_owned());
+        let mut settle = if st.slots.iter().all(|s| s.phase == Phase::Gone) {
+            self.break_pool(&mut st, message.to_owned())
+        } else {
+            Settle::none()
+        };
+        drop(st);
+        if let Some(job) = job {
+            settle.0.insert(0, (job.handle, Err(error)));
+        }
+        self.work.notify_all();
+        self.events.notify_all();
+        settle.run();
     }
 
     /// The slot's worker answered job `id`: settles it. False if the slot was not running
@@ -634,7 +718,10 @@ impl Core {
         let mut upcoming = |at: Instant| next = Some(next.map_or(at, |n: Instant| n.min(at)));
         for slot in &mut st.slots {
             if slot.stop.is_none() {
-                if let Phase::Starting { deadline } = slot.phase {
+                if let Phase::Starting {
+                    deadline: Some(deadline),
+                } = slot.phase
+                {
                     if deadline <= now {
                         self.stop(slot, Reason::StartupTimeout, Some(Sig::Kill), now);
                     } else {

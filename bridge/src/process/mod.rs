@@ -25,7 +25,7 @@ pub use pool::{ProcessPool, ProcessPoolBuilder};
 mod pool {
     use super::core::{Config, Core, Job, JobHandle};
     use super::supervisor::{self, Launch};
-    use super::wire::Outcome;
+    use super::wire::{Outcome, MAX_PAYLOAD};
     use super::worker::{self, Entry, Target};
     use crate::future::{Completer, ConcurrentFuture};
     use crate::sync::thread::{self, JoinHandle};
@@ -187,18 +187,26 @@ mod pool {
             if self.functions.iter().any(|r| r.type_id == type_id) {
                 return self;
             }
+            // The argument's `Deserialize` and the result's `Serialize` (and `Drop`) are the
+            // job's code as much as `f` is: a panic in any of them fails the job, not the worker.
             let call = move |bytes: &[u8]| -> Outcome {
-                let arg: A = match postcard::from_bytes(bytes) {
-                    Ok(arg) => arg,
-                    Err(e) => return Outcome::BadArgument(e.to_string()),
-                };
-                match catch_unwind(AssertUnwindSafe(move || f(arg))) {
-                    Ok(value) => match postcard::to_allocvec(&value) {
+                let run = move || {
+                    let arg: A = match postcard::from_bytes(bytes) {
+                        Ok(arg) => arg,
+                        Err(e) => return Outcome::BadArgument(e.to_string()),
+                    };
+                    match postcard::to_allocvec(&f(arg)) {
+                        // Refused before it is framed: the frame would be refused, slowly.
+                        Ok(bytes) if bytes.len() > MAX_PAYLOAD => Outcome::BadResult(format!(
+                            "it is too large to send: {} bytes, at most {MAX_PAYLOAD}",
+                            bytes.len()
+                        )),
                         Ok(bytes) => Outcome::Value(bytes),
                         Err(e) => Outcome::BadResult(e.to_string()),
-                    },
-                    Err(payload) => Outcome::Panicked(worker::panic_text(payload)),
-                }
+                    }
+                };
+                catch_unwind(AssertUnwindSafe(run))
+                    .unwrap_or_else(|payload| Outcome::Panicked(worker::panic_text(payload)))
             };
             self.functions.push(Registered {
                 type_id,
@@ -601,9 +609,12 @@ mod pool {
         /// # Errors
         ///
         /// At once: `InvalidState` if `f` is not registered; kind `Other` if the argument
-        /// cannot be serialised; `BrokenExecutor` once the pool is broken; Closed after
-        /// shutdown. Through the future: `Panicked`, `BrokenExecutor` (the worker died),
-        /// `Timeout`, Cancelled, or kind `Other` if the result does not decode.
+        /// cannot be serialised or is too large (over 1 GiB encoded); `BrokenExecutor` once
+        /// the pool is broken; Closed after shutdown. Through the future: `Panicked`,
+        /// `BrokenExecutor` (the worker died), `Timeout`, Cancelled, or kind `Other` if the
+        /// result does not decode or is too large (over 1 GiB encoded). A panic in the
+        /// argument's `Deserialize` or the result's `Serialize` (in the worker) or
+        /// `Deserialize` (here) is `Panicked`, as one in `f` is.
         pub fn submit<F, A, R>(&self, f: F, arg: A) -> Result<ConcurrentFuture<R>>
         where
             F: Fn(A) -> R + Copy + 'static,
@@ -672,6 +683,16 @@ mod pool {
                     format!("could not serialise the argument of `{name}`: {e}"),
                 )
             })?;
+            if payload.len() > MAX_PAYLOAD {
+                // Refused here: sent, it would fail on the pipe and look like a dead worker.
+                let n = payload.len();
+                return Err(Error::new(
+                    ErrorKind::Other,
+                    format!(
+                        "the argument of `{name}` is too large: {n} bytes, at most {MAX_PAYLOAD}"
+                    ),
+                ));
+            }
             let func = u32::try_from(func).map_err(|_| Error::msg("too many functions"))?;
             let (fut, completer) = ConcurrentFuture::pair();
             let id = self.core.next_id();
@@ -820,12 +841,23 @@ mod pool {
 
         fn finish(self: Box<Self>, outcome: Result<Vec<u8>>) {
             let name = self.name;
-            let result = outcome.and_then(|bytes| {
+            let decode = |bytes: Vec<u8>| {
                 postcard::from_bytes::<R>(&bytes).map_err(|e| {
                     Error::new(
                         ErrorKind::Other,
                         format!("could not decode the result of `{name}`: {e}"),
                     )
+                })
+            };
+            // `R`'s `Deserialize` is the user's code, run on the slot's thread: a panic in it
+            // fails this job as a panic in the job would, and must not end the thread.
+            let result = outcome.and_then(|bytes| {
+                catch_unwind(AssertUnwindSafe(|| decode(bytes))).unwrap_or_else(|payload| {
+                    let message = worker::panic_text(payload);
+                    Err(Error::new(
+                        ErrorKind::Panicked,
+                        format!("while decoding the result of `{name}`: {message}"),
+                    ))
                 })
             });
             self.completer.complete(result);

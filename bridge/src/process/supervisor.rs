@@ -2,18 +2,31 @@
 //! (one job at a time: write the job, read the answer), lets it go, reaps it and starts the
 //! next; the decisions are the core's. A worker that is stopped (a cancel, a time limit)
 //! closes its pipe by dying, which is how its slot's thread, blocked on a read, learns of it.
+//! An idle worker has no read pending: its slot's thread, waiting for work, looks every
+//! [`IDLE_CHECK`] whether it has exited, and a job written to a worker that turns out to be
+//! gone goes back to the queue, since it never ran.
+//!
+//! A slot's thread blocks SIGPIPE, so that a write to a dead worker's pipe fails with `EPIPE`
+//! rather than killing the program when SIGPIPE is at its default disposition (as many
+//! command-line programs set it). A panic in a slot's thread while it talks to a worker (in a
+//! done callback's caller, a result's `Drop`) ends that worker as a crash; the thread goes on.
 
 use super::core::{Core, Exit, Next, Sig};
 use super::wire::{read_frame, skip_to_magic, write_frame, FromWorker, Outcome, ToWorker};
-use super::worker::WORKER_ENV;
+use super::worker::{panic_text, WORKER_ENV};
 use crate::sync::Arc;
 use crate::{Error, ErrorKind, Result};
 use std::ffi::OsString;
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 use std::os::unix::process::ExitStatusExt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
-use std::process::{Command, ExitStatus, Stdio};
-use std::time::Instant;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// How often a slot's thread checks that its idle worker is still alive: how long a worker
+/// that died idle (the OOM killer, an operator's `kill`) stays unnoticed and unreaped.
+const IDLE_CHECK: Duration = Duration::from_millis(100);
 
 /// How to start a worker.
 #[derive(Debug)]
@@ -45,6 +58,41 @@ pub(super) fn send_signal(pid: u32, sig: Sig) {
 /// The body of slot `slot`'s thread: workers one after another, until the core says the
 /// slot is over.
 pub(super) fn run_slot(core: &Arc<Core>, slot: usize, launch: &Launch) {
+    block_sigpipe();
+    // A panic outside a worker's conversation is a bug in the pool: the slot is given up, its
+    // job failed, rather than left looking alive to the core (which would wait for it).
+    let _abandon = Abandon { core, slot };
+    slot_loop(core, slot, launch);
+}
+
+/// Dropped by a panic, marks the slot gone (see [`Core::abandon`]).
+struct Abandon<'a> {
+    core: &'a Core,
+    slot: usize,
+}
+
+impl Drop for Abandon<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.core
+                .abandon(self.slot, "the process pool's thread for a worker panicked");
+        }
+    }
+}
+
+/// Blocks SIGPIPE on this thread: a write to the pipe of a worker that has gone then fails
+/// with `EPIPE` (which the thread handles) whatever the program's SIGPIPE disposition. The
+/// workers this thread starts do not inherit the mask: std's `Command` clears it in them.
+fn block_sigpipe() {
+    use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow, Signal};
+    let mut pipe = SigSet::empty();
+    pipe.add(Signal::SIGPIPE);
+    // It cannot fail with a valid `how` and set; if it ever did, a write to a dead worker's
+    // pipe would only fall back to the program's own SIGPIPE disposition.
+    let _ = pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&pipe), None);
+}
+
+fn slot_loop(core: &Arc<Core>, slot: usize, launch: &Launch) {
     while core.spawning(slot) {
         let spawned = Command::new(&launch.exe)
             .args(&launch.args)
@@ -63,19 +111,16 @@ pub(super) fn run_slot(core: &Arc<Core>, slot: usize, launch: &Launch) {
         };
         let pid = child.id();
         core.spawned(slot, pid);
-        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
-            unreachable!("both pipes were asked for");
-        };
-        let mut to_worker = BufWriter::new(stdin);
-        let mut from_worker = BufReader::new(stdout);
-        let failure = converse(core, slot, launch, pid, &mut to_worker, &mut from_worker).err();
-        // Closing its stdin makes a worker that is still there leave; its stdout closes once
-        // it has. If it does not leave, the core's escalation deadline kills it.
-        drop(to_worker);
-        if failure.is_none() {
-            drain(&mut from_worker);
-        }
-        drop(from_worker);
+        // A panic in the conversation (user code runs on this thread: a result's `Drop`)
+        // leaves the protocol in an unknown state: the worker goes, as a crash, and the slot
+        // starts another; the crash limit stops a panic that comes back every time.
+        let talk = catch_unwind(AssertUnwindSafe(|| talk(core, slot, launch, &mut child)));
+        let failure = talk.unwrap_or_else(|payload| {
+            Some(format!(
+                "the pool's thread for it panicked: {}",
+                panic_text(payload)
+            ))
+        });
         core.release(slot);
         let status = match child.wait() {
             Ok(status) => describe(status),
@@ -88,6 +133,36 @@ pub(super) fn run_slot(core: &Arc<Core>, slot: usize, launch: &Launch) {
         };
         core.reaped(slot, &exit, Instant::now());
     }
+}
+
+/// The life of one worker on its pipes: what went wrong, if anything.
+fn talk(core: &Core, slot: usize, launch: &Launch, child: &mut Child) -> Option<String> {
+    let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+        unreachable!("both pipes were asked for");
+    };
+    let pid = child.id();
+    let mut to_worker = BufWriter::new(stdin);
+    let mut from_worker = BufReader::new(stdout);
+    let failure = converse(core, slot, launch, pid, &mut to_worker, &mut from_worker).err();
+    // Closing its stdin makes a worker that is still there leave; its stdout closes once
+    // it has. If it does not leave, the core's escalation deadline kills it.
+    drop(to_worker);
+    if failure.is_none() {
+        drain(&mut from_worker);
+    }
+    failure
+}
+
+/// True once the (unreaped) worker `pid` has exited. It is left unreaped (`WNOWAIT`): its pid
+/// must stay its own until the core has forgotten it (see `core.rs`).
+fn has_exited(pid: u32) -> bool {
+    use rustix::process::{waitid, Pid, WaitId, WaitIdOptions};
+    let Some(pid) = i32::try_from(pid).ok().and_then(Pid::from_raw) else {
+        return true;
+    };
+    let options = WaitIdOptions::EXITED | WaitIdOptions::NOHANG | WaitIdOptions::NOWAIT;
+    // An error (there is no such child) would mean it is gone too.
+    !matches!(waitid(WaitId::Pid(pid), options), Ok(None))
 }
 
 /// Talks to the worker until it is to go (`Ok`) or has gone (`Ok`: its exit status says
@@ -135,7 +210,13 @@ fn converse(
         return Ok(());
     }
     loop {
-        match core.next_job(slot) {
+        let Some(next) = core.next_job_until(slot, Instant::now() + IDLE_CHECK) else {
+            if has_exited(pid) {
+                return Ok(());
+            }
+            continue;
+        };
+        match next {
             Next::Run(job) => {
                 let name = launch
                     .functions
@@ -147,6 +228,21 @@ fn converse(
                     arg: job.payload,
                 };
                 if let Err(e) = write_frame(to_worker, &frame) {
+                    let ToWorker::Job { arg, .. } = frame else {
+                        unreachable!("the frame is a job");
+                    };
+                    if e.kind() == io::ErrorKind::InvalidInput {
+                        // Over the frame limit (submit refuses such an argument): nothing was
+                        // written, the worker is fine; only the job fails.
+                        let error = Error::new(
+                            ErrorKind::Other,
+                            format!("could not send the argument of `{name}`: {e}"),
+                        );
+                        let _ = core.job_done(slot, job.id, Err(error));
+                        continue;
+                    }
+                    // The worker was gone before it had the whole job: the job did not run.
+                    core.unsent(slot, job.id, arg);
                     return gone_or(e);
                 }
                 match read_frame::<_, FromWorker>(from_worker) {

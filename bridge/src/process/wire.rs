@@ -18,6 +18,10 @@ pub(super) const MAGIC: &[u8] = b"\x00braid-process-pool-worker\x1b";
 /// No frame is larger: a length beyond it means the stream is garbage.
 const MAX_FRAME: usize = 1 << 30;
 
+/// The largest encoded argument or result a frame is sure to carry: a frame's other fields
+/// (its variant, a job's id and function, the bytes' length) take at most 21 bytes.
+pub(super) const MAX_PAYLOAD: usize = MAX_FRAME - 64;
+
 /// Pool to worker.
 #[derive(Serialize, Deserialize, Debug)]
 pub(super) enum ToWorker {
@@ -54,13 +58,24 @@ pub(super) enum Outcome {
 }
 
 /// Writes `msg` as one frame and flushes.
+///
+/// # Errors
+///
+/// `InvalidInput` for a message over the frame limit (nothing is written then: the stream
+/// is still good), and the write's own errors.
 pub(super) fn write_frame<W: Write, T: Serialize>(w: &mut W, msg: &T) -> io::Result<()> {
     let bytes = postcard::to_allocvec(msg).map_err(io::Error::other)?;
     let len = u32::try_from(bytes.len())
         .ok()
         .filter(|&n| n as usize <= MAX_FRAME)
         .ok_or_else(|| {
-            io::Error::other(format!("a frame of {} bytes is too large", bytes.len()))
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "a frame of {} bytes is too large (at most {MAX_FRAME})",
+                    bytes.len()
+                ),
+            )
         })?;
     w.write_all(&len.to_le_bytes())?;
     w.write_all(&bytes)?;
