@@ -366,3 +366,54 @@ fn the_main_task_is_done_once_run_until_complete_returns() {
     assert!(main.done() && main.cancelled());
     rt.shutdown(WAIT).unwrap();
 }
+
+/// The same through a gather: A gathers B, B awaits A, and A cancels itself. A's request
+/// reaches its gather at A's next poll, goes on to B, and back to A, where it must stop;
+/// before, A was woken to pass it on again, for ever (a busy loop, `cancelling()` growing).
+#[test]
+fn a_self_cancel_going_round_a_cycle_through_a_gather_stops() {
+    let rt = runtime(2);
+    let slot: Arc<Mutex<Option<Task<()>>>> = Arc::default();
+    let b_awaiting = Promise::<()>::new();
+    let (slot_in_b, b_in) = (slot.clone(), b_awaiting.clone());
+    let b = rt
+        .event_loop()
+        .spawn(async move {
+            let mut a = loop {
+                if let Some(a) = slot_in_b.lock().unwrap().take() {
+                    break a;
+                }
+                braid::yield_now().await?;
+            };
+            poll_fn(|cx| {
+                let polled = Pin::new(&mut a).poll(cx);
+                let _ = b_in.set_result(());
+                polled
+            })
+            .await
+        })
+        .unwrap();
+    let b_ref = b.as_ref();
+    let a = rt
+        .event_loop()
+        .spawn(async move {
+            b_awaiting.await?;
+            braid::current_task().expect("in a task").cancel();
+            braid::gather(vec![b]).await.map(|_| ())
+        })
+        .unwrap();
+    let a_ref = a.as_ref();
+    *slot.lock().unwrap() = Some(a);
+    let deadline = Instant::now() + WAIT;
+    while b_ref.cancelling() == 0 && Instant::now() < deadline {
+        std::thread::yield_now();
+    }
+    assert_eq!(b_ref.cancelling(), 1, "the request reached B");
+    // Give a busy loop time to show: each round would count the request again.
+    let settle = Instant::now() + Duration::from_millis(200);
+    while Instant::now() < settle {
+        std::thread::yield_now();
+    }
+    assert_eq!((a_ref.cancelling(), b_ref.cancelling()), (1, 1));
+    assert!(rt.shutdown(Duration::from_millis(300)).is_err());
+}

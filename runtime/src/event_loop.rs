@@ -104,10 +104,11 @@ impl LoopState {
     }
 }
 
-/// A loop's [`LoopState`], read by any thread. A worker loop writes its own; a host loop's
-/// running/idle flips race a shutdown's close on another thread, so they only ever
-/// *change* it from the state they expect (see the model
-/// `loom_a_host_flip_never_undoes_a_close`).
+/// A loop's [`LoopState`], read by any thread, written by the loop's own thread (and, for a
+/// worker loop that died, by the shutdown). A host loop's running/idle flips only ever
+/// *change* it from the state they expect, so that the end of a drive does not undo a close
+/// made during it (a shutdown called from inside `run_until_complete` closes the host loop);
+/// see the model `loom_a_host_flip_never_undoes_a_close`.
 struct StateWord(AtomicU8);
 
 impl StateWord {
@@ -1715,10 +1716,10 @@ mod loom_models {
 
     /// A host loop's thread drives it (idle -> running), sleeps and wakes (running -> idle ->
     /// running), and a task it runs shuts the runtime down, closing the loop (closing, then
-    /// closed) before the drive ends (running -> idle). Another thread reads the state
-    /// meanwhile, as `EventLoop::state` and the submissions do. Checked: the drive's last
-    /// flip never undoes the close, and a reader that has seen the loop closed never sees
-    /// it open again.
+    /// closed) on that same thread before the drive ends (running -> idle). Another thread
+    /// reads the state meanwhile, as `EventLoop::state` and the submissions do. Checked: the
+    /// drive's last flip never undoes the close, and a reader that has seen the loop closed
+    /// never sees it open again.
     #[test]
     fn loom_a_host_flip_never_undoes_a_close() {
         loom::model(|| {

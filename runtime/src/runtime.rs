@@ -346,8 +346,6 @@ fn report_left_to_their_threads(tasks: &[TaskPtr]) {
     }
 }
 
-/// `run_until_complete` or `run_forever` from a thread-local's destructor, once the thread's
-/// host loops (or its loop context) are gone.
 /// Marks the task that dressed `run_until_complete`'s future finished with `out`, as a
 /// runner finishes a task: a `TaskRef` to it taken inside (`current_task()`) then reads it
 /// done, and cancelled or failed as it ended, and its done callbacks are scheduled. Its error
@@ -360,6 +358,8 @@ fn finish_main_task<T>(main: &TaskPtr, out: Result<T>) -> Result<T> {
     out
 }
 
+/// `run_until_complete` or `run_forever` from a thread-local's destructor, once the thread's
+/// host loops (or its loop context) are gone.
 fn thread_exiting_error() -> Error {
     Error::new(
         ErrorKind::InvalidState,

@@ -254,7 +254,9 @@ impl<T: Send + 'static> GatherCore<T> {
             // every child because all are done): asyncio cancels the gather, and if no child
             // accepts, the awaiter gets the Cancelled error itself.
             let message = cancel.message().map(str::to_owned);
-            if !self.shared.cancel(message.clone()) {
+            let accepted =
+                crate::task::passing_on_from_current(|| self.shared.cancel(message.clone()));
+            if !accepted {
                 self.finish();
                 return Poll::Ready(Err(cancel));
             }

@@ -542,27 +542,47 @@ thread_local! {
 }
 
 /// Takes a task off [`PASSING_ON`] when dropped (also if a waker's `wake` panics).
-struct PassingOn;
+struct PassingOn {
+    /// False if the thread's chain is gone (a cancel made by a thread-local's destructor as
+    /// the thread exits): nothing was put on it.
+    on_chain: bool,
+}
 
 impl PassingOn {
-    /// Puts `header` on the chain; `None` if it is on it already (a cycle).
+    /// Puts `header` on the chain: the guard and the chain's length, `None` if `header` is on
+    /// it already (a cycle). As the thread exits, once the chain is gone, the length is one
+    /// past [`MAX_PASS_ON_DEPTH`]: the request then stays with the task it is made of, so
+    /// nothing can go round (a destructor's cancel, such as a task group's dropped with its
+    /// host loop, must not panic in a thread-local's destructor: that aborts the process).
     fn enter(header: &Header) -> Option<(PassingOn, usize)> {
         let addr = std::ptr::from_ref(header).addr();
-        PASSING_ON.with(|chain| {
-            let mut chain = chain.borrow_mut();
-            if chain.contains(&addr) {
-                return None;
-            }
-            chain.push(addr);
-            Some((PassingOn, chain.len()))
-        })
+        PASSING_ON
+            .try_with(|chain| {
+                let mut chain = chain.borrow_mut();
+                if chain.contains(&addr) {
+                    return None;
+                }
+                chain.push(addr);
+                Some((PassingOn { on_chain: true }, chain.len()))
+            })
+            .unwrap_or(Some((PassingOn { on_chain: false }, MAX_PASS_ON_DEPTH + 1)))
     }
 }
 
 impl Drop for PassingOn {
     fn drop(&mut self) {
-        PASSING_ON.with(|chain| chain.borrow_mut().pop());
+        if self.on_chain {
+            let _ = PASSING_ON.try_with(|chain| chain.borrow_mut().pop());
+        }
     }
+}
+
+/// Runs `pass_on` (which cancels what the running task awaits, with a request the task took
+/// at its await) with the running task on the chain of tasks passing requests on, so that a
+/// target awaiting it (a cycle) does not send the request back round.
+pub(crate) fn passing_on_from_current<R>(pass_on: impl FnOnce() -> R) -> R {
+    let _on_chain = crate::context::with_current_header(PassingOn::enter).flatten();
+    pass_on()
 }
 
 /// asyncio's `Task.cancel` on `raw`'s task (see `cancel::request`). A request that comes
@@ -896,11 +916,8 @@ impl<T: 'static> Future for Task<T> {
             // delivered here. We are on the chain of tasks passing it on, so that a target
             // awaiting us (a cycle) does not send it back round.
             let message = cancel.message().map(str::to_owned);
-            let accepted = crate::context::with_current_header(|me| {
-                let _on_chain = PassingOn::enter(me);
-                request_cancel(this.raw.task(), message.clone())
-            })
-            .unwrap_or(false);
+            let accepted =
+                passing_on_from_current(|| request_cancel(this.raw.task(), message.clone()));
             if !accepted {
                 // The awaited task is done: this error is our outcome instead of its.
                 let target = this.raw.task().header();
