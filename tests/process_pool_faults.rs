@@ -355,48 +355,6 @@ fn a_result_over_the_frame_limit_fails_only_its_job() {
     assert_eq!(before, after, "the worker was lost");
 }
 
-// --- The worker marker ---
-
-static INIT_SAW_MARKER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
-
-const MARKER: &str = "BRAID_PROCESS_POOL_WORKER";
-
-/// What a job, its initializer and a program it starts see of the worker marker.
-fn marker_seen(_: ()) -> (bool, bool, String) {
-    let init = INIT_SAW_MARKER.load(std::sync::atomic::Ordering::SeqCst);
-    let own = std::env::var_os(MARKER).is_some();
-    let out = Command::new("sh")
-        .args(["-c", &format!("echo \"${{{MARKER}-unset}}\"")])
-        .output()
-        .expect("run sh");
-    (
-        init,
-        own,
-        String::from_utf8_lossy(&out.stdout).trim().to_owned(),
-    )
-}
-
-#[test]
-fn the_worker_marker_does_not_leak_into_jobs_or_the_programs_they_start() {
-    let pool = ProcessPool::builder()
-        .workers(1)
-        .initializer(|| {
-            let seen = std::env::var_os(MARKER).is_some();
-            INIT_SAW_MARKER.store(seen, std::sync::atomic::Ordering::SeqCst);
-        })
-        .register(marker_seen)
-        .build()
-        .expect("pool");
-    let (init, own, child) = pool
-        .submit(marker_seen, ())
-        .unwrap()
-        .result(Some(WAIT))
-        .unwrap();
-    assert!(!init, "the initializer saw {MARKER}");
-    assert!(!own, "the job saw {MARKER}");
-    assert_eq!(child, "unset", "a program started by a job saw {MARKER}");
-}
-
 // --- SIGPIPE at its default disposition ---
 
 /// Set in the copy of this test binary that runs the scenario below in a process of its

@@ -536,18 +536,13 @@ impl Core {
         s.phase = Phase::Gone;
         let job = s.job.take();
         let error = Error::new(ErrorKind::BrokenExecutor, message.to_owned());
-        let mut settle = if st.slots.iter().all(|s| s.phase == Phase::Gone) {
+        let settle = if st.slots.iter().all(|s| s.phase == Phase::Gone) {
             self.break_pool(&mut st, message.to_owned())
         } else {
             Settle::none()
         };
         drop(st);
-        if let Some(job) = job {
-            settle.0.insert(0, (job.handle, Err(error)));
-        }
-        self.work.notify_all();
-        self.events.notify_all();
-        settle.run();
+        self.slot_ended(job.map(|job| (job.handle, Err(error))), settle);
     }
 
     /// The slot's worker answered job `id`: settles it. False if the slot was not running
@@ -640,15 +635,22 @@ impl Core {
             }
             None => (Error::new(ErrorKind::BrokenExecutor, crash.clone()), true),
         };
-        let mut settle = if crashed {
+        let settle = if crashed {
             let message = error.message().unwrap_or(&crash).to_owned();
             self.record_crash(&mut st, now, &message)
         } else {
             Settle::none()
         };
         drop(st);
+        self.slot_ended(job.map(|job| (job.handle, Err(error))), settle);
+    }
+
+    /// After a slot's worker is gone (reaped, or its thread gave up), outside the lock: wakes
+    /// the slots' threads and the monitor, then settles the slot's job, if it had one, before
+    /// the jobs its end failed.
+    fn slot_ended(&self, job: Option<Settling>, mut settle: Settle) {
         if let Some(job) = job {
-            settle.0.insert(0, (job.handle, Err(error)));
+            settle.0.insert(0, job);
         }
         self.work.notify_all();
         self.events.notify_all();

@@ -53,12 +53,6 @@ pub(super) struct Entry {
 
 /// Serves jobs for the pool of process `parent`, then exits the process.
 pub(super) fn serve(entries: &[Entry], initializer: Option<&dyn Fn()>, parent: u32) -> ! {
-    // The marker has done its work (this process knows it is a worker): a program that a job
-    // or the initializer starts must not inherit it, or that program, if it uses a pool,
-    // would take itself for a worker of this one. Removed first thing, before the initializer
-    // and any job can start threads; std's own environment lock covers the program's threads
-    // that read it through `std::env`.
-    std::env::remove_var(WORKER_ENV);
     let code = match serve_until_told(entries, initializer, parent) {
         Ok(code) => code,
         Err(e) => {
