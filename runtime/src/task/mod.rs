@@ -902,15 +902,24 @@ impl<T: 'static> Future for Task<T> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<T>> {
         let this = self.get_mut();
         let target = this.raw.task().header();
-        if crate::context::current_task_is(target) {
+        // One look at the running task, as the cancel check alone took: is it the target,
+        // and else its pending request, if any.
+        let mut awaits_itself = false;
+        let pending = crate::context::with_current_header(|me| {
+            awaits_itself = std::ptr::eq(me, target);
+            (!awaits_itself).then(|| me.cancel.take_cancel()).flatten()
+        })
+        .flatten();
+        if awaits_itself {
             // It would wait for itself for ever, and a cancel of it would go round and
-            // round (asyncio refuses it too: "Task cannot await on itself").
+            // round (asyncio refuses it too: "Task cannot await on itself"). A request
+            // pending stays for its next await point.
             return Poll::Ready(Err(Error::new(
                 ErrorKind::InvalidState,
                 format!("{} cannot await itself", target.name()),
             )));
         }
-        if let Some(cancel) = crate::context::take_cancel() {
+        if let Some(cancel) = pending {
             // A request pending as we await: asyncio cancels the awaited task and waits for
             // it to finish (its outcome becomes ours). If it is already done, the request is
             // delivered here. We are on the chain of tasks passing it on, so that a target
