@@ -1,14 +1,15 @@
 //! Where a cancel request goes (API.md "Tasks and cancellation"): to the task's *current*
 //! await point, and through an awaited `Task` only while the task awaits it, as asyncio's
 //! `_fut_waiter` is the one future a task is suspended on. A `Task` handle polled once and
-//! kept, or moved to another task, must not steal later requests; a request travelling round
-//! a cycle of awaits must stop; a task may not await itself. Also: a request landing during
-//! the final step is too late even after an earlier one was delivered in that step, and the
-//! task dressing `run_until_complete`'s future is done once it returns.
+//! kept, or moved to another task, must not steal later requests, nor may one made while the
+//! task runs a step; a request travelling round a cycle of awaits must stop; a task may not
+//! await itself. Also: a request landing during the final step is too late even after an
+//! earlier one was delivered in that step, and the task dressing `run_until_complete`'s
+//! future is done once it returns.
 
 use braid::{Event, Promise, Task};
 use futures::future::{select, Either};
-use std::future::{poll_fn, Future};
+use std::future::{poll_fn, Future, IntoFuture};
 use std::pin::Pin;
 use std::sync::{mpsc, Arc, Mutex};
 use std::task::Poll;
@@ -129,6 +130,71 @@ fn a_cancel_of_a_task_reading_after_polling_a_kept_handle_reaches_the_read() {
     rt.shutdown(WAIT).unwrap();
 }
 
+/// A cancel made from another thread while the task runs a step goes to its next await
+/// point, as asyncio's does (a task in a step awaits nothing), not to a child's handle it
+/// polled once earlier in that step and kept. Before, the request went to the child, and the
+/// task slept on: a race the tests above lost about one run in thirty.
+#[test]
+fn a_cancel_made_during_a_step_waits_for_the_next_await_point() {
+    let rt = runtime(2);
+    let (in_step_tx, in_step_rx) = mpsc::channel();
+    let (go_on_tx, go_on_rx) = mpsc::channel::<()>();
+    let x = rt
+        .event_loop()
+        .spawn(async move {
+            let mut child = sleeper();
+            poll_once(&mut child).await;
+            // Still in the step that polled the handle: hold the loop thread while the
+            // request is made.
+            in_step_tx.send(()).unwrap();
+            go_on_rx
+                .recv_timeout(WAIT)
+                .expect("the test thread answers");
+            let slept = braid::sleep(LONG).await;
+            let child_cancelling = child.cancelling();
+            child.cancel();
+            let _ = child.await;
+            Ok((slept, child_cancelling))
+        })
+        .unwrap();
+    in_step_rx.recv_timeout(WAIT).expect("the task runs");
+    assert!(x.cancel(), "the task is running");
+    go_on_tx.send(()).unwrap();
+    let (slept, child_cancelling) = rt
+        .run_until_complete(within(x))
+        .unwrap()
+        .expect("the task was still asleep: its cancel went elsewhere");
+    assert_eq!(child_cancelling, 0, "the request went to the child");
+    assert!(slept.is_err_and(|e| e.is_cancelled()), "the sleep ran on");
+    rt.shutdown(WAIT).unwrap();
+}
+
+/// The same for the task that dresses `run_until_complete`'s future, which the host thread
+/// polls outside any queue.
+#[test]
+fn a_cancel_of_the_main_task_during_its_step_waits_for_the_next_await_point() {
+    let rt = runtime(2);
+    let (slept, child_cancelling) = rt
+        .run_until_complete(async {
+            let mut child = sleeper();
+            poll_once(&mut child).await;
+            let me = braid::current_task().expect("in the main task");
+            // Cancelled from another thread while this step runs.
+            std::thread::spawn(move || me.cancel())
+                .join()
+                .expect("the canceller returns");
+            let slept = braid::sleep(WAIT).await;
+            let child_cancelling = child.cancelling();
+            child.cancel();
+            let _ = child.await;
+            Ok((slept, child_cancelling))
+        })
+        .expect("the main task keeps its value");
+    assert_eq!(child_cancelling, 0, "the request went to the child");
+    assert!(slept.is_err_and(|e| e.is_cancelled()), "the sleep ran on");
+    rt.shutdown(WAIT).unwrap();
+}
+
 /// A task that polled a child's handle once, then cancels itself, is cancelled at its next
 /// await point (asyncio: a running task awaits nothing), and the child is left alone.
 #[test]
@@ -168,24 +234,30 @@ fn a_handle_moved_to_another_task_carries_that_tasks_cancel() {
             let release = Arc::new(Event::new());
             let (caught_by_child, child_release) = (caught.clone(), release.clone());
             let x = braid::create_task(async move {
+                let asleep = Promise::<()>::new();
+                let sleeping = asleep.clone();
                 let mut child = braid::create_task(async move {
+                    sleeping.set_result(())?;
                     let cancelled = braid::sleep(LONG).await;
                     assert!(cancelled.is_err_and(|e| e.is_cancelled()));
                     caught_by_child.set_result(())?;
                     child_release.wait().await
                 });
+                // Started: a cancel before its first step would end it without running it.
+                asleep.await?;
                 poll_once(&mut child).await;
                 Ok(child)
             });
             let child = x.await?;
-            // A leaf (not a Promise, which would be registered as what Y awaits instead).
-            let other = Arc::new(Event::new());
-            let other_arm = other.clone();
+            // Not braid's: it neither takes a cancel nor forgets what Y awaits (a braid leaf
+            // would take a request made during Y's step, before it reached the child), nor
+            // is it registered as what Y awaits (a Promise would be, instead of the child).
+            let (other, other_arm) = futures::channel::oneshot::channel::<()>();
             let in_select = Promise::<()>::new();
             let entered = in_select.clone();
             let y = braid::create_task(async move {
                 entered.set_result(())?;
-                match select(child, Box::pin(async move { other_arm.wait().await })).await {
+                match select(child, other_arm).await {
                     // The losing arm, the child's handle, is dropped here.
                     Either::Right((_, child)) => drop(child),
                     Either::Left(_) => panic!("the other arm wins"),
@@ -195,8 +267,9 @@ fn a_handle_moved_to_another_task_carries_that_tasks_cancel() {
             in_select.await?;
             y.cancel();
             // Y's request reached the child; now the other arm wins.
-            caught.await?;
-            other.set();
+            // Bounded: were the request lost, this would wait for ever.
+            braid::wait_for(caught.into_future(), Some(WAIT)).await?;
+            other.send(()).expect("Y is in its select");
             let y_outcome = within(y).await;
             release.set();
             y_outcome

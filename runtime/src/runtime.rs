@@ -441,11 +441,15 @@ impl Runtime {
                 if let Some(at) = self.shared.instant_of(woken_at).filter(|_| !first) {
                     host.run_timers_due_by(at);
                 }
+                // Marked as in a step, as a queued task's poll is: a cancel request made
+                // meanwhile waits for the next await point (`task::cancel`).
+                main.header().state.enter_host_step();
                 let step = main.header().cancel.begin_step(first);
                 first = false;
                 let guard = context::enter_task(main.as_non_null());
                 let polled = catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(&mut cx)));
                 drop(guard);
+                main.header().state.leave_host_step();
                 match polled {
                     Ok(Poll::Ready(out)) => {
                         // As for tasks: only a return is turned into a cancellation.

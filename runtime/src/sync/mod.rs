@@ -261,6 +261,11 @@ pub(crate) mod loom_support {
     /// `done` with a plain load, not the ordering RMW (`task::cancel`).
     pub(crate) static PLAIN_DONE_READ: AtomicBool = AtomicBool::new(false);
 
+    /// Set by a twin for the length of its model: a cancel request on a task in a step is
+    /// passed on to what the task registered earlier, as if it were suspended there
+    /// (`task::cancel`).
+    pub(crate) static PASS_ON_DURING_A_STEP: AtomicBool = AtomicBool::new(false);
+
     /// A waker that remembers it was woken (a loom atomic: the wake is part of the protocol).
     /// Only the models use it; the switch above is also read by the code under test.
     #[cfg(test)]

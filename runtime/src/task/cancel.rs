@@ -290,11 +290,11 @@ impl CancelState {
     /// Records a cancel request. If the task is awaiting a Task or Promise, returns it: the
     /// caller cancels that instead (asyncio's `_fut_waiter.cancel()`), and the task receives
     /// its outcome; otherwise marks the request for delivery at the next await point.
-    /// `Err(())` if the task is already done. `by_self`: the task is cancelling itself; it
-    /// is running, so it awaits nothing right now (asyncio's `_fut_waiter` is `None` during
-    /// a step), and the request waits for its next await point, which passes it on if that
-    /// awaits a target. `pass_on`: false to mark the request here whatever the task awaits
-    /// (see `request`).
+    /// `Err(())` if the task is already done. A task in a step (its state RUNNING) awaits
+    /// nothing right now (asyncio's `_fut_waiter` is `None` during a step): the request waits
+    /// for its next await point, which passes it on if that awaits a target. `by_self`: the
+    /// task is cancelling itself (so it is in a step; such a request is never too late).
+    /// `pass_on`: false to mark the request here whatever the task awaits (see `request`).
     fn record_cancel(
         &self,
         state: &State,
@@ -311,20 +311,32 @@ impl CancelState {
         // sees the completion (that awaiter's `end_await`). Else both could miss
         // each other (see the module docs).
         #[cfg(loom)]
-        let done = if crate::sync::loom_support::PLAIN_DONE_READ
+        let seen = if crate::sync::loom_support::PLAIN_DONE_READ
             .load(std::sync::atomic::Ordering::SeqCst)
         {
-            state.is_complete()
+            state.seen_by_cancel_plain()
         } else {
-            state.is_complete_ordered()
+            state.seen_by_cancel()
         };
         #[cfg(not(loom))]
-        let done = state.is_complete_ordered();
-        if done {
+        let seen = state.seen_by_cancel();
+        if seen.complete {
             return Err(());
         }
         requests.rare_mut().count += 1;
-        if let Some((key, target)) = requests.awaiting.as_ref().filter(|_| pass_on && !by_self) {
+        // A task in a step awaits nothing yet: what it registered may be a target it stopped
+        // awaiting in this very step (a handle polled once and kept), and the step is not
+        // over. The request waits for its next await point, which passes it on if that
+        // awaits a target. Read under our lock, as the registration is written: a step that
+        // registered before our lock was taken is seen running, or over.
+        #[cfg(loom)]
+        let in_step = seen.in_step
+            && !crate::sync::loom_support::PASS_ON_DURING_A_STEP
+                .load(std::sync::atomic::Ordering::SeqCst);
+        #[cfg(not(loom))]
+        let in_step = seen.in_step;
+        let suspended = !by_self && !in_step;
+        if let Some((key, target)) = requests.awaiting.as_ref().filter(|_| pass_on && suspended) {
             let (key, target) = (key.get(), target.clone());
             let id = requests.push_passed(key, message.clone(), false);
             self.propagated.store(true, Ordering::Release);
@@ -736,7 +748,7 @@ mod loom_models {
     //! (B ends cancelled) or directly, to be delivered at A's next await point. If A stops
     //! awaiting B without reading its outcome, the request reaches A directly.
     use super::*;
-    use crate::task::state::RunAction;
+    use crate::task::state::{IdleAction, RunAction, WakeAction};
     use crate::task::CancelTarget;
     use loom::thread;
     use std::sync::Arc;
@@ -780,6 +792,21 @@ mod loom_models {
         (a, b)
     }
 
+    /// A suspended on B: its step registered B as awaited and ended; B is running.
+    fn a_suspended_on_b() -> (Arc<ModelTask>, Arc<ModelTask>) {
+        let (a, b) = both_running();
+        a.cancel
+            .set_awaiting(AWAITING_KEY, AwaitTarget::Other(b.clone()));
+        assert_eq!(a.state.end_poll_pending(), IdleAction::Idle);
+        (a, b)
+    }
+
+    /// A's next step begins (B's completion woke it).
+    fn a_runs_again(a: &ModelTask) {
+        assert_eq!(a.state.wake(), WakeAction::Schedule);
+        assert_eq!(a.state.start_run(), RunAction::Poll);
+    }
+
     /// `b`'s last step on another loop: it returns a value, unless a request it saw turns
     /// that into a cancellation.
     fn spawn_last_step(b: &Arc<ModelTask>) -> thread::JoinHandle<()> {
@@ -819,10 +846,8 @@ mod loom_models {
         on: bool,
     ) {
         crate::sync::loom_support::model_with_fault(fault, on, || {
-            // A is running and awaits B; B is running its last step (it will return a value).
-            let (a, b) = both_running();
-            a.cancel
-                .set_awaiting(AWAITING_KEY, AwaitTarget::Other(b.clone()));
+            // A is suspended on B; B is running its last step (it will return a value).
+            let (a, b) = a_suspended_on_b();
 
             let canceller = {
                 let a = a.clone();
@@ -831,6 +856,7 @@ mod loom_models {
             let b_runner = spawn_last_step(&b);
             // A sees B complete (its join wakes A), then its `Task` future's ready path runs.
             b_runner.join().unwrap();
+            a_runs_again(&a);
             let taken_at_poll = a.cancel.take_cancel().is_some();
             read_outcome(&a, &b);
             let reached_a = canceller.join().unwrap();
@@ -906,20 +932,21 @@ mod loom_models {
         awaiter_cancelled_while_the_awaited_task_finishes(&PLAIN_DONE_READ, true);
     }
 
-    /// A awaits B; a third thread cancels A (its `request`'s result is the first handle's)
-    /// while B runs its last step (the second) and A's select drops its `Task` future,
-    /// unread.
+    /// A is suspended on B; a third thread cancels A (its `request`'s result is the first
+    /// handle's) while B runs its last step (the second) and A's next step begins, whose
+    /// select drops its `Task` future, unread. `in_step` runs in that step first.
     fn cancel_while_a_stops_awaiting(
         a: &Arc<ModelTask>,
         b: &Arc<ModelTask>,
+        in_step: impl FnOnce(),
     ) -> (thread::JoinHandle<bool>, thread::JoinHandle<()>) {
-        a.cancel
-            .set_awaiting(AWAITING_KEY, AwaitTarget::Other(b.clone()));
         let canceller = {
             let a = a.clone();
             thread::spawn(move || request(&a.state, &a.cancel, None, false, true, || {}))
         };
         let b_runner = spawn_last_step(b);
+        a_runs_again(a);
+        in_step();
         let _ = a
             .cancel
             .end_await(KEY, AwaitEnd::Abandoned, || b.missed_request());
@@ -932,8 +959,8 @@ mod loom_models {
     /// A's await point right after it stopped awaiting and one after everything settled.
     fn awaiter_stops_awaiting_while_its_cancel_travels(abandon_as_read: bool) {
         crate::sync::loom_support::model_with_fault(&ABANDON_AS_READ, abandon_as_read, || {
-            let (a, b) = both_running();
-            let (canceller, b_runner) = cancel_while_a_stops_awaiting(&a, &b);
+            let (a, b) = a_suspended_on_b();
+            let (canceller, b_runner) = cancel_while_a_stops_awaiting(&a, &b, || {});
             // Then A reaches an await point.
             let mut delivered = usize::from(a.cancel.take_cancel().is_some());
             assert!(canceller.join().unwrap(), "A never completes");
@@ -954,9 +981,11 @@ mod loom_models {
     fn awaiter_stops_awaiting_and_completes_while_its_cancel_travels(fault: bool) {
         use crate::sync::loom_support::ACCEPTED_COUNTS_WHEN_AWAITER_DONE as FAULT;
         crate::sync::loom_support::model_with_fault(&FAULT, fault, || {
-            let (a, b) = both_running();
-            let step = a.cancel.begin_step(false);
-            let (canceller, b_runner) = cancel_while_a_stops_awaiting(&a, &b);
+            let (a, b) = a_suspended_on_b();
+            let mut step = None;
+            let (canceller, b_runner) =
+                cancel_while_a_stops_awaiting(&a, &b, || step = Some(a.cancel.begin_step(false)));
+            let step = step.expect("the step began");
             // Then A returns, in the same step.
             let outcome = a.cancel.step_outcome(&step, Ok(()));
             a.cancel.complete(&a.state, outcome.is_err(), false);
@@ -982,6 +1011,46 @@ mod loom_models {
     #[should_panic(expected = "exactly when A has it")]
     fn loom_cancel_twin_accepted_counts_when_the_awaiter_is_done() {
         awaiter_stops_awaiting_and_completes_while_its_cancel_travels(true);
+    }
+
+    /// A's step polls B's handle once (registering B as awaited) and keeps it, then waits
+    /// on a leaf (a read: `cancel_point` forgets B), while a third thread cancels A. The
+    /// request must reach A at that leaf or at its next step's, never B: A stopped awaiting
+    /// B. `pass_on_in_step` is the twin's fault.
+    fn cancel_during_a_step_that_polled_a_kept_handle(pass_on_in_step: bool) {
+        use crate::sync::loom_support::PASS_ON_DURING_A_STEP as FAULT;
+        crate::sync::loom_support::model_with_fault(&FAULT, pass_on_in_step, || {
+            let (a, b) = both_running();
+            let canceller = {
+                let a = a.clone();
+                thread::spawn(move || request(&a.state, &a.cancel, None, false, true, || {}))
+            };
+            // A polls B's handle once; a select's other branch wins; A reads.
+            a.cancel
+                .set_awaiting(AWAITING_KEY, AwaitTarget::Other(b.clone()));
+            let mut delivered = usize::from(a.cancel.take_cancel().is_some());
+            a.cancel.clear_awaiting(None);
+            // The read is pending; the step ends, and a wake the canceller left is A's next.
+            let _ = a.state.end_poll_pending();
+            assert!(canceller.join().unwrap(), "A never completes");
+            delivered += usize::from(a.cancel.take_cancel().is_some());
+
+            assert_eq!(b.cancel.cancelling(), 0, "the request went to B");
+            assert_eq!(delivered, 1, "A must have the request exactly once");
+        });
+    }
+
+    #[test]
+    fn loom_cancel_during_a_step_waits_for_its_next_await_point() {
+        cancel_during_a_step_that_polled_a_kept_handle(false);
+    }
+
+    /// Passed on during the step to what A registered in it, the request goes to a handle A
+    /// only polled once and kept.
+    #[test]
+    #[should_panic(expected = "the request went to B")]
+    fn loom_cancel_twin_passed_on_during_a_step_reaches_a_kept_handle() {
+        cancel_during_a_step_that_polled_a_kept_handle(true);
     }
 
     #[test]

@@ -65,6 +65,25 @@ pub(crate) enum IdleAction {
 #[derive(Debug)]
 pub(crate) struct State(AtomicUsize);
 
+/// The state word as a cancel request reads it ([`State::seen_by_cancel`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SeenByCancel {
+    /// The task has finished.
+    pub(crate) complete: bool,
+    /// A step of the task is running: it awaits nothing right now (asyncio's `_fut_waiter`
+    /// is `None` during a step), whatever it registered earlier.
+    pub(crate) in_step: bool,
+}
+
+impl SeenByCancel {
+    fn of(word: usize) -> SeenByCancel {
+        SeenByCancel {
+            complete: word & COMPLETE != 0,
+            in_step: word & RUNNING != 0,
+        }
+    }
+}
+
 impl State {
     /// A new task is created scheduled: its spawner pushes it.
     pub(crate) fn new_scheduled() -> State {
@@ -81,12 +100,31 @@ impl State {
         self.load() & COMPLETE != 0
     }
 
-    /// `is_complete`, read with a read-modify-write that changes nothing: it sees the latest
-    /// state, and if it comes before the completion, the completion's swap reads from it, so
-    /// everything the caller wrote before happens-before the completion (and whatever follows
-    /// it on other threads). A plain load gives no such order. For the cancel path only.
-    pub(crate) fn is_complete_ordered(&self) -> bool {
-        self.0.fetch_or(0, Ordering::AcqRel) & COMPLETE != 0
+    /// What a cancel request needs to know, read with a read-modify-write that changes
+    /// nothing: it sees the latest state, and if it comes before the completion, the
+    /// completion's swap reads from it, so everything the caller wrote before happens-before
+    /// the completion (and whatever follows it on other threads). A plain load gives no such
+    /// order. For the cancel path only.
+    pub(crate) fn seen_by_cancel(&self) -> SeenByCancel {
+        SeenByCancel::of(self.0.fetch_or(0, Ordering::AcqRel))
+    }
+
+    /// [`seen_by_cancel`](Self::seen_by_cancel) with a plain load: a loom twin's fault.
+    #[cfg(loom)]
+    pub(crate) fn seen_by_cancel_plain(&self) -> SeenByCancel {
+        SeenByCancel::of(self.load())
+    }
+
+    /// The host's mark that it is polling the stand-in task of `run_until_complete`'s
+    /// future, whose state word no queue drives: as RUNNING marks a task's poll, so that a
+    /// cancel request made meanwhile waits for the next await point (see `task::cancel`).
+    pub(crate) fn enter_host_step(&self) {
+        self.0.fetch_or(RUNNING, Ordering::AcqRel);
+    }
+
+    /// The end of the host's poll begun with [`enter_host_step`](Self::enter_host_step).
+    pub(crate) fn leave_host_step(&self) {
+        self.0.fetch_and(!RUNNING, Ordering::AcqRel);
     }
 
     /// A waker's transition.
@@ -177,7 +215,7 @@ impl State {
     pub(crate) fn complete(&self) {
         // Release: the stored output and the dropped future happen-before any Acquire load
         // that sees COMPLETE (the join handle's). Acquire: if a canceller's
-        // `is_complete_ordered` came first, this swap reads from it, so what the canceller
+        // `seen_by_cancel` came first, this swap reads from it, so what the canceller
         // wrote before happens-before our completion (see `task::cancel`).
         // One swap: every other transition checks COMPLETE first, so a waker racing us
         // fails its CAS and then sees COMPLETE, and an ABORT we overwrite was moot.
