@@ -5,10 +5,11 @@
 //!
 //! The protocol (asyncio's, made safe across threads):
 //!
-//! - A request on a task that awaits a Task, a Promise or a gather goes to that target instead
-//!   (`record_cancel` returns it); the awaiter receives the target's outcome. If the target
-//!   was already done, the request comes back and is delivered at the awaiter's next await
-//!   point.
+//! - A request on a task suspended on a Task, a Promise or a gather goes to that target
+//!   instead (`record_cancel` returns it); the awaiter receives the target's outcome. If the
+//!   target was already done, the request comes back and is delivered at the awaiter's next
+//!   await point. A task in a step awaits nothing (asyncio's `_fut_waiter` is `None` then),
+//!   whatever it registered earlier in the step: the request waits for its next await point.
 //! - Until it is settled, such a request is remembered by the awaiter as passed on
 //!   ([`PassedOn`]), and settled by two facts: the target's answer (the passer's), and how
 //!   the awaiter's future stopped awaiting the target (the awaiter's, [`AwaitEnd`]). Whoever
