@@ -203,11 +203,7 @@ impl AwaitRegistration {
         if moved {
             if let Some(task) = self.registrar.take() {
                 let key = self.key.get();
-                if task
-                    .header()
-                    .cancel
-                    .end_await(key, AwaitEnd::Abandoned, || false)
-                {
+                if task.header().cancel.end_await_moved(key) {
                     task.wake();
                 }
             }

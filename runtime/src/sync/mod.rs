@@ -266,6 +266,10 @@ pub(crate) mod loom_support {
     /// (`task::cancel`).
     pub(crate) static PASS_ON_DURING_A_STEP: AtomicBool = AtomicBool::new(false);
 
+    /// Set by a twin for the length of its model: a `Task` handle moved to another task ends
+    /// the first task's await with the lock-free look first (`task::cancel`).
+    pub(crate) static MOVED_WITH_FAST_PATH: AtomicBool = AtomicBool::new(false);
+
     /// A waker that remembers it was woken (a loom atomic: the wake is part of the protocol).
     /// Only the models use it; the switch above is also read by the code under test.
     #[cfg(test)]

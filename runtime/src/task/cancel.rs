@@ -444,6 +444,33 @@ impl CancelState {
         if !passed && !self.has_awaiting.load(Ordering::Relaxed) {
             return false;
         }
+        self.end_await_locked(key, end, passed, missed)
+    }
+
+    /// [`end_await`](Self::end_await) for a future that moved to another task since it
+    /// registered, called from that task's thread while the task that registered may be
+    /// running elsewhere: no lock-free look first, since a canceller may be passing a
+    /// request on through this very registration under our lock, and the flag it sets there
+    /// need not be visible yet without the lock. The lock orders the two: either the
+    /// canceller finds the registration gone, or we find its request and take it back.
+    #[must_use = "a request delivered needs a wake"]
+    pub(crate) fn end_await_moved(&self, key: usize) -> bool {
+        #[cfg(loom)]
+        if crate::sync::loom_support::MOVED_WITH_FAST_PATH.load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return self.end_await(key, AwaitEnd::Abandoned, || false);
+        }
+        self.end_await_locked(key, AwaitEnd::Abandoned, false, || false)
+    }
+
+    /// The body of [`end_await`](Self::end_await); `passed` is what its first look read.
+    fn end_await_locked(
+        &self,
+        key: usize,
+        end: AwaitEnd,
+        passed: bool,
+        missed: impl FnOnce() -> bool,
+    ) -> bool {
         #[cfg(loom)]
         let end = if crate::sync::loom_support::ABANDON_AS_READ
             .load(std::sync::atomic::Ordering::SeqCst)
@@ -1052,6 +1079,50 @@ mod loom_models {
     #[should_panic(expected = "the request went to B")]
     fn loom_cancel_twin_passed_on_during_a_step_reaches_a_kept_handle() {
         cancel_during_a_step_that_polled_a_kept_handle(true);
+    }
+
+    /// A is suspended on B through a `Task` handle, which has moved to task Y. A third
+    /// thread cancels A while A's next step begins and waits on a leaf (`cancel_point`:
+    /// takes a request, forgets B), and while Y polls the handle (`follow_the_future`: A's
+    /// await of B ends, abandoned). A must have the request exactly once. `fast_path` is the
+    /// twin's fault: Y looks lock-free first, and can miss a request passed on through the
+    /// registration after A forgot it.
+    fn cancel_while_a_moved_handle_changes_hands(fast_path: bool) {
+        use crate::sync::loom_support::MOVED_WITH_FAST_PATH as FAULT;
+        crate::sync::loom_support::model_with_fault(&FAULT, fast_path, || {
+            let (a, _b) = a_suspended_on_b();
+            let canceller = {
+                let a = a.clone();
+                thread::spawn(move || request(&a.state, &a.cancel, None, false, true, || {}))
+            };
+            let y = {
+                let a = a.clone();
+                thread::spawn(move || {
+                    // Whether the request came back is what `take_cancel` reads below.
+                    let _ = a.cancel.end_await_moved(KEY);
+                })
+            };
+            a_runs_again(&a);
+            let mut delivered = usize::from(a.cancel.take_cancel().is_some());
+            a.cancel.clear_awaiting(None);
+            assert!(canceller.join().unwrap(), "A never completes");
+            y.join().unwrap();
+            delivered += usize::from(a.cancel.take_cancel().is_some());
+
+            assert_eq!(delivered, 1, "A must have the request exactly once");
+            assert!(a.cancel.nothing_passed_on(), "the request is settled");
+        });
+    }
+
+    #[test]
+    fn loom_cancel_moved_handle_gives_back_a_request_passed_on_through_it() {
+        cancel_while_a_moved_handle_changes_hands(false);
+    }
+
+    #[test]
+    #[should_panic(expected = "exactly once")]
+    fn loom_cancel_twin_moved_handle_with_a_lock_free_look_loses_the_request() {
+        cancel_while_a_moved_handle_changes_hands(true);
     }
 
     #[test]
