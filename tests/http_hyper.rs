@@ -541,6 +541,33 @@ fn cancelling_an_idle_kept_alive_connection_is_delivered_by_hyper_io() {
     });
 }
 
+/// A cancel pending when `drive` is first polled (made before it, in the same step) is
+/// delivered by HyperIo's first read, which hyper takes for a clean close of an idle
+/// connection: `drive` must still end the task cancelled. Before, it counted that request
+/// as one made before it and returned `Ok`, and the cancel was lost.
+#[test]
+fn a_cancel_pending_when_drive_begins_ends_the_connection_task_cancelled() {
+    scenario(async {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let client = TcpStream::connect(listener.local_addr()?).await?;
+        let (stream, _) = listener.accept().await?;
+        let conn = braid::create_task(async move {
+            braid::current_task().expect("in a task").cancel();
+            let service = service_fn(|_req: Request<Incoming>| async {
+                Ok::<_, braid::Error>(Response::new(Full::new(Bytes::from_static(b"hi"))))
+            });
+            drive(http1::Builder::new().serve_connection(HyperIo::new(stream), service)).await
+        });
+        let outcome = braid::wait_for(conn, Some(LIMIT)).await;
+        drop(client);
+        assert!(
+            outcome.as_ref().is_err_and(|e| e.is_cancelled()),
+            "a cancelled connection task finished with {outcome:?}"
+        );
+        Ok(())
+    });
+}
+
 #[test]
 fn aborting_a_connection_task_mid_request_drops_the_connection() {
     scenario(async {

@@ -482,7 +482,8 @@ impl fmt::Debug for BraidSleep {
 
 /// Awaits a hyper connection (or any future of a `hyper::Result`) as a braid await: the
 /// outcome is braid's `Result`, and a cancel of the running task that arrived while `conn`
-/// ran ends it with braid's Cancelled error, even when hyper took the cancel for an I/O error
+/// ran, or was waiting for an await point as it began, ends it with braid's Cancelled error
+/// (delivered once), even when hyper took the cancel for an I/O error
 /// and swallowed it (hyper reports a failed read on an idle HTTP/1 connection as a clean
 /// close). Other failures are mapped as [`into_error`] maps them.
 ///
@@ -551,7 +552,9 @@ where
 pub struct Drive<F> {
     /// `None` once it has finished.
     conn: Option<Pin<Box<F>>>,
-    /// The running task's cancel requests when it was first polled.
+    /// The running task's cancel requests that had reached it when this was first polled:
+    /// one still waiting for an await point is not counted, since `conn` may be where it
+    /// is delivered (and swallowed).
     requests_before: Option<usize>,
 }
 
@@ -566,13 +569,18 @@ where
         let Some(conn) = this.conn.as_mut() else {
             return Poll::Ready(Err(crate::combinators::polled_after_completion("drive")));
         };
-        let requests_before = *this.requests_before.get_or_insert_with(cancel_requests);
+        let requests_before = *this
+            .requests_before
+            .get_or_insert_with(delivered_cancel_requests);
         let Poll::Ready(outcome) = conn.as_mut().poll(cx) else {
             return Poll::Pending;
         };
         this.conn = None;
         if cancel_requests() > requests_before {
-            return Poll::Ready(Err(Error::cancelled(None)));
+            // Delivered here if `conn` did not take it: else the task's next await point
+            // would have it a second time.
+            let cancel = context::take_cancel().unwrap_or_else(|| Error::cancelled(None));
+            return Poll::Ready(Err(cancel));
         }
         Poll::Ready(outcome.map_err(classify))
     }
@@ -630,7 +638,12 @@ pub fn into_error(error: ::hyper::Error) -> Error {
 
 /// The running task's outstanding cancel requests (0 outside a task).
 fn cancel_requests() -> usize {
-    crate::current_task().map_or(0, |task| task.cancelling())
+    context::with_current_header(|h| h.cancel.cancelling()).unwrap_or(0)
+}
+
+/// The running task's cancel requests less one still waiting for an await point.
+fn delivered_cancel_requests() -> usize {
+    context::with_current_header(|h| h.cancel.cancelling_delivered()).unwrap_or(0)
 }
 
 /// A hyper error that is no cancellation, by kind.

@@ -270,6 +270,14 @@ impl CancelState {
         self.requests.lock().rare().count
     }
 
+    /// `cancelling()` less a request still waiting for an await point: the requests that
+    /// have reached the task already (or gone on to what it awaits).
+    pub(crate) fn cancelling_delivered(&self) -> usize {
+        let requests = self.requests.lock();
+        let rare = requests.rare();
+        rare.count.saturating_sub(usize::from(rare.must_cancel))
+    }
+
     /// asyncio's `uncancel()`: withdraws one request; returns how many are left.
     pub(crate) fn uncancel(&self) -> usize {
         let mut requests = self.requests.lock();
