@@ -33,6 +33,13 @@ const DEFAULT_HIGH_WATER: usize = 64 * 1024;
 const MIN_READ_ROOM: usize = 16 * 1024;
 /// A reader's buffer starts (and grows) by this much.
 const READ_CHUNK: usize = 64 * 1024;
+/// An emptied read buffer larger than this gives its memory back (down to `READ_CHUNK`): one
+/// big message must not pin its size for the rest of a long-lived connection. Large enough
+/// that lines and reads within the default limit never pay for it.
+const READ_KEEP: usize = 4 * READ_CHUNK;
+/// At most this much of the peer's unread data is read and dropped when a stream closes,
+/// beyond what its reader keeps (see `Conn::take_in_unread`).
+const CLOSE_DISCARD: usize = 1024 * 1024;
 
 /// `readexactly` or `readuntil` met the end of the stream first (asyncio's
 /// `IncompleteReadError`). Reached with `Error::downcast_ref`; the error's kind is `Io`.
@@ -152,6 +159,19 @@ struct ReadState {
 }
 
 impl ReadState {
+    fn new(limit: usize) -> ReadState {
+        ReadState {
+            buf: Vec::new(),
+            start: 0,
+            end: 0,
+            scan: 0,
+            eof: false,
+            error: None,
+            busy: false,
+            limit,
+        }
+    }
+
     fn buffered(&self) -> usize {
         self.end - self.start
     }
@@ -166,6 +186,12 @@ impl ReadState {
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
+            if self.buf.len() > READ_KEEP {
+                // Empty, so nothing to copy: an idle connection keeps one chunk, not the
+                // size of the largest message it ever received (as the writer's `flush`).
+                self.buf.truncate(READ_CHUNK);
+                self.buf.shrink_to(READ_CHUNK);
+            }
         }
         self.scan = 0;
         out
@@ -176,7 +202,14 @@ impl ReadState {
     }
 
     /// Room at the end of the buffer for one read, compacting or growing it.
-    fn room(&mut self) -> &mut [u8] {
+    ///
+    /// `need` is how many bytes the reading operation needs buffered when it knows
+    /// (`readexactly`), else 0. Growth doubles, for amortised copies, but not past a known
+    /// need by more than one chunk: doubling would leave a `readexactly(n)` holding `2n`.
+    /// Nor straight to it: memory is committed as data arrives, not on a length the peer
+    /// announced. A small need still gets a whole chunk, so that one read takes in what
+    /// follows too (a length prefix and its message).
+    fn room(&mut self, need: usize) -> &mut [u8] {
         if self.buf.len() - self.end < MIN_READ_ROOM {
             if self.start > 0 {
                 self.buf.copy_within(self.start..self.end, 0);
@@ -184,7 +217,12 @@ impl ReadState {
                 self.start = 0;
             }
             if self.buf.len() - self.end < MIN_READ_ROOM {
-                let grown = (self.buf.len() * 2).max(self.end + READ_CHUNK);
+                let mut grown = (self.buf.len() * 2).max(self.end + READ_CHUNK);
+                if need > self.buffered() {
+                    grown = grown.min(need.max(self.end + READ_CHUNK));
+                }
+                // Exact: `resize` alone would round the capacity up to double the old one.
+                self.buf.reserve_exact(grown - self.buf.len());
                 self.buf.resize(grown, 0);
             }
         }
@@ -244,16 +282,7 @@ impl Conn {
     fn new(socket: Socket, server: Option<ServerLink>) -> Arc<Conn> {
         Arc::new(Conn {
             socket,
-            read: Mutex::new(ReadState {
-                buf: Vec::new(),
-                start: 0,
-                end: 0,
-                scan: 0,
-                eof: false,
-                error: None,
-                busy: false,
-                limit: DEFAULT_LIMIT,
-            }),
+            read: Mutex::new(ReadState::new(DEFAULT_LIMIT)),
             write: Mutex::new(WriteState {
                 buf: Vec::new(),
                 start: 0,
@@ -310,15 +339,71 @@ impl Conn {
         ws.paused = false;
         wake(take_wakers(&mut ws.drain_waiters));
         if ws.closing && !ws.closed {
+            {
+                // asyncio: closing the transport feeds EOF to the reader (bpo-35065), behind
+                // what it had received. Lock order: the writer's state, then the reader's
+                // (nothing takes them the other way round).
+                let mut rs = self.read.lock();
+                self.take_in_unread(&mut rs);
+                rs.eof = true;
+            }
             self.socket.shutdown(Shutdown::Both);
             ws.closed = true;
-            // asyncio: closing the transport feeds EOF to the reader (bpo-35065). Lock order:
-            // the writer's state, then the reader's (nothing takes them the other way round).
-            self.read.lock().eof = true;
             wake(take_wakers(&mut ws.close_waiters));
         } else if ws.eof_requested && !ws.eof_sent {
             self.socket.shutdown(Shutdown::Write);
             ws.eof_sent = true;
+        }
+    }
+
+    /// Before a close: reads what the peer sent and nobody read, without blocking, into the
+    /// reader's buffer (up to twice its limit, where asyncio's transport pauses reading), and
+    /// drops up to `CLOSE_DISCARD` more. asyncio's transport reads as data comes, so its
+    /// reader still returns what arrived before `close`; and Linux answers the close of a
+    /// socket with unread data by a reset that drops what is still queued to send (the tail
+    /// of a reply). Callers wake the socket first (`close`), as readiness may be stale for a
+    /// socket nobody waited on. A read error ends it quietly: the connection is closing, and
+    /// the reader gets what it holds, then EOF (asyncio's `connection_lost` after a close).
+    #[cold]
+    fn take_in_unread(&self, rs: &mut ReadState) {
+        if rs.eof || rs.error.is_some() {
+            return;
+        }
+        // Nobody waits for this read: a `Pending` leaves a waker that does nothing.
+        let mut cx = Context::from_waker(Waker::noop());
+        let keep = rs.limit.saturating_mul(2);
+        let mut scratch = Vec::new();
+        let mut discarded = 0;
+        while rs.buffered() < keep || discarded < CLOSE_DISCARD {
+            let keeping = rs.buffered() < keep;
+            let into = if keeping {
+                let missing = keep - rs.buffered();
+                let room = rs.room(keep);
+                let len = room.len().min(missing);
+                &mut room[..len]
+            } else {
+                scratch.resize(READ_CHUNK.min(CLOSE_DISCARD - discarded), 0);
+                &mut scratch[..]
+            };
+            let asked = into.len();
+            match self.socket.poll_read(&mut cx, into) {
+                Poll::Ready(Ok(0)) => {
+                    rs.eof = true;
+                    return;
+                }
+                Poll::Ready(Ok(n)) => {
+                    if keeping {
+                        rs.end += n;
+                    } else {
+                        discarded += n;
+                    }
+                    if n < asked {
+                        // A short read emptied the receive queue: no syscall to learn it.
+                        return;
+                    }
+                }
+                Poll::Ready(Err(_)) | Poll::Pending => return,
+            }
         }
     }
 
@@ -627,6 +712,16 @@ fn try_until(st: &mut ReadState, sep: &[u8]) -> Option<Result<Vec<u8>>> {
 }
 
 impl ReadOp {
+    /// How many bytes must be buffered for this operation to complete, when that is known
+    /// (else 0): the read buffer grows to it and not past it (`ReadState::room`).
+    #[inline]
+    fn need(&self) -> usize {
+        match self {
+            ReadOp::Exactly(n) => *n,
+            _ => 0,
+        }
+    }
+
     /// The answer the buffer gives now, if it gives one.
     fn try_complete(&self, st: &mut ReadState) -> Option<Result<Vec<u8>>> {
         match self {
@@ -704,7 +799,7 @@ impl Future for StreamRead<'_> {
             if let Some(result) = this.op.try_complete(&mut st) {
                 break result;
             }
-            let room = st.room();
+            let room = st.room(this.op.need());
             match conn.socket.poll_read(cx, room) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Ok(0)) => st.eof = true,
@@ -843,6 +938,13 @@ impl StreamWriter {
     /// Closes the connection once the buffer is sent (both directions: this side's reader
     /// then reads EOF). Idempotent.
     pub fn close(&self) {
+        if self.conn.write.lock().closing {
+            return;
+        }
+        // Marks the socket ready, so that the close reads what the peer sent whether or not
+        // its edge was seen (`Conn::take_in_unread`). Not under the writer's lock: a woken
+        // flush takes it.
+        self.conn.socket.wake_all();
         let mut ws = self.conn.write.lock();
         if ws.closing {
             return;
@@ -1012,9 +1114,8 @@ pub fn open_unix_connection(
     Box::pin(async move { Ok(UnixStream::connect(path).await?.into_streams()) })
 }
 
-type Handler = dyn Fn(StreamReader, StreamWriter) -> Pin<Box<dyn Future<Output = Result<()>> + Send>>
-    + Send
-    + Sync;
+type HandlerFuture = Pin<Box<dyn Future<Output = Result<()>> + Send>>;
+type Handler = dyn Fn(StreamReader, StreamWriter) -> HandlerFuture + Send + Sync;
 
 struct ServerState {
     closed: bool,
@@ -1196,10 +1297,13 @@ async fn accept_loop(
         };
         let watched = conn.clone();
         let (reader, writer) = pair(conn);
-        let work = handler(reader, writer);
-        // The connection's task runs detached; its end is reported through the server.
+        let handler = handler.clone();
+        // The connection's task runs detached; its end is reported through the server. The
+        // handler is called inside it, not here: a handler that panics before it returns its
+        // future then fails its own task (reported as a panic in the future is, and its
+        // streams are dropped, which closes the connection), not this accept loop.
         drop(spawn_task_spread(&rt, async move {
-            if let Err(e) = work.await {
+            if let Err(e) = handler(reader, writer).await {
                 // An error out of `abort_clients` is the server's own doing, not the handler's.
                 let aborted = watched.is_aborted();
                 if !e.is_cancelled() && !aborted {
@@ -1269,6 +1373,8 @@ impl Server {
     /// sent, then the peer reads EOF, and so do the handlers' readers (CPython 3.13).
     pub fn close_clients(&self) {
         for conn in self.shared.live() {
+            // As `StreamWriter::close`: the socket is marked ready before the writer's lock.
+            conn.socket.wake_all();
             let mut ws = conn.write.lock();
             if !ws.closing {
                 ws.closing = true;
@@ -1388,5 +1494,96 @@ impl Drop for ServeForever<'_> {
         if self.claimed {
             self.shared.state.lock().serving = false;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::time::Duration;
+
+    /// Fills `st` as `StreamRead::poll` does for an operation that needs `need` bytes (0:
+    /// unknown) until `total` bytes are buffered, from a peer that sends `total` bytes in
+    /// reads as large as the room offered. Returns the largest capacity the buffer had.
+    fn fill(st: &mut ReadState, need: usize, total: usize) -> usize {
+        let mut peak = st.buf.capacity();
+        while st.buffered() < total {
+            let missing = total - st.buffered();
+            let room = st.room(need);
+            let n = room.len().min(missing);
+            room[..n].fill(7);
+            st.end += n;
+            peak = peak.max(st.buf.capacity());
+        }
+        peak
+    }
+
+    /// `readexactly(n)` grew the buffer by doubling to `2n`: its need is known, so it grows
+    /// to `n` and not past it by more than a chunk.
+    #[test]
+    fn a_known_need_grows_the_read_buffer_to_it_not_past_it() {
+        const N: usize = 8 * 1024 * 1024 + 123;
+        let mut st = ReadState::new(DEFAULT_LIMIT);
+        let peak = fill(&mut st, N, N);
+        assert_eq!(st.buffered(), N);
+        assert!(
+            peak <= N + READ_CHUNK,
+            "the buffer grew to {peak} bytes for a need of {N}"
+        );
+        assert_eq!(st.take(N).len(), N);
+    }
+
+    /// A read buffer that empties gives back what it grew to beyond `READ_KEEP`, and one
+    /// within it keeps its memory (no reallocation per message at usual sizes).
+    #[test]
+    fn an_emptied_read_buffer_gives_big_memory_back_and_keeps_small() {
+        let mut st = ReadState::new(DEFAULT_LIMIT);
+        fill(&mut st, 0, 8 * 1024 * 1024);
+        let n = st.buffered();
+        st.take(n - 1);
+        assert!(
+            st.buf.capacity() > READ_KEEP,
+            "not empty yet: nothing to give back"
+        );
+        st.take(1);
+        assert!(
+            st.buf.capacity() <= READ_CHUNK,
+            "an idle reader holds {} bytes",
+            st.buf.capacity()
+        );
+
+        fill(&mut st, 0, READ_KEEP / 2);
+        let small = st.buf.capacity();
+        let n = st.buffered();
+        st.take(n);
+        assert_eq!(st.buf.capacity(), small);
+    }
+
+    /// Through a socket: after a large `readexactly` the idle reader's buffer is one chunk,
+    /// not twice the message.
+    #[test]
+    fn a_large_readexactly_leaves_a_small_idle_read_buffer() {
+        const N: usize = 8 * 1024 * 1024;
+        let rt = crate::Runtime::builder().workers(1).build().unwrap();
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let peer = std::thread::spawn(move || {
+            let mut b = b;
+            b.write_all(&vec![1u8; N]).unwrap();
+            b
+        });
+        let (r, _w) = crate::UnixStream::from_std(a).unwrap().into_streams();
+        let msg = rt
+            .run_until_complete(crate::wait_for(
+                r.readexactly(N),
+                Some(Duration::from_secs(20)),
+            ))
+            .unwrap();
+        assert_eq!(msg.len(), N);
+        let _b = peer.join().unwrap();
+        let held = r.conn.read.lock().buf.capacity();
+        assert!(held <= READ_CHUNK, "an idle reader holds {held} bytes");
+        drop((r, _w));
+        rt.shutdown(Duration::from_secs(5)).unwrap();
     }
 }
