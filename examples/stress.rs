@@ -14,17 +14,26 @@
 //! latency percentiles (from submission to completion: the task's done callback, the blocked
 //! `result()` returning, the callback running); then the invariants it checked:
 //!
-//! - every submission is accounted for: submitted = completed + cancelled, nothing failed,
-//!   nothing refused, no callback dropped without running unless it was cancelled;
+//! - something was submitted (a run too short to submit anything checks nothing);
+//! - every submission is accounted for: submitted = completed + cancelled + failed;
+//! - nothing failed, lost or refused: no operation ended with an error or a panic, none was
+//!   cancelled unless the harness asked for that cancel, no callback was dropped without
+//!   running unless it was cancelled, the runtime refused no submission;
 //! - nothing leaked: every coroutine and callback the harness handed over has been dropped
 //!   after shutdown (each carries a guard that counts itself);
 //! - no task left: `braid::all_tasks()` is empty once the work has settled;
-//! - no thread left: `/proc/self/task` counts as many threads after shutdown as before the
-//!   runtime was built;
+//! - no thread left: once the foreign threads are joined and the runtime is shut down,
+//!   `/proc/self/task` counts as many threads as before the runtime was built (polled for up
+//!   to [`THREAD_EXIT_TIMEOUT`]: the kernel may list a joined thread for a moment);
+//! - every foreign thread finished without panicking;
 //! - the runtime shut down cleanly.
 //!
 //! The exit status is non-zero if any invariant fails. `tests/stress_example.rs` runs this file's
 //! [`run`] for a few hundred milliseconds.
+//!
+//! To test the checker itself, the hidden flag `--inject-failure error|panic|cancel` makes every
+//! coroutine the harness submits (every operation but `call_soon_threadsafe`) end with an error,
+//! a panic, or a cancel nobody asked for, instead of doing its work: the invariants must fail.
 
 use braid::{EventLoop, Runtime};
 use clap::Parser;
@@ -33,7 +42,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use std::fmt;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// The operations the foreign threads submit.
@@ -133,7 +142,12 @@ fn parse_mix(text: &str) -> Result<Mix, String> {
     Ok(Mix { weights })
 }
 
-/// `250ms`, `10s`, `2m`, or a plain number of seconds (`1.5`).
+/// The longest duration a flag takes: far beyond any run, and short enough that adding it to
+/// `Instant::now()` cannot overflow (a huge one used to panic with "overflow when adding
+/// duration to instant").
+const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
+/// `250ms`, `10s`, `2m`, or a plain number of seconds (`1.5`), at most [`MAX_DURATION`].
 fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let (number, unit) = match text.find(|c: char| c.is_ascii_alphabetic()) {
@@ -150,7 +164,20 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         "m" => value * 60.0,
         _ => return Err(format!("`{text}`: unknown unit `{unit}` (ms, s, m)")),
     };
-    Duration::try_from_secs_f64(secs).map_err(|e| format!("`{text}`: {e}"))
+    let duration = Duration::try_from_secs_f64(secs).map_err(|e| format!("`{text}`: {e}"))?;
+    if duration > MAX_DURATION {
+        return Err(format!("`{text}`: too long; at most 365 days"));
+    }
+    Ok(duration)
+}
+
+/// `--duration`: as [`parse_duration`], and above zero (a run that submits nothing checks
+/// nothing).
+fn parse_run_duration(text: &str) -> Result<Duration, String> {
+    match parse_duration(text)? {
+        Duration::ZERO => Err(format!("`{text}`: the run needs a duration above 0")),
+        duration => Ok(duration),
+    }
 }
 
 fn parse_ratio(text: &str) -> Result<f64, String> {
@@ -171,7 +198,10 @@ fn parse_positive(text: &str) -> Result<usize, String> {
 #[derive(Parser, Debug, Clone)]
 #[command(
     name = "stress",
-    about = "Stress harness for programs embedding braid: foreign threads hammer a runtime, then the invariants are checked"
+    about = concat!(
+        "Stress harness for programs embedding braid: foreign threads hammer a runtime, ",
+        "then the invariants are checked"
+    )
 )]
 pub(crate) struct Config {
     /// Foreign (non-runtime) threads submitting work.
@@ -181,13 +211,16 @@ pub(crate) struct Config {
     #[arg(long, default_value = "2", value_parser = parse_positive)]
     pub(crate) loops: usize,
     /// How long the threads submit work: 500ms, 10s, 2m.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = parse_run_duration)]
     pub(crate) duration: Duration,
     /// Relative weights of the operations, NAME=WEIGHT separated by commas (names: spawn,
     /// run_coroutine_threadsafe, call_soon_threadsafe, to_thread, sleep; left out: 0).
     #[arg(
         long,
-        default_value = "spawn=3,run_coroutine_threadsafe=2,call_soon_threadsafe=3,to_thread=1,sleep=2",
+        default_value = concat!(
+            "spawn=3,run_coroutine_threadsafe=2,call_soon_threadsafe=3,",
+            "to_thread=1,sleep=2"
+        ),
         value_parser = parse_mix
     )]
     pub(crate) mix: Mix,
@@ -210,6 +243,34 @@ pub(crate) struct Config {
     /// No progress bar.
     #[arg(long)]
     pub(crate) no_progress: bool,
+    /// For testing the checker: every coroutine the harness submits (all operations but
+    /// call_soon_threadsafe) ends this way instead of doing its work, so the invariants must
+    /// fail. Hidden from --help: it is no setting of a stress run.
+    #[arg(long, value_enum, hide = true)]
+    pub(crate) inject_failure: Option<Inject>,
+}
+
+/// How `--inject-failure` makes the harness's coroutines end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Inject {
+    /// Return an error.
+    Error,
+    /// Panic (through `resume_unwind`, so no panic message is printed for each).
+    Panic,
+    /// Return a Cancelled error although nobody cancelled it.
+    Cancel,
+}
+
+impl Inject {
+    /// What a coroutine does first: nothing without `inject`, else end as `inject` says.
+    fn apply(inject: Option<Inject>) -> braid::Result<()> {
+        match inject {
+            None => Ok(()),
+            Some(Inject::Error) => Err(braid::Error::msg("injected error")),
+            Some(Inject::Cancel) => Err(braid::Error::cancelled(Some("injected".to_owned()))),
+            Some(Inject::Panic) => std::panic::resume_unwind(Box::new("injected panic")),
+        }
+    }
 }
 
 /// Counters per operation, plus the latency histogram (nanoseconds).
@@ -295,6 +356,19 @@ impl Stats {
         }
     }
 
+    /// Counts how `op`, submitted at `submitted_at`, ended. A cancel is expected only if the
+    /// harness asked for one (`cancel_requested`); any other cancel is a failure.
+    fn settle(&self, op: Op, submitted_at: Instant, cancel_requested: bool, outcome: Outcome) {
+        match outcome {
+            Outcome::Completed => self.completed(op, submitted_at),
+            Outcome::Cancelled(_) if cancel_requested => self.cancelled(op),
+            Outcome::Cancelled(what) => {
+                self.failed(op, format!("cancelled without the harness asking: {what}"))
+            }
+            Outcome::Failed(what) => self.failed(op, what),
+        }
+    }
+
     fn total(&self, field: impl Fn(&OpStats) -> &AtomicU64) -> u64 {
         self.ops
             .iter()
@@ -308,6 +382,16 @@ impl Stats {
             self.total(|s| &s.completed) + self.total(|s| &s.cancelled) + self.total(|s| &s.failed);
         self.total(|s| &s.submitted).saturating_sub(settled)
     }
+}
+
+/// How an operation ended, before [`Stats::settle`] checks a cancel against the harness's request.
+enum Outcome {
+    /// It did its work.
+    Completed,
+    /// It ended cancelled (what the cancel said).
+    Cancelled(String),
+    /// It ended with an error or a panic, or a wrong result (what went wrong).
+    Failed(String),
 }
 
 /// Travels inside every coroutine and callback handed to the runtime, so that [`Stats::live`]
@@ -410,38 +494,59 @@ fn foreign_thread(
                 } else {
                     Duration::ZERO
                 };
-                spawn(op, lp, stats, delay, cancel);
+                spawn(op, lp, stats, delay, cancel, config.inject_failure);
             }
             Op::RunCoroutineThreadsafe | Op::ToThread => {
-                round_trip(op, lp, stats, cancel);
+                round_trip(op, lp, stats, cancel, config.inject_failure);
             }
             Op::CallSoonThreadsafe => call_soon(lp, stats, cancel),
         }
     }
 }
 
-fn spawn(op: Op, lp: &EventLoop, stats: &Arc<Stats>, delay: Duration, cancel: bool) {
+fn spawn(
+    op: Op,
+    lp: &EventLoop,
+    stats: &Arc<Stats>,
+    delay: Duration,
+    cancel: bool,
+    inject: Option<Inject>,
+) {
     let live = Live::new(stats);
     let submitted_at = Instant::now();
+    // What the coroutine returned, for the done callback (which sees only whether the task
+    // was cancelled); left unset if it panicked.
+    let returned = Arc::new(OnceLock::<braid::Result<()>>::new());
+    let result = returned.clone();
     let task = lp.spawn(async move {
         let _live = live;
-        if delay.is_zero() {
-            braid::yield_now().await?;
-        } else {
-            braid::sleep(delay).await?;
+        let outcome = async {
+            Inject::apply(inject)?;
+            if delay.is_zero() {
+                braid::yield_now().await
+            } else {
+                braid::sleep(delay).await
+            }
         }
-        Ok(())
+        .await;
+        let _ = result.set(outcome.clone());
+        outcome
     });
     match task {
         Ok(task) => {
             stats.submitted(op);
             let stats = stats.clone();
             task.add_done_callback(move |t| {
-                if t.cancelled() {
-                    stats.cancelled(op);
+                let outcome = if t.cancelled() {
+                    Outcome::Cancelled("the task ended cancelled".to_owned())
                 } else {
-                    stats.completed(op, submitted_at);
-                }
+                    match returned.get() {
+                        Some(Ok(())) => Outcome::Completed,
+                        Some(Err(e)) => Outcome::Failed(e.to_string()),
+                        None => Outcome::Failed("the task ended without returning: a panic".into()),
+                    }
+                };
+                stats.settle(op, submitted_at, cancel, outcome);
             });
             if cancel {
                 task.cancel();
@@ -451,17 +556,19 @@ fn spawn(op: Op, lp: &EventLoop, stats: &Arc<Stats>, delay: Duration, cancel: bo
     }
 }
 
-fn round_trip(op: Op, lp: &EventLoop, stats: &Arc<Stats>, cancel: bool) {
+fn round_trip(op: Op, lp: &EventLoop, stats: &Arc<Stats>, cancel: bool, inject: Option<Inject>) {
     let live = Live::new(stats);
     let submitted_at = Instant::now();
     let submitted = if op == Op::ToThread {
         lp.run_coroutine_threadsafe(async move {
             let _live = live;
+            Inject::apply(inject)?;
             braid::to_thread(|| (0..1_000u64).map(std::hint::black_box).sum::<u64>()).await
         })
     } else {
         lp.run_coroutine_threadsafe(async move {
             let _live = live;
+            Inject::apply(inject)?;
             braid::yield_now().await?;
             Ok(499_500)
         })
@@ -474,15 +581,14 @@ fn round_trip(op: Op, lp: &EventLoop, stats: &Arc<Stats>, cancel: bool) {
     if cancel {
         fut.cancel();
     }
-    match fut.into_result(Some(RESULT_TIMEOUT)) {
-        Ok(499_500) => stats.completed(op, submitted_at),
-        Ok(other) => stats.failed(op, format!("wrong result {other}")),
-        Err(e) if e.is_cancelled() => stats.cancelled(op),
-        Err(e) if e.is_timeout() => {
-            stats.failed(op, format!("no result within {RESULT_TIMEOUT:?}"))
-        }
-        Err(e) => stats.failed(op, e.to_string()),
-    }
+    let outcome = match fut.into_result(Some(RESULT_TIMEOUT)) {
+        Ok(499_500) => Outcome::Completed,
+        Ok(other) => Outcome::Failed(format!("wrong result {other}")),
+        Err(e) if e.is_cancelled() => Outcome::Cancelled(e.to_string()),
+        Err(e) if e.is_timeout() => Outcome::Failed(format!("no result within {RESULT_TIMEOUT:?}")),
+        Err(e) => Outcome::Failed(e.to_string()),
+    };
+    stats.settle(op, submitted_at, cancel, outcome);
 }
 
 fn call_soon(lp: &EventLoop, stats: &Arc<Stats>, cancel: bool) {
@@ -517,10 +623,26 @@ fn refused(stats: &Stats, op: Op, e: &braid::Error) {
 }
 
 /// Threads of this process, from /proc/self/task (None where there is no procfs).
-fn thread_count() -> Option<usize> {
+pub(crate) fn thread_count() -> Option<usize> {
     std::fs::read_dir("/proc/self/task")
         .ok()
         .map(|d| d.flatten().count())
+}
+
+/// How long the "no thread left" check waits for the thread count to come back down: a thread
+/// that has been joined may still be listed in /proc/self/task for a moment, until the kernel
+/// has reaped it.
+pub(crate) const THREAD_EXIT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Waits up to `timeout` for this process to count `before` threads again (at once if
+/// `before` is None: no procfs); the last count seen.
+pub(crate) fn wait_for_thread_count(before: Option<usize>, timeout: Duration) -> Option<usize> {
+    let mut after = thread_count();
+    wait_until(timeout, || {
+        after = thread_count();
+        after == before
+    });
+    after
 }
 
 /// One checked invariant.
@@ -621,7 +743,8 @@ impl fmt::Display for Report {
             };
             writeln!(
                 f,
-                "{:<26} {:>10} {:>10} {:>10} {:>7} {:>11.0} {p50:>10} {p90:>10} {p99:>10} {max:>10}",
+                "{:<26} {:>10} {:>10} {:>10} {:>7} {:>11.0} \
+                 {p50:>10} {p90:>10} {p99:>10} {max:>10}",
                 o.op.name(),
                 o.submitted,
                 o.completed,
@@ -711,17 +834,20 @@ pub(crate) fn run(config: &Config) -> Report {
         );
         bar
     };
+    // No overflow: the parser takes no duration above MAX_DURATION.
     let deadline = Instant::now() + config.duration;
-    std::thread::scope(|s| {
-        for index in 0..config.threads {
-            let (loops, stats) = (&loops, &stats);
-            std::thread::Builder::new()
-                .name(format!("stress-foreign-{index}"))
-                .spawn_scoped(s, move || {
-                    foreign_thread(index, config, loops, stats, deadline)
-                })
-                .expect("spawn a foreign thread");
-        }
+    let panicked = std::thread::scope(|s| {
+        let foreign: Vec<_> = (0..config.threads)
+            .map(|index| {
+                let (loops, stats) = (&loops, &stats);
+                std::thread::Builder::new()
+                    .name(format!("stress-foreign-{index}"))
+                    .spawn_scoped(s, move || {
+                        foreign_thread(index, config, loops, stats, deadline)
+                    })
+                    .expect("spawn a foreign thread")
+            })
+            .collect();
         // The bar is drawn from this thread: no ticker thread of its own to count at the end.
         while Instant::now() < deadline {
             let remaining = deadline.saturating_duration_since(Instant::now());
@@ -735,8 +861,20 @@ pub(crate) fn run(config: &Config) -> Report {
             ));
             std::thread::sleep(remaining.min(Duration::from_millis(100)));
         }
+        // Joined, not only waited for by the scope: the scope returns once each closure has
+        // returned, while its OS thread may still be running (its thread-locals' destructors)
+        // and be counted in /proc/self/task.
+        foreign
+            .into_iter()
+            .filter_map(|thread| thread.join().err())
+            .count()
     });
     bar.finish_and_clear();
+    invariants.push(Invariant {
+        name: "every foreign thread finished",
+        holds: panicked == 0,
+        detail: format!("{panicked} of {} foreign threads panicked", config.threads),
+    });
 
     // Everything submitted settles: every operation has an outcome and every coroutine and
     // callback the harness handed over has been dropped.
@@ -814,9 +952,21 @@ pub(crate) fn run(config: &Config) -> Report {
     let lost = stats.lost.load(Ordering::Acquire);
     let refused = stats.refused.load(Ordering::Acquire);
     invariants.push(Invariant {
-        name: "submitted = completed + cancelled",
-        holds: submitted == completed + cancelled && submitted > 0,
-        detail: format!("{submitted} = {completed} + {cancelled}"),
+        name: "something was submitted",
+        holds: submitted > 0,
+        detail: if submitted > 0 {
+            format!("{submitted} operations submitted")
+        } else {
+            format!(
+                "nothing was submitted in {:?}, so nothing was checked",
+                config.duration
+            )
+        },
+    });
+    invariants.push(Invariant {
+        name: "submitted = completed + cancelled + failed",
+        holds: submitted == completed + cancelled + failed,
+        detail: format!("{submitted} = {completed} + {cancelled} + {failed}"),
     });
     invariants.push(Invariant {
         name: "nothing failed, lost or refused",
@@ -831,12 +981,15 @@ pub(crate) fn run(config: &Config) -> Report {
         holds: live == 0,
         detail: format!("{live} coroutines or callbacks still alive after shutdown"),
     });
-    let threads_after = thread_count();
+    let threads_after = wait_for_thread_count(threads_before, THREAD_EXIT_TIMEOUT);
     invariants.push(Invariant {
         name: "no thread left",
         holds: threads_before == threads_after,
         detail: match (threads_before, threads_after) {
-            (Some(b), Some(a)) => format!("{b} threads before the runtime, {a} after shutdown"),
+            (Some(b), Some(a)) => format!(
+                "{b} threads before the runtime, {a} after shutdown (waited up to {:?})",
+                THREAD_EXIT_TIMEOUT
+            ),
             _ => "/proc/self/task unreadable: threads not counted".to_owned(),
         },
     });
