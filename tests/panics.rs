@@ -545,10 +545,16 @@ fn a_panicking_done_callback_run_by_a_closing_loop_is_reported_and_the_loop_clos
     let pending = lp
         .run_coroutine_threadsafe(async {
             // Pinned to the loop, and deaf to the shutdown's cancel (no braid future takes
-            // it): only its loop's close finishes it.
-            let stuck = braid::spawn_local(std::future::pending::<braid::Result<()>>());
+            // it): only its loop's close finishes it. Started before the shutdown: a task
+            // cancelled before its first step ends at once, within the shutdown's timeout.
+            let started = braid::Promise::<()>::new();
+            let starting = started.clone();
+            let stuck = braid::spawn_local(async move {
+                starting.set_result(())?;
+                std::future::pending::<braid::Result<()>>().await
+            });
             stuck.add_done_callback(|_| panic!("done callback broke"));
-            Ok(())
+            started.await
         })
         .unwrap();
     pending.result(Some(WAIT)).unwrap();
