@@ -283,6 +283,45 @@ fn a_handle_moved_to_another_task_carries_that_tasks_cancel() {
     rt.shutdown(WAIT).unwrap();
 }
 
+/// A handle polled by X, then sent to a plain thread and dropped there unpolled, while X
+/// waits on a future foreign to braid (no cancellation point forgets the handle). A cancel
+/// of X made meanwhile goes on to the child through X's registration; when the handle is
+/// dropped, it must come back to X (its next braid await point), not be settled as if X's
+/// whole future were ending. Before, it was lost: X slept on. (If the cancel lands while X
+/// is still in its step, X has it directly; either way X must end its sleep cancelled.)
+#[test]
+fn a_handle_moved_to_a_thread_and_dropped_there_gives_the_request_back() {
+    let rt = runtime(2);
+    let (handle_tx, handle_rx) = mpsc::channel::<Task<()>>();
+    let (go_tx, go_rx) = futures::channel::oneshot::channel::<()>();
+    let x = rt
+        .event_loop()
+        .spawn(async move {
+            let asleep = Promise::<()>::new();
+            let sleeping = asleep.clone();
+            let mut child = braid::create_task(async move {
+                sleeping.set_result(())?;
+                braid::sleep(LONG).await
+            });
+            asleep.await?;
+            poll_once(&mut child).await;
+            handle_tx.send(child).unwrap();
+            let _ = go_rx.await;
+            Ok(braid::sleep(WAIT).await)
+        })
+        .unwrap();
+    let child = handle_rx.recv_timeout(WAIT).expect("X sends the handle");
+    assert!(x.cancel(), "X is not done");
+    drop(child);
+    go_tx.send(()).expect("X waits for go");
+    let slept = rt.run_until_complete(within(x)).unwrap().expect("X ends");
+    assert!(
+        slept.is_err_and(|e| e.is_cancelled()),
+        "X's request was lost: its sleep ran on"
+    );
+    rt.shutdown(WAIT).unwrap();
+}
+
 /// Awaiting its own handle is refused (asyncio: "Task cannot await on itself"), and the
 /// task can then be cancelled as any other. Before, the await waited for ever, and a cancel
 /// of the task recursed until the stack overflowed, aborting the process.

@@ -18,6 +18,8 @@ use std::rc::Rc;
 thread_local! {
     static LOOP: RefCell<Option<Rc<LoopCtx>>> = const { RefCell::new(None) };
     static TASK: Cell<Option<NonNull<Header>>> = const { Cell::new(None) };
+    /// The task whose whole future this thread is dropping (`TaskCell::finish`), if any.
+    static DROPPING: Cell<Option<NonNull<Header>>> = const { Cell::new(None) };
 }
 
 /// The loop this thread is running, if any (none once the thread's context is gone, in a
@@ -75,6 +77,33 @@ impl Drop for TaskGuard {
     fn drop(&mut self) {
         TASK.with(|t| t.set(self.previous));
     }
+}
+
+/// Marks `task`'s whole future as being dropped on this thread until the guard drops: an
+/// await registration of that task dropped meanwhile is its future ending, not a future moved
+/// away from it (see [`AwaitRegistration::abandon`]).
+pub(crate) fn dropping_future_of(task: NonNull<Header>) -> DroppingGuard {
+    let previous = DROPPING.try_with(|d| d.replace(Some(task))).ok().flatten();
+    DroppingGuard { previous }
+}
+
+pub(crate) struct DroppingGuard {
+    previous: Option<NonNull<Header>>,
+}
+
+impl Drop for DroppingGuard {
+    fn drop(&mut self) {
+        let _ = DROPPING.try_with(|d| d.set(self.previous));
+    }
+}
+
+/// True if this thread is dropping the whole future of `header`'s task.
+fn dropping_future_is(header: &Header) -> bool {
+    DROPPING
+        .try_with(|d| d.get())
+        .ok()
+        .flatten()
+        .is_some_and(|ptr| std::ptr::eq(ptr.as_ptr(), header))
 }
 
 /// Runs `f` with the running task's header, if a task is running on this thread.
@@ -212,17 +241,21 @@ impl AwaitRegistration {
 
     /// The future stops awaiting without reading its target's outcome (it is dropped):
     /// withdraws the registration, and a request passed on through it comes back to the
-    /// task, since that outcome was its only way to reach it. Unless the task is not running
-    /// this drop: then its whole future is being dropped, and it has no await point left.
+    /// task, since that outcome was its only way to reach it. Unless the task's whole future
+    /// is being dropped (`dropping_future_of`): then it has no await point left. Dropped
+    /// anywhere else (moved to another task or thread first), it is a moved future's end.
     pub(crate) fn abandon(&mut self) {
         if let Some(task) = self.registrar.take() {
             let header = task.header();
-            let end = if current_task_is(header) {
-                AwaitEnd::Abandoned
+            let key = self.key.get();
+            let delivered = if current_task_is(header) {
+                header.cancel.end_await(key, AwaitEnd::Abandoned, || false)
+            } else if dropping_future_is(header) {
+                header.cancel.end_await(key, AwaitEnd::Dropped, || false)
             } else {
-                AwaitEnd::Dropped
+                header.cancel.end_await_moved(key)
             };
-            if header.cancel.end_await(self.key.get(), end, || false) {
+            if delivered {
                 // A select drops this after polling its other branches: without a wake,
                 // the task could sleep on them with the request undelivered.
                 task.wake();

@@ -270,8 +270,17 @@ impl CancelState {
         self.requests.lock().rare().count
     }
 
+    /// True if the task may have an await registration a dropped future must settle: it
+    /// awaits a target, or a request of its own went on to one. Stable while the task is in
+    /// a step: nothing passes a request on through a task in a step (`record_cancel`).
+    #[inline]
+    pub(crate) fn may_hold_registrations(&self) -> bool {
+        self.has_awaiting.load(Ordering::Relaxed) || self.propagated.load(Ordering::Acquire)
+    }
+
     /// `cancelling()` less a request still waiting for an await point: the requests that
     /// have reached the task already (or gone on to what it awaits).
+    #[cfg(feature = "hyper")]
     pub(crate) fn cancelling_delivered(&self) -> usize {
         let requests = self.requests.lock();
         let rare = requests.rare();

@@ -335,6 +335,12 @@ where
         // runs its destructors through those borrows. Moved out first, it dropped through
         // dangling pointers (a segfault when aborting such a task). A destructor may panic
         // too; it must not take the loop down.
+        // Its await registrations then know their task's future is ending (`abandon`); only
+        // marked when one may matter, as this runs at every task's end.
+        let dropping = header
+            .cancel
+            .may_hold_registrations()
+            .then(|| context::dropping_future_of(me.header));
         cell.future.with_mut(|slot| {
             header.drop_reporting_panics(|| {
                 // SAFETY: we hold RUNNING (the caller's contract), so nobody else touches the
@@ -342,6 +348,7 @@ where
                 unsafe { drop_pinned_in_place(slot) }
             })
         });
+        drop(dropping);
         let cancelled = matches!(&output, Err(e) if e.is_cancelled());
         let failed = matches!(&output, Err(e) if !e.is_cancelled());
         let failure = match &output {
