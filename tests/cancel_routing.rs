@@ -40,6 +40,15 @@ async fn within<T: 'static>(task: Task<T>) -> braid::Result<Option<T>> {
     }
 }
 
+/// The `cancelling()` of `child` as found (0 if every request went elsewhere), after which
+/// it is cancelled and waited for, so that nothing outlives the test.
+async fn left_alone_then_ended(child: Task<()>) -> usize {
+    let cancelling = child.cancelling();
+    child.cancel();
+    let _ = child.await;
+    cancelling
+}
+
 /// A child that sleeps until cancelled.
 fn sleeper() -> Task<()> {
     braid::create_task(async { braid::sleep(LONG).await })
@@ -72,9 +81,7 @@ fn a_cancel_after_a_select_won_by_a_read_reaches_the_next_read() {
                 }
                 entered.set_result(())?;
                 let second = reader.read(10).await;
-                let child_cancelling = child.cancelling();
-                child.cancel();
-                let _ = child.await;
+                let child_cancelling = left_alone_then_ended(child).await;
                 Ok((child_cancelling, second.map(|data| data.len())))
             });
             in_select.await?;
@@ -112,9 +119,7 @@ fn a_cancel_of_a_task_reading_after_polling_a_kept_handle_reaches_the_read() {
                 poll_once(&mut child).await;
                 entered.set_result(())?;
                 let read = reader.read(10).await;
-                let child_cancelling = child.cancelling();
-                child.cancel();
-                let _ = child.await;
+                let child_cancelling = left_alone_then_ended(child).await;
                 Ok((child_cancelling, read.map(|data| data.len())))
             });
             reading.await?;
@@ -151,9 +156,7 @@ fn a_cancel_made_during_a_step_waits_for_the_next_await_point() {
                 .recv_timeout(WAIT)
                 .expect("the test thread answers");
             let slept = braid::sleep(LONG).await;
-            let child_cancelling = child.cancelling();
-            child.cancel();
-            let _ = child.await;
+            let child_cancelling = left_alone_then_ended(child).await;
             Ok((slept, child_cancelling))
         })
         .unwrap();
@@ -184,9 +187,7 @@ fn a_cancel_of_the_main_task_during_its_step_waits_for_the_next_await_point() {
                 .join()
                 .expect("the canceller returns");
             let slept = braid::sleep(WAIT).await;
-            let child_cancelling = child.cancelling();
-            child.cancel();
-            let _ = child.await;
+            let child_cancelling = left_alone_then_ended(child).await;
             Ok((slept, child_cancelling))
         })
         .expect("the main task keeps its value");
@@ -207,9 +208,7 @@ fn a_self_cancel_after_polling_a_kept_handle_is_delivered_at_the_next_sleep() {
                 poll_once(&mut child).await;
                 braid::current_task().expect("in a task").cancel();
                 let slept = braid::sleep(LONG).await;
-                let child_cancelling = child.cancelling();
-                child.cancel();
-                let _ = child.await;
+                let child_cancelling = left_alone_then_ended(child).await;
                 Ok((slept, child_cancelling))
             })
             .await

@@ -230,12 +230,9 @@ impl AwaitRegistration {
             .as_ref()
             .is_some_and(|task| !current_task_is(task.header()));
         if moved {
-            if let Some(task) = self.registrar.take() {
-                let key = self.key.get();
-                if task.header().cancel.end_await_moved(key) {
-                    task.wake();
-                }
-            }
+            // A poll of another task, not the drop of the registrar's future: `abandon`
+            // ends it as a moved future's await.
+            self.abandon();
         }
     }
 

@@ -11,6 +11,8 @@
 //!                                          idle or queued task from outside a poll)
 //!  poll end: RUNNING ──► idle, or RUNNING|SCHEDULED ──► SCHEDULED and re-queued by the runner
 //!  complete: RUNNING ──► COMPLETE           (the future is dropped before this is published)
+//!  host:     |RUNNING around each poll of `run_until_complete`'s stand-in task, whose word
+//!            no queue drives (it stays SCHEDULED): only so that a cancel sees it in a step
 //!  abort:    any ──► |ABORT, then a wake    (the runner drops the future on its own thread)
 //! ```
 //!
@@ -22,7 +24,8 @@ use braid_bridge::sync::atomic::{AtomicUsize, Ordering};
 
 /// Queued, or woken while running (then the runner re-queues it). Set by the waker that wins.
 pub(crate) const SCHEDULED: usize = 1 << 0;
-/// Being polled by one loop thread; only that thread touches the future.
+/// Being polled by one loop thread; only that thread touches the future. Also: a task is in
+/// a step, so a cancel request waits for its next await point (`task::cancel`).
 pub(crate) const RUNNING: usize = 1 << 1;
 /// Finished: the output is stored and the future is dropped. Never cleared.
 pub(crate) const COMPLETE: usize = 1 << 2;
