@@ -483,9 +483,9 @@ impl fmt::Debug for BraidSleep {
 /// Awaits a hyper connection (or any future of a `hyper::Result`) as a braid await: the
 /// outcome is braid's `Result`, and a cancel of the running task that arrived while `conn`
 /// ran, or was waiting for an await point as it began, ends it with braid's Cancelled error
-/// (delivered once), even when hyper took the cancel for an I/O error
-/// and swallowed it (hyper reports a failed read on an idle HTTP/1 connection as a clean
-/// close). Other failures are mapped as [`into_error`] maps them.
+/// (delivered once, with the request's message), even when hyper took the cancel for an I/O
+/// error and swallowed it (hyper reports a failed read on an idle HTTP/1 connection as a
+/// clean close). Other failures are mapped as [`into_error`] maps them.
 ///
 /// Run each connection's future through it in its own task: cancelling that task then ends
 /// the connection (its socket is closed) and the task ends cancelled.
@@ -579,7 +579,10 @@ where
         if cancel_requests() > requests_before {
             // Delivered here if `conn` did not take it: else the task's next await point
             // would have it a second time.
-            let cancel = context::take_cancel().unwrap_or_else(|| Error::cancelled(None));
+            // Not pending any more if `conn` swallowed it: the latest request's message.
+            let cancel = context::take_cancel()
+                .or_else(outstanding_cancel)
+                .unwrap_or_else(|| Error::cancelled(None));
             return Poll::Ready(Err(cancel));
         }
         Poll::Ready(outcome.map_err(classify))
@@ -596,10 +599,11 @@ impl<F> fmt::Debug for Drive<F> {
 
 /// A `hyper::Error` as braid's [`Error`], in the task that drove the connection:
 ///
-/// - braid's Cancelled error if that task has a cancel request outstanding (its
-///   [`cancelling()`](crate::TaskRef::cancelling) is not 0): the connection failed because
-///   the task was cancelled, whether the cancel reached hyper's I/O ([`HyperIo`]) or a braid
-///   future the service awaited. Returning it ends the task cancelled, as asyncio would;
+/// - braid's Cancelled error, with the latest request's message, if that task has a cancel
+///   request outstanding (its [`cancelling()`](crate::TaskRef::cancelling) is not 0): the
+///   connection failed because the task was cancelled, whether the cancel reached hyper's
+///   I/O ([`HyperIo`]) or a braid future the service awaited. Returning it ends the task
+///   cancelled, as asyncio would;
 /// - kind `Timeout` for one of hyper's timeouts (`header_read_timeout`, …);
 /// - kind `Io` when an I/O error caused it, `Other` otherwise;
 ///
@@ -630,10 +634,16 @@ impl<F> fmt::Debug for Drive<F> {
 /// .unwrap();
 /// ```
 pub fn into_error(error: ::hyper::Error) -> Error {
-    if cancel_requests() > 0 {
-        return Error::cancelled(None);
+    if let Some(cancel) = outstanding_cancel() {
+        return cancel;
     }
     classify(error)
+}
+
+/// The running task's Cancelled error with its latest request's message, if a request is
+/// outstanding.
+fn outstanding_cancel() -> Option<Error> {
+    context::with_current_header(|h| h.cancel.outstanding_cancel()).flatten()
 }
 
 /// The running task's outstanding cancel requests (0 outside a task).

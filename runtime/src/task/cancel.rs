@@ -287,6 +287,16 @@ impl CancelState {
         rare.count.saturating_sub(usize::from(rare.must_cancel))
     }
 
+    /// braid's Cancelled error with the latest request's message, if a request is
+    /// outstanding (`cancelling()` is not 0): what a connection's failure, or its clean
+    /// close, stands for once a request reached it (hyper takes a failed read for either).
+    #[cfg(feature = "hyper")]
+    pub(crate) fn outstanding_cancel(&self) -> Option<Error> {
+        let requests = self.requests.lock();
+        let rare = requests.rare();
+        (rare.count > 0).then(|| Error::cancelled(rare.message.clone()))
+    }
+
     /// asyncio's `uncancel()`: withdraws one request; returns how many are left.
     pub(crate) fn uncancel(&self) -> usize {
         let mut requests = self.requests.lock();
