@@ -937,6 +937,33 @@ impl StreamWriter {
 
     /// Closes the connection once the buffer is sent (both directions: this side's reader
     /// then reads EOF). Idempotent.
+    ///
+    /// What the peer sent and nobody read stays readable, as asyncio's reader keeps what its
+    /// transport received: before the socket closes, the close takes in what it holds, up
+    /// to twice the reader's limit (where asyncio's transport stops reading), and reads and
+    /// drops up to 1 MiB more. That spares the reply's tail: Linux answers the close of a
+    /// socket with unread data by a reset, which drops what is still queued to send. A peer
+    /// that sent more than that may still get the reset.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// braid_runtime::run(async {
+    ///     let (a, b) = braid_runtime::UnixStream::pair()?;
+    ///     let (a_reader, a_writer) = a.into_streams();
+    ///     let (b_reader, b_writer) = b.into_streams();
+    ///     b_writer.write(b"request")?;
+    ///     b_writer.drain().await?;
+    ///     a_writer.write(b"reply")?;
+    ///     a_writer.close();
+    ///     a_writer.wait_closed().await?;
+    ///     // The peer gets the whole reply, and the request stays readable after the close.
+    ///     assert_eq!(b_reader.read_to_end().await?, b"reply");
+    ///     assert_eq!(a_reader.read_to_end().await?, b"request");
+    ///     Ok(())
+    /// })
+    /// .unwrap();
+    /// ```
     pub fn close(&self) {
         if self.conn.write.lock().closing {
             return;
