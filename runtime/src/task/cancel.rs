@@ -1071,27 +1071,43 @@ mod loom_models {
     /// A's step polls B's handle once (registering B as awaited) and keeps it, then waits
     /// on a leaf (a read: `cancel_point` forgets B), while a third thread cancels A. The
     /// request must reach A at that leaf or at its next step's, never B: A stopped awaiting
-    /// B. `pass_on_in_step` is the twin's fault.
+    /// B; and a request left for the next step must have queued that step (the canceller's
+    /// wake, during the step or after it). `pass_on_in_step` is the twin's fault.
     fn cancel_during_a_step_that_polled_a_kept_handle(pass_on_in_step: bool) {
         use crate::sync::loom_support::PASS_ON_DURING_A_STEP as FAULT;
         crate::sync::loom_support::model_with_fault(&FAULT, pass_on_in_step, || {
             let (a, b) = both_running();
             let canceller = {
                 let a = a.clone();
-                thread::spawn(move || request(&a.state, &a.cancel, None, false, true, || {}))
+                thread::spawn(move || {
+                    let mut scheduled = false;
+                    let accepted = request(&a.state, &a.cancel, None, false, true, || {
+                        scheduled = a.state.wake() == WakeAction::Schedule;
+                    });
+                    (accepted, scheduled)
+                })
             };
             // A polls B's handle once; a select's other branch wins; A reads.
             a.cancel
                 .set_awaiting(AWAITING_KEY, AwaitTarget::Other(b.clone()));
-            let mut delivered = usize::from(a.cancel.take_cancel().is_some());
+            let taken_at_the_leaf = a.cancel.take_cancel().is_some();
             a.cancel.clear_awaiting(None);
-            // The read is pending; the step ends, and a wake the canceller left is A's next.
-            let _ = a.state.end_poll_pending();
-            assert!(canceller.join().unwrap(), "A never completes");
-            delivered += usize::from(a.cancel.take_cancel().is_some());
+            // The read is pending; the step ends. A wake during it re-queues A.
+            let rescheduled = a.state.end_poll_pending() == IdleAction::Reschedule;
+            let (accepted, scheduled) = canceller.join().unwrap();
+            assert!(accepted, "A never completes");
+            let taken_next = a.cancel.take_cancel().is_some();
 
             assert_eq!(b.cancel.cancelling(), 0, "the request went to B");
-            assert_eq!(delivered, 1, "A must have the request exactly once");
+            assert_eq!(
+                usize::from(taken_at_the_leaf) + usize::from(taken_next),
+                1,
+                "A must have the request exactly once"
+            );
+            assert!(
+                !taken_next || rescheduled || scheduled,
+                "a request left for A's next step must queue that step"
+            );
         });
     }
 
