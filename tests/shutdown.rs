@@ -702,3 +702,45 @@ fn a_callback_accepted_before_shutdown_runs() {
         assert_eq!(reports.load(Ordering::SeqCst), 0, "round {round}");
     }
 }
+
+/// A `run_coroutine_threadsafe` future whose coroutine is stuck in a step on its loop when a
+/// shutdown times out settles Cancelled at that shutdown, not whenever the loop comes unstuck
+/// (API.md: every `ConcurrentFuture` still pending at shutdown settles); what the coroutine
+/// returns after all is dropped. It stayed pending until the loop came unstuck, so a waiter
+/// without a timeout could wait for good.
+#[test]
+fn a_coroutine_stuck_on_its_loop_has_its_future_settled_by_a_timed_out_shutdown() {
+    /// Tells the test when it is dropped.
+    struct LateOutput(mpsc::Sender<()>);
+    impl Drop for LateOutput {
+        fn drop(&mut self) {
+            let _ = self.0.send(());
+        }
+    }
+    let rt = runtime(1);
+    let (started_tx, started_rx) = mpsc::channel();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let (dropped_tx, dropped_rx) = mpsc::channel();
+    let stuck = rt
+        .event_loop()
+        .run_coroutine_threadsafe(async move {
+            started_tx.send(()).unwrap();
+            // Blocks the loop thread: no await point where the shutdown's cancel could land.
+            let _ = release_rx.recv_timeout(WAIT);
+            Ok(LateOutput(dropped_tx))
+        })
+        .unwrap();
+    started_rx.recv_timeout(WAIT).unwrap();
+    let err = rt.shutdown(Duration::from_millis(200)).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    assert!(stuck.done(), "the future still waits for the stuck loop");
+    assert!(stuck.cancelled());
+    // As `concurrent.futures`: `exception()` of a cancelled future raises the cancel.
+    let error = stuck.exception(Some(Duration::ZERO)).unwrap_err();
+    assert!(error.is_cancelled(), "{error}");
+    release_tx.send(()).unwrap();
+    dropped_rx
+        .recv_timeout(WAIT)
+        .expect("the output the coroutine returned after the shutdown is dropped");
+    assert!(stuck.cancelled(), "the late output did not replace the cancel");
+}

@@ -742,9 +742,14 @@ impl Runtime {
             if !pinned_elsewhere {
                 let name = task.header().name();
                 let me = crate::task::TaskRef::from_raw(task.clone());
-                if task.force_finish(Error::cancelled(Some("the runtime shut down".to_owned())))
-                    && rt.config.debug
-                {
+                let shut_down = || Error::cancelled(Some("the runtime shut down".to_owned()));
+                let finished = task.clone().force_finish(shut_down());
+                if !finished {
+                    // Running on a stuck loop (or done): a `ConcurrentFuture` waiting on it
+                    // settles now, not whenever the loop comes unstuck.
+                    task.give_up_delivery(shut_down());
+                }
+                if finished && rt.config.debug {
                     rt.loops[0].report(
                         &crate::ExceptionContext::new(format!(
                             "Task was destroyed but it is pending: {name}"

@@ -82,6 +82,10 @@ pub(crate) struct TaskVtable {
     /// Shutdown only: if the task is idle, drops its future and finishes it with the error.
     /// False if it is running right now or already finished.
     force_finish: fn(TaskPtr, Error) -> bool,
+    /// Shutdown only, for a task it could not finish (running on a stuck loop): a delivering
+    /// task's deliverer gets the error now, so that its `ConcurrentFuture` settles; the
+    /// output the task may still produce is dropped. Nothing for other tasks.
+    give_up_delivery: fn(&TaskPtr, Error),
     /// The stored error, if the task failed (not cancelled) and its output is still there.
     stored_failure: fn(&TaskPtr) -> Option<Error>,
     /// Drops what the allocation holds and frees it.
@@ -171,6 +175,14 @@ impl TaskPtr {
     /// Returns false if it is running right now or already finished.
     pub(crate) fn force_finish(self, error: Error) -> bool {
         (self.header().vtable.force_finish)(self, error)
+    }
+
+    /// Shutdown only, for a task `force_finish` could not finish: if its output goes to a
+    /// deliverer (`run_coroutine_threadsafe`), that gets `error` now, and what the task
+    /// returns later is dropped. A waiter on a stuck loop's task's `ConcurrentFuture` is not
+    /// left waiting for the loop.
+    pub(crate) fn give_up_delivery(&self, error: Error) {
+        (self.header().vtable.give_up_delivery)(self, error)
     }
 
     /// The stored error, if the task failed (not cancelled) and its output is still there.
@@ -265,6 +277,7 @@ where
         wake: Self::wake,
         wake_by_ref: Self::wake_by_ref,
         force_finish: Self::force_finish,
+        give_up_delivery: Self::give_up_delivery,
         stored_failure: Self::stored_failure,
         dealloc: Self::dealloc,
     };
@@ -359,7 +372,9 @@ where
             let slot = std::mem::replace(&mut *cell.head.output.lock(), Output::Empty);
             match slot {
                 Output::Deliver(deliver) => deliver(output),
-                _ => debug_assert!(false, "a delivering task without its deliverer"),
+                // A shutdown that timed out on this task's loop gave its future up
+                // (`give_up_delivery`): nobody waits for the output any more.
+                _ => header.drop_reporting_panics(move || drop(output)),
             }
         } else if output.is_ok() && header.handle_dropped() {
             // Once the handle is gone a success can never be taken, so it is dropped here
@@ -444,6 +459,19 @@ where
         // We hold RUNNING now, as `finish` requires.
         Self::finish(&me, Err(error));
         true
+    }
+
+    fn give_up_delivery(me: &TaskPtr, error: Error) {
+        let cell = Self::cell(me);
+        if !cell.head.header.join.delivers() {
+            return;
+        }
+        // Under the slot's lock, as `finish` takes it: exactly one of the two gets the
+        // deliverer, and `finish` then drops the output it has no deliverer for.
+        let slot = std::mem::replace(&mut *cell.head.output.lock(), Output::Empty);
+        if let Output::Deliver(deliver) = slot {
+            deliver(Err(error));
+        }
     }
 
     fn stored_failure(me: &TaskPtr) -> Option<Error> {
@@ -1037,6 +1065,7 @@ impl<W: MainWaker> MainCell<W> {
         wake: Self::wake,
         wake_by_ref: Self::wake_by_ref,
         force_finish: Self::force_finish,
+        give_up_delivery: Self::give_up_delivery,
         stored_failure: Self::stored_failure,
         dealloc: Self::dealloc,
     };
@@ -1062,6 +1091,8 @@ impl<W: MainWaker> MainCell<W> {
     fn force_finish(_me: TaskPtr, _error: Error) -> bool {
         false
     }
+
+    fn give_up_delivery(_me: &TaskPtr, _error: Error) {}
 
     fn stored_failure(_me: &TaskPtr) -> Option<Error> {
         None
