@@ -742,5 +742,8 @@ fn a_coroutine_stuck_on_its_loop_has_its_future_settled_by_a_timed_out_shutdown(
     dropped_rx
         .recv_timeout(WAIT)
         .expect("the output the coroutine returned after the shutdown is dropped");
-    assert!(stuck.cancelled(), "the late output did not replace the cancel");
+    assert!(
+        stuck.cancelled(),
+        "the late output did not replace the cancel"
+    );
 }

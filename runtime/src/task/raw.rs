@@ -243,6 +243,16 @@ enum Output<T> {
     Ready(Result<T>),
 }
 
+/// Takes a delivering task's deliverer out of its output slot, under the slot's lock: of the
+/// runner finishing the task and a shutdown giving its future up (`give_up_delivery`), one
+/// gets it and the other `None` (loom model `loom_a_deliverer_is_called_once_*`).
+fn take_deliverer<T>(slot: &Mutex<Output<T>>) -> Option<Box<Deliver<T>>> {
+    match std::mem::replace(&mut *slot.lock(), Output::Empty) {
+        Output::Deliver(deliver) => Some(deliver),
+        _ => None,
+    }
+}
+
 /// The part of a spawned task that its join handle reads: the header and the output. First
 /// in every `TaskCell<_, T>`, so a join handle needs to know `T` but not the future's type.
 #[repr(C)]
@@ -369,12 +379,11 @@ where
             _ => None,
         };
         if header.join.delivers() {
-            let slot = std::mem::replace(&mut *cell.head.output.lock(), Output::Empty);
-            match slot {
-                Output::Deliver(deliver) => deliver(output),
+            match take_deliverer(&cell.head.output) {
+                Some(deliver) => deliver(output),
                 // A shutdown that timed out on this task's loop gave its future up
                 // (`give_up_delivery`): nobody waits for the output any more.
-                _ => header.drop_reporting_panics(move || drop(output)),
+                None => header.drop_reporting_panics(move || drop(output)),
             }
         } else if output.is_ok() && header.handle_dropped() {
             // Once the handle is gone a success can never be taken, so it is dropped here
@@ -466,10 +475,9 @@ where
         if !cell.head.header.join.delivers() {
             return;
         }
-        // Under the slot's lock, as `finish` takes it: exactly one of the two gets the
-        // deliverer, and `finish` then drops the output it has no deliverer for.
-        let slot = std::mem::replace(&mut *cell.head.output.lock(), Output::Empty);
-        if let Output::Deliver(deliver) = slot {
+        // `finish` takes it the same way: exactly one of the two calls it, and `finish`
+        // then drops the output it has no deliverer for.
+        if let Some(deliver) = take_deliverer(&cell.head.output) {
             deliver(Err(error));
         }
     }
@@ -2090,6 +2098,41 @@ mod loom_tests {
                 1,
                 "the closure was dropped, once"
             );
+        });
+    }
+
+    /// A shutdown gives up a delivering task's future (`give_up_delivery`) while the stuck
+    /// loop comes unstuck and finishes the task: the deliverer is called exactly once, with
+    /// the output or the shutdown's error, and the other side's value is dropped.
+    #[test]
+    fn loom_a_deliverer_is_called_once_by_the_runner_or_the_shutdown() {
+        use super::{take_deliverer, Output};
+        use braid_bridge::sync::atomic::{AtomicUsize, Ordering};
+        use braid_bridge::sync::Mutex;
+        loom::model(|| {
+            // How many times it was called, and with what (1: the output, 2: the error).
+            let calls = Arc::new(AtomicUsize::new(0));
+            let got = Arc::new(AtomicUsize::new(0));
+            let deliver: super::Deliver<usize> = {
+                let (calls, got) = (calls.clone(), got.clone());
+                Box::new(move |outcome| {
+                    calls.fetch_add(1, Ordering::Relaxed);
+                    got.store(outcome.unwrap_or(2), Ordering::Relaxed);
+                })
+            };
+            let slot = Arc::new(Mutex::new(Output::Deliver(Box::new(deliver))));
+            let runner = {
+                let slot = slot.clone();
+                thread::spawn(move || take_deliverer(&slot).map(|deliver| deliver(Ok(1))))
+            };
+            let shutdown = take_deliverer(&slot)
+                .map(|deliver| deliver(Err(braid_bridge::Error::cancelled(None))));
+            let by_runner = runner.join().unwrap();
+            assert_eq!(calls.load(Ordering::Relaxed), 1, "called exactly once");
+            assert!(by_runner.is_some() != shutdown.is_some());
+            let expected = if by_runner.is_some() { 1 } else { 2 };
+            assert_eq!(got.load(Ordering::Relaxed), expected);
+            assert!(matches!(*slot.lock(), Output::Empty));
         });
     }
 }
