@@ -468,3 +468,90 @@ fn an_unresolvable_host_name() {
         Ok(())
     });
 }
+
+/// A socket that waited on a loop of a runtime that has since shut down, used in another
+/// runtime, moves to a loop of that one and gets what is already queued for it; used off the
+/// loops, it fails as a socket that never waited does. It stayed in the dead loop's poller,
+/// which nobody polls any more, so its next wait was for good.
+#[test]
+fn a_socket_outliving_the_runtime_it_waited_in_moves_or_fails() {
+    // A receive that waits (and times out) registers the socket with a loop of that runtime.
+    let waited_once = || {
+        braid::run(async {
+            let socket = UdpSocket::bind("127.0.0.1:0").await?;
+            let mut buf = [0u8; 16];
+            let idle = Duration::from_millis(20);
+            let waited = braid::wait_for(socket.recv_from(&mut buf), Some(idle)).await;
+            assert_eq!(waited.unwrap_err().kind(), ErrorKind::Timeout);
+            Ok(socket)
+        })
+        .unwrap()
+    };
+    let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+
+    let socket = waited_once();
+    sender
+        .send_to(b"hello", socket.local_addr().unwrap())
+        .unwrap();
+    let got = braid::run(async move {
+        let mut buf = [0u8; 16];
+        let (n, _) = braid::wait_for(socket.recv_from(&mut buf), Some(WAIT)).await?;
+        Ok(buf[..n].to_vec())
+    })
+    .unwrap();
+    assert_eq!(got, b"hello");
+
+    let socket = waited_once();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 16];
+        let outcome = futures::executor::block_on(socket.recv_from(&mut buf));
+        tx.send(outcome.map(|(n, _)| n))
+    });
+    let outcome = rx.recv_timeout(WAIT).expect("the receive settled");
+    assert_eq!(outcome.unwrap_err().kind(), ErrorKind::InvalidState);
+}
+
+/// A task of another runtime already waiting on a socket registered with a loop of a runtime
+/// that then shuts down is woken as that loop closes, moves the socket to its own runtime
+/// and gets the datagram sent after the shutdown. It went on waiting on the dead loop's
+/// poller, for good.
+#[test]
+fn a_receive_waiting_when_its_sockets_runtime_shuts_down_moves_with_its_task() {
+    let first = runtime(1);
+    let socket = first
+        .run_until_complete(async {
+            let socket = UdpSocket::bind("127.0.0.1:0").await?;
+            let mut buf = [0u8; 16];
+            let idle = Duration::from_millis(20);
+            let waited = braid::wait_for(socket.recv_from(&mut buf), Some(idle)).await;
+            assert_eq!(waited.unwrap_err().kind(), ErrorKind::Timeout);
+            Ok(socket)
+        })
+        .unwrap();
+    let addr = socket.local_addr().unwrap();
+    let second = runtime(1);
+    let got = second
+        .run_until_complete(async move {
+            let waiting = Arc::new(braid::Event::new());
+            let receiver = braid::create_task({
+                let waiting = waiting.clone();
+                async move {
+                    waiting.set();
+                    let mut buf = [0u8; 16];
+                    let (n, _) = braid::wait_for(socket.recv_from(&mut buf), Some(WAIT)).await?;
+                    Ok(buf[..n].to_vec())
+                }
+            });
+            // The receiver runs on this host loop: once this wakes, its step is over and
+            // it waits on the first runtime's loop.
+            waiting.wait().await?;
+            braid::to_thread(move || first.shutdown(WAIT)).await??;
+            let sender = std::net::UdpSocket::bind("127.0.0.1:0")?;
+            sender.send_to(b"hello", addr)?;
+            receiver.await
+        })
+        .unwrap();
+    assert_eq!(got, b"hello");
+    second.shutdown(WAIT).unwrap();
+}

@@ -606,3 +606,71 @@ fn many_cancelled_timers_free_their_callbacks_before_their_deadlines() {
     })
     .unwrap();
 }
+
+/// Polls `fut` once (registering what it waits on) and hands it back.
+async fn polled_once<F: std::future::Future + Unpin>(mut fut: F) -> F {
+    std::future::poll_fn(|cx| {
+        let _ = std::pin::Pin::new(&mut fut).poll(cx);
+        std::task::Poll::Ready(())
+    })
+    .await;
+    fut
+}
+
+/// A sleep whose timer went into a runtime that has since shut down, awaited in another
+/// runtime, fires at its deadline there; awaited off the loops, it fails as a sleep outside
+/// a loop does. It waited in the dead runtime's timer heap, which no loop fires any more,
+/// for good.
+#[test]
+fn a_sleep_outliving_the_runtime_it_first_waited_in_moves_or_fails() {
+    let sleep_in = |delay| {
+        braid::run(async move { Ok(polled_once(Box::pin(braid::sleep(delay))).await) }).unwrap()
+    };
+    let moved = sleep_in(ms(200));
+    let started = Instant::now();
+    braid::run(async move { braid::wait_for(moved, Some(WAIT)).await }).unwrap();
+    assert!(started.elapsed() < WAIT, "took {:?}", started.elapsed());
+
+    let stranded = sleep_in(ms(50));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(futures::executor::block_on(stranded)));
+    let outcome = rx.recv_timeout(WAIT).expect("it settled");
+    assert_eq!(outcome.unwrap_err().kind(), ErrorKind::InvalidState);
+}
+
+/// A task of another runtime already waiting on a sleep whose timer is in a runtime that
+/// then shuts down is woken at that shutdown, moves the timer to its own runtime and wakes at
+/// the deadline. It went on waiting in the dead runtime's heap, for good.
+#[test]
+fn a_sleep_waiting_when_its_runtime_shuts_down_moves_with_its_task() {
+    let first = runtime(1);
+    let delay = ms(500);
+    let sleep = first
+        .run_until_complete(async move { Ok(polled_once(Box::pin(braid::sleep(delay))).await) })
+        .unwrap();
+    let started = Instant::now();
+    let second = runtime(1);
+    second
+        .run_until_complete(async move {
+            let waiting = Arc::new(braid::Event::new());
+            let sleeper = braid::create_task({
+                let waiting = waiting.clone();
+                async move {
+                    waiting.set();
+                    braid::wait_for(sleep, Some(WAIT)).await
+                }
+            });
+            // The sleeper runs on this host loop: once this wakes, its step is over and it
+            // waits in the first runtime's heap.
+            waiting.wait().await?;
+            braid::to_thread(move || first.shutdown(WAIT)).await??;
+            sleeper.await
+        })
+        .unwrap();
+    assert!(
+        started.elapsed() >= delay,
+        "woke early, at {:?}",
+        started.elapsed()
+    );
+    second.shutdown(WAIT).unwrap();
+}

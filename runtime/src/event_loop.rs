@@ -1166,6 +1166,7 @@ impl LoopCtx {
         never_ran += self.discard_unrun(Vec::new());
         self.lp.report_never_ran(never_ran);
         self.lp.set_state(LoopState::Closed);
+        self.lp.io.wake_after_close();
     }
 
     /// Closes this host loop on its own thread when nothing will drive it again: as its

@@ -724,6 +724,7 @@ impl Runtime {
                         if let Some(lp) = its_loop {
                             lp.close_inbox_elsewhere();
                             lp.set_state(LoopState::Closed);
+                            lp.io.wake_after_close();
                         }
                     }
                 } else {
@@ -758,6 +759,11 @@ impl Runtime {
                     );
                 }
             }
+        }
+        if rt.exited.load(Ordering::Acquire) >= workers {
+            // No loop fires the timer heap any more: a sleep still in it is another runtime's
+            // task's, or a foreign thread's (the runtime's own were dropped just above).
+            rt.timers.abandon_all();
         }
         // After the tasks are settled: a pool job blocked on one of them is released first.
         if let Some(pool) = rt.started_default_pool() {

@@ -21,6 +21,22 @@ pub(crate) struct TimerEntry {
     state: Mutex<EntryState>,
 }
 
+impl TimerEntry {
+    /// True if the timer has fired; else `waker` is the one its firing (or the heap's
+    /// abandonment, `TimerQueue::abandon_all`) wakes.
+    fn wait(&self, waker: &Waker) -> bool {
+        let mut st = self.state.lock();
+        if st.fired {
+            return true;
+        }
+        match &st.waker {
+            Some(w) if w.will_wake(waker) => {}
+            _ => st.waker = Some(waker.clone()),
+        }
+        false
+    }
+}
+
 struct EntryState {
     fired: bool,
     cancelled: bool,
@@ -112,6 +128,26 @@ impl TimerQueue {
             heap.dead = 0;
             let earliest = heap.items.peek().map_or(u64::MAX, |i| i.deadline);
             self.earliest.store(earliest, Ordering::Release);
+        }
+    }
+
+    /// The runtime has shut down and its loops have all exited: nobody will fire these.
+    /// Empties the heap and wakes every sleep still waiting in it, unfired; polled again, it
+    /// leaves for the runtime it is polled in, or fails off the loops
+    /// (`Sleep::outlived_its_runtime`).
+    pub(crate) fn abandon_all(&self) {
+        let items = {
+            let mut heap = self.heap.lock();
+            heap.dead = 0;
+            self.earliest.store(u64::MAX, Ordering::Release);
+            std::mem::take(&mut heap.items)
+        };
+        let wakers: Vec<Waker> = items
+            .into_iter()
+            .filter_map(|item| item.entry.state.lock().waker.take())
+            .collect();
+        for w in wakers {
+            w.wake();
         }
     }
 
@@ -300,21 +336,45 @@ impl Sleep {
                 this.state = SleepState::Done;
                 Poll::Ready(Ok(()))
             }
-            SleepState::Registered { entry, .. } => {
-                let mut st = entry.state.lock();
-                if st.fired {
-                    drop(st);
+            SleepState::Registered { rt, entry } => {
+                if entry.wait(cx.waker()) {
                     this.state = SleepState::Done;
                     return Poll::Ready(Ok(()));
                 }
-                match &st.waker {
-                    Some(w) if w.will_wake(cx.waker()) => {}
-                    _ => st.waker = Some(cx.waker().clone()),
+                // Read after our waker is in the entry: a shutdown that empties the heap
+                // after that takes the waker and wakes us; one before it is seen here.
+                let Some(moved) = Self::outlived_its_runtime(rt) else {
+                    return Poll::Pending;
+                };
+                // Its timer is in the heap of a runtime whose loops have all exited: nobody
+                // fires it any more.
+                this.unregister();
+                this.state = SleepState::New;
+                if moved {
+                    // Polled in another runtime now: its timer goes there.
+                    return this.poll_timer(cx);
                 }
-                Poll::Pending
+                Poll::Ready(Err(Error::new(
+                    ErrorKind::InvalidState,
+                    "sleep() needs a running braid event loop: the runtime it was first \
+                     awaited in has shut down",
+                )))
             }
             SleepState::Done => Poll::Ready(Ok(())),
         }
+    }
+
+    /// `Some` if the runtime `rt`, where this sleep's timer waits, has shut down and its
+    /// loops have all exited: `Some(true)` if it is polled on a loop of another runtime now,
+    /// `Some(false)` if off the loops. One load while `rt` runs (a cold line only once it
+    /// stops).
+    fn outlived_its_runtime(rt: &Arc<RuntimeShared>) -> Option<bool> {
+        if !rt.stopping.load(Ordering::Relaxed)
+            || rt.exited.load(Ordering::Acquire) < rt.loops.len()
+        {
+            return None;
+        }
+        Some(context::current_loop().is_some_and(|ctx| !Arc::ptr_eq(&ctx.rt, rt)))
     }
 
     fn unregister(&mut self) {
@@ -434,4 +494,70 @@ pub fn delay_from_secs(secs: f64) -> Result<Duration> {
         return Ok(Duration::ZERO);
     }
     Ok(Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX))
+}
+
+#[cfg(all(test, loom))]
+mod loom_models {
+    //! A sleep and the shutdown of the runtime whose heap holds its timer.
+    use super::{EntryState, TimerEntry, TimerQueue};
+    use crate::sync::loom_support::Flag;
+    use braid_bridge::sync::atomic::{AtomicUsize, Ordering};
+    use braid_bridge::sync::Mutex;
+    use std::sync::Arc;
+
+    /// A sleep moved to another task is polled there (a new waker) while the shutdown of
+    /// its runtime, whose loops have all exited, empties the heap (`abandon_all`): the sleep
+    /// either sees the runtime gone or is woken by the abandonment, and then sees it.
+    /// `look_first` looks at the runtime before storing the waker, the other order from
+    /// `Sleep::poll_timer`'s: the bug that order prevents, a wait in a heap nobody fires.
+    fn model(look_first: bool) {
+        loom::model(move || {
+            let queue = Arc::new(TimerQueue::new());
+            let (_first_task, first_waker) = Flag::new();
+            let entry = Arc::new(TimerEntry {
+                state: Mutex::new(EntryState {
+                    fired: false,
+                    cancelled: false,
+                    waker: Some(first_waker),
+                }),
+            });
+            queue.insert(1, entry.clone());
+            // The loops' exits, as `Sleep::outlived_its_runtime` reads them.
+            let exited = Arc::new(AtomicUsize::new(0));
+            let shutdown = {
+                let (queue, exited) = (queue.clone(), exited.clone());
+                loom::thread::spawn(move || {
+                    exited.store(1, Ordering::Release);
+                    queue.abandon_all();
+                })
+            };
+            let (woken, waker) = Flag::new();
+            let gone = || exited.load(Ordering::Acquire) > 0;
+            let saw_it_gone = if look_first {
+                gone() || {
+                    assert!(!entry.wait(&waker));
+                    false
+                }
+            } else {
+                assert!(!entry.wait(&waker), "nothing fires it");
+                gone()
+            };
+            shutdown.join().unwrap();
+            assert!(
+                saw_it_gone || woken.woken(),
+                "the sleep waits in the heap of a runtime that has shut down"
+            );
+        });
+    }
+
+    #[test]
+    fn loom_timer_a_sleep_polled_as_its_runtime_shuts_down_leaves_or_is_woken() {
+        model(false);
+    }
+
+    #[test]
+    #[should_panic(expected = "the heap of a runtime that has shut down")]
+    fn loom_timer_twin_looking_before_the_waker_is_stored_strands_the_sleep() {
+        model(true);
+    }
 }

@@ -27,6 +27,7 @@ use super::readiness::{Arm, Direction, Readiness, READ_CLOSED, UNSURE};
 use crate::context;
 use crate::event_loop::LoopShared;
 use crate::scheduler::RuntimeShared;
+use crate::LoopState;
 use braid_bridge::sync::atomic::{AtomicUsize, Ordering};
 use braid_bridge::sync::{Mutex, MutexGuard};
 use braid_bridge::{Error, ErrorKind};
@@ -76,6 +77,24 @@ impl IoDriver {
 
     pub(crate) fn registered(&self) -> usize {
         self.registered.load(Ordering::Relaxed)
+    }
+
+    /// The loop has closed, and nobody polls its poller any more: wakes whoever waits on a
+    /// socket registered with it. A waiter that tries again and has to wait re-registers the
+    /// socket (`IoSource::arm`, which sees the loop closed): with a loop of the runtime it
+    /// is used in now (a task of another runtime), or fails off the loops.
+    pub(crate) fn wake_after_close(&self) {
+        let sources: Vec<Arc<IoSource>> = self
+            .sources
+            .lock()
+            .slots
+            .iter()
+            .flatten()
+            .cloned()
+            .collect();
+        for source in sources {
+            source.readiness.wake_all();
+        }
     }
 
     /// Taken by the loop before it announces sleep, held until it is awake.
@@ -318,24 +337,37 @@ impl IoSource {
     /// Removes the socket from its poller and slab. Must run before the socket is closed.
     pub(crate) fn deregister(self: &Arc<Self>) {
         let registration = self.registration.lock().take();
-        if let Some(Registration { home, key }) = registration {
-            crate::task::raw::poller_delete(home.poller(), self.fd);
-            {
-                let mut slab = home.io.sources.lock();
-                slab.slots[key] = None;
-                slab.free.push(key);
-            }
-            home.io.registered.fetch_sub(1, Ordering::Relaxed);
+        if let Some(registration) = registration {
+            self.remove(registration);
         }
         self.readiness.close();
+    }
+
+    /// Takes the socket out of `registration`'s poller and slab.
+    fn remove(&self, Registration { home, key }: Registration) {
+        crate::task::raw::poller_delete(home.poller(), self.fd);
+        {
+            let mut slab = home.io.sources.lock();
+            slab.slots[key] = None;
+            slab.free.push(key);
+        }
+        home.io.registered.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 impl Arm for Arc<IoSource> {
     fn arm(&self) -> io::Result<()> {
         let mut registration = self.registration.lock();
-        if registration.is_some() {
-            return Ok(());
+        if let Some(current) = registration.as_ref() {
+            if current.home.state() != LoopState::Closed {
+                return Ok(());
+            }
+            // Its loop has closed (its runtime shut down), and nobody polls that poller any
+            // more: waiting there would be for good. The socket moves to a loop of the
+            // runtime it is used in now, or fails as an unregistered one does off the loops.
+            // Added to the new poller edge-triggered, it reports what is ready already.
+            let stale = registration.take().expect("checked above");
+            self.remove(stale);
         }
         let home = choose_home(&self.made_in)?;
         let key = {

@@ -701,6 +701,83 @@ mod loom_models {
         });
     }
 
+    /// A socket's registration as `IoSource::arm` sees it: whether the loop it is registered
+    /// with has closed (the loop's state word), and whether an arm saw that and moved the
+    /// socket to a live loop.
+    struct HomeLoop {
+        closed: AtomicUsize,
+        moved: AtomicUsize,
+    }
+
+    impl Arm for HomeLoop {
+        fn arm(&self) -> std::io::Result<()> {
+            if self.closed.load(Ordering::SeqCst) > 0 {
+                self.moved.store(1, Ordering::SeqCst);
+            }
+            Ok(())
+        }
+    }
+
+    /// Waits as `poll_io` does on a socket with nothing to read: each readiness it is given
+    /// is spent on a `WouldBlock` and cleared, until it has to wait.
+    fn wait_for_data(readiness: &Readiness, home: &HomeLoop, cx: &mut Context<'_>) {
+        while let Poll::Ready(seen) = readiness.poll_ready(Direction::Read, cx, home) {
+            readiness.clear(seen.unwrap());
+        }
+    }
+
+    /// The loop a socket is registered with closes while a task (of another runtime) waits on
+    /// it (`IoDriver::wake_after_close`): the loop is Closed before it wakes the waiters, so
+    /// the task either sees it closed as it arms and moves the socket, or is woken after and
+    /// sees it closed when it waits again. `wake_first` wakes before marking Closed: the bug
+    /// the order prevents, a wait on a poller nobody polls.
+    fn closing_loop_model(wake_first: bool) {
+        loom::model(move || {
+            let readiness = Arc::new(Readiness::new());
+            readiness.clear(Seen {
+                dir: Direction::Read,
+                tick: 0,
+            });
+            let home = Arc::new(HomeLoop {
+                closed: AtomicUsize::new(0),
+                moved: AtomicUsize::new(0),
+            });
+            let (r, h) = (readiness.clone(), home.clone());
+            let closing = loom::thread::spawn(move || {
+                if wake_first {
+                    r.wake_all();
+                }
+                h.closed.store(1, Ordering::SeqCst);
+                if !wake_first {
+                    r.wake_all();
+                }
+            });
+            let (flag, waker) = Flag::new();
+            let mut cx = Context::from_waker(&waker);
+            wait_for_data(&readiness, &home, &mut cx);
+            closing.join().unwrap();
+            if home.moved.load(Ordering::SeqCst) == 0 {
+                assert!(
+                    flag.woken(),
+                    "a task waits on the poller of a closed loop and nobody will wake it"
+                );
+                wait_for_data(&readiness, &home, &mut cx);
+                assert_eq!(home.moved.load(Ordering::SeqCst), 1);
+            }
+        });
+    }
+
+    #[test]
+    fn loom_readiness_a_waiter_on_a_closing_loop_moves_or_is_woken() {
+        closing_loop_model(false);
+    }
+
+    #[test]
+    #[should_panic(expected = "a task waits on the poller of a closed loop")]
+    fn loom_readiness_twin_waking_before_the_close_strands_a_waiter() {
+        closing_loop_model(true);
+    }
+
     /// A task waits; meanwhile another thread's tasks wait on the same socket, enough of them
     /// to sweep the list twice (the first sweep wakes the task, the second drops it, as it
     /// has not polled again), and then the edge comes. `wake_on_sweep: false` is the broken
