@@ -898,3 +898,38 @@ fn wait_and_as_completed_on_a_loop_thread_do_not_block_for_its_own_future() {
     let outcome = rt.run_until_complete(checks);
     outcome.expect("the checks passed");
 }
+
+/// `Completed` moves the result out, as `into_result` does: the clones' `result()` then
+/// fail with InvalidState, and so does a second `cancel_and_wait`, for a future that had
+/// finished and for one whose producer finished after the cancel. The second call on the
+/// latter said `Cancelled`, as if the work had been cancelled.
+#[test]
+fn cancel_and_wait_moves_the_result_out_and_a_second_call_says_so() {
+    let moved_out = |outcome: CancelOutcome<u32>| matches!(outcome, CancelOutcome::Completed(Err(e)) if e.kind() == ErrorKind::InvalidState);
+
+    let (fut, c) = pair::<u32>();
+    let other = fut.clone();
+    c.set_result(5);
+    assert!(matches!(
+        fut.cancel_and_wait(Some(WAIT)),
+        CancelOutcome::Completed(Ok(5))
+    ));
+    assert_eq!(
+        other.result(Some(WAIT)).unwrap_err().kind(),
+        ErrorKind::InvalidState
+    );
+    assert!(moved_out(other.cancel_and_wait(Some(WAIT))));
+
+    let (fut, c) = pair::<u32>();
+    c.on_cancel(|| {});
+    assert!(c.set_running_or_notify_cancel());
+    assert!(fut.cancel());
+    c.set_result(9);
+    assert!(matches!(
+        fut.cancel_and_wait(Some(WAIT)),
+        CancelOutcome::Completed(Ok(9))
+    ));
+    assert!(moved_out(fut.clone().cancel_and_wait(Some(WAIT))));
+    // The future's own outcome stays the cancellation.
+    assert!(fut.cancelled());
+}

@@ -122,6 +122,8 @@ struct State<T> {
     settled: bool,
     /// The producer's own outcome when it settled after the future was cancelled.
     late_outcome: Option<Result<T>>,
+    /// `cancel_and_wait` moved `late_outcome` out.
+    late_taken: bool,
     /// The wakers of the awaits waiting, each under the id its handle keeps, so that a handle
     /// that stops waiting takes back its own (ids from `next_callback_id`).
     wakers: Vec<(u64, Waker)>,
@@ -234,6 +236,7 @@ impl<T: Send + 'static> ConcurrentFuture<T> {
                 taken: false,
                 settled: false,
                 late_outcome: None,
+                late_taken: false,
                 wakers: Vec::new(),
                 callbacks: Vec::new(),
                 next_callback_id: 0,
@@ -447,6 +450,12 @@ impl<T: Send + 'static> ConcurrentFuture<T> {
     /// Cancels (as [`cancel`](Self::cancel)) and then waits, at most `timeout`, until the
     /// producer has unwound: a task's cleanup has run, a job has returned.
     ///
+    /// `Completed` carries the result moved out of the future, as
+    /// [`into_result`](Self::into_result) does (`T` need not be `Clone`): the clones'
+    /// `result()` then fails with InvalidState, and so does a second `cancel_and_wait`
+    /// (`Completed(Err(..))`). Call it where the result is to be read, not beside other
+    /// readers of the same future.
+    ///
     /// ```
     /// use braid_bridge::{CancelOutcome, ConcurrentFuture};
     /// let (fut, completer) = ConcurrentFuture::<u8>::pair();
@@ -469,10 +478,15 @@ impl<T: Send + 'static> ConcurrentFuture<T> {
         };
         match st.status {
             Status::Finished => CancelOutcome::Completed(take_outcome(&mut st)),
-            _ => match st.late_outcome.take() {
-                None => CancelOutcome::Cancelled,
+            _ => match &st.late_outcome {
                 Some(Err(e)) if e.is_cancelled() => CancelOutcome::Cancelled,
-                Some(other) => CancelOutcome::Completed(other),
+                Some(_) => {
+                    st.late_taken = true;
+                    CancelOutcome::Completed(st.late_outcome.take().expect("matched"))
+                }
+                // An earlier call moved the late result out: it is not the cancellation.
+                None if st.late_taken => CancelOutcome::Completed(Err(taken_error())),
+                None => CancelOutcome::Cancelled,
             },
         }
     }
