@@ -747,3 +747,36 @@ fn a_coroutine_stuck_on_its_loop_has_its_future_settled_by_a_timed_out_shutdown(
         "the late output did not replace the cancel"
     );
 }
+
+/// A `run_coroutine_threadsafe` future cancelled before its coroutine started, whose task a
+/// shutdown then finishes unrun, stays cancelled for `cancel_and_wait`: the cancel stopped
+/// it, not the shutdown. It gave `Completed(Err(Closed))`, as for work the shutdown refused.
+#[test]
+fn a_coroutine_cancelled_before_it_started_stays_cancelled_through_a_shutdown() {
+    let rt = runtime(1);
+    let (blocked_tx, blocked_rx) = mpsc::channel();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    // Holds the only loop, so that the coroutine below stays queued.
+    let _blocker = rt
+        .event_loop()
+        .spawn(async move {
+            blocked_tx.send(()).unwrap();
+            let _ = release_rx.recv_timeout(WAIT);
+            Ok(())
+        })
+        .unwrap();
+    blocked_rx.recv_timeout(WAIT).unwrap();
+    let fut = rt
+        .event_loop()
+        .run_coroutine_threadsafe(async { Ok(1u8) })
+        .unwrap();
+    assert!(fut.cancel());
+    let err = rt.shutdown(Duration::from_millis(100)).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    release_tx.send(()).unwrap();
+    let outcome = fut.cancel_and_wait(Some(WAIT));
+    assert!(
+        matches!(outcome, braid::bridge::CancelOutcome::Cancelled),
+        "{outcome:?}"
+    );
+}

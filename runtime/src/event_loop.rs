@@ -1421,18 +1421,22 @@ impl EventLoop {
         let completer = Arc::new(Mutex::new(Some(completer)));
         let deliver_to = completer.clone();
         let deliver: crate::task::raw::Deliver<T> = Box::new(move |outcome: Result<T>| {
+            let Some(completer) = deliver_to.lock().take() else {
+                return;
+            };
             let never_ran = !started.load(Ordering::Relaxed) && rt.registry.is_closed();
             let outcome = match outcome {
-                // Shut down before it ever ran: the work was refused, not cancelled.
-                Err(e) if e.is_cancelled() && never_ran => Err(Error::new(
-                    ErrorKind::Closed,
-                    "the runtime shut down before the coroutine started",
-                )),
+                // Shut down before it ever ran: the work was refused, not cancelled. Unless
+                // its future was cancelled first: then that is what stopped it.
+                Err(e) if e.is_cancelled() && never_ran && !completer.is_cancelled() => {
+                    Err(Error::new(
+                        ErrorKind::Closed,
+                        "the runtime shut down before the coroutine started",
+                    ))
+                }
                 other => other,
             };
-            if let Some(completer) = deliver_to.lock().take() {
-                completer.complete(outcome);
-            }
+            completer.complete(outcome);
         });
         let (task, accepted) = spawn_task_delivering(&self.rt, None, body, Some(deliver));
         if !accepted {
