@@ -3,7 +3,7 @@
 //! the table's order, so that the rows of both panels line up.
 
 use crate::machine::Machine;
-use crate::report::Row;
+use crate::report::{fmt_speedup, Row};
 use plotters::coord::ranged1d::SegmentValue;
 use plotters::prelude::*;
 use std::path::Path;
@@ -218,7 +218,7 @@ fn python_panel(
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], colour.filled()));
         chart.draw_series(bars.iter().map(|&(i, x)| {
             let label = if x < 0.5 {
-                format!(" {:.0}× faster", 1.0 / x)
+                format!(" {} faster", fmt_speedup(1.0 / x))
             } else {
                 format!(" {x:.2}")
             };

@@ -72,11 +72,14 @@ impl Machine {
             &std::env::var("RUSTC").unwrap_or_else(|_| "rustc".to_owned()),
             &["--version"],
         );
-        let git_commit = command_line("git", &["rev-parse", "--short=12", "HEAD"]);
+        // In the workspace, not the current directory: started from elsewhere (another
+        // checkout, /tmp), git would name that directory's commit, or none.
+        let git_commit = command_line_in(root, "git", &["rev-parse", "--short=12", "HEAD"]);
         let dirty = Command::new("git")
+            .current_dir(root)
             .args(["status", "--porcelain", "--untracked-files=no"])
             .output()
-            .is_ok_and(|o| !o.stdout.is_empty());
+            .is_ok_and(|o| o.status.success() && !o.stdout.is_empty());
         Machine {
             cores,
             cpu_model,
@@ -134,8 +137,17 @@ fn locked_version(root: &Path, package: &str) -> Option<String> {
 
 /// The first line `program args` prints (stdout, else stderr), or "unknown".
 fn command_line(program: &str, args: &[&str]) -> String {
-    Command::new(program)
-        .args(args)
+    output_line(Command::new(program).args(args))
+}
+
+/// [`command_line`] run in `dir`.
+fn command_line_in(dir: &Path, program: &str, args: &[&str]) -> String {
+    output_line(Command::new(program).current_dir(dir).args(args))
+}
+
+/// The first line `command` prints (stdout, else stderr), or "unknown".
+fn output_line(command: &mut Command) -> String {
+    command
         .output()
         .ok()
         .filter(|o| o.status.success())
@@ -210,6 +222,40 @@ mod tests {
         fresh.commit = "cccccccccccc".to_owned();
         assert_eq!(fresh.tie_to_measuring_run(&record, false), None);
         assert_eq!(fresh.commit, "cccccccccccc");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_commit_is_the_one_of_the_root_given_not_of_the_current_directory() {
+        // A repository of its own, outside the workspace (the tests run in `benchmarks/`,
+        // inside it): describing it names its commit, not the workspace's.
+        let dir = std::env::temp_dir().join(format!("braid-machine-git-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let git = |args: &[&str]| {
+            std::process::Command::new("git")
+                .current_dir(&dir)
+                .args(["-c", "user.name=t", "-c", "user.email=t@t"])
+                .args(["-c", "commit.gpgsign=false"])
+                .args(args)
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        };
+        std::fs::write(dir.join("f"), "1").unwrap();
+        let head = git(&["init", "-q"])
+            .and(git(&["add", "f"]))
+            .and(git(&["commit", "-q", "-m", "one"]))
+            .and(git(&["rev-parse", "--short=12", "HEAD"]));
+        // The report needs git; so does this test (CI clones the repository with it).
+        let head = head.expect("git makes a repository in the temporary directory");
+        assert_eq!(Machine::describe(&dir, "python3").commit, head);
+        std::fs::write(dir.join("f"), "2").unwrap();
+        assert_eq!(
+            Machine::describe(&dir, "python3").commit,
+            format!("{head}-dirty")
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -43,6 +43,17 @@ const FIFTY_X_WORKLOADS: [&str; 3] = [
     "call_soon_threadsafe",
 ];
 
+/// The workloads with no tokio twin by design: tokio has no process pool, so
+/// `benches/process_pool.rs` measures braid's against CPython's `ProcessPoolExecutor` only.
+/// Their rows lack a tokio median without that being a gap in the comparison with tokio.
+const BRAID_ONLY_WORKLOADS: [&str; 2] = ["process_pool_tiny", "process_pool_cpu"];
+
+/// Whether the row named `name` (a group, or `group/value`) measures `workload`.
+fn is_workload(name: &str, workload: &str) -> bool {
+    name.strip_prefix(workload)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
 /// One line of the table: a workload's median time on each runtime (seconds).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Row {
@@ -211,11 +222,23 @@ pub(crate) fn fmt_time(secs: Option<f64>) -> String {
     }
 }
 
+/// A speedup (the other runtime's time over braid's) as "N×": rounded down, to one decimal
+/// below 10 and to a whole number above. Down, because a figure rounded up can cross a target
+/// the unrounded value misses (49.9 printed as "50×" beside "not met"); the report, its
+/// targets and the chart all print speedups through this, so they never disagree.
+pub(crate) fn fmt_speedup(x: f64) -> String {
+    if x < 10.0 {
+        format!("{:.1}×", (x * 10.0).floor() / 10.0)
+    } else {
+        format!("{:.0}×", x.floor())
+    }
+}
+
 /// A braid/other ratio; below 0.5 also as "N× faster".
 fn fmt_ratio(r: Option<f64>) -> String {
     match r {
         None => "–".to_owned(),
-        Some(r) if r < 0.5 => format!("{r:.3} ({:.0}× faster)", 1.0 / r),
+        Some(r) if r < 0.5 => format!("{r:.3} ({} faster)", fmt_speedup(1.0 / r)),
         Some(r) if r > 1.0 => format!("**{r:.2}**"),
         Some(r) => format!("{r:.2}"),
     }
@@ -366,6 +389,29 @@ pub(crate) fn markdown(i: &Inputs<'_>) -> String {
     s
 }
 
+/// The workloads that should be compared with tokio but are not, each with why: a row
+/// without braid's median, a row without tokio's (unless the workload has no tokio twin by
+/// design), and a workload of braid's benches with no row at all.
+fn not_compared(rows: &[Row]) -> Vec<String> {
+    let mut missing = Vec::new();
+    for r in rows.iter().filter(|r| r.braid_over_tokio().is_none()) {
+        let why = if r.braid.is_none() {
+            "no braid median"
+        } else if BRAID_ONLY_WORKLOADS.iter().any(|w| is_workload(&r.name, w)) {
+            continue;
+        } else {
+            "no tokio median"
+        };
+        missing.push(format!("`{}` ({why})", r.name));
+    }
+    for (w, _) in KNOWN_WORKLOADS {
+        if !rows.iter().any(|r| is_workload(&r.name, w)) {
+            missing.push(format!("`{w}` (not measured)"));
+        }
+    }
+    missing
+}
+
 fn targets(s: &mut String, rows: &[Row]) {
     let _ = writeln!(s, "## Targets\n");
     let compared: Vec<&Row> = rows
@@ -379,9 +425,29 @@ fn targets(s: &mut String, rows: &[Row]) {
             (x > 1.0).then(|| format!("`{}` ({x:.2})", r.name))
         })
         .collect();
+    // Named in every verdict: a workload that was not compared can neither meet the target
+    // nor be left out of "every workload" silently.
+    let missing = not_compared(rows);
+    let not_compared = if missing.is_empty() {
+        String::new()
+    } else {
+        format!("; not compared: {}", missing.join(", "))
+    };
     if compared.is_empty() {
-        let _ = writeln!(s, "- braid at or below tokio's time: no comparison ran.");
-    } else if slower.is_empty() {
+        let _ = writeln!(
+            s,
+            "- braid at or below tokio's time: no comparison ran{not_compared}."
+        );
+    } else if !slower.is_empty() {
+        let _ = writeln!(
+            s,
+            "- braid at or below tokio's time on every workload: **not met** on {} of {}: \
+             {}{not_compared}.",
+            slower.len(),
+            compared.len(),
+            slower.join(", ")
+        );
+    } else if missing.is_empty() {
         let _ = writeln!(
             s,
             "- braid at or below tokio's time on every workload: **met** ({} workloads).",
@@ -390,10 +456,9 @@ fn targets(s: &mut String, rows: &[Row]) {
     } else {
         let _ = writeln!(
             s,
-            "- braid at or below tokio's time on every workload: **not met** on {} of {}: {}.",
-            slower.len(),
-            compared.len(),
-            slower.join(", ")
+            "- braid at or below tokio's time on every workload: **unknown**: at or below on \
+             the {} compared{not_compared}.",
+            compared.len()
         );
     }
     for w in FIFTY_X_WORKLOADS {
@@ -407,7 +472,8 @@ fn targets(s: &mut String, rows: &[Row]) {
                 let verdict = if speedup >= 50.0 { "met" } else { "not met" };
                 let _ = writeln!(
                     s,
-                    "- at least 50× faster than CPython asyncio on `{w}`: **{verdict}** ({speedup:.0}×)."
+                    "- at least 50× faster than CPython asyncio on `{w}`: **{verdict}** ({}).",
+                    fmt_speedup(speedup)
                 );
             }
             None => {
@@ -676,6 +742,81 @@ mod tests {
         assert!(text.contains("We changed the timer wheel."), "{text}");
         assert!(text.contains("- cargo bench --bench sync failed"), "{text}");
         assert!(text.contains("![braid's time"), "{text}");
+    }
+
+    /// A row of `name` with braid's and tokio's medians and CPython asyncio's.
+    fn row(name: &str, braid: Option<f64>, tokio: Option<f64>, asyncio: Option<f64>) -> Row {
+        Row {
+            name: name.to_owned(),
+            braid,
+            tokio,
+            asyncio,
+            ..Row::default()
+        }
+    }
+
+    #[test]
+    fn speedups_are_rounded_down_so_that_they_never_cross_the_fifty_times_target() {
+        // 49.9× is not met; printed as "50×" (rounded to nearest), it read as met.
+        let rows = [
+            row("spawn_many_local", Some(0.001), Some(0.002), Some(0.0499)),
+            row("spawn_many_remote", Some(0.001), Some(0.002), Some(0.0501)),
+        ];
+        let mut s = String::new();
+        targets(&mut s, &rows);
+        assert!(s.contains("`spawn_many_local`: **not met** (49×)."), "{s}");
+        assert!(s.contains("`spawn_many_remote`: **met** (50×)."), "{s}");
+        // The table's ratios follow the same rule: one decimal below 10, never up.
+        assert_eq!(fmt_ratio(Some(0.001 / 0.0499)), "0.020 (49× faster)");
+        assert_eq!(fmt_ratio(Some(1.0 / 2.79)), "0.358 (2.7× faster)");
+        assert_eq!(fmt_ratio(Some(0.01)), "0.010 (100× faster)");
+        assert_eq!(fmt_ratio(Some(0.6)), "0.60");
+    }
+
+    #[test]
+    fn workloads_without_a_braid_or_tokio_median_are_named_and_not_counted_as_met() {
+        // Every workload braid's benches run, braid faster, and the process pool ones,
+        // which have no tokio twin.
+        let mut rows: Vec<Row> = KNOWN_WORKLOADS
+            .iter()
+            .map(|(w, _)| row(w, Some(1.0), Some(2.0), None))
+            .collect();
+        rows.push(row("process_pool_cpu", Some(0.5), None, Some(0.5)));
+        rows.push(row("process_pool_tiny", Some(0.03), None, Some(1.4)));
+        let mut s = String::new();
+        targets(&mut s, &rows);
+        assert!(
+            s.contains("on every workload: **met** (10 workloads)."),
+            "{s}"
+        );
+        assert!(!s.contains("not compared"), "{s}");
+
+        // tokio's timers missing, braid's ping_pong missing, chained_spawn not run at all.
+        rows[5].tokio = None;
+        rows[2].braid = None;
+        rows.remove(4);
+        let mut s = String::new();
+        targets(&mut s, &rows);
+        assert!(!s.contains("**met**"), "{s}");
+        assert!(
+            s.contains(
+                "on every workload: **unknown**: at or below on the 7 compared; not compared: \
+                 `ping_pong` (no braid median), `timers` (no tokio median), \
+                 `chained_spawn` (not measured)."
+            ),
+            "{s}"
+        );
+
+        // Slower somewhere: not met, and the gaps still named.
+        rows[0].braid = Some(3.0);
+        let mut s = String::new();
+        targets(&mut s, &rows);
+        assert!(
+            s.contains(
+                "**not met** on 1 of 7: `spawn_many_local` (1.50); not compared: `ping_pong`"
+            ),
+            "{s}"
+        );
     }
 
     #[test]
