@@ -905,7 +905,12 @@ fn wait_and_as_completed_on_a_loop_thread_do_not_block_for_its_own_future() {
 /// latter said `Cancelled`, as if the work had been cancelled.
 #[test]
 fn cancel_and_wait_moves_the_result_out_and_a_second_call_says_so() {
-    let moved_out = |outcome: CancelOutcome<u32>| matches!(outcome, CancelOutcome::Completed(Err(e)) if e.kind() == ErrorKind::InvalidState);
+    fn moved_out(outcome: CancelOutcome<u32>) -> bool {
+        matches!(
+            outcome,
+            CancelOutcome::Completed(Err(e)) if e.kind() == ErrorKind::InvalidState
+        )
+    }
 
     let (fut, c) = pair::<u32>();
     let other = fut.clone();
@@ -932,4 +937,5 @@ fn cancel_and_wait_moves_the_result_out_and_a_second_call_says_so() {
     assert!(moved_out(fut.clone().cancel_and_wait(Some(WAIT))));
     // The future's own outcome stays the cancellation.
     assert!(fut.cancelled());
+    assert!(fut.result(Some(WAIT)).unwrap_err().is_cancelled());
 }

@@ -469,23 +469,31 @@ fn an_unresolvable_host_name() {
     });
 }
 
+/// A UDP socket made in `rt`, registered with one of its loops by a receive that waited
+/// (and timed out).
+fn udp_socket_that_waited_once(rt: &braid::Runtime) -> UdpSocket {
+    rt.run_until_complete(async {
+        let socket = UdpSocket::bind("127.0.0.1:0").await?;
+        let mut buf = [0u8; 16];
+        let idle = Duration::from_millis(20);
+        let waited = braid::wait_for(socket.recv_from(&mut buf), Some(idle)).await;
+        assert_eq!(waited.unwrap_err().kind(), ErrorKind::Timeout);
+        Ok(socket)
+    })
+    .unwrap()
+}
+
 /// A socket that waited on a loop of a runtime that has since shut down, used in another
 /// runtime, moves to a loop of that one and gets what is already queued for it; used off the
 /// loops, it fails as a socket that never waited does. It stayed in the dead loop's poller,
 /// which nobody polls any more, so its next wait was for good.
 #[test]
 fn a_socket_outliving_the_runtime_it_waited_in_moves_or_fails() {
-    // A receive that waits (and times out) registers the socket with a loop of that runtime.
     let waited_once = || {
-        braid::run(async {
-            let socket = UdpSocket::bind("127.0.0.1:0").await?;
-            let mut buf = [0u8; 16];
-            let idle = Duration::from_millis(20);
-            let waited = braid::wait_for(socket.recv_from(&mut buf), Some(idle)).await;
-            assert_eq!(waited.unwrap_err().kind(), ErrorKind::Timeout);
-            Ok(socket)
-        })
-        .unwrap()
+        let rt = runtime(1);
+        let socket = udp_socket_that_waited_once(&rt);
+        rt.shutdown(WAIT).unwrap();
+        socket
     };
     let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
 
@@ -519,16 +527,7 @@ fn a_socket_outliving_the_runtime_it_waited_in_moves_or_fails() {
 #[test]
 fn a_receive_waiting_when_its_sockets_runtime_shuts_down_moves_with_its_task() {
     let first = runtime(1);
-    let socket = first
-        .run_until_complete(async {
-            let socket = UdpSocket::bind("127.0.0.1:0").await?;
-            let mut buf = [0u8; 16];
-            let idle = Duration::from_millis(20);
-            let waited = braid::wait_for(socket.recv_from(&mut buf), Some(idle)).await;
-            assert_eq!(waited.unwrap_err().kind(), ErrorKind::Timeout);
-            Ok(socket)
-        })
-        .unwrap();
+    let socket = udp_socket_that_waited_once(&first);
     let addr = socket.local_addr().unwrap();
     let second = runtime(1);
     let got = second

@@ -451,10 +451,11 @@ impl<T: Send + 'static> ConcurrentFuture<T> {
     /// producer has unwound: a task's cleanup has run, a job has returned.
     ///
     /// `Completed` carries the result moved out of the future, as
-    /// [`into_result`](Self::into_result) does (`T` need not be `Clone`): the clones'
-    /// `result()` then fails with InvalidState, and so does a second `cancel_and_wait`
-    /// (`Completed(Err(..))`). Call it where the result is to be read, not beside other
-    /// readers of the same future.
+    /// [`into_result`](Self::into_result) does (`T` need not be `Clone`): for a future that
+    /// had finished, the clones' `result()` then fails with InvalidState (one cancelled
+    /// before its producer finished keeps reporting Cancelled), and a second
+    /// `cancel_and_wait` gives `Completed(Err(..))` with InvalidState. Call it where the
+    /// result is to be read, not beside other readers of the same future.
     ///
     /// ```
     /// use braid_bridge::{CancelOutcome, ConcurrentFuture};

@@ -234,6 +234,8 @@ impl Drop for CountExit<'_> {
         if let Some(waiter) = &*self.0.shutdown_waiter.lock() {
             waiter.unpark();
         }
+        // The last loop to exit may be one the shutdown stopped waiting for (stuck).
+        self.0.abandon_timers_if_nobody_fires();
     }
 }
 
@@ -745,9 +747,11 @@ impl Runtime {
                 let me = crate::task::TaskRef::from_raw(task.clone());
                 let shut_down = || Error::cancelled(Some("the runtime shut down".to_owned()));
                 let finished = task.clone().force_finish(shut_down());
-                if !finished {
-                    // Running on a stuck loop (or done): a `ConcurrentFuture` waiting on it
-                    // settles now, not whenever the loop comes unstuck.
+                if !finished && !on_own_loop {
+                    // Running on a loop still stuck after the timeout (or done): a
+                    // `ConcurrentFuture` waiting on it settles now, not whenever the loop
+                    // comes unstuck. (Called on a loop thread, the shutdown did not wait:
+                    // the others' running tasks are about to finish, and deliver.)
                     task.give_up_delivery(shut_down());
                 }
                 if finished && rt.config.debug {
@@ -760,11 +764,9 @@ impl Runtime {
                 }
             }
         }
-        if rt.exited.load(Ordering::Acquire) >= workers {
-            // No loop fires the timer heap any more: a sleep still in it is another runtime's
-            // task's, or a foreign thread's (the runtime's own were dropped just above).
-            rt.timers.abandon_all();
-        }
+        // The runtime's own sleeps were dropped just above: one still in the heap is another
+        // runtime's task's, or a foreign thread's.
+        rt.abandon_timers_if_nobody_fires();
         // After the tasks are settled: a pool job blocked on one of them is released first.
         if let Some(pool) = rt.started_default_pool() {
             // No deadline: wait as long as the jobs run, as for the tasks. Otherwise at least

@@ -225,6 +225,29 @@ impl RuntimeShared {
                 .compare_exchange(id, NO_DRIVER, Ordering::AcqRel, Ordering::Relaxed);
     }
 
+    /// After a shutdown, once every worker loop has exited and no host loop runs, nobody
+    /// fires the timer heap any more: a sleep still waiting in it (a task's of another
+    /// runtime, or a foreign thread's) is woken, to move to where it is polled or fail
+    /// (`Sleep::outlived_its_runtime`). Called by the shutdown and by each exiting loop (the
+    /// last one may exit after a shutdown gave up on it); `abandon_all` is idempotent. A host
+    /// loop still running when the last worker exits fires the heap itself while it runs.
+    pub(crate) fn abandon_timers_if_nobody_fires(&self) {
+        if !self.stopping.load(Ordering::Acquire)
+            || self.exited.load(Ordering::Acquire) < self.loops.len()
+        {
+            return;
+        }
+        let host_running = self
+            .hosts
+            .lock()
+            .iter()
+            .filter_map(std::sync::Weak::upgrade)
+            .any(|h| h.running.load(Ordering::Acquire));
+        if !host_running {
+            self.timers.abandon_all();
+        }
+    }
+
     /// A timer became the earliest: make sure some sleeping loop wakes by `deadline`.
     pub(crate) fn on_new_earliest_timer(&self, deadline: u64) {
         // Pairs with the fence a sleeping loop issues after taking the driver token and

@@ -365,16 +365,20 @@ impl Sleep {
     }
 
     /// `Some` if the runtime `rt`, where this sleep's timer waits, has shut down and its
-    /// loops have all exited: `Some(true)` if it is polled on a loop of another runtime now,
-    /// `Some(false)` if off the loops. One load while `rt` runs (a cold line only once it
-    /// stops).
+    /// worker loops have all exited: `Some(true)` if it is polled on a loop of another
+    /// runtime now, `Some(false)` if off the loops. `None` on a host loop of `rt` still
+    /// running (a `run_until_complete` that outlived the shutdown): that loop fires `rt`'s
+    /// heap, which the shutdown left to it. One load while `rt` runs.
     fn outlived_its_runtime(rt: &Arc<RuntimeShared>) -> Option<bool> {
         if !rt.stopping.load(Ordering::Relaxed)
             || rt.exited.load(Ordering::Acquire) < rt.loops.len()
         {
             return None;
         }
-        Some(context::current_loop().is_some_and(|ctx| !Arc::ptr_eq(&ctx.rt, rt)))
+        match context::current_loop() {
+            Some(ctx) if Arc::ptr_eq(&ctx.rt, rt) => None,
+            here => Some(here.is_some()),
+        }
     }
 
     fn unregister(&mut self) {
