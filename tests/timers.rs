@@ -578,9 +578,8 @@ fn a_callback_scheduled_by_a_cancelled_timers_destructor_runs_without_another_wa
 }
 
 /// Cancelled `call_later` timers free what their callbacks hold well before their deadlines,
-/// though a live timer due earlier keeps them from the top of the heap: once they are many
-/// and most of the heap, the loop's next turn drops them (asyncio purges its heap by the same
-/// rule, and drops a cancelled handle's arguments at once).
+/// though a live timer due earlier keeps them from the top of the heap (asyncio drops a
+/// cancelled handle's callback at once; the heap's stale entries are purged by its rule).
 #[test]
 fn many_cancelled_timers_free_their_callbacks_before_their_deadlines() {
     braid::run(async {
@@ -605,6 +604,82 @@ fn many_cancelled_timers_free_their_callbacks_before_their_deadlines() {
         Ok(())
     })
     .unwrap();
+}
+
+/// Sets a promise to the thread it was dropped on.
+struct ReportsItsDrop(Promise<std::thread::ThreadId>);
+
+impl Drop for ReportsItsDrop {
+    fn drop(&mut self) {
+        let _ = self.0.set_result(std::thread::current().id());
+    }
+}
+
+/// One cancelled `call_later` timer gives up what its callback holds at the cancel, though a
+/// live timer due earlier keeps it from the top of the heap and it is far from being purged
+/// (asyncio's `TimerHandle.cancel()` drops the callback and its arguments at once).
+#[test]
+fn a_cancelled_timer_drops_its_callback_at_the_cancel() {
+    braid::run(async {
+        let held = Rc::new(());
+        let earlier = braid::call_later(Duration::from_secs(3600), || ());
+        let timer = braid::call_later(Duration::from_secs(7200), {
+            let held = held.clone();
+            move || drop(held)
+        });
+        assert_eq!(Rc::strong_count(&held), 2);
+        timer.cancel();
+        assert_eq!(
+            Rc::strong_count(&held),
+            1,
+            "the callback outlived its cancel"
+        );
+        timer.cancel();
+        assert!(timer.cancelled());
+        earlier.cancel();
+        Ok(())
+    })
+    .unwrap();
+}
+
+/// A timer cancelled from another thread has its callback dropped soon after by its own loop
+/// (the callback is not `Send`, so only that loop may drop it), on a host loop and on a
+/// worker loop, long before its deadline and with a live timer due earlier. Before, the
+/// callback stayed until a purge or its deadline, an hour away here, and `wait_for` times out.
+#[test]
+fn a_timer_cancelled_from_another_thread_drops_its_callback_on_its_loop() {
+    /// Schedules a timer holding a `ReportsItsDrop` behind a live one, cancels it from a new
+    /// thread, and returns the thread that dropped its callback and this loop's thread.
+    async fn cancel_from_another_thread(
+    ) -> braid::Result<(std::thread::ThreadId, std::thread::ThreadId)> {
+        let dropped_on: Promise<std::thread::ThreadId> = Promise::new();
+        let earlier = braid::call_later(Duration::from_secs(3600), || ());
+        let probe = ReportsItsDrop(dropped_on.clone());
+        let timer = braid::call_later(Duration::from_secs(7200), move || drop(probe));
+        std::thread::spawn(move || timer.cancel()).join().unwrap();
+        let dropped_on = braid::wait_for(async { dropped_on.await }, Some(WAIT)).await?;
+        assert!(!earlier.cancelled(), "the live timer stays scheduled");
+        earlier.cancel();
+        Ok((dropped_on, std::thread::current().id()))
+    }
+
+    let rt = runtime(1);
+    let (dropped_on, loop_thread) = rt.run_until_complete(cancel_from_another_thread()).unwrap();
+    assert_eq!(
+        dropped_on, loop_thread,
+        "a host loop's callback dropped elsewhere"
+    );
+    let (dropped_on, loop_thread) = rt
+        .event_loop()
+        .run_coroutine_threadsafe(cancel_from_another_thread())
+        .unwrap()
+        .result(Some(WAIT))
+        .unwrap();
+    assert_eq!(
+        dropped_on, loop_thread,
+        "a worker loop's callback dropped elsewhere"
+    );
+    rt.shutdown(WAIT).unwrap();
 }
 
 /// Polls `fut` once (registering what it waits on) and hands it back.

@@ -7,11 +7,12 @@
 
 use crate::context;
 use crate::linger::{LingerScore, WakeSource};
+use crate::local_timers::{LocalTimers, TimerKey};
 use crate::scheduler::{RuntimeShared, TaskPtr};
 use crate::task::raw::{new_threadsafe_callback, CallbackState, QueuedCallback, TaskCell};
 use crate::task::{Task, TaskId, TaskRef};
 use braid_bridge::doorbell::{Doorbell, Unpark};
-use braid_bridge::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use braid_bridge::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicU8, Ordering};
 use braid_bridge::sync::Mutex;
 use braid_bridge::tuning::linger_until;
 use braid_bridge::{Error, ErrorKind, Result};
@@ -19,8 +20,7 @@ use crossbeam_deque::{Steal, Worker};
 use crossbeam_utils::CachePadded;
 use polling::Poller;
 use std::cell::{Cell, RefCell};
-use std::cmp::Ordering as CmpOrdering;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -30,9 +30,6 @@ use std::time::{Duration, Instant};
 
 /// How long after a shared timer's deadline a host loop fires it itself, if no worker has.
 const HOST_TIMER_GRACE: Duration = Duration::from_millis(2);
-/// How many cancelled timers a loop lets wait in its heap before it purges them (when they
-/// are also more than half of it).
-const TIMER_PURGE_MIN: usize = 64;
 /// `LoopShared::sleep_deadline` while the loop is awake.
 pub(crate) const AWAKE: u64 = 0;
 /// `LoopShared::sleep_deadline` while the loop sleeps with no deadline (or is about to sleep).
@@ -51,6 +48,9 @@ pub(crate) enum Remote {
     Callback(RemoteCallback),
     /// A wake of a `spawn_local` task from another thread.
     Wake(TaskPtr),
+    /// A `call_later`/`call_at` timer of this loop cancelled on another thread: the loop
+    /// drops its callback (which is `!Send`, so no other thread may).
+    CancelTimer(TimerKey),
 }
 
 /// Wakes a loop sleeping in its poller.
@@ -436,15 +436,29 @@ impl CallbackHandle {
 ///     Ok(())
 /// }).unwrap();
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct TimerHandle {
     state: Arc<HandleState>,
-    /// Its loop's count of cancelled timers, which tells the loop when to purge its heap.
-    loop_cancels: Arc<AtomicUsize>,
+    key: TimerKey,
+    /// The timer's loop, which a cancel on another thread asks to drop the callback.
+    home: Arc<LoopShared>,
+}
+
+impl fmt::Debug for TimerHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TimerHandle")
+            .field("when", &self.state.when)
+            .field("cancelled", &self.cancelled())
+            .field("loop", &self.home.id)
+            .finish()
+    }
 }
 
 impl TimerHandle {
-    /// Cancels the timer if it has not fired yet.
+    /// Cancels the timer if it has not fired yet. What the callback captured is dropped
+    /// right away on the timer's own loop, as asyncio drops it, or soon after by that loop
+    /// when the cancel comes from another thread (the callback is not `Send`); either way,
+    /// not at the deadline.
     ///
     /// ```
     /// use std::time::Duration;
@@ -454,10 +468,16 @@ impl TimerHandle {
     /// }).unwrap();
     /// ```
     pub fn cancel(&self) {
-        if self.state.cancel_first() {
-            // A hint only (see `purge_cancelled_timers`): a cancel after the timer fired is
-            // counted too, and costs at most one walk of the heap more.
-            self.loop_cancels.fetch_add(1, Ordering::Relaxed);
+        if !self.state.cancel_first() {
+            return;
+        }
+        // The flag alone already keeps the callback from running; taking it out of the
+        // timers is for what it holds. A timer that fired already is not there: its key
+        // then names nothing, or a later timer's slot under another sequence number.
+        match context::current_loop() {
+            Some(ctx) if Arc::ptr_eq(&ctx.lp, &self.home) => ctx.drop_cancelled_timer(self.key),
+            // A closed loop dropped its timers already, so a refused message loses nothing.
+            _ => drop(self.home.bell.push(Remote::CancelTimer(self.key))),
         }
     }
 
@@ -493,30 +513,6 @@ impl TimerHandle {
     }
 }
 
-struct LocalTimer {
-    when: Instant,
-    seq: u64,
-    callback: ReadyCallback,
-}
-
-impl PartialEq for LocalTimer {
-    fn eq(&self, other: &Self) -> bool {
-        (self.when, self.seq) == (other.when, other.seq)
-    }
-}
-impl Eq for LocalTimer {}
-impl PartialOrd for LocalTimer {
-    fn partial_cmp(&self, other: &Self) -> Option<CmpOrdering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for LocalTimer {
-    // Reversed for a min-heap; equal deadlines fire in the order they were scheduled.
-    fn cmp(&self, other: &Self) -> CmpOrdering {
-        (other.when, other.seq).cmp(&(self.when, self.seq))
-    }
-}
-
 /// The thread-local half of a loop.
 pub(crate) struct LoopCtx {
     pub(crate) rt: Arc<RuntimeShared>,
@@ -525,12 +521,10 @@ pub(crate) struct LoopCtx {
     /// is pinned to them.
     pub(crate) worker: Option<Worker<TaskPtr>>,
     ready: RefCell<VecDeque<ReadyCallback>>,
-    timers: RefCell<BinaryHeap<LocalTimer>>,
-    /// Timers of `timers` cancelled since the last purge (an estimate: see `TimerHandle::cancel`).
-    cancelled_timers: Arc<AtomicUsize>,
+    /// `call_later`/`call_at` timers.
+    timers: RefCell<LocalTimers<ReadyCallback>>,
     pub(crate) local_ready: RefCell<VecDeque<TaskPtr>>,
     inbox_buf: RefCell<VecDeque<Remote>>,
-    timer_seq: Cell<u64>,
     tick: Cell<u64>,
     searching: Cell<bool>,
     rng: Cell<u64>,
@@ -554,11 +548,9 @@ impl LoopCtx {
             lp,
             worker,
             ready: RefCell::new(VecDeque::new()),
-            timers: RefCell::new(BinaryHeap::new()),
-            cancelled_timers: Arc::new(AtomicUsize::new(0)),
+            timers: RefCell::new(LocalTimers::new()),
             local_ready: RefCell::new(VecDeque::new()),
             inbox_buf: RefCell::new(VecDeque::new()),
-            timer_seq: Cell::new(0),
             tick: Cell::new(0),
             searching: Cell::new(false),
             rng: Cell::new(seed),
@@ -614,20 +606,32 @@ impl LoopCtx {
         name: &'static str,
     ) -> TimerHandle {
         let state = Arc::new(HandleState::new(Some(when)));
-        let seq = self.timer_seq.get() + 1;
-        self.timer_seq.set(seq);
-        self.timers.borrow_mut().push(LocalTimer {
-            when,
-            seq,
-            callback: ReadyCallback {
-                f: CallbackFn::Boxed(f),
-                handle: Some(state.clone()),
-                name,
-            },
-        });
+        let callback = ReadyCallback {
+            f: CallbackFn::Boxed(f),
+            handle: Some(state.clone()),
+            name,
+        };
+        let key = self.timers.borrow_mut().insert(when, callback);
         TimerHandle {
             state,
-            loop_cancels: self.cancelled_timers.clone(),
+            key,
+            home: self.lp.clone(),
+        }
+    }
+
+    /// Drops the callback of a cancelled timer of this loop, if it has not fired yet.
+    fn drop_cancelled_timer(&self, key: TimerKey) {
+        let Ok(mut timers) = self.timers.try_borrow_mut() else {
+            // Cancelled from a destructor running inside a borrow of the timers (none does
+            // today): leave it to the next iteration, as from another thread.
+            let _ = self.lp.bell.push(Remote::CancelTimer(key));
+            return;
+        };
+        let callback = timers.remove(key);
+        // Out of the borrow: the destructors are the user's, and may schedule timers.
+        drop(timers);
+        if let Some(callback) = callback {
+            self.lp.discard(callback);
         }
     }
 
@@ -643,39 +647,15 @@ impl LoopCtx {
             match message {
                 Remote::Callback(cb) => self.ready.borrow_mut().push_back(cb.into()),
                 Remote::Wake(task) => self.local_ready.borrow_mut().push_back(task),
+                Remote::CancelTimer(key) => self.drop_cancelled_timer(key),
             }
         }
         moved
     }
 
-    /// Drops the cancelled timers from the heap once they are many and more than half of
-    /// it (asyncio's rule), so that what their callbacks hold is freed before their deadlines:
-    /// a cancelled timer further down the heap would otherwise keep it until then.
-    fn purge_cancelled_timers(&self) {
-        let cancelled = self.cancelled_timers.load(Ordering::Relaxed);
-        if cancelled < TIMER_PURGE_MIN || cancelled * 2 <= self.timers.borrow().len() {
-            return;
-        }
-        self.cancelled_timers
-            .fetch_sub(cancelled, Ordering::Relaxed);
-        let purged: Vec<LocalTimer> = {
-            let mut timers = self.timers.borrow_mut();
-            let (kept, purged) = std::mem::take(&mut *timers)
-                .into_vec()
-                .into_iter()
-                .partition(|t| !t.callback.is_cancelled());
-            *timers = BinaryHeap::from(kept);
-            purged
-        };
-        // Out of the heap's borrow: the user's destructors may schedule more.
-        for timer in purged {
-            self.lp.discard(timer.callback);
-        }
-    }
-
     /// Moves due callback timers to the ready queue and fires due task timers.
     fn fire_timers(&self) -> bool {
-        self.purge_cancelled_timers();
+        self.timers.borrow_mut().purge_if_stale();
         let has_local = !self.timers.borrow().is_empty();
         // Host loops fire shared timers too: with every worker stuck, the main future's sleep
         // must still end.
@@ -709,11 +689,11 @@ impl LoopCtx {
     /// Returns true if any was queued.
     fn queue_local_timers_due_by(&self, until: Instant) -> bool {
         let mut queued = false;
-        while let Some(timer) = self.pop_timer_if(|t| t.when <= until) {
-            if timer.callback.is_cancelled() {
-                self.lp.discard(timer.callback);
+        while let Some(callback) = self.pop_timer_if(|when, _| when <= until) {
+            if callback.is_cancelled() {
+                self.lp.discard(callback);
             } else {
-                self.ready.borrow_mut().push_back(timer.callback);
+                self.ready.borrow_mut().push_back(callback);
                 queued = true;
             }
         }
@@ -722,13 +702,11 @@ impl LoopCtx {
 
     /// Pops the earliest timer if `pred` holds for it. The heap's borrow ends on return: what
     /// the caller does with the timer (drop it, with the user's destructors) may schedule more.
-    fn pop_timer_if(&self, pred: impl FnOnce(&LocalTimer) -> bool) -> Option<LocalTimer> {
-        let mut timers = self.timers.borrow_mut();
-        if timers.peek().is_some_and(pred) {
-            timers.pop()
-        } else {
-            None
-        }
+    fn pop_timer_if(
+        &self,
+        pred: impl FnOnce(Instant, &ReadyCallback) -> bool,
+    ) -> Option<ReadyCallback> {
+        self.timers.borrow_mut().pop_if(pred)
     }
 
     /// Runs the callbacks that are ready now (not those they schedule: asyncio's rule).
@@ -912,8 +890,8 @@ impl LoopCtx {
     /// and may schedule callbacks, which the park's re-check then sees. Dropped after the
     /// announcement, the callback waited for the next wake, perhaps forever.
     fn drop_cancelled_first_timers(&self) {
-        while let Some(cancelled) = self.pop_timer_if(|t| t.callback.is_cancelled()) {
-            self.lp.discard(cancelled.callback);
+        while let Some(cancelled) = self.pop_timer_if(|_, cb| cb.is_cancelled()) {
+            self.lp.discard(cancelled);
         }
     }
 
@@ -921,7 +899,7 @@ impl LoopCtx {
     /// [`drop_cancelled_first_timers`](Self::drop_cancelled_first_timers) wakes us early,
     /// once: the wake drops it.
     fn next_local_deadline(&self) -> Option<Instant> {
-        self.timers.borrow().peek().map(|t| t.when)
+        self.timers.borrow_mut().next_deadline()
     }
 
     /// Worker loops: sleep until there is work (see `scheduler` for the protocol).
@@ -1197,7 +1175,7 @@ impl LoopCtx {
         loop {
             // Taken out of the queues first: dropping them runs the user's destructors.
             unrun.extend(self.ready.borrow_mut().drain(..));
-            unrun.extend(self.timers.borrow_mut().drain().map(|t| t.callback));
+            unrun.extend(self.timers.borrow_mut().drain());
             if unrun.is_empty() {
                 return never_ran;
             }

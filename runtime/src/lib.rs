@@ -75,6 +75,7 @@ mod event_loop;
 mod executor;
 mod io;
 mod linger;
+mod local_timers;
 mod promise;
 mod registry;
 mod runtime;
