@@ -2101,15 +2101,17 @@ mod loom_tests {
         });
     }
 
-    /// A shutdown gives up a delivering task's future (`give_up_delivery`) while the stuck
-    /// loop comes unstuck and finishes the task: the deliverer is called exactly once, with
-    /// the output or the shutdown's error, and the other side's value is dropped.
-    #[test]
-    fn loom_a_deliverer_is_called_once_by_the_runner_or_the_shutdown() {
-        use super::{take_deliverer, Output};
+    /// How the deliverer models take a deliverer out of its slot.
+    type TakeDeliverer =
+        fn(&braid_bridge::sync::Mutex<super::Output<usize>>) -> Option<Box<super::Deliver<usize>>>;
+
+    /// The deliverer model's body: the runner and a shutdown both take the deliverer with
+    /// `take`, and call it if they got it.
+    fn deliverer_taken_by_the_runner_or_the_shutdown(take: TakeDeliverer) {
+        use super::Output;
         use braid_bridge::sync::atomic::{AtomicUsize, Ordering};
         use braid_bridge::sync::Mutex;
-        loom::model(|| {
+        loom::model(move || {
             // How many times it was called, and with what (1: the output, 2: the error).
             let calls = Arc::new(AtomicUsize::new(0));
             let got = Arc::new(AtomicUsize::new(0));
@@ -2123,10 +2125,10 @@ mod loom_tests {
             let slot = Arc::new(Mutex::new(Output::Deliver(Box::new(deliver))));
             let runner = {
                 let slot = slot.clone();
-                thread::spawn(move || take_deliverer(&slot).map(|deliver| deliver(Ok(1))))
+                thread::spawn(move || take(&slot).map(|deliver| deliver(Ok(1))))
             };
-            let shutdown = take_deliverer(&slot)
-                .map(|deliver| deliver(Err(braid_bridge::Error::cancelled(None))));
+            let shutdown =
+                take(&slot).map(|deliver| deliver(Err(braid_bridge::Error::cancelled(None))));
             let by_runner = runner.join().unwrap();
             assert_eq!(calls.load(Ordering::Relaxed), 1, "called exactly once");
             assert!(by_runner.is_some() != shutdown.is_some());
@@ -2134,5 +2136,34 @@ mod loom_tests {
             assert_eq!(got.load(Ordering::Relaxed), expected);
             assert!(matches!(*slot.lock(), Output::Empty));
         });
+    }
+
+    /// A shutdown gives up a delivering task's future (`give_up_delivery`) while the stuck
+    /// loop comes unstuck and finishes the task: the deliverer is called exactly once, with
+    /// the output or the shutdown's error, and the other side's value is dropped.
+    #[test]
+    fn loom_a_deliverer_is_called_once_by_the_runner_or_the_shutdown() {
+        deliverer_taken_by_the_runner_or_the_shutdown(super::take_deliverer);
+    }
+
+    /// The twin: a take that looks under the lock and takes under a second one lets both
+    /// sides see the deliverer; loom finds the run where the second side, counting on what
+    /// it saw, finds the slot empty. That is why `take_deliverer` swaps the slot in one lock.
+    #[test]
+    #[should_panic(expected = "taken between the look and the take")]
+    fn loom_deliverer_twin_looked_at_and_taken_in_two_locks_finds_it_gone() {
+        fn take_in_two_locks(
+            slot: &braid_bridge::sync::Mutex<super::Output<usize>>,
+        ) -> Option<Box<super::Deliver<usize>>> {
+            use super::Output;
+            if !matches!(*slot.lock(), Output::Deliver(_)) {
+                return None;
+            }
+            match std::mem::replace(&mut *slot.lock(), Output::Empty) {
+                Output::Deliver(deliver) => Some(deliver),
+                _ => panic!("the deliverer was taken between the look and the take"),
+            }
+        }
+        deliverer_taken_by_the_runner_or_the_shutdown(take_in_two_locks);
     }
 }
