@@ -17,7 +17,7 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{runtime, WAIT};
+use common::{assert_cancelled, runtime, WAIT};
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -1236,5 +1236,32 @@ fn request_coming_back_wakes_the_task_waiting_on_its_other_futures() {
         .result(Some(WAIT))
         .expect("the task was woken to deliver the request");
     assert_eq!(slept, Err(true), "the long sleep delivers the request");
+    rt.shutdown(WAIT).unwrap();
+}
+
+/// A task that awaits a task already done, with a cancel pending, gets that task's value: the
+/// await does not suspend (asyncio's await of a done task returns at once), so the request
+/// waits for the next await point, where it is delivered. It used to be delivered at this
+/// await instead, in place of the value.
+#[test]
+fn awaiting_a_task_already_done_gives_its_value_and_the_next_await_the_cancel() {
+    let rt = runtime(1);
+    let (value, next) = rt
+        .run_until_complete(async {
+            braid::create_task(async {
+                let done = braid::create_task(async { Ok(7) });
+                // One loop: the task queued ahead of us runs to its end before we resume.
+                braid::yield_now().await?;
+                assert!(done.done());
+                braid::current_task().unwrap().cancel();
+                let value = done.await;
+                let next = braid::yield_now().await;
+                Ok((value, next))
+            })
+            .await
+        })
+        .unwrap();
+    assert_eq!(value.unwrap(), 7);
+    assert_cancelled(&next);
     rt.shutdown(WAIT).unwrap();
 }

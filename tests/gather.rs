@@ -470,3 +470,28 @@ fn a_task_given_to_gather_is_used_as_is() {
 fn gather_outside_a_loop_panics() {
     let _never_built = braid::gather(vec![async { Ok::<i32, Error>(1) }]);
 }
+
+/// A task that awaits a gather whose children are all done, with a cancel pending, gets
+/// their values, and the request is delivered at its next await point (as for a `Task`: the
+/// values were thrown away before).
+#[test]
+fn awaiting_a_gather_whose_children_are_done_gives_their_values_and_the_next_await_the_cancel() {
+    let rt = runtime(1);
+    let (values, next) = rt
+        .run_until_complete(async {
+            braid::create_task(async {
+                let gathered = braid::gather([1, 2].map(|n| async move { Ok(n) }));
+                // One loop: the children queued ahead of us run to their end before we resume.
+                braid::yield_now().await?;
+                braid::current_task().unwrap().cancel();
+                let values = gathered.await;
+                let next = braid::yield_now().await;
+                Ok((values, next))
+            })
+            .await
+        })
+        .unwrap();
+    assert_eq!(values.unwrap(), [1, 2]);
+    assert_cancelled(&next);
+    rt.shutdown(WAIT).unwrap();
+}

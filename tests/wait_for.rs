@@ -13,7 +13,7 @@
 //! scenarios run on runtimes of 1, 2 and 4 loops.
 
 use braid::{Error, Promise, Task};
-use std::future::IntoFuture;
+use std::future::{Future, IntoFuture};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -428,4 +428,50 @@ fn cancel_racing_a_task_completion_is_never_lost() {
         }
         Ok(())
     });
+}
+
+/// A task that finishes on another loop just as `wait_for`'s deadline passes, after the
+/// timeout looked at it and found it running: its value is returned, not `Timeout`. The
+/// timeout's cancel reaches the task too late (it is done), so the task keeps its value, and
+/// `wait_for`, which owns the task's handle, returns it: nothing else could. Before, the
+/// handle's await took the refused request as its outcome and the value was dropped.
+#[test]
+fn a_task_finishing_as_the_deadline_passes_gives_its_value_not_a_timeout() {
+    let rt = runtime(2);
+    let outcome = rt
+        .run_until_complete(async {
+            braid::create_task(async {
+                let gate = braid::create_future::<()>();
+                let open = gate.clone();
+                let mut inner = braid::create_task(async move {
+                    gate.await?;
+                    Ok(7u32)
+                });
+                let inner_ref = inner.as_ref();
+                let delay = Duration::from_millis(20);
+                let deadline = Instant::now() + delay;
+                // At the timeout's look past the deadline, the inner task is let go and finishes
+                // on the other loop before the look returns Pending: the race, made certain.
+                let awaitable = std::future::poll_fn(move |cx| {
+                    let poll = std::pin::Pin::new(&mut inner).poll(cx);
+                    if poll.is_pending() && Instant::now() >= deadline && !open.done() {
+                        open.set_result(()).unwrap();
+                        let given_up = Instant::now() + WAIT;
+                        while !inner_ref.done() && Instant::now() < given_up {
+                            std::thread::yield_now();
+                        }
+                        assert!(
+                            inner_ref.done(),
+                            "the inner task did not finish on the other loop"
+                        );
+                    }
+                    poll
+                });
+                Ok(braid::wait_for(awaitable, Some(delay)).await)
+            })
+            .await
+        })
+        .unwrap();
+    assert_eq!(outcome.unwrap(), 7);
+    rt.shutdown(WAIT).unwrap();
 }

@@ -130,6 +130,18 @@ pub(crate) fn take_cancel() -> Option<Error> {
     with_current_header(|h| h.cancel.take_cancel()).flatten()
 }
 
+/// [`take_cancel`] for an await that passes the request on to its target, which may turn
+/// out to be done: [`put_back_cancel`] then returns the request as it was.
+#[inline]
+pub(crate) fn take_cancel_to_pass_on() -> Option<crate::task::cancel::TakenCancel> {
+    with_current_header(|h| h.cancel.take_cancel_to_pass_on()).flatten()
+}
+
+/// Returns a request [`take_cancel_to_pass_on`] took, which no target received.
+pub(crate) fn put_back_cancel(taken: crate::task::cancel::TakenCancel) {
+    with_current_header(|h| h.cancel.put_back(taken));
+}
+
 /// The cancellation point of a leaf future that waits on nothing a cancel could be passed
 /// on to (a socket, a timer, a lock): [`take_cancel`], and forgets any target the task
 /// registered earlier, in this poll or before. That is what it awaits now, so a later

@@ -249,20 +249,22 @@ impl<T: Send + 'static> GatherCore<T> {
         if self.finished {
             return Poll::Ready(Err(polled_after_completion("gather")));
         }
-        if let Some(cancel) = context::take_cancel() {
+        if let Some(taken) = context::take_cancel_to_pass_on() {
             // A request that reached us directly (made before we registered, or refused by
-            // every child because all are done): asyncio cancels the gather, and if no child
-            // accepts, the awaiter gets the Cancelled error itself.
-            let message = cancel.message().map(str::to_owned);
+            // every child because all are done): asyncio cancels the gather.
+            let message = taken.error().message().map(str::to_owned);
             let accepted =
                 crate::task::passing_on_from_current(|| self.shared.cancel(message.clone()));
-            if !accepted {
-                self.finish();
-                return Poll::Ready(Err(cancel));
+            if accepted {
+                // Passed on: it reaches us through the gather's outcome, or comes back if
+                // this future is dropped before that outcome is read.
+                self.registration.note_passed_on(message);
+            } else {
+                // Every child is done: their outcomes are ours, and the request waits for
+                // our next await point (as `Task`'s await does: the values are not thrown
+                // away).
+                context::put_back_cancel(taken);
             }
-            // Passed on: it reaches us through the gather's outcome, or comes back if this
-            // future is dropped before that outcome is read.
-            self.registration.note_passed_on(message);
         }
         self.ready.set_parent(cx.waker());
         while let Some(index) = self.ready.pop() {

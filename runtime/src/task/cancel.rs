@@ -113,6 +113,22 @@ struct PassedOn {
     end: Option<AwaitEnd>,
 }
 
+/// A request an await took to pass on to its target (`take_cancel_to_pass_on`), kept
+/// until the target answers: if the target was done, `put_back` returns it as it was.
+pub(crate) struct TakenCancel {
+    error: Error,
+    by_self: bool,
+    /// Its stamp (`Rare::undelivered`).
+    undelivered: u64,
+}
+
+impl TakenCancel {
+    /// The Cancelled error the request stands for.
+    pub(crate) fn error(&self) -> &Error {
+        &self.error
+    }
+}
+
 /// How a future stopped awaiting its target (a Task, a Promise, a gather).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum AwaitEnd {
@@ -591,6 +607,50 @@ impl CancelState {
         Some(Error::cancelled(rare.message.clone()))
     }
 
+    /// As [`take_cancel`](Self::take_cancel), for an await that passes the request on to
+    /// the target it awaits: also keeps what [`put_back`](Self::put_back) needs, should the
+    /// target turn out to be done already.
+    pub(crate) fn take_cancel_to_pass_on(&self) -> Option<TakenCancel> {
+        if !self.pending.load(Ordering::Acquire) {
+            return None;
+        }
+        let mut requests = self.requests.lock();
+        self.pending.store(false, Ordering::Relaxed);
+        if !requests.rare().must_cancel {
+            return None;
+        }
+        let rare = requests.rare_mut();
+        rare.must_cancel = false;
+        Some(TakenCancel {
+            error: Error::cancelled(rare.message.clone()),
+            by_self: std::mem::take(&mut rare.self_requested),
+            undelivered: rare.undelivered,
+        })
+    }
+
+    /// Undoes [`take_cancel_to_pass_on`](Self::take_cancel_to_pass_on): the target was
+    /// done, so the request reached nobody, and it waits for the task's next await point as
+    /// it was. Its stamp stays (a request that predates the step still turns a return into
+    /// a cancellation, and one that landed during the final step is still too late), as
+    /// does whether the task made it. Nothing is put back once `uncancel` withdrew every
+    /// request meanwhile; a request marked meanwhile keeps its own stamp and message.
+    pub(crate) fn put_back(&self, taken: TakenCancel) {
+        let mut requests = self.requests.lock();
+        let Some(rare) = requests.rare.as_deref_mut() else {
+            return; // a request was taken, so the box exists; nothing to do otherwise
+        };
+        if rare.count == 0 {
+            return;
+        }
+        // A request marked since the take bumped the stamp; the one put back is older, and
+        // the pending pair is as old as its oldest: a return in a step it predates is still
+        // turned into a cancellation (loom model `loom_cancel_put_back_*`).
+        rare.undelivered = taken.undelivered;
+        rare.must_cancel = true;
+        rare.self_requested |= taken.by_self;
+        self.pending.store(true, Ordering::Release);
+    }
+
     /// True at the first call only: the runner's, as its task's first step begins. The
     /// argument [`begin_step`](Self::begin_step) takes.
     #[inline]
@@ -925,10 +985,21 @@ mod loom_models {
         });
     }
 
+    /// What a model of `Task::poll`'s pass-on leaves out (a twin), if anything.
+    #[derive(Clone, Copy, PartialEq)]
+    enum PassOnFault {
+        None,
+        /// The note that the target accepted the request (`note_passed_on`).
+        NoNote,
+        /// Putting a request the target refused back (`put_back`).
+        NoPutBack,
+    }
+
     /// A has a request of its own pending when it awaits B (`Task::poll`): it takes the
-    /// request and passes it on to B, noting that it did (`note_passed_on`), while B runs
-    /// its last step on another loop. `note` false leaves the note out (the twin).
-    fn awaiter_passes_its_pending_cancel_on_while_the_awaited_task_finishes(note: bool) {
+    /// request and passes it on to B, noting that it did (`note_passed_on`), or, if B was
+    /// done and refused it, puts it back for A's next await point (`put_back`), while B runs
+    /// its last step on another loop.
+    fn awaiter_passes_its_pending_cancel_on_while_the_awaited_task_finishes(fault: PassOnFault) {
         loom::model(move || {
             let (a, b) = both_running();
             // Requested before A's await (A awaited nothing then): pending at A.
@@ -936,24 +1007,27 @@ mod loom_models {
 
             let b_runner = spawn_last_step(&b);
             // `Task::poll` of B's handle, in A.
-            let pending = a.cancel.take_cancel();
-            assert!(pending.is_some(), "A's own request is pending");
-            let delivered_at_poll = !request(&b.state, &b.cancel, None, false, true, || {});
-            if !delivered_at_poll && note {
-                a.cancel.note_passed_on(KEY, None);
+            let taken = a.cancel.take_cancel_to_pass_on();
+            let taken = taken.expect("A's own request is pending");
+            if request(&b.state, &b.cancel, None, false, true, || {}) {
+                if fault != PassOnFault::NoNote {
+                    a.cancel.note_passed_on(KEY, None);
+                }
+            } else if fault != PassOnFault::NoPutBack {
+                a.cancel.put_back(taken);
             }
             // A waits for B's completion (B's join wakes it), then the ready path.
             b_runner.join().unwrap();
             read_outcome(&a, &b);
 
-            assert_reached_exactly_one(&a, &b, delivered_at_poll);
+            assert_reached_exactly_one(&a, &b, false);
             assert_eq!(a.cancel.cancelling(), 1, "passing it on is no new request");
         });
     }
 
     #[test]
     fn loom_cancel_passed_on_by_the_awaiter_races_the_awaited_task_finishing() {
-        awaiter_passes_its_pending_cancel_on_while_the_awaited_task_finishes(true);
+        awaiter_passes_its_pending_cancel_on_while_the_awaited_task_finishes(PassOnFault::None);
     }
 
     /// Without the note, a request passed on to a task that finishes without seeing it is
@@ -961,7 +1035,70 @@ mod loom_models {
     #[test]
     #[should_panic(expected = "exactly one")]
     fn loom_cancel_twin_passed_on_without_the_note_loses_the_request() {
-        awaiter_passes_its_pending_cancel_on_while_the_awaited_task_finishes(false);
+        awaiter_passes_its_pending_cancel_on_while_the_awaited_task_finishes(PassOnFault::NoNote);
+    }
+
+    /// Without putting it back, a request that B refused, being done, is lost: the awaiter
+    /// took it to pass it on, and reads B's value.
+    #[test]
+    #[should_panic(expected = "exactly one")]
+    fn loom_cancel_twin_refused_and_not_put_back_loses_the_request() {
+        awaiter_passes_its_pending_cancel_on_while_the_awaited_task_finishes(
+            PassOnFault::NoPutBack,
+        );
+    }
+
+    /// A request pending before A's step is taken at A's await of a done target and put
+    /// back, while another thread makes a second request: A's return in that step is still
+    /// turned into a cancellation, whether the second request landed before the take,
+    /// between the take and the put-back (it then bumped the stamp: the put-back restores
+    /// the older one), or after.
+    #[test]
+    fn loom_cancel_put_back_keeps_the_stamp_of_a_request_that_predates_the_step() {
+        loom::model(|| {
+            let a = ModelTask::new();
+            assert!(request(&a.state, &a.cancel, None, false, true, || {}));
+            assert_eq!(a.state.start_run(), RunAction::Poll);
+            let step = a.cancel.begin_step(false);
+            let second = {
+                let a = a.clone();
+                thread::spawn(move || request(&a.state, &a.cancel, None, false, true, || {}))
+            };
+            if let Some(taken) = a.cancel.take_cancel_to_pass_on() {
+                a.cancel.put_back(taken);
+            }
+            let outcome = a.cancel.step_outcome(&step, Ok(()));
+            assert!(second.join().unwrap());
+            assert!(
+                outcome.is_err_and(|e| e.is_cancelled()),
+                "a request that predates the step was undelivered at its return"
+            );
+            assert_eq!(a.cancel.cancelling(), 2);
+        });
+    }
+
+    /// `uncancel` on another thread withdraws A's only request while A's await has it taken
+    /// (to pass on to a target that turns out done): the put-back must not bring it back.
+    #[test]
+    fn loom_cancel_put_back_never_revives_a_withdrawn_request() {
+        loom::model(|| {
+            let a = ModelTask::new();
+            assert!(request(&a.state, &a.cancel, None, false, true, || {}));
+            assert_eq!(a.state.start_run(), RunAction::Poll);
+            let uncanceller = {
+                let a = a.clone();
+                thread::spawn(move || a.cancel.uncancel())
+            };
+            if let Some(taken) = a.cancel.take_cancel_to_pass_on() {
+                a.cancel.put_back(taken);
+            }
+            assert_eq!(uncanceller.join().unwrap(), 0);
+            assert!(
+                a.cancel.take_cancel().is_none(),
+                "a withdrawn request came back"
+            );
+            assert_eq!(a.cancel.cancelling(), 0);
+        });
     }
 
     use crate::sync::loom_support::{ABANDON_AS_READ, PLAIN_DONE_READ, SKIP_RECLAIM};

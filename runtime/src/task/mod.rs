@@ -627,7 +627,10 @@ pub(crate) fn request_cancel(raw: &TaskPtr, message: Option<String>) -> bool {
 /// # Cancel safety
 ///
 /// Dropping the `Task` future never cancels the task; cancelling the task that awaits it does
-/// (as asyncio cancels the awaited task).
+/// (as asyncio cancels the awaited task). Awaiting a task that is already done gives its
+/// outcome even while a cancel of the awaiting task is pending: that request is delivered
+/// at the next await point instead (asyncio's await of a done task does not suspend), so
+/// a value the task returned is never traded for the request.
 pub struct Task<T> {
     raw: JoinPtr<T>,
     /// This handle as what the awaiting task awaits (for cancel propagation).
@@ -907,7 +910,9 @@ impl<T: 'static> Future for Task<T> {
         let mut awaits_itself = false;
         let pending = crate::context::with_current_header(|me| {
             awaits_itself = std::ptr::eq(me, target);
-            (!awaits_itself).then(|| me.cancel.take_cancel()).flatten()
+            (!awaits_itself)
+                .then(|| me.cancel.take_cancel_to_pass_on())
+                .flatten()
         })
         .flatten();
         if awaits_itself {
@@ -919,21 +924,24 @@ impl<T: 'static> Future for Task<T> {
                 format!("{} cannot await itself", target.name()),
             )));
         }
-        if let Some(cancel) = pending {
+        if let Some(taken) = pending {
             // A request pending as we await: asyncio cancels the awaited task and waits for
-            // it to finish (its outcome becomes ours). If it is already done, the request is
-            // delivered here. We are on the chain of tasks passing it on, so that a target
-            // awaiting us (a cycle) does not send it back round.
-            let message = cancel.message().map(str::to_owned);
+            // it to finish (its outcome becomes ours). We are on the chain of tasks passing
+            // it on, so that a target awaiting us (a cycle) does not send it back round.
+            let message = taken.error().message().map(str::to_owned);
             let accepted =
                 passing_on_from_current(|| request_cancel(this.raw.task(), message.clone()));
-            if !accepted {
-                // The awaited task is done: this error is our outcome instead of its.
-                let target = this.raw.task().header();
-                this.registration.end_read(|| target.missed_cancel());
-                return Poll::Ready(Err(cancel));
+            if accepted {
+                this.registration.note_passed_on(message);
+            } else {
+                // The awaited task is done (or finished as the request travelled), so the
+                // request reached nobody. Its outcome is still ours, and the request waits
+                // for our next await point: as when it refuses a request made while we await
+                // it, and as asyncio's await of a done task, which does not suspend. Handing
+                // the request over instead threw away a value the task had returned (a
+                // `wait_for` whose deadline came as the task finished on another loop).
+                crate::context::put_back_cancel(taken);
             }
-            this.registration.note_passed_on(message);
         }
         match this.raw.poll_join(cx) {
             Poll::Ready(output) => {
