@@ -13,7 +13,7 @@
 //! that they move between loops.
 
 use braid::{Error, ErrorKind, Task, TaskGroup};
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
@@ -783,4 +783,73 @@ fn a_failing_child_leaves_no_stray_cancel_on_the_parent() {
         strays.first()
     );
     rt.shutdown(WAIT).unwrap();
+}
+
+/// A body that cancels its own task and returns, with no child left: the group keeps the
+/// body's value, and the request is delivered at the task's next await point. asyncio's
+/// `__aexit__` awaits only while children are live, so it does not see the request; the group
+/// took it, and turned the value into Cancelled.
+#[test]
+fn a_group_with_no_child_left_keeps_the_bodys_value_and_the_next_await_gets_the_cancel() {
+    on_loops(&[1, 2], || async {
+        let (value, next) = braid::create_task(async {
+            let value = braid::task_group(|group| async move {
+                group.create_task(async { Ok(()) }).await?;
+                braid::current_task().unwrap().cancel();
+                Ok(5)
+            })
+            .await;
+            let next = braid::yield_now().await;
+            Ok((value, next))
+        })
+        .await?;
+        assert_eq!(value?, 5);
+        assert_cancelled(&next);
+        Ok(())
+    });
+}
+
+/// A group dropped after a child's failure cancelled its task (a select whose other branch
+/// won) withdraws that cancel: `cancelling()` comes back to 0, and the task's next group, and
+/// its awaits after it, see no stray request. Before, nothing withdrew it: `cancelling()`
+/// stayed at 1, so the next failing group's exit re-armed a cancel, which the await after it
+/// received.
+#[test]
+fn a_group_dropped_after_a_child_failed_withdraws_the_cancel_of_its_task() {
+    on_loops(&[1, 2], || async {
+        braid::create_task(async {
+            let group = Box::pin(braid::task_group(|group| async move {
+                group.create_task(async {
+                    braid::yield_now().await?;
+                    Err::<(), _>(Error::msg("boom"))
+                });
+                braid::sleep(LONG).await
+            }));
+            // Never set: it ends only by receiving the cancel the failing child makes.
+            let other = braid::create_future::<()>().into_future();
+            let first = match futures::future::select(other, group).await {
+                futures::future::Either::Left((outcome, _dropped_group)) => outcome,
+                futures::future::Either::Right((outcome, _)) => {
+                    panic!("the group ended first: {outcome:?}")
+                }
+            };
+            // Delivered before the group was dropped: that cannot be taken back.
+            assert_cancelled(&first);
+            let me = braid::current_task().unwrap();
+            assert_eq!(
+                me.cancelling(),
+                0,
+                "the dropped group's cancel was not withdrawn"
+            );
+            let later = braid::task_group(|group| async move {
+                group.create_task(async { Err::<(), _>(Error::msg("boom2")) });
+                braid::sleep(LONG).await
+            })
+            .await;
+            assert_eq!(later.unwrap_err().kind(), ErrorKind::Group);
+            assert_eq!(me.cancelling(), 0);
+            braid::yield_now().await
+        })
+        .await
+    });
 }

@@ -52,6 +52,11 @@ struct GroupState {
     aborting: bool,
     /// The group cancelled its parent itself (and must `uncancel` it on exit).
     parent_cancel_requested: bool,
+    /// The child that set `parent_cancel_requested` has not made the cancel yet: a
+    /// `TaskGroupRun` dropped meanwhile leaves the withdrawal to that child.
+    parent_cancel_in_flight: bool,
+    /// The `TaskGroupRun` was dropped before it finished (see its `Drop`).
+    dropped: bool,
     live: HashMap<TaskId, TaskRef>,
     /// Every child error, in the order the children failed.
     errors: Vec<Error>,
@@ -158,6 +163,7 @@ impl GroupShared {
                 cancel_children = state.abort();
                 if let Some(parent) = &self.parent {
                     state.parent_cancel_requested = true;
+                    state.parent_cancel_in_flight = true;
                     cancel_parent = Some(parent.clone());
                 }
             }
@@ -176,12 +182,24 @@ impl GroupShared {
         // nothing yet to withdraw; the parent's cancel then landed after the group, a stray
         // Cancelled in the code that follows it. It leaves even if a cancel panics (a
         // waker's `wake`): the body must not wait for good for a child that is done.
-        let _leave = LeaveOnDrop { group: self, child };
+        let _leave = LeaveOnDrop {
+            group: self,
+            child,
+            made_parent_cancel: cancel_parent.is_some(),
+        };
         for child in cancel_children {
             child.cancel();
         }
         if let Some(parent) = cancel_parent {
             parent.cancel();
+        }
+    }
+
+    /// Takes back the cancel of the parent that a child's failure made, for a group dropped
+    /// before its exit could (see `TaskGroupRun`'s `Drop`).
+    fn withdraw_parent_cancel(&self) {
+        if let Some(parent) = &self.parent {
+            parent.uncancel();
         }
     }
 
@@ -199,11 +217,25 @@ impl GroupShared {
 struct LeaveOnDrop<'a> {
     group: &'a GroupShared,
     child: &'a TaskRef,
+    /// This child cancelled the parent: if the group was dropped meanwhile, it withdraws it.
+    made_parent_cancel: bool,
 }
 
 impl Drop for LeaveOnDrop<'_> {
     fn drop(&mut self) {
-        let waker = self.group.state.lock().leave(self.child);
+        let (waker, withdraw) = {
+            let mut state = self.group.state.lock();
+            let waker = state.leave(self.child);
+            let mut withdraw = false;
+            if self.made_parent_cancel {
+                state.parent_cancel_in_flight = false;
+                withdraw = state.dropped && std::mem::take(&mut state.parent_cancel_requested);
+            }
+            (waker, withdraw)
+        };
+        if withdraw {
+            self.group.withdraw_parent_cancel();
+        }
         if let Some(waker) = waker {
             waker.wake();
         }
@@ -381,6 +413,13 @@ impl<B, Fut, T> TaskGroupRun<B, Fut, T> {
     /// Waits for the children; a cancel of our task meanwhile aborts the group.
     fn poll_children_done(&mut self, cx: &mut Context<'_>) -> bool {
         let shared = self.shared().clone();
+        if shared.state.lock().live.is_empty() {
+            // asyncio's `__aexit__` awaits only while children are live: with none, a
+            // request pending now is not delivered here but at the task's next await point,
+            // and the body's value stands. Taking it turned that value into Cancelled.
+            context::clear_awaiting(None);
+            return true;
+        }
         if let Some(cancel) = context::take_cancel() {
             let aborting = shared.state.lock().aborting;
             if !aborting {
@@ -462,10 +501,23 @@ impl<B, Fut, T> TaskGroupRun<B, Fut, T> {
 
 impl<B, Fut, T> Drop for TaskGroupRun<B, Fut, T> {
     fn drop(&mut self) {
-        if !matches!(self.step, Step::Done) {
-            if let Some(group) = &self.group {
-                group.shared.abort();
-            }
+        if matches!(self.step, Step::Done) {
+            return;
+        }
+        let Some(group) = &self.group else { return };
+        group.shared.abort();
+        // A child's failure cancelled our task, and only `finish` takes that back: dropped
+        // before it (a select whose other branch won), the group withdraws it here, so that
+        // it does not cancel what the task does next and `cancelling()` comes back down; or
+        // the child withdraws it once made, if it is still being made. A request already
+        // delivered to another await of the task cannot be taken back.
+        let withdraw = {
+            let mut state = group.shared.state.lock();
+            state.dropped = true;
+            !state.parent_cancel_in_flight && std::mem::take(&mut state.parent_cancel_requested)
+        };
+        if withdraw {
+            group.shared.withdraw_parent_cancel();
         }
     }
 }
