@@ -2,8 +2,9 @@
 //! `max_workers`, idle threads leaving after the keep-alive, `submit` / `map` / `shutdown(wait,
 //! cancel_futures)`, cancelling queued and running jobs, panicking jobs, thread names, submission
 //! after shutdown, the bounded queue (`try_submit` -> `PoolFull`, blocking `submit`,
-//! `submit_async`), a thread that cannot be spawned, and `Executor::execute`. Scenarios follow
-//! CPython's `Lib/test/test_concurrent_futures` (`test_thread_pool.py`, `executor.py`,
+//! `submit_async`), a thread that cannot be spawned, `Executor::execute`, panics dropping a job's
+//! value or captures, and `shutdown_timeout` from jobs. Scenarios follow CPython's
+//! `Lib/test/test_concurrent_futures` (`test_thread_pool.py`, `executor.py`,
 //! `test_shutdown.py`); each test names the one it follows where one applies.
 
 use braid::bridge::{CancelOutcome, ConcurrentFuture, ErrorKind, Executor, PoolFull, ThreadPool};
@@ -590,4 +591,171 @@ fn a_second_concurrent_shutdown_with_wait_waits_too() {
     assert_eq!(pool.worker_count(), 0);
     first.join().unwrap();
     second.join().unwrap();
+}
+
+/// Panics when dropped (unless already unwinding): a job's value or capture whose drop runs
+/// user code after the job's own catch.
+struct PanicsOnDrop;
+
+impl Drop for PanicsOnDrop {
+    fn drop(&mut self) {
+        if !thread::panicking() {
+            panic!("PanicsOnDrop dropped (expected by the test)");
+        }
+    }
+}
+
+/// A value whose drop panics, dropped on the worker because every handle of its future is
+/// gone, is caught (and reported): the thread lives on, still counted, and runs later jobs,
+/// and shutdown returns. The panic ended the pool's only thread, which stayed counted, so
+/// no later job ever ran and `shutdown(true, _)` hung.
+#[test]
+fn a_panic_dropping_an_unwanted_value_leaves_the_thread_running_later_jobs() {
+    let pool = ThreadPool::new(1);
+    let worker = pool.submit(|| thread::current().id());
+    let worker = worker.result(Some(WAIT)).unwrap();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    // The job returns only once its future is dropped, so its value is dropped on the worker.
+    drop(pool.submit(move || {
+        go_rx.recv().unwrap();
+        PanicsOnDrop
+    }));
+    go_tx.send(()).unwrap();
+    let later = pool.submit(|| thread::current().id());
+    assert_eq!(later.result(Some(WAIT)).unwrap(), worker);
+    assert_eq!(pool.worker_count(), 1);
+    pool.shutdown(true, false);
+    assert_eq!(pool.worker_count(), 0);
+}
+
+/// A cancelled queued job's captures are dropped on the worker that skips it; a panic in
+/// their drop is caught (and reported), and that thread runs the jobs after it.
+#[test]
+fn a_panic_dropping_a_cancelled_jobs_captures_leaves_the_thread_running_later_jobs() {
+    let pool = ThreadPool::new(1);
+    let worker = pool.submit(|| thread::current().id());
+    let worker = worker.result(Some(WAIT)).unwrap();
+    let (blocker, release) = block_one(&pool);
+    let guard = PanicsOnDrop;
+    let cancelled = pool.submit(move || {
+        let _guard = &guard;
+    });
+    let later = pool.submit(|| thread::current().id());
+    assert!(cancelled.cancel());
+    release.send(()).unwrap();
+    blocker.result(Some(WAIT)).unwrap();
+    assert_eq!(later.result(Some(WAIT)).unwrap(), worker);
+    assert!(cancelled.cancelled());
+    assert_eq!(pool.worker_count(), 1);
+    pool.shutdown(true, false);
+    assert_eq!(pool.worker_count(), 0);
+}
+
+/// `shutdown(cancel_futures)` cancels every queued job even when dropping one's captures
+/// panics: the panic is caught (and reported), not unwound out of `shutdown`, and the jobs
+/// queued after it are cancelled too.
+#[test]
+fn shutdown_cancel_futures_cancels_every_queued_job_when_a_capture_panics_on_drop() {
+    let pool = ThreadPool::new(1);
+    let (blocker, release) = block_one(&pool);
+    let guard = PanicsOnDrop;
+    let first = pool.submit(move || {
+        let _guard = &guard;
+    });
+    let second = pool.submit(|| ());
+    pool.shutdown(false, true);
+    assert!(first.cancelled());
+    assert!(second.cancelled());
+    release.send(()).unwrap();
+    blocker.result(Some(WAIT)).unwrap();
+    pool.shutdown(true, false);
+    assert_eq!(pool.worker_count(), 0);
+}
+
+/// `SubmitAsync` is `Send + Sync` when its value is `Send` (API.md: every future braid
+/// returns is), whatever its job captures: checked at compile time, then awaited. It held
+/// its job as a bare `Box<dyn FnOnce + Send>`, so it was not `Sync`.
+#[test]
+fn submit_async_is_send_and_sync_when_its_value_is_send() {
+    fn assert_send_sync<T: Send + Sync>(_: &T) {}
+    let pool = ThreadPool::builder().queue_capacity(1).build().unwrap();
+    // Send, not Sync: as the job's capture and as its value.
+    let not_sync = std::cell::Cell::new(2u8);
+    let queued = pool.submit_async(move || std::cell::Cell::new(not_sync.get() + 1));
+    assert_send_sync(&queued);
+    let job = futures::executor::block_on(queued).unwrap();
+    assert_eq!(job.result(Some(WAIT)).unwrap().get(), 3);
+    pool.shutdown(true, false);
+}
+
+/// Two jobs of one pool that both call `shutdown_timeout(_, Duration::MAX)` both return
+/// true: a job's call does not wait for the threads of jobs waiting in it too. Each waited
+/// for the other's thread, for good.
+#[test]
+fn two_jobs_calling_shutdown_timeout_without_a_limit_both_return() {
+    let pool = Arc::new(ThreadPool::new(2));
+    let both_running = Arc::new(Barrier::new(2));
+    let jobs: Vec<_> = (0..2)
+        .map(|_| {
+            let (pool2, both_running) = (pool.clone(), both_running.clone());
+            pool.submit(move || {
+                both_running.wait();
+                pool2.shutdown_timeout(false, Duration::MAX)
+            })
+        })
+        .collect();
+    for job in jobs {
+        let all_left = job
+            .result(Some(WAIT))
+            .expect("the job's shutdown_timeout returned");
+        assert!(
+            all_left,
+            "shutdown_timeout returned false with no time limit"
+        );
+    }
+    pool.shutdown(true, false);
+    assert_eq!(pool.worker_count(), 0);
+}
+
+/// From jobs, `shutdown_timeout` waits for every sibling thread except those of jobs waiting
+/// in it too: two jobs in it time out while a third, busy job's thread is there, and, with no
+/// limit, both return true once that thread has left.
+#[test]
+fn jobs_in_shutdown_timeout_wait_for_a_busy_sibling_but_not_for_each_other() {
+    let pool = Arc::new(ThreadPool::new(3));
+    let (blocker, release) = block_one(&pool);
+    let both_running = Arc::new(Barrier::new(2));
+    let (limited_tx, limited_rx) = mpsc::channel();
+    let jobs: Vec<_> = (0..2)
+        .map(|_| {
+            let (pool2, both_running) = (pool.clone(), both_running.clone());
+            let limited_tx = limited_tx.clone();
+            pool.submit(move || {
+                both_running.wait();
+                // The blocker runs until both of these have been reported.
+                let all_left = pool2.shutdown_timeout(false, Duration::from_millis(50));
+                limited_tx.send(all_left).unwrap();
+                pool2.shutdown_timeout(false, Duration::MAX)
+            })
+        })
+        .collect();
+    for _ in 0..2 {
+        let all_left = limited_rx
+            .recv_timeout(WAIT)
+            .expect("a limited wait returned");
+        assert!(!all_left, "true while the busy sibling's thread was there");
+    }
+    release.send(()).unwrap();
+    for job in jobs {
+        let all_left = job
+            .result(Some(WAIT))
+            .expect("the job's shutdown_timeout returned");
+        assert!(
+            all_left,
+            "shutdown_timeout returned false with no time limit"
+        );
+    }
+    blocker.result(Some(WAIT)).unwrap();
+    pool.shutdown(true, false);
+    assert_eq!(pool.worker_count(), 0);
 }

@@ -11,6 +11,11 @@
 //! takes the claim; one woken by its keep-alive deadline with no claim leaves. So a job is
 //! never queued with every worker asleep and unclaimed, and a claim is never lost. The loom
 //! model `tests/loom_pool.rs` checks hand-off racing shutdown.
+//!
+//! Every call of a job goes through `call_job`, which catches a panic escaping it: a job
+//! catches its own body's panic, but dropping its value (when every handle of its future is
+//! gone) or its captures (when it was cancelled) runs user code after that catch. On a
+//! worker, an uncaught one would end the thread without counting it out.
 
 use crate::future::{Completer, ConcurrentFuture};
 use crate::sync::thread::{self, JoinHandle};
@@ -126,6 +131,9 @@ struct State {
     next_id: usize,
     blocked_submitters: usize,
     room_wakers: Vec<Waker>,
+    /// Workers whose jobs are waiting in `shutdown_timeout` right now: what such a caller
+    /// does not wait for.
+    jobs_in_shutdown: usize,
 }
 
 struct Shared {
@@ -269,6 +277,7 @@ impl ThreadPoolBuilder {
                     next_id: 0,
                     blocked_submitters: 0,
                     room_wakers: Vec::new(),
+                    jobs_in_shutdown: 0,
                 }),
                 work: Condvar::new(),
                 room: Condvar::new(),
@@ -392,7 +401,7 @@ impl ThreadPool {
             }
         }
         if let Err((job, error)) = Shared::enqueue(&self.shared, st, job) {
-            job(Mode::Fail(error));
+            call_job(job, Mode::Fail(error));
         }
         fut
     }
@@ -418,7 +427,7 @@ impl ThreadPool {
         match Shared::enqueue(&self.shared, st, job) {
             Ok(()) => Ok(fut),
             Err((job, error)) => {
-                job(Mode::Fail(error.clone()));
+                call_job(job, Mode::Fail(error.clone()));
                 Err(error)
             }
         }
@@ -441,7 +450,7 @@ impl ThreadPool {
         let (fut, job) = job_for(f);
         SubmitAsync {
             shared: self.shared.clone(),
-            job: Some(job),
+            job: std::sync::Mutex::new(Some(job)),
             fut: Some(fut),
         }
     }
@@ -505,19 +514,56 @@ impl ThreadPool {
     /// Shuts down (as [`shutdown`](ThreadPool::shutdown) without waiting) and waits at most
     /// `timeout` for the threads to leave; returns true if they all did (and were joined).
     ///
+    /// Called from a job of this pool, it cannot wait for its own thread, nor for the
+    /// threads of the pool's other jobs that are waiting in `shutdown_timeout` at that moment
+    /// (each would wait for the other for good): it waits for the rest, and returns true once
+    /// only those threads are left. A thread whose job returned from this call counts again
+    /// for a sibling still waiting. (`shutdown(true, _)` from a job does not wait at all.)
+    ///
     /// ```
     /// use std::time::Duration;
     /// let pool = braid_bridge::ThreadPool::new(1);
     /// pool.submit(|| ());
     /// assert!(pool.shutdown_timeout(true, Duration::from_secs(5)));
     /// ```
+    ///
+    /// From jobs of the pool, each waiting for the other's thread without end:
+    ///
+    /// ```
+    /// use std::sync::{Arc, Barrier};
+    /// use std::time::Duration;
+    /// let pool = Arc::new(braid_bridge::ThreadPool::new(2));
+    /// let both_running = Arc::new(Barrier::new(2));
+    /// let jobs: Vec<_> = (0..2)
+    ///     .map(|_| {
+    ///         let (pool2, both_running) = (pool.clone(), both_running.clone());
+    ///         pool.submit(move || {
+    ///             both_running.wait();
+    ///             pool2.shutdown_timeout(false, Duration::MAX)
+    ///         })
+    ///     })
+    ///     .collect();
+    /// for job in jobs {
+    ///     let all_left = job.result(Some(Duration::from_secs(5))).unwrap();
+    ///     assert!(all_left, "only the other waiting job's thread was left");
+    /// }
+    /// ```
     pub fn shutdown_timeout(&self, cancel_futures: bool, timeout: Duration) -> bool {
         let _ = self.shared.begin_shutdown(cancel_futures, false);
         let deadline = Instant::now().checked_add(timeout);
-        let me = WORKER_OF_POOL.with(Cell::get) == self.shared.pool_id;
+        let in_a_job = WORKER_OF_POOL.with(Cell::get) == self.shared.pool_id;
         let mut st = self.shared.state.lock();
-        let target = usize::from(me);
-        while st.workers > target {
+        if in_a_job {
+            st.jobs_in_shutdown += 1;
+            // Siblings waiting here now have one thread fewer to wait for.
+            self.shared.room.notify_all();
+        }
+        let all_left = loop {
+            // Re-read after every wait: siblings come and go.
+            let target = if in_a_job { st.jobs_in_shutdown } else { 0 };
+            if st.workers <= target {
+                break true;
+            }
             let timed_out = match deadline {
                 Some(d) => self.shared.room.wait_until(&mut st, d),
                 None => {
@@ -525,9 +571,16 @@ impl ThreadPool {
                     false
                 }
             };
+            let target = if in_a_job { st.jobs_in_shutdown } else { 0 };
             if timed_out && st.workers > target {
-                return false;
+                break false;
             }
+        };
+        if in_a_job {
+            st.jobs_in_shutdown -= 1;
+        }
+        if !all_left {
+            return false;
         }
         let handles: Vec<_> = std::mem::take(&mut st.exited);
         drop(st);
@@ -613,7 +666,7 @@ impl Shared {
                 for w in wakers {
                     w.wake();
                 }
-                job(Mode::Run);
+                call_job(job, Mode::Run);
                 st = pool.state.lock();
                 continue;
             }
@@ -686,12 +739,29 @@ impl Shared {
         for w in wakers {
             w.wake();
         }
+        // One by one through `call_job`: a panic dropping one job's captures must not leave
+        // the others unfailed, nor unwind out of `shutdown`.
         for job in cancelled {
-            job(Mode::Fail(Error::cancelled(Some(
-                "the thread pool shut down".to_owned(),
-            ))));
+            call_job(
+                job,
+                Mode::Fail(Error::cancelled(Some(
+                    "the thread pool shut down".to_owned(),
+                ))),
+            );
         }
         handles
+    }
+}
+
+/// Calls `job` with `mode`, catching and reporting a panic that escapes it (see the module
+/// docs): it comes from dropping the job's value or captures, after the job's own catch, when
+/// its future is settled or has no handle left, so stderr is the only place left to tell.
+fn call_job(job: Job, mode: Mode) {
+    if let Err(payload) = catch_unwind(AssertUnwindSafe(move || job(mode))) {
+        crate::report_to_stderr(format_args!(
+            "braid: dropping a ThreadPool job's value or captures panicked: {}",
+            Error::from_panic(payload)
+        ));
     }
 }
 
@@ -782,7 +852,10 @@ impl fmt::Debug for ThreadPool {
 #[must_use = "futures do nothing unless you `.await` them"]
 pub struct SubmitAsync<T> {
     shared: Arc<Shared>,
-    job: Option<Job>,
+    /// In a mutex only so that `SubmitAsync` is `Sync` (a `Job` is `Send`, not `Sync`)
+    /// without `unsafe`: it is reached through `get_mut` alone, never locked, so std's mutex
+    /// (not the loom shim's: this synchronises nothing) costs nothing here.
+    job: std::sync::Mutex<Option<Job>>,
     fut: Option<ConcurrentFuture<T>>,
 }
 
@@ -790,7 +863,7 @@ impl<T: Send + 'static> Future for SubmitAsync<T> {
     type Output = Result<ConcurrentFuture<T>>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let Some(job) = self.job.take() else {
+        let Some(job) = self.job_slot().take() else {
             return Poll::Ready(Err(Error::new(
                 ErrorKind::InvalidState,
                 "polled after completion",
@@ -804,7 +877,7 @@ impl<T: Send + 'static> Future for SubmitAsync<T> {
                     st.room_wakers.push(cx.waker().clone());
                 }
                 drop(st);
-                self.job = Some(job);
+                *self.job_slot() = Some(job);
                 return Poll::Pending;
             }
         }
@@ -812,17 +885,28 @@ impl<T: Send + 'static> Future for SubmitAsync<T> {
         match Shared::enqueue(&shared, st, job) {
             Ok(()) => Poll::Ready(Ok(fut)),
             Err((job, error)) => {
-                job(Mode::Fail(error.clone()));
+                call_job(job, Mode::Fail(error.clone()));
                 Poll::Ready(Err(error))
             }
         }
     }
 }
 
+impl<T> SubmitAsync<T> {
+    /// The job, until it is queued or failed.
+    fn job_slot(&mut self) -> &mut Option<Job> {
+        // Never locked, so never poisoned; `into_inner` only spells that out.
+        self.job
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 impl<T> fmt::Debug for SubmitAsync<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The job and its future leave together, when the job is queued or failed.
         f.debug_struct("SubmitAsync")
-            .field("queued", &self.job.is_none())
+            .field("queued", &self.fut.is_none())
             .finish()
     }
 }
