@@ -50,13 +50,8 @@ struct GroupState {
     /// A child failed, the body failed, or the group was cancelled: the children are being
     /// cancelled and no new one may start.
     aborting: bool,
-    /// The group cancelled its parent itself (and must `uncancel` it on exit).
-    parent_cancel_requested: bool,
-    /// The child that set `parent_cancel_requested` has not made the cancel yet: a
-    /// `TaskGroupRun` dropped meanwhile leaves the withdrawal to that child.
-    parent_cancel_in_flight: bool,
-    /// The `TaskGroupRun` was dropped before it finished (see its `Drop`).
-    dropped: bool,
+    /// The group's own cancel of its parent task, and who withdraws it.
+    parent_cancel: ParentCancel,
     live: HashMap<TaskId, TaskRef>,
     /// Every child error, in the order the children failed.
     errors: Vec<Error>,
@@ -157,13 +152,12 @@ impl GroupShared {
         if let Some(error) = failure.filter(|_| !child.cancelled()) {
             // The group reports it (the child was quieted at creation).
             state.errors.push(error.clone());
-            if !state.aborting && !state.parent_cancel_requested {
+            if !state.aborting && !state.parent_cancel.requested {
                 // Abort the group and cancel the body where it awaits, to be uncancelled
                 // on exit (the parent is not being cancelled by anyone else).
                 cancel_children = state.abort();
                 if let Some(parent) = &self.parent {
-                    state.parent_cancel_requested = true;
-                    state.parent_cancel_in_flight = true;
+                    state.parent_cancel.request();
                     cancel_parent = Some(parent.clone());
                 }
             }
@@ -226,11 +220,7 @@ impl Drop for LeaveOnDrop<'_> {
         let (waker, withdraw) = {
             let mut state = self.group.state.lock();
             let waker = state.leave(self.child);
-            let mut withdraw = false;
-            if self.made_parent_cancel {
-                state.parent_cancel_in_flight = false;
-                withdraw = state.dropped && std::mem::take(&mut state.parent_cancel_requested);
-            }
+            let withdraw = self.made_parent_cancel && state.parent_cancel.made();
             (waker, withdraw)
         };
         if withdraw {
@@ -239,6 +229,50 @@ impl Drop for LeaveOnDrop<'_> {
         if let Some(waker) = waker {
             waker.wake();
         }
+    }
+}
+
+/// The group's own cancel of its parent (asyncio's `_parent_cancel_requested`), made by the
+/// first child to fail and withdrawn (`uncancel`) by the group's exit, or, for a group future
+/// dropped before its exit, by that drop or, if the cancel is still being made then, by the
+/// child making it once made. Kept under the group's lock; loom model
+/// `loom_group_dropped_while_a_child_cancels_the_parent_*`.
+#[derive(Default)]
+struct ParentCancel {
+    /// The group cancelled (or is cancelling) its parent and has not withdrawn it.
+    requested: bool,
+    /// The child that requested it has not made the cancel yet.
+    in_flight: bool,
+    /// The group's future was dropped before its exit.
+    run_dropped: bool,
+}
+
+impl ParentCancel {
+    /// A failing child is about to cancel the parent (it calls [`made`](Self::made) after).
+    fn request(&mut self) {
+        self.requested = true;
+        self.in_flight = true;
+    }
+
+    /// The child made the cancel: true if it must withdraw it now (the group's future was
+    /// dropped meanwhile, leaving that to it).
+    fn made(&mut self) -> bool {
+        self.in_flight = false;
+        self.run_dropped && std::mem::take(&mut self.requested)
+    }
+
+    /// The group's future is dropped before its exit: true if the dropper must withdraw the
+    /// cancel now. Not while it is being made: withdrawn before it is made, it would land
+    /// after, for good.
+    fn run_dropped(&mut self) -> bool {
+        self.run_dropped = true;
+        #[cfg(loom)]
+        if crate::sync::loom_support::GROUP_WITHDRAWS_IN_FLIGHT
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return std::mem::take(&mut self.requested);
+        }
+        !self.in_flight && std::mem::take(&mut self.requested)
     }
 }
 
@@ -448,7 +482,7 @@ impl<B, Fut, T> TaskGroupRun<B, Fut, T> {
         let (parent_cancel_requested, mut errors) = {
             let mut state = shared.state.lock();
             (
-                state.parent_cancel_requested,
+                state.parent_cancel.requested,
                 std::mem::take(&mut state.errors),
             )
         };
@@ -511,11 +545,7 @@ impl<B, Fut, T> Drop for TaskGroupRun<B, Fut, T> {
         // it does not cancel what the task does next and `cancelling()` comes back down; or
         // the child withdraws it once made, if it is still being made. A request already
         // delivered to another await of the task cannot be taken back.
-        let withdraw = {
-            let mut state = group.shared.state.lock();
-            state.dropped = true;
-            !state.parent_cancel_in_flight && std::mem::take(&mut state.parent_cancel_requested)
-        };
+        let withdraw = group.shared.state.lock().parent_cancel.run_dropped();
         if withdraw {
             group.shared.withdraw_parent_cancel();
         }
@@ -571,5 +601,76 @@ mod tests {
             child.await
         }))
         .unwrap();
+    }
+}
+
+#[cfg(all(test, loom))]
+mod loom_models {
+    use super::ParentCancel;
+    use braid_bridge::sync::atomic::{AtomicUsize, Ordering};
+    use braid_bridge::sync::{Arc, Mutex};
+    use loom::thread;
+
+    /// The parent's `cancelling()`: a cancel adds one, an `uncancel` takes one off if any.
+    fn uncancel(count: &AtomicUsize) {
+        let _ = count.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+    }
+
+    /// A child fails and cancels the parent (`on_child_done`: request under the lock, the
+    /// cancel outside it, then `made` under it) while the group's future is dropped (its
+    /// `Drop`: abort under the lock, then `run_dropped` under it). Whatever the interleaving,
+    /// the parent is left with no request of the group's.
+    fn group_dropped_while_a_child_cancels_the_parent(fault: bool) {
+        crate::sync::loom_support::model_with_fault(
+            &crate::sync::loom_support::GROUP_WITHDRAWS_IN_FLIGHT,
+            fault,
+            || {
+                // (aborting, the parent-cancel bookkeeping): the group's locked state.
+                let state = Arc::new(Mutex::new((false, ParentCancel::default())));
+                let cancelling = Arc::new(AtomicUsize::new(0));
+                let child = {
+                    let (state, cancelling) = (state.clone(), cancelling.clone());
+                    thread::spawn(move || {
+                        let cancels = {
+                            let mut state = state.lock();
+                            let cancels = !state.0 && !state.1.requested;
+                            if cancels {
+                                state.1.request();
+                            }
+                            cancels
+                        };
+                        if cancels {
+                            cancelling.fetch_add(1, Ordering::AcqRel);
+                            if state.lock().1.made() {
+                                uncancel(&cancelling);
+                            }
+                        }
+                    })
+                };
+                state.lock().0 = true;
+                if state.lock().1.run_dropped() {
+                    uncancel(&cancelling);
+                }
+                child.join().unwrap();
+                assert_eq!(
+                    cancelling.load(Ordering::Acquire),
+                    0,
+                    "the group's cancel of its parent outlived the group"
+                );
+            },
+        );
+    }
+
+    #[test]
+    fn loom_group_dropped_while_a_child_cancels_the_parent_withdraws_it() {
+        group_dropped_while_a_child_cancels_the_parent(false);
+    }
+
+    /// The twin: a drop that withdraws a cancel still being made withdraws nothing (the
+    /// count is 0), and the cancel lands after, for good.
+    #[test]
+    #[should_panic(expected = "outlived the group")]
+    fn loom_group_twin_dropped_while_a_child_cancels_the_parent_withdrawing_in_flight() {
+        group_dropped_while_a_child_cancels_the_parent(true);
     }
 }

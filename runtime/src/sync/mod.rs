@@ -270,6 +270,10 @@ pub(crate) mod loom_support {
     /// the first task's await with the lock-free look first (`task::cancel`).
     pub(crate) static MOVED_WITH_FAST_PATH: AtomicBool = AtomicBool::new(false);
 
+    /// Set by a twin for the length of its model: a dropped `task_group` future withdraws
+    /// its cancel of the parent even while a child is still making it (`combinators::group`).
+    pub(crate) static GROUP_WITHDRAWS_IN_FLIGHT: AtomicBool = AtomicBool::new(false);
+
     /// A waker that remembers it was woken (a loom atomic: the wake is part of the protocol).
     /// Only the models use it; the switch above is also read by the code under test.
     #[cfg(test)]
