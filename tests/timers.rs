@@ -524,9 +524,10 @@ fn timers_never_fire_early_on_a_worker_loop() {
     rt.shutdown(WAIT).unwrap();
 }
 
-/// A cancelled timer left at the top of the heap is dropped when its loop is about to sleep.
-/// A callback that the timer's destructor schedules then runs at once, on a worker loop and
-/// on a host loop alike: nothing else wakes the loop, and it has no timer left to wake it.
+/// A timer cancelled on its loop is dropped there and then (before, it was dropped when the
+/// loop was about to sleep). A callback that the timer's destructor schedules then runs at
+/// once, on a worker loop and on a host loop alike: nothing else wakes the loop, and it has
+/// no timer left to wake it.
 #[test]
 fn a_callback_scheduled_by_a_cancelled_timers_destructor_runs_without_another_wake() {
     let rt = runtime(1);
@@ -679,6 +680,55 @@ fn a_timer_cancelled_from_another_thread_drops_its_callback_on_its_loop() {
         dropped_on, loop_thread,
         "a worker loop's callback dropped elsewhere"
     );
+    rt.shutdown(WAIT).unwrap();
+}
+
+/// Runs `action` when dropped.
+struct OnDrop<F: FnOnce()>(Option<F>);
+
+impl<F: FnOnce()> Drop for OnDrop<F> {
+    fn drop(&mut self) {
+        if let Some(action) = self.0.take() {
+            action();
+        }
+    }
+}
+
+/// The callback of a timer cancelled from another thread is dropped by its loop as it drains
+/// its inbox; a destructor that then sends a callback with `call_soon_threadsafe` and queues
+/// one with `call_soon` (which drains the inbox again) has both run, in that order. The drop
+/// ran inside the inbox buffer's borrow: the second drain panicked on it, and the `call_soon`
+/// was lost.
+#[test]
+fn a_timer_cancelled_from_another_thread_may_schedule_callbacks_from_its_destructor() {
+    let rt = runtime(1);
+    let order = rt
+        .run_until_complete(async {
+            let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let both_ran: Promise<()> = Promise::new();
+            let destructor = OnDrop(Some({
+                let (order, both_ran) = (order.clone(), both_ran.clone());
+                move || {
+                    let sent = order.clone();
+                    braid::get_running_loop()
+                        .call_soon_threadsafe(move || sent.lock().unwrap().push("threadsafe"))
+                        .unwrap();
+                    braid::call_soon(move || {
+                        order.lock().unwrap().push("call_soon");
+                        let _ = both_ran.set_result(());
+                    });
+                }
+            }));
+            let earlier = braid::call_later(Duration::from_secs(3600), || ());
+            let timer = braid::call_later(Duration::from_secs(7200), move || drop(destructor));
+            std::thread::spawn(move || timer.cancel()).join().unwrap();
+            braid::wait_for(async { both_ran.await }, Some(WAIT)).await?;
+            earlier.cancel();
+            let order = order.lock().unwrap().clone();
+            Ok(order)
+        })
+        .unwrap();
+    assert_eq!(order, ["threadsafe", "call_soon"]);
     rt.shutdown(WAIT).unwrap();
 }
 

@@ -475,3 +475,29 @@ fn a_task_finishing_as_the_deadline_passes_gives_its_value_not_a_timeout() {
     assert_eq!(outcome.unwrap(), 7);
     rt.shutdown(WAIT).unwrap();
 }
+
+/// `wait_for` with a zero timeout on a task already done gives its value though a cancel of
+/// the awaiting task is pending (asyncio's `wait_for(fut, 0)` returns `fut.result()` without
+/// awaiting); the request is delivered at the next await point. It was delivered in place of
+/// the value, which went with the task's handle.
+#[test]
+fn a_zero_timeout_gives_a_done_tasks_value_though_a_cancel_is_pending() {
+    let rt = runtime(1);
+    let (value, next) = rt
+        .run_until_complete(async {
+            braid::create_task(async {
+                let done = braid::create_task(async { Ok(7) });
+                // One loop: the task queued ahead of us runs to its end before we resume.
+                braid::yield_now().await?;
+                assert!(done.done());
+                braid::current_task().unwrap().cancel();
+                let value = braid::wait_for(done, Some(Duration::ZERO)).await;
+                Ok((value, braid::yield_now().await))
+            })
+            .await
+        })
+        .unwrap();
+    assert_eq!(value.unwrap(), 7);
+    assert_cancelled(&next);
+    rt.shutdown(WAIT).unwrap();
+}

@@ -640,15 +640,25 @@ impl LoopCtx {
         if !self.lp.bell.has_messages() {
             return false;
         }
-        let mut buf = self.inbox_buf.borrow_mut();
-        self.lp.bell.drain_into(&mut buf);
-        let moved = !buf.is_empty();
-        for message in buf.drain(..) {
-            match message {
-                Remote::Callback(cb) => self.ready.borrow_mut().push_back(cb.into()),
-                Remote::Wake(task) => self.local_ready.borrow_mut().push_back(task),
-                Remote::CancelTimer(key) => self.drop_cancelled_timer(key),
+        let mut cancelled_timers = Vec::new();
+        let moved = {
+            let mut buf = self.inbox_buf.borrow_mut();
+            self.lp.bell.drain_into(&mut buf);
+            let moved = !buf.is_empty();
+            for message in buf.drain(..) {
+                match message {
+                    Remote::Callback(cb) => self.ready.borrow_mut().push_back(cb.into()),
+                    Remote::Wake(task) => self.local_ready.borrow_mut().push_back(task),
+                    Remote::CancelTimer(key) => cancelled_timers.push(key),
+                }
             }
+            moved
+        };
+        // After the buffer's borrow, and after every callback sent is queued: the callbacks'
+        // destructors are the user's, and may schedule more (which re-enters here, and must
+        // queue behind what was sent before).
+        for key in cancelled_timers {
+            self.drop_cancelled_timer(key);
         }
         moved
     }
@@ -886,18 +896,20 @@ impl LoopCtx {
     }
 
     /// Drops the cancelled timers at the top of the heap, so that they do not wake us for
-    /// nothing. Called before a park announces its sleep: their destructors are the user's
-    /// and may schedule callbacks, which the park's re-check then sees. Dropped after the
-    /// announcement, the callback waited for the next wake, perhaps forever.
+    /// nothing. A cancel on this loop takes its timer out at once; what is left here is a
+    /// cancel from another thread whose message is still on its way (it wakes us too), so
+    /// this is a backstop. Called before a park announces its sleep: the destructors are the
+    /// user's and may schedule callbacks, which the park's re-check then sees. Dropped after
+    /// the announcement, the callback waited for the next wake, perhaps forever.
     fn drop_cancelled_first_timers(&self) {
         while let Some(cancelled) = self.pop_timer_if(|_, cb| cb.is_cancelled()) {
             self.lp.discard(cancelled);
         }
     }
 
-    /// When this loop's earliest timer falls due. One cancelled since
-    /// [`drop_cancelled_first_timers`](Self::drop_cancelled_first_timers) wakes us early,
-    /// once: the wake drops it.
+    /// When this loop's earliest timer falls due. One cancelled from another thread since
+    /// [`drop_cancelled_first_timers`](Self::drop_cancelled_first_timers), its message not
+    /// yet drained, wakes us early, once: the wake drops it.
     fn next_local_deadline(&self) -> Option<Instant> {
         self.timers.borrow_mut().next_deadline()
     }

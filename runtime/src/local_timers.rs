@@ -48,15 +48,12 @@ impl Ord for Entry {
     }
 }
 
+/// A slot of the slab: a scheduled timer's callback, or free.
 enum Slot<T> {
-    Occupied {
-        seq: u64,
-        callback: T,
-    },
+    /// The callback of the timer scheduled as number `seq`.
+    Occupied { seq: u64, callback: T },
     /// Free; the next free slot, if any (the free list threads through the vacant slots).
-    Vacant {
-        next_free: Option<u32>,
-    },
+    Vacant { next_free: Option<u32> },
 }
 
 /// The timers of one loop. `T` is the callback (a `ReadyCallback` in the loop).
@@ -76,6 +73,7 @@ pub(crate) struct LocalTimers<T> {
 }
 
 impl<T> LocalTimers<T> {
+    /// No timers.
     pub(crate) fn new() -> LocalTimers<T> {
         LocalTimers {
             heap: BinaryHeap::new(),

@@ -93,7 +93,11 @@ impl<T: 'static> Future for Shield<T> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<T>> {
         let this = self.get_mut();
-        if let Some(cancel) = context::take_cancel() {
+        // An inner task already done gives its outcome (asyncio's `shield` of a done task
+        // is that task, whose await does not suspend): a request pending waits for the
+        // next await point.
+        let inner_done = this.task.done();
+        if let Some(cancel) = (!inner_done).then(context::take_cancel).flatten() {
             // As asyncio: once the outer await is cancelled, the inner task's error is no
             // longer reported as "never retrieved" (whoever wants it can still await it).
             this.task.mark_quiet();

@@ -299,9 +299,14 @@ where
                     this.mode = WaitForMode::Finished;
                     return Poll::Ready(Err(timeout_error()));
                 };
-                if let Some(cancel) = context::take_cancel() {
-                    this.mode = WaitForMode::Finished;
-                    return Poll::Ready(Err(cancel));
+                // A task already done gives its outcome, as asyncio's `wait_for(fut, 0)`
+                // returns `fut.result()` without awaiting: a request pending then waits for
+                // the next await point (the handle is ours, so the value would be lost).
+                if !task.done() {
+                    if let Some(cancel) = context::take_cancel() {
+                        this.mode = WaitForMode::Finished;
+                        return Poll::Ready(Err(cancel));
+                    }
                 }
                 context::clear_awaiting(None);
                 if !task.done() && !*cancelled {

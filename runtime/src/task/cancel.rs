@@ -633,7 +633,8 @@ impl CancelState {
     /// it was. Its stamp stays (a request that predates the step still turns a return into
     /// a cancellation, and one that landed during the final step is still too late), as
     /// does whether the task made it. Nothing is put back once `uncancel` withdrew every
-    /// request meanwhile; a request marked meanwhile keeps its own stamp and message.
+    /// request meanwhile; with a request marked meanwhile, the pending pair keeps the newer
+    /// message and takes the older stamp.
     pub(crate) fn put_back(&self, taken: TakenCancel) {
         let mut requests = self.requests.lock();
         let Some(rare) = requests.rare.as_deref_mut() else {

@@ -10,7 +10,9 @@
 //! `cancel()` records a request (`requests += 1`, `must_cancel = true`), cancels whatever Task
 //! or Promise the task is awaiting right now, and wakes the task. The next braid leaf future
 //! the task polls (sleep, a Task, a Promise, yield_now, …) calls [`crate::context::take_cancel`]
-//! and returns `Err(cancelled)` once. If the coroutine returns while a request is still
+//! and returns `Err(cancelled)` once; an await of a Task, a gather or a shield that is already
+//! done gives its outcome instead and leaves the request for the next one (the awaiter owns the
+//! handle, and the value would be lost with it). If the coroutine returns while a request is still
 //! undelivered, the task ends cancelled when the request predates the step that returned or
 //! was made by the task itself; a request from elsewhere that lands during that final step is
 //! too late (the value is kept, as asyncio keeps a value that raced a cancel).
@@ -629,8 +631,12 @@ pub(crate) fn request_cancel(raw: &TaskPtr, message: Option<String>) -> bool {
 /// Dropping the `Task` future never cancels the task; cancelling the task that awaits it does
 /// (as asyncio cancels the awaited task). Awaiting a task that is already done gives its
 /// outcome even while a cancel of the awaiting task is pending: that request is delivered
-/// at the next await point instead (asyncio's await of a done task does not suspend), so
-/// a value the task returned is never traded for the request.
+/// at the next await point instead, so a value the task returned is never traded for the
+/// request. For a request made before the await, that is asyncio's behaviour (its await of
+/// a done task does not suspend). For one that arrives while the awaiter is suspended on a
+/// task that then finishes, asyncio raises the cancel at that await and leaves the value in
+/// the task; braid differs on purpose: the awaiter often owns the only handle (`wait_for`,
+/// `gather`), and with it the value would be lost.
 pub struct Task<T> {
     raw: JoinPtr<T>,
     /// This handle as what the awaiting task awaits (for cancel propagation).
