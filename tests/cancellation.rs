@@ -1245,23 +1245,7 @@ fn request_coming_back_wakes_the_task_waiting_on_its_other_futures() {
 /// await instead, in place of the value.
 #[test]
 fn awaiting_a_task_already_done_gives_its_value_and_the_next_await_the_cancel() {
-    let rt = runtime(1);
-    let (value, next) = rt
-        .run_until_complete(async {
-            braid::create_task(async {
-                let done = braid::create_task(async { Ok(7) });
-                // One loop: the task queued ahead of us runs to its end before we resume.
-                braid::yield_now().await?;
-                assert!(done.done());
-                braid::current_task().unwrap().cancel();
-                let value = done.await;
-                let next = braid::yield_now().await;
-                Ok((value, next))
-            })
-            .await
-        })
-        .unwrap();
+    let (value, next) = common::await_a_done_task_with_a_cancel_pending(|done| done);
     assert_eq!(value.unwrap(), 7);
     assert_cancelled(&next);
-    rt.shutdown(WAIT).unwrap();
 }

@@ -251,22 +251,7 @@ fn shielded_gather_survives_the_awaiter_cancel() {
 /// does not suspend); the request is delivered at the next await point.
 #[test]
 fn a_shield_of_a_done_task_gives_its_value_though_a_cancel_is_pending() {
-    let rt = runtime(1);
-    let (value, next) = rt
-        .run_until_complete(async {
-            braid::create_task(async {
-                let done = braid::create_task(async { Ok(7) });
-                // One loop: the task queued ahead of us runs to its end before we resume.
-                braid::yield_now().await?;
-                assert!(done.done());
-                braid::current_task().unwrap().cancel();
-                let value = braid::shield(done).await;
-                Ok((value, braid::yield_now().await))
-            })
-            .await
-        })
-        .unwrap();
+    let (value, next) = await_a_done_task_with_a_cancel_pending(braid::shield);
     assert_eq!(value.unwrap(), 7);
     assert_cancelled(&next);
-    rt.shutdown(WAIT).unwrap();
 }

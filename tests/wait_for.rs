@@ -482,22 +482,8 @@ fn a_task_finishing_as_the_deadline_passes_gives_its_value_not_a_timeout() {
 /// the value, which went with the task's handle.
 #[test]
 fn a_zero_timeout_gives_a_done_tasks_value_though_a_cancel_is_pending() {
-    let rt = runtime(1);
-    let (value, next) = rt
-        .run_until_complete(async {
-            braid::create_task(async {
-                let done = braid::create_task(async { Ok(7) });
-                // One loop: the task queued ahead of us runs to its end before we resume.
-                braid::yield_now().await?;
-                assert!(done.done());
-                braid::current_task().unwrap().cancel();
-                let value = braid::wait_for(done, Some(Duration::ZERO)).await;
-                Ok((value, braid::yield_now().await))
-            })
-            .await
-        })
-        .unwrap();
+    let (value, next) =
+        await_a_done_task_with_a_cancel_pending(|done| braid::wait_for(done, Some(Duration::ZERO)));
     assert_eq!(value.unwrap(), 7);
     assert_cancelled(&next);
-    rt.shutdown(WAIT).unwrap();
 }

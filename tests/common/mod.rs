@@ -174,3 +174,33 @@ impl Drop for SchedulesWhenDropped {
         }
     }
 }
+
+/// On a one-loop runtime, inside a task: lets a task that returns 7 run to its end, cancels
+/// the current task, and gives what `await_it` made of the done task's handle with that
+/// request pending, and then what the next await point (a `yield_now`) gave.
+pub(crate) fn await_a_done_task_with_a_cancel_pending<A, Fut, T>(
+    await_it: A,
+) -> (braid::Result<T>, braid::Result<()>)
+where
+    A: FnOnce(braid::Task<u32>) -> Fut + Send + 'static,
+    Fut: Future<Output = braid::Result<T>> + Send,
+    T: Send + 'static,
+{
+    let rt = runtime(1);
+    let outcomes = rt
+        .run_until_complete(async {
+            braid::create_task(async {
+                let done = braid::create_task(async { Ok(7) });
+                // One loop: the task queued ahead of us runs to its end before we resume.
+                braid::yield_now().await?;
+                assert!(done.done());
+                braid::current_task().unwrap().cancel();
+                let outcome = await_it(done).await;
+                Ok((outcome, braid::yield_now().await))
+            })
+            .await
+        })
+        .unwrap();
+    rt.shutdown(WAIT).unwrap();
+    outcomes
+}

@@ -592,19 +592,9 @@ impl CancelState {
     }
 
     /// The leaf-future check: delivers a pending cancel request once.
+    #[inline]
     pub(crate) fn take_cancel(&self) -> Option<Error> {
-        if !self.pending.load(Ordering::Acquire) {
-            return None;
-        }
-        let mut requests = self.requests.lock();
-        self.pending.store(false, Ordering::Relaxed);
-        if !requests.rare().must_cancel {
-            return None;
-        }
-        let rare = requests.rare_mut();
-        rare.must_cancel = false;
-        rare.self_requested = false;
-        Some(Error::cancelled(rare.message.clone()))
+        self.take_cancel_to_pass_on().map(|taken| taken.error)
     }
 
     /// As [`take_cancel`](Self::take_cancel), for an await that passes the request on to
