@@ -1,7 +1,8 @@
 //! `ProcessPool` faults that once took down more than their own job: a worker that dies while
 //! idle, a panic in a type's serde impl, an argument or result over the frame limit, an
-//! unbounded startup timeout, the worker marker leaking into what a job starts, and SIGPIPE
-//! at its default disposition.
+//! unbounded startup timeout, the worker marker leaking into what a job starts, SIGPIPE at
+//! its default disposition, a time limit or a cancel while an argument is being written, an
+//! absurd worker count, and a child process started before `build()`.
 //!
 //! As in `process_pool.rs`, every test builds its one pool first thing, on its own thread:
 //! the workers run this test binary again as `<test name> --exact` and serve at that same
@@ -9,7 +10,7 @@
 
 mod common;
 
-use braid::bridge::{ErrorKind, ProcessPool};
+use braid::bridge::{CancelOutcome, ErrorKind, ProcessPool};
 use common::WAIT;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::path::PathBuf;
@@ -407,4 +408,146 @@ fn shutdown_after_an_idle_worker_died_survives_a_default_sigpipe() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(text.contains("SURVIVED"), "status {:?}\n{text}", out.status);
+}
+
+// --- A time limit or a cancel while the argument is still being written ---
+
+/// Writing this much to a worker takes many milliseconds.
+const LARGE: usize = 64 << 20;
+
+/// Takes its blob, then naps for a minute: a job that ends only by being stopped.
+fn blob_then_nap(b: Blob) -> usize {
+    std::thread::sleep(Duration::from_secs(60));
+    b.0.len()
+}
+
+#[test]
+fn a_time_limit_that_expires_while_the_argument_is_written_fails_the_job_once() {
+    let pool = ProcessPool::builder()
+        .workers(1)
+        .register(blob_then_nap)
+        .register(pid)
+        .build()
+        .expect("pool");
+    // The worker is ready: the limit starts as the write does, and ends long before it.
+    let first = pool.submit(pid, ()).unwrap().result(Some(WAIT)).unwrap();
+    let err = pool
+        .submit_with_timeout(
+            blob_then_nap,
+            Blob(vec![7; LARGE]),
+            Duration::from_millis(1),
+        )
+        .unwrap()
+        .result(Some(WAIT))
+        .expect_err("the job was stopped");
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    assert!(
+        err.to_string()
+            .contains("blob_then_nap` ran past its time limit of 1ms"),
+        "the job never settled: {err}"
+    );
+    let next = pool.submit(pid, ()).unwrap().result(Some(WAIT)).unwrap();
+    assert_ne!(next, first, "the stopped worker was replaced");
+    assert!(!pool.is_broken(), "a time limit is not a crash");
+}
+
+/// While this file exists, a new worker waits in its initializer: it never becomes ready.
+fn hold_path(pool_process: u32) -> PathBuf {
+    std::env::temp_dir().join(format!("braid-ppf-{pool_process}-hold"))
+}
+
+#[test]
+fn cancelling_a_job_while_its_argument_is_written_settles_it_without_a_new_worker() {
+    let pool = ProcessPool::builder()
+        .workers(1)
+        // Runs in the workers, whose parent is this test's process.
+        .initializer(|| {
+            let hold = hold_path(std::os::unix::process::parent_id());
+            while hold.exists() {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        })
+        .register(blob_then_nap)
+        .register(pid)
+        .build()
+        .expect("pool");
+    let hold = hold_path(std::process::id());
+    pool.submit(pid, ()).unwrap().result(Some(WAIT)).unwrap();
+    std::fs::write(&hold, b"").unwrap();
+    let fut = pool.submit(blob_then_nap, Blob(vec![7; LARGE])).unwrap();
+    // Running from its dispatch on: the argument's write has just begun. Spinning, not
+    // sleeping, so that the cancel lands while it goes on.
+    let deadline = Instant::now() + WAIT;
+    while !fut.running() {
+        assert!(Instant::now() < deadline, "the job was never dispatched");
+        std::hint::spin_loop();
+    }
+    let outcome = fut.cancel_and_wait(Some(WAIT));
+    std::fs::remove_file(&hold).unwrap();
+    assert!(
+        matches!(outcome, CancelOutcome::Cancelled),
+        "expected Cancelled at once, without waiting for a new worker; got {outcome:?}"
+    );
+    assert!(!pool.is_broken(), "a cancel is not a crash");
+}
+
+// --- Absurd worker counts ---
+
+#[test]
+fn usize_max_workers_are_refused_at_build_instead_of_panicking() {
+    let err = ProcessPool::builder()
+        .workers(usize::MAX)
+        .build()
+        .expect_err("too many workers");
+    assert_eq!(err.kind(), ErrorKind::InvalidState, "{err}");
+    assert!(err.to_string().contains("at most 1024"), "{err}");
+}
+
+#[test]
+fn a_worker_count_too_large_to_allocate_is_refused_at_build_instead_of_aborting() {
+    let err = ProcessPool::builder()
+        .workers(1 << 40)
+        .build()
+        .expect_err("too many workers");
+    assert_eq!(err.kind(), ErrorKind::InvalidState, "{err}");
+    assert!(err.to_string().contains("at most 1024"), "{err}");
+    let err = ProcessPool::builder()
+        .workers(ProcessPool::MAX_WORKERS + 1)
+        .build()
+        .expect_err("one worker too many");
+    assert_eq!(err.kind(), ErrorKind::InvalidState, "{err}");
+}
+
+// --- A child process started before build() ---
+
+fn exit_with(code: i32) -> u32 {
+    std::process::exit(code)
+}
+
+#[test]
+fn a_child_started_before_build_does_not_keep_a_dead_workers_job_waiting() {
+    // Before build() on purpose: a worker runs this test again up to build(), so it starts a
+    // `sleep` of its own before it serves, which inherits the worker's stdin and stdout and
+    // outlives it (longer than the wait below). Not its stderr, the test harness's: the
+    // harness's reader would wait for that `sleep` too.
+    let mut helper = Command::new("sleep")
+        .arg((WAIT * 3).as_secs().to_string())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start sleep");
+    let pool = ProcessPool::builder()
+        .workers(1)
+        // No replacement worker: it would start one more `sleep`.
+        .max_crashes(1)
+        .register(exit_with)
+        .build()
+        .expect("pool");
+    let result = pool.submit(exit_with, 3).unwrap().result(Some(WAIT));
+    let dropped = within(WAIT, move || drop(pool)).is_some();
+    let _ = helper.kill();
+    let _ = helper.wait();
+    let err = result.expect_err("the worker exited");
+    assert_eq!(err.kind(), ErrorKind::BrokenExecutor, "{err}");
+    assert!(err.to_string().contains("exited with status 3"), "{err}");
+    assert!(dropped, "dropping the pool waited for the worker's child");
 }

@@ -2,7 +2,7 @@
 //! cancellation, time limits and crash counting, behind one mutex and with no I/O, so that
 //! the loom model `tests/loom_process_pool.rs` can run it.
 //!
-//! The pipe side (`supervisor.rs`) drives it: each slot's thread reports its worker's life
+//! The I/O side (`supervisor.rs`) drives it: each slot's thread reports its worker's life
 //! (`spawning`, `spawned`, `ready`, `next_job`, `job_done`, `release`, `reaped`); the
 //! monitor thread sleeps in `run_monitor` until the next deadline; `submit`, `cancel`,
 //! `shutdown` and `terminate` come from users' threads.
@@ -12,7 +12,7 @@
 //! ```text
 //!  spawning ─spawned─► starting ─ready─► ready ─next_job─► busy ─job_done─► ready ─► …
 //!     ▲                   │                │                 │
-//!     │                   └────────────────┴─────────────────┴─ the worker ended (its pipe
+//!     │                   └────────────────┴─────────────────┴─ the worker ended (its socket
 //!     │                                                          closed): release, reap
 //!     └─────────────────────────── reaped ◄──────────────────────┘
 //!  spawning ─► gone   (shut down and nothing queued, broken, or terminating)
@@ -26,10 +26,13 @@
 //!
 //! `stop` on a slot records why (cancel, time limit, retirement, shutdown) and when to
 //! escalate. Cancellation and time limits send SIGTERM at once and SIGKILL at `escalate_at`;
-//! a retiring or idle worker at shutdown is asked to leave (its stdin is closed) and is
+//! a retiring or idle worker at shutdown is asked to leave (its connection is ended) and is
 //! killed only if it has not gone by `escalate_at`. When the worker's end is reaped, the
 //! reason decides what its job gets: Cancelled, Timeout, or (no reason: a crash)
-//! `BrokenExecutor` with the pid and how it ended.
+//! `BrokenExecutor` with the pid and how it ended. A job's time limit counts from its
+//! dispatch, so it may expire while the argument is still being written: the write then
+//! fails and `unsent` gives the job what the reason says at once, rather than queueing it
+//! again (only a job whose worker died on its own before it had the job goes back).
 //!
 //! ## Signals never reach a recycled pid
 //!
@@ -81,7 +84,7 @@ pub struct Config {
     pub max_crashes: usize,
     /// The window in which crashes are counted.
     pub crash_window: Duration,
-    /// Between SIGTERM (or closing a worker's stdin) and SIGKILL.
+    /// Between SIGTERM (or ending a worker's connection) and SIGKILL.
     pub kill_grace: Duration,
     /// How long a new worker may take to become ready before it counts as crashed.
     pub startup_timeout: Duration,
@@ -97,7 +100,7 @@ pub struct Job {
     pub func: u32,
     /// The encoded argument.
     pub payload: Vec<u8>,
-    /// The job's time limit, counted from its dispatch.
+    /// The job's time limit, counted from its dispatch: the sending of its argument counts.
     pub timeout: Option<Duration>,
     /// Starts and settles its future.
     pub handle: Box<dyn JobHandle>,
@@ -132,7 +135,7 @@ pub struct Exit {
     pub pid: u32,
     /// How it ended: "was killed by signal 9 (SIGKILL)", "exited with status 3".
     pub status: String,
-    /// What went wrong on the pipe, if anything (a malformed frame).
+    /// What went wrong on the connection, if anything (a malformed frame).
     pub failure: Option<String>,
 }
 
@@ -373,6 +376,17 @@ impl Core {
         self.events.notify_all();
     }
 
+    /// Slots `from..` never got a thread (one could not start): they count as ended, since
+    /// nothing else would end them and dropping the pool waits until every slot has.
+    pub fn never_started(&self, from: usize) {
+        let mut st = self.state.lock();
+        for s in st.slots.iter_mut().skip(from) {
+            s.phase = Phase::Gone;
+        }
+        drop(st);
+        self.events.notify_all();
+    }
+
     /// The slot's worker could not be started: counts as a crash (at `now`).
     pub fn spawn_failed(&self, slot: usize, error: &str, now: Instant) {
         let mut st = self.state.lock();
@@ -493,13 +507,25 @@ impl Core {
 
     /// Job `id`, just dispatched to the slot, never reached its worker (the worker was gone
     /// before the job could be written to it): it goes back to the front of the queue, as it
-    /// did not run, unless the pool is broken or terminating, when it fails as a queued job
-    /// does. `payload` is its argument, handed back.
+    /// did not run, unless its worker was stopped for it (a cancel, its time limit), when it
+    /// ends as a running job stopped for that reason does, or the pool is broken or
+    /// terminating, when it fails as a queued job does. `payload` is its argument, handed back.
     pub fn unsent(&self, slot: usize, id: u64, payload: Vec<u8>) {
         let mut st = self.state.lock();
         let s = &mut st.slots[slot];
         let Some(job) = s.job.take_if(|j| j.id == id) else {
             return;
+        };
+        // Set from spawn until `release`, which the slot's thread calls after this.
+        let pid = s.pid.unwrap_or_default();
+        // We stopped the worker while the argument was being written, which is why the write
+        // failed. Queued again, the job would be stopped again on every new worker (its time
+        // limit counts from each dispatch) and its future never settled; a cancelled one would
+        // wait for a new worker to refuse it.
+        let stopped = match s.stop.as_ref().map(|stop| &stop.reason) {
+            Some(Reason::Cancelled) => Some(cancelled_while_running(pid)),
+            Some(Reason::Timeout(limit)) => Some(self.past_time_limit(*limit, Some(job.func), pid)),
+            _ => None,
         };
         // Its future is running already: `start` says so again when it is dispatched anew.
         let job = Job {
@@ -509,7 +535,9 @@ impl Core {
             timeout: job.limit,
             handle: job.handle,
         };
-        let error = if let Some(broken) = &st.broken {
+        let error = if let Some(stopped) = stopped {
+            stopped
+        } else if let Some(broken) = &st.broken {
             broken.clone()
         } else if st.terminating {
             Error::cancelled(Some(
@@ -546,7 +574,7 @@ impl Core {
     }
 
     /// The slot's worker answered job `id`: settles it. False if the slot was not running
-    /// that job (a confused worker: the slot's thread treats it as a broken pipe).
+    /// that job (a confused worker: the slot's thread treats it as a broken connection).
     pub fn job_done(&self, slot: usize, id: u64, outcome: Result<Vec<u8>>) -> bool {
         let handle = {
             let mut st = self.state.lock();
@@ -566,8 +594,8 @@ impl Core {
         true
     }
 
-    /// The slot's worker has closed its pipe (it ended, or is ending): SIGKILL it to be sure
-    /// it ends (a process that has exited ignores signals and keeps its exit status) and
+    /// The slot's worker has closed its connection (it ended, or is ending): SIGKILL it to be
+    /// sure it ends (a process that has exited ignores signals and keeps its exit status) and
     /// forget its pid, so that nothing signals it once it is reaped.
     pub fn release(&self, slot: usize) {
         let mut st = self.state.lock();
@@ -598,20 +626,9 @@ impl Core {
             crash = format!("{crash} ({failure})");
         }
         let (error, crashed) = match stop.map(|s| s.reason) {
-            Some(Reason::Cancelled) => (
-                Error::cancelled(Some(format!(
-                    "the job was cancelled while running; worker process {pid} was stopped"
-                ))),
-                false,
-            ),
+            Some(Reason::Cancelled) => (cancelled_while_running(pid), false),
             Some(Reason::Timeout(limit)) => (
-                Error::new(
-                    ErrorKind::Timeout,
-                    format!(
-                        "`{}` ran past its time limit of {limit:?}; worker process {pid} was stopped",
-                        job.as_ref().map_or("the job", |j| self.name(j.func))
-                    ),
-                ),
+                self.past_time_limit(limit, job.as_ref().map(|j| j.func), pid),
                 false,
             ),
             Some(Reason::Terminate) => (
@@ -655,6 +672,17 @@ impl Core {
         self.work.notify_all();
         self.events.notify_all();
         settle.run();
+    }
+
+    /// What a job gets when its worker `pid` was stopped because it ran past `limit`.
+    fn past_time_limit(&self, limit: Duration, func: Option<u32>, pid: u32) -> Error {
+        Error::new(
+            ErrorKind::Timeout,
+            format!(
+                "`{}` ran past its time limit of {limit:?}; worker process {pid} was stopped",
+                func.map_or("the job", |f| self.name(f))
+            ),
+        )
     }
 
     fn name(&self, func: u32) -> &str {
@@ -862,6 +890,13 @@ impl Core {
     pub fn is_shutdown(&self) -> bool {
         self.state.lock().shutdown
     }
+}
+
+/// What a job gets when its worker `pid` was stopped because the job was cancelled.
+fn cancelled_while_running(pid: u32) -> Error {
+    Error::cancelled(Some(format!(
+        "the job was cancelled while running; worker process {pid} was stopped"
+    )))
 }
 
 impl fmt::Debug for Core {
@@ -1144,6 +1179,61 @@ mod tests {
         rig.ready_worker();
         rig.dispatch();
         assert_eq!(rig.core.queued(), 0);
+    }
+
+    #[test]
+    fn a_job_whose_worker_was_stopped_while_its_argument_was_sent_ends_with_the_reason() {
+        let rig = rig(|_| {});
+        rig.ready_worker();
+        let id = rig.submit(Some(Duration::from_millis(10)));
+        rig.dispatch();
+        let later = Instant::now() + Duration::from_secs(3600);
+        rig.core.expire(later);
+        // The SIGTERM made the write of the argument fail.
+        rig.core.unsent(0, id, vec![id as u8]);
+        let err = rig.last_error();
+        assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+        assert!(err.to_string().contains("time limit of 10ms"), "{err}");
+        assert_eq!(
+            rig.core.queued(),
+            0,
+            "a job past its limit is not sent again"
+        );
+        rig.reap("was killed by signal 15 (SIGTERM)", later);
+        assert_eq!(rig.outcomes.lock().unwrap().len(), 1, "settled once");
+        assert!(
+            rig.core.broken().is_none(),
+            "a stop we asked for is not a crash"
+        );
+
+        rig.ready_worker();
+        let id = rig.submit(None);
+        rig.dispatch();
+        rig.core.cancel(id, later);
+        rig.core.unsent(0, id, vec![id as u8]);
+        assert!(rig.last_error().is_cancelled());
+        assert_eq!(rig.core.queued(), 0, "a cancelled job is not sent again");
+    }
+
+    #[test]
+    fn a_job_whose_worker_died_on_its_own_before_it_was_sent_goes_back_to_the_queue() {
+        let rig = rig(|_| {});
+        rig.ready_worker();
+        let id = rig.submit(Some(Duration::from_secs(60)));
+        rig.dispatch();
+        rig.core.unsent(0, id, vec![id as u8]);
+        assert!(rig.outcomes.lock().unwrap().is_empty());
+        assert_eq!(rig.core.queued(), 1);
+    }
+
+    #[test]
+    fn slots_that_never_got_a_thread_count_as_ended() {
+        let rig = rig(|c| c.workers = 3);
+        assert!(rig.core.spawning(0));
+        rig.core.never_started(1);
+        rig.core.terminate();
+        assert!(!rig.core.spawning(0));
+        assert!(rig.core.wait_gone(Some(Instant::now())));
     }
 
     #[test]

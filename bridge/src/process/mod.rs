@@ -2,8 +2,9 @@
 //! `ProcessPoolExecutor`, made to survive its workers dying).
 //!
 //! Files: `core.rs` is the supervisor's state machine (queue, in-flight table, cancel, time
-//! limits, crash counting; no I/O, loom-modelled); `supervisor.rs` the pipe side (a thread per
-//! worker slot); `worker.rs` what `build()` does in a worker; `wire.rs` the frames.
+//! limits, crash counting; no I/O, loom-modelled); `supervisor.rs` the I/O side (a thread per
+//! worker slot); `rendezvous.rs` how a worker connects to its pool; `worker.rs` what
+//! `build()` does in a worker; `wire.rs` the frames.
 //!
 //! Threads of a pool: one per worker slot (starts its worker, sends it one job at a time,
 //! reads the answer, reaps it) and one monitor (time limits, the SIGTERM-to-SIGKILL grace,
@@ -11,6 +12,8 @@
 
 #[doc(hidden)]
 pub mod core;
+#[cfg(not(loom))]
+mod rendezvous;
 #[cfg(not(loom))]
 mod supervisor;
 #[cfg(not(loom))]
@@ -24,6 +27,7 @@ pub use pool::{ProcessPool, ProcessPoolBuilder};
 #[cfg(not(loom))]
 mod pool {
     use super::core::{Config, Core, Job, JobHandle};
+    use super::rendezvous::Rendezvous;
     use super::supervisor::{self, Launch};
     use super::wire::{Outcome, MAX_PAYLOAD};
     use super::worker::{self, Entry, Target};
@@ -101,7 +105,9 @@ mod pool {
     }
 
     impl ProcessPoolBuilder {
-        /// Worker processes (default: the available cores).
+        /// Worker processes (default: the available cores, at most
+        /// [`ProcessPool::MAX_WORKERS`]); `build()` refuses 0 and more than
+        /// [`MAX_WORKERS`](ProcessPool::MAX_WORKERS).
         ///
         /// ```
         /// # fn main() -> braid_bridge::Result<()> {
@@ -162,7 +168,7 @@ mod pool {
         /// whose type names it in both processes. Register the same functions in the same
         /// order on every run of the program; registering one twice is harmless.
         ///
-        /// The argument and the result cross the pipes with serde (postcard). A job's own
+        /// The argument and the result cross to the worker with serde (postcard). A job's own
         /// error travels as its value: return a `Result<T, E>` with a serde-able `E`; the
         /// future then gives `Result<Result<T, E>>`, the outer error being the pool's (a
         /// panic, a crash, a time limit, a cancel).
@@ -219,9 +225,10 @@ mod pool {
             self
         }
 
-        /// A time limit for every job (default: none); [`ProcessPool::submit_with_timeout`]
-        /// sets one per job. A job past its limit has its worker stopped (SIGTERM, then
-        /// SIGKILL after the [`kill_grace`](Self::kill_grace)) and fails with `Timeout`.
+        /// A time limit for every job (default: none), counted from when a worker takes the
+        /// job; [`ProcessPool::submit_with_timeout`] sets one per job. A job past its limit
+        /// has its worker stopped (SIGTERM, then SIGKILL after the
+        /// [`kill_grace`](Self::kill_grace)) and fails with `Timeout`.
         ///
         /// ```
         /// # use std::time::Duration;
@@ -321,6 +328,15 @@ mod pool {
             if self.workers == 0 {
                 return invalid("ProcessPool: workers must be at least 1".to_owned());
             }
+            if self.workers > ProcessPool::MAX_WORKERS {
+                // Each worker is a process and a thread here, and its slot is allocated up
+                // front: past the limit, the allocation alone could abort the program.
+                return invalid(format!(
+                    "ProcessPool: workers must be at most {} (ProcessPool::MAX_WORKERS), not {}",
+                    ProcessPool::MAX_WORKERS,
+                    self.workers
+                ));
+            }
             if self.max_tasks_per_child == Some(0) {
                 return invalid("ProcessPool: max_tasks_per_child must be at least 1".to_owned());
             }
@@ -347,9 +363,13 @@ mod pool {
         ///
         /// # Errors
         ///
-        /// `InvalidState` for zero workers, a zero `max_tasks_per_child` or `max_crashes`,
-        /// or a registered closure that captures state; the OS's error when the executable
-        /// cannot be found or a thread cannot start.
+        /// `InvalidState` for zero workers or more than
+        /// [`MAX_WORKERS`](ProcessPool::MAX_WORKERS), a zero `max_tasks_per_child` or
+        /// `max_crashes`, or a registered closure that captures state; the OS's error when
+        /// the executable cannot be found, the temp directory cannot hold the directory
+        /// for the workers' sockets, or a thread cannot start (the threads and workers
+        /// that did start are stopped first, without waiting for the
+        /// [`drop_timeout`](Self::drop_timeout)).
         pub fn build(self) -> Result<ProcessPool> {
             self.check()?;
             let ordinal = BUILDS.with(|n| n.replace(n.get() + 1));
@@ -427,42 +447,57 @@ mod pool {
                 }
                 .encode(),
                 functions: names,
+                rendezvous: Rendezvous::new()?,
             });
             let pool = pool(Core::new(config, supervisor::send_signal));
-            let mut handles = Vec::with_capacity(pool.core.config().workers + 1);
-            let mut started = Ok(());
-            for slot in 0..pool.core.config().workers {
-                let (core, launch) = (pool.core.clone(), launch.clone());
-                let spawned = thread::spawn_named(format!("braid-ppool-{slot}"), None, move || {
-                    THREAD_OF_POOL.with(|c| c.set(pool_id));
-                    supervisor::run_slot(&core, slot, &launch);
-                });
-                match spawned {
-                    Ok(handle) => handles.push(handle),
-                    Err(e) => {
-                        started = Err(e);
-                        break;
-                    }
-                }
-            }
-            if started.is_ok() {
-                let core = pool.core.clone();
-                match thread::spawn_named("braid-ppool-monitor".to_owned(), None, move || {
-                    THREAD_OF_POOL.with(|c| c.set(pool_id));
-                    core.run_monitor();
-                }) {
-                    Ok(handle) => handles.push(handle),
-                    Err(e) => started = Err(e),
-                }
-            }
-            *pool.threads.lock() = handles;
-            if let Err(e) = started {
-                // Dropping the pool stops what did start.
-                pool.core.terminate();
-                return Err(e.into());
-            }
-            Ok(pool)
+            start_threads(pool, &launch, |name, body| {
+                thread::spawn_named(name, None, body)
+            })
         }
+    }
+
+    /// A pool thread's body, as [`start_threads`] hands it to its spawner.
+    type Body = Box<dyn FnOnce() + Send>;
+
+    /// Starts the pool's threads, one per slot and the monitor, with `spawn`: std's, except in
+    /// the test that makes one fail. If one cannot start, stops what did and returns the error.
+    fn start_threads(
+        pool: ProcessPool,
+        launch: &Arc<Launch>,
+        mut spawn: impl FnMut(String, Body) -> std::io::Result<JoinHandle<()>>,
+    ) -> Result<ProcessPool> {
+        let (workers, pool_id) = (pool.core.config().workers, pool.id);
+        let mut handles = Vec::with_capacity(workers + 1);
+        let mut started = Ok(());
+        for slot in 0..workers {
+            let (core, launch) = (pool.core.clone(), launch.clone());
+            let body: Body = Box::new(move || {
+                THREAD_OF_POOL.with(|c| c.set(pool_id));
+                supervisor::run_slot(&core, slot, &launch);
+            });
+            if let Err(e) = spawn(format!("braid-ppool-{slot}"), body).map(|h| handles.push(h)) {
+                // No thread will end these slots: dropping the pool would wait for them until
+                // its drop timeout and the kill grace had passed (forever with no timeout).
+                pool.core.never_started(slot);
+                started = Err(e);
+                break;
+            }
+        }
+        if started.is_ok() {
+            let core = pool.core.clone();
+            let body: Body = Box::new(move || {
+                THREAD_OF_POOL.with(|c| c.set(pool_id));
+                core.run_monitor();
+            });
+            started = spawn("braid-ppool-monitor".to_owned(), body).map(|h| handles.push(h));
+        }
+        *pool.threads.lock() = handles;
+        if let Err(e) = started {
+            // Dropping the pool then waits only for the slots whose threads did start.
+            pool.core.terminate();
+            return Err(e.into());
+        }
+        Ok(pool)
     }
 
     impl fmt::Debug for ProcessPoolBuilder {
@@ -491,7 +526,7 @@ mod pool {
     /// its own job and is replaced.
     ///
     /// Jobs are registered functions ([`ProcessPoolBuilder::register`]) whose argument and
-    /// result cross the pipes with serde. [`submit`](ProcessPool::submit) returns a
+    /// result cross to the workers with serde. [`submit`](ProcessPool::submit) returns a
     /// [`ConcurrentFuture`]: block on it from any thread, or `.await` it from a task (this is
     /// `run_in_executor` for processes; awaiting it directly does not pass a task's
     /// cancellation on, `braid::wrap_future` does). `ProcessPool` is not an
@@ -503,8 +538,9 @@ mod pool {
     /// fork of a threaded process) with the environment variable
     /// `BRAID_PROCESS_POOL_WORKER` set. It runs the program from the top; at the `build()`
     /// that started it (the same count of `build()` calls on a thread of the same name),
-    /// `build()` does not return: it serves jobs over the worker's stdin and stdout, then
-    /// exits the process. So:
+    /// `build()` does not return: it connects to the pool (a Unix socket in a directory of
+    /// the pool's own in the temp directory, open to this user only), serves jobs over that
+    /// connection, then exits the process. So:
     ///
     /// - **Build the pool early**, before other work: whatever comes before `build()` runs
     ///   again in every worker. Register the same functions in the same order on every run
@@ -518,8 +554,10 @@ mod pool {
     ///   that test runs in them. A test binary with `harness = false` is a binary.
     /// - Anything else: say how with [`ProcessPoolBuilder::worker_args`].
     ///
-    /// What a worker writes on stdout before `build()` is discarded; after it, its stdout
-    /// goes to its stderr, which it shares with the program. A worker dies with the pool's
+    /// A worker's stdin is `/dev/null`. What it writes on stdout before `build()` is
+    /// discarded; after it, its stdout goes to its stderr, which it shares with the program.
+    /// A child process it starts, before `build()` or in a job, holds nothing of the pool's:
+    /// when the worker dies, the pool knows at once. A worker dies with the pool's
     /// process (Linux's parent-death signal), so none outlives the program; dropping the pool
     /// or [`shutdown`](ProcessPool::shutdown) with `wait` reaps every worker, so none is left
     /// a zombie.
@@ -536,7 +574,8 @@ mod pool {
     /// - Cancelling a queued job's future means it never runs; cancelling a running one
     ///   stops its worker (SIGTERM, then SIGKILL after the
     ///   [`kill_grace`](ProcessPoolBuilder::kill_grace)), which is replaced. A job past its
-    ///   time limit is stopped the same way and fails with `Timeout`.
+    ///   time limit (counted from when a worker takes it, the sending of its argument
+    ///   included) is stopped the same way and fails with `Timeout`.
     ///
     /// # Examples
     ///
@@ -572,6 +611,20 @@ mod pool {
     }
 
     impl ProcessPool {
+        /// The most workers a pool may have (1024): each is a process, with a thread in
+        /// this one to supervise it. [`build`](ProcessPoolBuilder::build) refuses more with
+        /// an `InvalidState` error.
+        ///
+        /// ```
+        /// use braid_bridge::{ErrorKind, ProcessPool};
+        /// let err = ProcessPool::builder()
+        ///     .workers(ProcessPool::MAX_WORKERS + 1)
+        ///     .build()
+        ///     .unwrap_err();
+        /// assert_eq!(err.kind(), ErrorKind::InvalidState);
+        /// ```
+        pub const MAX_WORKERS: usize = 1024;
+
         /// A [`ProcessPoolBuilder`] with the defaults.
         ///
         /// ```
@@ -580,7 +633,9 @@ mod pool {
         /// ```
         pub fn builder() -> ProcessPoolBuilder {
             ProcessPoolBuilder {
-                workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+                workers: std::thread::available_parallelism()
+                    .map_or(1, |n| n.get())
+                    .min(ProcessPool::MAX_WORKERS),
                 max_tasks_per_child: None,
                 initializer: None,
                 functions: Vec::new(),
@@ -625,7 +680,9 @@ mod pool {
         }
 
         /// As [`submit`](ProcessPool::submit), with a time limit counted from when a worker
-        /// takes the job: past it the worker is stopped and the job fails with `Timeout`.
+        /// takes the job (sending it the argument counts, as does sending back the result):
+        /// past it the worker is stopped and the job fails with `Timeout`, once, even if the
+        /// worker had not received the whole argument yet.
         ///
         /// ```
         /// use std::time::Duration;
@@ -684,7 +741,7 @@ mod pool {
                 )
             })?;
             if payload.len() > MAX_PAYLOAD {
-                // Refused here: sent, it would fail on the pipe and look like a dead worker.
+                // Refused here: sent, it would fail on the way and look like a dead worker.
                 let n = payload.len();
                 return Err(Error::new(
                     ErrorKind::Other,
@@ -861,6 +918,69 @@ mod pool {
                 })
             });
             self.completer.complete(result);
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use std::sync::mpsc;
+
+        /// A pool of three slots whose workers would be `/bin/true` (which exits at once,
+        /// saying nothing), built with a spawner that fails at its `fail_at`-th thread:
+        /// None if `start_threads` did not return within 5 s.
+        fn build_failing_at(fail_at: usize) -> Option<Result<ProcessPool>> {
+            let config = Config {
+                workers: 3,
+                max_tasks_per_child: None,
+                max_crashes: 1000,
+                crash_window: Duration::from_secs(60),
+                kill_grace: Duration::from_secs(2),
+                startup_timeout: Duration::from_secs(30),
+                names: Vec::new(),
+            };
+            let pool = ProcessPool {
+                core: Arc::new(Core::new(config, supervisor::send_signal)),
+                functions: Vec::new(),
+                threads: Mutex::new(Vec::new()),
+                job_timeout: None,
+                drop_timeout: Duration::MAX,
+                id: NEXT_POOL_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            };
+            let launch = Arc::new(Launch {
+                exe: "/bin/true".into(),
+                args: Vec::new(),
+                target: String::new(),
+                functions: Vec::new(),
+                rendezvous: Rendezvous::new().expect("a directory for the sockets"),
+            });
+            let (tx, rx) = mpsc::channel();
+            // On a thread of its own: without the fix, it never returns.
+            std::thread::spawn(move || {
+                let mut spawned = 0;
+                let result = start_threads(pool, &launch, |name, body| {
+                    spawned += 1;
+                    if spawned == fail_at {
+                        Err(std::io::Error::other("no thread for you"))
+                    } else {
+                        thread::spawn_named(name, None, body)
+                    }
+                });
+                let _ = tx.send(result);
+            });
+            rx.recv_timeout(Duration::from_secs(5)).ok()
+        }
+
+        #[test]
+        fn a_pool_thread_that_cannot_start_fails_build_at_once_even_with_no_drop_timeout() {
+            // The first slot's thread, a later one, and the monitor (after all three slots').
+            for fail_at in [1, 2, 4] {
+                let result = build_failing_at(fail_at)
+                    .unwrap_or_else(|| panic!("build hung when thread {fail_at} failed"));
+                let err = result.expect_err("a thread could not start");
+                assert_eq!(err.kind(), ErrorKind::Io, "{err}");
+                assert!(err.to_string().contains("no thread for you"), "{err}");
+            }
         }
     }
 }

@@ -1,27 +1,30 @@
-//! The pipe side of the pool: one thread per worker slot starts the worker, talks to it
-//! (one job at a time: write the job, read the answer), lets it go, reaps it and starts the
-//! next; the decisions are the core's. A worker that is stopped (a cancel, a time limit)
-//! closes its pipe by dying, which is how its slot's thread, blocked on a read, learns of it.
-//! An idle worker has no read pending: its slot's thread, waiting for work, looks every
+//! The I/O side of the pool: one thread per worker slot starts the worker, waits for it to
+//! connect (see `rendezvous.rs`), talks to it (one job at a time: write the job, read the
+//! answer), lets it go, reaps it and starts the next; the decisions are the core's. A worker
+//! that is stopped (a cancel, a time limit) closes its connection by dying, which is how its
+//! slot's thread, blocked on a read, learns of it: only the worker holds its end. An idle
+//! worker has no read pending: its slot's thread, waiting for work, looks every
 //! [`IDLE_CHECK`] whether it has exited, and a job written to a worker that turns out to be
 //! gone goes back to the queue, since it never ran.
 //!
-//! A slot's thread blocks SIGPIPE, so that a write to a dead worker's pipe fails with `EPIPE`
+//! A slot's thread blocks SIGPIPE, so that a write to a dead worker's socket fails with `EPIPE`
 //! rather than killing the program when SIGPIPE is at its default disposition (as many
 //! command-line programs set it). A panic in a slot's thread while it talks to a worker (in a
 //! done callback's caller, a result's `Drop`) ends that worker as a crash; the thread goes on.
 
 use super::core::{Core, Exit, Next, Sig};
+use super::rendezvous::{Listening, Rendezvous, SOCKET_ENV};
 use super::wire::{read_frame, skip_to_magic, write_frame, FromWorker, Outcome, ToWorker};
 use super::worker::{panic_text, WORKER_ENV};
 use crate::sync::Arc;
 use crate::{Error, ErrorKind, Result};
 use std::ffi::OsString;
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
+use std::net::Shutdown;
 use std::os::unix::process::ExitStatusExt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 /// How often a slot's thread checks that its idle worker is still alive: how long a worker
@@ -37,6 +40,8 @@ pub(super) struct Launch {
     pub(super) target: String,
     /// The registered functions' names, in order: a worker must say the same.
     pub(super) functions: Vec<String>,
+    /// Where the workers connect to.
+    pub(super) rendezvous: Rendezvous,
 }
 
 /// Sends `sig` to `pid` (the core calls this only for a pid not yet reaped).
@@ -80,7 +85,7 @@ impl Drop for Abandon<'_> {
     }
 }
 
-/// Blocks SIGPIPE on this thread: a write to the pipe of a worker that has gone then fails
+/// Blocks SIGPIPE on this thread: a write to the socket of a worker that has gone then fails
 /// with `EPIPE` (which the thread handles) whatever the program's SIGPIPE disposition. The
 /// workers this thread starts do not inherit the mask: std's `Command` clears it in them.
 fn block_sigpipe() {
@@ -88,17 +93,29 @@ fn block_sigpipe() {
     let mut pipe = SigSet::empty();
     pipe.add(Signal::SIGPIPE);
     // It cannot fail with a valid `how` and set; if it ever did, a write to a dead worker's
-    // pipe would only fall back to the program's own SIGPIPE disposition.
+    // socket would only fall back to the program's own SIGPIPE disposition.
     let _ = pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&pipe), None);
 }
 
 fn slot_loop(core: &Arc<Core>, slot: usize, launch: &Launch) {
     while core.spawning(slot) {
+        let listening = match launch.rendezvous.listen(slot) {
+            Ok(listening) => listening,
+            Err(e) => {
+                let error = format!("could not listen for it: {e}");
+                core.spawn_failed(slot, &error, Instant::now());
+                continue;
+            }
+        };
+        // Its stdin and stdout are not the pool's (see `rendezvous.rs`): what the program
+        // prints before `build()` is discarded, and a child it starts there holds nothing of
+        // the pool's.
         let spawned = Command::new(&launch.exe)
             .args(&launch.args)
             .env(WORKER_ENV, &launch.target)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
+            .env(SOCKET_ENV, listening.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn();
         let mut child = match spawned {
@@ -114,7 +131,9 @@ fn slot_loop(core: &Arc<Core>, slot: usize, launch: &Launch) {
         // A panic in the conversation (user code runs on this thread: a result's `Drop`)
         // leaves the protocol in an unknown state: the worker goes, as a crash, and the slot
         // starts another; the crash limit stops a panic that comes back every time.
-        let talk = catch_unwind(AssertUnwindSafe(|| talk(core, slot, launch, &mut child)));
+        let talk = catch_unwind(AssertUnwindSafe(|| {
+            talk(core, slot, launch, pid, listening)
+        }));
         let failure = talk.unwrap_or_else(|payload| {
             Some(format!(
                 "the pool's thread for it panicked: {}",
@@ -135,18 +154,27 @@ fn slot_loop(core: &Arc<Core>, slot: usize, launch: &Launch) {
     }
 }
 
-/// The life of one worker on its pipes: what went wrong, if anything.
-fn talk(core: &Core, slot: usize, launch: &Launch, child: &mut Child) -> Option<String> {
-    let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
-        unreachable!("both pipes were asked for");
+/// The life of worker `pid` on its connection: what went wrong, if anything.
+fn talk(
+    core: &Core,
+    slot: usize,
+    launch: &Launch,
+    pid: u32,
+    listening: Listening,
+) -> Option<String> {
+    let connection = match listening.accept(|| has_exited(pid)) {
+        Ok(Some(connection)) => connection,
+        // It ended before it reached `build()`: its exit status says why.
+        Ok(None) => return None,
+        Err(e) => return Some(format!("its connection could not be accepted: {e}")),
     };
-    let pid = child.id();
-    let mut to_worker = BufWriter::new(stdin);
-    let mut from_worker = BufReader::new(stdout);
+    let mut to_worker = BufWriter::new(&connection);
+    let mut from_worker = BufReader::new(&connection);
     let failure = converse(core, slot, launch, pid, &mut to_worker, &mut from_worker).err();
-    // Closing its stdin makes a worker that is still there leave; its stdout closes once
-    // it has. If it does not leave, the core's escalation deadline kills it.
+    // Ending our side makes a worker that is still there leave; its side closes once it has.
+    // If it does not leave, the core's escalation deadline kills it.
     drop(to_worker);
+    let _ = connection.shutdown(Shutdown::Write);
     if failure.is_none() {
         drain(&mut from_worker);
     }
@@ -259,7 +287,7 @@ fn converse(
                 }
             }
             Next::Retire | Next::Exit => {
-                // Best effort: closing its stdin says the same.
+                // Best effort: ending our side of the connection says the same.
                 let _ = write_frame(to_worker, &ToWorker::Exit);
                 return Ok(());
             }
@@ -267,7 +295,7 @@ fn converse(
     }
 }
 
-/// An I/O error on a worker's pipe: a garbled stream is a failure worth naming; anything
+/// An I/O error on a worker's connection: a garbled stream is a failure worth naming; anything
 /// else means the worker has gone, and its exit status tells the story.
 fn gone_or(e: io::Error) -> std::result::Result<(), String> {
     if e.kind() == io::ErrorKind::InvalidData {
@@ -297,7 +325,7 @@ fn job_result(outcome: Outcome, name: &str) -> Result<Vec<u8>> {
     }
 }
 
-/// Reads and discards until the end of the stream (the worker has closed its stdout).
+/// Reads and discards until the end of the stream (the worker has closed its side).
 fn drain(r: &mut impl Read) {
     let mut buf = [0u8; 4096];
     loop {

@@ -1,11 +1,12 @@
-//! What crosses the pipes between the pool and a worker: length-prefixed frames (a
+//! What crosses the connection between the pool and a worker: length-prefixed frames (a
 //! little-endian `u32` length, then that many bytes of postcard), preceded on the worker's
 //! side by a magic marker.
 //!
-//! The marker is there because a worker writes on its stdout before it reaches
-//! `ProcessPool::build()` whatever the program writes there (libtest's "running 1 test", a
-//! program's greeting): the pool skips everything before the marker. From the marker on,
-//! the worker's fd 1 points at its stderr and only frames reach the pipe.
+//! The marker says that what connected is a worker speaking this protocol, and where its
+//! frames begin. (It was born when the conversation ran over the worker's stdout, where the
+//! program's own output, such as libtest's "running 1 test", came first and had to be
+//! skipped; that output now goes to /dev/null, and the pool still skips anything before
+//! the marker.)
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};

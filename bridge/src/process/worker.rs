@@ -1,13 +1,14 @@
-//! The worker's side: what `ProcessPool::build()` does in a worker process. It takes the
-//! pipes off fds 0 and 1 (so that what jobs read or print cannot corrupt the protocol), runs
-//! the initializer, says hello with the list of functions it has registered, then answers
-//! jobs one at a time until its stdin closes or it is told to leave, and exits.
+//! The worker's side: what `ProcessPool::build()` does in a worker process. It connects to
+//! its pool's socket (see `rendezvous.rs`), points its stdout at its stderr (so that what
+//! jobs print is seen), runs the initializer, says hello with the list of functions it has
+//! registered, then answers jobs one at a time until the pool ends the connection or tells
+//! it to leave, and exits.
 
+use super::rendezvous::SOCKET_ENV;
 use super::wire::{read_frame, write_frame, FromWorker, Outcome, ToWorker, MAGIC};
 use crate::Error;
-use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Write};
-use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 /// Set in a worker's environment: `<parent pid>/<build ordinal>/<thread name>`.
@@ -71,22 +72,26 @@ fn serve_until_told(
     initializer: Option<&dyn Fn()>,
     parent: u32,
 ) -> io::Result<i32> {
-    // Die with the pool's thread that started us (it holds our pipes and outlives us). The
-    // check after it closes the window in which the parent died before the request. (Elsewhere
-    // than Linux a worker whose pool's process died leaves when its stdin closes.)
+    // Die with the pool's thread that started us (it holds our connection and outlives us).
+    // The check after it closes the window in which the parent died before the request.
+    // (Elsewhere than Linux a worker whose pool's process died leaves when its connection
+    // closes.)
     #[cfg(any(target_os = "linux", target_os = "android"))]
     rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
     let parent_now = rustix::process::getppid().map(|p| p.as_raw_pid());
     if parent_now != i32::try_from(parent).ok() {
         return Ok(0);
     }
+    let socket = std::env::var_os(SOCKET_ENV)
+        .ok_or_else(|| io::Error::other(format!("{SOCKET_ENV} is not set")))?;
+    // Close-on-exec, as std makes every socket: no child of this process ever holds it, so
+    // the pool sees the connection end when this process does.
+    let connection = UnixStream::connect(socket)?;
+    // Until now stdout was /dev/null, where what the program printed before `build()` went.
     io::stdout().flush()?;
-    let from_pool = io::stdin().as_fd().try_clone_to_owned()?;
-    let to_pool = io::stdout().as_fd().try_clone_to_owned()?;
     rustix::stdio::dup2_stdout(io::stderr())?;
-    rustix::stdio::dup2_stdin(File::open("/dev/null")?)?;
-    let mut input = BufReader::new(File::from(from_pool));
-    let mut output = BufWriter::new(File::from(to_pool));
+    let mut input = BufReader::new(&connection);
+    let mut output = BufWriter::new(&connection);
     output.write_all(MAGIC)?;
     if let Some(init) = initializer {
         if let Err(payload) = catch_unwind(AssertUnwindSafe(init)) {
