@@ -607,15 +607,6 @@ fn many_cancelled_timers_free_their_callbacks_before_their_deadlines() {
     .unwrap();
 }
 
-/// Sets a promise to the thread it was dropped on.
-struct ReportsItsDrop(Promise<std::thread::ThreadId>);
-
-impl Drop for ReportsItsDrop {
-    fn drop(&mut self) {
-        let _ = self.0.set_result(std::thread::current().id());
-    }
-}
-
 /// One cancelled `call_later` timer gives up what its callback holds at the cancel, though a
 /// live timer due earlier keeps it from the top of the heap and it is far from being purged
 /// (asyncio's `TimerHandle.cancel()` drops the callback and its arguments at once).
@@ -649,13 +640,18 @@ fn a_cancelled_timer_drops_its_callback_at_the_cancel() {
 /// callback stayed until a purge or its deadline, an hour away here, and `wait_for` times out.
 #[test]
 fn a_timer_cancelled_from_another_thread_drops_its_callback_on_its_loop() {
-    /// Schedules a timer holding a `ReportsItsDrop` behind a live one, cancels it from a new
+    /// Schedules a timer holding a probe of where it is dropped behind a live one, cancels it from a new
     /// thread, and returns the thread that dropped its callback and this loop's thread.
     async fn cancel_from_another_thread(
     ) -> braid::Result<(std::thread::ThreadId, std::thread::ThreadId)> {
         let dropped_on: Promise<std::thread::ThreadId> = Promise::new();
         let earlier = braid::call_later(Duration::from_secs(3600), || ());
-        let probe = ReportsItsDrop(dropped_on.clone());
+        let probe = {
+            let dropped_on = dropped_on.clone();
+            OnDrop(Some(move || {
+                let _ = dropped_on.set_result(std::thread::current().id());
+            }))
+        };
         let timer = braid::call_later(Duration::from_secs(7200), move || drop(probe));
         std::thread::spawn(move || timer.cancel()).join().unwrap();
         let dropped_on = braid::wait_for(async { dropped_on.await }, Some(WAIT)).await?;
