@@ -780,3 +780,81 @@ fn a_coroutine_cancelled_before_it_started_stays_cancelled_through_a_shutdown() 
         "{outcome:?}"
     );
 }
+
+/// Counts its wakes: a joiner's waker seen from outside.
+struct CountingWaker(AtomicUsize);
+
+impl std::task::Wake for CountingWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// A `Task` handle awaited outside the runtime, whose task is stuck in a step on its loop when
+/// a shutdown times out, stops waiting at that shutdown with Cancelled, as a
+/// `run_coroutine_threadsafe` future does: one joiner that was already waiting is woken, one
+/// that looks afterwards is answered at once. Both waited for as long as the loop stayed
+/// stuck. What the task returns after all is dropped with its handle.
+#[test]
+fn a_task_stuck_on_its_loop_releases_its_joiners_at_a_timed_out_shutdown() {
+    use std::future::Future;
+    /// Tells the test when it is dropped.
+    struct LateOutput(mpsc::Sender<()>);
+    impl Drop for LateOutput {
+        fn drop(&mut self) {
+            let _ = self.0.send(());
+        }
+    }
+    let rt = runtime(2);
+    let (started_tx, started_rx) = mpsc::channel();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let release_rx = Arc::new(Mutex::new(release_rx));
+    let (dropped_tx, dropped_rx) = mpsc::channel();
+    // Two tasks, each blocking one loop thread: no await point where the cancel could land.
+    let mut stuck: Vec<Task<LateOutput>> = (0..2)
+        .map(|_| {
+            let (started_tx, release_rx, dropped_tx) =
+                (started_tx.clone(), release_rx.clone(), dropped_tx.clone());
+            rt.event_loop()
+                .spawn(async move {
+                    started_tx.send(()).unwrap();
+                    let _ = release_rx.lock().unwrap().recv_timeout(WAIT);
+                    Ok(LateOutput(dropped_tx))
+                })
+                .unwrap()
+        })
+        .collect();
+    for _ in 0..2 {
+        started_rx.recv_timeout(WAIT).unwrap();
+    }
+    let mut looks_later = stuck.pop().unwrap();
+    let mut waiting = stuck.pop().unwrap();
+    let wakes = Arc::new(CountingWaker(AtomicUsize::new(0)));
+    let waker = std::task::Waker::from(wakes.clone());
+    let mut cx = std::task::Context::from_waker(&waker);
+    assert!(std::pin::Pin::new(&mut waiting).poll(&mut cx).is_pending());
+
+    let err = rt.shutdown(Duration::from_millis(200)).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    assert_eq!(
+        wakes.0.load(Ordering::SeqCst),
+        1,
+        "the waiting joiner was not woken by the shutdown"
+    );
+    for (joiner, task) in [("waiting", &mut waiting), ("later", &mut looks_later)] {
+        match std::pin::Pin::new(task).poll(&mut cx) {
+            std::task::Poll::Ready(Err(e)) => assert!(e.is_cancelled(), "{joiner}: {e}"),
+            std::task::Poll::Ready(Ok(_)) => panic!("{joiner}: a value from a stuck task"),
+            std::task::Poll::Pending => panic!("the {joiner} joiner still waits"),
+        }
+    }
+    for _ in 0..2 {
+        release_tx.send(()).unwrap();
+    }
+    drop((waiting, looks_later));
+    for _ in 0..2 {
+        dropped_rx
+            .recv_timeout(WAIT)
+            .expect("the output a task returned after the shutdown is dropped");
+    }
+}

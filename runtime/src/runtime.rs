@@ -599,6 +599,12 @@ impl Runtime {
     /// to `timeout` for them, stops and joins the loop threads, and finishes whatever is left
     /// so that no waiter hangs.
     ///
+    /// A task still running a step when the timeout expires (its loop thread blocked in it)
+    /// cannot be finished from outside: its `run_coroutine_threadsafe` future settles
+    /// Cancelled, and an await of its `Task` handle gives Cancelled ("the runtime shut
+    /// down"), now or later, unless the task completed first. What the step returns after
+    /// all is dropped. A done callback or `wait` on such a task still waits for the step.
+    ///
     /// Tasks pinned to another thread's host loop (its `spawn_local` tasks) run only on that
     /// thread, which cannot run the loop again once the runtime shuts down. The shutdown
     /// waits for them only while that thread is running the loop; the others are reported to
@@ -749,10 +755,11 @@ impl Runtime {
                 let finished = task.clone().force_finish(shut_down());
                 if !finished && !on_own_loop {
                     // Running on a loop still stuck after the timeout (or done): a
-                    // `ConcurrentFuture` waiting on it settles now, not whenever the loop
-                    // comes unstuck. (Called on a loop thread, the shutdown did not wait:
-                    // the others' running tasks are about to finish, and deliver.)
-                    task.give_up_delivery(shut_down());
+                    // `ConcurrentFuture` or a joiner of the handle waiting on it settles
+                    // now, not whenever the loop comes unstuck. (Called on a loop thread,
+                    // the shutdown did not wait: the others' running tasks are about to
+                    // finish, and deliver.)
+                    task.give_up(shut_down());
                 }
                 if finished && rt.config.debug {
                     rt.loops[0].report(

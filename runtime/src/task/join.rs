@@ -26,6 +26,9 @@ const QUIET: u8 = 1 << 4;
 /// The output goes to a function given at spawn (`run_coroutine_threadsafe`), not to the
 /// handle. Set before the task is shared, never cleared.
 const DELIVERS: u8 = 1 << 5;
+/// A shutdown that timed out gave the task up while it was stuck in a step on its loop: the
+/// joiner stops waiting (with Cancelled) unless the task completed first.
+const GIVEN_UP: u8 = 1 << 6;
 
 /// A task's watchers and its completion. `C` is a done callback.
 pub(crate) struct JoinState<C> {
@@ -110,6 +113,17 @@ impl<C> Drop for TakenCallbacks<C> {
     }
 }
 
+/// What a joiner's look at the task found.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Watch {
+    /// Not completed: the joiner's waker is registered and will be woken.
+    Pending,
+    /// Completed: no wake will come; the joiner reads the output now.
+    Completed,
+    /// Given up by a shutdown before it completed: no wake will come, and no output.
+    GivenUp,
+}
+
 /// What the completer found registered when it published completion.
 #[derive(Clone, Copy)]
 pub(crate) struct Watchers(u8);
@@ -179,11 +193,21 @@ impl<C> JoinState<C> {
         self.bit(QUIET)
     }
 
-    /// Registers the joiner's `waker` unless the task completed; true if it completed (then
-    /// no wake will come: the caller reads the output now).
-    pub(crate) fn watch(&self, waker: &Waker) -> bool {
-        if self.completed() {
-            return true;
+    /// Registers the joiner's `waker` unless the task completed or was given up; which of
+    /// the three it found. Completion wins over a give-up: a value the task returned is
+    /// never thrown away.
+    pub(crate) fn watch(&self, waker: &Waker) -> Watch {
+        fn seen(bits: u8) -> Option<Watch> {
+            if bits & COMPLETED != 0 {
+                Some(Watch::Completed)
+            } else if bits & GIVEN_UP != 0 {
+                Some(Watch::GivenUp)
+            } else {
+                None
+            }
+        }
+        if let Some(found) = seen(self.bits.load(Ordering::Acquire)) {
+            return found;
         }
         let replaced = {
             let mut watchers = self.watchers.lock();
@@ -194,7 +218,20 @@ impl<C> JoinState<C> {
         };
         // Dropped after the lock: a waker's drop may run anything.
         drop(replaced);
-        self.bits.fetch_or(WAKER, Ordering::AcqRel) & COMPLETED != 0
+        // One read-modify-write after the registration: a completer or a give-up that came
+        // first is seen here, one that comes later sees WAKER and takes the waker.
+        seen(self.bits.fetch_or(WAKER, Ordering::AcqRel)).unwrap_or(Watch::Pending)
+    }
+
+    /// A timed-out shutdown's, for a task stuck in a step: tells joiners to stop waiting,
+    /// and returns the waker of one already waiting, for the caller to wake (outside any
+    /// lock). Nothing if the task completed: its joiner gets the output.
+    pub(crate) fn give_up(&self) -> Option<Waker> {
+        let prev = self.bits.fetch_or(GIVEN_UP, Ordering::AcqRel);
+        if prev & COMPLETED != 0 || prev & WAKER == 0 {
+            return None;
+        }
+        self.take_waker()
     }
 
     /// Registers a done callback (the caller has seen the task not completed). True if the
@@ -314,7 +351,7 @@ mod loom_models {
             let join = join_state();
             let (flag, waker) = Flag::new();
             let completer = spawn_completer(&join, false);
-            let ready = join.watch(&waker);
+            let ready = join.watch(&waker) == Watch::Completed;
             completer.join().unwrap();
             assert!(
                 ready || flag.woken(),
@@ -330,10 +367,10 @@ mod loom_models {
         loom::model(|| {
             let join = join_state();
             let (_first, first_waker) = Flag::new();
-            assert!(!join.watch(&first_waker));
+            assert_eq!(join.watch(&first_waker), Watch::Pending);
             let (second, second_waker) = Flag::new();
             let completer = spawn_completer(&join, false);
-            let ready = join.watch(&second_waker);
+            let ready = join.watch(&second_waker) == Watch::Completed;
             completer.join().unwrap();
             assert!(ready || second.woken(), "the joiner's new waker was lost");
         });
@@ -421,6 +458,82 @@ mod loom_models {
             }
             completer.join().unwrap();
             assert_eq!(ran.load(Ordering::SeqCst), 1, "the callback must run once");
+        });
+    }
+
+    /// A timed-out shutdown's give-up (`TaskPtr::give_up`) on another thread.
+    fn spawn_giver(join: &Arc<JoinState<Counted>>) -> thread::JoinHandle<()> {
+        let join = join.clone();
+        thread::spawn(move || {
+            if let Some(waker) = join.give_up() {
+                waker.wake();
+            }
+        })
+    }
+
+    /// A joiner polling while a shutdown gives the task up: the joiner sees the give-up or
+    /// is woken by it, never left waiting for the stuck loop.
+    #[test]
+    fn loom_join_waker_registered_while_a_shutdown_gives_the_task_up() {
+        loom::model(|| {
+            let join = join_state();
+            let (flag, waker) = Flag::new();
+            let giver = spawn_giver(&join);
+            let first = join.watch(&waker);
+            giver.join().unwrap();
+            assert!(
+                first != Watch::Pending || flag.woken(),
+                "the joiner was neither answered nor woken"
+            );
+            assert_eq!(join.watch(&waker), Watch::GivenUp);
+        });
+    }
+
+    /// The same while the stuck step completes after all, as the shutdown gives the task
+    /// up: the joiner is answered or woken (by either), and once the task has completed a
+    /// look finds the output, never the give-up.
+    #[test]
+    fn loom_join_give_up_racing_the_completion_never_hides_the_output() {
+        loom::model(|| {
+            let join = join_state();
+            let (flag, waker) = Flag::new();
+            let giver = spawn_giver(&join);
+            let completer = spawn_completer(&join, false);
+            let first = join.watch(&waker);
+            giver.join().unwrap();
+            completer.join().unwrap();
+            assert!(
+                first != Watch::Pending || flag.woken(),
+                "the joiner was neither answered nor woken"
+            );
+            assert_eq!(join.watch(&waker), Watch::Completed);
+        });
+    }
+
+    /// Twin of the model above whose giver takes the waker before it marks the task given
+    /// up: a joiner that registers in between is never woken, and waits for good.
+    #[test]
+    #[should_panic(expected = "the joiner was neither answered nor woken")]
+    fn broken_give_up_taking_the_waker_first_loses_the_joiner() {
+        loom::model(|| {
+            let join = join_state();
+            let (flag, waker) = Flag::new();
+            let giver = {
+                let join = join.clone();
+                thread::spawn(move || {
+                    let waker = join.take_waker();
+                    join.bits.fetch_or(GIVEN_UP, Ordering::AcqRel);
+                    if let Some(waker) = waker {
+                        waker.wake();
+                    }
+                })
+            };
+            let first = join.watch(&waker);
+            giver.join().unwrap();
+            assert!(
+                first != Watch::Pending || flag.woken(),
+                "the joiner was neither answered nor woken"
+            );
         });
     }
 }

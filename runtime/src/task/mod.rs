@@ -224,9 +224,9 @@ impl Header {
         self.join.handle_dropped()
     }
 
-    /// Registers the joiner's waker unless the task completed; true if it completed (then
-    /// no wake will come: the caller reads the output now).
-    pub(crate) fn watch(&self, waker: &Waker) -> bool {
+    /// Registers the joiner's waker unless the task completed or a timed-out shutdown gave
+    /// it up (then no wake will come).
+    pub(crate) fn watch(&self, waker: &Waker) -> join::Watch {
         self.join.watch(waker)
     }
 
@@ -880,9 +880,10 @@ impl<T> Task<T> {
     }
 
     /// Registers `waker` for this task's completion without taking its output; true if the
-    /// task has completed (then no wake will come).
+    /// task has completed (then no wake will come). A task a timed-out shutdown gave up
+    /// while it was stuck is not completed: `wait` goes on waiting for it, to its timeout.
     pub(crate) fn watch(&self, waker: &Waker) -> bool {
-        self.raw.task().header().watch(waker)
+        self.raw.task().header().watch(waker) == join::Watch::Completed
     }
 
     /// The task's header.

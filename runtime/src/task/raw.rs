@@ -27,6 +27,7 @@
 //!   task's slot holds its deliverer from the spawn until the runner takes it to finish.
 //! * `header`: its own atomics and mutexes.
 
+use super::join::Watch;
 use super::state::{IdleAction, RunAction, WakeAction};
 use super::{Header, TaskId, TaskRef};
 use crate::context;
@@ -177,12 +178,18 @@ impl TaskPtr {
         (self.header().vtable.force_finish)(self, error)
     }
 
-    /// Shutdown only, for a task `force_finish` could not finish: if its output goes to a
-    /// deliverer (`run_coroutine_threadsafe`), that gets `error` now, and what the task
-    /// returns later is dropped. A waiter on a stuck loop's task's `ConcurrentFuture` is not
-    /// left waiting for the loop.
-    pub(crate) fn give_up_delivery(&self, error: Error) {
-        (self.header().vtable.give_up_delivery)(self, error)
+    /// Shutdown only, for a task `force_finish` could not finish (running on a stuck loop):
+    /// whoever waits for it stops waiting for the loop. If its output goes to a deliverer
+    /// (`run_coroutine_threadsafe`), that gets `error` now; otherwise a joiner of its handle
+    /// is woken and gets [`given_up_error`] (and one that looks later gets it at once). What
+    /// the task returns later is dropped, by `finish` or with the cell.
+    pub(crate) fn give_up(&self, error: Error) {
+        let join = &self.header().join;
+        if join.delivers() {
+            (self.header().vtable.give_up_delivery)(self, error)
+        } else if let Some(waker) = join.give_up() {
+            waker.wake();
+        }
     }
 
     /// The stored error, if the task failed (not cancelled) and its output is still there.
@@ -557,8 +564,10 @@ impl<T> JoinPtr<T> {
     /// Registers the joiner's waker, or takes the output once the task has completed.
     pub(crate) fn poll_join(&self, cx: &mut Context<'_>) -> Poll<Result<T>> {
         let cell = self.cell();
-        if !cell.header.watch(cx.waker()) {
-            return Poll::Pending;
+        match cell.header.watch(cx.waker()) {
+            Watch::Completed => {}
+            Watch::Pending => return Poll::Pending,
+            Watch::GivenUp => return Poll::Ready(Err(given_up_error())),
         }
         // Taken in a statement of its own: the guard is gone before any arm runs.
         let slot = std::mem::replace(&mut *cell.output.lock(), Output::Empty);
@@ -585,6 +594,12 @@ impl<T> JoinPtr<T> {
     pub(crate) fn unretrieved_error(&self) -> Option<Error> {
         self.cell().stored_failure()
     }
+}
+
+/// What the joiner of a task given up by a timed-out shutdown gets (`TaskPtr::give_up`): the
+/// same as the joiner of a task the shutdown finished.
+fn given_up_error() -> Error {
+    Error::cancelled(Some("the runtime shut down".to_owned()))
 }
 
 /// Memory for task and callback cells: per-thread free lists by size, in front of the global
