@@ -759,3 +759,48 @@ fn jobs_in_shutdown_timeout_wait_for_a_busy_sibling_but_not_for_each_other() {
     pool.shutdown(true, false);
     assert_eq!(pool.worker_count(), 0);
 }
+
+/// A waker that panics when woken (a bug of the executor that gave it, not of the pool).
+struct PanickingWaker;
+
+impl std::task::Wake for PanickingWaker {
+    fn wake(self: Arc<Self>) {
+        panic!("a waker that panics");
+    }
+}
+
+/// A `submit_async` caller's waker that panics when the pool wakes it for room costs the pool
+/// nothing: the job whose dequeue made the room runs, and the pool goes on running jobs and
+/// shuts down. The panic unwound out of the worker thread's loop, so that job was dropped
+/// unrun and the dead thread stayed counted: with one worker allowed, no job ran again.
+#[test]
+fn a_panicking_room_waker_does_not_kill_a_worker() {
+    use std::future::Future;
+    let pool = Arc::new(
+        ThreadPool::builder()
+            .max_workers(1)
+            .queue_capacity(1)
+            .build()
+            .unwrap(),
+    );
+    let (blocker, release) = block_one(&pool);
+    let filler = pool.try_submit(|| "filler").unwrap();
+    let mut waiting = Box::pin(pool.submit_async(|| "waited for room"));
+    let waker = std::task::Waker::from(Arc::new(PanickingWaker));
+    let mut cx = std::task::Context::from_waker(&waker);
+    assert!(
+        waiting.as_mut().poll(&mut cx).is_pending(),
+        "the queue is full"
+    );
+    release.send(()).unwrap();
+    blocker.result(Some(WAIT)).unwrap();
+    assert_eq!(filler.result(Some(WAIT)).unwrap(), "filler");
+    let queued = match waiting.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(queued) => queued.unwrap(),
+        std::task::Poll::Pending => panic!("no room after the filler ran"),
+    };
+    assert_eq!(queued.result(Some(WAIT)).unwrap(), "waited for room");
+    assert_eq!(pool.submit(|| 7).result(Some(WAIT)).unwrap(), 7);
+    pool.shutdown(true, false);
+    assert_eq!(pool.worker_count(), 0);
+}

@@ -35,6 +35,9 @@ pub enum Fault {
     ProcessPoolBrokenKeepsQueue = 11,
     /// The doorbell's `has_queued` counts a bare ring as a queued message.
     DoorbellQueuedCountsRings = 12,
+    /// `ThreadPool::shutdown_timeout` called from a job waits for every thread, its siblings
+    /// also waiting in it included (each waits for the other for good).
+    PoolJobsInShutdownUncounted = 13,
 }
 
 // A plain std atomic: set before a model starts, read inside it; not part of what is checked.

@@ -505,7 +505,8 @@ impl ThreadPool {
         // A shutdown on another thread may have taken the handles of threads still running:
         // this one, too, returns only once they have left. Not from a job of this pool: two
         // jobs shutting it down would each wait for the other's thread, for good.
-        let in_a_job = WORKER_OF_POOL.with(Cell::get) == self.shared.pool_id;
+        let in_a_job = WORKER_OF_POOL.with(Cell::get) == self.shared.pool_id
+            && !fault!(PoolJobsInShutdownUncounted);
         if wait && !in_a_job {
             let _ = self.shutdown_timeout(cancel_futures, Duration::MAX);
         }
@@ -551,7 +552,8 @@ impl ThreadPool {
     pub fn shutdown_timeout(&self, cancel_futures: bool, timeout: Duration) -> bool {
         let _ = self.shared.begin_shutdown(cancel_futures, false);
         let deadline = Instant::now().checked_add(timeout);
-        let in_a_job = WORKER_OF_POOL.with(Cell::get) == self.shared.pool_id;
+        let in_a_job = WORKER_OF_POOL.with(Cell::get) == self.shared.pool_id
+            && !fault!(PoolJobsInShutdownUncounted);
         let mut st = self.shared.state.lock();
         if in_a_job {
             st.jobs_in_shutdown += 1;
@@ -663,9 +665,7 @@ impl Shared {
                 }
                 let wakers = std::mem::take(&mut st.room_wakers);
                 drop(st);
-                for w in wakers {
-                    w.wake();
-                }
+                wake_for_room(wakers);
                 call_job(job, Mode::Run);
                 st = pool.state.lock();
                 continue;
@@ -736,9 +736,7 @@ impl Shared {
         };
         self.work.notify_all();
         self.room.notify_all();
-        for w in wakers {
-            w.wake();
-        }
+        wake_for_room(wakers);
         // One by one through `call_job`: a panic dropping one job's captures must not leave
         // the others unfailed, nor unwind out of `shutdown`.
         for job in cancelled {
@@ -762,6 +760,21 @@ fn call_job(job: Job, mode: Mode) {
             "braid: dropping a ThreadPool job's value or captures panicked: {}",
             Error::from_panic(payload)
         ));
+    }
+}
+
+/// Wakes the `submit_async` callers waiting for room, each through a catch: a waker is the
+/// caller's executor's code, and a panic in one must neither unwind out of a worker's loop
+/// (killing the thread with the job it had just taken, while it stayed counted) or out of
+/// `shutdown`, nor leave the wakers after it unwoken. Reported on stderr, as `call_job` does.
+fn wake_for_room(wakers: Vec<Waker>) {
+    for waker in wakers {
+        if let Err(payload) = catch_unwind(AssertUnwindSafe(move || waker.wake())) {
+            crate::report_to_stderr(format_args!(
+                "braid: waking a ThreadPool::submit_async caller panicked: {}",
+                Error::from_panic(payload)
+            ));
+        }
     }
 }
 
