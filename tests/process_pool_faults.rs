@@ -551,3 +551,58 @@ fn a_child_started_before_build_does_not_keep_a_dead_workers_job_waiting() {
     assert!(err.to_string().contains("exited with status 3"), "{err}");
     assert!(dropped, "dropping the pool waited for the worker's child");
 }
+
+// --- A temp directory whose path is too long for a socket's address ---
+
+const LONG_TMPDIR_SCENARIO: &str = "BRAID_TEST_LONG_TMPDIR_SCENARIO";
+
+/// A pool builds and runs jobs when `TMPDIR` names a directory whose path is too long for a
+/// Unix socket's address (about a hundred bytes): its workers' sockets go to `/tmp` instead.
+/// Every worker's start failed, so every job failed. Run again in a process of its own, with
+/// that `TMPDIR`.
+#[test]
+fn a_pool_runs_jobs_when_the_temp_directorys_path_is_too_long_for_a_socket() {
+    if std::env::var_os(LONG_TMPDIR_SCENARIO).is_some() {
+        let pool = ProcessPool::builder()
+            .workers(2)
+            .register(pid)
+            .build()
+            .unwrap();
+        let worker = pool.submit(pid, ()).unwrap().result(Some(WAIT)).unwrap();
+        assert_ne!(worker, std::process::id());
+        pool.shutdown(true, false);
+        println!("RAN IN A WORKER");
+        return;
+    }
+    let long = std::env::temp_dir()
+        .join(format!("braid-long-tmpdir-{}", std::process::id()))
+        .join("a-directory-name-of-forty-bytes-or-so-xx")
+        .join("a-directory-name-of-forty-bytes-or-so-yy")
+        .join("a-directory-name-of-forty-bytes-or-so-zz");
+    assert!(long.as_os_str().len() > 110, "{}", long.display());
+    std::fs::create_dir_all(&long).unwrap();
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "a_pool_runs_jobs_when_the_temp_directorys_path_is_too_long_for_a_socket",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(LONG_TMPDIR_SCENARIO, "1")
+        .env("TMPDIR", &long)
+        .output()
+        .expect("run the scenario");
+    let left_in_long: Vec<_> = std::fs::read_dir(&long).unwrap().flatten().collect();
+    let _ = std::fs::remove_dir_all(long.ancestors().nth(3).unwrap());
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("RAN IN A WORKER"),
+        "status {:?}\n{text}",
+        out.status
+    );
+    assert!(left_in_long.is_empty(), "{left_in_long:?}");
+}

@@ -447,7 +447,7 @@ mod pool {
                 }
                 .encode(),
                 functions: names,
-                rendezvous: Rendezvous::new()?,
+                rendezvous: Rendezvous::new(config.workers)?,
             });
             let pool = pool(Core::new(config, supervisor::send_signal));
             start_threads(pool, &launch, |name, body| {
@@ -952,7 +952,7 @@ mod pool {
                 args: Vec::new(),
                 target: String::new(),
                 functions: Vec::new(),
-                rendezvous: Rendezvous::new().expect("a directory for the sockets"),
+                rendezvous: Rendezvous::new(1).expect("a directory for the sockets"),
             });
             let (tx, rx) = mpsc::channel();
             // On a thread of its own: without the fix, it never returns.

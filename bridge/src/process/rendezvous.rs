@@ -9,7 +9,8 @@
 //! close-on-exec from the start, so no child of the worker ever holds it; the worker starts
 //! with its stdin and stdout on `/dev/null`.
 //!
-//! Each pool has a directory of its own in the temp directory, open to this user only (so
+//! Each pool has a directory of its own in the temp directory (in `/tmp` if the temp
+//! directory's path is too long for a socket's address), open to this user only (so
 //! nobody else can connect), removed with the pool. Before a slot starts a worker it binds
 //! a socket there, named after the slot and given to the worker in [`SOCKET_ENV`]; it
 //! accepts the worker's one connection and removes the socket's file. A worker that exits
@@ -37,15 +38,45 @@ pub(super) struct Rendezvous {
     dir: PathBuf,
 }
 
+/// The longest path a Unix socket's address holds: `sun_path`'s size less its closing NUL.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+const MAX_SOCKET_PATH: usize = 107;
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+const MAX_SOCKET_PATH: usize = 103;
+
+/// Where sockets go when the temp directory's path is too long for them.
+const FALLBACK_DIR: &str = "/tmp";
+
 impl Rendezvous {
-    /// Creates a directory for a pool's sockets in the temp directory, open to this user only.
-    pub(super) fn new() -> io::Result<Rendezvous> {
+    /// Creates a directory for the sockets of a pool of `slots` workers, open to this user
+    /// only: in the temp directory, or in `/tmp` if the temp directory's path (`TMPDIR`) is
+    /// too long for a socket's address there, which holds about a hundred bytes.
+    pub(super) fn new(slots: usize) -> io::Result<Rendezvous> {
         // Names tell this process's pools apart; they synchronise nothing.
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         let pid = std::process::id();
+        let longest_socket_name = slots.saturating_sub(1).to_string().len();
+        let holds_sockets =
+            |dir: &Path| dir.as_os_str().len() + 1 + longest_socket_name <= MAX_SOCKET_PATH;
+        let temp = std::env::temp_dir();
         loop {
-            let n = NEXT.fetch_add(1, Ordering::Relaxed);
-            let dir = std::env::temp_dir().join(format!("braid-ppool-{pid}-{n}"));
+            let name = format!("braid-ppool-{pid}-{}", NEXT.fetch_add(1, Ordering::Relaxed));
+            let dir = match [temp.join(&name), Path::new(FALLBACK_DIR).join(&name)]
+                .into_iter()
+                .find(|dir| holds_sockets(dir))
+            {
+                Some(dir) => dir,
+                None => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!(
+                            "no directory for the workers' sockets: {} and {FALLBACK_DIR} are \
+                             too long for a Unix socket's address ({MAX_SOCKET_PATH} bytes)",
+                            temp.display()
+                        ),
+                    ))
+                }
+            };
             match DirBuilder::new().mode(0o700).create(&dir) {
                 Ok(()) => return Ok(Rendezvous { dir }),
                 // Left by an earlier process with our pid, or made by someone else: use only
@@ -133,7 +164,7 @@ mod tests {
 
     #[test]
     fn a_pools_directory_is_its_users_alone_and_goes_with_the_pool() {
-        let rendezvous = Rendezvous::new().unwrap();
+        let rendezvous = Rendezvous::new(4).unwrap();
         let dir = rendezvous.dir.clone();
         let mode = fs::metadata(&dir).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o700);
@@ -148,7 +179,7 @@ mod tests {
 
     #[test]
     fn a_connection_made_before_the_worker_exited_is_accepted_and_none_is_waited_for_after() {
-        let rendezvous = Rendezvous::new().unwrap();
+        let rendezvous = Rendezvous::new(4).unwrap();
         let listening = rendezvous.listen(3).unwrap();
         let mut worker = UnixStream::connect(listening.path()).unwrap();
         // The worker connected, wrote and exited: its connection still counts.
