@@ -530,3 +530,36 @@ fn eof_arriving_with_the_last_data_is_seen_after_a_short_read() {
         Ok(())
     });
 }
+
+/// `start_server` called while the runtime shuts down (here in a task's cleanup after the
+/// shutdown's cancel) fails with Closed, and its listener is closed: the server could never
+/// accept, since its accept task was refused. It returned a server that never accepted, and
+/// the refused task was reported as "Task exception was never retrieved".
+#[test]
+fn start_server_during_shutdown_is_closed() {
+    let rt = runtime(1);
+    let lp = rt.event_loop();
+    let reports = Arc::new(Mutex::new(Vec::new()));
+    let seen = reports.clone();
+    lp.set_exception_handler(move |ctx| seen.lock().unwrap().push(ctx.message.clone()));
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let (outcome_tx, outcome_rx) = std::sync::mpsc::channel();
+    drop(
+        lp.spawn(async move {
+            started_tx.send(()).unwrap();
+            let cancelled = braid::sleep(Duration::from_secs(3600)).await;
+            assert!(cancelled.is_err(), "the shutdown cancels the sleep");
+            let started = braid::start_server(echo_lines, "127.0.0.1:0").await;
+            outcome_tx
+                .send(started.map(|s| s.local_addr()).map_err(|e| e.kind()))
+                .unwrap();
+            Ok(())
+        })
+        .unwrap(),
+    );
+    started_rx.recv_timeout(WAIT).unwrap();
+    rt.shutdown(WAIT).unwrap();
+    let outcome = outcome_rx.recv_timeout(WAIT).expect("the cleanup ran");
+    assert_eq!(outcome.unwrap_err(), ErrorKind::Closed);
+    assert_eq!(*reports.lock().unwrap(), Vec::<String>::new());
+}

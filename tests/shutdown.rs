@@ -858,3 +858,32 @@ fn a_task_stuck_on_its_loop_releases_its_joiners_at_a_timed_out_shutdown() {
             .expect("the output a task returned after the shutdown is dropped");
     }
 }
+
+/// A spawn refused after shutdown is the caller's error (`EventLoop::spawn` returns Closed)
+/// and nothing more: no "Task exception was never retrieved" report of the task it never
+/// ran. Each refusal printed one, and a hyper server's executor, which spawns a background
+/// future per connection, printed one per future refused while it shut down.
+#[test]
+fn a_refused_spawn_is_not_reported_as_an_unretrieved_exception() {
+    let rt = runtime(1);
+    let lp = rt.event_loop();
+    let reports = Arc::new(Mutex::new(Vec::new()));
+    let seen = reports.clone();
+    lp.set_exception_handler(move |ctx| seen.lock().unwrap().push(ctx.message.clone()));
+    // The handler works: a failed detached task is reported to it.
+    drop(
+        lp.spawn(async { Err::<(), _>(braid::Error::new(ErrorKind::Io, "boom")) })
+            .unwrap(),
+    );
+    assert!(
+        common::eventually(WAIT, || !reports.lock().unwrap().is_empty()),
+        "the failed task was not reported"
+    );
+    reports.lock().unwrap().clear();
+    rt.shutdown(WAIT).unwrap();
+    for _ in 0..3 {
+        let refused = lp.spawn(async { Ok(()) }).unwrap_err();
+        assert_eq!(refused.kind(), ErrorKind::Closed);
+    }
+    assert_eq!(*reports.lock().unwrap(), Vec::<String>::new());
+}

@@ -1248,12 +1248,19 @@ where
 
 /// A shared task that starts in the runtime's injector rather than this loop's queue, so that
 /// the first idle loop takes it: a server spreads its connections over the loops this way.
+/// Its one caller (a server's connection) drops the handle: a task refused because the
+/// runtime is shutting down is not reported as "never retrieved" (the connection closes with
+/// the dropped future).
 pub(crate) fn spawn_task_spread<F, T>(rt: &Arc<RuntimeShared>, future: F) -> Task<T>
 where
     F: Future<Output = Result<T>> + Send + 'static,
     T: Send + 'static,
 {
-    spawn_placed(rt, None, future, None, true).0
+    let (task, accepted) = spawn_placed(rt, None, future, None, true);
+    if !accepted {
+        task.mark_quiet();
+    }
+    task
 }
 
 fn spawn_placed<F, T>(
@@ -1459,7 +1466,12 @@ impl EventLoop {
     {
         match spawn_task(&self.rt, None, fut) {
             (task, true) => Ok(task),
-            (_, false) => Err(closed_error()),
+            (refused, false) => {
+                // The refusal is this call's error; the task it never ran, finished Closed,
+                // is nobody's to report as "never retrieved".
+                refused.mark_quiet();
+                Err(closed_error())
+            }
         }
     }
 

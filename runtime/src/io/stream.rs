@@ -1209,7 +1209,8 @@ pub struct Server {
 /// served (asyncio binds each one).
 ///
 /// # Errors
-/// Kind `Io` (the address is in use, say); `InvalidState` outside a braid runtime.
+/// Kind `Io` (the address is in use, say); `InvalidState` outside a braid runtime; `Closed`
+/// once the runtime is shutting down.
 pub fn start_server<H, Fut>(
     handler: H,
     addr: impl ToSocketAddrs + Send + 'static,
@@ -1254,11 +1255,14 @@ where
             }),
         });
         let accepting = shared.clone();
-        drop(spawn_task(
-            &rt,
-            None,
-            accept_loop(accepting, handler, rt.clone()),
-        ));
+        let (accept, accepted) = spawn_task(&rt, None, accept_loop(accepting, handler, rt.clone()));
+        if !accepted {
+            // The runtime is shutting down: a server that would never accept is an error
+            // (the listener closes with `shared`), not a task reported as never retrieved.
+            accept.mark_quiet();
+            return Err(crate::event_loop::closed_error());
+        }
+        drop(accept);
         Ok(Server { shared })
     })
 }
