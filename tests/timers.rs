@@ -795,3 +795,61 @@ fn a_sleep_waiting_when_its_runtime_shuts_down_moves_with_its_task() {
     );
     second.shutdown(WAIT).unwrap();
 }
+
+const HUGE_LINGER_SCENARIO: &str = "BRAID_TEST_HUGE_LINGER_SCENARIO";
+
+/// A sleep awaited through `run_coroutine_threadsafe` takes about its delay whatever
+/// `BRAID_LINGER_US` says: the loops' linger before sleeping is capped (at 1 ms) and ends at
+/// the next timer's deadline. With 3 000 000 the 10 ms sleep took 3 s, every time (no loop
+/// fired timers while all of them lingered), and with `u64::MAX` it never ended. Run again in
+/// a process of its own, where the variable is read.
+#[test]
+fn a_huge_linger_setting_delays_no_timer() {
+    if let Some(linger) = std::env::var_os(HUGE_LINGER_SCENARIO) {
+        assert_eq!(std::env::var_os("BRAID_LINGER_US"), Some(linger));
+        let rt = runtime(2);
+        let lp = rt.event_loop();
+        for _ in 0..3 {
+            let start = Instant::now();
+            let slept = lp
+                .run_coroutine_threadsafe(async {
+                    braid::sleep(Duration::from_millis(10)).await?;
+                    Ok(())
+                })
+                .unwrap();
+            slept.result(Some(WAIT)).unwrap();
+            let took = start.elapsed();
+            // Generous: a loaded machine is slow, but not by seconds.
+            assert!(
+                took < Duration::from_millis(1500),
+                "the sleep took {took:?}"
+            );
+        }
+        rt.shutdown(WAIT).unwrap();
+        println!("SLEPT ON TIME");
+        return;
+    }
+    for linger in ["3000000", &u64::MAX.to_string()] {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "a_huge_linger_setting_delays_no_timer",
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(HUGE_LINGER_SCENARIO, linger)
+            .env("BRAID_LINGER_US", linger)
+            .output()
+            .expect("run the scenario");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            text.contains("SLEPT ON TIME"),
+            "BRAID_LINGER_US={linger}: status {:?}\n{text}",
+            out.status
+        );
+    }
+}

@@ -10,9 +10,11 @@ use std::time::{Duration, Instant};
 /// takes work from another thread at once; a waiter that lingers sees the loop's answer at
 /// once (measured with a `call_soon_threadsafe` round trip: 18 µs of its 19 µs went to waking
 /// the blocked foreign thread). Lingering yields the CPU on every look, so a thread with work
-/// to do is not kept off it. 20 µs unless `BRAID_LINGER_US` says otherwise (0 turns it off).
-/// A worker loop lingers only while its recent wake-ups were work handed over by other threads;
-/// one woken by its sockets sleeps at once (the runtime's `linger` module says why).
+/// to do is not kept off it. 20 µs unless `BRAID_LINGER_US` says otherwise (0 turns it off),
+/// and never more than [`MAX_LINGER`]: a longer look only burns CPU, and a huge value made
+/// `Instant::now() + linger` overflow. A worker loop lingers only while its recent wake-ups
+/// were work handed over by other threads; one woken by its sockets sleeps at once (the
+/// runtime's `linger` module says why).
 ///
 /// ```
 /// // The same for every caller in the process: read once.
@@ -25,9 +27,12 @@ pub fn linger() -> Duration {
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(20);
-        Duration::from_micros(us)
+        Duration::from_micros(us).min(MAX_LINGER)
     })
 }
+
+/// The longest [`linger`]: a `BRAID_LINGER_US` above 1 000 is taken as 1 000.
+pub const MAX_LINGER: Duration = Duration::from_millis(1);
 
 /// Lingers: calls `look` until it returns true (then returns true) or until [`linger`] has
 /// passed (then false), never past `deadline`. `look` should yield the CPU

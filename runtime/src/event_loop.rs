@@ -914,6 +914,20 @@ impl LoopCtx {
         self.timers.borrow_mut().next_deadline()
     }
 
+    /// When the earliest timer this loop could fire falls due: its own, or the runtime's
+    /// shared ones.
+    fn next_timer_deadline(&self) -> Option<Instant> {
+        let shared = self
+            .rt
+            .timers
+            .earliest()
+            .and_then(|ns| self.rt.instant_of(ns));
+        match (self.next_local_deadline(), shared) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     /// Worker loops: sleep until there is work (see `scheduler` for the protocol).
     pub(crate) fn park_worker(&self) {
         let rt = &self.rt;
@@ -928,7 +942,9 @@ impl LoopCtx {
         // `linger`).
         if self.linger.lingers() {
             let mut io = false;
-            if linger_until(None, || {
+            // Never past the next timer: a lingering loop fires none, and while every loop
+            // lingers nobody does.
+            if linger_until(self.next_timer_deadline(), || {
                 std::thread::yield_now();
                 // A sibling's bare ring ends the linger too (it asks us to steal), but
                 // `count_wake` counts it as neither kind.
@@ -1043,6 +1059,11 @@ impl LoopCtx {
         // As a worker lingers: the answer a `run_until_complete` waits for is often
         // microseconds away, and seeing it now saves waking this thread's vCPU.
         let most = max.and_then(|max| Instant::now().checked_add(max));
+        // Never past this loop's next timer, which only this thread fires.
+        let most = match (most, self.next_local_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         if linger_until(most, || {
             std::thread::yield_now();
             ready() || self.has_local_work() || self.poll_io_now() > 0
