@@ -29,7 +29,7 @@ use std::io::Write;
 use std::pin::pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The command line.
 #[derive(Parser, Debug)]
@@ -103,6 +103,9 @@ async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) -> braid::Resu
 
 /// Accepts connections until cancelled, one task each.
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) -> braid::Result<()> {
+    // The list is pruned of finished connections whenever it doubles: a server that runs
+    // until it is killed kept every connection's finished task (550 bytes each) for good.
+    let mut prune_at = 64;
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -118,15 +121,23 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) -> braid::Resul
         let task = {
             let shared = shared.clone();
             braid::create_task(async move {
-                let outcome = serve_connection(stream, shared).await;
-                match &outcome {
-                    Err(e) if !e.is_cancelled() => eprintln!("connection from {peer}: {e}"),
-                    _ => {}
+                match serve_connection(stream, shared).await {
+                    // Told here, so that a pruned task's error is not reported again as
+                    // "never retrieved".
+                    Err(e) if !e.is_cancelled() => {
+                        eprintln!("connection from {peer}: {e}");
+                        Ok(())
+                    }
+                    outcome => outcome,
                 }
-                outcome
             })
         };
-        shared.conns.lock().unwrap().push(task);
+        let mut conns = shared.conns.lock().unwrap();
+        if conns.len() >= prune_at {
+            conns.retain(|conn| !conn.done());
+            prune_at = (conns.len() * 2).max(64);
+        }
+        conns.push(task);
     }
 }
 
@@ -146,9 +157,12 @@ async fn main_coroutine(args: Args) -> braid::Result<()> {
     accept.cancel();
     let _ = accept.await;
     let conns = std::mem::take(&mut *shared.conns.lock().unwrap());
+    // Each finishes its response and closes; those still open after 10 s in all are cut off
+    // (10 s each, one after another, could take 10 s per hanging connection).
+    let deadline = Instant::now() + Duration::from_secs(10);
     for conn in conns {
-        // Each finishes its response and closes; one that hangs is cut off.
-        if let Err(e) = braid::wait_for(conn, Some(Duration::from_secs(10))).await {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if let Err(e) = braid::wait_for(conn, Some(left)).await {
             if !e.is_cancelled() {
                 eprintln!("a connection did not close cleanly: {e}");
             }
