@@ -2,7 +2,8 @@
 //! submission racing it is either refused or settles); the tasks left are cancelled and their
 //! cleanup runs (shared tasks and tasks pinned to the host loop); a task that refuses to finish
 //! makes `shutdown` return a Timeout error naming it; a `Task` joined from a foreign thread
-//! settles instead of hanging; `workers(0)` is refused; dropping a busy runtime is prompt.
+//! settles instead of hanging; `workers(0)`, too many workers and a thread name with a NUL
+//! byte are refused; dropping a busy runtime is prompt, even inside another runtime's loop.
 //! (asyncio's counterparts: `asyncio.run` cancelling the tasks left in
 //! `runners._cancel_all_tasks`, and a closed loop refusing `call_soon_threadsafe` with
 //! `RuntimeError`.)
@@ -886,4 +887,191 @@ fn a_refused_spawn_is_not_reported_as_an_unretrieved_exception() {
         assert_eq!(refused.kind(), ErrorKind::Closed);
     }
     assert_eq!(*reports.lock().unwrap(), Vec::<String>::new());
+}
+
+// --- A runtime shut down or dropped inside another runtime's loop ---
+
+/// Counts its drops: the future of a task that holds it has been dropped once it counts 1.
+struct CountDrop(Arc<AtomicUsize>);
+
+impl Drop for CountDrop {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// A runtime `a` with a task left asleep on this thread's host loop of it: the drops of the
+/// task's future, whether its code after the await ran, what that host loop reported to its
+/// exception handler, and where a foreign thread waiting for the task sends its result.
+struct LeftOnTheHost {
+    a: Runtime,
+    dropped: Arc<AtomicUsize>,
+    resumed: Arc<AtomicBool>,
+    reports: Arc<Mutex<Vec<String>>>,
+    waiter: mpsc::Receiver<braid::Result<()>>,
+}
+
+/// Runtime `a`, after a task pinned to this thread's host loop of it was left asleep there,
+/// with a foreign thread already waiting for that task.
+fn a_runtime_with_a_task_left_on_the_host() -> LeftOnTheHost {
+    let a = runtime(1);
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let resumed = Arc::new(AtomicBool::new(false));
+    let reports = Arc::new(Mutex::new(Vec::new()));
+    let pinned = a
+        .run_until_complete({
+            let (guard, resumed, seen) =
+                (CountDrop(dropped.clone()), resumed.clone(), reports.clone());
+            async move {
+                braid::get_running_loop().set_exception_handler(move |ctx| {
+                    seen.lock().unwrap().push(ctx.message.clone())
+                });
+                let asleep = Arc::new(AtomicBool::new(false));
+                let task = braid::spawn_local({
+                    let asleep = asleep.clone();
+                    async move {
+                        let _guard = guard;
+                        let sleep = braid::sleep(LONG);
+                        asleep.store(true, Ordering::SeqCst);
+                        let slept = sleep.await;
+                        resumed.store(true, Ordering::SeqCst);
+                        slept
+                    }
+                });
+                // Left in its sleep, not merely queued.
+                while !asleep.load(Ordering::SeqCst) {
+                    braid::yield_now().await?;
+                }
+                Ok(task)
+            }
+        })
+        .unwrap();
+    let (tx, waiter) = mpsc::channel();
+    thread::spawn(move || {
+        let _ = tx.send(futures::executor::block_on(pinned));
+    });
+    LeftOnTheHost {
+        a,
+        dropped,
+        resumed,
+        reports,
+        waiter,
+    }
+}
+
+/// A runtime shut down inside another runtime's `run_until_complete`, on the thread whose
+/// host loop of it holds a `spawn_local` task, cannot run that host loop there (loops do not
+/// nest): the task finishes Cancelled at once, its future dropped without resuming, its
+/// waiter released, and the shutdown returns Ok well before its timeout, the other runtime
+/// unharmed. It used to wait the whole timeout for the task and fail with a false Timeout
+/// naming it (found by helper-51).
+#[test]
+fn shutdown_inside_another_runtimes_loop_settles_its_host_tasks_at_once() {
+    let left = a_runtime_with_a_task_left_on_the_host();
+    let b = runtime(1);
+    let a = left.a;
+    let (shut, took) = b
+        .run_until_complete(async move {
+            let begun = Instant::now();
+            let shut = a.shutdown(Duration::from_secs(10));
+            Ok((shut, begun.elapsed()))
+        })
+        .unwrap();
+    assert!(shut.is_ok(), "{shut:?} after {took:?}");
+    assert!(took < Duration::from_secs(5), "the shutdown took {took:?}");
+    assert_eq!(left.dropped.load(Ordering::SeqCst), 1);
+    assert!(!left.resumed.load(Ordering::SeqCst));
+    let joined = left.waiter.recv_timeout(WAIT).expect("the waiter settled");
+    assert!(joined.unwrap_err().is_cancelled());
+    assert_eq!(*left.reports.lock().unwrap(), Vec::<String>::new());
+    assert_eq!(b.run_until_complete(async { Ok(7) }).unwrap(), 7);
+    b.shutdown(WAIT).unwrap();
+}
+
+/// Dropping a runtime inside another runtime's `run_until_complete`, on the thread whose
+/// host loop of it holds a `spawn_local` task, is prompt as any drop is: the task finishes
+/// Cancelled, its future dropped. It used to block the other runtime's loop for the drop's
+/// whole timeout (5 s), then print a timeout report (found by helper-51).
+#[test]
+fn dropping_a_runtime_inside_another_runtimes_loop_is_prompt() {
+    let left = a_runtime_with_a_task_left_on_the_host();
+    let b = runtime(1);
+    let a = left.a;
+    let took = b
+        .run_until_complete(async move {
+            let begun = Instant::now();
+            drop(a);
+            Ok(begun.elapsed())
+        })
+        .unwrap();
+    assert!(took < Duration::from_secs(2), "the drop took {took:?}");
+    assert_eq!(left.dropped.load(Ordering::SeqCst), 1);
+    assert!(!left.resumed.load(Ordering::SeqCst));
+    let joined = left.waiter.recv_timeout(WAIT).expect("the waiter settled");
+    assert!(joined.unwrap_err().is_cancelled());
+    assert_eq!(*left.reports.lock().unwrap(), Vec::<String>::new());
+    b.shutdown(WAIT).unwrap();
+}
+
+// --- Settings out of range ---
+
+/// More workers than `Runtime::MAX_WORKERS` is an InvalidInput error naming the bound, as
+/// zero is. `usize::MAX` used to panic ("capacity overflow") in `build` (found by
+/// helper-51).
+#[test]
+fn workers_beyond_max_workers_is_invalid_input() {
+    for n in [usize::MAX, Runtime::MAX_WORKERS + 1] {
+        let err = Runtime::builder().workers(n).build().unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput, "{n}: {err}");
+        assert!(err.to_string().contains("MAX_WORKERS"), "{n}: {err}");
+    }
+}
+
+/// Set: this process is the child that builds a runtime of 2^40 workers.
+const HUGE_WORKERS_SCENARIO: &str = "BRAID_TEST_HUGE_WORKERS";
+
+/// A worker count too large to allocate a slot per loop for is an InvalidInput error, not
+/// an abort of the process ("memory allocation of 8796093022208 bytes failed", found by
+/// helper-51). Run again in a process of its own, so that an abort fails this test alone.
+#[test]
+fn a_workers_count_too_large_to_allocate_is_invalid_input_not_an_abort() {
+    if std::env::var_os(HUGE_WORKERS_SCENARIO).is_some() {
+        let err = Runtime::builder().workers(1 << 40).build().unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput, "{err}");
+        println!("REFUSED");
+        return;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "a_workers_count_too_large_to_allocate_is_invalid_input_not_an_abort",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(HUGE_WORKERS_SCENARIO, "1")
+        .output()
+        .expect("run the scenario");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && text.contains("REFUSED"),
+        "status {:?}\n{text}",
+        out.status
+    );
+}
+
+/// A thread name with a NUL byte is an InvalidInput error from `build`. It used to panic
+/// there ("thread name may not contain interior null bytes", from std; found by helper-51).
+#[test]
+fn a_thread_name_with_a_nul_byte_is_invalid_input() {
+    let err = Runtime::builder()
+        .workers(1)
+        .thread_name("a\0b")
+        .build()
+        .unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput, "{err}");
+    assert!(err.to_string().contains("NUL"), "{err}");
 }

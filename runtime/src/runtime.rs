@@ -61,19 +61,23 @@ impl Builder {
         }
     }
 
-    /// The number of loop threads (at least 1; default: one per available core).
+    /// The number of loop threads: at least 1 and at most [`Runtime::MAX_WORKERS`] (`build`
+    /// refuses others); default: one per available core, at most `MAX_WORKERS`.
     ///
     /// ```
-    /// let rt = braid_runtime::Runtime::builder().workers(3).build().unwrap();
+    /// use braid_runtime::Runtime;
+    /// let rt = Runtime::builder().workers(3).build().unwrap();
     /// assert_eq!(rt.event_loops().len(), 3);
-    /// assert!(braid_runtime::Runtime::builder().workers(0).build().is_err());
+    /// assert!(Runtime::builder().workers(0).build().is_err());
+    /// assert!(Runtime::builder().workers(usize::MAX).build().is_err());
     /// ```
     pub fn workers(mut self, n: usize) -> Self {
         self.workers = Some(n);
         self
     }
 
-    /// The loop threads' name prefix (threads are named `<name>-<index>`).
+    /// The loop threads' name prefix (threads are named `<name>-<index>`). A name with a NUL
+    /// byte makes `build` fail (threads' names are C strings).
     ///
     /// ```
     /// let rt = braid_runtime::Runtime::builder().workers(1).thread_name("svc").build().unwrap();
@@ -138,25 +142,58 @@ impl Builder {
     ///
     /// # Errors
     ///
-    /// `InvalidInput` for zero workers or executor threads; the OS error if a poller or a
-    /// thread cannot be created (threads already started are stopped again).
+    /// `InvalidInput`, before anything is started, for zero workers or more than
+    /// [`Runtime::MAX_WORKERS`], zero executor threads, or a thread name with a NUL byte; the
+    /// OS error if a poller or a thread cannot be created. That error comes at once: the
+    /// threads already started are stopped and joined first, and nothing is left behind.
     pub fn build(self) -> std::io::Result<Runtime> {
-        let invalid =
-            |msg: &str| std::io::Error::new(std::io::ErrorKind::InvalidInput, msg.to_owned());
+        self.build_with(|name, body| std::thread::Builder::new().name(name).spawn(body))
+    }
+
+    /// The settings' checks, before anything is allocated or started: each of these would
+    /// otherwise panic in `build` or abort the process (an allocation of `workers` slots).
+    fn check(&self) -> std::io::Result<usize> {
+        let invalid = |msg: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, msg);
         let workers = match self.workers {
             Some(0) => {
                 return Err(invalid(
-                    "Builder::workers: a runtime needs at least 1 worker",
+                    "Builder::workers: a runtime needs at least 1 worker".to_owned(),
                 ))
             }
+            Some(n) if n > Runtime::MAX_WORKERS => {
+                return Err(invalid(format!(
+                    "Builder::workers: a runtime has at most {} workers \
+                     (Runtime::MAX_WORKERS), not {n}",
+                    Runtime::MAX_WORKERS
+                )))
+            }
             Some(n) => n,
-            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            None => std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .min(Runtime::MAX_WORKERS),
         };
         if self.default_executor_threads == Some(0) {
             return Err(invalid(
-                "Builder::default_executor_threads: the pool needs at least 1 thread",
+                "Builder::default_executor_threads: the pool needs at least 1 thread".to_owned(),
             ));
         }
+        // std panics when it spawns a thread so named (it needs a C string).
+        if self.thread_name.contains('\0') {
+            return Err(invalid(format!(
+                "Builder::thread_name: a thread name cannot contain a NUL byte: {:?}",
+                self.thread_name
+            )));
+        }
+        Ok(workers)
+    }
+
+    /// [`build`](Builder::build), starting each thread with `spawn`: std's, except in the test
+    /// that makes one fail.
+    fn build_with(
+        self,
+        mut spawn: impl FnMut(String, ThreadBody) -> std::io::Result<JoinHandle<()>>,
+    ) -> std::io::Result<Runtime> {
+        let workers = self.check()?;
         let mut loops = Vec::with_capacity(workers);
         let mut queues = Vec::with_capacity(workers);
         let mut stealers = Vec::with_capacity(workers);
@@ -180,23 +217,39 @@ impl Builder {
             shut: AtomicBool::new(false),
         };
         for (id, queue) in queues.into_iter().enumerate() {
-            let shared = shared.clone();
-            let handle = std::thread::Builder::new()
-                .name(format!("{}-{id}", self.thread_name))
-                .spawn(move || worker_main(shared, id, queue))?;
-            rt.threads.lock().push(handle);
+            let body: ThreadBody = {
+                let shared = shared.clone();
+                Box::new(move || worker_main(shared, id, queue))
+            };
+            match spawn(format!("{}-{id}", self.thread_name), body) {
+                Ok(handle) => rt.threads.lock().push(handle),
+                Err(e) => {
+                    // No thread will count these loops out as it exits: without this, the
+                    // shutdown of the drop below would wait its whole timeout for them. It
+                    // stops the loop threads that did start and joins them.
+                    shared.exited.fetch_add(workers - id, Ordering::AcqRel);
+                    drop(rt);
+                    return Err(e);
+                }
+            }
         }
         let monitor = {
             let shared = shared.clone();
-            std::thread::Builder::new()
-                .name(format!("{}-monitor", self.thread_name))
-                .spawn(move || monitor_main(shared))?
+            // If this fails, `?` drops `rt`: every loop thread started, and the drop's
+            // shutdown stops and joins them all.
+            spawn(
+                format!("{}-monitor", self.thread_name),
+                Box::new(move || monitor_main(shared)),
+            )?
         };
         *shared.monitor.lock() = Some(monitor.thread().clone());
         rt.threads.lock().push(monitor);
         Ok(rt)
     }
 }
+
+/// A runtime thread's body, as [`Builder::build_with`] hands it to its spawner.
+type ThreadBody = Box<dyn FnOnce() + Send>;
 
 fn worker_main(rt: Arc<RuntimeShared>, id: usize, queue: Worker<TaskPtr>) {
     // Counted even if the thread dies of a panic: a shutdown then need not wait out its
@@ -247,7 +300,8 @@ impl Drop for CountExit<'_> {
 /// to it and wait, as in asyncio, until the runtime is run again from that thread, or until
 /// the thread exits, which closes that loop.
 ///
-/// Dropping a runtime shuts it down with a default timeout of 5 s.
+/// Dropping a runtime shuts it down with a default timeout of 5 s (see
+/// [`shutdown`](Runtime::shutdown)).
 ///
 /// # Examples
 ///
@@ -370,7 +424,19 @@ fn thread_exiting_error() -> Error {
 }
 
 impl Runtime {
-    /// A runtime with one loop per available core.
+    /// The most loop threads a runtime may have (4096): more than the cores of any machine
+    /// braid is meant for, a loop per core being the design. [`Builder::build`] refuses more
+    /// with an `InvalidInput` error at once, before it allocates a slot per loop or starts a
+    /// thread; the default (a loop per core) is capped at it.
+    ///
+    /// ```
+    /// use braid_runtime::Runtime;
+    /// let err = Runtime::builder().workers(Runtime::MAX_WORKERS + 1).build().unwrap_err();
+    /// assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+    /// ```
+    pub const MAX_WORKERS: usize = 4096;
+
+    /// A runtime with one loop per available core (at most [`MAX_WORKERS`](Self::MAX_WORKERS)).
     ///
     /// ```
     /// let rt = braid_runtime::Runtime::new().unwrap();
@@ -612,6 +678,14 @@ impl Runtime {
     /// [`run_until_complete`](Runtime::run_until_complete); not the process's main thread,
     /// whose thread-locals are not destroyed when the process exits).
     ///
+    /// Tasks pinned to the calling thread's own host loop are run by the shutdown itself, so
+    /// their cleanup runs, except when it is called (or the runtime dropped) inside another
+    /// runtime's loop on this thread: in that runtime's `run_until_complete` or one of its
+    /// tasks. Loops do not nest (as in asyncio), so this runtime's host loop cannot run there:
+    /// those tasks finish Cancelled at once, their futures dropped on this thread without
+    /// running what follows their await (their destructors do run), and nobody waits for
+    /// them, neither the shutdown nor whoever awaits them.
+    ///
     /// ```
     /// use std::time::Duration;
     /// let rt = braid_runtime::Runtime::builder().workers(2).build().unwrap();
@@ -649,13 +723,21 @@ impl Runtime {
             .try_with(|h| h.0.borrow().iter().find(|c| c.rt.id == rt.id).cloned())
             .ok()
             .flatten();
+        // Our own host loop can be driven only with no loop running on this thread. Inside
+        // another runtime's loop (this runtime dropped in its `run_until_complete` or its
+        // task) it cannot run: loops do not nest, as in asyncio. Its tasks then cannot finish
+        // by themselves; the settle pass below finishes them, Cancelled, at once.
+        let drivable_host = host.as_ref().filter(|_| context::current_loop().is_none());
+        let pinned_here = |task: &TaskPtr, to: Option<&Rc<LoopCtx>>| {
+            let home = task.header().home.as_ref();
+            to.is_some_and(|h| home.is_some_and(|home| Arc::ptr_eq(&h.lp, home)))
+        };
         // Wait for the cancelled tasks, driving our own host loop (tasks pinned to it only
         // run here). Not for those pinned to another thread's host loop that is not running:
         // only that thread could run their cleanup, and it cannot run the loop again now.
         let may_finish = |task: &TaskPtr| match &task.header().home {
             Some(home) if home.is_host => {
-                home.running.load(Ordering::Acquire)
-                    || host.as_ref().is_some_and(|h| Arc::ptr_eq(&h.lp, home))
+                home.running.load(Ordering::Acquire) || pinned_here(task, drivable_host)
             }
             _ => true,
         };
@@ -683,9 +765,11 @@ impl Runtime {
                 None => std::thread::park_timeout(slice),
             }
         }
-        let (unfinished, left_to_their_threads): (Vec<TaskPtr>, Vec<TaskPtr>) =
+        let (unfinished, mut left_to_their_threads): (Vec<TaskPtr>, Vec<TaskPtr>) =
             rt.registry.snapshot().into_iter().partition(may_finish);
         let unfinished: Vec<String> = unfinished.iter().map(|t| t.header().name()).collect();
+        // Those pinned to our own host loop, which we could not drive, are settled below.
+        left_to_their_threads.retain(|t| !pinned_here(t, host.as_ref()));
         report_left_to_their_threads(&left_to_their_threads);
 
         // Stop the loop threads.
@@ -1033,6 +1117,56 @@ mod tests {
         assert_eq!(lp.state(), LoopState::Closed);
         let refused = lp.call_soon_threadsafe(|| {}).unwrap_err();
         assert_eq!(refused.kind(), ErrorKind::Closed);
+    }
+
+    /// `build` whose `fail_at`-th thread cannot start (of 3 loops' and, 4th, the monitor's):
+    /// the result, how long it took, how many threads it started, and how many of those had
+    /// ended by the time it returned.
+    fn build_failing_at(fail_at: usize) -> (std::io::Result<Runtime>, Duration, usize, usize) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let ended = Arc::new(AtomicUsize::new(0));
+        let mut spawned = 0;
+        let begun = Instant::now();
+        let result = Runtime::builder()
+            .workers(3)
+            .thread_name("braid-test-nostart")
+            .build_with(|name, body| {
+                if spawned + 1 == fail_at {
+                    return Err(std::io::Error::other("no thread for you"));
+                }
+                spawned += 1;
+                let ended = ended.clone();
+                std::thread::Builder::new().name(name).spawn(move || {
+                    body();
+                    ended.fetch_add(1, Ordering::SeqCst);
+                })
+            });
+        let took = begun.elapsed();
+        (result, took, spawned, ended.load(Ordering::SeqCst))
+    }
+
+    /// A thread that cannot start fails `build` at once with its error, after the threads
+    /// that did start were stopped and joined. A loop's used to leave the drop of the half
+    /// built runtime waiting 5 s for the loops that never started to count out (found by
+    /// helper-51).
+    #[test]
+    fn a_runtime_thread_that_cannot_start_fails_build_at_once_leaving_no_thread() {
+        // The first loop's thread, a later one, and the monitor's (after the three loops').
+        for fail_at in [1, 2, 4] {
+            let (result, took, spawned, ended) = build_failing_at(fail_at);
+            let err = result.expect_err("a thread could not start");
+            assert!(
+                took < Duration::from_secs(2),
+                "thread {fail_at} failed: build took {took:?}"
+            );
+            assert_eq!(err.kind(), std::io::ErrorKind::Other, "{err}");
+            assert!(err.to_string().contains("no thread for you"), "{err}");
+            assert_eq!(spawned, fail_at - 1);
+            assert_eq!(
+                ended, spawned,
+                "thread {fail_at} failed: a started thread was left"
+            );
+        }
     }
 
     /// The runtime's list of host loops (for `stop()` and the monitor) forgets those whose
