@@ -3,8 +3,10 @@
 //! when empty; the `_nowait` forms fail with `QueueFull` / `QueueEmpty`; `qsize`, `empty`,
 //! `full`; `task_done` and `join` (join counts `task_done` calls, not gets; one `task_done` too
 //! many is an `InvalidState` error); `shutdown(immediate)`; waiting getters and putters served
-//! in arrival order; and cancelled (or dropped) getters and putters that leave no trace and
-//! never lose or duplicate an item, including when the cancel races the hand-off.
+//! in arrival order; items that leave in the queue's order whoever takes them; gets after
+//! `shutdown(false)` that fail only once the queue is empty; and cancelled (or dropped) getters
+//! and putters that leave no trace and never lose or duplicate an item, including when the
+//! cancel races the hand-off.
 //!
 //! Scenarios are ported from CPython 3.13's `Lib/test/test_asyncio/test_queues.py`; each test
 //! names the one it follows. The join and shutdown scenarios (`_QueueJoinTestMixin`,
@@ -19,8 +21,8 @@ use braid::{ErrorKind, LifoQueue, PriorityQueue, Queue, Result};
 use braid::{QueueEmpty, QueueFull, QueueShutDown};
 use std::collections::HashSet;
 use std::future::{poll_fn, Future};
-use std::pin::pin;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::pin::{pin, Pin};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Duration;
@@ -633,8 +635,73 @@ fn producers_and_consumers_on_many_loops() {
     });
 }
 
+/// A worker of [`shutdown_never_strands_an_item_when_a_woken_worker_is_cancelled`]: gets and
+/// marks done until its get fails.
+async fn drain_until_shut_down(q: Arc<Queue<i32>>, taken: Arc<AtomicUsize>) -> Result<()> {
+    loop {
+        q.get().await?;
+        taken.fetch_add(1, Ordering::SeqCst);
+        q.task_done()?;
+    }
+}
+
+/// Two workers wait on a queue; an item wakes the first; the queue is shut down, and a
+/// foreign thread cancels the first worker after a random spin (seeded, so each run tries the
+/// same spread of moments): before it ran, while it runs, or after it took the item. In every
+/// case the item is taken exactly once (by the other worker if the first leaves without it),
+/// `join` returns, and both workers end with `QueueShutDown` or Cancelled, as in asyncio.
+/// It used to strand the item in about one round in ten on 3 loops: the second worker, woken
+/// by the shutdown, failed while the item was claimed by the first, which then left it.
+/// Found by helper-50.
+#[test]
+fn shutdown_never_strands_an_item_when_a_woken_worker_is_cancelled() {
+    const ROUNDS: usize = 300;
+    on_each_runtime(|| async {
+        let (jobs, spins) = std::sync::mpsc::channel::<(u64, braid::TaskRef)>();
+        let canceller = std::thread::spawn(move || {
+            for (spin, task) in spins {
+                for i in 0..spin {
+                    std::hint::black_box(i);
+                }
+                task.cancel();
+            }
+        });
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        for round in 0..ROUNDS {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let q = Arc::new(Queue::new(0));
+            let taken = Arc::new(AtomicUsize::new(0));
+            let mut workers = Vec::new();
+            for _ in 0..2 {
+                let worker = drain_until_shut_down(q.clone(), taken.clone());
+                workers.push(queued(worker).await?);
+            }
+            q.put_nowait(7)?; // wakes the first worker
+            q.shutdown(false);
+            jobs.send((seed % 3_000, workers[0].as_ref())).unwrap();
+            if let Err(e) = braid::wait_for(q.join(), Some(WAIT)).await {
+                panic!("round {round}: join: {e:?}; qsize {}", q.qsize());
+            }
+            for worker in workers {
+                match settle(worker).await {
+                    Err(e) if e.is_cancelled() => {}
+                    outcome => assert_shut_down(outcome),
+                }
+            }
+            assert_eq!(taken.load(Ordering::SeqCst), 1, "round {round}");
+            assert!(q.empty(), "round {round}");
+        }
+        drop(jobs);
+        canceller.join().unwrap();
+        Ok(())
+    });
+}
+
 /// The join and shutdown scenarios of CPython's `_QueueJoinTestMixin` and
-/// `_QueueShutdownTestMixin`, for one kind of queue (`Q`).
+/// `_QueueShutdownTestMixin`, and the order and shutdown regressions, for one kind of queue
+/// (`Q`).
 macro_rules! join_and_shutdown_tests {
     ($kind:ident, $Q:ident) => {
         mod $kind {
@@ -859,6 +926,127 @@ macro_rules! join_and_shutdown_tests {
                             assert_shut_down(settle(g).await);
                         }
                     }
+                    Ok(())
+                });
+            }
+
+            /// The order `get_nowait` gives 1 then 2 in, on this kind of queue.
+            fn order_of_1_and_2() -> Result<[u32; 2]> {
+                let reference = Q::new(0);
+                reference.put_nowait(1)?;
+                reference.put_nowait(2)?;
+                Ok([reference.get_nowait()?, reference.get_nowait()?])
+            }
+
+            /// A `get` future polled once, so that it waits, and never run by a task.
+            async fn parked_get(q: &Q<u32>) -> braid::QueueGet<'_, u32> {
+                let mut get = q.get();
+                let waited = poll_fn(|cx| Poll::Ready(Pin::new(&mut get).poll(cx).is_pending()));
+                assert!(waited.await, "the get did not wait");
+                get
+            }
+
+            /// Items leave in the queue's order, whoever takes them. A getter `ahead` and a
+            /// consumer wait; two items wake both; the consumer runs first and takes the
+            /// first item, then waits again; `ahead` leaves without running (dropped), and
+            /// its item passes to the consumer. The consumer used to take the item its place
+            /// among the woken gave it (the second), then the first: one producer's items in
+            /// reverse order. Found by helper-50.
+            #[test]
+            fn items_leave_in_order_when_a_woken_getter_ahead_leaves() {
+                on_each_runtime(|| async {
+                    let q = Arc::new(Q::new(0));
+                    let ahead = parked_get(&q).await;
+                    let seen = Arc::new(Mutex::new(Vec::new()));
+                    let (q2, seen2) = (q.clone(), seen.clone());
+                    let consumer = queued_local(async move {
+                        for _ in 0..2 {
+                            let item = q2.get().await?;
+                            seen2.lock().unwrap().push(item);
+                        }
+                        Ok(())
+                    })
+                    .await?;
+                    q.put_nowait(1)?; // wakes `ahead`
+                    q.put_nowait(2)?; // wakes the consumer
+                    let_local_tasks_run().await?;
+                    assert_eq!(seen.lock().unwrap().len(), 1, "the consumer did not run");
+                    drop(ahead);
+                    settle(consumer).await?;
+                    assert_eq!(*seen.lock().unwrap(), order_of_1_and_2()?);
+                    assert!(q.empty());
+                    Ok(())
+                });
+            }
+
+            /// As above, with the consumer's second take a `get_nowait`: it gets the item
+            /// after its first, though a getter woken for that one has not run; that getter
+            /// then waits again and gets the next item put. Found by helper-50.
+            #[test]
+            fn items_leave_in_order_when_get_nowait_overtakes_a_woken_getter() {
+                on_each_runtime(|| async {
+                    let q = Arc::new(Q::new(0));
+                    let mut ahead = parked_get(&q).await;
+                    let q2 = q.clone();
+                    let consumer = queued_local(async move {
+                        let first = q2.get().await?;
+                        Ok([first, q2.get_nowait()?])
+                    })
+                    .await?;
+                    q.put_nowait(1)?; // wakes `ahead`
+                    q.put_nowait(2)?; // wakes the consumer
+                    assert_eq!(settle(consumer).await?, order_of_1_and_2()?);
+                    let again = poll_fn(|cx| Poll::Ready(Pin::new(&mut ahead).poll(cx))).await;
+                    assert!(again.is_pending(), "the woken getter got {again:?}");
+                    q.put_nowait(3)?;
+                    let got = poll_fn(|cx| Poll::Ready(Pin::new(&mut ahead).poll(cx))).await;
+                    assert!(matches!(got, Poll::Ready(Ok(3))), "{got:?}");
+                    assert!(q.empty());
+                    Ok(())
+                });
+            }
+
+            /// After `shutdown(false)`, a `get` fails only once the queue is empty, as
+            /// asyncio's: a new get takes the item a woken getter (that has not run) was
+            /// woken for, and that getter then fails. The new get used to fail with
+            /// `QueueShutDown` while `qsize()` was 1. Found by helper-50.
+            #[test]
+            fn a_get_on_a_shut_down_queue_takes_an_item_left_for_a_woken_getter() {
+                on_each_runtime(|| async {
+                    let q = Q::new(0);
+                    let mut woken = parked_get(&q).await;
+                    q.put_nowait(7)?; // wakes `woken`, which does not run
+                    q.shutdown(false);
+                    assert_eq!(braid::wait_for(q.get(), Some(WAIT)).await?, 7);
+                    match poll_fn(|cx| Poll::Ready(Pin::new(&mut woken).poll(cx))).await {
+                        Poll::Ready(outcome) => assert_shut_down(outcome),
+                        Poll::Pending => panic!("a getter waits on an empty shut-down queue"),
+                    }
+                    assert_shut_down(q.get_nowait());
+                    Ok(())
+                });
+            }
+
+            /// A getter woken for the last item before a `shutdown(false)` leaves without
+            /// it: the item passes to a getter still waiting, which was not failed while
+            /// the item was left. It used to be failed by the shutdown, stranding the item
+            /// (and `join`). Found by helper-50.
+            #[test]
+            fn shutdown_hands_an_item_a_woken_getter_leaves_to_a_waiting_getter() {
+                on_each_runtime(|| async {
+                    let q = Arc::new(Q::new(0));
+                    let woken = parked_get(&q).await;
+                    let q2 = q.clone();
+                    let waiting = queued_local(async move { q2.get().await }).await?;
+                    q.put_nowait(7)?; // wakes `woken`, which does not run
+                    q.shutdown(false);
+                    let_local_tasks_run().await?;
+                    assert!(!waiting.done(), "a getter failed while an item was left");
+                    drop(woken);
+                    assert_eq!(settle(waiting).await?, 7);
+                    q.task_done()?;
+                    braid::wait_for(q.join(), Some(WAIT)).await?;
+                    assert_shut_down(q.get().await);
                     Ok(())
                 });
             }

@@ -59,9 +59,8 @@ fn shut_down() -> Error {
 trait Store: Default {
     type Item;
     fn push(&mut self, item: Self::Item);
-    /// Takes the item that the `rank`-th of a run of `pop`s would give (0: `pop`'s own), or
-    /// `None` if fewer items are held. The rest keep their order.
-    fn take_nth(&mut self, rank: usize) -> Option<Self::Item>;
+    /// Takes the next item in the store's order: the oldest, the newest, or the smallest.
+    fn pop(&mut self) -> Option<Self::Item>;
     fn len(&self) -> usize;
 }
 
@@ -82,8 +81,8 @@ impl<T> Store for Fifo<T> {
     fn push(&mut self, item: T) {
         self.0.push_back(item);
     }
-    fn take_nth(&mut self, rank: usize) -> Option<T> {
-        self.0.remove(rank)
+    fn pop(&mut self) -> Option<T> {
+        self.0.pop_front()
     }
     fn len(&self) -> usize {
         self.0.len()
@@ -99,9 +98,8 @@ impl<T> Store for Lifo<T> {
     fn push(&mut self, item: T) {
         self.0.push(item);
     }
-    fn take_nth(&mut self, rank: usize) -> Option<T> {
-        let at = self.0.len().checked_sub(rank + 1)?;
-        Some(self.0.remove(at))
+    fn pop(&mut self) -> Option<T> {
+        self.0.pop()
     }
     fn len(&self) -> usize {
         self.0.len()
@@ -117,16 +115,8 @@ impl<T: Ord> Store for Smallest<T> {
     fn push(&mut self, item: T) {
         self.0.push(Reverse(item));
     }
-    fn take_nth(&mut self, rank: usize) -> Option<T> {
-        if rank >= self.0.len() {
-            return None;
-        }
-        // `rank` is the number of woken getters ahead of the taker that have not run yet:
-        // almost always 0, so popping the smaller ones and pushing them back costs little.
-        let ahead: Vec<_> = (0..rank).filter_map(|_| self.0.pop()).collect();
-        let taken = self.0.pop().map(|Reverse(item)| item);
-        self.0.extend(ahead);
-        taken
+    fn pop(&mut self) -> Option<T> {
+        self.0.pop().map(|Reverse(item)| item)
     }
     fn len(&self) -> usize {
         self.0.len()
@@ -136,23 +126,31 @@ impl<T: Ord> Store for Smallest<T> {
 /// The queue machinery shared by the three public queues.
 ///
 /// asyncio serves waiting getters and putters in arrival order because its one thread runs
-/// them in the order it woke them. Here the woken may run on different loops in any order, so
-/// the order is fixed otherwise.
+/// them in the order it woke them, and every getter takes the item next in the queue's order.
+/// Here the woken may run on different loops in any order; what is kept is this:
 ///
+/// - Items leave in the store's order (the oldest, the newest, the smallest), whoever takes
+///   them: every take is a `pop`. So one consumer sees one producer's items of a `Queue` in
+///   the order they were put, as in asyncio. (An earlier design let a woken getter take the
+///   item its place in line would have given it; a getter that ran early then took a later
+///   item, and got the earlier one next if the getter ahead of it left.)
 /// - An item put while getters wait stays in the store and wakes the first getter not yet
-///   woken: that getter now holds a *claim*. A woken getter takes, when it runs, the item its
-///   place among the claimants gives it: the `r`-th claimant in line the `r`-th item in the
-///   store's order. So each gets what asyncio's one thread, running them in line order, would
-///   have given it, whichever runs first, and a `PriorityQueue` or `LifoQueue` still hands
-///   out its smallest or newest item, not merely the first one put.
-/// - A newcomer's `get` may take only an item beyond the claims; `get_nowait` takes the first
-///   item in order, claimed or not, as asyncio's does (so `while !q.empty() { q.get_nowait() }`
-///   never fails). A claimant that then finds no item for its place waits again in its place.
-/// - A getter that leaves with a claim (cancelled or dropped) wakes the next one in its stead,
-///   so an item never sits in the store while getters wait unwoken.
-/// - After `shutdown(false)` every waiting getter is woken; one whose place is beyond the
-///   items left fails with `QueueShutDown`, even if a getter ahead of it is cancelled later
-///   and leaves its item in the queue (for a `get` or `get_nowait` still to drain).
+///   woken: that getter now holds a *claim*, which is only counted (the getters notified in
+///   the line). Items never outnumber the claims while a getter waits unwoken.
+/// - A claimant that runs takes the next item if the items left reach its place among the
+///   claimants (always, unless a `get_nowait` took claimed items); otherwise, or if the store
+///   is empty, it gives its claim up and waits again in its place, first in line for the next
+///   item. A newcomer's `get` may take an item only beyond the claims, so it cannot overtake
+///   the getters already woken; `get_nowait` takes the next item, claimed or not, as
+///   asyncio's does (so `while !q.empty() { q.get_nowait() }` never fails).
+/// - A getter that leaves with a claim (cancelled or dropped) wakes the next one in its
+///   stead, so an item never sits in the store while getters wait unwoken.
+/// - After `shutdown(false)` a `get` fails only once the store is empty, as asyncio's
+///   `while empty(): if shutdown: raise`: any getter that looks (a claimant, or a newcomer,
+///   which no longer queues behind claims as no item will follow) takes the next item left.
+///   The claims on the items left stand and pass on as before, and the take that empties the
+///   store wakes every getter still waiting, to fail. So a claimant cancelled after shutdown
+///   hands its item to a getter still waiting instead of stranding it.
 /// - Waiting putters are woken in arrival order, one per free slot, each slot promised to the
 ///   putter woken for it: a newcomer may not take a promised slot. A putter inserts its item
 ///   itself when it runs, so a putter cancelled after being woken inserts nothing (its slot
@@ -219,19 +217,95 @@ impl<S: Store> State<S> {
         }
     }
 
-    /// Takes the item of `rank` in the store's order, and lets a putter use the room.
-    fn take(&mut self, rank: usize, maxsize: usize, wake: &mut Vec<Waker>) -> Option<S::Item> {
-        let item = self.items.take_nth(rank)?;
+    /// Takes the next item in the store's order and lets a putter use the room. The take
+    /// that empties a shut-down queue wakes every getter still waiting: none will get an
+    /// item now, so each fails when it runs.
+    fn take(&mut self, maxsize: usize, wake: &mut Vec<Waker>) -> Option<S::Item> {
+        let item = self.items.pop()?;
         self.wake_next_putter(maxsize, wake);
+        if self.shutdown && self.items.len() == 0 && !fault(Fault::SkipDrainedWake) {
+            self.getters.wake_all(wake);
+        }
         Some(item)
     }
 
-    /// asyncio's `get_nowait`, under the lock: the first item in order, claimed or not.
+    /// asyncio's `get_nowait`, under the lock: the next item in order, claimed or not.
     fn get_now(&mut self, maxsize: usize, wake: &mut Vec<Waker>) -> Result<S::Item> {
-        match self.take(0, maxsize, wake) {
+        match self.take(maxsize, wake) {
             Some(item) => Ok(item),
             None if self.shutdown => Err(shut_down()),
             None => Err(empty()),
+        }
+    }
+
+    /// [`Fault::TakeAtRank`]: the item a claimant of `rank` took in the earlier design (exact
+    /// for a `PriorityQueue`, whose heap puts the items popped before it back in order).
+    #[cfg(loom)]
+    fn take_at_rank(&mut self, rank: usize) -> Option<S::Item> {
+        let ahead: Vec<_> = (0..rank).map_while(|_| self.items.pop()).collect();
+        let taken = self.items.pop();
+        ahead.into_iter().for_each(|item| self.items.push(item));
+        taken
+    }
+
+    /// May woken getter `id` take an item now? Yes if the items left reach its place among
+    /// the claimants, and after shutdown whenever an item is left.
+    fn claim_is_covered(&self, id: u64) -> bool {
+        let held = self.items.len();
+        // The common case, an item for every claimant, needs no walk of the line. No rank
+        // (out of line, which only its own `leave_get` does): nothing to keep a place for.
+        self.shutdown
+            || held >= self.getters.notified_count()
+            || self
+                .getters
+                .notified_rank(id)
+                .is_none_or(|rank| rank < held)
+    }
+}
+
+/// The faults the loom twins switch on to show that their models catch what they check;
+/// without `cfg(loom)` each is a constant `false`.
+#[derive(Clone, Copy)]
+enum Fault {
+    /// The earlier design: a woken getter takes the item its place among the claimants would
+    /// give it, not the next one. Only the loom build has the code it switches.
+    #[cfg(loom)]
+    TakeAtRank,
+    /// A woken getter that finds no item keeps its claim while it waits again.
+    KeepClaimWhenEmpty,
+    /// The take that empties a shut-down queue wakes nobody.
+    SkipDrainedWake,
+}
+
+#[inline]
+fn fault(which: Fault) -> bool {
+    #[cfg(loom)]
+    {
+        faults::switch(which).load(std::sync::atomic::Ordering::SeqCst)
+    }
+    #[cfg(not(loom))]
+    {
+        let _ = which;
+        false
+    }
+}
+
+/// The switches behind [`Fault`], set by one twin at a time through
+/// `loom_support::model_with_fault`.
+#[cfg(loom)]
+mod faults {
+    use super::Fault;
+    use std::sync::atomic::AtomicBool;
+
+    pub(super) static TAKE_AT_RANK: AtomicBool = AtomicBool::new(false);
+    pub(super) static KEEP_CLAIM_WHEN_EMPTY: AtomicBool = AtomicBool::new(false);
+    pub(super) static SKIP_DRAINED_WAKE: AtomicBool = AtomicBool::new(false);
+
+    pub(super) fn switch(which: Fault) -> &'static AtomicBool {
+        match which {
+            Fault::TakeAtRank => &TAKE_AT_RANK,
+            Fault::KeepClaimWhenEmpty => &KEEP_CLAIM_WHEN_EMPTY,
+            Fault::SkipDrainedWake => &SKIP_DRAINED_WAKE,
         }
     }
 }
@@ -363,32 +437,7 @@ impl<S: Store> Core<S> {
                 }
                 // Not woken yet: stays in line (`check` keeps the waker of this poll).
                 Some(id) if !state.getters.check(id, waker) => Poll::Pending,
-                Some(id) => match state.getters.notified_rank(id) {
-                    // Out of line, which only its own `leave_get` does: looks afresh.
-                    None => {
-                        *waiter = None;
-                        self.get_as_newcomer(&mut state, waiter, waker, &mut wake)
-                    }
-                    Some(rank) => match state.take(rank, self.maxsize, &mut wake) {
-                        Some(item) => {
-                            state.getters.remove(id);
-                            *waiter = None;
-                            Poll::Ready(Ok(item))
-                        }
-                        None if state.shutdown => {
-                            state.getters.remove(id);
-                            *waiter = None;
-                            Poll::Ready(Err(Some(shut_down())))
-                        }
-                        // Its item went to a `get_nowait` (or to a claimant ahead that ran
-                        // first and took more): waits again, keeping its place in line.
-                        None => {
-                            state.getters.unnotify(id);
-                            state.getters.check(id, waker);
-                            Poll::Pending
-                        }
-                    },
-                },
+                Some(id) => self.get_woken(&mut state, waiter, id, waker, &mut wake),
                 None if cancelled => Poll::Ready(Err(None)),
                 None => self.get_as_newcomer(&mut state, waiter, waker, &mut wake),
             }
@@ -397,7 +446,49 @@ impl<S: Store> Core<S> {
         outcome
     }
 
+    /// A woken getter (`id`, in line) takes the next item if its claim is covered; fails if
+    /// the queue is shut down and empty; else gives its claim up and waits again in its place.
+    fn get_woken(
+        &self,
+        state: &mut State<S>,
+        waiter: &mut Option<u64>,
+        id: u64,
+        waker: &Waker,
+        wake: &mut Vec<Waker>,
+    ) -> Poll<Result<S::Item, Option<Error>>> {
+        if state.items.len() == 0 && state.shutdown {
+            state.getters.remove(id);
+            *waiter = None;
+            return Poll::Ready(Err(Some(shut_down())));
+        }
+        #[cfg(loom)]
+        if fault(Fault::TakeAtRank) && !state.shutdown {
+            let rank = state.getters.notified_rank(id).unwrap_or(0);
+            if let Some(item) = state.take_at_rank(rank) {
+                state.getters.remove(id);
+                *waiter = None;
+                return Poll::Ready(Ok(item));
+            }
+        }
+        if state.items.len() > 0 && state.claim_is_covered(id) {
+            // Out of line first, so that a take emptying a shut-down queue wakes the others.
+            state.getters.remove(id);
+            *waiter = None;
+            let item = state.take(self.maxsize, wake).expect("an item is held");
+            return Poll::Ready(Ok(item));
+        }
+        // Its item went to a `get_nowait` (or the claimants ahead of it hold the items left):
+        // waits again, first in line for the next item. The claim is given up, so that the
+        // next put wakes it again.
+        if !fault(Fault::KeepClaimWhenEmpty) {
+            state.getters.unnotify(id);
+        }
+        state.getters.check(id, waker);
+        Poll::Pending
+    }
+
     /// A getter not in line takes an item nobody waiting has a claim on, or joins the line.
+    /// After shutdown it takes any item left (none will follow to wait for), or fails.
     fn get_as_newcomer(
         &self,
         state: &mut State<S>,
@@ -405,18 +496,19 @@ impl<S: Store> Core<S> {
         waker: &Waker,
         wake: &mut Vec<Waker>,
     ) -> Poll<Result<S::Item, Option<Error>>> {
-        let claims = state.getters.notified_count();
-        match state.take(claims, self.maxsize, wake) {
-            Some(item) => Poll::Ready(Ok(item)),
-            None if state.shutdown => Poll::Ready(Err(Some(shut_down()))),
-            None => {
-                *waiter = Some(state.getters.push(waker));
-                Poll::Pending
-            }
+        if state.shutdown || state.items.len() > state.getters.notified_count() {
+            return match state.take(self.maxsize, wake) {
+                Some(item) => Poll::Ready(Ok(item)),
+                // Only a shut-down queue gets here empty.
+                None => Poll::Ready(Err(Some(shut_down()))),
+            };
         }
+        *waiter = Some(state.getters.push(waker));
+        Poll::Pending
     }
 
-    /// A getter leaves the line; if it held a claim, the next getter is woken in its stead.
+    /// A getter leaves the line; if it held a claim, the next getter is woken in its stead
+    /// (after shutdown too: the claims on the items left still stand).
     fn leave_get(&self, state: &mut State<S>, id: u64, wake: &mut Vec<Waker>) {
         if state.getters.remove(id) && pass_on_enabled() {
             state.wake_getters(wake);
@@ -487,7 +579,7 @@ impl<S: Store> Core<S> {
             let mut state = self.state.lock();
             state.shutdown = true;
             if immediate {
-                while let Some(item) = state.items.take_nth(0) {
+                while let Some(item) = state.items.pop() {
                     drained.push(item);
                 }
                 state.unfinished = state.unfinished.saturating_sub(drained.len());
@@ -495,9 +587,13 @@ impl<S: Store> Core<S> {
                     state.joiners.wake_all(&mut wake);
                 }
             }
-            // Waiting getters and putters look again: getters drain what is left, then fail;
-            // putters fail.
-            state.getters.wake_all(&mut wake);
+            // Waiting putters fail. Waiting getters fail once the queue is empty: now, or when
+            // the last item is taken (`State::take`). Until then the claims on the items left
+            // stand, so a getter woken for none of them waits on: the claim of a getter that
+            // leaves passes to it.
+            if state.items.len() == 0 {
+                state.getters.wake_all(&mut wake);
+            }
             state.putters.wake_all(&mut wake);
         }
         // Dropped outside the lock: an item's destructor may do anything.
@@ -791,7 +887,21 @@ macro_rules! queue_type {
                 QueuePut { core: &self.core, item: Some(item), waiter: None, done: false }
             }
 
-            #[doc = concat!("Takes an item, waiting while the queue is empty; waiting getters are served in arrival order. A cancellation point: a cancelled get takes no item.\n\n# Errors\n\n[`QueueShutDown`] once the queue is shut down and empty; the task's Cancelled error.\n\n```\nbraid_runtime::run(async {\n    let q = braid_runtime::", stringify!($name), "::new(0);\n    q.put_nowait(7).unwrap();\n    assert_eq!(q.get().await?, 7);\n    Ok(())\n}).unwrap();\n```")]
+            #[doc = concat!(
+                "Takes the next item in the queue's order, waiting while the queue is empty.",
+                "\n\nItems leave in the queue's order whoever takes them, so one consumer gets ",
+                "one producer's items in that order. Waiting getters are woken in arrival ",
+                "order, one per item put; a get that comes while getters woken for the items ",
+                "have not run yet waits behind them. A cancellation point: a cancelled get ",
+                "takes no item, and one woken for an item wakes the next getter in its ",
+                "stead.\n\n# Errors\n\n[`QueueShutDown`] once the queue is shut down and ",
+                "empty: after `shutdown(false)`, gets (waiting or new) take the items left and ",
+                "fail only when none is left. The task's Cancelled error.\n\n```\n",
+                "braid_runtime::run(async {\n    let q = braid_runtime::",
+                stringify!($name),
+                "::new(0);\n    q.put_nowait(7).unwrap();\n    assert_eq!(q.get().await?, ",
+                "7);\n    Ok(())\n}).unwrap();\n```"
+            )]
             pub fn get(&self) -> QueueGet<'_, T> {
                 QueueGet { core: &self.core, waiter: None, done: false }
             }
@@ -806,7 +916,15 @@ macro_rules! queue_type {
                 self.core.try_put(item)
             }
 
-            #[doc = concat!("Takes an item without waiting.\n\n# Errors\n\n[`QueueEmpty`] if the queue is empty, [`QueueShutDown`] if it is also shut down.\n\n```\nlet q = braid_runtime::", stringify!($name), "::<u8>::new(0);\nlet err = q.get_nowait().unwrap_err();\nassert!(err.downcast_ref::<braid_runtime::QueueEmpty>().is_some());\n```")]
+            #[doc = concat!(
+                "Takes the next item in the queue's order without waiting, even one a woken ",
+                "getter has not taken yet (as asyncio's does; that getter waits again, first ",
+                "in line).\n\n# Errors\n\n[`QueueEmpty`] if the queue is empty, ",
+                "[`QueueShutDown`] if it is also shut down.\n\n```\nlet q = braid_runtime::",
+                stringify!($name),
+                "::<u8>::new(0);\nlet err = q.get_nowait().unwrap_err();\n",
+                "assert!(err.downcast_ref::<braid_runtime::QueueEmpty>().is_some());\n```"
+            )]
             pub fn get_nowait(&self) -> Result<T> {
                 self.core.get_nowait()
             }
@@ -821,7 +939,18 @@ macro_rules! queue_type {
                 QueueJoin { core: &self.core, waiter: None, done: false }
             }
 
-            #[doc = concat!("Shuts the queue down (Python 3.13): puts fail with [`QueueShutDown`] and so do waiting putters; gets still drain the items left, then fail. With `immediate`, the items left are dropped (each counting as done for `join`) and waiting getters fail at once.\n\n```\nlet q = braid_runtime::", stringify!($name), "::new(0);\nq.put_nowait(1).unwrap();\nq.shutdown(false);\nassert_eq!(q.get_nowait().unwrap(), 1);\nassert!(q.put_nowait(2).is_err());\n```")]
+            #[doc = concat!(
+                "Shuts the queue down (Python 3.13): puts fail with [`QueueShutDown`] and so ",
+                "do waiting putters; gets (waiting or new) still take the items left in order, ",
+                "and fail only once the queue is empty. A waiting getter woken for an item ",
+                "that is cancelled passes it on to a getter still waiting, as before shutdown. ",
+                "With `immediate`, the items left are dropped (each counting as done for ",
+                "`join`) and waiting getters fail at once.\n\n```\nlet q = braid_runtime::",
+                stringify!($name),
+                "::new(0);\nq.put_nowait(1).unwrap();\nq.shutdown(false);\n",
+                "assert_eq!(q.get_nowait().unwrap(), 1);\nassert!(q.put_nowait(2).is_err());\n",
+                "```"
+            )]
             pub fn shutdown(&self, immediate: bool) {
                 self.core.shutdown(immediate);
             }
@@ -845,6 +974,11 @@ macro_rules! queue_type {
 
 queue_type! {
     /// A first-in, first-out queue for tasks on any loop (asyncio's `Queue`).
+    ///
+    /// Items leave in the order they were put, whoever takes them, so each consumer gets each
+    /// producer's items in order. Waiting getters and putters are served in arrival order.
+    /// After [`shutdown`](Queue::shutdown)`(false)`, gets take the items left and fail with
+    /// [`QueueShutDown`] only once the queue is empty.
     ///
     /// ```
     /// use std::sync::Arc;
@@ -875,6 +1009,9 @@ queue_type! {
 queue_type! {
     /// A last-in, first-out queue (asyncio's `LifoQueue`).
     ///
+    /// Every get takes the newest item held when it runs, whoever takes it; otherwise it
+    /// behaves as [`Queue`].
+    ///
     /// ```
     /// let q = braid_runtime::LifoQueue::new(0);
     /// q.put_nowait(1).unwrap();
@@ -886,6 +1023,9 @@ queue_type! {
 
 queue_type! {
     /// A queue that hands out its smallest item first (asyncio's `PriorityQueue`).
+    ///
+    /// Every get takes the smallest item held when it runs, whoever takes it; otherwise it
+    /// behaves as [`Queue`].
     ///
     /// ```
     /// let q = braid_runtime::PriorityQueue::new(0);
@@ -899,7 +1039,7 @@ queue_type! {
 #[cfg(all(test, loom))]
 mod loom_tests {
     use super::*;
-    use crate::sync::loom_support::{model, Flag};
+    use crate::sync::loom_support::{model, model_with_fault, Flag};
     use loom::sync::Arc;
     use loom::thread;
 
@@ -937,73 +1077,6 @@ mod loom_tests {
         assert_eq!(queue.qsize(), 0);
     }
 
-    /// A `get_nowait` races the put that wakes a waiting getter: the item goes to exactly
-    /// one of them, and a getter whose item was taken waits on in its place for the next.
-    #[test]
-    fn loom_queue_get_nowait_races_a_woken_getter() {
-        model(false, || {
-            let queue = Arc::new(Queue::new(0));
-            let (b_flag, b_waker) = Flag::new();
-            let mut b = None;
-            assert!(queue.core.poll_get(&mut b, &b_waker, false).is_pending());
-
-            let putter = {
-                let queue = queue.clone();
-                thread::spawn(move || queue.put_nowait(7u32).expect("unbounded"))
-            };
-            let taker = {
-                let queue = queue.clone();
-                thread::spawn(move || queue.get_nowait().ok())
-            };
-            putter.join().unwrap();
-            let taken = taker.join().unwrap();
-            assert!(b_flag.woken(), "the put must wake the getter");
-            match queue.core.poll_get(&mut b, &b_waker, false) {
-                Poll::Ready(Ok(item)) => {
-                    assert_eq!((item, taken), (7, None), "the item was delivered twice");
-                }
-                Poll::Pending => {
-                    assert_eq!(taken, Some(7), "the item was lost");
-                    queue.put_nowait(8).expect("unbounded");
-                    assert!(matches!(
-                        queue.core.poll_get(&mut b, &b_waker, false),
-                        Poll::Ready(Ok(8))
-                    ));
-                }
-                other => panic!("unexpected {other:?}"),
-            }
-            assert_eq!(queue.qsize(), 0);
-        });
-    }
-
-    /// Two woken getters of a `PriorityQueue` run on two threads in either order: the first
-    /// in line gets the smallest item, as if they had run in line order.
-    #[test]
-    fn loom_queue_claimants_take_items_by_their_place_in_line() {
-        model(false, || {
-            let queue = Arc::new(PriorityQueue::new(0));
-            let (_, a_waker) = Flag::new();
-            let (_, b_waker) = Flag::new();
-            let (mut a, mut b) = (None, None);
-            assert!(queue.core.poll_get(&mut a, &a_waker, false).is_pending());
-            assert!(queue.core.poll_get(&mut b, &b_waker, false).is_pending());
-            queue.put_nowait(5u32).expect("unbounded");
-            queue.put_nowait(1u32).expect("unbounded");
-
-            let getters = [(a, a_waker), (b, b_waker)].map(|(mut waiter, waker)| {
-                let queue = queue.clone();
-                thread::spawn(
-                    move || match queue.core.poll_get(&mut waiter, &waker, false) {
-                        Poll::Ready(Ok(item)) => item,
-                        other => panic!("a woken getter got {other:?}"),
-                    },
-                )
-            });
-            let [first, second] = getters.map(|getter| getter.join().unwrap());
-            assert_eq!((first, second), (1, 5));
-        });
-    }
-
     #[test]
     fn loom_queue_put_races_cancel() {
         model(false, put_races_cancel_of_the_first_getter);
@@ -1013,5 +1086,233 @@ mod loom_tests {
     #[should_panic(expected = "must wake the next getter")]
     fn loom_queue_put_races_cancel_without_pass_on() {
         model(true, put_races_cancel_of_the_first_getter);
+    }
+
+    /// A `get_nowait` races the put that wakes a waiting getter: the item goes to exactly
+    /// one of them, and a getter whose item was taken waits on in its place, to be woken by
+    /// the next put.
+    fn get_nowait_races_a_woken_getter() {
+        let queue = Arc::new(Queue::new(0));
+        let (b_flag, b_waker) = Flag::new();
+        let mut b = None;
+        assert!(queue.core.poll_get(&mut b, &b_waker, false).is_pending());
+
+        let putter = {
+            let queue = queue.clone();
+            thread::spawn(move || queue.put_nowait(7u32).expect("unbounded"))
+        };
+        let taker = {
+            let queue = queue.clone();
+            thread::spawn(move || queue.get_nowait().ok())
+        };
+        putter.join().unwrap();
+        let taken = taker.join().unwrap();
+        assert!(b_flag.woken(), "the put must wake the getter");
+        let (again_flag, again_waker) = Flag::new();
+        match queue.core.poll_get(&mut b, &again_waker, false) {
+            Poll::Ready(Ok(item)) => {
+                assert_eq!((item, taken), (7, None), "the item was delivered twice");
+            }
+            Poll::Pending => {
+                assert_eq!(taken, Some(7), "the item was lost");
+                queue.put_nowait(8).expect("unbounded");
+                assert!(
+                    again_flag.woken(),
+                    "the next put must wake the getter that waits again"
+                );
+                assert!(matches!(
+                    queue.core.poll_get(&mut b, &again_waker, false),
+                    Poll::Ready(Ok(8))
+                ));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(queue.qsize(), 0);
+    }
+
+    #[test]
+    fn loom_queue_get_nowait_races_a_woken_getter() {
+        model(false, get_nowait_races_a_woken_getter);
+    }
+
+    #[test]
+    #[should_panic(expected = "must wake the getter that waits again")]
+    fn loom_queue_get_nowait_races_a_woken_getter_keeping_its_claim() {
+        model_with_fault(
+            faults::switch(Fault::KeepClaimWhenEmpty),
+            true,
+            get_nowait_races_a_woken_getter,
+        );
+    }
+
+    /// Two woken getters of a `PriorityQueue` run on two threads in either order: whichever
+    /// takes first gets the smallest item. Each checks, after its take, that no smaller item
+    /// is left (the store only shrinks, so one taken out of order is seen in some order of
+    /// the threads).
+    fn woken_getters_take_the_smallest_first() {
+        let queue = Arc::new(PriorityQueue::new(0));
+        let (_, a_waker) = Flag::new();
+        let (_, b_waker) = Flag::new();
+        let (mut a, mut b) = (None, None);
+        assert!(queue.core.poll_get(&mut a, &a_waker, false).is_pending());
+        assert!(queue.core.poll_get(&mut b, &b_waker, false).is_pending());
+        queue.put_nowait(5u32).expect("unbounded");
+        queue.put_nowait(1u32).expect("unbounded");
+
+        let getters = [(a, a_waker), (b, b_waker)].map(|(mut waiter, waker)| {
+            let queue = queue.clone();
+            thread::spawn(move || {
+                let item = match queue.core.poll_get(&mut waiter, &waker, false) {
+                    Poll::Ready(Ok(item)) => item,
+                    other => panic!("a woken getter got {other:?}"),
+                };
+                // The items were 1 and 5: a 5 taken while one item is left passed over the 1.
+                assert!(
+                    item == 1 || queue.qsize() == 0,
+                    "a getter took 5 while 1 was left"
+                );
+                item
+            })
+        });
+        let [first, second] = getters.map(|getter| getter.join().unwrap());
+        assert_eq!(first + second, 6, "each getter gets one of the two items");
+        assert_eq!(queue.qsize(), 0);
+    }
+
+    #[test]
+    fn loom_queue_woken_getters_take_the_smallest_first() {
+        model(false, woken_getters_take_the_smallest_first);
+    }
+
+    #[test]
+    #[should_panic(expected = "took 5 while 1 was left")]
+    fn loom_queue_woken_getters_taking_by_rank() {
+        model_with_fault(
+            faults::switch(Fault::TakeAtRank),
+            true,
+            woken_getters_take_the_smallest_first,
+        );
+    }
+
+    /// Two getters wait; an item wakes the first; the queue is shut down while the first is
+    /// cancelled and the second polls (as a spurious wake would make it). The item is never
+    /// stranded: the second getter is not failed while it is left, and gets it.
+    fn shutdown_passes_a_cancelled_claim_on() {
+        let queue = Arc::new(Queue::new(0));
+        let (_, a_waker) = Flag::new();
+        let (b_flag, b_waker) = Flag::new();
+        let (mut a, mut b) = (None, None);
+        assert!(queue.core.poll_get(&mut a, &a_waker, false).is_pending());
+        assert!(queue.core.poll_get(&mut b, &b_waker, false).is_pending());
+        queue.put_nowait(7u32).expect("unbounded");
+
+        let closer = {
+            let queue = queue.clone();
+            thread::spawn(move || queue.shutdown(false))
+        };
+        let canceller = {
+            let queue = queue.clone();
+            thread::spawn(move || {
+                let left = queue.core.poll_get(&mut a, &a_waker, true);
+                assert!(matches!(left, Poll::Ready(Err(None))));
+            })
+        };
+        let second = {
+            let (queue, waker) = (queue.clone(), b_waker.clone());
+            thread::spawn(move || {
+                let outcome = queue.core.poll_get(&mut b, &waker, false);
+                (outcome, b)
+            })
+        };
+        closer.join().unwrap();
+        canceller.join().unwrap();
+        let (outcome, mut b) = second.join().unwrap();
+        match outcome {
+            Poll::Ready(Ok(7)) => {}
+            Poll::Pending => {
+                assert!(
+                    b_flag.woken(),
+                    "the cancelled claim must pass to the other getter"
+                );
+                assert!(matches!(
+                    queue.core.poll_get(&mut b, &b_waker, false),
+                    Poll::Ready(Ok(7))
+                ));
+            }
+            other => panic!("the second getter got {other:?} with the item left"),
+        }
+        assert_eq!(queue.qsize(), 0);
+    }
+
+    #[test]
+    fn loom_queue_shutdown_passes_a_cancelled_claim_on() {
+        model(false, shutdown_passes_a_cancelled_claim_on);
+    }
+
+    #[test]
+    #[should_panic(expected = "must pass to the other getter")]
+    fn loom_queue_shutdown_passes_a_cancelled_claim_on_without_pass_on() {
+        model(true, shutdown_passes_a_cancelled_claim_on);
+    }
+
+    /// Two getters wait; an item wakes the first; the queue is shut down while the first
+    /// takes the item and the second polls. The second is not left waiting on an empty
+    /// shut-down queue: it fails with `QueueShutDown`, at once or when woken.
+    fn shutdown_fails_the_rest_once_drained() {
+        let queue = Arc::new(Queue::new(0));
+        let (_, a_waker) = Flag::new();
+        let (b_flag, b_waker) = Flag::new();
+        let (mut a, mut b) = (None, None);
+        assert!(queue.core.poll_get(&mut a, &a_waker, false).is_pending());
+        assert!(queue.core.poll_get(&mut b, &b_waker, false).is_pending());
+        queue.put_nowait(7u32).expect("unbounded");
+
+        let closer = {
+            let queue = queue.clone();
+            thread::spawn(move || queue.shutdown(false))
+        };
+        let first = {
+            let queue = queue.clone();
+            thread::spawn(move || {
+                let took = queue.core.poll_get(&mut a, &a_waker, false);
+                assert!(matches!(took, Poll::Ready(Ok(7))));
+            })
+        };
+        let second = {
+            let (queue, waker) = (queue.clone(), b_waker.clone());
+            thread::spawn(move || {
+                let outcome = queue.core.poll_get(&mut b, &waker, false);
+                (outcome, b)
+            })
+        };
+        closer.join().unwrap();
+        first.join().unwrap();
+        let (mut outcome, mut b) = second.join().unwrap();
+        if outcome.is_pending() {
+            assert!(
+                b_flag.woken(),
+                "draining a shut-down queue must wake the getters left"
+            );
+            outcome = queue.core.poll_get(&mut b, &b_waker, false);
+        }
+        match outcome {
+            Poll::Ready(Err(Some(e))) => assert!(e.downcast_ref::<QueueShutDown>().is_some()),
+            other => panic!("the second getter got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn loom_queue_shutdown_fails_the_rest_once_drained() {
+        model(false, shutdown_fails_the_rest_once_drained);
+    }
+
+    #[test]
+    #[should_panic(expected = "must wake the getters left")]
+    fn loom_queue_shutdown_fails_the_rest_once_drained_without_the_wake() {
+        model_with_fault(
+            faults::switch(Fault::SkipDrainedWake),
+            true,
+            shutdown_fails_the_rest_once_drained,
+        );
     }
 }
