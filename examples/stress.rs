@@ -429,9 +429,18 @@ impl CallbackOp {
     }
 }
 
+thread_local! {
+    /// Set on a foreign thread while its `call_soon_threadsafe` call is under way. A refused
+    /// callback is dropped inside that call, on this thread; an accepted one only on the
+    /// loop's. So a callback dropped unrun while this is set was refused: counted as refused
+    /// by its submitter, not also as failed and lost (which, never counted as submitted,
+    /// also broke `submitted = completed + cancelled + failed`).
+    static SUBMITTING_CALLBACK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 impl Drop for CallbackOp {
     fn drop(&mut self) {
-        if self.ran {
+        if self.ran || SUBMITTING_CALLBACK.with(std::cell::Cell::get) {
             return;
         }
         if self.cancel_requested.load(Ordering::Acquire) {
@@ -600,7 +609,10 @@ fn call_soon(lp: &EventLoop, stats: &Arc<Stats>, cancel: bool) {
         cancel_requested: cancel_requested.clone(),
         ran: false,
     };
-    match lp.call_soon_threadsafe(move || callback.run()) {
+    SUBMITTING_CALLBACK.with(|s| s.set(true));
+    let submitted = lp.call_soon_threadsafe(move || callback.run());
+    SUBMITTING_CALLBACK.with(|s| s.set(false));
+    match submitted {
         Ok(handle) => {
             stats.submitted(Op::CallSoonThreadsafe);
             if cancel {
@@ -608,7 +620,7 @@ fn call_soon(lp: &EventLoop, stats: &Arc<Stats>, cancel: bool) {
                 handle.cancel();
             }
         }
-        // The refused closure was dropped unrun, and counted as lost on the way.
+        // The refused closure was dropped unrun inside the call, and counted as nothing.
         Err(e) => refused(stats, Op::CallSoonThreadsafe, &e),
     }
 }
@@ -1008,4 +1020,33 @@ fn main() -> ExitCode {
     let report = run(&config);
     print!("{report}");
     ExitCode::from(report.exit_status())
+}
+
+/// Unit tests of the harness's accounting (run by `tests/stress_example.rs`, which includes
+/// this file).
+#[cfg(test)]
+mod accounting_tests {
+    use super::*;
+
+    /// A `call_soon_threadsafe` that a closed loop refuses counts as refused and as nothing
+    /// else. Its callback, dropped unrun inside the refused call, was also counted as failed
+    /// and lost, so one refusal broke two invariants and showed a failure that never was.
+    #[test]
+    fn a_refused_callback_counts_as_refused_only() {
+        let rt = Runtime::builder().workers(1).build().expect("runtime");
+        let lp = rt.event_loop();
+        rt.shutdown(Duration::from_secs(5)).expect("shutdown");
+        let stats = Arc::new(Stats::new());
+        call_soon(&lp, &stats, false);
+        let op = stats.op(Op::CallSoonThreadsafe);
+        assert_eq!(stats.refused.load(Ordering::Acquire), 1);
+        assert_eq!(stats.lost.load(Ordering::Acquire), 0);
+        assert_eq!(op.failed.load(Ordering::Acquire), 0);
+        assert_eq!(op.submitted.load(Ordering::Acquire), 0);
+        assert_eq!(
+            stats.live.load(Ordering::Acquire),
+            0,
+            "the callback was dropped"
+        );
+    }
 }
