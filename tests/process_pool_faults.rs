@@ -392,22 +392,11 @@ fn shutdown_after_an_idle_worker_died_survives_a_default_sigpipe() {
         println!("SURVIVED");
         return;
     }
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "shutdown_after_an_idle_worker_died_survives_a_default_sigpipe",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(SIGPIPE_SCENARIO, "1")
-        .output()
-        .expect("run the scenario");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    let (_, text) = common::rerun_in_child(
+        "shutdown_after_an_idle_worker_died_survives_a_default_sigpipe",
+        &[(SIGPIPE_SCENARIO, "1")],
     );
-    assert!(text.contains("SURVIVED"), "status {:?}\n{text}", out.status);
+    assert!(text.contains("SURVIVED"), "{text}");
 }
 
 // --- A time limit or a cancel while the argument is still being written ---
@@ -581,28 +570,15 @@ fn a_pool_runs_jobs_when_the_temp_directorys_path_is_too_long_for_a_socket() {
         .join("a-directory-name-of-forty-bytes-or-so-zz");
     assert!(long.as_os_str().len() > 110, "{}", long.display());
     std::fs::create_dir_all(&long).unwrap();
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "a_pool_runs_jobs_when_the_temp_directorys_path_is_too_long_for_a_socket",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(LONG_TMPDIR_SCENARIO, "1")
-        .env("TMPDIR", &long)
-        .output()
-        .expect("run the scenario");
+    let (_, text) = common::rerun_in_child(
+        "a_pool_runs_jobs_when_the_temp_directorys_path_is_too_long_for_a_socket",
+        &[
+            (LONG_TMPDIR_SCENARIO, "1"),
+            ("TMPDIR", long.to_str().expect("a UTF-8 path")),
+        ],
+    );
     let left_in_long: Vec<_> = std::fs::read_dir(&long).unwrap().flatten().collect();
     let _ = std::fs::remove_dir_all(long.ancestors().nth(3).unwrap());
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        text.contains("RAN IN A WORKER"),
-        "status {:?}\n{text}",
-        out.status
-    );
+    assert!(text.contains("RAN IN A WORKER"), "{text}");
     assert!(left_in_long.is_empty(), "{left_in_long:?}");
 }

@@ -1041,26 +1041,11 @@ fn a_workers_count_too_large_to_allocate_is_invalid_input_not_an_abort() {
         println!("REFUSED");
         return;
     }
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "a_workers_count_too_large_to_allocate_is_invalid_input_not_an_abort",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(HUGE_WORKERS_SCENARIO, "1")
-        .output()
-        .expect("run the scenario");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    let (ok, text) = common::rerun_in_child(
+        "a_workers_count_too_large_to_allocate_is_invalid_input_not_an_abort",
+        &[(HUGE_WORKERS_SCENARIO, "1")],
     );
-    assert!(
-        out.status.success() && text.contains("REFUSED"),
-        "status {:?}\n{text}",
-        out.status
-    );
+    assert!(ok && text.contains("REFUSED"), "{text}");
 }
 
 /// A thread name with a NUL byte is an InvalidInput error from `build`. It used to panic

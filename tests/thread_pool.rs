@@ -17,6 +17,18 @@ use std::time::{Duration, Instant};
 mod common;
 use common::{eventually, WAIT};
 
+/// A pool of one worker and a queue of one slot: a job blocked on the worker and one queued
+/// fill it.
+fn one_worker_one_slot_pool() -> Arc<ThreadPool> {
+    Arc::new(
+        ThreadPool::builder()
+            .max_workers(1)
+            .queue_capacity(1)
+            .build()
+            .unwrap(),
+    )
+}
+
 /// Occupies one pool thread until the returned sender is used (or dropped); returns once the
 /// job is running.
 fn block_one(pool: &ThreadPool) -> (ConcurrentFuture<()>, mpsc::Sender<()>) {
@@ -380,13 +392,7 @@ fn try_submit_on_full_queue_fails_with_pool_full() {
 /// for room without failing, then queues the job, which runs.
 #[test]
 fn submit_async_waits_for_room() {
-    let pool = Arc::new(
-        ThreadPool::builder()
-            .max_workers(1)
-            .queue_capacity(1)
-            .build()
-            .unwrap(),
-    );
+    let pool = one_worker_one_slot_pool();
     let (blocker, release) = block_one(&pool);
     let filler = pool.try_submit(|| "filler").unwrap();
     let (queued_tx, queued_rx) = mpsc::channel();
@@ -409,13 +415,7 @@ fn submit_async_waits_for_room() {
 /// On a full bounded queue the blocking `submit` waits for room, then the job runs.
 #[test]
 fn blocking_submit_waits_for_room() {
-    let pool = Arc::new(
-        ThreadPool::builder()
-            .max_workers(1)
-            .queue_capacity(1)
-            .build()
-            .unwrap(),
-    );
+    let pool = one_worker_one_slot_pool();
     let (_blocker, release) = block_one(&pool);
     let _filler = pool.try_submit(|| ()).unwrap();
     let (queued_tx, queued_rx) = mpsc::channel();
@@ -435,13 +435,7 @@ fn blocking_submit_waits_for_room() {
 /// Closed future instead of waiting forever.
 #[test]
 fn blocked_submit_is_released_by_shutdown() {
-    let pool = Arc::new(
-        ThreadPool::builder()
-            .max_workers(1)
-            .queue_capacity(1)
-            .build()
-            .unwrap(),
-    );
+    let pool = one_worker_one_slot_pool();
     let (_blocker, release) = block_one(&pool);
     let _filler = pool.try_submit(|| ()).unwrap();
     let p = pool.clone();
@@ -776,13 +770,7 @@ impl std::task::Wake for PanickingWaker {
 #[test]
 fn a_panicking_room_waker_does_not_kill_a_worker() {
     use std::future::Future;
-    let pool = Arc::new(
-        ThreadPool::builder()
-            .max_workers(1)
-            .queue_capacity(1)
-            .build()
-            .unwrap(),
-    );
+    let pool = one_worker_one_slot_pool();
     let (blocker, release) = block_one(&pool);
     let filler = pool.try_submit(|| "filler").unwrap();
     let mut waiting = Box::pin(pool.submit_async(|| "waited for room"));

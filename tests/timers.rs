@@ -830,26 +830,13 @@ fn a_huge_linger_setting_delays_no_timer() {
         return;
     }
     for linger in ["3000000", &u64::MAX.to_string()] {
-        let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "a_huge_linger_setting_delays_no_timer",
-                "--exact",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(HUGE_LINGER_SCENARIO, linger)
-            .env("BRAID_LINGER_US", linger)
-            .output()
-            .expect("run the scenario");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+        let (_, text) = common::rerun_in_child(
+            "a_huge_linger_setting_delays_no_timer",
+            &[(HUGE_LINGER_SCENARIO, linger), ("BRAID_LINGER_US", linger)],
         );
         assert!(
             text.contains("SLEPT ON TIME"),
-            "BRAID_LINGER_US={linger}: status {:?}\n{text}",
-            out.status
+            "BRAID_LINGER_US={linger}: {text}"
         );
     }
 }

@@ -204,3 +204,22 @@ where
     rt.shutdown(WAIT).unwrap();
     outcomes
 }
+
+/// Runs test `name` of this test binary again, alone, in a child process with `env` set (a
+/// scenario that needs a process of its own: an environment variable read once, a signal's
+/// disposition, an abort to survive); whether it exited successfully, and its stdout and
+/// stderr together.
+pub(crate) fn rerun_in_child(name: &str, env: &[(&str, &str)]) -> (bool, String) {
+    let out = std::process::Command::new(std::env::current_exe().expect("this test binary"))
+        .args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .envs(env.iter().copied())
+        .output()
+        .expect("run the test again in a child process");
+    let text = format!(
+        "status {:?}\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
