@@ -532,8 +532,8 @@ fn eof_arriving_with_the_last_data_is_seen_after_a_short_read() {
 }
 
 /// `start_server` called while the runtime shuts down (here in a task's cleanup after the
-/// shutdown's cancel) fails with Closed, and its listener is closed: the server could never
-/// accept, since its accept task was refused. It returned a server that never accepted, and
+/// shutdown's cancel) fails with Closed: the server could never accept, since its accept
+/// task was refused. It returned a server that never accepted, and
 /// the refused task was reported as "Task exception was never retrieved".
 #[test]
 fn start_server_during_shutdown_is_closed() {

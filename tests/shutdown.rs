@@ -1060,3 +1060,51 @@ fn a_thread_name_with_a_nul_byte_is_invalid_input() {
     assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput, "{err}");
     assert!(err.to_string().contains("NUL"), "{err}");
 }
+
+/// `wait` on a task that a timed-out shutdown gave up while it was stuck in a step goes on
+/// waiting for it, as documented, and is woken when the step completes after all: the
+/// give-up took the waker `wait` had registered, and a later look did not register one, so
+/// `wait` slept through the completion until its own timeout (found by helper-54).
+#[test]
+fn wait_on_a_task_given_up_by_a_shutdown_wakes_when_its_step_completes() {
+    use std::future::Future;
+    let rt = runtime(1);
+    let (started_tx, started_rx) = mpsc::channel();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let stuck = rt
+        .event_loop()
+        .spawn(async move {
+            started_tx.send(()).unwrap();
+            // Blocks the loop thread: no await point where the cancel could land.
+            let _ = release_rx.recv_timeout(WAIT);
+            Ok(5u32)
+        })
+        .unwrap();
+    started_rx.recv_timeout(WAIT).unwrap();
+    let wakes = Arc::new(CountingWaker(AtomicUsize::new(0)));
+    let waker = std::task::Waker::from(wakes.clone());
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut waiting = Box::pin(braid::wait(
+        vec![stuck],
+        None,
+        braid::ReturnWhen::AllCompleted,
+    ));
+    assert!(waiting.as_mut().poll(&mut cx).is_pending());
+
+    let err = rt.shutdown(Duration::from_millis(200)).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    // Whether or not the give-up woke it, the task is not done: `wait` goes on waiting.
+    assert!(waiting.as_mut().poll(&mut cx).is_pending());
+    let before = wakes.0.load(Ordering::SeqCst);
+    release_tx.send(()).unwrap();
+    assert!(
+        common::eventually(WAIT, || wakes.0.load(Ordering::SeqCst) > before),
+        "wait was not woken when the step completed"
+    );
+    match waiting.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(Ok((done, pending))) => {
+            assert_eq!((done.len(), pending.len()), (1, 0));
+        }
+        other => panic!("wait gave {other:?}"),
+    }
+}

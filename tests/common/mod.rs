@@ -208,18 +208,37 @@ where
 /// Runs test `name` of this test binary again, alone, in a child process with `env` set (a
 /// scenario that needs a process of its own: an environment variable read once, a signal's
 /// disposition, an abort to survive); whether it exited successfully, and its stdout and
-/// stderr together.
+/// stderr together. A child still running after two minutes is killed and counts as failed,
+/// so that a scenario that hangs fails its test instead of hanging it.
 pub(crate) fn rerun_in_child(name: &str, env: &[(&str, &str)]) -> (bool, String) {
-    let out = std::process::Command::new(std::env::current_exe().expect("this test binary"))
+    let log = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("{name}-{}.log", std::process::id()));
+    let out = std::fs::File::create(&log).expect("create the child's log");
+    let err = out.try_clone().expect("share the child's log");
+    let mut child = std::process::Command::new(std::env::current_exe().expect("this test binary"))
         .args([name, "--exact", "--nocapture", "--test-threads=1"])
         .envs(env.iter().copied())
-        .output()
+        .stdout(out)
+        .stderr(err)
+        .spawn()
         .expect("run the test again in a child process");
-    let text = format!(
-        "status {:?}\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    // Polled: std has no wait with a timeout.
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("look at the child") {
+            break Some(status);
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_file(&log);
+    match status {
+        Some(status) => (status.success(), format!("status {status:?}\n{text}")),
+        None => (false, format!("killed after two minutes\n{text}")),
+    }
 }

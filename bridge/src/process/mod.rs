@@ -952,7 +952,7 @@ mod pool {
                 args: Vec::new(),
                 target: String::new(),
                 functions: Vec::new(),
-                rendezvous: Rendezvous::new(1).expect("a directory for the sockets"),
+                rendezvous: Rendezvous::new(3).expect("a directory for the sockets"),
             });
             let (tx, rx) = mpsc::channel();
             // On a thread of its own: without the fix, it never returns.

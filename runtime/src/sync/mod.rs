@@ -288,7 +288,11 @@ pub(crate) mod loom_support {
         }
 
         pub(crate) fn woken(&self) -> bool {
-            self.0.load(loom::sync::atomic::Ordering::SeqCst) > 0
+            self.woken_count() > 0
+        }
+
+        pub(crate) fn woken_count(&self) -> usize {
+            self.0.load(loom::sync::atomic::Ordering::SeqCst)
         }
     }
 

@@ -5,8 +5,11 @@
 //! Watchers set their bit after registering (a waker, a callback) and the completer sets
 //! COMPLETED; all with `fetch_or` on one word, so whichever comes second sees the other and
 //! does the waking (or the running, or the reporting), and a task nobody watches completes
-//! without taking a lock. One bit is no watcher's: DELIVERS, which says where the output
-//! goes, is set before the task is shared and never changes.
+//! without taking a lock. Two bits are no watcher's: DELIVERS, which says where the output
+//! goes, is set before the task is shared and never changes; GIVEN_UP, set by a shutdown that
+//! timed out on the task's step, works as COMPLETED does for a joiner (whichever of the
+//! joiner's registration and the give-up comes second sees the other) but takes nothing
+//! away: the task may still complete, and wake the same watchers.
 
 use braid_bridge::sync::atomic::{AtomicU8, Ordering};
 use braid_bridge::sync::Mutex;
@@ -206,8 +209,10 @@ impl<C> JoinState<C> {
                 None
             }
         }
-        if let Some(found) = seen(self.bits.load(Ordering::Acquire)) {
-            return found;
+        // Only completion is answered without registering: a task given up may still
+        // complete, and `wait`, which watches for that, must then be woken.
+        if self.completed() {
+            return Watch::Completed;
         }
         let replaced = {
             let mut watchers = self.watchers.lock();
@@ -224,14 +229,16 @@ impl<C> JoinState<C> {
     }
 
     /// A timed-out shutdown's, for a task stuck in a step: tells joiners to stop waiting,
-    /// and returns the waker of one already waiting, for the caller to wake (outside any
-    /// lock). Nothing if the task completed: its joiner gets the output.
+    /// and returns a copy of the waker of one already waiting, for the caller to wake
+    /// (outside any lock). The waker stays registered: a watcher that goes on waiting for
+    /// the task (`wait`) is woken again if the step completes after all. Nothing if the task
+    /// completed: its joiner gets the output.
     pub(crate) fn give_up(&self) -> Option<Waker> {
         let prev = self.bits.fetch_or(GIVEN_UP, Ordering::AcqRel);
         if prev & COMPLETED != 0 || prev & WAKER == 0 {
             return None;
         }
-        self.take_waker()
+        self.watchers.lock().waker.clone()
     }
 
     /// Registers a done callback (the caller has seen the task not completed). True if the
@@ -505,6 +512,34 @@ mod loom_models {
             assert!(
                 first != Watch::Pending || flag.woken(),
                 "the joiner was neither answered nor woken"
+            );
+            assert_eq!(join.watch(&waker), Watch::Completed);
+        });
+    }
+
+    /// A watcher that goes on waiting for a task a shutdown gave up (`wait`) is woken when
+    /// the stuck step completes after all, whether it registered before the give-up or
+    /// after: the give-up takes no waker away. (It once answered a look after the give-up
+    /// without registering, and took the waker of one before: `wait` then slept through
+    /// the completion.)
+    #[test]
+    fn loom_a_watcher_of_a_given_up_task_is_woken_when_it_completes() {
+        loom::model(|| {
+            let join = join_state();
+            let (flag, waker) = Flag::new();
+            let giver = spawn_giver(&join);
+            let first = join.watch(&waker);
+            giver.join().unwrap();
+            if first == Watch::Pending {
+                // Woken by the give-up: looks again, as `wait` does.
+                assert_ne!(join.watch(&waker), Watch::Pending);
+            }
+            let woken_before = flag.woken_count();
+            let completer = spawn_completer(&join, false);
+            completer.join().unwrap();
+            assert!(
+                flag.woken_count() > woken_before,
+                "the watcher slept through the completion"
             );
             assert_eq!(join.watch(&waker), Watch::Completed);
         });
