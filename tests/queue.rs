@@ -201,9 +201,11 @@ fn waiting_putters_are_served_in_arrival_order() {
     });
 }
 
-/// Getters blocked on an empty queue are served in the order they arrived: the first getter
-/// gets the first item, whichever loops they run on (CPython `test_why_are_getters_waiting`,
-/// with the order made observable).
+/// Getters blocked on an empty queue are served in the order they arrived: each item put
+/// wakes the first getter still waiting, whichever loops they run on (CPython
+/// `test_why_are_getters_waiting`, with the order made observable). Items put together wake
+/// as many getters, which then run in any order on several loops, each taking the next item
+/// in the queue's order when it runs; so the items are put one at a time here.
 #[test]
 fn waiting_getters_are_served_in_arrival_order() {
     on_each_runtime(|| async {
@@ -213,12 +215,11 @@ fn waiting_getters_are_served_in_arrival_order() {
             let q2 = q.clone();
             getters.push(queued(async move { q2.get().await }).await?);
         }
-        for i in 0..5 {
-            q.put_nowait(i * 10)?;
-        }
         let mut got = Vec::new();
-        for g in getters {
-            got.push(settle(g).await?);
+        for (i, g) in (0..5).zip(getters) {
+            q.put_nowait(i * 10)?;
+            // Waits for getter `i` only: had the item woken another, this one would wait on.
+            got.push(braid::wait_for(g, Some(WAIT)).await?);
         }
         assert_eq!(got, [0, 10, 20, 30, 40]);
         assert!(q.empty());
