@@ -914,18 +914,18 @@ impl LoopCtx {
         self.timers.borrow_mut().next_deadline()
     }
 
+    /// When the runtime's earliest shared timer falls due.
+    fn next_shared_deadline(&self) -> Option<Instant> {
+        self.rt
+            .timers
+            .earliest()
+            .and_then(|ns| self.rt.instant_of(ns))
+    }
+
     /// When the earliest timer this loop could fire falls due: its own, or the runtime's
     /// shared ones.
     fn next_timer_deadline(&self) -> Option<Instant> {
-        let shared = self
-            .rt
-            .timers
-            .earliest()
-            .and_then(|ns| self.rt.instant_of(ns));
-        match (self.next_local_deadline(), shared) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        earlier(self.next_local_deadline(), self.next_shared_deadline())
     }
 
     /// Worker loops: sleep until there is work (see `scheduler` for the protocol).
@@ -995,12 +995,11 @@ impl LoopCtx {
             self.count_wake(false);
             return;
         }
-        let mut deadline = self.next_local_deadline();
-        if driver {
-            if let Some(instant) = rt.timers.earliest().and_then(|ns| rt.instant_of(ns)) {
-                deadline = Some(deadline.map_or(instant, |d| d.min(instant)));
-            }
-        }
+        let deadline = if driver {
+            self.next_timer_deadline()
+        } else {
+            self.next_local_deadline()
+        };
         lp.sleep_deadline.store(
             deadline.map_or(ASLEEP_FOREVER, |d| rt.ns(d).max(1)),
             Ordering::Relaxed,
@@ -1060,10 +1059,7 @@ impl LoopCtx {
         // microseconds away, and seeing it now saves waking this thread's vCPU.
         let most = max.and_then(|max| Instant::now().checked_add(max));
         // Never past this loop's next timer, which only this thread fires.
-        let most = match (most, self.next_local_deadline()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let most = earlier(most, self.next_local_deadline());
         if linger_until(most, || {
             std::thread::yield_now();
             ready() || self.has_local_work() || self.poll_io_now() > 0
@@ -1236,6 +1232,14 @@ pub(crate) fn dispatch_callback(rt: &Arc<RuntimeShared>, f: Box<dyn FnOnce() + S
     match context::current_loop() {
         Some(ctx) if ctx.rt.id == rt.id => ctx.call_soon_or_run(f),
         _ => dispatch_to(&rt.loops[0], f),
+    }
+}
+
+/// The earlier of two deadlines, either of which may be absent (no deadline).
+fn earlier(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 

@@ -1043,16 +1043,21 @@ mod loom_tests {
     use loom::sync::Arc;
     use loom::thread;
 
+    /// A getter polled once on `core`, so that it waits in line, and never run by a task: its
+    /// waiter slot, the flag its waker sets, and that waker (to poll it again with).
+    fn parked_getter<T>(core: &impl GetCore<T>) -> (Option<u64>, std::sync::Arc<Flag>, Waker) {
+        let (flag, waker) = Flag::new();
+        let mut waiter = None;
+        assert!(core.poll_get(&mut waiter, &waker, false).is_pending());
+        (waiter, flag, waker)
+    }
+
     /// An item arrives while the getter it wakes is being cancelled: the item is neither lost
     /// nor duplicated; the second getter is woken and gets it.
     fn put_races_cancel_of_the_first_getter() {
         let queue = Arc::new(Queue::new(0));
-        let (_, b_waker) = Flag::new();
-        let (c_flag, c_waker) = Flag::new();
-        let mut b = None;
-        let mut c = None;
-        assert!(queue.core.poll_get(&mut b, &b_waker, false).is_pending());
-        assert!(queue.core.poll_get(&mut c, &c_waker, false).is_pending());
+        let (mut b, _, b_waker) = parked_getter(&queue.core);
+        let (mut c, c_flag, c_waker) = parked_getter(&queue.core);
 
         let putter = {
             let queue = queue.clone();
@@ -1093,9 +1098,7 @@ mod loom_tests {
     /// the next put.
     fn get_nowait_races_a_woken_getter() {
         let queue = Arc::new(Queue::new(0));
-        let (b_flag, b_waker) = Flag::new();
-        let mut b = None;
-        assert!(queue.core.poll_get(&mut b, &b_waker, false).is_pending());
+        let (mut b, b_flag, _) = parked_getter(&queue.core);
 
         let putter = {
             let queue = queue.clone();
@@ -1151,11 +1154,8 @@ mod loom_tests {
     /// the threads).
     fn woken_getters_take_the_smallest_first() {
         let queue = Arc::new(PriorityQueue::new(0));
-        let (_, a_waker) = Flag::new();
-        let (_, b_waker) = Flag::new();
-        let (mut a, mut b) = (None, None);
-        assert!(queue.core.poll_get(&mut a, &a_waker, false).is_pending());
-        assert!(queue.core.poll_get(&mut b, &b_waker, false).is_pending());
+        let (a, _, a_waker) = parked_getter(&queue.core);
+        let (b, _, b_waker) = parked_getter(&queue.core);
         queue.put_nowait(5u32).expect("unbounded");
         queue.put_nowait(1u32).expect("unbounded");
 
@@ -1199,11 +1199,8 @@ mod loom_tests {
     /// stranded: the second getter is not failed while it is left, and gets it.
     fn shutdown_passes_a_cancelled_claim_on() {
         let queue = Arc::new(Queue::new(0));
-        let (_, a_waker) = Flag::new();
-        let (b_flag, b_waker) = Flag::new();
-        let (mut a, mut b) = (None, None);
-        assert!(queue.core.poll_get(&mut a, &a_waker, false).is_pending());
-        assert!(queue.core.poll_get(&mut b, &b_waker, false).is_pending());
+        let (mut a, _, a_waker) = parked_getter(&queue.core);
+        let (mut b, b_flag, b_waker) = parked_getter(&queue.core);
         queue.put_nowait(7u32).expect("unbounded");
 
         let closer = {
@@ -1260,11 +1257,8 @@ mod loom_tests {
     /// shut-down queue: it fails with `QueueShutDown`, at once or when woken.
     fn shutdown_fails_the_rest_once_drained() {
         let queue = Arc::new(Queue::new(0));
-        let (_, a_waker) = Flag::new();
-        let (b_flag, b_waker) = Flag::new();
-        let (mut a, mut b) = (None, None);
-        assert!(queue.core.poll_get(&mut a, &a_waker, false).is_pending());
-        assert!(queue.core.poll_get(&mut b, &b_waker, false).is_pending());
+        let (mut a, _, a_waker) = parked_getter(&queue.core);
+        let (mut b, b_flag, b_waker) = parked_getter(&queue.core);
         queue.put_nowait(7u32).expect("unbounded");
 
         let closer = {

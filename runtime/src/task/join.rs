@@ -478,6 +478,15 @@ mod loom_models {
         })
     }
 
+    /// A joiner's first look (`first`) either answered it or, if it waits, its waker
+    /// (`flag`) was woken: it is never left waiting.
+    fn assert_answered_or_woken(first: Watch, flag: &Flag) {
+        assert!(
+            first != Watch::Pending || flag.woken(),
+            "the joiner was neither answered nor woken"
+        );
+    }
+
     /// A joiner polling while a shutdown gives the task up: the joiner sees the give-up or
     /// is woken by it, never left waiting for the stuck loop.
     #[test]
@@ -488,10 +497,7 @@ mod loom_models {
             let giver = spawn_giver(&join);
             let first = join.watch(&waker);
             giver.join().unwrap();
-            assert!(
-                first != Watch::Pending || flag.woken(),
-                "the joiner was neither answered nor woken"
-            );
+            assert_answered_or_woken(first, &flag);
             assert_eq!(join.watch(&waker), Watch::GivenUp);
         });
     }
@@ -509,10 +515,7 @@ mod loom_models {
             let first = join.watch(&waker);
             giver.join().unwrap();
             completer.join().unwrap();
-            assert!(
-                first != Watch::Pending || flag.woken(),
-                "the joiner was neither answered nor woken"
-            );
+            assert_answered_or_woken(first, &flag);
             assert_eq!(join.watch(&waker), Watch::Completed);
         });
     }
@@ -565,10 +568,7 @@ mod loom_models {
             };
             let first = join.watch(&waker);
             giver.join().unwrap();
-            assert!(
-                first != Watch::Pending || flag.woken(),
-                "the joiner was neither answered nor woken"
-            );
+            assert_answered_or_woken(first, &flag);
         });
     }
 }
