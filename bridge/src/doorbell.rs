@@ -12,6 +12,14 @@
 //! * **No wake-up for nothing.** A producer unparks only when it is the one that clears
 //!   `ASLEEP`, so a busy loop is never notified, and a burst of messages to a sleeping loop
 //!   costs one notification.
+//! * **One ring per batch.** Only a push onto an *empty* inbox rings. Whoever takes that
+//!   first message (the owner's drain, which clears `PENDING` before it takes the inbox's
+//!   lock) takes every message pushed behind it under the same lock, so the first push's
+//!   ring stands for them all: either it lands after the owner's last clear (the owner sees
+//!   `PENDING` and will not sleep) or it finds `ASLEEP` and unparks. A producer that finds
+//!   messages already waiting skips the read-modify-write on `state`, a line the owner
+//!   reads at every turn: under a backlog (foreign threads calling `call_soon_threadsafe`
+//!   faster than the loop runs the callbacks) that is most pushes.
 //!
 //! Work published elsewhere (a shared run queue, a timer) reaches a sleeping owner the same
 //! way: publish it, then [`ring`](Doorbell::ring), which sets `PENDING` like a message
@@ -119,14 +127,20 @@ impl<M, U: Unpark> Doorbell<M, U> {
     /// Gives the message back if the inbox was [closed](Doorbell::close): it is then the
     /// caller's to report, never silently dropped.
     pub fn push(&self, message: M) -> Result<(), M> {
-        {
+        let first = {
             let mut inbox = self.inbox.lock();
             if inbox.closed && !fault!(DoorbellIgnoresClose) {
                 return Err(message);
             }
+            let first = inbox.messages.is_empty();
             inbox.messages.push_back(message);
+            first
+        };
+        // Behind other messages, this one is taken with the first, whose push rang (see
+        // "One ring per batch" in the module docs).
+        if first {
+            self.ring();
         }
-        self.ring();
         Ok(())
     }
 
@@ -160,8 +174,13 @@ impl<M, U: Unpark> Doorbell<M, U> {
         if self.state.load(Ordering::Acquire) & PENDING == 0 {
             return 0;
         }
-        // Clear first, then take: anything pushed after the clear sets PENDING again.
-        self.state.fetch_and(!PENDING, Ordering::AcqRel);
+        // Clear first, then take: a push that finds the inbox emptied by this take rings
+        // after it, setting PENDING again. (Taken first, such a push could ring before the
+        // clear, which would then hide it.)
+        let clears_after_take = fault!(DoorbellClearsAfterTake);
+        if !clears_after_take {
+            self.state.fetch_and(!PENDING, Ordering::AcqRel);
+        }
         let mut inbox = self.inbox.lock();
         let n = inbox.messages.len();
         if out.is_empty() {
@@ -171,6 +190,10 @@ impl<M, U: Unpark> Doorbell<M, U> {
             std::mem::swap(out, &mut inbox.messages);
         } else {
             out.append(&mut inbox.messages);
+        }
+        drop(inbox);
+        if clears_after_take {
+            self.state.fetch_and(!PENDING, Ordering::AcqRel);
         }
         n
     }

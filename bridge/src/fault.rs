@@ -38,6 +38,9 @@ pub enum Fault {
     /// `ThreadPool::shutdown_timeout` called from a job waits for every thread, its siblings
     /// also waiting in it included (each waits for the other for good).
     PoolJobsInShutdownUncounted = 13,
+    /// The doorbell's drain takes the messages before it clears `PENDING` (a push in
+    /// between, onto the emptied inbox, rings before the clear and is slept through).
+    DoorbellClearsAfterTake = 14,
 }
 
 // A plain std atomic: set before a model starts, read inside it; not part of what is checked.

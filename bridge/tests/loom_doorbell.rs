@@ -91,6 +91,54 @@ fn broken_prepare_sleep_sleeps_through_a_push() {
     fault::model(Fault::DoorbellIgnoresPending, push_races_sleep_model);
 }
 
+/// Pushes landing while the owner drains: a push behind a waiting message skips its ring
+/// (module docs, "One ring per batch"), so it must be taken with the message whose push rang,
+/// and a push onto the inbox a drain just emptied must ring where the owner will see it.
+/// The owner drains until it holds both messages or decides to sleep; stated without
+/// blocking, as above: if it sleeps short of a message, it was unparked.
+fn pushes_race_drains_model() {
+    let bell = bell();
+    let producer = {
+        let bell = bell.clone();
+        thread::spawn(move || {
+            bell.push(1).unwrap();
+            bell.push(2).unwrap();
+        })
+    };
+    let mut got = VecDeque::new();
+    let mut slept = false;
+    while got.len() < 2 {
+        bell.drain_into(&mut got);
+        if got.len() == 2 {
+            break;
+        }
+        if bell.prepare_sleep() {
+            slept = true;
+            break;
+        }
+        thread::yield_now();
+    }
+    producer.join().unwrap();
+    let unparked = bell.unparker().unparks.load(Ordering::SeqCst) > 0;
+    assert!(
+        got == [1, 2] || (slept && unparked),
+        "lost wake-up: the owner sleeps short of a message ({got:?})"
+    );
+}
+
+#[test]
+fn pushes_race_drains() {
+    fault::model(Fault::None, pushes_race_drains_model);
+}
+
+/// The model catches a drain that takes the messages before it clears `PENDING`: the push
+/// onto the emptied inbox rings first, and the clear then hides it.
+#[test]
+#[should_panic(expected = "lost wake-up")]
+fn broken_drain_clearing_after_the_take_sleeps_through_a_push() {
+    fault::model(Fault::DoorbellClearsAfterTake, pushes_race_drains_model);
+}
+
 /// Two producers at once: both messages arrive, in a push order, none lost.
 #[test]
 fn two_producers_race_sleep() {
