@@ -52,15 +52,40 @@ fn owner_receives(bell: &Doorbell<u32, ThreadUnpark>, want: usize) -> Vec<u32> {
     got.into_iter().collect()
 }
 
+/// A producer thread that pushes `messages` in order.
+fn producer_pushing(
+    bell: &Arc<Doorbell<u32, ThreadUnpark>>,
+    messages: &'static [u32],
+) -> thread::JoinHandle<()> {
+    let bell = bell.clone();
+    thread::spawn(move || {
+        for &message in messages {
+            bell.push(message).unwrap();
+        }
+    })
+}
+
+/// After the producer is done: the owner holds every message, or it went to sleep and was
+/// unparked (its one sleep in these models, so the unpark came after it announced it).
+fn assert_received_or_unparked(
+    bell: &Doorbell<u32, ThreadUnpark>,
+    got: &VecDeque<u32>,
+    slept: bool,
+    want: &[u32],
+) {
+    let unparked = bell.unparker().unparks.load(Ordering::SeqCst) > 0;
+    assert!(
+        got.iter().eq(want) || (slept && unparked),
+        "lost wake-up: the owner sleeps short of a message ({got:?})"
+    );
+}
+
 /// A push racing the owner's sleep is never lost: after the owner's last look, either it saw
 /// the message, or it announced its sleep and the producer unparked it. (Stated without
 /// blocking, so that the broken twin fails an assertion instead of deadlocking loom.)
 fn push_races_sleep_model() {
     let bell = bell();
-    let producer = {
-        let bell = bell.clone();
-        thread::spawn(move || bell.push(7).unwrap())
-    };
+    let producer = producer_pushing(&bell, &[7]);
     let mut got = VecDeque::new();
     let mut slept = false;
     if bell.drain_into(&mut got) == 0 {
@@ -71,11 +96,7 @@ fn push_races_sleep_model() {
         }
     }
     producer.join().unwrap();
-    let unparked = bell.unparker().unparks.load(Ordering::SeqCst) > 0;
-    assert!(
-        got == [7] || (slept && unparked),
-        "lost wake-up: the owner sleeps through the push"
-    );
+    assert_received_or_unparked(&bell, &got, slept, &[7]);
 }
 
 #[test]
@@ -98,13 +119,7 @@ fn broken_prepare_sleep_sleeps_through_a_push() {
 /// blocking, as above: if it sleeps short of a message, it was unparked.
 fn pushes_race_drains_model() {
     let bell = bell();
-    let producer = {
-        let bell = bell.clone();
-        thread::spawn(move || {
-            bell.push(1).unwrap();
-            bell.push(2).unwrap();
-        })
-    };
+    let producer = producer_pushing(&bell, &[1, 2]);
     let mut got = VecDeque::new();
     let mut slept = false;
     while got.len() < 2 {
@@ -119,11 +134,7 @@ fn pushes_race_drains_model() {
         thread::yield_now();
     }
     producer.join().unwrap();
-    let unparked = bell.unparker().unparks.load(Ordering::SeqCst) > 0;
-    assert!(
-        got == [1, 2] || (slept && unparked),
-        "lost wake-up: the owner sleeps short of a message ({got:?})"
-    );
+    assert_received_or_unparked(&bell, &got, slept, &[1, 2]);
 }
 
 #[test]
@@ -188,13 +199,7 @@ fn ring_races_sleep() {
 /// A busy owner (one that never announced a sleep) is never unparked.
 fn no_wakeup_while_awake_model() {
     let bell = bell();
-    let producer = {
-        let bell = bell.clone();
-        thread::spawn(move || {
-            bell.push(1).unwrap();
-            bell.push(2).unwrap();
-        })
-    };
+    let producer = producer_pushing(&bell, &[1, 2]);
     producer.join().unwrap();
     assert_eq!(bell.unparker().unparks.load(Ordering::SeqCst), 0);
     let mut got = VecDeque::new();
