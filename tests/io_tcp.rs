@@ -308,8 +308,8 @@ fn a_cancelled_read_takes_nothing_from_the_socket() {
 }
 
 /// The cancel races the data's arrival, 100 rounds, with the reader on any loop and the cancel
-/// given a varying head start (busy waits and yields): whichever wins, the bytes are either in the read's result or still in the socket, never lost and
-/// never duplicated.
+/// given a varying head start (busy waits and yields): whichever wins, the bytes are either in
+/// the read's result or still in the socket, never lost and never duplicated.
 #[test]
 fn a_read_cancelled_while_data_arrives_loses_no_bytes() {
     const ROUNDS: usize = 100;
@@ -561,4 +561,84 @@ fn a_unix_connect_to_a_full_backlog_fails_instead_of_hanging() {
         .downcast_ref::<std::io::Error>()
         .expect("an io::Error");
     assert_eq!(io.kind(), std::io::ErrorKind::WouldBlock, "{error:?}");
+}
+
+/// A read into an empty buffer and a write of nothing return 0 at once, as std's do: on an
+/// idle socket, on a full one, and with data waiting (which the empty read leaves for the
+/// next one). They used to wait for readiness first, hanging where none would come, and the
+/// empty read then returned the 0 that means the end of the stream.
+#[test]
+fn an_empty_read_or_write_returns_zero_at_once() {
+    on_loops(&LOOPS, || async {
+        let (a, b) = UnixStream::pair()?;
+        assert_eq!(braid::wait_for(a.read(&mut []), Some(WAIT)).await?, 0);
+        let mut r: &UnixStream = &a;
+        let empty = braid::wait_for(
+            async { Ok(AsyncReadExt::read(&mut r, &mut []).await?) },
+            Some(WAIT),
+        )
+        .await?;
+        assert_eq!(empty, 0, "AsyncRead into an empty buffer");
+        b.write_all(b"data").await?;
+        assert_eq!(braid::wait_for(a.read(&mut []), Some(WAIT)).await?, 0);
+        let mut buf = [0; 4];
+        braid::wait_for(a.read_exact(&mut buf), Some(WAIT)).await?;
+        assert_eq!(&buf, b"data", "the empty read took nothing");
+
+        // A socket whose send buffer is full (filled before braid adopts it).
+        let (full, _peer) = std::os::unix::net::UnixStream::pair()?;
+        full.set_nonblocking(true)?;
+        let chunk = [0u8; 64 * 1024];
+        while (&full).write(&chunk).is_ok() {}
+        let full = UnixStream::from_std(full)?;
+        assert_eq!(braid::wait_for(full.write(&[]), Some(WAIT)).await?, 0);
+        let mut w: &UnixStream = &full;
+        let none = braid::wait_for(
+            async { Ok(AsyncWriteExt::write(&mut w, &[]).await?) },
+            Some(WAIT),
+        )
+        .await?;
+        assert_eq!(none, 0, "AsyncWrite of nothing");
+        Ok(())
+    });
+}
+
+/// `UnixStream::connect` (and `open_unix_connection`) refuse a path with a NUL byte inside
+/// with `InvalidInput`, as std does: the kernel reads the path up to the NUL, so
+/// `dir/a\0junk` used to connect to `dir/a`. A leading NUL still names an abstract socket.
+#[test]
+fn a_unix_connect_to_a_path_with_a_nul_inside_is_invalid_input() {
+    use std::os::unix::ffi::OsStringExt;
+    let dir = socket_dir("nul");
+    let path = dir.join("a");
+    let p = path.clone();
+    on_loops(&[1], move || {
+        let path = p.clone();
+        async move {
+            let _listener = UnixListener::bind(&path)?;
+            let mut bytes = path.clone().into_os_string().into_vec();
+            bytes.extend_from_slice(b"\0junk");
+            let with_nul = PathBuf::from(std::ffi::OsString::from_vec(bytes));
+            let invalid = |outcome: Result<()>| {
+                let error = outcome.expect_err("connected through a path with a NUL inside");
+                let io = error.downcast_ref::<std::io::Error>().map(|e| e.kind());
+                assert_eq!(io, Some(std::io::ErrorKind::InvalidInput), "{error:?}");
+            };
+            invalid(UnixStream::connect(with_nul.clone()).await.map(drop));
+            invalid(braid::open_unix_connection(with_nul).await.map(drop));
+
+            use std::os::linux::net::SocketAddrExt;
+            let name = format!("braid-io-tcp-{}-nul", std::process::id());
+            let abstract_addr = std::os::unix::net::SocketAddr::from_abstract_name(&name)?;
+            let std_listener = std::os::unix::net::UnixListener::bind_addr(&abstract_addr)?;
+            let listener = UnixListener::from_std(std_listener)?;
+            let mut abstract_path = vec![0u8];
+            abstract_path.extend_from_slice(name.as_bytes());
+            let abstract_path = PathBuf::from(std::ffi::OsString::from_vec(abstract_path));
+            let _client = UnixStream::connect(abstract_path).await?;
+            braid::wait_for(listener.accept(), Some(WAIT)).await?;
+            Ok(())
+        }
+    });
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -61,6 +61,9 @@ const RAW_EVENTS: usize = 64;
 struct SourceSlab {
     slots: Vec<Option<Arc<IoSource>>>,
     free: Vec<usize>,
+    /// The loop has closed and `wake_after_close` has taken its list of sockets: a socket
+    /// added now would never be woken, so none is (see `admit`).
+    closed: bool,
 }
 
 impl IoDriver {
@@ -83,18 +86,47 @@ impl IoDriver {
     /// socket registered with it. A waiter that tries again and has to wait re-registers the
     /// socket (`IoSource::arm`, which sees the loop closed): with a loop of the runtime it
     /// is used in now (a task of another runtime), or fails off the loops.
+    ///
+    /// From now on the slab refuses new sockets (`admit`): one that a task chose this loop
+    /// for just before it closed, and adds after this list is taken, would be in a poller
+    /// nobody polls, woken by nobody. The flag and the list are taken under one lock, so
+    /// each socket is either in the list or refused.
     pub(crate) fn wake_after_close(&self) {
-        let sources: Vec<Arc<IoSource>> = self
-            .sources
-            .lock()
-            .slots
-            .iter()
-            .flatten()
-            .cloned()
-            .collect();
+        let sources: Vec<Arc<IoSource>> = {
+            let mut slab = self.sources.lock();
+            slab.closed = true;
+            slab.slots.iter().flatten().cloned().collect()
+        };
         for source in sources {
             source.readiness.wake_all();
         }
+    }
+
+    /// Puts `source` in the slab, unless the loop has closed (see `wake_after_close`).
+    /// Returns its key.
+    fn admit(&self, source: &Arc<IoSource>) -> Option<usize> {
+        let mut slab = self.sources.lock();
+        if slab.closed {
+            return None;
+        }
+        let key = match slab.free.pop() {
+            Some(key) => {
+                slab.slots[key] = Some(source.clone());
+                key
+            }
+            None => {
+                slab.slots.push(Some(source.clone()));
+                slab.slots.len() - 1
+            }
+        };
+        Some(key)
+    }
+
+    /// Empties the slot `key` (its socket is no longer registered here).
+    fn forget(&self, key: usize) {
+        let mut slab = self.sources.lock();
+        slab.slots[key] = None;
+        slab.free.push(key);
     }
 
     /// Taken by the loop before it announces sleep, held until it is awake.
@@ -295,33 +327,58 @@ fn no_loop() -> io::Error {
     .into_io_error()
 }
 
+/// The error for a socket that must wait on a loop whose runtime has closed every loop (a
+/// flush woken as the last one closes): no poller is left to wait on.
+fn loops_closed() -> io::Error {
+    Error::new(
+        ErrorKind::Closed,
+        "every event loop of the runtime has closed: the socket cannot wait for readiness",
+    )
+    .into_io_error()
+}
+
+/// Whether `lp` may take a socket: a loop closing or closed will not poll its poller again.
+fn is_open(lp: &LoopShared) -> bool {
+    !matches!(lp.state(), LoopState::Closing | LoopState::Closed)
+}
+
 /// The worker loop a socket first waited on from here should be registered with: the one
 /// holding the fewest sockets, this one if it holds no more (see the module docs). The counts
 /// are read without a lock: two sockets registered at once may land on the same loop, and the
 /// next ones even it out. A task pinned to this worker loop (`spawn_local`) keeps its sockets
 /// here: registered elsewhere, every event would wake that loop only to send the task back.
+///
+/// Never a loop that is closing or closed: a socket registered there would wait for good (a
+/// flush woken by its loop's close, on that loop's thread, used to register right back with
+/// it). With none of its runtime's loops open, the socket cannot wait: an error.
 fn choose_home(made_in: &Weak<RuntimeShared>) -> io::Result<Arc<LoopShared>> {
     let Some(ctx) = context::current_loop() else {
         // Off the loops: the runtime the socket was made in, while it still serves.
         return match made_in.upgrade() {
-            Some(rt) if !rt.stopping.load(Ordering::Acquire) => Ok(least_loaded(&rt)),
+            Some(rt) if !rt.stopping.load(Ordering::Acquire) => {
+                least_loaded(&rt).ok_or_else(loops_closed)
+            }
             _ => Err(no_loop()),
         };
     };
-    let least = least_loaded(&ctx.rt);
+    let least = least_loaded(&ctx.rt).ok_or_else(loops_closed)?;
     let pinned = || context::with_current_header(|h| h.home.is_some()) == Some(true);
-    if ctx.worker.is_some() && (ctx.lp.io.registered() <= least.io.registered() || pinned()) {
+    if ctx.worker.is_some()
+        && is_open(&ctx.lp)
+        && (ctx.lp.io.registered() <= least.io.registered() || pinned())
+    {
         return Ok(ctx.lp.clone());
     }
     Ok(least)
 }
 
-fn least_loaded(rt: &RuntimeShared) -> Arc<LoopShared> {
+/// The open worker loop of `rt` holding the fewest sockets, if any loop is open.
+fn least_loaded(rt: &RuntimeShared) -> Option<Arc<LoopShared>> {
     rt.loops
         .iter()
+        .filter(|lp| is_open(lp))
         .min_by_key(|lp| lp.io.registered())
-        .expect("a runtime has at least one worker loop")
-        .clone()
+        .cloned()
 }
 
 impl IoSource {
@@ -346,11 +403,7 @@ impl IoSource {
     /// Takes the socket out of `registration`'s poller and slab.
     fn remove(&self, Registration { home, key }: Registration) {
         crate::task::raw::poller_delete(home.poller(), self.fd);
-        {
-            let mut slab = home.io.sources.lock();
-            slab.slots[key] = None;
-            slab.free.push(key);
-        }
+        home.io.forget(key);
         home.io.registered.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -369,24 +422,17 @@ impl Arm for Arc<IoSource> {
             let stale = registration.take().expect("checked above");
             self.remove(stale);
         }
-        let home = choose_home(&self.made_in)?;
-        let key = {
-            let mut slab = home.io.sources.lock();
-            match slab.free.pop() {
-                Some(key) => {
-                    slab.slots[key] = Some(self.clone());
-                    key
-                }
-                None => {
-                    slab.slots.push(Some(self.clone()));
-                    slab.slots.len() - 1
-                }
+        // The loop chosen open may close before the socket is in its slab, which then
+        // refuses it (`IoDriver::admit`); the next choice skips that loop, whose state was
+        // Closed before its slab closed. Each refusal is one loop closed for good: this ends.
+        let (home, key) = loop {
+            let home = choose_home(&self.made_in)?;
+            if let Some(key) = home.io.admit(self) {
+                break (home, key);
             }
         };
         if let Err(e) = crate::task::raw::poller_add_edge(home.poller(), self.fd, key) {
-            let mut slab = home.io.sources.lock();
-            slab.slots[key] = None;
-            slab.free.push(key);
+            home.io.forget(key);
             return Err(e);
         }
         home.io.registered.fetch_add(1, Ordering::Relaxed);
@@ -487,6 +533,84 @@ mod loom_models {
     #[should_panic(expected = "no notification left")]
     fn loom_io_drive_lock_taken_after_announcing_sleep_loses_it() {
         model(true);
+    }
+
+    /// `IoSource::arm` adding a socket to the slab of the loop it chose, as `IoSource::arm`
+    /// does. `broken` reads the slab's closed flag and adds the socket under two locks: the
+    /// bug that taking both under one prevents.
+    struct Admit<'a> {
+        driver: &'a IoDriver,
+        source: &'a Arc<super::IoSource>,
+        broken: bool,
+    }
+
+    impl super::Arm for Admit<'_> {
+        fn arm(&self) -> std::io::Result<()> {
+            let admitted = if self.broken {
+                let closed = self.driver.sources.lock().closed;
+                (!closed).then(|| {
+                    let mut slab = self.driver.sources.lock();
+                    slab.slots.push(Some(self.source.clone()));
+                    slab.slots.len() - 1
+                })
+            } else {
+                self.driver.admit(self.source)
+            };
+            admitted
+                .map(drop)
+                .ok_or_else(|| std::io::Error::other("the loop has closed"))
+        }
+    }
+
+    /// A task chose a loop for its socket while the loop was open and adds the socket to its
+    /// slab while the loop closes (`wake_after_close`): the socket is either refused (the
+    /// task chooses again) or in the list the close wakes, never waiting on a poller that
+    /// nobody polls.
+    fn closing_slab_model(broken: bool) {
+        use super::Direction;
+        use crate::sync::loom_support::Flag;
+        use std::task::{Context, Poll};
+        loom::model(move || {
+            let driver = Arc::new(IoDriver::new());
+            let closer = {
+                let driver = driver.clone();
+                loom::thread::spawn(move || driver.wake_after_close())
+            };
+            let source = Arc::new(super::IoSource::new(-1));
+            let arm = Admit {
+                driver: &driver,
+                source: &source,
+                broken,
+            };
+            let (flag, waker) = Flag::new();
+            let mut cx = Context::from_waker(&waker);
+            // A new socket is assumed ready: spend that, as a `WouldBlock` does.
+            let Poll::Ready(Ok(seen)) = source.readiness.poll_ready(Direction::Read, &mut cx, &arm)
+            else {
+                panic!("a new socket is ready");
+            };
+            source.readiness.clear(seen);
+            let waited = source.readiness.poll_ready(Direction::Read, &mut cx, &arm);
+            closer.join().unwrap();
+            match waited {
+                Poll::Pending => assert!(
+                    flag.woken(),
+                    "a socket joined the slab of a closed loop and nobody will wake it"
+                ),
+                Poll::Ready(outcome) => assert!(outcome.is_err(), "the socket was not ready"),
+            }
+        });
+    }
+
+    #[test]
+    fn loom_io_a_socket_joining_a_closing_loop_is_refused_or_woken() {
+        closing_slab_model(false);
+    }
+
+    #[test]
+    #[should_panic(expected = "nobody will wake it")]
+    fn loom_io_twin_checking_the_close_apart_from_the_add_strands_a_socket() {
+        closing_slab_model(true);
     }
 }
 

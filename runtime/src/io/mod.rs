@@ -10,8 +10,10 @@
 /// type): `$std` is the std socket inside the `IoHandle` field `io`.
 macro_rules! byte_stream_methods {
     ($std:ty) => {
-        /// Reads what is available (at least one byte), or 0 at end of stream. A cancellation
-        /// point: a cancelled read has taken nothing from the socket.
+        /// Reads what is available (at least one byte), or 0 at end of stream. An empty `buf`
+        /// returns 0 at once, without waiting, as std's `read` does (so 0 means the end only
+        /// for a buffer that has room). A cancellation point: a cancelled read has taken
+        /// nothing from the socket.
         ///
         /// # Errors
         /// Cancelled; kind `Io` (a reset peer, say).
@@ -50,8 +52,9 @@ macro_rules! byte_stream_methods {
             })
         }
 
-        /// Writes some of `buf` (at least one byte unless `buf` is empty). A cancellation
-        /// point: a cancelled write has sent nothing.
+        /// Writes some of `buf` (at least one byte unless `buf` is empty: then 0, at once,
+        /// whether or not the socket has room). A cancellation point: a cancelled write has
+        /// sent nothing.
         ///
         /// # Errors
         /// Cancelled; kind `Io` (a reset peer: `BrokenPipe` or `ConnectionReset`).
@@ -212,6 +215,10 @@ impl<S: AsRawFd> IoHandle<S> {
     /// next operation waits for readiness instead of trying a syscall that would say
     /// `WouldBlock` (tokio does the same). A short read keeps its readiness when an end of
     /// stream may be waiting behind the data (see `readiness`).
+    ///
+    /// An empty buffer moves nothing and returns 0 at once, as std's `read` and `write` do:
+    /// waiting for readiness first would hang on an idle (or full) socket, and a read that
+    /// waited would then return 0, which reads as the end of the stream.
     pub(crate) fn poll_stream(
         &self,
         dir: Direction,
@@ -219,6 +226,9 @@ impl<S: AsRawFd> IoHandle<S> {
         len: usize,
         op: impl FnMut(&S) -> io::Result<usize>,
     ) -> Poll<io::Result<usize>> {
+        if len == 0 {
+            return Poll::Ready(Ok(0));
+        }
         let mut op = op;
         poll_io(
             &self.source.readiness,

@@ -202,6 +202,11 @@ impl Waiters {
         self.wake_on_sweep
     }
 
+    /// Takes `waker` out again: its task does not wait after all.
+    fn forget(&mut self, waker: &Waker) {
+        self.list.retain(|w| !w.waker.will_wake(waker));
+    }
+
     /// Takes every waiter out, to be woken.
     fn take_into(&mut self, woken: &mut Vec<Waker>) {
         woken.extend(self.list.drain(..).map(|w| w.waker));
@@ -259,7 +264,8 @@ impl Readiness {
     }
 
     /// Ready: the tick to hand to `clear` if the syscall then says `WouldBlock`. Pending: the
-    /// waker is stored and `arm` was called, so the next edge wakes this task.
+    /// waker is stored and `arm` was called, so the next edge wakes this task. An error of
+    /// `arm`: the task cannot wait, and its waker is not kept.
     pub(crate) fn poll_ready(
         &self,
         dir: Direction,
@@ -289,7 +295,16 @@ impl Readiness {
             }
             match arm.arm() {
                 Ok(()) => Poll::Pending,
-                Err(e) => Poll::Ready(Err(e)),
+                Err(e) => {
+                    // The task gets the error instead of a wait, so its waker goes: kept, it
+                    // would hold the task (or a stream's flush, and through it the socket)
+                    // for as long as the socket lives, with nothing to wake it.
+                    match dir {
+                        Direction::Read => st.readers.forget(cx.waker()),
+                        Direction::Write => st.writers.forget(cx.waker()),
+                    }
+                    Poll::Ready(Err(e))
+                }
             }
         };
         swept.finish();

@@ -114,16 +114,21 @@ impl UnixStream {
 
     /// Connects to the listener at `path` without blocking a loop.
     ///
+    /// A `path` that starts with a NUL byte names a socket in Linux's abstract namespace,
+    /// where every byte of the name counts.
+    ///
     /// # Errors
     /// Cancelled; kind `Io` (`NotFound`, `ConnectionRefused`; `WouldBlock` when the
-    /// listener's backlog is full, where a blocking connect would wait for room).
+    /// listener's backlog is full, where a blocking connect would wait for room;
+    /// `InvalidInput` for a path with a NUL byte that is not the first, as std refuses it).
     pub fn connect(path: impl Into<PathBuf>) -> IoFuture<'static, UnixStream> {
         let path = path.into();
         Box::pin(async move {
-            use socket2::{Domain, SockAddr, Socket, Type};
+            use socket2::{Domain, Socket, Type};
+            let addr = unix_addr(&path)?;
             let socket = Socket::new(Domain::UNIX, Type::STREAM, None)?;
             socket.set_nonblocking(true)?;
-            let started = socket.connect(&SockAddr::unix(&path)?);
+            let started = socket.connect(&addr);
             let stream = UnixStream {
                 io: IoHandle::new(std::os::unix::net::UnixStream::from(
                     std::os::fd::OwnedFd::from(socket),
@@ -192,6 +197,21 @@ impl UnixStream {
     pub fn peer_addr(&self) -> Result<SocketAddr> {
         Ok(self.io.get_ref().peer_addr()?)
     }
+}
+
+/// The socket address of `path`. The kernel reads a file system path up to its first NUL,
+/// so `dir/a\0junk` would connect to `dir/a`: such a path is refused, as std refuses it. A
+/// leading NUL is Linux's abstract namespace, whose names are taken whole, NULs and all.
+fn unix_addr(path: &Path) -> Result<socket2::SockAddr> {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = path.as_os_str().as_bytes();
+    if bytes.first() != Some(&0) && bytes.contains(&0) {
+        return Err(super::io_error(
+            io::ErrorKind::InvalidInput,
+            "paths must not contain interior null bytes",
+        ));
+    }
+    Ok(socket2::SockAddr::unix(path)?)
 }
 
 impl std::fmt::Debug for UnixStream {
