@@ -939,3 +939,213 @@ fn cancel_and_wait_moves_the_result_out_and_a_second_call_says_so() {
     assert!(fut.cancelled());
     assert!(fut.result(Some(WAIT)).unwrap_err().is_cancelled());
 }
+
+// ---------------------------------------------------------------------------------------
+// awaited in a braid task: a cancellation point (asyncio's `wrap_future`)
+// ---------------------------------------------------------------------------------------
+
+/// Runs `body` as a task of `rt` and returns its outcome; panics, naming `what`, if it has
+/// not finished within `WAIT` (the await ignored a cancel and hangs).
+fn outcome_of<T, F>(rt: &braid::Runtime, what: &str, body: F) -> braid::Result<T>
+where
+    F: Future<Output = braid::Result<T>> + Send + 'static,
+    T: Send + 'static,
+{
+    let outcome = rt.event_loop().run_coroutine_threadsafe(body).unwrap();
+    match outcome.into_result(Some(WAIT)) {
+        Err(e) if e.is_timeout() => panic!("{what}: still waiting after {WAIT:?}"),
+        other => other,
+    }
+}
+
+/// Cancelling a task that awaits a `ConcurrentFuture` cancels the future (its completer
+/// sees it) and ends the task Cancelled at once, with the completer still alive: the await
+/// used to wait for the future to complete, whatever the task was told.
+#[test]
+fn cancelling_a_task_awaiting_a_concurrent_future_cancels_both_at_once() {
+    let rt = common::runtime(2);
+    let (fut, completer) = pair::<u32>();
+    let (started_tx, started) = mpsc::channel();
+    let task = rt
+        .event_loop()
+        .spawn(async move {
+            started_tx.send(()).unwrap();
+            fut.await
+        })
+        .unwrap();
+    let (ended_tx, ended) = mpsc::channel();
+    task.add_done_callback(move |t| {
+        let _ = ended_tx.send(t.cancelled());
+    });
+    started.recv_timeout(WAIT).unwrap();
+    assert!(task.cancel());
+    let cancelled = ended.recv_timeout(WAIT);
+    assert_eq!(
+        cancelled,
+        Ok(true),
+        "the task did not end cancelled at once"
+    );
+    assert!(completer.is_cancelled(), "the future was not cancelled");
+    let err = rt.run_until_complete(task).unwrap_err();
+    assert!(err.is_cancelled(), "{err:?}");
+    drop(completer);
+    rt.shutdown(WAIT).unwrap();
+}
+
+/// `timeout` and `wait_for` around an awaited `ConcurrentFuture` end with Timeout at their
+/// deadline and cancel the future: one from `pair()` that nobody completes, and one from
+/// `run_coroutine_threadsafe`, whose task is then cancelled and unwinds. Both used to wait
+/// for the future to complete (for ever, and 3 s in the hunter's repro).
+#[test]
+fn timeout_and_wait_for_on_a_concurrent_future_end_at_their_deadline() {
+    let rt = common::runtime(2);
+    let (never, never_completer) = pair::<u32>();
+    let (also_never, also_never_completer) = pair::<u32>();
+    let slow = rt
+        .event_loop()
+        .run_coroutine_threadsafe(async {
+            braid::sleep(Duration::from_secs(3600)).await?;
+            Ok(1u32)
+        })
+        .unwrap();
+    let slow_watch = slow.clone();
+    let deadline = Duration::from_millis(20);
+    let (timed, waited, slow_waited) = outcome_of(&rt, "timeout/wait_for", async move {
+        let timed = braid::timeout(deadline, never).await;
+        let waited = braid::wait_for(also_never, Some(deadline)).await;
+        let slow_waited = braid::wait_for(slow, Some(deadline)).await;
+        Ok((timed, waited, slow_waited))
+    })
+    .unwrap();
+    for (what, outcome) in [
+        ("timeout", timed),
+        ("wait_for", waited),
+        ("wait_for(run_coroutine_threadsafe)", slow_waited),
+    ] {
+        let err = outcome.expect_err(what);
+        assert!(err.is_timeout(), "{what}: {err:?}");
+    }
+    assert!(never_completer.is_cancelled());
+    assert!(also_never_completer.is_cancelled());
+    assert!(slow_watch.cancelled());
+    // The coroutine behind it was cancelled too, and unwinds.
+    assert!(matches!(
+        slow_watch.cancel_and_wait(Some(WAIT)),
+        CancelOutcome::Cancelled
+    ));
+    rt.shutdown(WAIT).unwrap();
+}
+
+/// The outcome of a `ConcurrentFuture` that is done already is the await's, even with a
+/// cancel request pending (as for an awaited `Task` that is done): the request is delivered
+/// at the next await point instead. Pending, the future takes the request: it is cancelled,
+/// and the await ends with the request's error, message included.
+#[test]
+fn an_awaited_concurrent_future_gives_its_outcome_if_done_and_takes_a_cancel_if_not() {
+    let rt = common::runtime(2);
+    let (done, done_completer) = pair::<u32>();
+    done_completer.set_result(7);
+    let (pending, completer) = pair::<u32>();
+    let (value, next, cancelled) = outcome_of(&rt, "self-cancelled awaits", async move {
+        let me = braid::current_task().expect("a task");
+        me.cancel();
+        let value = done.await;
+        let next = braid::yield_now().await;
+        me.cancel_with("stop now");
+        let cancelled = pending.await;
+        Ok((value, next, cancelled))
+    })
+    .unwrap();
+    assert_eq!(value.unwrap(), 7);
+    assert!(next.unwrap_err().is_cancelled());
+    let err = cancelled.unwrap_err();
+    assert!(err.is_cancelled(), "{err:?}");
+    assert_eq!(err.message(), Some("stop now"));
+    assert!(completer.is_cancelled());
+    rt.shutdown(WAIT).unwrap();
+}
+
+/// A task awaiting a thread-pool job that is already running (and so cannot be cancelled)
+/// still ends Cancelled at once when it is cancelled, as with `wrap_future`; the job runs to
+/// its end, and its future keeps its value.
+#[test]
+fn cancelling_a_task_awaiting_a_running_pool_job_ends_the_task_and_not_the_job() {
+    let rt = common::runtime(2);
+    let pool = braid::bridge::ThreadPool::new(1);
+    let (job_started_tx, job_started) = mpsc::channel();
+    let (release_tx, release) = mpsc::channel::<()>();
+    let job = pool.submit(move || {
+        job_started_tx.send(()).unwrap();
+        let _ = release.recv_timeout(WAIT);
+        11u32
+    });
+    job_started.recv_timeout(WAIT).unwrap();
+    let awaited = job.clone();
+    let (started_tx, started) = mpsc::channel();
+    let task = rt
+        .event_loop()
+        .spawn(async move {
+            started_tx.send(()).unwrap();
+            awaited.await
+        })
+        .unwrap();
+    let (ended_tx, ended) = mpsc::channel();
+    task.add_done_callback(move |t| {
+        let _ = ended_tx.send(t.cancelled());
+    });
+    started.recv_timeout(WAIT).unwrap();
+    assert!(task.cancel());
+    let cancelled = ended.recv_timeout(WAIT);
+    assert_eq!(
+        cancelled,
+        Ok(true),
+        "the task did not end cancelled at once"
+    );
+    assert!(
+        !job.done() && !job.cancelled(),
+        "the running job was stopped"
+    );
+    release_tx.send(()).unwrap();
+    assert_eq!(job.result(Some(WAIT)).unwrap(), 11);
+    rt.shutdown(WAIT).unwrap();
+}
+
+/// A runtime shut down with a task awaiting a `ConcurrentFuture` nobody completes finishes
+/// in time (the task's cancel reaches it), and `cancel_and_wait` on the
+/// `run_coroutine_threadsafe` future of such a task returns Cancelled: both used to wait for
+/// the inner future (the shutdown timed out, `cancel_and_wait` returned `TimedOut`).
+#[test]
+fn shutdown_and_cancel_and_wait_finish_a_task_awaiting_a_concurrent_future() {
+    let rt = common::runtime(2);
+    let (first, first_completer) = pair::<u32>();
+    let (started_tx, started) = mpsc::channel();
+    let started_again = started_tx.clone();
+    let outer = rt
+        .event_loop()
+        .run_coroutine_threadsafe(async move {
+            started_tx.send(()).unwrap();
+            first.await
+        })
+        .unwrap();
+    started.recv_timeout(WAIT).unwrap();
+    let unwound = outer.cancel_and_wait(Some(WAIT));
+    assert!(
+        matches!(unwound, CancelOutcome::Cancelled),
+        "cancel_and_wait: {unwound:?}"
+    );
+    assert!(first_completer.is_cancelled());
+
+    let (second, second_completer) = pair::<u32>();
+    let left = rt
+        .event_loop()
+        .spawn(async move {
+            started_again.send(()).unwrap();
+            second.await
+        })
+        .unwrap();
+    started.recv_timeout(WAIT).unwrap();
+    rt.shutdown(WAIT)
+        .expect("the shutdown finished the task in time");
+    assert!(left.cancelled());
+    assert!(second_completer.is_cancelled());
+}

@@ -526,3 +526,84 @@ fn a_host_loop_nothing_drives_is_idle() {
     assert_eq!(host.state(), braid::LoopState::Idle);
     rt.shutdown(WAIT).unwrap();
 }
+
+/// Inside `run_until_complete` the calling thread is a loop of the runtime (API.md), so
+/// blocking on a future that runtime must complete is refused at once with InvalidState, as
+/// on a worker loop: `result`, `into_result`, `exception`, `cancel_and_wait`, `bridge::wait`
+/// and `bridge::as_completed`. Here it would deadlock for good: the coroutine awaits a task
+/// pinned to this host loop, which cannot run while the thread blocks (`result` used to wait
+/// out its whole timeout). Awaiting works; a future of another runtime may still be blocked
+/// on; and the mark ends with the call, also when the future panicked.
+#[test]
+fn blocking_on_its_runtimes_future_inside_run_until_complete_is_refused_at_once() {
+    use braid::bridge::{as_completed, wait, CancelOutcome, ReturnWhen};
+    let rt = runtime(2);
+    let other = runtime(1);
+    let lp = rt.event_loop();
+    let other_lp = other.event_loop();
+    let checks = rt.run_until_complete(async move {
+        let pinned = braid::spawn_local(async {
+            braid::sleep(Duration::from_millis(10)).await?;
+            Ok(5u32)
+        });
+        let cf = lp.run_coroutine_threadsafe(pinned)?;
+        let doomed = lp.run_coroutine_threadsafe(async {
+            braid::sleep(Duration::from_secs(3600)).await?;
+            Ok(0u32)
+        })?;
+        let began = Instant::now();
+        let kinds = [
+            cf.result(Some(WAIT)).map(drop).map_err(|e| e.kind()),
+            cf.clone()
+                .into_result(Some(WAIT))
+                .map(drop)
+                .map_err(|e| e.kind()),
+            cf.exception(Some(WAIT)).map(drop).map_err(|e| e.kind()),
+            match doomed.cancel_and_wait(Some(WAIT)) {
+                CancelOutcome::Completed(Err(e)) => Err(e.kind()),
+                _ => Ok(()),
+            },
+        ];
+        let (done, pending) = wait(
+            std::slice::from_ref(&cf),
+            Some(WAIT),
+            ReturnWhen::AllCompleted,
+        );
+        let waited = (done.len(), pending.len());
+        let yielded = as_completed(vec![cf.clone()], Some(WAIT))
+            .next()
+            .map(|f| f.map(drop).map_err(|e| e.kind()));
+        let took = began.elapsed();
+        // Another runtime's future: this thread is not one of its loops.
+        let elsewhere = other_lp.run_coroutine_threadsafe(async { Ok(2u32) })?;
+        let theirs = elsewhere.result(Some(WAIT))?;
+        let value = cf.await?;
+        Ok((kinds, waited, yielded, took, theirs, value))
+    });
+    let (kinds, waited, yielded, took, theirs, value) = checks.unwrap();
+    let refused = Err(ErrorKind::InvalidState);
+    assert_eq!(
+        kinds, [refused; 4],
+        "result, into_result, exception, cancel_and_wait"
+    );
+    assert_eq!(waited, (0, 1), "wait returns at once, the future pending");
+    assert_eq!(yielded, Some(refused), "as_completed");
+    assert!(took < WAIT, "took {took:?}: a call waited out its timeout");
+    assert_eq!((theirs, value), (2, 5));
+
+    // The mark ends with the call, however the future ended.
+    let panicked = rt.run_until_complete(async {
+        if true {
+            panic!("main panicked");
+        }
+        Ok(())
+    });
+    assert_eq!(panicked.unwrap_err().kind(), ErrorKind::Panicked);
+    let after = rt
+        .event_loop()
+        .run_coroutine_threadsafe(async { Ok(3u32) })
+        .unwrap();
+    assert_eq!(after.result(Some(WAIT)).unwrap(), 3);
+    rt.shutdown(WAIT).unwrap();
+    other.shutdown(WAIT).unwrap();
+}

@@ -1108,3 +1108,59 @@ fn wait_on_a_task_given_up_by_a_shutdown_wakes_when_its_step_completes() {
         other => panic!("wait gave {other:?}"),
     }
 }
+
+/// After a shutdown that timed out on a loop stuck in a step, `call_soon_threadsafe` on that
+/// loop fails with Closed, as every submission does after shutdown (API.md); it used to be
+/// accepted, the callback running whenever the step ended. A callback the loop had accepted
+/// before is not lost: the shutdown reports it to the loop's exception handler as never run,
+/// and the loop, once unstuck, still exits and closes (without reporting it again).
+#[test]
+fn a_loop_stuck_past_a_timed_out_shutdown_refuses_callbacks_and_reports_those_it_held() {
+    let rt = runtime(1);
+    let lp = rt.event_loop();
+    let (report_tx, reports) = mpsc::channel();
+    lp.set_exception_handler(move |ctx| {
+        let _ = report_tx.send(ctx.message.clone());
+    });
+    let (started_tx, started) = mpsc::channel();
+    let (release_tx, release) = mpsc::channel::<()>();
+    let _stuck = lp
+        .run_coroutine_threadsafe(async move {
+            started_tx.send(()).unwrap();
+            // Blocks the only loop thread: no await point where the shutdown's cancel lands.
+            let _ = release.recv_timeout(WAIT);
+            Ok(())
+        })
+        .unwrap();
+    started.recv_timeout(WAIT).unwrap();
+    let (ran_tx, ran) = mpsc::channel();
+    let held_ran = ran_tx.clone();
+    lp.call_soon_threadsafe(move || held_ran.send("held").unwrap())
+        .expect("accepted before the shutdown");
+
+    let err = rt.shutdown(Duration::from_millis(200)).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    let refused = lp.call_soon_threadsafe(move || ran_tx.send("late").unwrap());
+    assert_eq!(
+        refused.map(drop).map_err(|e| e.kind()),
+        Err(ErrorKind::Closed),
+        "a callback was accepted after the shutdown returned"
+    );
+    let report = reports
+        .recv_timeout(WAIT)
+        .expect("the held callback was reported");
+    assert!(report.contains("1 callback(s) that never ran"), "{report}");
+
+    release_tx.send(()).unwrap();
+    // Nothing tells when the loop thread has closed its loop: its state does.
+    assert!(
+        common::eventually(WAIT, || lp.state() == LoopState::Closed),
+        "the unstuck loop did not close"
+    );
+    assert_eq!(ran.try_recv(), Err(mpsc::TryRecvError::Disconnected));
+    assert_eq!(
+        reports.try_recv(),
+        Err(mpsc::TryRecvError::Empty),
+        "reported twice"
+    );
+}

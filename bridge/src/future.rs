@@ -35,14 +35,30 @@ crate::sync::thread::thread_local! {
     // Not `const`: the same line must compile as loom's `thread_local!`, which has no const form.
     #[allow(clippy::missing_const_for_thread_local)]
     static LOOP_OF_RUNTIME: Cell<u64> = Cell::new(0);
+    /// The cancellation point of the tasks this thread polls, while it runs an event loop
+    /// (see [`enter_task_cancel_point`]). Set by the runtime.
+    #[allow(clippy::missing_const_for_thread_local)]
+    static TASK_CANCEL_POINT: Cell<Option<TaskCancelPoint>> = Cell::new(None);
 }
 
 /// Marks this thread as a loop thread of runtime `runtime_id` until the guard drops, so that
 /// blocking on a future that runtime must complete fails fast instead of deadlocking.
 /// Used by braid's runtime; not needed by applications.
+///
+/// ```
+/// use braid_bridge::{enter_loop_thread, ConcurrentFuture, ErrorKind};
+/// let (fut, _completer) = ConcurrentFuture::<u8>::pair_owned_by(7);
+/// let marked = enter_loop_thread(7);
+/// assert_eq!(fut.result(None).unwrap_err().kind(), ErrorKind::InvalidState);
+/// drop(marked);
+/// ```
 #[doc(hidden)]
 pub fn enter_loop_thread(runtime_id: u64) -> LoopThreadGuard {
-    let previous = LOOP_OF_RUNTIME.with(|c| c.replace(runtime_id));
+    // `try_with`: a host loop may be entered in a thread-local's destructor as its thread
+    // exits (to close it); nothing can block there on a loop of ours any more.
+    let previous = LOOP_OF_RUNTIME
+        .try_with(|c| c.replace(runtime_id))
+        .unwrap_or(0);
     LoopThreadGuard { previous }
 }
 
@@ -55,8 +71,66 @@ pub struct LoopThreadGuard {
 
 impl Drop for LoopThreadGuard {
     fn drop(&mut self) {
-        LOOP_OF_RUNTIME.with(|c| c.set(self.previous));
+        let _ = LOOP_OF_RUNTIME.try_with(|c| c.set(self.previous));
     }
+}
+
+/// The runtime's cancellation point for an await of a [`ConcurrentFuture`] in the task it
+/// polls on this thread (this crate knows nothing of tasks): it takes the running task's
+/// pending cancel request, if there is one, and calls `pass_on`, which cancels the future.
+/// If `pass_on` accepts (returns true), the request is delivered: the point returns its
+/// Cancelled error. If not (the future turned out to be finished, its outcome being the
+/// await's), the request is put back for the task's next await point, and it returns `None`;
+/// as it does with no request pending, or outside a task. Used by braid's runtime; not
+/// needed by applications.
+#[doc(hidden)]
+pub type TaskCancelPoint = fn(pass_on: &mut dyn FnMut() -> bool) -> Option<Error>;
+
+/// Makes `point` the cancellation point of awaits of a [`ConcurrentFuture`] on this thread
+/// until the guard drops: the runtime sets it while the thread runs one of its loops, so
+/// that awaiting a concurrent future in a task is a cancellation point, as `wrap_future`'s
+/// promise is (asyncio). Used by braid's runtime; not needed by applications.
+///
+/// ```
+/// use braid_bridge::{enter_task_cancel_point, ConcurrentFuture, Error};
+/// use std::future::Future;
+/// use std::task::{Context, Poll, Waker};
+/// // A "task" that always has a cancel request pending.
+/// fn always(pass_on: &mut dyn FnMut() -> bool) -> Option<Error> {
+///     pass_on().then(|| Error::cancelled(None))
+/// }
+/// let (mut fut, completer) = ConcurrentFuture::<u8>::pair();
+/// let _point = enter_task_cancel_point(always);
+/// let polled = std::pin::Pin::new(&mut fut).poll(&mut Context::from_waker(Waker::noop()));
+/// assert!(matches!(polled, Poll::Ready(Err(e)) if e.is_cancelled()));
+/// assert!(completer.is_cancelled(), "the request went on to the future");
+/// ```
+#[doc(hidden)]
+pub fn enter_task_cancel_point(point: TaskCancelPoint) -> TaskCancelPointGuard {
+    let previous = TASK_CANCEL_POINT
+        .try_with(|c| c.replace(Some(point)))
+        .ok()
+        .flatten();
+    TaskCancelPointGuard { previous }
+}
+
+/// Restores the previous cancellation point on drop; see [`enter_task_cancel_point`].
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct TaskCancelPointGuard {
+    previous: Option<TaskCancelPoint>,
+}
+
+impl Drop for TaskCancelPointGuard {
+    fn drop(&mut self) {
+        let _ = TASK_CANCEL_POINT.try_with(|c| c.set(self.previous));
+    }
+}
+
+/// This thread's [`TaskCancelPoint`], called with `pass_on`; `None` off the runtime's loops.
+fn task_cancel_point(pass_on: &mut dyn FnMut() -> bool) -> Option<Error> {
+    let point = TASK_CANCEL_POINT.try_with(Cell::get).ok().flatten()?;
+    point(pass_on)
 }
 
 /// How [`wait`] decides it is done (Python's `FIRST_COMPLETED`, `FIRST_EXCEPTION`,
@@ -185,6 +259,13 @@ impl<T> Drop for ConcurrentFuture<T> {
     /// A handle dropped while its await waits takes its waker back: a long-lived future
     /// raced by many short-lived tasks would otherwise keep every one of them alive.
     fn drop(&mut self) {
+        self.stop_waiting();
+    }
+}
+
+impl<T> ConcurrentFuture<T> {
+    /// Takes back this handle's waker, if it is still among the waiting ones.
+    fn stop_waiting(&mut self) {
         let Some(id) = self.waiting.take() else {
             return;
         };
@@ -797,8 +878,24 @@ impl<T: Send + 'static> Future for ConcurrentFuture<T> {
     type Output = Result<T>;
 
     /// Awaiting moves the value out (as [`ConcurrentFuture::into_result`]).
+    ///
+    /// In a braid task it is a cancellation point, as asyncio's `wrap_future` makes it: a
+    /// cancel request of the task cancels this future (as [`cancel`](Self::cancel)) and the
+    /// await ends with the request's Cancelled error, even when the work cannot be stopped
+    /// (a thread-pool job already running). A future already finished gives its outcome
+    /// instead, and the request waits for the task's next await point, as braid's await of
+    /// a finished `Task` does. Elsewhere (another executor) it only waits.
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<T>> {
         let this = self.get_mut();
+        // Accepted unless the future is done (before or despite this cancel): then its
+        // outcome is the await's. Done already, it is not cancelled again: a cancel that
+        // found it cancelled would answer true, and deliver the request in its stead.
+        let cancelled = task_cancel_point(&mut || !this.done() && (this.cancel() || !this.done()));
+        if let Some(cancel) = cancelled {
+            // A cancel that won took every waker; one that lost to a running job left ours.
+            this.stop_waiting();
+            return Poll::Ready(Err(cancel));
+        }
         let mut st = this.inner.state.lock();
         if done(&st) {
             // Settling took every waker.

@@ -43,7 +43,10 @@ pub use future::{
     as_completed, wait, AsCompleted, CancelOutcome, Completer, ConcurrentFuture, ReturnWhen,
 };
 #[doc(hidden)]
-pub use future::{enter_loop_thread, LoopThreadGuard};
+pub use future::{
+    enter_loop_thread, enter_task_cancel_point, LoopThreadGuard, TaskCancelPoint,
+    TaskCancelPointGuard,
+};
 pub use pool::{Executor, PoolFull, SubmitAsync, ThreadPool, ThreadPoolBuilder};
 /// The process pool's supervisor state machine, public for its loom model only.
 #[cfg(unix)]

@@ -6,7 +6,7 @@
 
 use braid_bridge::fault::{self, Fault};
 use braid_bridge::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use braid_bridge::{CancelOutcome, ConcurrentFuture, Error};
+use braid_bridge::{enter_task_cancel_point, CancelOutcome, ConcurrentFuture, Error};
 use loom::sync::Arc;
 use loom::thread;
 use std::future::Future;
@@ -245,4 +245,60 @@ fn cancel_and_wait_races_completion() {
 #[should_panic(expected = "before the producer unwound")]
 fn broken_cancel_and_wait_returns_early() {
     fault::model(Fault::CancelAndWaitSkipsSettle, cancel_and_wait_model);
+}
+
+loom::thread_local! {
+    /// Whether the model's cancel point put its request back (the future was done).
+    static PUT_BACK: std::cell::Cell<bool> = std::cell::Cell::new(false);
+}
+
+/// The cancel point of a task with a request always pending: delivered if the await
+/// accepts it, else put back (recorded in `PUT_BACK`).
+fn a_request_pending(pass_on: &mut dyn FnMut() -> bool) -> Option<Error> {
+    if pass_on() {
+        Some(Error::cancelled(None))
+    } else {
+        PUT_BACK.with(|p| p.set(true));
+        None
+    }
+}
+
+/// An await in a task with a cancel request pending (the runtime's cancel point), racing the
+/// completion: either the await reads the value and the request is put back for the next
+/// await point, or the request is delivered and the future is cancelled, the producer's
+/// value then kept for `cancel_and_wait`. Never both, never neither: no value is thrown away
+/// and no request is lost.
+fn await_cancel_model() {
+    let (mut fut, completer) = ConcurrentFuture::<u32>::pair();
+    let producer = thread::spawn(move || completer.set_result(1));
+    let _point = enter_task_cancel_point(a_request_pending);
+    let polled = Pin::new(&mut fut).poll(&mut Context::from_waker(Waker::noop()));
+    let put_back = PUT_BACK.with(|p| p.get());
+    producer.join().unwrap();
+    match polled {
+        Poll::Ready(Ok(value)) => {
+            assert_eq!(value, 1);
+            assert!(put_back, "the value was read and the request lost");
+        }
+        Poll::Ready(Err(e)) => {
+            assert!(e.is_cancelled() && !put_back, "{e:?}, put back: {put_back}");
+            assert!(fut.cancelled());
+            match fut.cancel_and_wait(None) {
+                CancelOutcome::Completed(Ok(1)) => {}
+                other => panic!("the producer's value was lost: {other:?}"),
+            }
+        }
+        Poll::Pending => panic!("an await with a request pending waited"),
+    }
+}
+
+#[test]
+fn await_with_a_cancel_pending_races_completion() {
+    fault::model(Fault::None, await_cancel_model);
+}
+
+#[test]
+#[should_panic(expected = "value was lost")]
+fn broken_cancel_of_a_finished_future_loses_the_value_an_await_cancelled() {
+    fault::model(Fault::CancelOverridesFinished, await_cancel_model);
 }

@@ -37,19 +37,29 @@ pub(crate) fn loop_context_gone() -> bool {
 
 /// Makes `ctx` this thread's loop until the guard drops.
 pub(crate) fn enter_loop(ctx: Rc<LoopCtx>) -> LoopGuard {
+    let bridge = BridgeGuards::enter(&ctx);
     let previous = LOOP.with(|l| l.borrow_mut().replace(ctx));
-    LoopGuard { previous }
+    LoopGuard {
+        previous,
+        _bridge: bridge,
+    }
 }
 
 /// As [`enter_loop`], or `None` once this thread's context is gone (in a thread-local's
 /// destructor as the thread exits, after the context's own).
 pub(crate) fn try_enter_loop(ctx: Rc<LoopCtx>) -> Option<LoopGuard> {
+    let bridge = BridgeGuards::enter(&ctx);
     let previous = LOOP.try_with(|l| l.borrow_mut().replace(ctx)).ok()?;
-    Some(LoopGuard { previous })
+    Some(LoopGuard {
+        previous,
+        _bridge: bridge,
+    })
 }
 
 pub(crate) struct LoopGuard {
     previous: Option<Rc<LoopCtx>>,
+    /// Dropped after `drop` below has restored the loop (fields drop after it).
+    _bridge: BridgeGuards,
 }
 
 impl Drop for LoopGuard {
@@ -58,6 +68,51 @@ impl Drop for LoopGuard {
         // `try_with`: a guard from `try_enter_loop` may drop as the thread exits.
         let _ = LOOP.try_with(|l| *l.borrow_mut() = previous);
     }
+}
+
+/// What the bridge crate, which knows nothing of loops and tasks, must know of a thread
+/// while it runs a loop of a runtime: a worker's, a host loop that `run_until_complete` or
+/// `run_forever` drives (API.md: that thread "acts as one more loop"), or the one a shutdown
+/// drives to finish the tasks pinned to it.
+struct BridgeGuards {
+    /// The thread is a loop thread of the runtime: blocking on a future it must complete
+    /// (`ConcurrentFuture::result`, `bridge::wait`) is refused at once instead of hanging.
+    _loop_thread: braid_bridge::LoopThreadGuard,
+    /// Awaiting a `ConcurrentFuture` in a task polled here is a cancellation point.
+    _cancel_point: braid_bridge::TaskCancelPointGuard,
+}
+
+impl BridgeGuards {
+    fn enter(ctx: &LoopCtx) -> BridgeGuards {
+        BridgeGuards {
+            _loop_thread: braid_bridge::enter_loop_thread(ctx.rt.id),
+            _cancel_point: braid_bridge::enter_task_cancel_point(concurrent_future_cancel_point),
+        }
+    }
+}
+
+/// The cancellation point of an await of a `ConcurrentFuture` (see
+/// `braid_bridge::TaskCancelPoint`): the running task's pending request, if any, goes to
+/// `pass_on`, which cancels the future; if it refuses (the future is done: its outcome is the
+/// await's), the request is put back for the task's next await point, as `Task`'s await does.
+/// A leaf, as [`cancel_point`] is: the task awaits nothing a canceller could pass a request
+/// to (the future's own cancel is how a request reaches it, at this point), so any target it
+/// registered earlier is forgotten.
+fn concurrent_future_cancel_point(pass_on: &mut dyn FnMut() -> bool) -> Option<Error> {
+    with_current_header(|h| {
+        let taken = h.cancel.take_cancel_to_pass_on();
+        h.cancel.clear_awaiting(None);
+        let taken = taken?;
+        // No lock is held here: `pass_on` runs the future's cancel hook (another task's
+        // cancel) and its done callbacks.
+        if pass_on() {
+            Some(taken.error().clone())
+        } else {
+            h.cancel.put_back(taken);
+            None
+        }
+    })
+    .flatten()
 }
 
 /// Marks `task` as this thread's running task until the guard drops. The caller keeps the

@@ -1405,8 +1405,10 @@ impl EventLoop {
     /// [`ConcurrentFuture::cancel`](braid_bridge::ConcurrentFuture::cancel) from the foreign
     /// side cancels the task (delivered at its await point, so its cleanup runs), and
     /// [`cancel_and_wait`](braid_bridge::ConcurrentFuture::cancel_and_wait) returns once that
-    /// cleanup is over. Blocking on the future from one of this runtime's loop threads is an
-    /// `InvalidState` error (it would deadlock): await it there instead.
+    /// cleanup is over. Blocking on the future from one of this runtime's loop threads (or
+    /// inside its `run_until_complete`) is an `InvalidState` error (it would deadlock): await
+    /// it there instead. The await is a cancellation point, as asyncio's `wrap_future`'s is:
+    /// cancelling the awaiting task cancels the future, and with it the coroutine.
     ///
     /// ```
     /// use std::time::Duration;

@@ -260,9 +260,9 @@ fn worker_main(rt: Arc<RuntimeShared>, id: usize, queue: Worker<TaskPtr>) {
     let lp = rt.loops[id].clone();
     let ctx = Rc::new(LoopCtx::new(rt.clone(), lp.clone(), Some(queue)));
     {
+        // Also marks this thread as the runtime's loop thread for the bridge crate: blocking
+        // on a future this runtime must complete, from here, would deadlock.
         let _guard = context::enter_loop(ctx.clone());
-        // Blocking on a future this runtime must complete, from here, would deadlock.
-        let _blocking_guard = braid_bridge::enter_loop_thread(rt.id);
         lp.set_state(LoopState::Running);
         while !rt.stopping.load(Ordering::Acquire) {
             if !ctx.run_once() {
@@ -478,6 +478,12 @@ impl Runtime {
     /// was shut down from another thread closes the same way, sooner: the next time its
     /// thread calls `run_until_complete` or `run_forever`, on any runtime.
     ///
+    /// While the call lasts the thread is one of this runtime's loop threads, as a worker's
+    /// is: blocking there on a `ConcurrentFuture` this runtime must complete (`result`,
+    /// `into_result`, `exception`, `cancel_and_wait`, `bridge::wait`) is an `InvalidState`
+    /// error at once, since the loop it would block may be the one to complete it (a
+    /// `spawn_local` task it awaits, say). Await the future instead.
+    ///
     /// # Errors
     ///
     /// Whatever `fut` returns; `InvalidState` at once if called on a loop thread (it would
@@ -670,6 +676,10 @@ impl Runtime {
     /// Cancelled, and an await of its `Task` handle gives Cancelled ("the runtime shut
     /// down"), now or later, unless the task completed first. What the step returns after
     /// all is dropped. A done callback or `wait` on such a task still waits for the step.
+    /// Its loop is closed to callbacks at once, as every other loop is by then:
+    /// [`EventLoop::call_soon_threadsafe`] fails with Closed, and the callbacks it had
+    /// accepted and not run yet are dropped and reported to its exception handler as never
+    /// run, as its own close reports those that come too late.
     ///
     /// Tasks pinned to another thread's host loop (its `spawn_local` tasks) run only on that
     /// thread, which cannot run the loop again once the runtime shuts down. The shutdown
@@ -821,6 +831,15 @@ impl Runtime {
                     }
                 } else {
                     stuck.push(name);
+                    // Given up on, stuck in a step: its own close comes only when the step
+                    // ends, and until then a callback sent to it would be accepted after the
+                    // shutdown returned. Closed here, as a dead loop is: sends fail with
+                    // Closed, and what it had accepted is reported as never run (it would
+                    // run after the shutdown, if ever). Its later close finds the inbox
+                    // empty and closes the rest as usual.
+                    if let Some(lp) = its_loop {
+                        lp.close_inbox_elsewhere();
+                    }
                 }
             }
         }
