@@ -958,19 +958,15 @@ where
     }
 }
 
-/// Cancelling a task that awaits a `ConcurrentFuture` cancels the future (its completer
-/// sees it) and ends the task Cancelled at once, with the completer still alive: the await
-/// used to wait for the future to complete, whatever the task was told.
-#[test]
-fn cancelling_a_task_awaiting_a_concurrent_future_cancels_both_at_once() {
-    let rt = common::runtime(2);
-    let (fut, completer) = pair::<u32>();
+/// Spawns a task on `rt` that awaits `awaited`, cancels it once it runs, and checks that it
+/// ended Cancelled at once, without waiting for the future to complete. Returns the task.
+fn cancel_a_task_awaiting(rt: &braid::Runtime, awaited: ConcurrentFuture<u32>) -> braid::Task<u32> {
     let (started_tx, started) = mpsc::channel();
     let task = rt
         .event_loop()
         .spawn(async move {
             started_tx.send(()).unwrap();
-            fut.await
+            awaited.await
         })
         .unwrap();
     let (ended_tx, ended) = mpsc::channel();
@@ -979,12 +975,22 @@ fn cancelling_a_task_awaiting_a_concurrent_future_cancels_both_at_once() {
     });
     started.recv_timeout(WAIT).unwrap();
     assert!(task.cancel());
-    let cancelled = ended.recv_timeout(WAIT);
     assert_eq!(
-        cancelled,
+        ended.recv_timeout(WAIT),
         Ok(true),
         "the task did not end cancelled at once"
     );
+    task
+}
+
+/// Cancelling a task that awaits a `ConcurrentFuture` cancels the future (its completer
+/// sees it) and ends the task Cancelled at once, with the completer still alive: the await
+/// used to wait for the future to complete, whatever the task was told.
+#[test]
+fn cancelling_a_task_awaiting_a_concurrent_future_cancels_both_at_once() {
+    let rt = common::runtime(2);
+    let (fut, completer) = pair::<u32>();
+    let task = cancel_a_task_awaiting(&rt, fut);
     assert!(completer.is_cancelled(), "the future was not cancelled");
     let err = rt.run_until_complete(task).unwrap_err();
     assert!(err.is_cancelled(), "{err:?}");
@@ -1080,27 +1086,7 @@ fn cancelling_a_task_awaiting_a_running_pool_job_ends_the_task_and_not_the_job()
         11u32
     });
     job_started.recv_timeout(WAIT).unwrap();
-    let awaited = job.clone();
-    let (started_tx, started) = mpsc::channel();
-    let task = rt
-        .event_loop()
-        .spawn(async move {
-            started_tx.send(()).unwrap();
-            awaited.await
-        })
-        .unwrap();
-    let (ended_tx, ended) = mpsc::channel();
-    task.add_done_callback(move |t| {
-        let _ = ended_tx.send(t.cancelled());
-    });
-    started.recv_timeout(WAIT).unwrap();
-    assert!(task.cancel());
-    let cancelled = ended.recv_timeout(WAIT);
-    assert_eq!(
-        cancelled,
-        Ok(true),
-        "the task did not end cancelled at once"
-    );
+    cancel_a_task_awaiting(&rt, job.clone());
     assert!(
         !job.done() && !job.cancelled(),
         "the running job was stopped"
