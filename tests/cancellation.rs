@@ -478,26 +478,148 @@ fn uncancel_after_catching_then_cancel_again() {
     rt.shutdown(WAIT).unwrap();
 }
 
-/// `uncancel()` of the only request before it is delivered withdraws it (Python 3.13): the
-/// task finishes normally. The task is local to the host loop, so nothing can deliver the
-/// request between the two calls. `uncancel()` with no request pending stays at 0.
+/// What a coroutine saw at the await point `wait`: the cancel ("got cancel") or its end.
+async fn outcome_at(wait: impl Future<Output = braid::Result<()>>) -> braid::Result<&'static str> {
+    match wait.await {
+        Ok(()) => Ok("normal"),
+        Err(e) if e.is_cancelled() => Ok("got cancel"),
+        Err(e) => Err(e),
+    }
+}
+
+/// A request made while the task is parked at an await point has been handed to it (asyncio
+/// cancels the awaited future, `_fut_waiter.cancel()`): `uncancel()` brings `cancelling()`
+/// back to 0 but cannot take the request back, and the await point still gets it, whatever
+/// it is (CPython 3.11 and 3.13 alike). The tasks are local to the host loop, so each is
+/// parked, not queued, when the main future cancels and uncancels it.
 #[test]
-fn uncancel_before_delivery_withdraws_the_request() {
+fn uncancel_after_cancel_reached_a_parked_await_point_still_delivers_it() {
     let rt = runtime(2);
-    let (value, cancelled, cancelling, extra) = rt
+    let seen = rt
         .run_until_complete(async {
-            let mut t = braid::spawn_local(async {
-                braid::sleep(Duration::from_millis(5)).await?;
-                Ok("finished")
-            });
-            braid::yield_now().await?; // let it start and park in its sleep
-            assert!(t.cancel());
-            assert_eq!(t.uncancel(), 0);
-            let value = (&mut t).await?;
-            Ok((value, t.cancelled(), t.cancelling(), t.uncancel()))
+            let event = Arc::new(braid::Event::new());
+            let lock = Arc::new(braid::Lock::new());
+            let queue = Arc::new(braid::Queue::<u8>::new(0));
+            let promise: Promise<()> = braid::create_future();
+            let held = lock.try_acquire().expect("free");
+            let (e, l, q, p) = (event.clone(), lock.clone(), queue.clone(), promise.clone());
+            // The sleep ends well after the cancel if nothing delivers it.
+            let short = Duration::from_millis(300);
+            let tasks: Vec<(&str, Task<&'static str>)> = vec![
+                ("sleep", braid::spawn_local(outcome_at(braid::sleep(short)))),
+                (
+                    "event",
+                    braid::spawn_local(async move { outcome_at(e.wait()).await }),
+                ),
+                (
+                    "lock",
+                    braid::spawn_local(async move {
+                        outcome_at(async { l.acquire().await.map(drop) }).await
+                    }),
+                ),
+                (
+                    "queue",
+                    braid::spawn_local(async move {
+                        outcome_at(async { q.get().await.map(drop) }).await
+                    }),
+                ),
+                (
+                    "promise",
+                    braid::spawn_local(outcome_at(std::future::IntoFuture::into_future(p))),
+                ),
+            ];
+            braid::yield_now().await?; // each starts and parks at its await point
+            let mut seen = Vec::new();
+            for (name, task) in &tasks {
+                assert!(task.cancel());
+                assert_eq!(task.uncancel(), 0, "{name}");
+            }
+            // Had the requests been withdrawn, these would end the awaits normally.
+            event.set();
+            drop(held);
+            queue.put_nowait(1)?;
+            let _ = promise.set_result(());
+            for (name, task) in tasks {
+                seen.push((name, task.await?));
+            }
+            Ok(seen)
         })
         .unwrap();
-    assert_eq!(value, "finished");
+    let expected: Vec<_> = ["sleep", "event", "lock", "queue", "promise"]
+        .into_iter()
+        .map(|name| (name, "got cancel"))
+        .collect();
+    assert_eq!(seen, expected);
+    rt.shutdown(WAIT).unwrap();
+}
+
+/// The same for the main future of `run_until_complete`, parked in a sleep when a task
+/// cancels and uncancels it; while a request made once its await point has ended (the
+/// event it waits on is set, so it is woken) is withdrawn, as for a queued task.
+#[test]
+fn uncancel_after_cancel_reached_the_parked_main_future_still_delivers_it() {
+    let rt = runtime(1);
+    let (parked, woken, cancelling) = rt
+        .run_until_complete(async {
+            let me = braid::current_task().unwrap();
+            let m = me.clone();
+            // Local to the host loop: it runs once the main future has parked in its sleep.
+            let _canceller = braid::spawn_local(async move {
+                assert!(m.cancel());
+                assert_eq!(m.uncancel(), 0);
+                Ok(())
+            });
+            let parked = outcome_at(braid::sleep(Duration::from_millis(300))).await?;
+            let (event, m) = (Arc::new(braid::Event::new()), me.clone());
+            let e = event.clone();
+            let _waker = braid::spawn_local(async move {
+                e.set();
+                assert!(m.cancel());
+                assert_eq!(m.uncancel(), 0);
+                Ok(())
+            });
+            let woken = outcome_at(event.wait()).await?;
+            Ok((parked, woken, me.cancelling()))
+        })
+        .unwrap();
+    assert_eq!((parked, woken), ("got cancel", "normal"));
+    assert_eq!(cancelling, 0);
+    rt.shutdown(WAIT).unwrap();
+}
+
+/// `uncancel()` of the only request withdraws it while nothing has received it yet: the task
+/// was queued (woken, or not yet started) when it was made, which is asyncio's
+/// `_must_cancel` case, cleared by the last `uncancel()` as Python 3.13 does (3.11 never
+/// clears it). The task finishes normally. A task cancelled and uncancelled before its first
+/// step runs its body (3.13; 3.11 ends it cancelled). Local to the host loop, so nothing runs
+/// either task between the calls. `uncancel()` with no request pending stays at 0.
+#[test]
+fn uncancel_before_delivery_to_a_queued_task_withdraws_the_request() {
+    let rt = runtime(2);
+    let (woken, unstarted, cancelled, cancelling, extra) = rt
+        .run_until_complete(async {
+            let event = Arc::new(braid::Event::new());
+            let e = event.clone();
+            let mut woken = braid::spawn_local(async move { outcome_at(e.wait()).await });
+            braid::yield_now().await?; // let it start and park in its wait
+            event.set(); // queues it: its await point has its outcome
+            assert!(woken.cancel());
+            assert_eq!(woken.uncancel(), 0);
+            let unstarted = braid::spawn_local(async { Ok("ran") });
+            assert!(unstarted.cancel());
+            assert_eq!(unstarted.uncancel(), 0);
+            let value = (&mut woken).await?;
+            Ok((
+                value,
+                unstarted.await?,
+                woken.cancelled(),
+                woken.cancelling(),
+                woken.uncancel(),
+            ))
+        })
+        .unwrap();
+    assert_eq!(woken, "normal");
+    assert_eq!(unstarted, "ran");
     assert!(!cancelled);
     assert_eq!(cancelling, 0);
     assert_eq!(extra, 0);

@@ -57,6 +57,30 @@ fn set_exception_settles_with_the_error() {
     rt.shutdown(WAIT).unwrap();
 }
 
+/// `set_exception` with a Cancelled error fails the promise with that error; it does not
+/// cancel it: `cancelled()` stays false and `cancel()` returns false, while `result()` and
+/// awaiting give the Cancelled error with its message, as CPython 3.11's
+/// `f.set_exception(CancelledError("m"))` gives `cancelled()` False, and `result()` and
+/// `await` raise `CancelledError('m')`.
+#[test]
+fn set_exception_of_a_cancelled_error_fails_the_promise_without_cancelling_it() {
+    let p: Promise<u32> = Promise::new();
+    p.set_exception(Error::cancelled(Some("m".to_owned())))
+        .unwrap();
+    assert!(p.done());
+    assert!(!p.cancelled(), "set_exception cancelled the promise");
+    assert!(!p.cancel(), "cancel of a done promise");
+    assert!(format!("{p:?}").contains("failed"), "{p:?}");
+    let err = p.result().unwrap_err();
+    assert!(err.is_cancelled());
+    assert_eq!(err.message(), Some("m"));
+    let rt = runtime(1);
+    let awaited = rt.run_until_complete(async move { p.await }).unwrap_err();
+    assert!(awaited.is_cancelled());
+    assert_eq!(awaited.message(), Some("m"));
+    rt.shutdown(WAIT).unwrap();
+}
+
 /// `cancel()` of a pending promise returns true and makes it cancelled; of a done promise
 /// (result, error or already cancelled) it returns false and changes nothing (CPython
 /// `test_cancel`).

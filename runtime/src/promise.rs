@@ -192,7 +192,9 @@ impl<T: Send + 'static> Promise<T> {
         self.settle(Ok(value), false)
     }
 
-    /// Completes the promise with an error.
+    /// Completes the promise with an error. A Cancelled error fails the promise like any
+    /// other, without cancelling it (`cancelled()` stays false), as asyncio's
+    /// `set_exception(CancelledError())` does; awaiting it still gives that error.
     ///
     /// ```
     /// let p = braid_runtime::Promise::<u8>::new();
@@ -204,8 +206,7 @@ impl<T: Send + 'static> Promise<T> {
     ///
     /// `InvalidState` if the promise is already done.
     pub fn set_exception(&self, error: Error) -> Result<()> {
-        let cancelled = error.is_cancelled();
-        self.settle(Err(error), cancelled)
+        self.settle(Err(error), false)
     }
 
     /// Cancels the promise; returns false if it was already done.

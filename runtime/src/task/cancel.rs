@@ -24,6 +24,13 @@
 //!   completed before a request passed on came back to it reports the request refused, so
 //!   that whoever passed it on (its own awaiter) takes it back.
 //!
+//! - A request made while the task is parked (neither in a step nor queued) is handed to the
+//!   await point it is parked at, as asyncio's `cancel()` cancels the awaited future at once
+//!   (`_fut_waiter.cancel()`): `uncancel` no longer takes it back, whatever that await point
+//!   is (a sleep, a lock, a socket, or a target the request went on to). Only a request made
+//!   while the task runs or is queued (asyncio's `_must_cancel`: it awaits nothing, or what
+//!   it awaited is done) is withdrawn by the last `uncancel`, as Python 3.13 does.
+//!
 //! A request racing the target's completion: the canceller reads the target's `done` (its
 //! state word's COMPLETE bit) with a read-modify-write, under the target's cancel lock, after
 //! it recorded the request as passed on (and set `propagated`); the awaiter reads
@@ -40,6 +47,16 @@ use braid_bridge::sync::atomic::{AtomicBool, Ordering};
 use braid_bridge::sync::Mutex;
 use braid_bridge::{Error, Result};
 use std::num::NonZeroUsize;
+
+/// The fault switches of this module's loom twins (beside those in `sync::loom_support`).
+#[cfg(loom)]
+mod loom_faults {
+    use std::sync::atomic::AtomicBool;
+
+    /// Set by a twin for the length of its model: `put_back` drops a request handed to an
+    /// await point once `uncancel` brought the count to 0, as it does a withdrawable one.
+    pub(super) static PUT_BACK_IGNORES_HANDED: AtomicBool = AtomicBool::new(false);
+}
 
 /// The locked part of the cancel state. Only what an await writes is kept inline; the rest
 /// waits in a box that a task which is never cancelled (nor named) never allocates, so that
@@ -59,6 +76,10 @@ struct Rare {
     count: usize,
     /// A request waits to be delivered at the next await point.
     must_cancel: bool,
+    /// The pending request (`must_cancel`) was handed to the await point the task was parked
+    /// at (see the module docs): `uncancel` cannot take it back. False while only requests
+    /// made to a running or queued task are pending.
+    handed: bool,
     /// Bumped each time `must_cancel` turns true: tells the request pending when a step
     /// began apart from one that landed during the step after that one was delivered.
     undelivered: u64,
@@ -77,6 +98,7 @@ impl Rare {
     const NONE: Rare = Rare {
         count: 0,
         must_cancel: false,
+        handed: false,
         undelivered: 0,
         self_requested: false,
         message: None,
@@ -118,6 +140,8 @@ struct PassedOn {
 pub(crate) struct TakenCancel {
     error: Error,
     by_self: bool,
+    /// It had been handed to the await point the task was parked at (`Rare::handed`).
+    handed: bool,
     /// Its stamp (`Rare::undelivered`).
     undelivered: u64,
 }
@@ -313,16 +337,23 @@ impl CancelState {
         (rare.count > 0).then(|| Error::cancelled(rare.message.clone()))
     }
 
-    /// asyncio's `uncancel()`: withdraws one request; returns how many are left.
-    pub(crate) fn uncancel(&self) -> usize {
+    /// asyncio's `uncancel()`: withdraws one request; returns how many are left. `by_self`:
+    /// the task itself calls it, in a step.
+    pub(crate) fn uncancel(&self, by_self: bool) -> usize {
         let mut requests = self.requests.lock();
         let Some(rare) = requests.rare.as_deref_mut() else {
             return 0; // never cancelled
         };
         if rare.count > 0 {
             rare.count -= 1;
-            if rare.count == 0 {
-                // As Python 3.13: the last uncancel also withdraws an undelivered request.
+            // As Python 3.13: the last uncancel also withdraws an undelivered request, but
+            // only asyncio's `_must_cancel` one. A request handed to the await point the task
+            // was parked at is on its way there (asyncio cancelled that awaited future), and
+            // stays; unless the task itself takes it back: asyncio resumes a task at that
+            // await point with the cancel, so its code never runs with such a request
+            // pending, while a braid step may resume elsewhere (a `task_group` exit that
+            // finds no child left, say) and withdraw it there as asyncio's group does.
+            if rare.count == 0 && (!rare.handed || by_self) {
                 rare.must_cancel = false;
                 rare.self_requested = false;
                 self.pending.store(false, Ordering::Release);
@@ -380,6 +411,11 @@ impl CancelState {
         #[cfg(not(loom))]
         let in_step = seen.in_step;
         let suspended = !by_self && !in_step;
+        // Parked: suspended and not queued, so its await point has not ended (asyncio's
+        // `_fut_waiter` is pending). The canceller's own wake comes after this read. A queued
+        // task's await point has its outcome already, as asyncio's done `_fut_waiter` refuses
+        // the cancel and leaves `_must_cancel`.
+        let parked = suspended && !seen.queued;
         if let Some((key, target)) = requests.awaiting.as_ref().filter(|_| pass_on && suspended) {
             let (key, target) = (key.get(), target.clone());
             let id = requests.push_passed(key, message.clone(), false);
@@ -387,16 +423,27 @@ impl CancelState {
             requests.rare_mut().message = message;
             return Ok(Some(PassOn { target, id }));
         }
-        self.mark_must_cancel(&mut requests, message, by_self);
+        self.mark_must_cancel(&mut requests, message, by_self, parked);
         Ok(None)
     }
 
-    fn mark_must_cancel(&self, requests: &mut Requests, message: Option<String>, by_self: bool) {
+    /// Marks a request pending; `handed`: it was handed to the await point the task is
+    /// parked at, so `uncancel` keeps it (one such request pending is enough: the await
+    /// point gets the cancel, once).
+    fn mark_must_cancel(
+        &self,
+        requests: &mut Requests,
+        message: Option<String>,
+        by_self: bool,
+        handed: bool,
+    ) {
         let rare = requests.rare_mut();
         if !rare.must_cancel {
             rare.undelivered += 1;
+            rare.handed = false;
         }
         rare.must_cancel = true;
+        rare.handed |= handed;
         rare.self_requested |= by_self;
         rare.message = message;
         self.pending.store(true, Ordering::Release);
@@ -404,15 +451,23 @@ impl CancelState {
 
     /// A request passed on came back to us (see `settle_answer`): deliver it at the await
     /// point. False if the task has completed meanwhile: then the request can no longer reach
-    /// it, and whoever made it must take it back (see `request`).
-    fn deliver_instead(&self, state: &State, message: Option<String>, by_self: bool) -> bool {
+    /// it, and whoever made it must take it back (see `request`). `handed`: the target had
+    /// accepted it (so `uncancel` keeps it); a target that refused it was done, and asyncio
+    /// leaves such a request as `_must_cancel`.
+    fn deliver_instead(
+        &self,
+        state: &State,
+        message: Option<String>,
+        by_self: bool,
+        handed: bool,
+    ) -> bool {
         let mut requests = self.requests.lock();
         // A plain load suffices here: the `must_cancel` we write is read under this lock,
         // and an outer awaiter's `propagated` was published by `record_cancel`'s RMW.
         if state.is_complete() {
             return false;
         }
-        self.mark_must_cancel(&mut requests, message, by_self);
+        self.mark_must_cancel(&mut requests, message, by_self, handed);
         true
     }
 
@@ -461,7 +516,7 @@ impl CancelState {
         {
             return Settled::AtTarget;
         }
-        if self.deliver_instead(state, passed.message, by_self) {
+        if self.deliver_instead(state, passed.message, by_self, accepted) {
             Settled::Ours
         } else {
             // We completed before it came back: it reached nobody (if the target took it,
@@ -558,8 +613,8 @@ impl CancelState {
         if let Some(message) = ours {
             // Counted as the task's own, never too late: it was mostly made in an earlier
             // step (it waited at the target since), and one made during this step cannot
-            // be told apart.
-            self.mark_must_cancel(&mut requests, message, true);
+            // be told apart. Handed: the target accepted it, so `uncancel` keeps it.
+            self.mark_must_cancel(&mut requests, message, true, true);
         }
         drop(requests);
         drop(forgotten);
@@ -614,6 +669,7 @@ impl CancelState {
         Some(TakenCancel {
             error: Error::cancelled(rare.message.clone()),
             by_self: std::mem::take(&mut rare.self_requested),
+            handed: std::mem::take(&mut rare.handed),
             undelivered: rare.undelivered,
         })
     }
@@ -622,15 +678,21 @@ impl CancelState {
     /// done, so the request reached nobody, and it waits for the task's next await point as
     /// it was. Its stamp stays (a request that predates the step still turns a return into
     /// a cancellation, and one that landed during the final step is still too late), as
-    /// does whether the task made it. Nothing is put back once `uncancel` withdrew every
-    /// request meanwhile; with a request marked meanwhile, the pending pair keeps the newer
-    /// message and takes the older stamp.
+    /// do whether the task made it and whether it was handed to an await point. Nothing is
+    /// put back once `uncancel` withdrew every request meanwhile, unless it was handed (an
+    /// `uncancel` while it was pending would have kept it); with a request marked meanwhile,
+    /// the pending pair keeps the newer message and takes the older stamp.
     pub(crate) fn put_back(&self, taken: TakenCancel) {
         let mut requests = self.requests.lock();
         let Some(rare) = requests.rare.as_deref_mut() else {
             return; // a request was taken, so the box exists; nothing to do otherwise
         };
-        if rare.count == 0 {
+        #[cfg(loom)]
+        let handed = taken.handed
+            && !loom_faults::PUT_BACK_IGNORES_HANDED.load(std::sync::atomic::Ordering::SeqCst);
+        #[cfg(not(loom))]
+        let handed = taken.handed;
+        if rare.count == 0 && !handed {
             return;
         }
         // A request marked since the take bumped the stamp; the one put back is older, and
@@ -638,6 +700,7 @@ impl CancelState {
         // turned into a cancellation (loom model `loom_cancel_put_back_*`).
         rare.undelivered = taken.undelivered;
         rare.must_cancel = true;
+        rare.handed |= handed;
         rare.self_requested |= taken.by_self;
         self.pending.store(true, Ordering::Release);
     }
@@ -799,7 +862,7 @@ mod tests {
         assert_eq!(cancel.step_outcome(&step, Ok(1)).ok(), Some(1));
         assert!(cancel.take_cancel().is_none());
         assert_eq!(cancel.cancelling(), 0);
-        assert_eq!(cancel.uncancel(), 0);
+        assert_eq!(cancel.uncancel(false), 0);
         assert_eq!(cancel.name(), None);
         assert!(!cancel.missed_request(&state));
         // An await of a target, read to its end, and another, forgotten at completion.
@@ -840,7 +903,7 @@ mod tests {
         assert!(error.is_cancelled());
         assert_eq!(error.message(), Some("stop"));
         assert!(cancel.take_cancel().is_none(), "delivered once");
-        assert_eq!(cancel.uncancel(), 0);
+        assert_eq!(cancel.uncancel(false), 0);
         assert_eq!(cancel.name().as_deref(), Some("worker"), "the name stays");
     }
 }
@@ -1078,7 +1141,7 @@ mod loom_models {
             assert_eq!(a.state.start_run(), RunAction::Poll);
             let uncanceller = {
                 let a = a.clone();
-                thread::spawn(move || a.cancel.uncancel())
+                thread::spawn(move || a.cancel.uncancel(false))
             };
             if let Some(taken) = a.cancel.take_cancel_to_pass_on() {
                 a.cancel.put_back(taken);
@@ -1090,6 +1153,54 @@ mod loom_models {
             );
             assert_eq!(a.cancel.cancelling(), 0);
         });
+    }
+
+    /// A request made while A is parked is handed to its await point; A then runs, and its
+    /// await of a target that turns out done takes the request and puts it back, while
+    /// `uncancel` on another thread brings the count to 0. The request is still A's to
+    /// receive, whether the `uncancel` came before the take, between the take and the
+    /// put-back, or after: `uncancel` never takes back a handed request.
+    fn uncancel_races_the_put_back_of_a_handed_request(put_back_ignores_handed: bool) {
+        crate::sync::loom_support::model_with_fault(
+            &loom_faults::PUT_BACK_IGNORES_HANDED,
+            put_back_ignores_handed,
+            || {
+                let a = ModelTask::new();
+                assert_eq!(a.state.start_run(), RunAction::Poll);
+                assert_eq!(a.state.end_poll_pending(), IdleAction::Idle);
+                // Made while A is parked; its wake queues A.
+                assert!(request(&a.state, &a.cancel, None, false, true, || {
+                    assert_eq!(a.state.wake(), WakeAction::Schedule);
+                }));
+                assert_eq!(a.state.start_run(), RunAction::Poll);
+                let uncanceller = {
+                    let a = a.clone();
+                    thread::spawn(move || a.cancel.uncancel(false))
+                };
+                if let Some(taken) = a.cancel.take_cancel_to_pass_on() {
+                    a.cancel.put_back(taken);
+                }
+                assert_eq!(uncanceller.join().unwrap(), 0);
+                assert!(
+                    a.cancel.take_cancel().is_some(),
+                    "a request handed to A's await point was withdrawn"
+                );
+                assert_eq!(a.cancel.cancelling(), 0);
+            },
+        );
+    }
+
+    #[test]
+    fn loom_cancel_uncancel_never_withdraws_a_handed_request_taken_and_put_back() {
+        uncancel_races_the_put_back_of_a_handed_request(false);
+    }
+
+    /// A put-back that drops the request once the count is 0, as it rightly does for a
+    /// withdrawable one, loses a handed request whose `uncancel` came while it was taken.
+    #[test]
+    #[should_panic(expected = "was withdrawn")]
+    fn loom_cancel_twin_put_back_ignoring_handed_loses_the_request() {
+        uncancel_races_the_put_back_of_a_handed_request(true);
     }
 
     use crate::sync::loom_support::{ABANDON_AS_READ, PLAIN_DONE_READ, SKIP_RECLAIM};

@@ -489,7 +489,10 @@ impl TaskRef {
     /// }).unwrap();
     /// ```
     pub fn uncancel(&self) -> usize {
-        self.raw.header().cancel.uncancel()
+        let header = self.raw.header();
+        header
+            .cancel
+            .uncancel(crate::context::current_task_is(header))
     }
 }
 
@@ -769,7 +772,10 @@ impl<T> Task<T> {
     /// }).unwrap();
     /// ```
     pub fn uncancel(&self) -> usize {
-        self.raw.task().header().cancel.uncancel()
+        let header = self.raw.task().header();
+        header
+            .cancel
+            .uncancel(crate::context::current_task_is(header))
     }
 
     /// Rust-style hard stop: the future is dropped at once on its loop, without running any

@@ -1108,6 +1108,9 @@ impl<W: MainWaker> MainCell<W> {
 
     fn wake_by_ref(me: &TaskPtr) {
         let cell = Self::cell(me);
+        // Before the host hears of it: a cancel that sees the mark knows the main future
+        // woken, not parked at its await point (see `task::cancel`).
+        cell.header.state.host_woken();
         cell.waker.wake(&cell.header);
     }
 

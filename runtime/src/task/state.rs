@@ -76,6 +76,9 @@ pub(crate) struct SeenByCancel {
     /// A step of the task is running: it awaits nothing right now (asyncio's `_fut_waiter`
     /// is `None` during a step), whatever it registered earlier.
     pub(crate) in_step: bool,
+    /// The task is queued (woken, or not yet started): its await point, if any, has its
+    /// outcome already, and a request waits for the step (asyncio's `_must_cancel`).
+    pub(crate) queued: bool,
 }
 
 impl SeenByCancel {
@@ -83,6 +86,7 @@ impl SeenByCancel {
         SeenByCancel {
             complete: word & COMPLETE != 0,
             in_step: word & RUNNING != 0,
+            queued: word & SCHEDULED != 0,
         }
     }
 }
@@ -121,8 +125,23 @@ impl State {
     /// The host's mark that it is polling the stand-in task of `run_until_complete`'s
     /// future, whose state word no queue drives: as RUNNING marks a task's poll, so that a
     /// cancel request made meanwhile waits for the next await point (see `task::cancel`).
+    /// Clears SCHEDULED, as `start_run` does, which [`host_woken`](Self::host_woken) set:
+    /// between steps, a cancel tells a parked main future from a woken one by it.
     pub(crate) fn enter_host_step(&self) {
-        self.0.fetch_or(RUNNING, Ordering::AcqRel);
+        self.0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |cur| {
+                Some((cur & !SCHEDULED) | RUNNING)
+            })
+            .ok();
+    }
+
+    /// The stand-in task of `run_until_complete` was woken (its wakes go to the host, not
+    /// to a queue): marked SCHEDULED until its next step, so that a cancel request made
+    /// meanwhile sees it queued, not parked (see `task::cancel`). A wake between the host's
+    /// taking of the wake and its step's start is cleared with the step's start: a request
+    /// then takes the task for parked, and `uncancel` keeps it, as the harmless side.
+    pub(crate) fn host_woken(&self) {
+        self.0.fetch_or(SCHEDULED, Ordering::AcqRel);
     }
 
     /// The end of the host's poll begun with [`enter_host_step`](Self::enter_host_step).
