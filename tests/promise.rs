@@ -560,3 +560,200 @@ fn a_panicking_done_callback_of_a_loopless_promise_does_not_skip_the_others() {
         "the second callback ran"
     );
 }
+
+/// One exception handler report: its message, and its error's kind and message.
+type Report = (String, Option<(ErrorKind, Option<String>)>);
+
+/// A one-loop runtime whose loop sends every exception handler report to the receiver.
+fn reporting_runtime() -> (braid::Runtime, braid::EventLoop, mpsc::Receiver<Report>) {
+    let rt = runtime(1);
+    let lp = rt.event_loop();
+    let (tx, rx) = mpsc::channel();
+    let tx = Mutex::new(tx);
+    lp.set_exception_handler(move |ctx| {
+        let error = ctx
+            .error
+            .as_ref()
+            .map(|e| (e.kind(), e.message().map(str::to_owned)));
+        // The receiver may be gone by the runtime's shutdown.
+        let _ = tx.lock().unwrap().send((ctx.message.clone(), error));
+    });
+    (rt, lp, rx)
+}
+
+/// A promise created in a callback on `lp`, so that `lp` is its home loop.
+fn promise_on(lp: &braid::EventLoop) -> Promise<u32> {
+    let (tx, rx) = mpsc::channel();
+    lp.call_soon_threadsafe(move || tx.send(Promise::new()).unwrap())
+        .unwrap();
+    rx.recv_timeout(WAIT).unwrap()
+}
+
+/// What the report of a promise failed with `Io` error `message` and dropped unretrieved is.
+fn never_retrieved(message: &str) -> Report {
+    (
+        "Future exception was never retrieved".to_owned(),
+        Some((ErrorKind::Io, Some(message.to_owned()))),
+    )
+}
+
+/// Asserts that nothing more was reported: a round trip through `lp` first, so that a report
+/// from a callback or task that ran there before has arrived.
+fn assert_no_more_reports(lp: &braid::EventLoop, reports: &mpsc::Receiver<Report>) {
+    let (tx, rx) = mpsc::channel();
+    lp.call_soon_threadsafe(move || tx.send(()).unwrap())
+        .unwrap();
+    rx.recv_timeout(WAIT).unwrap();
+    assert_eq!(reports.try_recv().ok(), None, "one report too many");
+}
+
+/// A failed promise whose last reference goes with nobody having taken the error is reported
+/// once, with its error, to its home loop's exception handler, whichever thread drops it; a
+/// done callback that does not call `result()` does not take the error (CPython
+/// `test_tb_logger_exception_unretrieved`; asyncio's `Future.__del__`).
+#[test]
+fn a_failed_promise_dropped_unretrieved_is_reported_once_with_its_error() {
+    let (rt, lp, reports) = reporting_runtime();
+
+    // Failed and dropped on this thread, which runs no loop.
+    let p = promise_on(&lp);
+    p.set_exception(Error::new(ErrorKind::Io, "lost here"))
+        .unwrap();
+    drop(p);
+    assert_eq!(reports.try_recv().ok(), Some(never_retrieved("lost here")));
+    assert_no_more_reports(&lp, &reports);
+
+    // A done callback that ignores the promise: its clone goes last, on the loop.
+    let p = promise_on(&lp);
+    p.add_done_callback(|_| ());
+    p.set_exception(Error::new(ErrorKind::Io, "lost in a callback"))
+        .unwrap();
+    drop(p);
+    let report = reports.recv_timeout(WAIT).expect("no report");
+    assert_eq!(report, never_retrieved("lost in a callback"));
+    assert_no_more_reports(&lp, &reports);
+
+    // Succeeded, or never settled: nothing to report (`test_tb_logger_result_unretrieved`,
+    // `test_tb_logger_abandoned`).
+    let p = promise_on(&lp);
+    p.set_result(1).unwrap();
+    drop(p);
+    drop(promise_on(&lp));
+    assert_no_more_reports(&lp, &reports);
+    rt.shutdown(WAIT).unwrap();
+}
+
+/// A promise whose error `result()` or an await returned is not reported when dropped
+/// (CPython `test_tb_logger_exception_result_retrieved`); a failed one dropped after them,
+/// unretrieved, is, alone.
+#[test]
+fn a_promise_whose_error_was_taken_by_result_or_an_await_is_not_reported() {
+    let (rt, lp, reports) = reporting_runtime();
+
+    let by_result = promise_on(&lp);
+    by_result
+        .set_exception(Error::new(ErrorKind::Io, "taken by result"))
+        .unwrap();
+    assert_eq!(by_result.result().unwrap_err().kind(), ErrorKind::Io);
+    drop(by_result);
+
+    // Awaited by a task on the loop, parked before the promise fails.
+    let by_await = promise_on(&lp);
+    let (tx, awaited) = mpsc::channel();
+    let waiter = {
+        let p = by_await.clone();
+        lp.spawn(async move {
+            tx.send(p.await.map_err(|e| e.kind())).unwrap();
+            Ok(())
+        })
+        .unwrap()
+    };
+    thread::sleep(Duration::from_millis(20));
+    by_await
+        .set_exception(Error::new(ErrorKind::Io, "taken by an await"))
+        .unwrap();
+    drop(by_await);
+    assert_eq!(awaited.recv_timeout(WAIT).unwrap(), Err(ErrorKind::Io));
+    drop(waiter);
+
+    // Awaited when already failed.
+    let done_before = promise_on(&lp);
+    done_before
+        .set_exception(Error::new(ErrorKind::Io, "taken by a later await"))
+        .unwrap();
+    let awaited = rt.run_until_complete({
+        let p = done_before.clone();
+        async move { Ok(p.await.unwrap_err().kind()) }
+    });
+    assert_eq!(awaited.unwrap(), ErrorKind::Io);
+    drop(done_before);
+
+    let control = promise_on(&lp);
+    control
+        .set_exception(Error::new(ErrorKind::Io, "control"))
+        .unwrap();
+    drop(control);
+    assert_eq!(reports.try_recv().ok(), Some(never_retrieved("control")));
+    assert_no_more_reports(&lp, &reports);
+    rt.shutdown(WAIT).unwrap();
+}
+
+/// A cancelled promise is never reported, nor one failed with a Cancelled error (braid's
+/// Tasks never report a cancellation either), nor a failed one that `cancel()` was called on
+/// afterwards (CPython `test_tb_logger_not_called_after_cancel`); a failed one dropped after
+/// them, unretrieved, is, alone.
+#[test]
+fn a_cancelled_promise_is_not_reported() {
+    let (rt, lp, reports) = reporting_runtime();
+
+    let cancelled = promise_on(&lp);
+    assert!(cancelled.cancel());
+    drop(cancelled);
+
+    let failed_cancelled = promise_on(&lp);
+    failed_cancelled
+        .set_exception(Error::cancelled(Some("m".to_owned())))
+        .unwrap();
+    drop(failed_cancelled);
+
+    let cancel_after_failure = promise_on(&lp);
+    cancel_after_failure
+        .set_exception(Error::new(ErrorKind::Io, "cancel takes it back"))
+        .unwrap();
+    assert!(!cancel_after_failure.cancel());
+    drop(cancel_after_failure);
+
+    let control = promise_on(&lp);
+    control
+        .set_exception(Error::new(ErrorKind::Io, "control"))
+        .unwrap();
+    drop(control);
+    assert_eq!(reports.try_recv().ok(), Some(never_retrieved("control")));
+    assert_no_more_reports(&lp, &reports);
+    rt.shutdown(WAIT).unwrap();
+}
+
+/// A clone keeps the promise, and so its unretrieved error, alive: the report comes when the
+/// last clone goes, from whichever thread drops it, and only once.
+#[test]
+fn a_clone_keeps_an_unretrieved_error_until_the_last_reference_goes() {
+    let (rt, lp, reports) = reporting_runtime();
+    let p = promise_on(&lp);
+    let clones: Vec<Promise<u32>> = (0..3).map(|_| p.clone()).collect();
+    p.set_exception(Error::new(ErrorKind::Io, "shared"))
+        .unwrap();
+    drop(p);
+    let last = thread::spawn(move || {
+        let mut clones = clones;
+        let last = clones.pop().unwrap();
+        drop(clones);
+        last
+    })
+    .join()
+    .unwrap();
+    assert_no_more_reports(&lp, &reports);
+    thread::spawn(move || drop(last)).join().unwrap();
+    assert_eq!(reports.try_recv().ok(), Some(never_retrieved("shared")));
+    assert_no_more_reports(&lp, &reports);
+    rt.shutdown(WAIT).unwrap();
+}

@@ -41,6 +41,11 @@ struct State<T> {
     waiters: Vec<(u64, Waker)>,
     next_waiter: u64,
     callbacks: Vec<(CallbackId, PromiseCallback<T>)>,
+    /// asyncio's `__log_traceback`: set by `set_exception` (not for a Cancelled error, as
+    /// braid never reports a cancellation as never retrieved), cleared by whatever takes the
+    /// error (`result()`, an await that returns it) and by `cancel()`, as asyncio's is. Still
+    /// set when the last reference goes: "Future exception was never retrieved".
+    unretrieved: bool,
 }
 
 struct Inner<T> {
@@ -69,6 +74,29 @@ struct Inner<T> {
 ///         Ok(())
 ///     });
 ///     assert_eq!(promise.await?, "ready");
+///     Ok(())
+/// }).unwrap();
+/// ```
+///
+/// An error nobody took is reported, as asyncio's "Future exception was never retrieved":
+/// once, when the last clone of a failed promise goes without `result()` or an await having
+/// returned the error, to the exception handler of the loop the promise was created on (a
+/// promise created outside any loop: of the loop the dropping thread runs, else stderr). A
+/// done callback does not take the error unless it calls `result()`; a cancelled promise, or
+/// one failed with a Cancelled error, is never reported, and `cancel()` on a failed promise
+/// takes back the report, as asyncio's does.
+///
+/// ```
+/// use std::sync::{mpsc, Mutex};
+/// braid_runtime::run(async {
+///     let (tx, rx) = mpsc::channel();
+///     let tx = Mutex::new(tx);
+///     braid_runtime::get_running_loop()
+///         .set_exception_handler(move |ctx| drop(tx.lock().unwrap().send(ctx.message.clone())));
+///     let promise = braid_runtime::create_future::<u8>();
+///     promise.set_exception(braid_runtime::Error::msg("lost"))?;
+///     drop(promise); // the last reference, and nobody took the error
+///     assert_eq!(rx.try_recv().unwrap(), "Future exception was never retrieved");
 ///     Ok(())
 /// }).unwrap();
 /// ```
@@ -124,6 +152,7 @@ impl<T: Send + 'static> Promise<T> {
                     waiters: Vec::new(),
                     next_waiter: 0,
                     callbacks: Vec::new(),
+                    unretrieved: false,
                 }),
                 home,
             }),
@@ -139,6 +168,7 @@ impl<T: Send + 'static> Promise<T> {
                     "the promise is already done",
                 ));
             }
+            st.unretrieved = matches!(&outcome, Err(e) if !e.is_cancelled());
             st.outcome = Some(outcome);
             st.cancelled = cancelled;
             (
@@ -222,7 +252,13 @@ impl<T: Send + 'static> Promise<T> {
     }
 
     fn cancel_with_message(&self, message: Option<String>) -> bool {
-        self.settle(Err(Error::cancelled(message)), true).is_ok()
+        if self.settle(Err(Error::cancelled(message)), true).is_ok() {
+            return true;
+        }
+        // Already done: asyncio's `cancel()` clears `__log_traceback` all the same, so a task
+        // cancelled while awaiting a promise that has just failed leaves nothing to report.
+        self.inner.state.lock().unretrieved = false;
+        false
     }
 
     /// True if the promise was cancelled.
@@ -262,7 +298,9 @@ impl<T: Send + 'static> Promise<T> {
     where
         T: Clone,
     {
-        match &self.inner.state.lock().outcome {
+        let mut st = self.inner.state.lock();
+        st.unretrieved = false;
+        match &st.outcome {
             Some(outcome) => outcome.clone(),
             None => Err(Error::new(
                 ErrorKind::InvalidState,
@@ -317,6 +355,41 @@ impl<T: Send + 'static> Promise<T> {
         let before = st.callbacks.len();
         st.callbacks.retain(|(cid, _)| *cid != id);
         before - st.callbacks.len()
+    }
+}
+
+impl<T> Drop for Inner<T> {
+    /// The last reference went: an error nobody took is reported (asyncio's `__del__`).
+    fn drop(&mut self) {
+        let error = {
+            // Uncontended: no reference is left to take the lock from elsewhere.
+            let st = self.state.lock();
+            match &st.outcome {
+                Some(Err(error)) if st.unretrieved => error.clone(),
+                _ => return,
+            }
+        };
+        report_unretrieved(self.home.as_deref(), error);
+    }
+}
+
+/// asyncio's "Future exception was never retrieved", to the exception handler of the
+/// promise's home loop (asyncio's `self._loop.call_exception_handler`). A promise created
+/// outside any loop reports to the loop this thread runs, if any, else to stderr as the
+/// default handler would. Called with no lock held: the handler may do anything, drop another
+/// promise included; its panic is caught there, and stderr's is too.
+#[cold]
+#[inline(never)]
+fn report_unretrieved(home: Option<&LoopShared>, error: Error) {
+    let ctx =
+        crate::ExceptionContext::new("Future exception was never retrieved").with_error(error);
+    match home {
+        Some(lp) => lp.report(&ctx),
+        // `current_loop` is `None` in a thread-local's destructor as the thread exits.
+        None => match context::current_loop() {
+            Some(ctx_lp) => ctx_lp.lp.report(&ctx),
+            None => braid_bridge::report_to_stderr(format_args!("braid: {ctx}")),
+        },
     }
 }
 
@@ -383,6 +456,9 @@ impl<T: Clone + Send + 'static> Future for PromiseFuture<T> {
             let mut st = this.promise.inner.state.lock();
             if let Some(outcome) = &st.outcome {
                 let outcome = outcome.clone();
+                // The error goes to the awaiter: retrieved (asyncio's `__await__` returns
+                // `self.result()`).
+                st.unretrieved = false;
                 drop(st);
                 this.waiter = None;
                 this.registration.end_read(|| false);
