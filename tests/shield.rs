@@ -255,3 +255,103 @@ fn a_shield_of_a_done_task_gives_its_value_though_a_cancel_is_pending() {
     assert_eq!(value.unwrap(), 7);
     assert_cancelled(&next);
 }
+
+/// Installs on every loop of `rt` a handler that sends each report (message and error) to
+/// the returned receiver; the returned function installs it on one more loop (the host loop,
+/// called from the main future).
+fn collect_reports(rt: &braid::Runtime) -> (mpsc::Receiver<String>, impl Fn(&braid::EventLoop)) {
+    let (tx, rx) = mpsc::channel();
+    let install = move |lp: &braid::EventLoop| {
+        let tx = tx.clone();
+        lp.set_exception_handler(move |ctx| {
+            let _ = tx.send(ctx.to_string());
+        });
+    };
+    for lp in rt.event_loops() {
+        install(&lp);
+    }
+    (rx, install)
+}
+
+/// An inner task that fails after the awaiting task was cancelled, with nobody left holding
+/// it, is reported as "Task exception was never retrieved", as asyncio reports it: its
+/// `shield` removes the inner's done callback once the outer await is cancelled, so nothing
+/// retrieves the error (CPython 3.11 to 3.13, `tasks.shield`'s `_outer_done_callback`).
+/// Before, the shield quieted the inner task when the await was cancelled: the error was
+/// lost without a word.
+#[test]
+fn an_inner_error_after_the_awaiter_was_cancelled_is_reported_when_nobody_holds_the_inner() {
+    for n in [1, 2] {
+        let rt = runtime(n);
+        let (reports, install) = collect_reports(&rt);
+        let outcome = rt.run_until_complete(async {
+            install(&braid::get_running_loop());
+            let gate = braid::create_future::<()>();
+            let g = gate.clone();
+            let inner = braid::create_task(async move {
+                g.await?;
+                Err::<i32, _>(Error::msg("inner failed"))
+            });
+            let started = braid::create_future::<()>();
+            let s = started.clone();
+            let outer = braid::create_task(async move {
+                s.set_result(())?;
+                braid::shield(inner).await
+            });
+            started.await?;
+            assert!(outer.cancel());
+            // The outer task finished: its shield, and the only handle to the inner, are gone.
+            assert_cancelled(&outer.await);
+            gate.set_result(())?;
+            Ok(())
+        });
+        assert!(outcome.is_ok(), "on {n} loop(s): {outcome:?}");
+        let report = reports.recv_timeout(WAIT);
+        rt.shutdown(WAIT).unwrap();
+        let report = report.unwrap_or_else(|e| panic!("on {n} loop(s): no report ({e})"));
+        assert!(
+            report.contains("Task exception was never retrieved")
+                && report.contains("inner failed"),
+            "on {n} loop(s): {report}"
+        );
+    }
+}
+
+/// The inner task taken back after the awaiting task was cancelled, and awaited, is not
+/// reported: its error was retrieved (CPython: the caller still holds `inner` and awaits it).
+#[test]
+fn an_inner_task_taken_back_and_awaited_after_the_cancel_is_not_reported() {
+    for n in [1, 2] {
+        let rt = runtime(n);
+        let (reports, install) = collect_reports(&rt);
+        let outcome = rt.run_until_complete(async {
+            install(&braid::get_running_loop());
+            let gate = braid::create_future::<()>();
+            let g = gate.clone();
+            let inner = braid::create_task(async move {
+                g.await?;
+                Err::<i32, _>(Error::msg("inner failed"))
+            });
+            let started = braid::create_future::<()>();
+            let s = started.clone();
+            let outer = braid::create_task(async move {
+                let mut shielded = braid::shield(inner);
+                s.set_result(())?;
+                let first = (&mut shielded).await;
+                assert_cancelled(&first);
+                Ok(shielded.into_inner())
+            });
+            started.await?;
+            assert!(outer.cancel());
+            let inner = outer.await?;
+            gate.set_result(())?;
+            let err = inner.await.unwrap_err();
+            assert_eq!(err.message(), Some("inner failed"));
+            Ok(())
+        });
+        assert!(outcome.is_ok(), "on {n} loop(s): {outcome:?}");
+        rt.shutdown(WAIT).unwrap();
+        let reports: Vec<String> = reports.try_iter().collect();
+        assert!(reports.is_empty(), "on {n} loop(s): {reports:?}");
+    }
+}

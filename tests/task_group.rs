@@ -859,3 +859,142 @@ fn a_group_dropped_after_a_child_failed_withdraws_the_cancel_of_its_task() {
         .await
     });
 }
+
+/// Three children that each record their name and fail in their first step; the body
+/// returns at once. Checks that all three ran and that the group error lists them in order.
+async fn three_children_fail_in_one_iteration(yield_first: bool) -> braid::Result<()> {
+    let ran: Arc<Mutex<Vec<&'static str>>> = Arc::default();
+    let r = ran.clone();
+    let err = braid::task_group(|tg| async move {
+        for name in ["a", "b", "c"] {
+            let r = r.clone();
+            tg.create_task(async move {
+                if yield_first {
+                    braid::yield_now().await?;
+                }
+                r.lock().unwrap().push(name);
+                Err::<(), _>(Error::msg(name))
+            });
+        }
+        Ok(())
+    })
+    .await
+    .unwrap_err();
+    assert_eq!(
+        *ran.lock().unwrap(),
+        ["a", "b", "c"],
+        "yield_first {yield_first}"
+    );
+    assert_eq!(messages(&err), ["a", "b", "c"], "yield_first {yield_first}");
+    assert_eq!(cancelling(), 0);
+    Ok(())
+}
+
+/// Children whose steps are queued on the loop when the first of them fails all take those
+/// steps before the group aborts, as in asyncio, whose `_on_task_done` is a done callback
+/// queued behind them: on one loop, run from a task or from the main future (the host loop),
+/// all three children of CPython's `for n in 'abc': tg.create_task(f(n))` fail and the group
+/// error carries the three. Before, the first failure cancelled the others inline, before
+/// their first step: only "a" ran, and the group error held "a" alone.
+#[test]
+fn children_failing_in_one_iteration_all_run_and_the_group_keeps_every_error() {
+    for yield_first in [false, true] {
+        on_loops(&[1], move || {
+            three_children_fail_in_one_iteration(yield_first)
+        });
+        let rt = runtime(1);
+        rt.run_until_complete(three_children_fail_in_one_iteration(yield_first))
+            .unwrap();
+        rt.shutdown(WAIT).unwrap();
+    }
+}
+
+/// Two children that fail once the same deadline has passed, and a third that sleeps until
+/// cancelled. Checks that both failures are in the group error and the sleeper was
+/// cancelled once.
+async fn two_children_fail_at_one_deadline() -> braid::Result<()> {
+    let cancelled = Arc::new(AtomicUsize::new(0));
+    let c = cancelled.clone();
+    let err = braid::task_group(|tg| async move {
+        let deadline = std::time::Instant::now() + Duration::from_millis(10);
+        for name in ["a", "b"] {
+            tg.create_task(async move {
+                braid::sleep_until(deadline).await?;
+                Err::<(), _>(Error::msg(name))
+            });
+        }
+        tg.create_task(sleep_counting_cancel(c, 1));
+        Ok(())
+    })
+    .await
+    .unwrap_err();
+    // Whichever of the two the timers woke first failed first.
+    let mut failed = messages(&err);
+    failed.sort();
+    assert_eq!(failed, ["a", "b"]);
+    assert_eq!(cancelled.load(Ordering::SeqCst), 1);
+    Ok(())
+}
+
+/// Two children woken by the same timer deadline both fail and the group keeps both errors
+/// (the hunter's `sleep(10ms)` pair; asyncio collects both), on one loop, run from a task or
+/// from the main future, whose loop may be the one that fires the timers. Before, the first
+/// failure cancelled the second, already woken: it failed Cancelled at its sleep, and the
+/// group error held one error.
+#[test]
+fn children_failing_at_the_same_deadline_are_all_kept() {
+    on_loops(&[1], two_children_fail_at_one_deadline);
+    let rt = runtime(1);
+    rt.run_until_complete(two_children_fail_at_one_deadline())
+        .unwrap();
+    rt.shutdown(WAIT).unwrap();
+}
+
+/// `create_task` on a group that is shutting down returns a task already failed with
+/// `InvalidState`, and dropping it unawaited reports nothing: the refusal is the caller's
+/// (asyncio's `create_task` raises it to the caller), and a caller who awaits the task gets
+/// it. Before, the dropped handle reported "Task exception was never retrieved".
+#[test]
+fn a_refused_create_task_dropped_unawaited_is_not_reported_as_never_retrieved() {
+    for n in [1, 2] {
+        let rt = runtime(n);
+        let reports: Arc<Mutex<Vec<String>>> = Arc::default();
+        let install = |lp: &braid::EventLoop| {
+            let reports = reports.clone();
+            lp.set_exception_handler(move |ctx| reports.lock().unwrap().push(ctx.to_string()));
+        };
+        for lp in rt.event_loops() {
+            install(&lp);
+        }
+        let outcome = rt.run_until_complete(async {
+            install(&braid::get_running_loop());
+            braid::create_task(async {
+                let err = braid::task_group(|tg| async move {
+                    tg.create_task(async {
+                        braid::yield_now().await?;
+                        Err::<(), _>(Error::msg("boom"))
+                    });
+                    // The group's abort cancels this sleep; the body goes on.
+                    let slept = braid::sleep(LONG).await;
+                    assert_cancelled(&slept);
+                    drop(tg.create_task(async { Ok(()) }));
+                    let refused = tg.create_task(async { Ok(()) }).await.unwrap_err();
+                    assert_eq!(refused.kind(), ErrorKind::InvalidState, "{refused:?}");
+                    Ok(())
+                })
+                .await
+                .unwrap_err();
+                assert_eq!(messages(&err), ["boom"]);
+                Ok(())
+            })
+            .await
+        });
+        assert!(outcome.is_ok(), "on {n} loop(s): {outcome:?}");
+        rt.shutdown(WAIT).unwrap();
+        assert_eq!(
+            *reports.lock().unwrap(),
+            Vec::<String>::new(),
+            "on {n} loop(s)"
+        );
+    }
+}

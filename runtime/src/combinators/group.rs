@@ -1,7 +1,7 @@
 //! `TaskGroup`: asyncio's structured concurrency (Python 3.12/3.13 `asyncio.TaskGroup`).
 
 use crate::context;
-use crate::event_loop::{spawn_failed, spawn_task};
+use crate::event_loop::{spawn_failed, spawn_task, spawn_task_spread};
 use crate::scheduler::RuntimeShared;
 use crate::task::raw::Exclusive;
 use crate::task::{Task, TaskId, TaskRef};
@@ -48,8 +48,12 @@ struct GroupState {
     /// The body returned: the group only waits for its children now.
     exiting: bool,
     /// A child failed, the body failed, or the group was cancelled: the children are being
-    /// cancelled and no new one may start.
+    /// cancelled and no new one may start. After a child's failure, set only once the abort
+    /// it queued runs (see `GroupShared::defer_abort`).
     aborting: bool,
+    /// A child's failure queued the abort of the group: the failures that follow it only
+    /// add their error.
+    abort_queued: bool,
     /// The group's own cancel of its parent task, and who withdraws it.
     parent_cancel: ParentCancel,
     live: HashMap<TaskId, TaskRef>,
@@ -63,7 +67,9 @@ impl TaskGroup {
     /// Creates a child task of the group. On a group that is finished or shutting down
     /// (aborting after a failure or a cancel), the task is returned already failed with an
     /// `InvalidState` error and its coroutine never runs; see
-    /// [`try_create_task`](TaskGroup::try_create_task) to get that error directly.
+    /// [`try_create_task`](TaskGroup::try_create_task) to get that error directly. That
+    /// refusal is the caller's (asyncio's `create_task` raises it): awaiting the task gives
+    /// it, and dropping the task unawaited does not report it as never retrieved.
     ///
     /// ```
     /// braid_runtime::run(async {
@@ -82,7 +88,12 @@ impl TaskGroup {
     {
         match self.try_create_task(fut) {
             Ok(task) => task,
-            Err(error) => spawn_failed(&self.shared.rt, error),
+            Err(error) => {
+                let task = spawn_failed(&self.shared.rt, error);
+                // The caller's to see, as an error returned to it: not the loop's to report.
+                task.mark_quiet();
+                task
+            }
         }
     }
 
@@ -144,25 +155,19 @@ impl TaskGroup {
 }
 
 impl GroupShared {
-    /// asyncio's `_on_task_done`, run on the thread that completed the child.
-    fn on_child_done(&self, child: &TaskRef, failure: Option<&Error>) {
-        let mut cancel_children = Vec::new();
-        let mut cancel_parent = None;
+    /// asyncio's `_on_task_done`, run on the thread that completed the child. A failure is
+    /// counted here, and the first one queues the group's abort (see
+    /// [`defer_abort`](Self::defer_abort)); the child leaves the group once that is made.
+    fn on_child_done(self: &Arc<Self>, child: &TaskRef, failure: Option<&Error>) {
         let mut state = self.state.lock();
+        let mut defer = false;
         if let Some(error) = failure.filter(|_| !child.cancelled()) {
             // The group reports it (the child was quieted at creation).
             state.errors.push(error.clone());
-            if !state.aborting && !state.parent_cancel.requested {
-                // Abort the group and cancel the body where it awaits, to be uncancelled
-                // on exit (the parent is not being cancelled by anyone else).
-                cancel_children = state.abort();
-                if let Some(parent) = &self.parent {
-                    state.parent_cancel.request();
-                    cancel_parent = Some(parent.clone());
-                }
-            }
+            defer = !state.aborting && !state.parent_cancel.requested && !state.abort_queued;
+            state.abort_queued |= defer;
         }
-        if cancel_children.is_empty() && cancel_parent.is_none() {
+        if !defer {
             let waker = state.leave(child);
             drop(state);
             if let Some(waker) = waker {
@@ -171,8 +176,61 @@ impl GroupShared {
             return;
         }
         drop(state);
-        // A child that makes cancels stays live until they are made. Else the other children
-        // could finish on other loops meanwhile and the group return, its `uncancel` finding
+        self.defer_abort(child.clone());
+    }
+
+    /// Queues the abort that `child`'s failure makes behind the task steps already queued
+    /// where it failed, as asyncio runs `_on_task_done` as a done callback queued with
+    /// `call_soon`: siblings woken in the same iteration (three children failing in their
+    /// first step, two woken by one timer deadline) take their step, and fail, before the
+    /// abort cancels them; inline, it cancelled them before that step.
+    ///
+    /// The abort is a task step, not a callback: a loop runs its ready callbacks before its
+    /// task steps, and leaves its steps for any callback queued meanwhile (`run_once`,
+    /// `run_tasks`), so a callback would still run ahead of the queued siblings. A task
+    /// spawned here goes to the back of this loop's run queue (FIFO, served after its pinned
+    /// tasks; a thief takes from the front, so it takes the steps ahead of it too). Tasks
+    /// woken off the loops wait in the shared injector, served after the local queue: the
+    /// step, once reached, moves behind them too (see [`AbortStep`]). With one loop that is
+    /// asyncio's order; with several, a sibling mid-step on another loop finishes its step
+    /// and receives the cancel at its next await.
+    fn defer_abort(self: &Arc<Self>, child: TaskRef) {
+        let step = AbortStep {
+            abort: DeferredAbort {
+                group: Some(self.clone()),
+                child,
+            },
+            moved: false,
+        };
+        let (task, accepted) = spawn_task(&self.rt, None, step);
+        if accepted {
+            task.set_name("TaskGroup abort");
+        } else {
+            // A closing runtime refused the step: dropping it made the abort at once, and
+            // its Closed error is nobody's to report.
+            task.mark_quiet();
+        }
+    }
+
+    /// The abort a child's failure queued, now made (the rest of asyncio's `_on_task_done`):
+    /// unless the group is aborting already (the body failed, the group was cancelled or
+    /// dropped meanwhile), it aborts the group and cancels the body where it awaits, to be
+    /// uncancelled on exit. Then the failed child leaves the group.
+    fn abort_after_failure(&self, child: &TaskRef) {
+        let (cancel_children, cancel_parent) = {
+            let mut state = self.state.lock();
+            if state.aborting || state.parent_cancel.requested {
+                (Vec::new(), None)
+            } else {
+                let children = state.abort();
+                if self.parent.is_some() {
+                    state.parent_cancel.request();
+                }
+                (children, self.parent.clone())
+            }
+        };
+        // The child stays live until the cancels are made. Else the other children could
+        // finish on other loops meanwhile and the group return, its `uncancel` finding
         // nothing yet to withdraw; the parent's cancel then landed after the group, a stray
         // Cancelled in the code that follows it. It leaves even if a cancel panics (a
         // waker's `wake`): the body must not wait for good for a child that is done.
@@ -207,7 +265,7 @@ impl GroupShared {
 }
 
 /// Takes a done child out of the group's live set when dropped, and wakes the body if it
-/// was the last (see `GroupShared::on_child_done`).
+/// was the last (see `GroupShared::abort_after_failure`).
 struct LeaveOnDrop<'a> {
     group: &'a GroupShared,
     child: &'a TaskRef,
@@ -232,29 +290,97 @@ impl Drop for LeaveOnDrop<'_> {
     }
 }
 
+/// A failed child's abort of its group, made once: by the [`AbortStep`] that carries it, or,
+/// if that step never runs (refused by a closing runtime, cancelled before it started,
+/// dropped by a shutdown), when it is dropped. The failed child stays in the group until
+/// then.
+struct DeferredAbort {
+    /// `None` once made (or moved to another step).
+    group: Option<Arc<GroupShared>>,
+    child: TaskRef,
+}
+
+impl DeferredAbort {
+    fn make(&mut self) {
+        if let Some(group) = self.group.take() {
+            group.abort_after_failure(&self.child);
+        }
+    }
+
+    /// This abort, to be made by another step; `self` is left with nothing to make.
+    fn take(&mut self) -> DeferredAbort {
+        DeferredAbort {
+            group: self.group.take(),
+            child: self.child.clone(),
+        }
+    }
+}
+
+impl Drop for DeferredAbort {
+    fn drop(&mut self) {
+        self.make();
+    }
+}
+
+/// The task step that makes a [`DeferredAbort`] (see `GroupShared::defer_abort`).
+struct AbortStep {
+    abort: DeferredAbort,
+    /// The step has moved behind the shared injector's tasks.
+    moved: bool,
+}
+
+impl Future for AbortStep {
+    type Output = Result<()>;
+
+    fn poll(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Result<()>> {
+        let this = self.get_mut();
+        let Some(group) = &this.abort.group else {
+            return Poll::Ready(Ok(()));
+        };
+        if !this.moved && !group.rt.injector.is_empty() {
+            // Tasks wait in the injector, maybe since before the failure (woken off the
+            // loops: the host loop fires timers too), and asyncio's one loop would run them
+            // before the abort. A spread task goes behind them. This loop's steps queued
+            // before the failure have run by now: what else it may overtake came later.
+            let rt = group.rt.clone();
+            let moved = AbortStep {
+                abort: this.abort.take(),
+                moved: true,
+            };
+            // Refused by a closing runtime, it is dropped, which makes the abort at once.
+            let task = spawn_task_spread(&rt, moved);
+            task.set_name("TaskGroup abort");
+            return Poll::Ready(Ok(()));
+        }
+        this.abort.make();
+        Poll::Ready(Ok(()))
+    }
+}
+
 /// The group's own cancel of its parent (asyncio's `_parent_cancel_requested`), made by the
-/// first child to fail and withdrawn (`uncancel`) by the group's exit, or, for a group future
-/// dropped before its exit, by that drop or, if the cancel is still being made then, by the
-/// child making it once made. Kept under the group's lock; loom model
-/// `loom_group_dropped_while_a_child_cancels_the_parent_*`.
+/// abort the first failing child queued, and withdrawn (`uncancel`) by the group's exit, or,
+/// for a group future dropped before its exit, by that drop or, if the cancel is still being
+/// made then, by the abort making it, once made. Kept under the group's lock; loom model
+/// `loom_group_dropped_while_a_child_cancels_the_parent_*` (its "child" is that abort).
 #[derive(Default)]
 struct ParentCancel {
     /// The group cancelled (or is cancelling) its parent and has not withdrawn it.
     requested: bool,
-    /// The child that requested it has not made the cancel yet.
+    /// The abort that requested it has not made the cancel yet.
     in_flight: bool,
     /// The group's future was dropped before its exit.
     run_dropped: bool,
 }
 
 impl ParentCancel {
-    /// A failing child is about to cancel the parent (it calls [`made`](Self::made) after).
+    /// A failed child's abort is about to cancel the parent (it calls [`made`](Self::made)
+    /// after).
     fn request(&mut self) {
         self.requested = true;
         self.in_flight = true;
     }
 
-    /// The child made the cancel: true if it must withdraw it now (the group's future was
+    /// The abort made the cancel: true if it must withdraw it now (the group's future was
     /// dropped meanwhile, leaving that to it).
     fn made(&mut self) -> bool {
         self.in_flight = false;
@@ -543,7 +669,8 @@ impl<B, Fut, T> Drop for TaskGroupRun<B, Fut, T> {
         // A child's failure cancelled our task, and only `finish` takes that back: dropped
         // before it (a select whose other branch won), the group withdraws it here, so that
         // it does not cancel what the task does next and `cancelling()` comes back down; or
-        // the child withdraws it once made, if it is still being made. A request already
+        // the abort making it withdraws it once made, if it is still being made (an abort
+        // still queued finds the group aborting and makes none). A request already
         // delivered to another await of the task cannot be taken back.
         let withdraw = group.shared.state.lock().parent_cancel.run_dropped();
         if withdraw {
@@ -616,10 +743,10 @@ mod loom_models {
         let _ = count.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
     }
 
-    /// A child fails and cancels the parent (`on_child_done`: request under the lock, the
-    /// cancel outside it, then `made` under it) while the group's future is dropped (its
-    /// `Drop`: abort under the lock, then `run_dropped` under it). Whatever the interleaving,
-    /// the parent is left with no request of the group's.
+    /// A child fails and its abort cancels the parent (`abort_after_failure`: request under
+    /// the lock, the cancel outside it, then `made` under it) while the group's future is
+    /// dropped (its `Drop`: abort under the lock, then `run_dropped` under it). Whatever the
+    /// interleaving, the parent is left with no request of the group's.
     fn group_dropped_while_a_child_cancels_the_parent(fault: bool) {
         crate::sync::loom_support::model_with_fault(
             &crate::sync::loom_support::GROUP_WITHDRAWS_IN_FLIGHT,

@@ -11,6 +11,9 @@ use std::task::{Context, Poll};
 /// Awaits `task` without passing cancellation on to it (asyncio's `shield`): when the
 /// awaiting task is cancelled, the await returns a Cancelled error at once and the inner task
 /// keeps running to completion. Its value, error or cancellation passes through otherwise.
+/// An error of the inner task that nobody retrieves after such a cancel (the shield dropped,
+/// the task not taken back with [`into_inner`](Shield::into_inner) and awaited) is reported
+/// as "Task exception was never retrieved", as asyncio reports it.
 ///
 /// # Examples
 ///
@@ -52,7 +55,8 @@ pub fn shield<T: 'static>(task: Task<T>) -> Shield<T> {
 ///
 /// # Cancel safety
 ///
-/// Dropping it drops the inner [`Task`] handle, which detaches the task: it keeps running.
+/// Dropping it drops the inner [`Task`] handle, which detaches the task: it keeps running,
+/// and an error it ends with is reported as never retrieved.
 #[must_use = "futures do nothing unless you `.await` them"]
 pub struct Shield<T> {
     task: Task<T>,
@@ -98,9 +102,10 @@ impl<T: 'static> Future for Shield<T> {
         // next await point.
         let inner_done = this.task.done();
         if let Some(cancel) = (!inner_done).then(context::take_cancel).flatten() {
-            // As asyncio: once the outer await is cancelled, the inner task's error is no
-            // longer reported as "never retrieved" (whoever wants it can still await it).
-            this.task.mark_quiet();
+            // The inner task is not quieted: as in asyncio, whose `shield` removes the inner's
+            // done callback once the outer await is cancelled, an error nobody retrieves is
+            // reported as "never retrieved" (when the last handle, ours or the one
+            // `into_inner` gives back, is dropped unawaited).
             return Poll::Ready(Err(cancel));
         }
         // Registers nothing as awaited, so a cancel of our task stays ours (the check above)
