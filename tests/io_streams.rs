@@ -977,3 +977,115 @@ fn open_unix_connection() {
     });
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Polls `at_eof` until it is true, for at most [`WAIT`]: it turns true once the loop has seen
+/// the peer's end, as asyncio's does once its transport has.
+async fn until_at_eof(r: &StreamReader) -> Result<()> {
+    let started = Instant::now();
+    while !r.at_eof() {
+        assert!(
+            started.elapsed() < WAIT,
+            "at_eof stayed false after the peer's EOF, with nothing buffered"
+        );
+        braid::sleep(Duration::from_millis(1)).await?;
+    }
+    Ok(())
+}
+
+/// `at_eof` turns true once the peer's end of stream has arrived and nothing is buffered,
+/// without a read to take the end in, as asyncio's does once its transport saw it: with
+/// nothing sent, and after a read that took everything sent. Looking for the end takes no
+/// data away: what came before it stays for the next read. It stayed false until a read
+/// returned the end (found by helper-62).
+#[test]
+fn at_eof_turns_true_once_the_peers_end_arrives_without_a_read() {
+    on_loops(&LOOPS, || async {
+        let (r, _w, feeder) = stream()?;
+        feeder.feed_eof();
+        until_at_eof(&r).await?;
+        assert_eq!(within(r.read(10)).await?, b"");
+
+        let (r, _w, feeder) = stream()?;
+        feeder.feed(b"line\n");
+        assert_eq!(within(r.readline()).await?, b"line\n");
+        feeder.feed_eof();
+        until_at_eof(&r).await?;
+
+        let (r, _w, feeder) = stream()?;
+        feeder.feed(b"data");
+        feeder.feed_eof();
+        for _ in 0..3 {
+            assert!(!r.at_eof(), "data came before the end");
+            braid::yield_now().await?;
+        }
+        assert_eq!(within(r.read_to_end()).await?, b"data");
+        assert!(r.at_eof());
+        Ok(())
+    });
+}
+
+/// `drain` on a writer whose `close` has closed the connection fails with ConnectionReset
+/// (kind Io), as asyncio's raises ConnectionResetError('Connection lost'); `wait_closed` still
+/// succeeds, each time, and the peer got what was written. It returned Ok (found by
+/// helper-62).
+#[test]
+fn drain_after_close_fails_with_connection_lost() {
+    on_loops(&LOOPS, || async {
+        let (_r, w, feeder) = stream()?;
+        w.write(b"bye")?;
+        w.close();
+        for _ in 0..2 {
+            let lost = within(w.drain()).await.expect_err("drain after close");
+            assert_eq!(lost.kind(), ErrorKind::Io, "{lost:?}");
+            let io = lost.downcast_ref::<std::io::Error>().expect("an io::Error");
+            assert_eq!(io.kind(), std::io::ErrorKind::ConnectionReset, "{lost}");
+            within(w.wait_closed()).await?;
+        }
+        assert_eq!(feeder.received(), b"bye");
+        Ok(())
+    });
+}
+
+/// A `drain` already waiting on backpressure when `close` is called returns Ok once the
+/// buffer is sent, as asyncio's does (`connection_lost(None)` completes its waiter); only a
+/// `drain` started after the connection closed fails.
+#[test]
+fn a_drain_waiting_when_the_writer_closes_returns_once_the_buffer_is_sent() {
+    const HIGH: usize = 4096;
+    on_loops(&LOOPS, || async {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let (_r, w) = braid::open_connection(listener.local_addr()?).await?;
+        let (peer, _) = within(listener.accept()).await?;
+        w.set_write_buffer_limits(HIGH);
+        let chunk = vec![7u8; 64 * 1024];
+        let mut total = 0;
+        while w.buffered() <= HIGH {
+            w.write(&chunk)?;
+            total += chunk.len();
+            assert!(
+                total < 256 << 20,
+                "256 MiB went out to a peer that does not read"
+            );
+        }
+        let w = Arc::new(w);
+        let drainer = w.clone();
+        let drain = queued(async move { drainer.drain().await }).await?;
+        w.close();
+        let peer_task = braid::create_task(async move {
+            let mut buf = vec![0; 64 * 1024];
+            let mut got = 0;
+            loop {
+                let n = peer.read(&mut buf).await?;
+                if n == 0 {
+                    return Ok(got);
+                }
+                got += n;
+            }
+        });
+        settle(drain).await?;
+        assert_eq!(within(peer_task).await?, total);
+        within(w.wait_closed()).await?;
+        assert!(within(w.drain()).await.is_err(), "closed by now");
+        Ok(())
+    });
+}

@@ -106,7 +106,7 @@ fn spawn_local_runs_non_send_futures_on_the_host_loop() {
 
 /// `run_forever` returns after `EventLoop::stop()` (here from a task on a worker loop), with
 /// the work before the stop done; then again with `stop()` from a callback pinned to the
-/// host loop.
+/// host loop, sent to it between the runs.
 #[test]
 fn run_forever_returns_after_stop() {
     let rt = runtime(2);
@@ -130,13 +130,14 @@ fn run_forever_returns_after_stop() {
     );
     assert!(start.elapsed() >= Duration::from_millis(10));
 
-    // Stopped from a callback pinned to the host loop itself, on a second run.
-    rt.run_until_complete(async {
-        let me = braid::get_running_loop();
-        braid::call_soon(move || me.stop());
-        Ok(())
-    })
-    .unwrap();
+    // Stopped from a callback pinned to the host loop itself, on a second run. (Sent from
+    // here: one that main scheduled in its last step would run, and stop, inside
+    // `run_until_complete`, as in asyncio.)
+    let me = rt
+        .run_until_complete(async { Ok(braid::get_running_loop()) })
+        .unwrap();
+    let host = me.clone();
+    me.call_soon_threadsafe(move || host.stop()).unwrap();
     rt.run_forever().unwrap();
     rt.shutdown(WAIT).unwrap();
 }
@@ -606,4 +607,181 @@ fn blocking_on_its_runtimes_future_inside_run_until_complete_is_refused_at_once(
     assert_eq!(after.result(Some(WAIT)).unwrap(), 3);
     rt.shutdown(WAIT).unwrap();
     other.shutdown(WAIT).unwrap();
+}
+
+/// A log of what ran, shared by the callbacks, the tasks and the main future of one thread.
+type Log = Rc<RefCell<Vec<&'static str>>>;
+
+/// A callback that writes `what` to `log`.
+fn logs(log: &Log, what: &'static str) -> impl FnOnce() + 'static {
+    let log = log.clone();
+    move || log.borrow_mut().push(what)
+}
+
+/// The host loop of the calling thread for `rt` (a run that only hands it back).
+fn host_loop(rt: &braid::Runtime) -> braid::EventLoop {
+    rt.run_until_complete(async { Ok(braid::get_running_loop()) })
+        .unwrap()
+}
+
+/// Callbacks already queued on the host loop when `run_until_complete` starts run before the
+/// main future's first step, in FIFO order, as in asyncio, where `run_until_complete` queues
+/// main's first step behind them (`ensure_future`, then `run_forever`). Main was polled
+/// first, so a callback sent before the call ran after main's first step (found by
+/// helper-62).
+#[test]
+fn callbacks_queued_before_run_until_complete_run_before_mains_first_step() {
+    let rt = runtime(1);
+    let host = host_loop(&rt);
+    let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+    for what in ["sent 1", "sent 2"] {
+        let log = log.clone();
+        host.call_soon_threadsafe(move || log.lock().unwrap().push(what))
+            .unwrap();
+    }
+    let l = log.clone();
+    rt.run_until_complete(async move {
+        l.lock().unwrap().push("first step");
+        braid::yield_now().await?;
+        l.lock().unwrap().push("second step");
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(
+        *log.lock().unwrap(),
+        ["sent 1", "sent 2", "first step", "second step"]
+    );
+    rt.shutdown(WAIT).unwrap();
+}
+
+/// The callbacks main scheduled in its last step run before `run_until_complete` returns,
+/// once: asyncio's loop runs them in the iteration that runs main's done callback, which
+/// stops it. What they schedule in turn waits for the thread's next run, and runs there
+/// before the next main's first step (found by helper-62: they waited, and ran after it).
+#[test]
+fn run_until_complete_runs_the_callbacks_main_scheduled_in_its_last_step() {
+    let rt = runtime(1);
+    let log: Log = Rc::default();
+    let l = log.clone();
+    rt.run_until_complete(async move {
+        let later = logs(&l, "scheduled by it");
+        let first = logs(&l, "scheduled in the last step");
+        braid::call_soon(move || {
+            first();
+            braid::call_soon(later);
+        });
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(*log.borrow(), ["scheduled in the last step"]);
+    let l = log.clone();
+    rt.run_until_complete(async move {
+        l.borrow_mut().push("next main");
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(
+        *log.borrow(),
+        ["scheduled in the last step", "scheduled by it", "next main"]
+    );
+    rt.shutdown(WAIT).unwrap();
+}
+
+/// `braid::run` runs the callbacks that are ready when main returns before it shuts the
+/// runtime down, as `asyncio.run` does: none is dropped and reported as never run. It used to
+/// drop the callback of `run(async { call_soon(..); Ok(()) })` (found by helper-62).
+#[test]
+fn run_runs_the_callbacks_ready_when_main_returns() {
+    let ran = Arc::new(AtomicBool::new(false));
+    let reports = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (r, reported) = (ran.clone(), reports.clone());
+    braid::run(async move {
+        braid::get_running_loop().set_exception_handler(move |ctx| {
+            reported.lock().unwrap().push(ctx.message.clone());
+        });
+        braid::call_soon(move || r.store(true, Ordering::SeqCst));
+        Ok(())
+    })
+    .unwrap();
+    assert!(ran.load(Ordering::SeqCst), "the callback never ran");
+    assert!(reports.lock().unwrap().is_empty(), "{reports:?}");
+}
+
+/// `run_forever` after `stop()` runs one iteration before it returns, as asyncio's does: the
+/// callbacks scheduled by then run, not those they schedule, which wait for the next run.
+/// A `stop()` made by a callback ends the run after the iteration it ran in. It used to
+/// return before running anything (found by helper-62).
+#[test]
+fn run_forever_after_stop_runs_the_callbacks_already_scheduled() {
+    let rt = runtime(1);
+    let host = host_loop(&rt);
+    let sent = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let push = |what: &'static str| {
+        let sent = sent.clone();
+        move || sent.lock().unwrap().push(what)
+    };
+    host.call_soon_threadsafe(push("before the stop")).unwrap();
+    host.stop();
+    rt.run_forever().unwrap();
+    assert_eq!(*sent.lock().unwrap(), ["before the stop"]);
+
+    sent.lock().unwrap().clear();
+    host.call_soon_threadsafe(push("A")).unwrap();
+    let h = host.clone();
+    host.call_soon_threadsafe(move || h.stop()).unwrap();
+    let (b, c) = (push("B"), push("C, the next iteration's"));
+    host.call_soon_threadsafe(move || {
+        b();
+        braid::call_soon(c);
+    })
+    .unwrap();
+    rt.run_forever().unwrap();
+    assert_eq!(*sent.lock().unwrap(), ["A", "B"]);
+    rt.run_until_complete(async { Ok(()) }).unwrap();
+    assert_eq!(*sent.lock().unwrap(), ["A", "B", "C, the next iteration's"]);
+    rt.shutdown(WAIT).unwrap();
+}
+
+/// A `stop()` made while `run_until_complete` runs ends it after that iteration with an
+/// InvalidState error when main has not completed (asyncio's RuntimeError "Event loop stopped
+/// before Future completed."), and with main's value when it has; either way the stop is
+/// spent with the run, so the next `run_forever` runs until its own stop. It used to be
+/// ignored by `run_until_complete` and make the next `run_forever` return at once (found by
+/// helper-62).
+#[test]
+fn a_stop_during_run_until_complete_ends_it_and_is_spent_with_it() {
+    let rt = runtime(1);
+    let err = rt
+        .run_until_complete(async {
+            braid::get_running_loop().stop();
+            braid::sleep(Duration::from_millis(10)).await?;
+            Ok(1)
+        })
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidState, "{err:?}");
+    assert!(err.to_string().contains("stopped before"), "{err}");
+    let completed = rt.run_until_complete(async {
+        braid::get_running_loop().stop();
+        Ok(2)
+    });
+    assert_eq!(completed.unwrap(), 2);
+
+    // Nothing left over: this run_forever returns only after the task's own stop.
+    let stopped_by_the_task = Arc::new(AtomicBool::new(false));
+    let s = stopped_by_the_task.clone();
+    let lp = rt.event_loop();
+    rt.event_loop()
+        .spawn(async move {
+            braid::sleep(Duration::from_millis(50)).await?;
+            s.store(true, Ordering::SeqCst);
+            lp.stop();
+            Ok(())
+        })
+        .unwrap();
+    rt.run_forever().unwrap();
+    assert!(
+        stopped_by_the_task.load(Ordering::SeqCst),
+        "run_forever returned on the stop made during run_until_complete"
+    );
+    rt.shutdown(WAIT).unwrap();
 }

@@ -740,6 +740,24 @@ impl LoopCtx {
         self.run_ready();
     }
 
+    /// Host loops: runs once what is ready here now, the callbacks queued or sent, then the
+    /// pinned tasks woken, and not what they schedule. asyncio's `run_until_complete` queues
+    /// the main future's first step behind what is ready (`ensure_future`), and its done
+    /// callback, which stops the loop, behind what is ready when it completes: this is the
+    /// iteration that runs those, each once, in FIFO order within callbacks and within tasks.
+    pub(crate) fn run_ready_once(&self) {
+        self.drain_inbox();
+        // Counted before the callbacks run: a task they wake waits, as its step would be
+        // queued behind the done callback in asyncio.
+        let tasks = self.local_ready.borrow().len();
+        self.run_ready();
+        for _ in 0..tasks {
+            let next = self.local_ready.borrow_mut().pop_front();
+            let Some(task) = next else { break };
+            self.run_task(task);
+        }
+    }
+
     fn invoke(&self, cb: ReadyCallback) {
         let started = self.rt.config.debug.then(Instant::now);
         let name = cb.name;
@@ -834,17 +852,23 @@ impl LoopCtx {
                     || self.worker.as_ref().is_some_and(|w| !w.is_empty());
                 self.rt.end_searching(true, more);
             }
-            if self.rt.config.debug {
-                self.run_task_timed(task);
-            } else {
-                task.run();
-            }
+            self.run_task(task);
             ran += 1;
             if !self.ready.borrow().is_empty() || self.lp.bell.has_messages() {
                 break; // callbacks are waiting: give them their turn
             }
         }
         ran > 0
+    }
+
+    /// One step of `task`, timed in debug mode.
+    #[inline]
+    fn run_task(&self, task: TaskPtr) {
+        if self.rt.config.debug {
+            self.run_task_timed(task);
+        } else {
+            task.run();
+        }
     }
 
     #[cold]
@@ -1540,7 +1564,11 @@ impl EventLoop {
         self.lp.state() == LoopState::Closed
     }
 
-    /// Makes the runtime's current (or next) `run_forever` return.
+    /// Makes the runtime's current (or next) `run_forever` return, after the iteration in
+    /// progress (or one iteration), as asyncio's `stop` does; made while `run_until_complete`
+    /// runs, it ends that call, with an `InvalidState` error if its future has not completed.
+    /// The stop is the runtime's, whichever loop it is called on; the run that takes it
+    /// spends it.
     ///
     /// ```
     /// let rt = braid_runtime::Runtime::builder().workers(1).build().unwrap();

@@ -414,6 +414,21 @@ fn finish_main_task<T>(main: &TaskPtr, out: Result<T>) -> Result<T> {
     out
 }
 
+/// `run_until_complete` ended by a `stop()` before its future completed (asyncio's
+/// RuntimeError "Event loop stopped before Future completed."). The future is dropped with the
+/// call, so the task dressing it can never complete: it is finished Cancelled, as a task
+/// destroyed while pending is, so that a `TaskRef` to it or a done callback does not wait.
+fn stopped_before_completion(main: &TaskPtr) -> Error {
+    let gone = Error::cancelled(Some(
+        "run_until_complete was stopped before its future completed".to_owned(),
+    ));
+    let _ = finish_main_task::<()>(main, Err(gone));
+    Error::new(
+        ErrorKind::InvalidState,
+        "the event loop stopped before the future completed",
+    )
+}
+
 /// `run_until_complete` or `run_forever` from a thread-local's destructor, once the thread's
 /// host loops (or its loop context) are gone.
 fn thread_exiting_error() -> Error {
@@ -484,10 +499,26 @@ impl Runtime {
     /// error at once, since the loop it would block may be the one to complete it (a
     /// `spawn_local` task it awaits, say). Await the future instead.
     ///
+    /// The order is asyncio's, where the future's first step is queued behind what is ready
+    /// on the loop and its completion stops the loop from behind what is ready then. What is
+    /// ready on the host loop when the call starts (callbacks and `spawn_local` steps left
+    /// from an earlier run, callbacks sent with `call_soon_threadsafe`) runs once before the
+    /// future's first poll; what is ready when the future completes (the callbacks it
+    /// scheduled in its last step, its done callbacks) runs once before the call returns.
+    /// What those schedule in turn waits for the thread's next run.
+    ///
+    /// A [`stop`](EventLoop::stop) made while the call runs (or before it, not yet taken by
+    /// a run) ends it after the iteration in progress, as asyncio's does: with an
+    /// `InvalidState` error if the future had not completed by then (the future is dropped,
+    /// and the task dressing it, as `current_task()` inside saw it, finishes Cancelled), with
+    /// its outcome if it had, skipping the last pass over the ready callbacks. Either way the
+    /// stop is spent with the call: the next `run_forever` does not return on it.
+    ///
     /// # Errors
     ///
     /// Whatever `fut` returns; `InvalidState` at once if called on a loop thread (it would
-    /// deadlock); Closed after shutdown; Panicked if `fut` panics.
+    /// deadlock), or when a `stop()` ended the call before `fut` completed; Closed after
+    /// shutdown; Panicked if `fut` panics.
     pub fn run_until_complete<F, T>(&self, fut: F) -> Result<T>
     where
         F: Future<Output = Result<T>>,
@@ -509,6 +540,10 @@ impl Runtime {
         let waker = main.waker();
         let mut cx = Context::from_waker(&waker);
         let mut fut = pin!(fut);
+        let stop = &self.shared.stop_requested;
+        // asyncio queues main's first step behind what is ready on the loop (callbacks and
+        // pinned tasks left from an earlier run, callbacks sent here since): those go first.
+        host.run_ready_once();
         let mut first = true;
         loop {
             if let Some(woken_at) = woken.take() {
@@ -524,20 +559,32 @@ impl Runtime {
                 let polled = catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(&mut cx)));
                 drop(guard);
                 main.header().state.leave_host_step();
-                match polled {
-                    Ok(Poll::Ready(out)) => {
-                        // As for tasks: only a return is turned into a cancellation.
-                        let out = main.header().cancel.step_outcome(&step, out);
-                        return finish_main_task(main, out);
+                let out = match polled {
+                    // As for tasks: only a return is turned into a cancellation.
+                    Ok(Poll::Ready(out)) => Some(main.header().cancel.step_outcome(&step, out)),
+                    Ok(Poll::Pending) => None,
+                    Err(payload) => Some(Err(Error::from_panic(payload))),
+                };
+                if let Some(out) = out {
+                    let out = finish_main_task(main, out);
+                    // In asyncio main's done callback stops the loop from behind the
+                    // callbacks ready when main completed (those main scheduled in its last
+                    // step, its own done callbacks): they run before the call returns, unless
+                    // a stop made meanwhile ended the run first. A stop they make is spent
+                    // with the run, as asyncio's `run_forever` clears its flag on return.
+                    if !stop.swap(false, Ordering::AcqRel) {
+                        host.run_ready_once();
+                        stop.store(false, Ordering::Release);
                     }
-                    Ok(Poll::Pending) => {}
-                    Err(payload) => {
-                        return finish_main_task(main, Err(Error::from_panic(payload)));
-                    }
+                    return out;
                 }
             }
+            // asyncio's `run_forever` checks its stop flag after each iteration.
+            if stop.swap(false, Ordering::AcqRel) {
+                return Err(stopped_before_completion(main));
+            }
             if !host.run_once() && !woken.is_woken() {
-                host.park_host(&|| woken.is_woken(), None);
+                host.park_host(&|| woken.is_woken() || stop.load(Ordering::Acquire), None);
             }
         }
     }
@@ -545,6 +592,13 @@ impl Runtime {
     /// Runs the calling thread's loop until [`EventLoop::stop`] is called on any loop of
     /// this runtime (asyncio's `run_forever`). The worker loops run all the while, as they
     /// always do.
+    ///
+    /// As in asyncio, the stop is looked at after each iteration of the loop, so the call
+    /// always runs one: after a `stop()` made before it, the callbacks scheduled by then run,
+    /// once, and then it returns; a callback that calls `stop()` ends the run after the
+    /// callbacks of its own iteration. The stop is spent when the call returns. A stop is
+    /// the runtime's, not one thread's: with several threads driving the runtime at once,
+    /// the first run to look at it takes it.
     ///
     /// ```
     /// let rt = braid_runtime::Runtime::builder().workers(1).build().unwrap();
@@ -564,12 +618,17 @@ impl Runtime {
         let driving = self.drive_host()?;
         let host = &driving.host;
         let stop = &self.shared.stop_requested;
-        while !stop.swap(false, Ordering::AcqRel) {
-            if !host.run_once() {
+        loop {
+            let did = host.run_once();
+            // Checked after the iteration, as asyncio does: a stop made before the call
+            // still lets the callbacks scheduled by then run, once. Taking it clears it.
+            if stop.swap(false, Ordering::AcqRel) {
+                return Ok(());
+            }
+            if !did {
                 host.park_host(&|| stop.load(Ordering::Acquire), None);
             }
         }
-        Ok(())
     }
 
     /// Enters this thread's host loop and marks it running, until the result drops.
@@ -1014,6 +1073,13 @@ impl MainWaker for MainTask {
 
 /// Runs `main` on a new runtime with one loop per core, then shuts it down
 /// (asyncio's `run`).
+///
+/// `main` is driven by [`Runtime::run_until_complete`], so the callbacks that are ready when
+/// it completes (those it scheduled in its last step, say) run before the shutdown, as
+/// `asyncio.run` runs them. What those schedule in turn runs only while the shutdown drives
+/// the loop for tasks still finishing their cleanup; otherwise it is dropped and reported to
+/// the loop's exception handler as never run. (asyncio.run's teardown happens to give such
+/// callbacks a few more iterations, as many as its own teardown steps take.)
 ///
 /// # Examples
 ///

@@ -92,7 +92,8 @@ pub(crate) struct RuntimeShared {
     pub(crate) registry: Registry<TaskPtr>,
     /// Loops exit their run loop once this is set.
     pub(crate) stopping: AtomicBool,
-    /// Makes the next (or current) `run_forever` return.
+    /// Set by `stop()`; the next (or current) `run_forever` or `run_until_complete` to look
+    /// at it takes it and returns.
     pub(crate) stop_requested: AtomicBool,
     /// Host loops (threads inside `run_until_complete`/`run_forever`), for `stop()`.
     pub(crate) hosts: Mutex<Vec<std::sync::Weak<LoopShared>>>,

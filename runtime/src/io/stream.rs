@@ -461,6 +461,34 @@ impl Conn {
         }
     }
 
+    /// For `at_eof` with nothing buffered: one read without blocking, into the reader's
+    /// buffer, to learn of an end of stream that arrived. asyncio's transport reads as data
+    /// comes, so its `at_eof` turns true when the end arrives; here nothing reads until asked.
+    /// The readiness decides whether the syscall is made, so a socket that blocked last time
+    /// and has brought no edge since costs a lock, not a syscall. The socket's error is kept
+    /// as a read's is (the kernel reports a reset once). Not while a read is in progress: it
+    /// takes the end in itself, woken by the edge that brings it. A `Pending` leaves a waker
+    /// that does nothing, beside the real ones (the waiters are a set).
+    fn look_for_eof(&self, rs: &mut ReadState) {
+        if rs.error.is_some() || rs.busy || self.is_aborted() {
+            return;
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        match self.socket.poll_read(&mut cx, rs.room(0)) {
+            Poll::Ready(Ok(0)) => rs.eof = true,
+            Poll::Ready(Ok(n)) => rs.end += n,
+            Poll::Ready(Err(e)) => {
+                let e = Error::from(e);
+                // Any other kind is the readiness saying this thread cannot wait for the
+                // socket (no loop runs here): nothing about the connection.
+                if e.kind() == ErrorKind::Io {
+                    rs.error = Some(e);
+                }
+            }
+            Poll::Pending => {}
+        }
+    }
+
     /// The connection failed while writing: drop the buffer, fail drainers and closers, and
     /// the reader too (asyncio's `connection_lost(exc)`): the kernel reports a reset once, so a
     /// reset the writer saw first would otherwise look like a clean EOF to the reader. The
@@ -723,8 +751,19 @@ impl StreamReader {
     }
 
     /// True when the buffer is empty and the peer has finished sending.
+    ///
+    /// As asyncio's, it turns true once the loop has seen the peer's end of stream, without
+    /// a read to take it in: with nothing buffered, it looks at the socket without blocking
+    /// (a syscall only when the loop has reported the socket readable since the last one),
+    /// and what it finds there is kept for the next read.
     pub fn at_eof(&self) -> bool {
-        let st = self.conn.read.lock();
+        let mut st = self.conn.read.lock();
+        if st.buffered() > 0 {
+            return false;
+        }
+        if !st.eof {
+            self.conn.look_for_eof(&mut st);
+        }
         st.eof && st.buffered() == 0
     }
 
@@ -993,10 +1032,15 @@ impl StreamWriter {
     /// one. A cancellation point.
     ///
     /// # Errors
-    /// Cancelled; the connection's error (kind `Io`); Closed if the buffer can never be sent
-    /// (its runtime shut down and no loop runs here: see [`StreamWriter`]).
+    /// Cancelled; the connection's error (kind `Io`); kind `Io` with an `io::Error` of kind
+    /// `ConnectionReset` inside if [`close`](Self::close) has closed the connection (asyncio's
+    /// ConnectionResetError('Connection lost')); Closed if the buffer can never be sent (its
+    /// runtime shut down and no loop runs here: see [`StreamWriter`]).
     pub fn drain(&self) -> Drain<'_> {
-        Drain { conn: &self.conn }
+        Drain {
+            conn: &self.conn,
+            polled: false,
+        }
     }
 
     /// True: TCP and Unix streams can half-close.
@@ -1162,6 +1206,8 @@ impl fmt::Debug for StreamWriter {
 #[must_use = "futures do nothing unless awaited"]
 pub struct Drain<'a> {
     conn: &'a Arc<Conn>,
+    /// Polled before: the connection-lost check is made at the first poll only.
+    polled: bool,
 }
 
 impl Future for Drain<'_> {
@@ -1171,15 +1217,26 @@ impl Future for Drain<'_> {
         if let Some(cancel) = context::cancel_point() {
             return Poll::Ready(Err(cancel));
         }
-        let mut ws = self.conn.write.lock();
+        let this = self.get_mut();
+        let conn = this.conn;
+        let mut ws = conn.write.lock();
         // A flush that could not wait where it was woken (see `Flusher`) resumes here.
-        if self.conn.resume_flush(&mut ws) {
+        if conn.resume_flush(&mut ws) {
             drop(ws);
-            self.conn.socket.wake_all();
-            ws = self.conn.write.lock();
+            conn.socket.wake_all();
+            ws = conn.write.lock();
         }
         if let Some(e) = &ws.error {
             return Poll::Ready(Err(e.clone()));
+        }
+        // asyncio's `drain` on a connection that `close` has ended raises
+        // ConnectionResetError('Connection lost'). One that was already waiting when it ended
+        // returns, as asyncio's `connection_lost(None)` completes its waiter; so does one
+        // started while `close` still sends the buffer, as asyncio's finds the connection
+        // not lost yet.
+        let first = !std::mem::replace(&mut this.polled, true);
+        if first && ws.closed {
+            return Poll::Ready(Err(connection_lost()));
         }
         if !ws.paused {
             return Poll::Ready(Ok(()));
@@ -1189,6 +1246,15 @@ impl Future for Drain<'_> {
         }
         Poll::Pending
     }
+}
+
+/// `drain` after the connection closed: kind `Io`, with an `io::Error` of kind
+/// `ConnectionReset` inside, as asyncio's ConnectionResetError('Connection lost').
+fn connection_lost() -> Error {
+    Error::from(io::Error::new(
+        io::ErrorKind::ConnectionReset,
+        "Connection lost: drain() on a StreamWriter whose close() has closed the connection",
+    ))
 }
 
 /// [`StreamWriter::wait_closed`].
