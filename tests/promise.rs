@@ -757,3 +757,41 @@ fn a_clone_keeps_an_unretrieved_error_until_the_last_reference_goes() {
     assert_no_more_reports(&lp, &reports);
     rt.shutdown(WAIT).unwrap();
 }
+
+/// Replacing a loop's exception handler drops the old one, which may hold the last clone of a
+/// failed, unretrieved promise of that loop: its report goes to the new handler. The old
+/// handler used to be dropped under the handler's lock, which the report then took again:
+/// `set_exception_handler` never returned.
+#[test]
+fn replacing_a_handler_that_holds_an_unretrieved_failed_promise_reports_it_to_the_new_one() {
+    let (rt, lp, reports) = reporting_runtime();
+    let p = promise_on(&lp);
+    p.set_exception(Error::new(ErrorKind::Io, "held by the old handler"))
+        .unwrap();
+    lp.set_exception_handler(move |_| {
+        let _ = &p;
+    });
+    let (replaced_tx, replaced) = mpsc::channel();
+    let (new_tx, new_reports) = mpsc::channel();
+    let replacer = {
+        let lp = lp.clone();
+        thread::spawn(move || {
+            let new_tx = Mutex::new(new_tx);
+            lp.set_exception_handler(move |ctx| {
+                let _ = new_tx.lock().unwrap().send(ctx.message.clone());
+            });
+            replaced_tx.send(()).unwrap();
+        })
+    };
+    assert!(
+        replaced.recv_timeout(WAIT).is_ok(),
+        "set_exception_handler never returned"
+    );
+    replacer.join().unwrap();
+    assert_eq!(
+        new_reports.recv_timeout(WAIT).ok().as_deref(),
+        Some("Future exception was never retrieved")
+    );
+    drop(reports);
+    rt.shutdown(WAIT).unwrap();
+}

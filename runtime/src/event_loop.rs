@@ -1625,7 +1625,10 @@ impl EventLoop {
     where
         H: Fn(&ExceptionContext) + Send + Sync + 'static,
     {
-        *self.lp.handler.lock() = Some(Arc::new(h));
+        let old = self.lp.handler.lock().replace(Arc::new(h));
+        // Dropped after the lock: the old handler may hold the last handle of a failed task
+        // or promise of this loop, whose report takes this lock to find the new handler.
+        drop(old);
     }
 
     /// Calls the loop's exception handler (or the default one, which prints to stderr).
