@@ -217,6 +217,16 @@ mod loop_tests {
         let lingered = std::thread::spawn(move || {
             (0..20)
                 .map(|_| {
+                    // Handed over to a loop that went to sleep, so that each is a wake the loop
+                    // counts. Sent as soon as the last result came, one could reach the loop
+                    // before it parked, uncounted: on a loaded machine, enough of them that
+                    // the loop had not come back to lingering by the eleventh (seen once in
+                    // about thirty runs of the lib tests).
+                    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+                    while lp.state() != crate::LoopState::Idle {
+                        assert!(std::time::Instant::now() < deadline, "the loop never slept");
+                        std::thread::yield_now();
+                    }
                     lp.run_coroutine_threadsafe(async { Ok(lingers_here()) })
                         .unwrap()
                         .result(Some(Duration::from_secs(10)))
