@@ -597,6 +597,26 @@ fn never_retrieved(message: &str) -> Report {
     )
 }
 
+/// A promise of `lp`, failed with an `Io` error saying `message`.
+fn failed_promise_on(lp: &braid::EventLoop, message: &str) -> Promise<u32> {
+    let p = promise_on(lp);
+    p.set_exception(Error::new(ErrorKind::Io, message)).unwrap();
+    p
+}
+
+/// The control that ends the report tests: a failed promise dropped unretrieved now is
+/// reported, and it alone (what the test dropped before it was not); then shuts down.
+fn end_with_a_reported_control(
+    rt: braid::Runtime,
+    lp: &braid::EventLoop,
+    reports: &mpsc::Receiver<Report>,
+) {
+    drop(failed_promise_on(lp, "control"));
+    assert_eq!(reports.try_recv().ok(), Some(never_retrieved("control")));
+    assert_no_more_reports(lp, reports);
+    rt.shutdown(WAIT).unwrap();
+}
+
 /// Asserts that nothing more was reported: a round trip through `lp` first, so that a report
 /// from a callback or task that ran there before has arrived.
 fn assert_no_more_reports(lp: &braid::EventLoop, reports: &mpsc::Receiver<Report>) {
@@ -650,37 +670,34 @@ fn a_failed_promise_dropped_unretrieved_is_reported_once_with_its_error() {
 fn a_promise_whose_error_was_taken_by_result_or_an_await_is_not_reported() {
     let (rt, lp, reports) = reporting_runtime();
 
-    let by_result = promise_on(&lp);
-    by_result
-        .set_exception(Error::new(ErrorKind::Io, "taken by result"))
-        .unwrap();
+    let by_result = failed_promise_on(&lp, "taken by result");
     assert_eq!(by_result.result().unwrap_err().kind(), ErrorKind::Io);
     drop(by_result);
 
-    // Awaited by a task on the loop, parked before the promise fails.
+    // Awaited by a task on the loop, parked before the promise fails: the callback that
+    // fails it is queued by the task's step, so it runs once that step has parked.
     let by_await = promise_on(&lp);
     let (tx, awaited) = mpsc::channel();
     let waiter = {
         let p = by_await.clone();
         lp.spawn(async move {
+            let failer = p.clone();
+            braid::call_soon(move || {
+                failer
+                    .set_exception(Error::new(ErrorKind::Io, "taken by an await"))
+                    .unwrap();
+            });
             tx.send(p.await.map_err(|e| e.kind())).unwrap();
             Ok(())
         })
         .unwrap()
     };
-    thread::sleep(Duration::from_millis(20));
-    by_await
-        .set_exception(Error::new(ErrorKind::Io, "taken by an await"))
-        .unwrap();
     drop(by_await);
     assert_eq!(awaited.recv_timeout(WAIT).unwrap(), Err(ErrorKind::Io));
     drop(waiter);
 
     // Awaited when already failed.
-    let done_before = promise_on(&lp);
-    done_before
-        .set_exception(Error::new(ErrorKind::Io, "taken by a later await"))
-        .unwrap();
+    let done_before = failed_promise_on(&lp, "taken by a later await");
     let awaited = rt.run_until_complete({
         let p = done_before.clone();
         async move { Ok(p.await.unwrap_err().kind()) }
@@ -688,14 +705,7 @@ fn a_promise_whose_error_was_taken_by_result_or_an_await_is_not_reported() {
     assert_eq!(awaited.unwrap(), ErrorKind::Io);
     drop(done_before);
 
-    let control = promise_on(&lp);
-    control
-        .set_exception(Error::new(ErrorKind::Io, "control"))
-        .unwrap();
-    drop(control);
-    assert_eq!(reports.try_recv().ok(), Some(never_retrieved("control")));
-    assert_no_more_reports(&lp, &reports);
-    rt.shutdown(WAIT).unwrap();
+    end_with_a_reported_control(rt, &lp, &reports);
 }
 
 /// A cancelled promise is never reported, nor one failed with a Cancelled error (braid's
@@ -716,21 +726,11 @@ fn a_cancelled_promise_is_not_reported() {
         .unwrap();
     drop(failed_cancelled);
 
-    let cancel_after_failure = promise_on(&lp);
-    cancel_after_failure
-        .set_exception(Error::new(ErrorKind::Io, "cancel takes it back"))
-        .unwrap();
+    let cancel_after_failure = failed_promise_on(&lp, "cancel takes it back");
     assert!(!cancel_after_failure.cancel());
     drop(cancel_after_failure);
 
-    let control = promise_on(&lp);
-    control
-        .set_exception(Error::new(ErrorKind::Io, "control"))
-        .unwrap();
-    drop(control);
-    assert_eq!(reports.try_recv().ok(), Some(never_retrieved("control")));
-    assert_no_more_reports(&lp, &reports);
-    rt.shutdown(WAIT).unwrap();
+    end_with_a_reported_control(rt, &lp, &reports);
 }
 
 /// A clone keeps the promise, and so its unretrieved error, alive: the report comes when the
