@@ -777,6 +777,31 @@ fn writelines_writes_each_buffer() {
     });
 }
 
+/// A TCP connection whose writer has a high-water mark of `high` bytes and, its peer not
+/// reading, holds more than that after the kernel's buffers filled: the writer's reader and
+/// writer, the peer's end, and how many bytes were written (`chunk` after `chunk`). A `drain`
+/// before any write returns at once.
+async fn writer_over_its_high_mark(
+    high: usize,
+    chunk: &[u8],
+) -> Result<(StreamReader, StreamWriter, braid::TcpStream, usize)> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let (r, w) = braid::open_connection(listener.local_addr()?).await?;
+    let (peer, _) = within(listener.accept()).await?;
+    w.set_write_buffer_limits(high);
+    within(w.drain()).await?; // nothing buffered: at once
+    let mut total = 0;
+    while w.buffered() <= high {
+        w.write(chunk)?;
+        total += chunk.len();
+        assert!(
+            total < 256 << 20,
+            "256 MiB went out while the peer did not read"
+        );
+    }
+    Ok((r, w, peer, total))
+}
+
 /// `drain` with backpressure over TCP: with a high-water mark of 4 KiB and a peer that does
 /// not read, the buffer goes over the mark and `drain` waits; once the peer reads, `drain`
 /// completes with the buffer at or under the low mark (1 KiB), and every byte arrives.
@@ -784,23 +809,8 @@ fn writelines_writes_each_buffer() {
 fn drain_waits_for_the_peer_to_read() {
     const HIGH: usize = 4096;
     on_loops(&LOOPS, || async {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let (_r, w) = braid::open_connection(listener.local_addr()?).await?;
-        let (peer, _) = within(listener.accept()).await?;
-        w.set_write_buffer_limits(HIGH);
-        within(w.drain()).await?; // nothing buffered: at once
-
-        // Fill the kernel's buffers and then ours, past the high-water mark.
         let chunk: Vec<u8> = (0..64 * 1024).map(|i| (i % 253) as u8).collect();
-        let mut total = 0;
-        while w.buffered() <= HIGH {
-            w.write(&chunk)?;
-            total += chunk.len();
-            assert!(
-                total < 256 << 20,
-                "256 MiB went out while the peer did not read"
-            );
-        }
+        let (_r, w, peer, total) = writer_over_its_high_mark(HIGH, &chunk).await?;
         let over = w.buffered();
         assert!(over > HIGH);
 
@@ -1053,20 +1063,7 @@ fn drain_after_close_fails_with_connection_lost() {
 fn a_drain_waiting_when_the_writer_closes_returns_once_the_buffer_is_sent() {
     const HIGH: usize = 4096;
     on_loops(&LOOPS, || async {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let (_r, w) = braid::open_connection(listener.local_addr()?).await?;
-        let (peer, _) = within(listener.accept()).await?;
-        w.set_write_buffer_limits(HIGH);
-        let chunk = vec![7u8; 64 * 1024];
-        let mut total = 0;
-        while w.buffered() <= HIGH {
-            w.write(&chunk)?;
-            total += chunk.len();
-            assert!(
-                total < 256 << 20,
-                "256 MiB went out to a peer that does not read"
-            );
-        }
+        let (_r, w, peer, total) = writer_over_its_high_mark(HIGH, &[7u8; 64 * 1024]).await?;
         let w = Arc::new(w);
         let drainer = w.clone();
         let drain = queued(async move { drainer.drain().await }).await?;
