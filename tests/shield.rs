@@ -273,6 +273,18 @@ fn collect_reports(rt: &braid::Runtime) -> (mpsc::Receiver<String>, impl Fn(&bra
     (rx, install)
 }
 
+/// A task (made on the running loop) that fails with "inner failed" once its gate is set,
+/// and the gate.
+fn inner_failing_once_opened() -> (braid::Promise<()>, braid::Task<i32>) {
+    let gate = braid::create_future::<()>();
+    let g = gate.clone();
+    let inner = braid::create_task(async move {
+        g.await?;
+        Err::<i32, _>(Error::msg("inner failed"))
+    });
+    (gate, inner)
+}
+
 /// An inner task that fails after the awaiting task was cancelled, with nobody left holding
 /// it, is reported as "Task exception was never retrieved", as asyncio reports it: its
 /// `shield` removes the inner's done callback once the outer await is cancelled, so nothing
@@ -286,12 +298,7 @@ fn an_inner_error_after_the_awaiter_was_cancelled_is_reported_when_nobody_holds_
         let (reports, install) = collect_reports(&rt);
         let outcome = rt.run_until_complete(async {
             install(&braid::get_running_loop());
-            let gate = braid::create_future::<()>();
-            let g = gate.clone();
-            let inner = braid::create_task(async move {
-                g.await?;
-                Err::<i32, _>(Error::msg("inner failed"))
-            });
+            let (gate, inner) = inner_failing_once_opened();
             let started = braid::create_future::<()>();
             let s = started.clone();
             let outer = braid::create_task(async move {
@@ -326,12 +333,7 @@ fn an_inner_task_taken_back_and_awaited_after_the_cancel_is_not_reported() {
         let (reports, install) = collect_reports(&rt);
         let outcome = rt.run_until_complete(async {
             install(&braid::get_running_loop());
-            let gate = braid::create_future::<()>();
-            let g = gate.clone();
-            let inner = braid::create_task(async move {
-                g.await?;
-                Err::<i32, _>(Error::msg("inner failed"))
-            });
+            let (gate, inner) = inner_failing_once_opened();
             let started = braid::create_future::<()>();
             let s = started.clone();
             let outer = braid::create_task(async move {
