@@ -1131,6 +1131,19 @@ mod loom_models {
         });
     }
 
+    /// A's step takes its pending request, to pass it on to a target that turns out done,
+    /// and puts it back, while `uncancel` on another thread brings the count to 0.
+    fn uncancel_during_a_take_and_put_back(a: &Arc<ModelTask>) {
+        let uncanceller = {
+            let a = a.clone();
+            thread::spawn(move || a.cancel.uncancel(false))
+        };
+        if let Some(taken) = a.cancel.take_cancel_to_pass_on() {
+            a.cancel.put_back(taken);
+        }
+        assert_eq!(uncanceller.join().unwrap(), 0);
+    }
+
     /// `uncancel` on another thread withdraws A's only request while A's await has it taken
     /// (to pass on to a target that turns out done): the put-back must not bring it back.
     #[test]
@@ -1139,14 +1152,7 @@ mod loom_models {
             let a = ModelTask::new();
             assert!(request(&a.state, &a.cancel, None, false, true, || {}));
             assert_eq!(a.state.start_run(), RunAction::Poll);
-            let uncanceller = {
-                let a = a.clone();
-                thread::spawn(move || a.cancel.uncancel(false))
-            };
-            if let Some(taken) = a.cancel.take_cancel_to_pass_on() {
-                a.cancel.put_back(taken);
-            }
-            assert_eq!(uncanceller.join().unwrap(), 0);
+            uncancel_during_a_take_and_put_back(&a);
             assert!(
                 a.cancel.take_cancel().is_none(),
                 "a withdrawn request came back"
@@ -1173,14 +1179,7 @@ mod loom_models {
                     assert_eq!(a.state.wake(), WakeAction::Schedule);
                 }));
                 assert_eq!(a.state.start_run(), RunAction::Poll);
-                let uncanceller = {
-                    let a = a.clone();
-                    thread::spawn(move || a.cancel.uncancel(false))
-                };
-                if let Some(taken) = a.cancel.take_cancel_to_pass_on() {
-                    a.cancel.put_back(taken);
-                }
-                assert_eq!(uncanceller.join().unwrap(), 0);
+                uncancel_during_a_take_and_put_back(&a);
                 assert!(
                     a.cancel.take_cancel().is_some(),
                     "a request handed to A's await point was withdrawn"
