@@ -795,3 +795,42 @@ fn replacing_a_handler_that_holds_an_unretrieved_failed_promise_reports_it_to_th
     drop(reports);
     rt.shutdown(WAIT).unwrap();
 }
+
+/// Removing a done callback drops its closure after the promise's lock: a closure holding the
+/// last clone of a failed, unretrieved promise has it reported there, to a handler that may
+/// look at the promise the callback was removed from. Dropped under that promise's lock, the
+/// handler's look deadlocked (found by helper-65).
+#[test]
+fn a_removed_callback_holding_a_failed_promise_is_dropped_after_the_lock() {
+    let rt = runtime(1);
+    let lp = rt.event_loop();
+    let watched = promise_on(&lp);
+    let looked_at = watched.clone();
+    let (tx, reports) = mpsc::channel();
+    let tx = Mutex::new(tx);
+    lp.set_exception_handler(move |ctx| {
+        let _ = tx
+            .lock()
+            .unwrap()
+            .send((ctx.message.clone(), looked_at.done()));
+    });
+    let held = failed_promise_on(&lp, "held by a removed callback");
+    let id = watched.add_done_callback(move |_| {
+        let _ = &held;
+    });
+    let (removed_tx, removed) = mpsc::channel();
+    let remover = thread::spawn(move || {
+        removed_tx.send(watched.remove_done_callback(id)).unwrap();
+    });
+    assert_eq!(
+        removed.recv_timeout(WAIT).ok(),
+        Some(1),
+        "remove_done_callback never returned"
+    );
+    remover.join().unwrap();
+    assert_eq!(
+        reports.recv_timeout(WAIT).ok(),
+        Some(("Future exception was never retrieved".to_owned(), false))
+    );
+    rt.shutdown(WAIT).unwrap();
+}

@@ -351,10 +351,17 @@ impl<T: Send + 'static> Promise<T> {
     /// p.set_result(1).unwrap();
     /// ```
     pub fn remove_done_callback(&self, id: CallbackId) -> usize {
-        let mut st = self.inner.state.lock();
-        let before = st.callbacks.len();
-        st.callbacks.retain(|(cid, _)| *cid != id);
-        before - st.callbacks.len()
+        let removed: Vec<_> = {
+            let mut st = self.inner.state.lock();
+            let (removed, kept) = std::mem::take(&mut st.callbacks)
+                .into_iter()
+                .partition(|(cid, _)| *cid == id);
+            st.callbacks = kept;
+            removed
+        };
+        // Dropped after the lock: a closure may hold the last clone of a failed promise,
+        // whose report calls the exception handler, which may look at this promise.
+        removed.len()
     }
 }
 
