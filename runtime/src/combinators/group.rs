@@ -248,10 +248,13 @@ impl GroupShared {
     }
 
     /// Takes back the cancel of the parent that a child's failure made, for a group dropped
-    /// before its exit could (see `TaskGroupRun`'s `Drop`).
+    /// before its exit could (see `TaskGroupRun`'s `Drop`). The group's own request, taken
+    /// back on the parent's behalf: the abort step that made it may withdraw it from another
+    /// loop while the parent is parked at an await past the group, where a plain `uncancel`
+    /// would leave it handed to that await (found by helper-65).
     fn withdraw_parent_cancel(&self) {
         if let Some(parent) = &self.parent {
-            parent.uncancel();
+            parent.withdraw_own_cancel();
         }
     }
 

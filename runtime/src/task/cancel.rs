@@ -847,6 +847,7 @@ pub(crate) fn request(
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
+    use crate::task::state::{IdleAction, RunAction};
     use std::sync::Arc;
 
     fn has_details(cancel: &CancelState) -> bool {
@@ -905,6 +906,26 @@ mod tests {
         assert!(cancel.take_cancel().is_none(), "delivered once");
         assert_eq!(cancel.uncancel(false), 0);
         assert_eq!(cancel.name().as_deref(), Some("worker"), "the name stays");
+    }
+
+    /// A request made while the task is parked is handed to its await point: another task's
+    /// `uncancel` leaves it to be delivered there, and one on the task's own behalf (its code
+    /// in a step, or a task group taking back its own cancel of it) withdraws it.
+    #[test]
+    fn a_handed_request_is_withdrawn_only_on_the_tasks_own_behalf() {
+        for own in [false, true] {
+            let state = State::new_scheduled();
+            let cancel = CancelState::new();
+            assert_eq!(state.start_run(), RunAction::Poll);
+            assert_eq!(state.end_poll_pending(), IdleAction::Idle);
+            assert!(request(&state, &cancel, None, false, true, || ()));
+            assert_eq!(cancel.uncancel(own), 0);
+            assert_eq!(
+                cancel.take_cancel().is_some(),
+                !own,
+                "own behalf {own}: the handed request was kept (true) or withdrawn (false)"
+            );
+        }
     }
 }
 

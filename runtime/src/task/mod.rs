@@ -527,6 +527,15 @@ impl TaskRef {
         self.raw.wake_by_ref();
     }
 
+    /// `uncancel` on the task's own behalf, wherever it runs: withdraws even a request handed
+    /// to the await point the task is parked at, as the task's own `uncancel` in a step does
+    /// (see `task::cancel`). For a task group taking back the cancel it made of its parent
+    /// from another task (the abort step of a group the parent dropped meanwhile), which an
+    /// `uncancel` from there could not take back once handed.
+    pub(crate) fn withdraw_own_cancel(&self) -> usize {
+        self.raw.header().cancel.uncancel(true)
+    }
+
     /// Cancels the task on behalf of an awaiter (see [`AwaitTarget`]).
     pub(crate) fn cancel_from_awaiter(&self, message: Option<String>) -> bool {
         request_cancel(&self.raw, message)

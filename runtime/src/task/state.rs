@@ -12,7 +12,8 @@
 //!  poll end: RUNNING ──► idle, or RUNNING|SCHEDULED ──► SCHEDULED and re-queued by the runner
 //!  complete: RUNNING ──► COMPLETE           (the future is dropped before this is published)
 //!  host:     |RUNNING around each poll of `run_until_complete`'s stand-in task, whose word
-//!            no queue drives (it stays SCHEDULED): only so that a cancel sees it in a step
+//!            no queue drives: only so that a cancel sees it in a step; its wakes set
+//!            SCHEDULED and its steps clear it, so that a cancel tells it woken from parked
 //!  abort:    any ──► |ABORT, then a wake    (the runner drops the future on its own thread)
 //! ```
 //!
