@@ -357,3 +357,51 @@ fn an_inner_task_taken_back_and_awaited_after_the_cancel_is_not_reported() {
         assert!(reports.is_empty(), "on {n} loop(s): {reports:?}");
     }
 }
+
+/// A cancel that reaches the awaiting task after it was parked at the shield wins over the
+/// inner task's value, even when the inner task finished before the awaiting task ran again,
+/// as in asyncio (the outer future's cancel). Only an await that finds the inner task already
+/// done when it begins gives the value with a request pending. All on the host loop, so the
+/// order is fixed: the inner task finishes, then the cancel comes, then the awaiter runs.
+#[test]
+fn a_cancel_after_the_awaiter_parked_wins_over_an_inner_task_finished_since() {
+    let rt = runtime(1);
+    let outcome = rt.run_until_complete(async {
+        let gate = braid::create_future::<()>();
+        let finished = braid::create_future::<()>();
+        let (g, f) = (gate.clone(), finished.clone());
+        let inner = braid::spawn_local(async move {
+            g.await?;
+            f.set_result(())?;
+            Ok("kept")
+        });
+        let parked = braid::create_future::<()>();
+        let p = parked.clone();
+        let outer = braid::spawn_local(async move {
+            let mut shielded = braid::shield(inner);
+            p.set_result(())?;
+            let first = (&mut shielded).await;
+            Ok((
+                first.map_err(|e| e.is_cancelled()),
+                shielded.into_inner().await?,
+            ))
+        });
+        parked.await?;
+        // The canceller is a task of the host loop too (the main future is polled apart from
+        // the loop's queue): it opens the gate and yields, the inner task finishes in the step
+        // that sets `finished` and wakes the awaiter, queued behind the canceller, which then
+        // cancels it before it runs.
+        let awaiter = outer.as_ref();
+        let canceller = braid::spawn_local(async move {
+            gate.set_result(())?;
+            while !finished.done() {
+                braid::yield_now().await?;
+            }
+            Ok(awaiter.cancel())
+        });
+        assert!(canceller.await?, "the awaiter was done before the cancel");
+        outer.await
+    });
+    assert_eq!(outcome.unwrap(), (Err(true), "kept"));
+    rt.shutdown(WAIT).unwrap();
+}

@@ -48,7 +48,10 @@ use std::task::{Context, Poll};
 /// }).unwrap();
 /// ```
 pub fn shield<T: 'static>(task: Task<T>) -> Shield<T> {
-    Shield { task }
+    Shield {
+        task,
+        suspended: false,
+    }
 }
 
 /// The future of [`shield`].
@@ -60,6 +63,8 @@ pub fn shield<T: 'static>(task: Task<T>) -> Shield<T> {
 #[must_use = "futures do nothing unless you `.await` them"]
 pub struct Shield<T> {
     task: Task<T>,
+    /// The await has returned Pending: the awaiting task was parked here.
+    suspended: bool,
 }
 
 impl<T: 'static> Shield<T> {
@@ -97,11 +102,13 @@ impl<T: 'static> Future for Shield<T> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<T>> {
         let this = self.get_mut();
-        // An inner task already done gives its outcome (asyncio's `shield` of a done task
-        // is that task, whose await does not suspend): a request pending waits for the
-        // next await point.
-        let inner_done = this.task.done();
-        if let Some(cancel) = (!inner_done).then(context::take_cancel).flatten() {
+        // An inner task already done when the await begins gives its outcome (asyncio's
+        // `shield` of a done task is that task, whose await does not suspend): a request
+        // pending waits for the next await point. Once the awaiting task was parked here, a
+        // request wins even if the inner task finished since, as asyncio cancels the outer
+        // future at once (the inner task's end and the cancel can race to the re-poll).
+        let outcome_first = this.task.done() && !this.suspended;
+        if let Some(cancel) = (!outcome_first).then(context::take_cancel).flatten() {
             // The inner task is not quieted: as in asyncio, whose `shield` removes the inner's
             // done callback once the outer await is cancelled, an error nobody retrieves is
             // reported as "never retrieved" (when the last handle, ours or the one
@@ -111,7 +118,9 @@ impl<T: 'static> Future for Shield<T> {
         // Registers nothing as awaited, so a cancel of our task stays ours (the check above)
         // and never reaches the inner task.
         context::clear_awaiting(None);
-        this.task.poll_output(cx)
+        let polled = this.task.poll_output(cx);
+        this.suspended |= polled.is_pending();
+        polled
     }
 }
 
