@@ -362,3 +362,42 @@ fn timeout_around_a_task_on_other_loops() {
         Ok(())
     });
 }
+
+/// A timeout (or a `wait_for`) dropped after its deadline, before its awaitable finished (a
+/// select whose other branch won while the awaited task was still unwinding), takes back the
+/// cancel it made of its task, as asyncio's `Timeout.__aexit__` uncancels on every exit:
+/// `cancelling()` is back to 0 and the task's next await is not cancelled. Before, the cancel
+/// stayed: the count at 1 for good and a stray Cancelled at the next await (found by
+/// helper-66).
+#[test]
+fn a_timeout_dropped_after_its_deadline_takes_back_its_cancel() {
+    for through_wait_for in [false, true] {
+        on_loops(&[1, 2], move || async move {
+            let release = braid::create_future::<()>();
+            let r = release.clone();
+            // Cancelled at the deadline, it unwinds only once released: after the select.
+            let inner = braid::create_task(async move {
+                let slept = braid::sleep(LONG).await;
+                r.await?;
+                slept
+            });
+            let limited: std::pin::Pin<Box<dyn Future<Output = braid::Result<()>> + Send>> =
+                if through_wait_for {
+                    Box::pin(braid::wait_for(inner, Some(Duration::from_millis(1))))
+                } else {
+                    Box::pin(braid::timeout(Duration::from_millis(1), inner))
+                };
+            let other = Box::pin(braid::sleep(Duration::from_millis(20)));
+            match futures::future::select(limited, other).await {
+                futures::future::Either::Right((slept, _dropped_timeout)) => slept?,
+                futures::future::Either::Left((outcome, _)) => {
+                    panic!("the timeout ended first: {outcome:?}")
+                }
+            }
+            assert_eq!(cancelling(), 0, "wait_for: {through_wait_for}");
+            braid::sleep(Duration::from_millis(1)).await?;
+            release.set_result(())?;
+            Ok(())
+        });
+    }
+}

@@ -58,10 +58,14 @@ where
 ///
 /// # Cancel safety
 ///
-/// Dropping it drops `aw`.
+/// Dropping it drops `aw`. Dropped after its deadline, before `aw` finished (a select whose
+/// other branch won), it first drops `aw`, then takes back the cancel it made of its task, as
+/// asyncio's `Timeout.__aexit__` uncancels on every exit: what the task awaits next does not
+/// receive it, and `cancelling()` comes back down.
 #[must_use = "futures do nothing unless you `.await` them"]
 pub struct Timeout<F> {
-    aw: Exclusive<Pin<Box<F>>>,
+    /// `None` only in `drop`, which drops it before withdrawing the cancel.
+    aw: Option<Exclusive<Pin<Box<F>>>>,
     timer: Option<Sleep>,
     state: Expiry,
     /// The awaiting task and its `cancelling()` count when first polled.
@@ -81,7 +85,7 @@ where
 {
     fn new(delay: Option<Duration>, aw: F) -> Timeout<F> {
         Timeout {
-            aw: Exclusive::new(Box::pin(aw)),
+            aw: Some(Exclusive::new(Box::pin(aw))),
             timer: delay.map(sleep),
             state: Expiry::Pending,
             entered: None,
@@ -148,7 +152,7 @@ where
                     // look: with the same deadline, the outermost must cancel first.
                     let probed = {
                         let _probe = Probe::enter();
-                        this.aw.get_mut().as_mut().poll(cx)
+                        awaitable(&mut this.aw).poll(cx)
                     };
                     if let Poll::Ready(outcome) = probed {
                         this.finished = true;
@@ -169,7 +173,7 @@ where
                 }
             }
         }
-        let outcome = match this.aw.get_mut().as_mut().poll(cx) {
+        let outcome = match awaitable(&mut this.aw).poll(cx) {
             Poll::Ready(outcome) => outcome,
             Poll::Pending => return Poll::Pending,
         };
@@ -184,6 +188,30 @@ where
             }
         }
         Poll::Ready(outcome)
+    }
+}
+
+/// A timeout's awaitable (its `aw`), there until the timeout's `drop`.
+fn awaitable<F>(aw: &mut Option<Exclusive<Pin<Box<F>>>>) -> Pin<&mut F> {
+    match aw {
+        Some(aw) => aw.get_mut().as_mut(),
+        None => unreachable!("taken only by drop"),
+    }
+}
+
+impl<F> Drop for Timeout<F> {
+    fn drop(&mut self) {
+        if self.state != Expiry::Expired || self.finished {
+            return;
+        }
+        // First `aw`: an await it abandons hands a request it passed on back to the task
+        // (`task::cancel`), which the withdrawal below then takes back too.
+        drop(self.aw.take());
+        if let Some((Some(task), _)) = &self.entered {
+            // On the task's behalf: the request may have been handed to an await the task is
+            // parked at (it is dropped where it was polled, mostly in a step of the task).
+            task.withdraw_own_cancel();
+        }
     }
 }
 
