@@ -435,6 +435,12 @@ impl GroupState {
 ///   of its own making.
 /// * A panic in the body is its error (kind `Panicked`).
 /// * Nested groups nest their errors.
+/// * The abort after a child's failure runs behind the task steps already queued where the
+///   child failed, as asyncio's done callback does: children failing in the same iteration
+///   all run, and all their errors are kept.
+/// * Dropped before its end (a select whose other branch won), the group cancels its
+///   children and takes back its cancel of the running task; a Cancelled that cancel already
+///   delivered to another await of the task (the select's other branch) stays delivered.
 ///
 /// # Examples
 ///
