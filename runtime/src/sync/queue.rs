@@ -1052,6 +1052,20 @@ mod loom_tests {
         (waiter, flag, waker)
     }
 
+    /// A parked getter must have been woken (`why`, if not), and its next poll takes `item`.
+    fn assert_woken_and_takes<T: PartialEq + std::fmt::Debug>(
+        core: &impl GetCore<T>,
+        (waiter, flag, waker): (&mut Option<u64>, &Flag, &Waker),
+        item: T,
+        why: &str,
+    ) {
+        assert!(flag.woken(), "{why}");
+        match core.poll_get(waiter, waker, false) {
+            Poll::Ready(Ok(got)) => assert_eq!(got, item),
+            other => panic!("the woken getter got {other:?}"),
+        }
+    }
+
     /// An item arrives while the getter it wakes is being cancelled: the item is neither lost
     /// nor duplicated; the second getter is woken and gets it.
     fn put_races_cancel_of_the_first_getter() {
@@ -1074,11 +1088,12 @@ mod loom_tests {
         };
         putter.join().unwrap();
         canceller.join().unwrap();
-        assert!(c_flag.woken(), "the item must wake the next getter");
-        assert!(matches!(
-            queue.core.poll_get(&mut c, &c_waker, false),
-            Poll::Ready(Ok(7))
-        ));
+        assert_woken_and_takes(
+            &queue.core,
+            (&mut c, &c_flag, &c_waker),
+            7,
+            "the item must wake the next getter",
+        );
         assert_eq!(queue.qsize(), 0);
     }
 
@@ -1119,14 +1134,12 @@ mod loom_tests {
             Poll::Pending => {
                 assert_eq!(taken, Some(7), "the item was lost");
                 queue.put_nowait(8).expect("unbounded");
-                assert!(
-                    again_flag.woken(),
-                    "the next put must wake the getter that waits again"
+                assert_woken_and_takes(
+                    &queue.core,
+                    (&mut b, &again_flag, &again_waker),
+                    8,
+                    "the next put must wake the getter that waits again",
                 );
-                assert!(matches!(
-                    queue.core.poll_get(&mut b, &again_waker, false),
-                    Poll::Ready(Ok(8))
-                ));
             }
             other => panic!("unexpected {other:?}"),
         }
@@ -1227,14 +1240,12 @@ mod loom_tests {
         match outcome {
             Poll::Ready(Ok(7)) => {}
             Poll::Pending => {
-                assert!(
-                    b_flag.woken(),
-                    "the cancelled claim must pass to the other getter"
+                assert_woken_and_takes(
+                    &queue.core,
+                    (&mut b, &b_flag, &b_waker),
+                    7,
+                    "the cancelled claim must pass to the other getter",
                 );
-                assert!(matches!(
-                    queue.core.poll_get(&mut b, &b_waker, false),
-                    Poll::Ready(Ok(7))
-                ));
             }
             other => panic!("the second getter got {other:?} with the item left"),
         }
